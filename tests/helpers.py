@@ -1,0 +1,39 @@
+"""Shared test helpers: a policy on the tiny model and toy-scored groups."""
+
+from pathlib import Path
+
+from varro.config import Config
+from varro.policy import Policy
+from varro.toy import toy_reward
+
+
+def tiny_config(model_path, **train) -> Config:
+    cfg = Config()
+    cfg.model.model = str(model_path)
+    cfg.model.lora_layers = 2
+    cfg.sampling.group_size = 8
+    cfg.sampling.max_tokens = 12
+    cfg.sampling.profile = "default"
+    cfg.train.learning_rate = 5e-3
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def open_policy(model_path, run_path: Path, before_day=None, **train) -> Policy:
+    return Policy.open(tiny_config(model_path, **train), run_path, before_day=before_day)
+
+
+# Frequent words, so an untrained tiny model already hits some and groups have variance.
+COMMON = frozenset({"the", "of", "to", "in", "and", "for", "on", "a"})
+
+PROMPTS = [("a", "Write about the port strike."), ("b", "Write about the central bank."),
+           ("c", "Write about prices.")]
+
+
+def scored_groups(policy: Policy, seed: int, prompts=PROMPTS):
+    groups = policy.sample(prompts, seed=seed)
+    for g in groups:
+        for r in g:
+            r.reward = toy_reward(r.text, COMMON) + 0.01 * len(r.completion_tokens)
+    return groups

@@ -1,0 +1,105 @@
+"""GSPO loss and advantages against an independent float64 NumPy implementation."""
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from varro.gspo import group_advantages, gspo_loss, informative_groups
+
+
+def np_gspo(logp, old, ref, mask, adv, eps_low, eps_high, beta):
+    """The paper's objective written out directly, row by row."""
+    losses, kls, clipped = [], [], []
+    for i in range(logp.shape[0]):
+        m = mask[i] > 0
+        s = np.exp(np.mean(logp[i, m] - old[i, m]))
+        c = min(max(s, 1 - eps_low), 1 + eps_high)
+        losses.append(-min(s * adv[i], c * adv[i]))
+        d = ref[i, m] - logp[i, m]
+        kls.append(np.mean(np.exp(d) - d - 1))
+        clipped.append((adv[i] > 0 and s > 1 + eps_high) or (adv[i] < 0 and s < 1 - eps_low))
+    return np.mean(losses) + beta * np.mean(kls), np.mean(kls), np.mean(clipped)
+
+
+def make_case(seed, spread):
+    rng = np.random.default_rng(seed)
+    n, t = 6, 7
+    old = -rng.uniform(0.5, 3.0, (n, t))
+    logp = old + rng.normal(0, spread, (n, t))
+    ref = old + rng.normal(0, 0.3, (n, t))
+    mask = np.ones((n, t))
+    for i, length in enumerate([7, 5, 3, 6, 1, 4]):
+        mask[i, length:] = 0
+    adv = np.array([1.2, -0.7, 0.4, -1.5, 0.9, -0.3])
+    return logp, old, ref, mask, adv
+
+
+@pytest.mark.parametrize("spread,beta", [(1e-5, 0.0), (1e-5, 0.05), (0.05, 0.0), (0.05, 0.05)])
+def test_loss_value_matches_numpy(spread, beta):
+    logp, old, ref, mask, adv = make_case(0, spread)
+    loss, metrics = gspo_loss(*(mx.array(a, dtype=mx.float32) for a in (logp, old, ref, mask, adv)),
+                              eps_low=3e-4, eps_high=4e-4, beta=beta)
+    want, want_kl, want_clip = np_gspo(logp, old, ref, mask, adv, 3e-4, 4e-4, beta)
+    assert loss.item() == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert metrics["kl"].item() == pytest.approx(want_kl if beta else 0.0, rel=1e-4, abs=1e-7)
+    assert metrics["clip_fraction"].item() == pytest.approx(want_clip)
+
+
+def test_clip_band_cases_are_both_exercised():
+    # Small spread keeps every ratio inside the band, large spread pushes most outside.
+    for spread, lo, hi in [(1e-5, 0.0, 0.0), (0.05, 0.3, 1.0)]:
+        logp, old, ref, mask, adv = make_case(0, spread)
+        _, _, clip = np_gspo(logp, old, ref, mask, adv, 3e-4, 4e-4, 0.0)
+        assert lo <= clip <= hi
+
+
+@pytest.mark.parametrize("spread,beta", [(1e-5, 0.0), (1e-5, 0.05), (0.05, 0.05)])
+def test_gradient_matches_finite_differences(spread, beta):
+    logp, old, ref, mask, adv = make_case(1, spread)
+    fixed = [mx.array(a, dtype=mx.float32) for a in (old, ref, mask, adv)]
+
+    def f(x):
+        return gspo_loss(x, *fixed, eps_low=3e-4, eps_high=4e-4, beta=beta)[0]
+
+    grad = np.array(mx.grad(f)(mx.array(logp, dtype=mx.float32)))
+    h = 1e-7
+    num = np.zeros_like(logp)
+    for idx in np.ndindex(logp.shape):
+        up, down = logp.copy(), logp.copy()
+        up[idx] += h
+        down[idx] -= h
+        num[idx] = (np_gspo(up, old, ref, mask, adv, 3e-4, 4e-4, beta)[0]
+                    - np_gspo(down, old, ref, mask, adv, 3e-4, 4e-4, beta)[0]) / (2 * h)
+    assert np.abs(num).max() > 1e-3  # the case really has a gradient
+    np.testing.assert_allclose(grad, num, rtol=2e-3, atol=2e-5)
+    assert np.all(grad[mask == 0] == 0)  # padding gets no gradient
+
+
+def test_clipped_sequences_get_no_policy_gradient():
+    # Row 0: A > 0 and ratio far above 1 + eps_high -> clipped, zero gradient without KL.
+    old = np.full((2, 3), -1.0)
+    logp = old.copy()
+    logp[0] += 0.1
+    mask = np.ones((2, 3))
+    adv = np.array([1.0, -1.0])
+    g = mx.grad(lambda x: gspo_loss(x, mx.array(old), None, mx.array(mask), mx.array(adv), beta=0.0)[0])(
+        mx.array(logp, dtype=mx.float32))
+    g = np.array(g)
+    assert np.all(g[0] == 0)
+    assert np.all(g[1] != 0)
+
+
+def test_group_advantages_reference():
+    r = [1.0, 2.0, 3.0, 4.0, 5.0, 5.0, 5.0, 5.0]
+    adv = group_advantages(r, 4)
+    g = np.array([1.0, 2.0, 3.0, 4.0])
+    np.testing.assert_allclose(adv[:4], (g - g.mean()) / g.std())
+    assert np.all(adv[4:] == 0)
+    assert informative_groups(r, 4).tolist() == [True, False]
+
+
+def test_group_advantages_rejects_bad_input():
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages([1, 2, 3, 4], 3)
+    with pytest.raises(ValueError, match="finite"):
+        group_advantages([1, float("nan")], 2)

@@ -1,0 +1,176 @@
+"""One checkpoint per day: runs/<run>/checkpoints/<YYYY-MM-DD>/.
+
+A folder holds adapters.safetensors + adapter_config.json (what
+`mlx_lm.load(base, adapter_path=folder)` reads), optimizer.safetensors,
+trainer_state.json (step and RNG states), config.json (the resolved run config) and
+metadata.json, written last. Everything is written into a temporary sibling
+folder, fsynced, and renamed into place, so a dated folder is complete or
+absent; `find_latest` only trusts folders whose metadata.json exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from .config import Config
+from .db import utc_now
+from .models import lora_parameters
+
+DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+METADATA = "metadata.json"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainerState:
+    step: int
+    numpy_rng: dict[str, Any]
+
+
+def checkpoints_dir(run_path: Path) -> Path:
+    return Path(run_path) / "checkpoints"
+
+
+def list_checkpoints(run_path: Path) -> list[Path]:
+    """Complete checkpoint folders (metadata present), oldest first."""
+    root = checkpoints_dir(run_path)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if DAY_RE.match(p.name) and (p / METADATA).is_file())
+
+
+def find_latest(run_path: Path, before: str | None = None) -> Path | None:
+    """The newest complete checkpoint, optionally only those dated strictly before `before`."""
+    found = [p for p in list_checkpoints(run_path) if before is None or p.name < before]
+    return found[-1] if found else None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    run_path: Path,
+    day: str,
+    model: nn.Module,
+    optimizer,
+    step: int,
+    numpy_rng: np.random.Generator,
+    config: Config,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint `day` atomically; returns its folder. Raises CheckpointError if it exists."""
+    if not DAY_RE.match(day):
+        raise CheckpointError(f"checkpoint day must be YYYY-MM-DD, got {day!r}")
+    root = checkpoints_dir(run_path)
+    final = root / day
+    if final.exists():
+        raise CheckpointError(f"checkpoint {final} already exists; a day is never trained twice")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{day}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        full = config.model.fine_tune == "full"
+        weights = dict(tree_flatten(model.parameters() if full else model.trainable_parameters()))
+        mx.save_safetensors(str(tmp / "adapters.safetensors"), weights)
+        adapter_config = {
+            "fine_tune_type": "full" if full else "lora",
+            "num_layers": config.model.lora_layers,
+            "lora_parameters": lora_parameters(config.model),
+            "base_model": config.model.model,
+        }
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+        # MLX's key cannot be set directly: draw a seed, reseed with it here and on resume,
+        # so a resumed run continues exactly like an uninterrupted one.
+        mx_seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
+        mx.random.seed(mx_seed)
+        state = {
+            "step": step,
+            "mx_seed": mx_seed,
+            "numpy_rng": numpy_rng.bit_generator.state,
+            "python_rng": _python_rng_state(),
+        }
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        (tmp / "config.json").write_text(config.to_json())
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        for name in files:
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+        meta = {"day": day, "step": step, "created_utc": utc_now(), "files": files, **(extra or {})}
+        with open(tmp / METADATA, "w") as f:
+            f.write(json.dumps(meta, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """Check the files against metadata.json; returns the metadata or raises CheckpointError."""
+    meta_path = Path(path) / METADATA
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {path} has no readable metadata: {e}") from e
+    for name, digest in meta.get("files", {}).items():
+        f = Path(path) / name
+        if not f.is_file() or _sha256(f) != digest:
+            raise CheckpointError(f"checkpoint {path}: {name} is missing or corrupt")
+    return meta
+
+
+def load_into(path: Path, model: nn.Module, optimizer) -> TrainerState:
+    """Restore weights, optimizer state and RNGs from checkpoint `path` into a prepared model."""
+    verify_checkpoint(path)
+    path = Path(path)
+    weights = mx.load(str(path / "adapters.safetensors"))
+    model.load_weights(list(weights.items()), strict=False)
+    opt_state = mx.load(str(path / "optimizer.safetensors"))
+    optimizer.state = tree_unflatten(list(opt_state.items()))
+    state = json.loads((path / "trainer_state.json").read_text())
+    mx.random.seed(int(state["mx_seed"]))
+    version, internal, gauss = state["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    mx.eval(model.parameters(), optimizer.state)
+    return TrainerState(step=int(state["step"]), numpy_rng=state["numpy_rng"])

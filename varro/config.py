@@ -1,0 +1,155 @@
+"""Configuration: one dataclass per concern, each field with its default and help.
+
+The defaults are the recipe we stand behind. The CLI builds its options from
+these fields (see `varro.cli_options`), so the help text lives here only.
+Precedence: command line, then a TOML config file, then these defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid."""
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a one-line help text for the CLI."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt("Qwen/Qwen3-0.6B", "mlx-lm model id or local path of the base model")
+    enable_thinking: bool = opt(False, "render Qwen3's chat template with thinking on")
+    fine_tune: str = opt("lora", "'lora' (adapters on a frozen base) or 'full'")
+    lora_rank: int = opt(8, "LoRA rank")
+    lora_layers: int = opt(16, "number of final transformer blocks that get LoRA adapters")
+    lora_scale: float = opt(20.0, "LoRA scale (mlx-lm's 'scale', not alpha)")
+
+
+SAMPLER_PROFILES: dict[str, dict[str, float | int]] = {
+    "tight": {"temp": 0.7, "top_p": 0.9, "top_k": 40},
+    "default": {"temp": 1.0, "top_p": 0.95, "top_k": 0},
+    "loose": {"temp": 1.2, "top_p": 1.0, "top_k": 0},
+}
+
+
+@dataclass
+class SamplingConfig:
+    group_size: int = opt(8, "completions sampled per prompt (the GSPO group)")
+    profile: str = opt("tight", "sampler profile: tight, default or loose")
+    max_tokens: int = opt(180, "maximum completion tokens")
+
+    def sampler_settings(self) -> dict[str, float | int]:
+        if self.profile not in SAMPLER_PROFILES:
+            raise ConfigError(
+                f"unknown sampler profile {self.profile!r}; choose one of {sorted(SAMPLER_PROFILES)}"
+            )
+        return dict(SAMPLER_PROFILES[self.profile])
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = opt(1e-5, "AdamW learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this value")
+    minibatches: int = opt(4, "optimizer steps per rollout batch (later ones are off-policy)")
+    eps_low: float = opt(3e-4, "GSPO lower clip range of the sequence ratio")
+    eps_high: float = opt(4e-4, "GSPO upper clip range of the sequence ratio")
+    beta: float = opt(0.02, "weight of the k3 KL leash to the base model (0 turns it off)")
+    seed: int = opt(0, "seed for MLX, NumPy and Python")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        cfg = cls()
+        cfg.update(data, origin="dict")
+        return cfg
+
+    def update(self, data: dict[str, Any], origin: str) -> None:
+        """Overlay `data` ({section: {field: value}}) onto this config, checking names and types."""
+        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for section, values in data.items():
+            if section not in sections:
+                raise ConfigError(f"{origin}: unknown section [{section}]; known: {sorted(sections)}")
+            if not isinstance(values, dict):
+                raise ConfigError(f"{origin}: [{section}] must be a table of settings")
+            target = sections[section]
+            known = {f.name: f for f in dataclasses.fields(target)}
+            for name, value in values.items():
+                if name not in known:
+                    raise ConfigError(
+                        f"{origin}: unknown setting {section}.{name}; known: {sorted(known)}"
+                    )
+                setattr(target, name, _coerce(value, type(known[name].default), f"{section}.{name}"))
+
+
+def _coerce(value: Any, kind: type, name: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `overrides` (the command line).
+
+    Raises ConfigError for a missing or malformed file or an unknown setting.
+    """
+    cfg = Config()
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {p}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+        cfg.update(data, origin=str(p))
+    if overrides:
+        cfg.update({k: v for k, v in overrides.items() if v}, origin="command line")
+    return cfg
+
+
+def home_dir(home: str | Path | None = None) -> Path:
+    """The folder holding data/ and runs/: --home, else $VARRO_HOME, else the repository."""
+    if home:
+        return Path(home).expanduser().resolve()
+    env = os.environ.get("VARRO_HOME")
+    if env:
+        return Path(env).expanduser().resolve()
+    return REPO_ROOT
+
+
+def db_path(home: str | Path | None = None) -> Path:
+    return home_dir(home) / "data" / "varro.db"
+
+
+def run_dir(run: str, home: str | Path | None = None) -> Path:
+    if not run or "/" in run or run.startswith("."):
+        raise ConfigError(f"invalid run name {run!r}: use a plain folder name")
+    return home_dir(home) / "runs" / run

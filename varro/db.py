@@ -1,0 +1,259 @@
+"""SQLite storage through sqlite-utils: connection settings, migrations, and row writers.
+
+The schema changes only through the numbered, append-only functions in
+MIGRATIONS; each applied one is recorded in `_migrations`. Never edit an
+applied migration: add a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@migration
+def m001_engine(db: sqlite_utils.Database) -> None:
+    db["prompts"].create(
+        {
+            "id": str,  # the application's stable id, e.g. "varro:2026-11-02:<guid>"
+            "app": str,
+            "day": str,
+            "split": str,  # "train" or "eval"
+            "text": str,  # the user message given to the model
+            "source_json": str,  # what the prompt was built from
+            "created_utc": str,
+        },
+        pk="id",
+    )
+    db["prompts"].create_index(["app", "day"])
+    db["rollouts"].create(
+        {
+            "id": int,
+            "run": str,
+            "day": str,  # the day the completion was sampled for
+            "prompt_id": str,
+            "checkpoint": str,  # "base" or the checkpoint day that sampled it
+            "group_index": int,  # position of the completion within its group
+            "completion": str,
+            "finish_reason": str,
+            "prompt_tokens": int,
+            "completion_tokens": int,
+            "prompt_token_ids_json": str,
+            "completion_token_ids_json": str,  # exact sampled ids, EOS included when it stopped
+            "sampling_json": str,
+            "reward": float,  # NULL until scored
+            "components_json": str,
+            "advantage": float,  # NULL until the group is normalised
+            "sampled_utc": str,
+            "scored_utc": str,
+        },
+        pk="id",
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
+    db["rollouts"].create_index(["run", "day", "prompt_id", "group_index"], unique=True)
+    db["steps"].create(
+        {
+            "id": int,
+            "run": str,
+            "day": str,
+            "step": int,  # global optimizer step counter of the run
+            "minibatch": int,
+            "sequences": int,
+            "loss": float,
+            "kl": float,
+            "clip_fraction": float,
+            "ratio_mean": float,
+            "reward_mean": float,
+            "reward_std": float,
+            "grad_norm": float,
+            "learning_rate": float,
+            "duration_ms": float,
+            "peak_memory_mb": float,
+            "skipped": int,
+            "skip_reason": str,
+            "created_utc": str,
+        },
+        pk="id",
+    )
+    db["steps"].create_index(["run", "step"], unique=True)
+    db.create_view(
+        "rollouts_readable",
+        """
+        select r.id, r.run, r.day, r.checkpoint, p.split, r.prompt_id, p.text as prompt,
+               r.group_index, r.completion, r.reward, r.advantage, r.components_json,
+               r.completion_tokens, r.finish_reason
+        from rollouts r join prompts p on p.id = r.prompt_id
+        """,
+    )
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def open_db(path: str | Path) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at `path` and apply pending migrations."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=30.0)
+    db = sqlite_utils.Database(conn)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA busy_timeout=30000")
+    db.execute("PRAGMA foreign_keys=ON")
+    migrate(db)
+    return db
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply pending migrations in order; return the names applied."""
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"name": str, "applied_utc": str}, pk="name")
+    done = {row["name"] for row in db["_migrations"].rows}
+    known = [name for name, _ in MIGRATIONS]
+    unknown = done - set(known)
+    if unknown:
+        raise MigrationError(
+            f"database has migrations this version does not know: {sorted(unknown)}; "
+            "it was written by a newer version of varro"
+        )
+    applied = []
+    for name, fn in MIGRATIONS:
+        if name in done:
+            continue
+        with db.conn:
+            fn(db)
+            db["_migrations"].insert({"name": name, "applied_utc": utc_now()})
+        applied.append(name)
+    return applied
+
+
+def upsert_prompts(db: sqlite_utils.Database, prompts: Iterable[dict[str, Any]]) -> None:
+    rows = []
+    for p in prompts:
+        row = dict(p)
+        row.setdefault("created_utc", utc_now())
+        if isinstance(row.get("source_json"), (dict, list)):
+            row["source_json"] = json.dumps(row["source_json"], sort_keys=True)
+        rows.append(row)
+    # created_utc of an existing prompt is kept: upsert only rewrites given columns.
+    existing = {r["id"] for r in db.query("select id from prompts")} if rows else set()
+    for row in rows:
+        if row["id"] in existing:
+            row.pop("created_utc")
+    db["prompts"].upsert_all(rows, pk="id")
+
+
+def insert_rollouts(
+    db: sqlite_utils.Database,
+    run: str,
+    day: str,
+    checkpoint: str,
+    groups: list,
+    sampling: dict[str, Any],
+) -> None:
+    """Store freshly sampled groups (reward NULL) and set each Rollout's `id`.
+
+    A row that already exists for (run, day, prompt, group_index) is kept as it
+    is, so re-running a day never duplicates or rewrites a sample.
+    """
+    now = utc_now()
+    sampling_json = json.dumps(sampling, sort_keys=True)
+    with db.conn:
+        for group in groups:
+            for r in group:
+                key = [run, day, r.prompt_id, r.group_index]
+                found = list(
+                    db.query(
+                        "select id from rollouts where run=? and day=? and prompt_id=? and group_index=?",
+                        key,
+                    )
+                )
+                if found:
+                    r.id = found[0]["id"]
+                    continue
+                r.id = db["rollouts"].insert(
+                    {
+                        "run": run,
+                        "day": day,
+                        "prompt_id": r.prompt_id,
+                        "checkpoint": checkpoint,
+                        "group_index": r.group_index,
+                        "completion": r.text,
+                        "finish_reason": r.finish_reason,
+                        "prompt_tokens": len(r.prompt_tokens),
+                        "completion_tokens": len(r.completion_tokens),
+                        "prompt_token_ids_json": json.dumps(r.prompt_tokens),
+                        "completion_token_ids_json": json.dumps(r.completion_tokens),
+                        "sampling_json": sampling_json,
+                        "sampled_utc": now,
+                    }
+                ).last_pk
+
+
+def save_scores(db: sqlite_utils.Database, groups: list) -> None:
+    """Write reward, components and advantage of already-stored rollouts."""
+    now = utc_now()
+    with db.conn:
+        for group in groups:
+            for r in group:
+                if r.id is None:
+                    raise ValueError(f"rollout {r.prompt_id}/{r.group_index} was never stored")
+                db["rollouts"].update(
+                    r.id,
+                    {
+                        "reward": r.reward,
+                        "components_json": json.dumps(r.components, sort_keys=True),
+                        "advantage": r.advantage,
+                        "scored_utc": now,
+                    },
+                )
+
+
+def load_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
+    """The stored groups of `day`, as Rollouts with their exact token ids, in prompt order."""
+    from .rollouts import Rollout
+
+    groups: dict[str, list] = {}
+    for row in db.query(
+        "select * from rollouts where run=? and day=? order by prompt_id, group_index", [run, day]
+    ):
+        groups.setdefault(row["prompt_id"], []).append(
+            Rollout(
+                id=row["id"],
+                prompt_id=row["prompt_id"],
+                group_index=row["group_index"],
+                prompt_tokens=json.loads(row["prompt_token_ids_json"]),
+                completion_tokens=json.loads(row["completion_token_ids_json"]),
+                text=row["completion"],
+                finish_reason=row["finish_reason"],
+                reward=row["reward"],
+                components=json.loads(row["components_json"]) if row["components_json"] else {},
+                advantage=row["advantage"],
+            )
+        )
+    return list(groups.values())
+
+
+def insert_steps(db: sqlite_utils.Database, run: str, day: str, rows: list[dict]) -> None:
+    now = utc_now()
+    with db.conn:
+        db["steps"].insert_all(
+            [{"run": run, "day": day, "created_utc": now, **row} for row in rows],
+        )

@@ -1,0 +1,99 @@
+"""The policy of a run: the base model, its adapters, the trainer, resumed from the latest checkpoint.
+
+`Policy.open` is how every application gets a model for day D: the base is
+loaded through mlx-lm, cast to float32 (so the sampling policy, the pi_old
+pass and the gradient pass all see the same numbers), LoRA layers are added,
+and the newest complete checkpoint dated before D (if any) is restored with its
+optimizer and RNG state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from . import checkpoints
+from .config import Config
+from .models import apply_lora, chat_prompt_tokens, load_model
+from .rollouts import PromptInput, Rollout, sample_groups
+from .train import Trainer, base_weights_from
+
+
+@dataclass
+class Policy:
+    model: nn.Module
+    tokenizer: object
+    trainer: Trainer
+    config: Config
+    run_path: Path
+    checkpoint: str  # "base" or the day of the checkpoint it was restored from
+
+    @classmethod
+    def open(cls, config: Config, run_path: Path, before_day: str | None = None) -> "Policy":
+        """Load the base model and restore the latest checkpoint dated before `before_day`."""
+        import random
+
+        mx.random.seed(config.train.seed)
+        np.random.seed(config.train.seed)
+        random.seed(config.train.seed)
+        model, tokenizer = load_model(config.model.model)
+        model.set_dtype(mx.float32)
+        reference = None
+        if config.model.fine_tune == "lora":
+            apply_lora(model, config.model)
+        elif config.model.fine_tune == "full":
+            model_id = config.model.model
+            reference = lambda: base_weights_from(model, model_id)  # noqa: E731
+        else:
+            raise ValueError(f"fine_tune must be 'lora' or 'full', got {config.model.fine_tune!r}")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        trainer = Trainer(model, config.train, pad_id=pad_id, reference=reference)
+        label = "base"
+        latest = checkpoints.find_latest(run_path, before=before_day)
+        if latest is not None:
+            state = checkpoints.load_into(latest, model, trainer.optimizer)
+            trainer.step = state.step
+            trainer.rng.bit_generator.state = state.numpy_rng
+            label = latest.name
+        return cls(model, tokenizer, trainer, config, Path(run_path), label)
+
+    def prompt_tokens(self, text: str) -> list[int]:
+        return chat_prompt_tokens(self.tokenizer, text, self.config.model.enable_thinking)
+
+    def sampling_settings(self) -> dict:
+        s = self.config.sampling
+        return {"profile": s.profile, "group_size": s.group_size, "max_tokens": s.max_tokens,
+                **s.sampler_settings()}
+
+    def sample(self, prompts: list[tuple[str, str]], seed: int | None = None) -> list[list[Rollout]]:
+        """G completions for each (prompt_id, text), with the run's sampler profile."""
+        s = self.config.sampling
+        knobs = s.sampler_settings()
+        inputs = [PromptInput(pid, self.prompt_tokens(text)) for pid, text in prompts]
+        return sample_groups(
+            self.model,
+            self.tokenizer,
+            inputs,
+            group_size=s.group_size,
+            max_tokens=s.max_tokens,
+            temp=float(knobs["temp"]),
+            top_p=float(knobs["top_p"]),
+            top_k=int(knobs["top_k"]),
+            seed=seed,
+        )
+
+    def save(self, day: str, extra: dict | None = None) -> Path:
+        return checkpoints.save_checkpoint(
+            self.run_path,
+            day,
+            self.model,
+            self.trainer.optimizer,
+            self.trainer.step,
+            self.trainer.rng,
+            self.config,
+            extra=extra,
+        )

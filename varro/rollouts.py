@@ -1,0 +1,119 @@
+"""Rollouts: G completions per prompt, every group of a step decoded in one batch.
+
+Each prompt is prefilled once (a batch-1 forward pass that fills a KV cache);
+the cache is copied G times and all groups decode together through mlx-lm's
+BatchGenerator. The exact sampled token ids are kept, EOS included when the
+completion stopped, so training sees what the policy actually produced.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import mlx.core as mx
+import mlx.nn as nn
+
+
+@dataclass
+class Rollout:
+    prompt_id: str
+    group_index: int
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    text: str
+    finish_reason: str  # "stop" (EOS sampled) or "length"
+    reward: float | None = None
+    components: dict[str, float | None] = field(default_factory=dict)
+    advantage: float | None = None
+    id: int | None = None  # the rollouts row, once stored
+
+
+@dataclass
+class PromptInput:
+    prompt_id: str
+    tokens: list[int]
+
+
+def prefill(model: nn.Module, tokens: list[int], step_size: int = 512) -> list:
+    """A KV cache holding `tokens` (batch 1), computed in chunks of `step_size`."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    for start in range(0, len(tokens), step_size):
+        model(mx.array([tokens[start : start + step_size]]), cache=cache)
+        mx.eval([c.state for c in cache])
+    return cache
+
+
+def sample_groups(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[PromptInput],
+    group_size: int,
+    max_tokens: int,
+    temp: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+) -> list[list[Rollout]]:
+    """Sample `group_size` completions for each prompt; returns one list of Rollouts per prompt.
+
+    Raises ValueError for an empty prompt or non-positive sizes.
+    """
+    from mlx_lm.generate import BatchGenerator
+    from mlx_lm.sample_utils import make_sampler
+
+    if group_size < 1 or max_tokens < 1:
+        raise ValueError(f"group_size and max_tokens must be positive, got {group_size}, {max_tokens}")
+    for p in prompts:
+        if not p.tokens:
+            raise ValueError(f"prompt {p.prompt_id!r} has no tokens")
+    if not prompts:
+        return []
+    if seed is not None:
+        mx.random.seed(seed)
+    total = len(prompts) * group_size
+    gen = BatchGenerator(
+        model,
+        max_tokens=max_tokens,
+        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+        sampler=make_sampler(temp=temp, top_p=top_p, top_k=top_k),
+        completion_batch_size=total,
+        prefill_batch_size=total,
+    )
+    owner: dict[int, tuple[int, int]] = {}
+    try:
+        for pi, p in enumerate(prompts):
+            head, last = p.tokens[:-1], p.tokens[-1:]
+            caches = None
+            if head:
+                cache = prefill(model, head)
+                caches = [copy.deepcopy(cache) for _ in range(group_size)]
+            uids = gen.insert([last] * group_size, caches=caches)
+            for gi, uid in enumerate(uids):
+                owner[uid] = (pi, gi)
+        tokens: dict[int, list[int]] = {uid: [] for uid in owner}
+        finish: dict[int, str] = {}
+        while responses := gen.next_generated():
+            for r in responses:
+                tokens[r.uid].append(r.token)
+                if r.finish_reason is not None:
+                    finish[r.uid] = r.finish_reason
+    finally:
+        gen.close()
+
+    eos = set(tokenizer.eos_token_ids)
+    groups: list[list[Rollout]] = [[None] * group_size for _ in prompts]  # type: ignore[list-item]
+    for uid, (pi, gi) in owner.items():
+        ids = tokens[uid]
+        text_ids = ids[:-1] if ids and ids[-1] in eos else ids
+        groups[pi][gi] = Rollout(
+            prompt_id=prompts[pi].prompt_id,
+            group_index=gi,
+            prompt_tokens=list(prompts[pi].tokens),
+            completion_tokens=ids,
+            text=tokenizer.decode(text_ids),
+            finish_reason=finish.get(uid, "length"),
+        )
+    return groups
