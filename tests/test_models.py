@@ -31,3 +31,13 @@ def test_tiny_model_loads_and_uses_qwen3_chat_template(tiny_model_path):
     assert thinking.endswith("<|im_start|>assistant\n")
     assert tok.eos_token_ids == {tok.convert_tokens_to_ids("<|im_end|>")} or \
         list(tok.eos_token_ids) == [tok.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_model_that_cannot_be_loaded_offline_says_how_to_get_it(monkeypatch):
+    import pytest
+
+    from varro.models import ModelLoadError, load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="huggingface-cli download Qwen/Qwen3-0.6B"):
+        load_model("Qwen/Qwen3-0.6B")

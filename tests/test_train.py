@@ -90,3 +90,31 @@ def test_minibatch_mask_covers_exactly_the_completion(tiny_model_path, tmp_path)
         assert mask[i].sum() == len(r.completion_tokens)
         assert targets[i][mask[i] > 0].tolist() == r.completion_tokens
     assert math.isclose(float(mask.sum()), sum(len(r.completion_tokens) for r in rs))
+
+
+def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tmp_path):
+    from helpers import tiny_config
+    from varro.policy import Policy
+
+    cfg = tiny_config(tiny_model_path, learning_rate=1e-2, beta=0.05, minibatches=2)
+    cfg.model.fine_tune = "full"
+    pol = Policy.open(cfg, tmp_path / "run")
+    groups = scored_groups(pol, seed=6)
+    first = pol.trainer.prepare(groups)
+    np.testing.assert_array_equal(np.array(first[0].old_logp), np.array(first[0].ref_logp))
+    before = params(pol.model)
+    pol.trainer.train_day(groups)
+    after = params(pol.model)
+    assert any(not np.array_equal(before[k], after[k]) for k in before if "lora" not in k)
+    # After training the policy differs from the base, but the reference pass still sees the base.
+    again = pol.trainer.prepare(groups)
+    assert np.abs(np.array(again[0].old_logp) - np.array(again[0].ref_logp)).max() > 1e-3
+    mb = again[0]
+    with pol.trainer.reference():
+        pass
+    assert all(np.array_equal(after[k], v) for k, v in params(pol.model).items())  # swapped back
+    from mlx_lm import load
+    from varro.train import token_logprobs
+    base, _ = load(str(tiny_model_path))
+    np.testing.assert_allclose(np.array(mb.ref_logp), np.array(token_logprobs(base, mb.inputs, mb.targets)),
+                               atol=1e-5)

@@ -7,6 +7,7 @@ import sys
 import click
 
 from .checkpoints import CheckpointError
+from .cli_options import config_options, resolve_config
 from .config import ConfigError
 from .db import MigrationError
 from .models import ModelLoadError
@@ -55,17 +56,22 @@ def tiny_model(out_dir: str, seed: int, vocab_size: int) -> None:
 @click.option("--start", default="2026-11-02", show_default=True, help="first simulated day")
 @click.option("--run", default="demo", show_default=True, help="run name under runs/")
 @click.option("--home", default=None, help="folder for data/ and runs/ (default $VARRO_HOME or the repo)")
-def demo(days: int, start: str, run: str, home: str | None) -> None:
+@config_options
+def demo(days: int, start: str, run: str, home: str | None, **kwargs) -> None:
     """Run the offline demo: a tiny model learns a toy reward over a few simulated days.
 
     Writes one checkpoint per day under runs/<run>/checkpoints and the rollout
     and step rows to data/varro.db.
 
+    The demo's own settings (tiny model, short completions, a high learning
+    rate) can be overridden like any run's, e.g. --model or --learning-rate.
+
     Example: varro demo --days 3
     """
-    from .demo import run_demo
+    from .demo import demo_config, ensure_tiny_model, run_demo
 
-    run_demo(home, run, days, start, echo=click.echo)
+    cfg = resolve_config(kwargs, base=demo_config(ensure_tiny_model(home)))
+    run_demo(home, run, days, start, cfg, echo=click.echo)
 
 
 def main() -> None:

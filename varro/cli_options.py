@@ -39,7 +39,7 @@ def config_options(fn: Callable) -> Callable:
     return fn
 
 
-def resolve_config(kwargs: dict[str, Any]) -> Config:
+def resolve_config(kwargs: dict[str, Any], base: Config | None = None) -> Config:
     """Pop the config options out of a command's kwargs and build the Config (CLI > file > defaults)."""
     overrides: dict[str, dict[str, Any]] = {}
     for key in [k for k in kwargs if k.startswith("cfg__")]:
@@ -48,6 +48,6 @@ def resolve_config(kwargs: dict[str, Any]) -> Config:
         if value is not None:
             overrides.setdefault(section, {})[name] = value
     try:
-        return load_config(kwargs.pop("config_file", None), overrides)
+        return load_config(kwargs.pop("config_file", None), overrides, base=base)
     except ConfigError as e:
         raise click.UsageError(str(e)) from e

@@ -115,12 +115,16 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
     return value
 
 
-def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Defaults, then the TOML file at `path` (if any), then `overrides` (the command line).
+def load_config(
+    path: str | Path | None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """`base` (default: the defaults), then the TOML file at `path` (if any), then `overrides`.
 
     Raises ConfigError for a missing or malformed file or an unknown setting.
     """
-    cfg = Config()
+    cfg = base if base is not None else Config()
     if path is not None:
         p = Path(path)
         try:

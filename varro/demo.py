@@ -35,9 +35,11 @@ def ensure_tiny_model(home: str | Path | None = None, seed: int = 0) -> Path:
     return path
 
 
-def demo_config(model_path: Path) -> Config:
+def demo_config(model_path: Path | None) -> Config:
+    """The demo's recipe: short completions and a high learning rate so the tiny model moves."""
     cfg = Config()
-    cfg.model.model = str(model_path)
+    if model_path is not None:
+        cfg.model.model = str(model_path)
     cfg.model.lora_layers = 2
     cfg.model.lora_rank = 8
     cfg.sampling.group_size = 8
@@ -92,12 +94,13 @@ def toy_day(db: sqlite_utils.Database, cfg: Config, run: str, run_path: Path, da
     )
 
 
-def run_demo(home: str | Path | None, run: str, days: int, start: str, echo=print) -> list[DayResult]:
-    """Build the tiny model if needed and run `days` toy days from `start`."""
+def run_demo(home: str | Path | None, run: str, days: int, start: str, cfg: Config | None = None,
+             echo=print) -> list[DayResult]:
+    """Run `days` toy days from `start` (on the tiny model, built if needed, unless `cfg` says otherwise)."""
     from .config import db_path, run_dir
 
-    model_path = ensure_tiny_model(home)
-    cfg = demo_config(model_path)
+    if cfg is None:
+        cfg = demo_config(ensure_tiny_model(home))
     db = dbm.open_db(db_path(home))
     run_path = run_dir(run, home)
     results = []

@@ -51,13 +51,13 @@ def load_model(model_id: str, adapter_path: str | Path | None = None):
 
     try:
         return load(model_id, adapter_path=str(adapter_path) if adapter_path else None)
-    except FileNotFoundError as e:
-        raise ModelLoadError(f"cannot load model {model_id!r}: {e}") from e
-    except OSError as e:  # hub unreachable / repo not cached
+    except OSError as e:  # FileNotFoundError, hub unreachable, repo not in the cache
+        if Path(model_id).exists():
+            raise ModelLoadError(f"cannot load model folder {model_id}: {e}") from e
         raise ModelLoadError(
-            f"cannot load model {model_id!r} offline ({e.__class__.__name__}). "
-            f"Download it once with `huggingface-cli download {model_id}` on a machine with "
-            "network access, or pass a local folder with --model."
+            f"cannot load model {model_id!r}: it is not a local folder and not in the Hugging Face "
+            f"cache ({e.__class__.__name__}). Download it once with `huggingface-cli download "
+            f"{model_id}` on a machine with network access, or pass a local folder with --model."
         ) from e
 
 
