@@ -1,0 +1,68 @@
+"""Headline rows: the natural key, link normalisation and the idempotent writer."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import sqlite_utils
+
+from .db import utc_now
+
+TRACKING_PREFIXES = ("utm_",)
+TRACKING_PARAMS = {"fbclid", "gclid", "mc_cid", "mc_eid", "ref", "cmpid", "ocid", "smid", "igshid", "at_medium",
+                   "at_campaign", "ns_campaign", "ns_mchannel", "s_cid"}
+
+
+def normalise_link(url: str) -> str:
+    """Lower-case scheme and host, no fragment, no tracking parameters, no trailing slash."""
+    parts = urlsplit(url.strip())
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+             if not k.lower().startswith(TRACKING_PREFIXES) and k.lower() not in TRACKING_PARAMS]
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, urlencode(query), ""))
+
+
+def headline_id(source: str, guid: str | None, link: str | None) -> str:
+    """The natural key: source plus guid, falling back to the normalised link."""
+    key = (guid or "").strip() or normalise_link(link or "")
+    if not key:
+        raise ValueError(f"a headline from {source!r} has neither a guid nor a link")
+    return hashlib.sha1(f"{source}\x1f{key}".encode()).hexdigest()
+
+
+def store_headlines(db: sqlite_utils.Database, items: Iterable[dict[str, Any]]) -> int:
+    """Insert headlines not seen before; returns how many were new. Existing rows are never changed.
+
+    Each item needs source, title, day and guid or link; feed_url, summary, published_utc optional.
+    """
+    new = 0
+    now = utc_now()
+    with db.conn:
+        for item in items:
+            hid = headline_id(item["source"], item.get("guid"), item.get("link"))
+            row = {
+                "id": hid,
+                "source": item["source"],
+                "feed_url": item.get("feed_url"),
+                "guid": item.get("guid"),
+                "link": item.get("link"),
+                "title": item["title"],
+                "summary": item.get("summary") or "",
+                "published_utc": item.get("published_utc"),
+                "day": item["day"],
+                "first_seen_utc": now,
+            }
+            cur = db.execute(
+                "insert or ignore into headlines (id, source, feed_url, guid, link, title, summary, "
+                "published_utc, day, first_seen_utc) values (:id, :source, :feed_url, :guid, :link, :title, "
+                ":summary, :published_utc, :day, :first_seen_utc)",
+                row,
+            )
+            new += cur.rowcount
+    return new
+
+
+def headlines_for_day(db: sqlite_utils.Database, day: str) -> list[dict[str, Any]]:
+    return list(db.query("select * from headlines where day = ? order by published_utc, id", [day]))
