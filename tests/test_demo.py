@@ -1,4 +1,4 @@
-"""The README's main command: the offline demo writes a checkpoint per day and its rows."""
+"""The README's main command: Varro's cycle over the sample days, re-runnable without duplicates."""
 
 from click.testing import CliRunner
 
@@ -6,32 +6,31 @@ from varro import db as dbm
 from varro.checkpoints import list_checkpoints
 from varro.cli import cli
 from varro.config import db_path, run_dir
-from varro.toy import TOY_PROMPTS
 
 
-def test_demo_writes_checkpoints_and_rows_and_reruns_idempotently(varro_home):
+def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
     runner = CliRunner()
-    result = runner.invoke(cli, ["demo", "--days", "2"])
+    args = ["demo", "--days", "2", "--embedder", "hash", "--max-tokens", "16", "--prompts-per-day", "4"]
+    result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert [p.name for p in list_checkpoints(run_dir("demo"))] == ["2026-11-02", "2026-11-03"]
     db = dbm.open_db(db_path())
-    n_rollouts = db["rollouts"].count
-    assert n_rollouts == 2 * len(TOY_PROMPTS) * 8
-    assert db.execute("select count(*) from rollouts where reward is null").fetchone()[0] == 0
-    steps = db["steps"].count
-    assert steps == 2 * 4
-    # day 2 was sampled by day 1's checkpoint
-    assert {r["checkpoint"] for r in db.query("select distinct checkpoint from rollouts where day='2026-11-03'")} \
-        == {"2026-11-02"}
-    again = runner.invoke(cli, ["demo", "--days", "2"])
-    assert again.exit_code == 0
-    assert "skipped" in again.output
-    assert (db["rollouts"].count, db["steps"].count) == (n_rollouts, steps)
+    counts = dict(db.execute("select day, count(*) from rollouts group by day").fetchall())
+    assert counts == {"2026-11-02": 4 * 8, "2026-11-03": 4 * 8}
+    scored = dict(db.execute("select day, count(*) from rollouts where reward is not null group by day").fetchall())
+    assert scored == {"2026-11-02": 32}  # day 2's forecasts wait for day 3's headlines
+    assert db.execute("select count(*) from steps where day = '2026-11-03'").fetchone()[0] == 4
+    assert "2026-11-02" in result.output and "eval_reward" in result.output
+    n = (db["rollouts"].count, db["steps"].count, db["headlines"].count, db["prompts"].count)
+    again = runner.invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "not training again" in again.output
+    assert (db["rollouts"].count, db["steps"].count, db["headlines"].count, db["prompts"].count) == n
 
 
 def test_every_command_has_help_with_an_example():
     runner = CliRunner()
-    for name, command in cli.commands.items():
+    for name in cli.commands:
         out = runner.invoke(cli, [name, "--help"])
         assert out.exit_code == 0
         assert "Example:" in out.output, name

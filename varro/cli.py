@@ -51,27 +51,100 @@ def tiny_model(out_dir: str, seed: int, vocab_size: int) -> None:
     click.echo(str(path))
 
 
+HOME_OPTION = click.option("--home", default=None, help="folder for data/ and runs/ (default $VARRO_HOME or the repo)")
+RUN_OPTION = click.option("--run", default="default", show_default=True, help="run name under runs/")
+
+
 @cli.command()
-@click.option("--days", default=3, show_default=True, help="simulated days to run")
-@click.option("--start", default="2026-11-02", show_default=True, help="first simulated day")
+@click.option("--days", default=None, type=int, help="only the first N sample days [default: all]")
 @click.option("--run", default="demo", show_default=True, help="run name under runs/")
-@click.option("--home", default=None, help="folder for data/ and runs/ (default $VARRO_HOME or the repo)")
+@HOME_OPTION
 @config_options
-def demo(days: int, start: str, run: str, home: str | None, **kwargs) -> None:
-    """Run the offline demo: a tiny model learns a toy reward over a few simulated days.
+def demo(days: int | None, run: str, home: str | None, **kwargs) -> None:
+    """Run the offline demo: Varro's daily cycle over the shipped sample days on the tiny model.
 
-    Writes one checkpoint per day under runs/<run>/checkpoints and the rollout
-    and step rows to data/varro.db.
-
-    The demo's own settings (tiny model, short completions, a high learning
-    rate) can be overridden like any run's, e.g. --model or --learning-rate.
+    Each day ingests the sample headlines, scores yesterday's forecasts against
+    them, trains, writes a checkpoint and forecasts today's headlines; then the
+    per-day metrics are printed. Any setting can be overridden, e.g. --model.
 
     Example: varro demo --days 3
     """
     from .demo import demo_config, ensure_tiny_model, run_demo
 
     cfg = resolve_config(kwargs, base=demo_config(ensure_tiny_model(home)))
-    run_demo(home, run, days, start, cfg, echo=click.echo)
+    run_demo(home, run, cfg, days=days, echo=click.echo)
+
+
+@cli.command()
+@click.option("--date", "day", required=True, help="the day to run, YYYY-MM-DD")
+@click.option("--source", type=click.Choice(["rss", "sample"]), default="rss", show_default=True,
+              help="where the day's headlines come from")
+@click.option("--feed", "feed_urls", multiple=True, help="feed URL (repeatable; replaces data/feeds.toml)")
+@RUN_OPTION
+@HOME_OPTION
+@config_options
+def step(day: str, source: str, feed_urls: tuple[str, ...], run: str, home: str | None, **kwargs) -> None:
+    """Run Varro's daily cycle for one day.
+
+    Ingest the day's headlines, score the previous day's forecasts against them,
+    take the GSPO updates, write the day's checkpoint, and forecast the day's
+    headlines. Running a day twice does no work twice.
+
+    Example: varro step --date 2026-11-03 --source sample --model data/models/tiny-qwen3
+    """
+    from . import db as dbm
+    from .config import db_path, run_dir
+    from .cycle import step as run_step
+    from .embed import CachedEmbedder, load_embedder
+
+    day = _check_day(day)
+    cfg = resolve_config(kwargs)
+    db = dbm.open_db(db_path(home))
+    ingest = None if source == "sample" else _rss_ingest(feed_urls, cfg.varro.timezone)
+    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+    res = run_step(db, cfg, run, run_dir(run, home), day, embedder, ingest=ingest)
+    click.echo(f"{day}: ingested {res.ingested}, scored {res.scored}, steps {res.steps}, "
+               f"checkpoint {res.checkpoint}, sampled {res.sampled}")
+    for note in res.notes:
+        click.echo(f"  note: {note}")
+
+
+@cli.command()
+@RUN_OPTION
+@HOME_OPTION
+@click.option("--json", "as_json", is_flag=True, help="print JSON lines instead of a table")
+def metrics(run: str, home: str | None, as_json: bool) -> None:
+    """Print the per-day metrics of a run's forecasts (by the day they were made).
+
+    Example: varro metrics --run demo
+    """
+    import json
+
+    from . import db as dbm
+    from .config import db_path
+    from .cycle import day_metrics, format_metrics
+
+    db = dbm.open_db(db_path(home))
+    days = [r["day"] for r in db.query("select distinct day from rollouts where run = ? order by day", [run])]
+    rows = [day_metrics(db, run, d) for d in days]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r))
+    else:
+        click.echo(format_metrics(rows))
+
+
+def _check_day(day: str) -> str:
+    from datetime import date
+
+    try:
+        return date.fromisoformat(day).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date like 2026-11-03", param_hint="--date") from None
+
+
+def _rss_ingest(feed_urls: tuple[str, ...], timezone: str):
+    raise click.UsageError("RSS ingest is not wired yet")
 
 
 def main() -> None:

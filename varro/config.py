@@ -72,10 +72,26 @@ class TrainConfig:
 
 
 @dataclass
+class VarroConfig:
+    embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
+    prompts_per_day: int = opt(32, "headlines turned into prompts each day (eval ones included)")
+    eval_every: int = opt(8, "one in this many of the day's prompts is held out for eval, never trained on")
+    dedup_threshold: float = opt(0.8, "headlines at least this similar to a chosen one are near-duplicates")
+    timezone: str = opt("", "IANA timezone that decides a headline's day (empty: the machine's)")
+    semantic_weight: float = opt(0.75, "weight of the similarity to the next day's headlines")
+    format_weight: float = opt(0.25, "weight of the five-beat format score")
+    leak_weight: float = opt(0.25, "penalty weight for instruction echo and meta-talk")
+    echo_weight: float = opt(0.5, "penalty weight for restating the source headline")
+    echo_cosine_floor: float = opt(0.75, "cosine to the source headline above which the echo penalty starts")
+    echo_overlap_floor: float = opt(0.6, "share of words taken from the source above which the echo penalty starts")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    varro: VarroConfig = field(default_factory=VarroConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,26 +1,20 @@
-"""The offline demo: the engine's daily cycle on the tiny model and the toy reward.
+"""The offline demo: Varro's daily cycle over the shipped sample days, on the tiny model.
 
-Each simulated day opens the policy from the previous day's checkpoint, samples
-groups for the day's prompts, scores them, takes the GSPO updates, and writes
-that day's checkpoint. Held-out eval prompts are sampled and scored but never
-trained on. A day whose checkpoint exists is skipped, so a re-run does no work
-twice.
+Each sample day runs `varro step`: ingest the day's sample headlines, score
+yesterday's forecasts against them, train, checkpoint, and forecast today's
+headlines. A re-run does no work twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import date, timedelta
+import json
 from pathlib import Path
 
-import numpy as np
-import sqlite_utils
-
-from . import checkpoints, db as dbm
-from .config import Config, home_dir
+from . import db as dbm
+from .config import SAMPLE_DIR, Config, db_path, home_dir, run_dir
+from .cycle import day_metrics, format_metrics, step
+from .embed import CachedEmbedder, load_embedder
 from .models import write_tiny_model
-from .policy import Policy
-from .toy import TOY_PROMPTS, toy_reward
 
 
 def tiny_model_dir(home: str | Path | None = None) -> Path:
@@ -36,86 +30,43 @@ def ensure_tiny_model(home: str | Path | None = None, seed: int = 0) -> Path:
 
 
 def demo_config(model_path: Path | None) -> Config:
-    """The demo's recipe: short completions and a high learning rate so the tiny model moves."""
+    """The demo's recipe: a handful of prompts, short completions, a learning rate that moves a tiny model."""
     cfg = Config()
     if model_path is not None:
         cfg.model.model = str(model_path)
     cfg.model.lora_layers = 2
-    cfg.model.lora_rank = 8
     cfg.sampling.group_size = 8
-    cfg.sampling.max_tokens = 24
+    cfg.sampling.max_tokens = 96
     cfg.sampling.profile = "default"
-    cfg.train.learning_rate = 5e-3
+    cfg.train.learning_rate = 2e-3
+    cfg.varro.prompts_per_day = 9
     return cfg
 
 
-@dataclass
-class DayResult:
-    day: str
-    reward_mean: float
-    eval_reward_mean: float
-    steps: int
-    clip_fraction: float
-    skipped: bool
+def sample_days(path: Path | None = None) -> list[str]:
+    path = path or SAMPLE_DIR / "headlines.jsonl"
+    with open(path, encoding="utf-8") as f:
+        return sorted({json.loads(line)["day"] for line in f if line.strip()})
 
 
-def toy_day(db: sqlite_utils.Database, cfg: Config, run: str, run_path: Path, day: str) -> DayResult:
-    """One toy day: sample, score, train, checkpoint. Skips a day that already has its checkpoint."""
-    if (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file():
-        return DayResult(day, float("nan"), float("nan"), 0, float("nan"), skipped=True)
-    prompts = [
-        {"id": f"toy:{i}", "app": "toy", "day": day, "split": "eval" if i == len(TOY_PROMPTS) - 1 else "train",
-         "text": text, "source_json": {"toy": True}}
-        for i, text in enumerate(TOY_PROMPTS)
-    ]
-    dbm.upsert_prompts(db, prompts)
-    policy = Policy.open(cfg, run_path, before_day=day)
-    seed = cfg.train.seed * 100_003 + date.fromisoformat(day).toordinal()
-    groups = policy.sample([(p["id"], p["text"]) for p in prompts], seed=seed)
-    dbm.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
-    for g in groups:
-        for r in g:
-            r.reward = toy_reward(r.text)
-            r.components = {"target_words": r.reward}
-    eval_ids = {p["id"] for p in prompts if p["split"] == "eval"}
-    train_groups = [g for g in groups if g[0].prompt_id not in eval_ids]
-    eval_groups = [g for g in groups if g[0].prompt_id in eval_ids]
-    rows = policy.trainer.train_day(train_groups)
-    dbm.save_scores(db, groups)
-    dbm.insert_steps(db, run, day, rows)
-    policy.save(day, extra={"run": run, "app": "toy"})
-    return DayResult(
-        day=day,
-        reward_mean=float(np.mean([r.reward for g in train_groups for r in g])),
-        eval_reward_mean=float(np.mean([r.reward for g in eval_groups for r in g])),
-        steps=len(rows),
-        clip_fraction=float(np.mean([r["clip_fraction"] for r in rows])) if rows else 0.0,
-        skipped=False,
-    )
-
-
-def run_demo(home: str | Path | None, run: str, days: int, start: str, cfg: Config | None = None,
-             echo=print) -> list[DayResult]:
-    """Run `days` toy days from `start` (on the tiny model, built if needed, unless `cfg` says otherwise)."""
-    from .config import db_path, run_dir
-
-    if cfg is None:
-        cfg = demo_config(ensure_tiny_model(home))
+def run_demo(home: str | Path | None, run: str, cfg: Config, days: int | None = None, echo=print) -> list[dict]:
+    """Run the cycle over the sample days (the first `days` of them); returns the per-day metrics."""
     db = dbm.open_db(db_path(home))
+    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
     run_path = run_dir(run, home)
-    results = []
-    first = date.fromisoformat(start)
-    for k in range(days):
-        day = (first + timedelta(days=k)).isoformat()
-        res = toy_day(db, cfg, run, run_path, day)
-        results.append(res)
-        if res.skipped:
-            echo(f"{day}: checkpoint exists, skipped")
-        else:
-            echo(
-                f"{day}: reward {res.reward_mean:.3f}  eval {res.eval_reward_mean:.3f}  "
-                f"steps {res.steps}  clip {res.clip_fraction:.2f}"
-            )
-    echo(f"checkpoints: {checkpoints.checkpoints_dir(run_path)}")
-    echo(f"database:    {db_path(home)}  (view rollouts_readable)")
-    return results
+    all_days = sample_days()[: days or None]
+    for day in all_days:
+        res = step(db, cfg, run, run_path, day, embedder)
+        echo(
+            f"{day}: ingested {res.ingested}, scored {res.scored}, steps {res.steps}, "
+            f"checkpoint {res.checkpoint}, sampled {res.sampled}"
+            + "".join(f"\n  note: {n}" for n in res.notes)
+        )
+    metrics = [day_metrics(db, run, d) for d in all_days[:-1]]
+    echo("")
+    echo("forecasts by the day they were made (scored with the next day's headlines):")
+    echo(format_metrics(metrics))
+    echo("")
+    echo(f"rollouts:    {db_path(home)}  (SQL view rollouts_readable)")
+    echo(f"checkpoints: {run_path / 'checkpoints'}")
+    return metrics

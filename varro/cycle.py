@@ -1,0 +1,236 @@
+"""Varro's daily cycle: `varro step --date D`.
+
+1. ingest D's headlines (RSS feeds, or the shipped sample);
+2. score the forecasts made on D-1 against D's headlines;
+3. take the GSPO updates on D-1's scored training groups;
+4. write checkpoint D;
+5. sample forecasts for D's prompts from checkpoint D (scored tomorrow).
+
+Every stage checks what is already done, so running a day twice does no work
+twice: headlines are keyed, only unscored rollouts are scored, a day with a
+checkpoint is never trained again, and prompts that already have their group
+are not sampled again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import sqlite_utils
+
+from . import checkpoints
+from . import db as dbm
+from .config import Config
+from .embed import Embedder
+from .forecast import build_prompt, score_forecast
+from .gspo import group_advantages
+from .headlines import headlines_for_day, load_sample_day
+from .policy import Policy
+
+APP = "varro"
+
+
+def previous_day(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+
+
+def _rank(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> list[dict]:
+    """The day's prompts: a diverse set of headlines, near-duplicates dropped, 1 in `eval_every` held out.
+
+    Chosen once per day and stored; later calls return the stored set.
+    """
+    stored = list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
+    if stored:
+        return stored
+    heads = sorted(headlines_for_day(db, day), key=lambda h: _rank(h["id"]))
+    if not heads:
+        return []
+    vecs = embedder.encode([h["title"] for h in heads])
+    chosen: list[int] = []
+    for i in range(len(heads)):
+        if all(float(vecs[i] @ vecs[j]) < cfg.varro.dedup_threshold for j in chosen):
+            chosen.append(i)
+        if len(chosen) == cfg.varro.prompts_per_day:
+            break
+    picked = [heads[i] for i in chosen]
+    n_eval = len(picked) // cfg.varro.eval_every if len(picked) >= cfg.varro.eval_every else int(len(picked) > 1)
+    eval_ids = {h["id"] for h in sorted(picked, key=lambda h: _rank("eval:" + h["id"]))[:n_eval]}
+    rows = [
+        {
+            "id": f"{APP}:{day}:{h['id']}",
+            "app": APP,
+            "day": day,
+            "split": "eval" if h["id"] in eval_ids else "train",
+            "text": build_prompt(h["title"], h["summary"]),
+            "source_json": {"headline_id": h["id"], "title": h["title"], "summary": h["summary"],
+                            "source": h["source"], "link": h["link"]},
+        }
+        for h in picked
+    ]
+    dbm.upsert_prompts(db, rows)
+    return list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
+
+
+def score_forecasts(db: sqlite_utils.Database, run: str, day: str, next_day: str, embedder: Embedder,
+                    cfg: Config) -> int:
+    """Score the unscored forecasts of `day` against `next_day`'s headlines; returns how many were scored.
+
+    Forecasts stay unscored (NULL) when `next_day` has no headlines yet.
+    """
+    pending = [g for g in dbm.load_groups(db, run, day) if any(r.reward is None for r in g)]
+    if not pending:
+        return 0
+    targets = [h["title"] for h in headlines_for_day(db, next_day)]
+    if not targets:
+        return 0
+    sources = {
+        p["id"]: json.loads(p["source_json"])
+        for p in db.query("select id, source_json from prompts where app = ? and day = ?", [APP, day])
+    }
+    flat = [r for g in pending for r in g]
+    target_vecs = embedder.encode(targets)
+    text_vecs = embedder.encode([r.text for r in flat])
+    src_text = {pid: f"{s['title']} {s['summary']}".strip() for pid, s in sources.items()}
+    src_ids = sorted({r.prompt_id for r in flat})
+    src_vecs = dict(zip(src_ids, embedder.encode([src_text[p] for p in src_ids])))
+    for r, vec in zip(flat, text_vecs):
+        s = sources[r.prompt_id]
+        comps = score_forecast(r.text, s["title"], s["summary"], vec, src_vecs[r.prompt_id], target_vecs,
+                               cfg.varro)
+        r.reward = comps.pop("reward")
+        r.components = comps
+    for g in pending:
+        for r, a in zip(g, group_advantages([r.reward for r in g], len(g))):
+            r.advantage = float(a)
+    dbm.save_scores(db, pending)
+    return len(flat)
+
+
+def training_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
+    """The scored groups of `day` whose prompt is in the training split."""
+    train = {p["id"] for p in db.query("select id from prompts where app = ? and day = ? and split = 'train'",
+                                       [APP, day])}
+    return [g for g in dbm.load_groups(db, run, day)
+            if g[0].prompt_id in train and all(r.reward is not None for r in g)]
+
+
+@dataclass
+class StepResult:
+    day: str
+    ingested: int = 0
+    scored: int = 0
+    steps: int = 0
+    trained: bool = False
+    checkpoint: str = ""
+    sampled: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def step(
+    db: sqlite_utils.Database,
+    cfg: Config,
+    run: str,
+    run_path: Path,
+    day: str,
+    embedder: Embedder,
+    ingest: Callable[[sqlite_utils.Database, str], int] | None = None,
+    sample_seed: int | None = None,
+) -> StepResult:
+    """Run the whole cycle for `day`. `ingest(db, day)` stores the day's headlines (default: the sample)."""
+    res = StepResult(day=day)
+    res.ingested = (ingest or load_sample_day)(db, day)
+    prev = previous_day(day)
+    res.scored = score_forecasts(db, run, prev, day, embedder, cfg)
+    if not headlines_for_day(db, day):
+        res.notes.append(f"no headlines for {day}: {prev}'s forecasts stay unscored and {day} has no prompts")
+
+    done = (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file()
+    if done:
+        policy = Policy.open(cfg, run_path, before_day=(date.fromisoformat(day) + timedelta(days=1)).isoformat())
+        res.notes.append(f"checkpoint {day} exists: not training again")
+    else:
+        policy = Policy.open(cfg, run_path, before_day=day)
+        rows = policy.trainer.train_day(training_groups(db, run, prev))
+        dbm.insert_steps(db, run, day, rows)
+        res.steps = len(rows)
+        res.trained = bool(rows)
+        policy.save(day, extra={"run": run, "app": APP, "trained_on": prev, "steps": len(rows)})
+    res.checkpoint = day
+
+    prompts = choose_prompts(db, day, embedder, cfg)
+    have = {r["prompt_id"] for r in db.query(
+        "select prompt_id from rollouts where run = ? and day = ? group by prompt_id having count(*) = ?",
+        [run, day, cfg.sampling.group_size])}
+    todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
+    if todo:
+        seed = sample_seed if sample_seed is not None else (
+            cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal())
+        groups = policy.sample(todo, seed=seed)
+        dbm.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
+        res.sampled = sum(len(g) for g in groups)
+    return res
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
+    """The metrics of the forecasts made on `day` (scored with the next day's headlines).
+
+    quality: mean format score; zeros: share with format 0; leak: share with any
+    leak; words: mean length; eval_reward: mean reward of held-out prompts.
+    KL and clip fraction come from the updates that trained on these forecasts.
+    """
+    rows = list(db.query(
+        "select r.reward, r.components_json, p.split from rollouts r join prompts p on p.id = r.prompt_id "
+        "where r.run = ? and r.day = ? and r.reward is not null", [run, day]))
+    comps = [json.loads(r["components_json"]) for r in rows]
+    train = [r["reward"] for r in rows if r["split"] == "train"]
+    steps = list(db.query("select kl, clip_fraction from steps where run = ? and day = ? and skipped = 0",
+                          [run, (date.fromisoformat(day) + timedelta(days=1)).isoformat()]))
+    return {
+        "day": day,
+        "scored": len(rows),
+        "reward_mean": _mean(train),
+        "reward_std": float(np.std(train)) if train else None,
+        "eval_reward": _mean([r["reward"] for r in rows if r["split"] == "eval"]),
+        "semantic": _mean([c["semantic"] for c in comps]),
+        "quality": _mean([c["format"] for c in comps]),
+        "zeros": _mean([float(c["format"] == 0.0) for c in comps]),
+        "leak": _mean([float(c["leak"] > 0) for c in comps]),
+        "echo": _mean([c["echo"] for c in comps]),
+        "words": _mean([c["words"] for c in comps]),
+        "kl": _mean([s["kl"] for s in steps]),
+        "clip_fraction": _mean([s["clip_fraction"] for s in steps]),
+    }
+
+
+def format_metrics(rows: list[dict]) -> str:
+    cols = ["day", "scored", "reward_mean", "reward_std", "eval_reward", "semantic", "quality", "zeros", "leak",
+            "echo", "words", "kl", "clip_fraction"]
+    head = "  ".join(f"{c:>11}" for c in cols)
+    lines = [head]
+    for m in rows:
+        cells = []
+        for c in cols:
+            v = m.get(c)
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                cells.append(f"{'-':>11}")
+            elif isinstance(v, float):
+                cells.append(f"{v:>11.3f}")
+            else:
+                cells.append(f"{v!s:>11}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""Reward building blocks shared by the applications: words, sentences, n-grams, similarity.
+
+Each function is small and legible on purpose: a reward a small model can
+exploit is a reward it will exploit, so every component must be easy to read
+in the rollout logs.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+WORD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’\-]*")
+SENTENCE_END_RE = re.compile(r"[.!?]+(?=\s|$)")
+
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further had has
+    have having he her here hers him his how i if in into is it its itself just me more most my no nor not
+    now of off on once only or other our out over own same she should so some such than that the their them
+    then there these they this those through to too under until up very was we were what when where which
+    while who whom why will with would you your yours next new says said""".split()
+)
+
+
+def words(text: str) -> list[str]:
+    return WORD_RE.findall(text)
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased words that carry meaning: no stopwords, at least 3 characters."""
+    return [w for w in (x.lower() for x in words(text)) if len(w) >= 3 and w not in STOPWORDS]
+
+
+def sentence_count(text: str) -> int:
+    """Sentences ending in . ! or ?, plus a trailing unterminated one."""
+    text = text.strip()
+    if not text:
+        return 0
+    ends = len(SENTENCE_END_RE.findall(text))
+    return ends + (0 if re.search(r"[.!?]\s*$", text) else 1)
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def repeated_ngram_rate(text: str, n: int = 3) -> float:
+    """Share of the word n-grams that repeat an earlier one (0 = no repetition)."""
+    grams = ngrams([w.lower() for w in words(text)], n)
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def longest_shared_ngram(a: str, b: str, max_n: int = 30) -> int:
+    """Length in words of the longest word sequence that appears in both texts."""
+    wa = [w.lower() for w in words(a)]
+    wb = [w.lower() for w in words(b)]
+    best = 0
+    for n in range(1, min(len(wa), len(wb), max_n) + 1):
+        if set(ngrams(wa, n)) & set(ngrams(wb, n)):
+            best = n
+        else:
+            break
+    return best
+
+
+def max_cosine(candidate: np.ndarray, references: np.ndarray) -> tuple[float, int]:
+    """(max cosine, index of the best reference) for unit vectors; raises ValueError with no references."""
+    refs = np.asarray(references, dtype=np.float32)
+    if refs.ndim != 2 or refs.shape[0] == 0:
+        raise ValueError("max_cosine needs at least one reference vector")
+    sims = refs @ np.asarray(candidate, dtype=np.float32)
+    i = int(np.argmax(sims))
+    return float(sims[i]), i
+
+
+def band(value: float, low: float, high: float) -> float:
+    """1 inside [low, high]; falls linearly to 0 at 0 below and at 2*high above."""
+    if value < low:
+        return max(0.0, value / low)
+    if value > high:
+        return max(0.0, 1.0 - (value - high) / high)
+    return 1.0
+
+
+BULLET_RE = re.compile(r"(?m)^\s*(?:[-*•]|\d+[.)])\s+")
+MARKDOWN_RE = re.compile(r"(?m)^\s*#{1,6}\s|\*\*")
+META_RE = re.compile(
+    r"\b(?:note\s*:|as an ai\b|as a language model\b|i (?:cannot|can't|am unable to)\b|"
+    r"here(?:'s| is) (?:my|the|a|your) \w+)",
+    re.IGNORECASE,
+)
