@@ -87,7 +87,8 @@ class Policy:
         )
 
     def save(self, day: str, extra: dict | None = None) -> Path:
-        return checkpoints.save_checkpoint(
+        """Write checkpoint `day`; from now on this policy is that checkpoint."""
+        path = checkpoints.save_checkpoint(
             self.run_path,
             day,
             self.model,
@@ -97,3 +98,5 @@ class Policy:
             self.config,
             extra=extra,
         )
+        self.checkpoint = day
+        return path
