@@ -99,6 +99,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    complete = False
     try:
         full = config.model.fine_tune == "full"
         weights = dict(tree_flatten(model.parameters() if full else model.trainable_parameters()))
@@ -134,10 +135,11 @@ def save_checkpoint(
             os.fsync(f.fileno())
         _fsync_dir(tmp)
         os.rename(tmp, final)
+        complete = True
         _fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    finally:
+        if not complete:  # a failed write (full disk, kill, bug) leaves nothing that looks like a checkpoint
+            shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

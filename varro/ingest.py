@@ -1,0 +1,457 @@
+"""News ingest: fetch RSS/Atom feeds over HTTP and store their entries as headlines.
+
+Every feed is fetched here with httpx (timeouts, a body-size cap and an overall
+deadline) and only the bytes are handed to feedparser, whose own fetching has no
+timeout. One feed's failure (network, HTTP status, oversized body, not a feed)
+is recorded in its `feeds` row and never stops the others; headlines are written
+only through `varro.headlines.store_headlines`, so re-running a day adds nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import tomllib
+from dataclasses import dataclass
+from datetime import date, datetime, timezone, tzinfo
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urljoin, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import feedparser
+import httpx
+import sqlite_utils
+
+from .config import REPO_ROOT, home_dir
+from .db import utc_now
+from .headlines import store_headlines
+
+DEFAULT_FEEDS_PATH = REPO_ROOT / "data" / "feeds.toml"
+DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=10.0)  # seconds per connect / read / write
+DEFAULT_MAX_BYTES = 5 * 1024 * 1024  # decoded body size at which a fetch is abandoned
+DEFAULT_DEADLINE_S = 120.0  # a whole fetch, so a server trickling bytes cannot stall the night
+SUMMARY_CHARS = 500
+USER_AGENT = "varro-ingest/0.1 (nightly news headline reader)"
+FEED_KEYS = {"name", "url"}
+
+
+class IngestError(ValueError):
+    """The feeds file or an argument of the ingest is invalid."""
+
+
+class FetchError(IngestError):
+    """One feed could not be read; `status` is the HTTP status when a response came back."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Feed:
+    name: str | None  # the headline source; None means the feed's own title
+    url: str
+
+
+@dataclass(frozen=True)
+class FeedResult:
+    url: str
+    name: str
+    status: int | None  # HTTP status; None when no response came back
+    error: str | None  # None when the feed was read (200 or 304)
+    new_items: int  # headlines stored for the first time
+    bozo: bool  # feedparser flagged the body as malformed
+    bozo_message: str | None = None
+    items: int = 0  # headlines found in the body, new or not
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    status: int  # 2xx or 304
+    url: str  # the final URL, after redirects
+    headers: httpx.Headers
+    body: bytes
+
+
+# ---------------------------------------------------------------- feeds file
+
+
+def default_feeds_path() -> Path:
+    """`$VARRO_HOME/data/feeds.toml` when that file exists, else the list shipped in the repository."""
+    own = home_dir() / "data" / "feeds.toml"
+    return own if own.is_file() else DEFAULT_FEEDS_PATH
+
+
+def load_feeds(path: str | Path | None = None) -> list[Feed]:
+    """The feeds listed as `[[feed]]` tables (`url`, optional `name`) in the TOML file at `path`.
+
+    Raises IngestError, naming the file, when it is missing, unreadable, not
+    TOML, lists no feed, or has a feed without a valid http(s) url, an unknown
+    key or a url listed twice.
+    """
+    p = Path(path) if path is not None else default_feeds_path()
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IngestError(f"feeds file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise IngestError(f"cannot read feeds file {p}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise IngestError(f"feeds file {p} is not valid TOML: {e}") from None
+    tables = data.get("feed")
+    if not isinstance(tables, list) or not tables:
+        raise IngestError(f"feeds file {p} has no [[feed]] tables")
+    feeds: list[Feed] = []
+    seen: set[str] = set()
+    for number, table in enumerate(tables, start=1):
+        feed = _feed_from_table(table, f"feed #{number} in {p}")
+        if feed.url in seen:
+            raise IngestError(f"feed #{number} in {p}: url {feed.url!r} is listed twice")
+        seen.add(feed.url)
+        feeds.append(feed)
+    return feeds
+
+
+def _feed_from_table(table: Any, where: str) -> Feed:
+    if not isinstance(table, dict):
+        raise IngestError(f"{where} is not a table: {table!r}")
+    unknown = set(table) - FEED_KEYS
+    if unknown:
+        raise IngestError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(FEED_KEYS)}")
+    url = table.get("url")
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise IngestError(f"{where} needs an http(s) url, got {url!r}")
+    name = table.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise IngestError(f"{where} has an invalid name {name!r}")
+    return Feed(name=name.strip() if name else None, url=url.strip())
+
+
+# ---------------------------------------------------------------- fetching
+
+
+def make_client(timeout: float | httpx.Timeout = DEFAULT_TIMEOUT) -> httpx.Client:
+    """An httpx client that follows redirects and gives up after `timeout` seconds per connect/read."""
+    return httpx.Client(timeout=timeout, follow_redirects=True, headers={"User-Agent": USER_AGENT})
+
+
+def fetch_feed(
+    client: httpx.Client,
+    url: str,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> Fetched:
+    """GET `url` conditionally and return its status, final URL, headers and body (empty on 304).
+
+    The body is streamed and abandoned past `max_bytes` or `deadline_s`. Raises
+    FetchError for a status other than 2xx/304, an oversized or overlong body,
+    and lets httpx.HTTPError / httpx.InvalidURL through for network failures.
+    """
+    headers = {}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    started = time.monotonic()
+    with client.stream("GET", url, headers=headers, timeout=timeout) as response:
+        status = response.status_code
+        final_url = str(response.url)
+        if status == 304:
+            return Fetched(status=status, url=final_url, headers=response.headers, body=b"")
+        if not 200 <= status < 300:
+            raise FetchError(f"HTTP {status} {response.reason_phrase} from {final_url}", status=status)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise FetchError(
+                f"body of {final_url} is {declared} bytes, over the limit of {max_bytes}", status=status
+            )
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():  # decoded, so a gzip bomb is capped too
+            size += len(chunk)
+            if size > max_bytes:
+                raise FetchError(f"body of {final_url} exceeds the limit of {max_bytes} bytes", status=status)
+            if time.monotonic() - started > deadline_s:
+                raise FetchError(f"fetching {final_url} took longer than {deadline_s} s", status=status)
+            chunks.append(chunk)
+    return Fetched(status=status, url=final_url, headers=response.headers, body=b"".join(chunks))
+
+
+def parse_body(fetched: Fetched) -> feedparser.FeedParserDict:
+    """feedparser's reading of a fetched body; never lets feedparser fetch or open anything itself."""
+    # A stream, not bytes: feedparser tries to open() a bytes argument as a local file name.
+    # Only the decoding headers, not Content-Location: feedparser would resolve entry ids
+    # against it, making a guid depend on the URL the feed was fetched from.
+    headers = {k: fetched.headers[k] for k in ("content-type", "content-language") if k in fetched.headers}
+    return feedparser.parse(io.BytesIO(fetched.body), response_headers=headers)
+
+
+# ---------------------------------------------------------------- entries to headlines
+
+
+class _TextExtractor(HTMLParser):
+    BLOCK_TAGS = frozenset(
+        "address article aside blockquote br dd div dl dt figcaption figure footer h1 h2 h3 h4 h5 h6 "
+        "header hr img li ol p pre section table td th tr ul".split()
+    )
+    SKIP_TAGS = frozenset({"script", "style"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.SKIP_TAGS:
+            self.skipping += 1
+        elif tag in self.BLOCK_TAGS:
+            self.parts.append(" ")  # so "<p>a</p><p>b</p>" reads "a b", not "ab"
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.SKIP_TAGS:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self.BLOCK_TAGS:
+            self.parts.append(" ")
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.parts.append(data)
+
+
+def html_to_text(html: str) -> str:
+    """The text of an HTML fragment: tags, scripts and styles dropped, entities decoded, whitespace collapsed."""
+    parser = _TextExtractor()
+    parser.feed(html)
+    parser.close()
+    return " ".join("".join(parser.parts).split())
+
+
+def truncate(text: str, limit: int = SUMMARY_CHARS) -> str:
+    """`text` cut to at most `limit` characters, at a word boundary when one is near, ending in an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def _detail_text(value: str, detail: dict[str, Any] | None) -> str:
+    """Plain text of a feedparser text construct: HTML stripped unless it is declared plain text."""
+    if (detail or {}).get("type") == "text/plain":
+        return " ".join(value.split())
+    return html_to_text(value)
+
+
+def published_time(entry: dict[str, Any]) -> datetime | None:
+    """The entry's published time (else its updated time) as an aware UTC datetime, or None."""
+    for key in ("published_parsed", "updated_parsed"):
+        parsed = entry.get(key)  # feedparser's struct_time, already in UTC
+        if parsed:
+            try:
+                return datetime(*parsed[:6], tzinfo=timezone.utc)
+            except ValueError:
+                continue
+    return None
+
+
+def resolve_timezone(tz: str | None) -> tzinfo | None:
+    """The zoneinfo zone named `tz`; None or "" means the machine's local zone. Raises IngestError for an unknown name."""
+    if not tz:
+        return None
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise IngestError(f"unknown timezone {tz!r}: use an IANA name such as 'Europe/Berlin'") from None
+
+
+def entry_to_item(
+    entry: dict[str, Any], *, source: str, feed_url: str, base_url: str, zone: tzinfo | None, ingest_day: str
+) -> dict[str, Any] | None:
+    """The headline item for `store_headlines`, or None for an entry without a title or without guid and link.
+
+    Relative links are made absolute against `base_url`; `day` is the local date of the
+    published time in `zone` (None: the machine's zone), else `ingest_day`.
+    """
+    title = _detail_text(entry.get("title") or "", entry.get("title_detail"))
+    guid = (entry.get("id") or "").strip() or None
+    link = (entry.get("link") or "").strip()
+    link = urljoin(base_url, link) if link else None
+    if not title or not (guid or link):
+        return None
+    summary = entry.get("summary")
+    summary_detail = entry.get("summary_detail")
+    if not summary and entry.get("content"):
+        summary, summary_detail = entry["content"][0].get("value"), entry["content"][0]
+    published = published_time(entry)
+    return {
+        "source": source,
+        "feed_url": feed_url,
+        "guid": guid,
+        "link": link,
+        "title": title,
+        "summary": truncate(_detail_text(summary or "", summary_detail)),
+        "published_utc": published.strftime("%Y-%m-%dT%H:%M:%SZ") if published else None,
+        "day": published.astimezone(zone).date().isoformat() if published else ingest_day,
+    }
+
+
+# ---------------------------------------------------------------- the ingest
+
+
+def ingest(
+    db: sqlite_utils.Database,
+    feeds: Iterable[Feed],
+    day: str,
+    tz: str | None = None,
+    client: httpx.Client | None = None,
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> list[FeedResult]:
+    """Fetch every feed, store its new headlines and record its outcome in `feeds`; one result per feed.
+
+    `day` (YYYY-MM-DD) is used for entries without a time; `tz` names the zone whose
+    local date is a headline's day (None or "": the machine's). `timeout` applies to every
+    request, also on a given `client`. A failing feed is recorded and skipped; raises
+    IngestError only for an invalid `day`, `tz` or `max_bytes`, before fetching anything.
+    """
+    try:
+        date.fromisoformat(day)
+    except ValueError:
+        raise IngestError(f"day must be YYYY-MM-DD, got {day!r}") from None
+    if max_bytes < 1:
+        raise IngestError(f"max_bytes must be positive, got {max_bytes}")
+    zone = resolve_timezone(tz)
+    own_client = client is None
+    http = make_client(timeout) if client is None else client
+    try:
+        return [
+            ingest_feed(db, http, feed, day=day, zone=zone, timeout=timeout, max_bytes=max_bytes,
+                        deadline_s=deadline_s)
+            for feed in feeds
+        ]
+    finally:
+        if own_client:
+            http.close()
+
+
+def ingest_feed(
+    db: sqlite_utils.Database,
+    client: httpx.Client,
+    feed: Feed,
+    *,
+    day: str,
+    zone: tzinfo | None,
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline_s: float = DEFAULT_DEADLINE_S,
+) -> FeedResult:
+    """Fetch, parse and store one feed and record the outcome in its `feeds` row; never raises for a bad feed."""
+    previous = _feed_row(db, feed.url)
+    name = feed.name or previous.get("name") or feed.url
+    try:
+        fetched = fetch_feed(client, feed.url, etag=previous.get("etag"),
+                             last_modified=previous.get("last_modified"), timeout=timeout,
+                             max_bytes=max_bytes, deadline_s=deadline_s)
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
+        return _record(db, FeedResult(feed.url, name, None, _describe(e), 0, False))
+    except FetchError as e:
+        return _record(db, FeedResult(feed.url, name, e.status, str(e), 0, False))
+    validators = {
+        "etag": fetched.headers.get("etag"),
+        "last_modified": fetched.headers.get("last-modified"),
+    }
+    if fetched.status == 304:  # unchanged; a 304 may omit the validators, so keep the old ones
+        validators = {k: v or previous.get(k) for k, v in validators.items()}
+        return _record(db, FeedResult(feed.url, name, 304, None, 0, False), validators)
+
+    parsed = parse_body(fetched)
+    bozo_message = (str(parsed.get("bozo_exception", "")) or "malformed") if parsed.bozo else None
+    if not parsed.entries and parsed.bozo:
+        error = f"{fetched.url} is not a readable feed: {bozo_message}"
+        return _record(db, FeedResult(feed.url, name, fetched.status, error, 0, True, bozo_message), parsed=True)
+
+    feed_title = _detail_text(parsed.feed.get("title") or "", parsed.feed.get("title_detail"))
+    source = feed.name or feed_title or feed.url
+    items = [
+        item
+        for entry in parsed.entries
+        if (item := entry_to_item(entry, source=source, feed_url=feed.url, base_url=fetched.url,
+                                  zone=zone, ingest_day=day)) is not None
+    ]
+    new = store_headlines(db, items)
+    result = FeedResult(feed.url, source, fetched.status, None, new, bool(parsed.bozo), bozo_message, len(items))
+    return _record(db, result, validators, parsed=True)
+
+
+def _feed_row(db: sqlite_utils.Database, url: str) -> dict[str, Any]:
+    rows = list(db.query("select name, etag, last_modified from feeds where url = ?", [url]))
+    return rows[0] if rows else {}
+
+
+def _describe(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _record(
+    db: sqlite_utils.Database,
+    result: FeedResult,
+    validators: dict[str, str | None] | None = None,
+    parsed: bool = False,
+) -> FeedResult:
+    """Upsert the feed's row with `result`; returns `result`.
+
+    The etag and last-modified change only when a response was read (`validators`
+    given), and bozo only when a body was parsed, so a failed fetch keeps both.
+    """
+    row: dict[str, Any] = {
+        "url": result.url,
+        "name": result.name,
+        "last_status": result.status,
+        "last_error": result.error,
+        "new_items": result.new_items,
+        "last_fetched_utc": utc_now(),
+    }
+    if validators is not None:
+        row.update(validators)
+    if parsed:
+        row.update(bozo=int(result.bozo), bozo_message=result.bozo_message)
+    with db.conn:
+        db["feeds"].upsert(row, pk="url")
+    return result
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def all_failed(results: list[FeedResult]) -> bool:
+    """True when no feed could be read (a 304 counts as read): the CLI's rule for a non-zero exit."""
+    return not any(r.ok for r in results)
+
+
+def format_summary(results: list[FeedResult]) -> str:
+    """One line per feed (name, HTTP status, new headlines, error or malformed note) and a total line."""
+    width = max([len("feed")] + [len(r.name) for r in results])
+    lines = [f"{'feed':<{width}}  status   new  error"]
+    for r in results:
+        status = "-" if r.status is None else str(r.status)
+        note = r.error or (f"(malformed, kept what parsed: {r.bozo_message})" if r.bozo else "")
+        lines.append(f"{r.name:<{width}}  {status:>6}  {r.new_items:>4}  {' '.join(note.split())}".rstrip())
+    read = sum(r.ok for r in results)
+    new = sum(r.new_items for r in results)
+    lines.append(f"total: {len(results)} feeds, {read} read, {len(results) - read} failed, {new} new headlines")
+    return "\n".join(lines)
