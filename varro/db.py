@@ -143,6 +143,60 @@ def m002_varro_headlines(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m003_walter_bluesky(db: sqlite_utils.Database) -> None:
+    db["bsky_posts"].create(
+        {
+            "uri": str,  # at://did/app.bsky.feed.post/rkey, the natural key
+            "cid": str,
+            "author_did": str,
+            "author_handle": str,
+            "text": str,
+            "link": str,  # the article link as found (external embed, record-with-media, or facet)
+            "url_norm": str,  # normalised article URL: the article's key
+            "link_title": str,
+            "link_description": str,
+            "created_utc": str,
+            "indexed_utc": str,
+            "like_count": int,  # NULL when the API did not say
+            "repost_count": int,
+            "reply_count": int,
+            "quote_count": int,
+            "counts_read_utc": str,
+            "counts_age_hours": float,  # post age when the counts were read
+            "counts_final": int,  # 1 once refreshed at the fixed age (comparable across posts)
+            "deleted": int,  # 1 when getPosts no longer returns it
+            "day": str,  # local day of created_utc
+            "first_seen_utc": str,
+        },
+        pk="uri",
+    )
+    db["bsky_posts"].create_index(["url_norm"])
+    db["bsky_posts"].create_index(["author_did"])
+    db["bsky_authors"].create(
+        {
+            "did": str,
+            "handle": str,
+            "posts_json": str,  # [[uri, engagement], ...] of their recent own posts
+            "fetched_utc": str,
+            "expires_utc": str,
+        },
+        pk="did",
+    )
+    db["bsky_cursors"].create(
+        {"query": str, "day": str, "cursor": str, "finished": int, "pages": int, "updated_utc": str},
+        pk=("query", "day"),
+    )
+    db.create_view(
+        "articles",
+        """
+        select url_norm, max(link_title) as title, max(link_description) as description,
+               count(*) as posts, min(created_utc) as first_post_utc, min(day) as day
+        from bsky_posts where coalesce(deleted, 0) = 0 group by url_norm
+        """,
+    )
+
+
 class MigrationError(RuntimeError):
     pass
 
