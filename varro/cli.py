@@ -62,7 +62,7 @@ RUN_OPTION = click.option("--run", default="default", show_default=True, help="r
 @click.option("--days", default=None, type=int, help="only the first N sample days [default: all]")
 @click.option("--run", default="demo", show_default=True, help="run name under runs/")
 @HOME_OPTION
-@config_options
+@config_options("varro")
 def demo(days: int | None, run: str, home: str | None, **kwargs) -> None:
     """Run the offline demo: Varro's daily cycle over the shipped sample days on the tiny model.
 
@@ -85,7 +85,7 @@ def demo(days: int | None, run: str, home: str | None, **kwargs) -> None:
 @click.option("--feed", "feed_urls", multiple=True, help="feed URL (repeatable; replaces data/feeds.toml)")
 @RUN_OPTION
 @HOME_OPTION
-@config_options
+@config_options("varro")
 def step(day: str, source: str, feed_urls: tuple[str, ...], run: str, home: str | None, **kwargs) -> None:
     """Run Varro's daily cycle for one day.
 

@@ -16,9 +16,21 @@ def _option_name(section: str, name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def config_options(fn: Callable) -> Callable:
-    """Add --config FILE and one option per config field (default None = not given)."""
-    for section, factory in reversed(list(SECTIONS.items())):
+ENGINE_SECTIONS = ("model", "sampling", "train")
+
+
+def config_options(*apps: str) -> Callable[[Callable], Callable]:
+    """Add --config FILE and one option per field of the engine's and `apps`' sections."""
+    names = ENGINE_SECTIONS + apps
+
+    def decorate(fn: Callable) -> Callable:
+        return _add_options(fn, [(n, SECTIONS[n]) for n in names])
+
+    return decorate
+
+
+def _add_options(fn: Callable, sections: list) -> Callable:
+    for section, factory in reversed(sections):
         for f in reversed(dataclasses.fields(factory())):
             kind = type(f.default)
             name = _option_name(section, f.name)

@@ -87,11 +87,36 @@ class VarroConfig:
 
 
 @dataclass
+class WalterConfig:
+    embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
+    domains: str = opt(
+        "apnews.com,reuters.com,bbc.co.uk,bbc.com,theguardian.com,nytimes.com,npr.org,arstechnica.com",
+        "comma-separated news domains whose links are searched on Bluesky",
+    )
+    articles_per_day: int = opt(16, "articles turned into prompts each day (eval ones included)")
+    eval_every: int = opt(8, "one in this many articles is held out for eval, never trained on")
+    like_weight: float = opt(1.0, "engagement weight of a like")
+    repost_weight: float = opt(2.0, "engagement weight of a repost")
+    reply_weight: float = opt(1.0, "engagement weight of a reply")
+    quote_weight: float = opt(2.0, "engagement weight of a quote")
+    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns a post the full weight 1")
+    count_age_hours: float = opt(24.0, "posts are compared on counts read at this age")
+    baseline_ttl_hours: float = opt(168.0, "how long an author's baseline is cached")
+    copy_cosine: float = opt(0.92, "cosine to a historical post from which a candidate counts as a copy")
+    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a copy")
+    copy_weight: float = opt(1.0, "penalty weight for copying a historical post")
+    hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs")
+    curriculum_floor: float = opt(0.1, "minimum pick weight, so every article can be chosen")
+    curriculum_days: int = opt(7, "days of an article's past groups that its regret is read from")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     varro: VarroConfig = field(default_factory=VarroConfig)
+    walter: WalterConfig = field(default_factory=WalterConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,106 @@
+"""Walter's RLNVR reward: the worked example, monotonicity, copying, and the small penalties."""
+
+import math
+
+import numpy as np
+import pytest
+
+from varro.config import WalterConfig
+from varro.embed import HashEmbedder, SentenceEmbedder
+from walter.reward import (engagement, graphemes, max_similarity_reward, penalties, post_weight,
+                           score_post)
+
+
+def unit_pair(cos):
+    """Two unit vectors in 3-d with the given cosine."""
+    return np.array([1.0, 0.0, 0.0]), np.array([cos, math.sqrt(1 - cos * cos), 0.0])
+
+
+def test_worked_example():
+    cand, post = unit_pair(0.82)
+    other = np.array([0.0, 0.0, 1.0])
+    assert max_similarity_reward(cand, np.stack([post, other]), [0.9, 1.0]) == pytest.approx(0.738)
+
+
+def test_the_single_best_winner_teaches_not_the_average():
+    cand, close = unit_pair(0.9)
+    _, far = unit_pair(0.3)
+    assert max_similarity_reward(cand, np.stack([close, far, far]), [0.8, 1.0, 1.0]) == pytest.approx(0.72)
+
+
+def test_monotonic_in_weight_and_similarity():
+    rewards_w = [max_similarity_reward(*unit_pair(0.7)[:1], np.stack([unit_pair(0.7)[1]]), [w])
+                 for w in np.linspace(0, 1, 11)]
+    assert all(b > a for a, b in zip(rewards_w, rewards_w[1:]))
+    rewards_s = [max_similarity_reward(unit_pair(c)[0], np.stack([unit_pair(c)[1]]), [0.5])
+                 for c in np.linspace(0.1, 0.99, 11)]
+    assert all(b > a for a, b in zip(rewards_s, rewards_s[1:]))
+
+
+def test_shapes_are_checked():
+    with pytest.raises(ValueError, match="need posts"):
+        max_similarity_reward(np.ones(3), np.ones((2, 3)), [1.0])
+
+
+def test_post_weight_against_the_authors_baseline():
+    assert post_weight(10, 20, 4.0) == 0.0  # worse than usual
+    assert post_weight(20, 20, 4.0) == 0.0  # exactly usual
+    assert post_weight(4 * 21 - 1, 20, 4.0) == pytest.approx(1.0)  # (1+e)/(1+b) = 4
+    assert post_weight(2 * 21 - 1, 20, 4.0) == pytest.approx(0.5)
+    assert post_weight(10_000, 20, 4.0) == 1.0
+    # a big account's ordinary post is not better because the account is big
+    assert post_weight(300, 900, 4.0) < post_weight(12, 2, 4.0)
+
+
+def test_engagement_is_weighted_and_missing_counts_are_unknown():
+    cfg = WalterConfig()
+    assert engagement(10, 2, 3, 1, cfg) == 10 + 2 * 2 + 3 + 2 * 1
+    assert engagement(10, 2, 3, None, cfg) is None
+
+
+def test_penalties_on_hand_written_posts():
+    cfg = WalterConfig()
+    clean = penalties("Calderra's dockworkers just voted 74% to end the strike. Ships move Monday.", cfg)
+    assert sum(clean.values()) == 0
+    spam = penalties("Strike over! #news #port #strike #valdoria #news 🎉🎉🎉 https://x.example/a", cfg)
+    assert spam["pen_hashtags"] == pytest.approx(0.3)
+    assert spam["pen_repeated_hashtags"] == 0.2
+    assert spam["pen_emoji_run"] == 0.2
+    assert spam["pen_bare_url"] == 0.2
+    assert penalties("word " * 70, cfg)["pen_too_long"] == 0.5
+    assert penalties("the port is open the port is open the port is open", cfg)["pen_repeated_ngrams"] > 0.2
+    assert penalties("Here is a Bluesky post about this article: ports reopen.", cfg)["pen_echo"] == 0.3
+
+
+def test_graphemes_count_what_a_person_sees():
+    assert graphemes("abc") == 3
+    assert graphemes("e\u0301") == 1  # e + combining acute
+    assert graphemes("👩\u200d🔬") == 1  # ZWJ sequence
+    assert graphemes("👍🏽") == 1  # skin-tone modifier
+
+
+@pytest.mark.parametrize("embedder", ["minilm", "hash"])
+def test_copy_penalty_fires_and_honest_post_wins(embedder):
+    emb = SentenceEmbedder() if embedder == "minilm" else HashEmbedder()
+    cfg = WalterConfig()
+    posts = [
+        "Calderra dockworkers voted 74% to accept the deal, so the port reopens Monday with 71 ships waiting.",
+        "Big news from Valdoria today.",
+    ]
+    weights = np.array([1.0, 0.0])
+    vecs = emb.encode(posts)
+    cands = {
+        "copy": posts[0],
+        "near_copy": "Calderra dockworkers voted 74% to accept the deal, so the port reopens Monday with 71 "
+                     "ships waiting!",
+        "honest": "After a 74% yes vote, Calderra's cranes start again Monday; 71 ships are queued offshore.",
+        "spam": "#port #strike #news #valdoria 🎉🎉🎉 read this https://x.example",
+    }
+    scored = {k: score_post(t, emb.encode([t])[0], vecs, posts, weights, cfg) for k, t in cands.items()}
+    assert scored["copy"]["copy"] == 1.0 and scored["near_copy"]["copy"] == 1.0
+    assert scored["honest"]["copy"] == 0.0
+    assert scored["honest"]["teacher"] == 0.0  # learned from the post that beat its author's usual
+    assert scored["honest"]["reward"] > scored["copy"]["reward"]
+    assert scored["honest"]["reward"] > scored["near_copy"]["reward"]
+    assert scored["honest"]["reward"] > scored["spam"]["reward"]
+    assert score_post("", np.zeros(vecs.shape[1]), vecs, posts, weights, cfg)["reward"] == 0.0
