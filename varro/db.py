@@ -197,6 +197,24 @@ def m003_walter_bluesky(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m004_walter_curriculum(db: sqlite_utils.Database) -> None:
+    db["curriculum"].create(
+        {
+            "run": str,
+            "day": str,
+            "url_norm": str,
+            "regret": float,  # best minus mean reward in the article's recent groups (NULL: never tried)
+            "variance": float,
+            "score": float,  # what the pick weight was built from
+            "probability": float,  # chance of being picked in the first draw
+            "chosen": int,
+            "created_utc": str,
+        },
+        pk=("run", "day", "url_norm"),
+    )
+
+
 class MigrationError(RuntimeError):
     pass
 
