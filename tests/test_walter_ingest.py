@@ -1,0 +1,679 @@
+"""Walter's Bluesky client and ingest against a local XRPC server, through the real atproto SDK.
+
+The fake server answers on two prefixes of one port: /pds/xrpc/... only for
+com.atproto.server.* and /appview/xrpc/... only for app.bsky.*, so a call sent
+to the wrong host fails. Its createSession answer carries a DID document naming
+a dead PDS (port 9), which a client that followed it would hit.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import stat
+import threading
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import pytest
+from atproto import Session
+
+from varro.config import db_path
+from varro.db import open_db
+from walter.bsky import (
+    HANDLE_ENV,
+    PASSWORD_ENV,
+    Bluesky,
+    BlueskyAuthError,
+    BlueskyConfig,
+    BlueskyConfigError,
+    BlueskyRateLimitError,
+    BlueskyResponseError,
+    BlueskyUnavailableError,
+    session_path,
+)
+from walter.ingest import (
+    article_key,
+    author_baseline,
+    extract_link,
+    ingest_search,
+    post_row,
+    refresh_counts,
+    update_baselines,
+)
+
+T0 = 1_900_000_000.0  # the client's clock in these tests (epoch seconds)
+NOW = datetime(2026, 11, 3, 12, 0, tzinfo=timezone.utc)
+DAY = "2026-11-02"
+NYT = "nytimes.com"
+ALICE = "did:plc:alice"
+BOB = "did:plc:bob"
+WEIGHTS = {"like": 1.0, "repost": 2.0, "reply": 1.0, "quote": 2.0}
+
+
+# -- the fake server ------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    host: str  # "pds" or "appview"
+    nsid: str
+    params: dict[str, list[str]]
+    body: dict[str, Any] | None
+    auth: str | None
+
+
+def _b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+class FakeBluesky:
+    """State and routing of the local XRPC server; tests edit its fields and queue faults."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.handle = "walter.test"
+        self.did = "did:plc:walter"
+        self.password = "right-app-password"
+        self.exp = int(T0) + 7200  # exp claim of the tokens it issues
+        self.access: set[str] = set()
+        self.expired: set[str] = set()  # access tokens answered with 400 ExpiredToken
+        self.refresh: set[str] = set()
+        self.reject_reads = False  # every app.bsky.* call answers 401
+        self.calls: list[Call] = []
+        self.faults: dict[str, list[Callable[[BaseHTTPRequestHandler], bool]]] = defaultdict(list)
+        self.posts: dict[str, dict[str, Any]] = {}
+        self.gone: set[str] = set()  # uris getPosts no longer returns
+        self.search: dict[tuple[str, str], tuple[list[str], str | None]] = {}
+        self.feeds: dict[tuple[str, str], tuple[list[dict[str, Any]], str | None]] = {}
+        self.profiles: dict[str, dict[str, Any]] = {}
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def count(self, nsid: str) -> int:
+        return sum(c.nsid == nsid for c in self.calls)
+
+    def jwt(self, scope: str, exp: int | None = None) -> str:
+        with self._lock:
+            self._n += 1
+            n = self._n
+        payload = {"scope": scope, "sub": self.did, "iat": int(T0), "exp": exp or self.exp, "jti": f"jti-{n}"}
+        return f"{_b64({'alg': 'HS256', 'typ': 'at+jwt'})}.{_b64(payload)}.{_b64({'sig': n})}"
+
+    def new_tokens(self) -> dict[str, str]:
+        access, refresh = self.jwt("com.atproto.appPass"), self.jwt("com.atproto.refresh")
+        self.access.add(access)
+        self.refresh.add(refresh)
+        return {"accessJwt": access, "refreshJwt": refresh, "handle": self.handle, "did": self.did}
+
+    def handle_request(self, req: BaseHTTPRequestHandler, method: str) -> None:
+        parts = urlsplit(req.path)
+        host, _, nsid = parts.path.partition("/xrpc/")
+        length = int(req.headers.get("Content-Length") or 0)
+        body = json.loads(req.rfile.read(length) or b"{}") if method == "POST" else None
+        self.calls.append(Call(host.strip("/"), nsid, parse_qs(parts.query), body, req.headers.get("Authorization")))
+        if self.faults[nsid] and self.faults[nsid].pop(0)(req):
+            return
+        status, payload, headers = self.route(host.strip("/"), nsid, parse_qs(parts.query), body,
+                                              req.headers.get("Authorization"))
+        send(req, status, payload, headers)
+
+    def route(self, host: str, nsid: str, params: dict[str, list[str]], body: dict[str, Any] | None,
+              auth: str | None) -> tuple[int, Any, dict[str, str]]:
+        token = (auth or "").removeprefix("Bearer ")
+        if nsid.startswith("com.atproto.server.") != (host == "pds"):
+            return 404, {"error": "MethodNotImplemented", "message": f"{nsid} is not served on /{host}"}, {}
+        if nsid == "com.atproto.server.createSession":
+            if body.get("identifier") != self.handle or body.get("password") != self.password:
+                return 401, {"error": "AuthenticationRequired", "message": "Invalid identifier or password"}, {}
+            did_doc = {"@context": ["https://www.w3.org/ns/did/v1"], "id": self.did,
+                       "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer",
+                                    "serviceEndpoint": "http://127.0.0.1:9"}]}
+            return 200, {**self.new_tokens(), "didDoc": did_doc, "active": True}, {}
+        if nsid == "com.atproto.server.refreshSession":
+            if token not in self.refresh:
+                return 401, {"error": "ExpiredToken", "message": "Token has been revoked"}, {}
+            self.refresh.discard(token)  # refresh tokens rotate
+            return 200, self.new_tokens(), {}
+        if token in self.expired:
+            return 400, {"error": "ExpiredToken", "message": "Token has expired"}, {}
+        if self.reject_reads or token not in self.access:
+            return 401, {"error": "AuthenticationRequired", "message": "Invalid token"}, {}
+        one = {k: v[0] for k, v in params.items()}
+        if nsid == "app.bsky.feed.searchPosts":
+            uris, cursor = self.search.get((one.get("domain", ""), one.get("cursor", "")), ([], None))
+            return 200, {"posts": [self.posts[u] for u in uris], **({"cursor": cursor} if cursor else {})}, {}
+        if nsid == "app.bsky.feed.getPosts":
+            return 200, {"posts": [self.posts[u] for u in params.get("uris", [])
+                                   if u in self.posts and u not in self.gone]}, {}
+        if nsid == "app.bsky.feed.getAuthorFeed":
+            items, cursor = self.feeds.get((one["actor"], one.get("cursor", "")), ([], None))
+            return 200, {"feed": items, **({"cursor": cursor} if cursor else {})}, {}
+        if nsid == "app.bsky.actor.getProfiles":
+            return 200, {"profiles": [self.profiles[d] for d in params.get("actors", []) if d in self.profiles]}, {}
+        return 404, {"error": "MethodNotImplemented"}, {}
+
+
+def send(req: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str] | None = None,
+         content_type: str = "application/json") -> None:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    req.send_response(status)
+    req.send_header("Content-Type", content_type)
+    req.send_header("Content-Length", str(len(body)))
+    for name, value in (headers or {}).items():
+        req.send_header(name, value)
+    req.end_headers()
+    req.wfile.write(body)
+
+
+def answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> Callable[[Any], bool]:
+    """A fault that answers instead of the normal route."""
+    def fault(req: BaseHTTPRequestHandler) -> bool:
+        send(req, status, payload, headers)
+        return True
+    return fault
+
+
+def stall(seconds: float) -> Callable[[Any], bool]:
+    """A fault that says nothing for `seconds` and then hangs up (the client has timed out by then)."""
+    def fault(req: BaseHTTPRequestHandler) -> bool:
+        time.sleep(seconds)
+        req.close_connection = True
+        return True
+    return fault
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self.server.fake.handle_request(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.fake.handle_request(self, "POST")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a stalled answer's broken pipe is expected
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    server = _Server(("127.0.0.1", 0), _Handler)
+    server.fake = FakeBluesky()
+    server.fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    monkeypatch.setenv(HANDLE_ENV, server.fake.handle)
+    monkeypatch.setenv(PASSWORD_ENV, server.fake.password)
+    yield server.fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def make_client(fake, sleeps):
+    made: list[Bluesky] = []
+
+    def make(**overrides: Any) -> Bluesky:
+        cfg = BlueskyConfig(**{"pds_url": fake.url + "/pds", "appview_url": fake.url + "/appview",
+                               "timeout_s": 2.0, "backoff_s": 1.0, **overrides})
+        client = Bluesky(cfg, sleep=sleeps.append, clock=lambda: T0)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def db():
+    return open_db(db_path())
+
+
+# -- posts ----------------------------------------------------------------------------
+
+
+def make_post(rkey: str, did: str = ALICE, link: str | None = "https://www.nytimes.com/2026/11/02/a.html",
+              kind: str = "external", counts: tuple[int | None, ...] = (3, 1, 0, 1),
+              created: str = "2026-11-02T10:00:00.000Z", text: str = "worth reading") -> dict[str, Any]:
+    """A post view as the AppView answers it; `kind` says where the link sits; None counts are left out."""
+    record: dict[str, Any] = {"$type": "app.bsky.feed.post", "text": text, "createdAt": created}
+    post: dict[str, Any] = {"uri": f"at://{did}/app.bsky.feed.post/{rkey}", "cid": f"bafy{rkey}",
+                            "author": {"did": did, "handle": did.split(":")[-1] + ".test"},
+                            "indexedAt": created, "record": record}
+    card = {"uri": link, "title": f"Title {rkey}", "description": f"About {rkey}"}
+    quoted = {"$type": "app.bsky.embed.record", "record": {"uri": "at://did:plc:q/app.bsky.feed.post/q", "cid": "bafyq"}}
+    if kind == "external":
+        record["embed"] = {"$type": "app.bsky.embed.external", "external": card}
+        post["embed"] = {"$type": "app.bsky.embed.external#view", "external": card}
+    elif kind == "facet":
+        record["text"] = f"{text} {link}"
+        record["facets"] = [{"index": {"byteStart": 0, "byteEnd": 5},
+                             "features": [{"$type": "app.bsky.richtext.facet#link", "uri": link}]}]
+    elif kind == "record_with_media":
+        record["embed"] = {"$type": "app.bsky.embed.recordWithMedia", "record": quoted,
+                           "media": {"$type": "app.bsky.embed.external", "external": card}}
+        post["embed"] = {"$type": "app.bsky.embed.recordWithMedia#view",
+                         "record": {"$type": "app.bsky.embed.record#view",
+                                    "record": {"$type": "app.bsky.embed.record#viewNotFound",
+                                               "uri": "at://did:plc:q/app.bsky.feed.post/q", "notFound": True}},
+                         "media": {"$type": "app.bsky.embed.external#view", "external": card}}
+    for name, value in zip(("likeCount", "repostCount", "replyCount", "quoteCount"), counts):
+        if value is not None:
+            post[name] = value
+    return post
+
+
+def add(fake: FakeBluesky, *posts: dict[str, Any]) -> list[str]:
+    for p in posts:
+        fake.posts[p["uri"]] = p
+    return [p["uri"] for p in posts]
+
+
+def rows(db) -> dict[str, dict[str, Any]]:
+    return {r["uri"]: r for r in db.query("select * from bsky_posts")}
+
+
+# -- link extraction and rows ----------------------------------------------------------
+
+
+def test_extract_link_reads_external_card_record_with_media_and_facets():
+    link = "https://www.nytimes.com/2026/11/02/a.html"
+    assert extract_link(make_post("a", kind="external")) == (link, "Title a", "About a")
+    assert extract_link(make_post("b", kind="record_with_media")) == (link, "Title b", "About b")
+    assert extract_link(make_post("c", kind="facet")) == (link, None, None)
+    unhydrated = make_post("d", kind="external")
+    del unhydrated["embed"]  # only the record's embed left
+    assert extract_link(unhydrated) == (link, "Title d", "About d")
+    assert extract_link(make_post("e", kind="none")) is None
+    other = make_post("f", link="https://youtube.com/watch?v=1")
+    assert extract_link(other) == ("https://youtube.com/watch?v=1", "Title f", "About f")
+    assert extract_link(other, domain=NYT) is None
+    assert extract_link(make_post("g"), domain="NYTimes.com")[0] == link
+
+
+def test_article_key_merges_www_http_tracking_and_trailing_slash():
+    assert article_key("http://www.NYTimes.com/a/b/?utm_source=bsky&id=3#top") == "https://nytimes.com/a/b?id=3"
+    assert article_key("https://nytimes.com/a/b?id=3") == "https://nytimes.com/a/b?id=3"
+
+
+def test_post_row_normalises_times_keeps_missing_counts_null_and_uses_local_day():
+    post = make_post("a", counts=(5, None, 2, None), created="2026-11-02T20:30:00.123456789-05:00")
+    post["indexedAt"] = "2026-11-03T01:30:01Z"
+    now = datetime(2026, 11, 4, 1, 30, 0, 123456, tzinfo=timezone.utc)
+    row = post_row(post, ZoneInfo("America/New_York"), now)
+    assert row["created_utc"] == "2026-11-03T01:30:00.123456Z"
+    assert row["indexed_utc"] == "2026-11-03T01:30:01.000000Z"
+    assert (row["like_count"], row["repost_count"], row["reply_count"], row["quote_count"]) == (5, None, 2, None)
+    assert row["counts_age_hours"] == pytest.approx(24.0)
+    assert row["counts_read_utc"] == "2026-11-04T01:30:00.123456Z"
+    assert row["day"] == "2026-11-02"  # evening in New York, already the 3rd in UTC
+    assert post_row(post, ZoneInfo("UTC"), now)["day"] == "2026-11-03"
+    assert row["url_norm"] == "https://nytimes.com/2026/11/02/a.html"
+    assert (row["link_title"], row["counts_final"], row["deleted"]) == ("Title a", 0, 0)
+
+
+# -- the client: session, hosts, errors --------------------------------------------------
+
+
+def test_login_once_session_file_0600_and_reused_by_the_next_client(fake, make_client):
+    add(fake, make_post("a"))
+    fake.search[(NYT, "")] = (["at://did:plc:alice/app.bsky.feed.post/a"], None)
+    posts, cursor = make_client().search_posts(domain=NYT)
+    assert [p["uri"] for p in posts] == ["at://did:plc:alice/app.bsky.feed.post/a"] and cursor is None
+    path = session_path()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored = Session.decode(path.read_text())
+    assert (stored.did, stored.handle) == (fake.did, fake.handle) and stored.access_jwt in fake.access
+
+    os.chmod(path, 0o644)  # a file left readable by an older version is tightened on load
+    make_client().search_posts(domain=NYT)
+    assert fake.count("com.atproto.server.createSession") == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert fake.calls[-1].auth == f"Bearer {stored.access_jwt}"
+
+
+def test_auth_goes_to_the_pds_reads_to_the_appview_never_to_the_did_document_pds(fake, make_client):
+    client = make_client()
+    client.search_posts(domain=NYT)
+    client.get_posts(["at://did:plc:alice/app.bsky.feed.post/x"])
+    assert [(c.host, c.nsid) for c in fake.calls] == [
+        ("pds", "com.atproto.server.createSession"),
+        ("appview", "app.bsky.feed.searchPosts"),
+        ("appview", "app.bsky.feed.getPosts"),
+    ]
+    assert fake.calls[1].params == {"q": ["*"], "domain": [NYT], "limit": ["100"], "sort": ["latest"]}
+
+
+def test_429_waits_until_ratelimit_reset_then_retries(fake, make_client, sleeps):
+    fake.faults["app.bsky.feed.searchPosts"].append(answer(
+        429, {"error": "RateLimitExceeded"},
+        {"ratelimit-limit": "3000", "ratelimit-remaining": "0", "ratelimit-reset": str(int(T0) + 42)}))
+    fake.faults["app.bsky.feed.getPosts"].append(answer(429, {"error": "RateLimitExceeded"}, {"retry-after": "7"}))
+    client = make_client()
+    assert client.search_posts(domain=NYT) == ([], None)
+    assert client.get_posts(["at://did:plc:alice/app.bsky.feed.post/x"]) == []
+    assert sleeps == [42.0, 7.0]
+    assert fake.count("app.bsky.feed.searchPosts") == 2
+
+
+def test_429_with_a_reset_beyond_the_cap_raises_without_waiting(fake, make_client, sleeps):
+    fake.faults["app.bsky.feed.searchPosts"].append(answer(
+        429, {"error": "RateLimitExceeded"}, {"ratelimit-reset": str(int(T0) + 3600)}))
+    with pytest.raises(BlueskyRateLimitError, match="3600 s more") as err:
+        make_client(max_wait_s=600).search_posts(domain=NYT)
+    assert err.value.wait_s == 3600.0 and sleeps == []
+
+
+def test_500_is_retried_with_backoff_and_a_persistent_503_gives_up(fake, make_client, sleeps):
+    fake.faults["app.bsky.feed.searchPosts"].append(answer(500, {"error": "InternalServerError"}))
+    client = make_client()
+    assert client.search_posts(domain=NYT) == ([], None)
+    assert sleeps == [1.0] and fake.count("app.bsky.feed.searchPosts") == 2
+
+    sleeps.clear()
+    fake.faults["app.bsky.feed.searchPosts"].extend(answer(503, {"error": "Unavailable"}) for _ in range(4))
+    with pytest.raises(BlueskyUnavailableError, match="failed 4 times, last with 503"):
+        client.search_posts(domain=NYT)
+    assert sleeps == [1.0, 2.0, 4.0]
+
+
+def test_timeout_is_retried(fake, make_client, sleeps):
+    fake.faults["app.bsky.feed.searchPosts"].append(stall(0.6))
+    assert make_client(timeout_s=0.2).search_posts(domain=NYT) == ([], None)
+    assert sleeps == [1.0] and fake.count("app.bsky.feed.searchPosts") == 2
+
+    sleeps.clear()
+    fake.faults["app.bsky.feed.searchPosts"].extend([stall(0.6), stall(0.6)])
+    with pytest.raises(BlueskyUnavailableError, match="InvokeTimeoutError"):
+        make_client(timeout_s=0.2, max_retries=1).search_posts(domain=NYT)
+
+
+def test_malformed_json_and_wrong_shape_are_typed_errors_not_retried(fake, make_client, sleeps):
+    client = make_client()
+    fake.faults["app.bsky.feed.searchPosts"].append(answer(200, b'{"posts": [{"uri": '))
+    with pytest.raises(BlueskyResponseError, match="searchPosts"):
+        client.search_posts(domain=NYT)
+    fake.faults["app.bsky.feed.searchPosts"].append(answer(200, {"cursor": "c1"}))  # no "posts"
+    with pytest.raises(BlueskyResponseError, match="not valid"):
+        client.search_posts(domain=NYT)
+    assert sleeps == [] and fake.count("app.bsky.feed.searchPosts") == 2
+
+
+def store_session(fake: FakeBluesky, access: str, refresh: str) -> None:
+    session_path().parent.mkdir(parents=True, exist_ok=True)
+    session_path().write_text(Session(fake.handle, fake.did, access, refresh, fake.url + "/pds").encode())
+
+
+def test_expired_stored_token_is_refreshed_once_without_a_login(fake, make_client):
+    old = fake.new_tokens()
+    fake.access.discard(old["accessJwt"])
+    fake.expired.add(old["accessJwt"])  # the PDS says 400 ExpiredToken
+    store_session(fake, old["accessJwt"], old["refreshJwt"])
+    make_client().search_posts(domain=NYT)
+    assert fake.count("com.atproto.server.refreshSession") == 1
+    assert fake.count("com.atproto.server.createSession") == 0
+    assert fake.count("app.bsky.feed.searchPosts") == 2
+    assert Session.decode(session_path().read_text()).access_jwt in fake.access
+
+
+def test_revoked_session_falls_back_to_one_login(fake, make_client):
+    store_session(fake, fake.jwt("com.atproto.appPass"), fake.jwt("com.atproto.refresh"))  # unknown to the server
+    make_client().search_posts(domain=NYT)
+    assert [c.nsid for c in fake.calls] == ["app.bsky.feed.searchPosts", "com.atproto.server.refreshSession",
+                                            "com.atproto.server.createSession", "app.bsky.feed.searchPosts"]
+
+
+def test_token_near_its_exp_is_refreshed_before_the_call(fake, make_client):
+    tokens = fake.new_tokens()
+    soon = fake.jwt("com.atproto.appPass", exp=int(T0) + 60)
+    fake.access.add(soon)
+    store_session(fake, soon, tokens["refreshJwt"])
+    make_client().search_posts(domain=NYT)
+    assert [c.nsid for c in fake.calls] == ["com.atproto.server.refreshSession", "app.bsky.feed.searchPosts"]
+
+
+def test_a_persistent_401_renews_once_then_raises(fake, make_client):
+    fake.reject_reads = True
+    with pytest.raises(BlueskyAuthError, match="still rejected the session after one refresh"):
+        make_client().search_posts(domain=NYT)
+    assert fake.count("com.atproto.server.createSession") == 1
+    assert fake.count("com.atproto.server.refreshSession") == 1
+    assert fake.count("app.bsky.feed.searchPosts") == 2
+
+
+def test_missing_credentials_and_bad_urls_are_config_errors(fake, make_client, monkeypatch):
+    monkeypatch.delenv(PASSWORD_ENV)
+    with pytest.raises(BlueskyConfigError, match=PASSWORD_ENV):
+        make_client().search_posts(domain=NYT)
+    assert fake.calls == []
+    with pytest.raises(BlueskyConfigError, match="ftp://x"):
+        BlueskyConfig(pds_url="ftp://x")
+    monkeypatch.setenv("WALTER_APPVIEW_URL", "http://appview.example")
+    assert BlueskyConfig.from_env().appview_url == "http://appview.example"
+
+
+def test_the_app_password_never_leaks(fake, make_client, db, capsys, caplog, varro_home, monkeypatch):
+    canary = "pw-CANARY-7q2x-only-in-env"
+    fake.password = canary
+    monkeypatch.setenv(PASSWORD_ENV, canary)
+    caplog.set_level(logging.DEBUG)  # httpx / httpcore / SDK debug logs included
+    add(fake, make_post("a"))
+    fake.search[(NYT, "")] = (["at://did:plc:alice/app.bsky.feed.post/a"], None)
+    seen: list[str] = []
+
+    client = make_client()
+    summary = ingest_search(db, client, [NYT], DAY, tz="UTC", now=NOW)
+    seen += [repr(client), repr(summary), repr(client.get_posts(list(fake.posts))), repr(client.config)]
+    assert summary.posts_stored == 1
+    assert any(c.body and c.body.get("password") == canary for c in fake.calls)  # it was really used
+
+    fake.reject_reads = True  # the session is rejected: refresh, re-login, still rejected
+    failures = []
+    with pytest.raises(BlueskyAuthError) as err:
+        make_client().search_posts(domain=NYT)
+    failures.append(err.value)
+    fake.reject_reads = False
+    session_bytes = session_path().read_bytes()
+    session_path().unlink()
+    fake.password = "a-different-password"  # the login itself is rejected
+    with pytest.raises(BlueskyAuthError, match="createSession .* rejected") as err:
+        make_client().search_posts(domain=NYT)
+    failures.append(err.value)
+
+    for e in failures:
+        seen += [str(e), repr(e), "".join(traceback.format_exception(e))]
+    out = capsys.readouterr()
+    seen += [out.out, out.err, caplog.text, *(r.getMessage() for r in caplog.records)]
+    assert "createSession" in caplog.text or "logged in" in caplog.text  # the logs were captured
+    assert not [s for s in seen if canary in s]
+    assert fake.did.encode() in session_bytes and canary.encode() not in session_bytes
+    files = [p for p in (varro_home / "data").rglob("*") if p.is_file()]
+    assert "varro.db" in {p.name for p in files}
+    assert not [p.name for p in files if canary.encode() in p.read_bytes()]
+
+
+# -- ingest ----------------------------------------------------------------------------------
+
+
+def test_ingest_search_pages_through_an_empty_page_and_stores_linked_posts(fake, make_client, db):
+    a = make_post("a", counts=(4, None, 1, None))  # missing counts
+    b = make_post("b", kind="facet", link="https://nytimes.com/2026/11/02/b.html?utm_source=bsky")
+    c = make_post("c", kind="record_with_media", link="http://www.nytimes.com/2026/11/02/a.html")
+    d = make_post("d", kind="none")
+    e = make_post("e", link="https://youtube.com/watch?v=1")
+    ua, ub, uc, ud, ue = add(fake, a, b, c, d, e)
+    fake.search[(NYT, "")] = ([ua, ud], "c1")
+    fake.search[(NYT, "c1")] = ([], "c2")  # an empty page whose cursor goes on
+    fake.search[(NYT, "c2")] = ([ub, uc, ue], None)
+    summary = ingest_search(db, make_client(), [NYT], DAY, tz="America/New_York", now=NOW)
+
+    searches = [c for c in fake.calls if c.nsid == "app.bsky.feed.searchPosts"]
+    assert [c.params.get("cursor", [None])[0] for c in searches] == [None, "c1", "c2"]
+    assert searches[0].params["since"] == ["2026-11-02T05:00:00Z"]
+    assert searches[0].params["until"] == ["2026-11-03T05:00:00Z"]
+    assert (summary.pages, summary.posts_seen, summary.posts_stored, summary.posts_new,
+            summary.posts_without_link) == (3, 5, 3, 3, 2)
+    got = rows(db)
+    assert set(got) == {ua, ub, uc}
+    assert (got[ua]["like_count"], got[ua]["repost_count"], got[ua]["reply_count"], got[ua]["quote_count"]) \
+        == (4, None, 1, None)
+    assert (got[ub]["link_title"], got[ub]["url_norm"]) == (None, "https://nytimes.com/2026/11/02/b.html")
+    assert got[uc]["url_norm"] == got[ua]["url_norm"] == "https://nytimes.com/2026/11/02/a.html"
+    assert got[uc]["link_title"] == "Title c"
+    assert got[ua]["counts_age_hours"] == pytest.approx(26.0)
+    assert dict(db.execute("select query, finished from bsky_cursors").fetchall()) == {"domain:nytimes.com": 1}
+    assert list(db.query("select url_norm, posts from articles order by url_norm")) == [
+        {"url_norm": "https://nytimes.com/2026/11/02/a.html", "posts": 2},
+        {"url_norm": "https://nytimes.com/2026/11/02/b.html", "posts": 1},
+    ]
+
+
+def test_rerunning_a_day_changes_nothing_and_a_finished_search_is_not_repeated(fake, make_client, db):
+    ua, ub = add(fake, make_post("a"), make_post("b"))
+    fake.search[(NYT, "")] = ([ua], "c1")
+    fake.search[(NYT, "c1")] = ([ub], None)
+    client = make_client()
+    ingest_search(db, client, [NYT], DAY, tz="UTC", now=NOW)
+    before = rows(db)
+    again = ingest_search(db, client, [NYT], DAY, tz="UTC", now=NOW + timedelta(hours=1))
+    assert (again.queries, again.queries_done_before, again.pages) == (0, 1, 0)
+    assert fake.count("app.bsky.feed.searchPosts") == 2 and rows(db) == before
+
+    today = ingest_search(db, client, [NYT], "2026-11-03", tz="UTC", now=NOW)  # not over yet
+    assert ingest_search(db, client, [NYT], "2026-11-03", tz="UTC", now=NOW).queries == today.queries == 1
+    assert fake.count("app.bsky.feed.searchPosts") == 6 and len(rows(db)) == 2
+
+    db.execute("delete from bsky_cursors")  # force a real re-search: upserts, no duplicates
+    fake.posts[ua]["likeCount"] = 9
+    fake.posts[ua]["embed"] = make_post("z", link="https://nytimes.com/other.html")["embed"]
+    third = ingest_search(db, client, [NYT], DAY, tz="UTC", now=NOW + timedelta(hours=2))
+    after = rows(db)
+    assert (third.posts_stored, third.posts_new, len(after)) == (2, 0, 2)
+    assert after[ua]["like_count"] == 9 and after[ua]["first_seen_utc"] == before[ua]["first_seen_utc"]
+    assert after[ua]["url_norm"] == before[ua]["url_norm"]  # the first sighting's article
+
+
+def test_a_failing_page_keeps_earlier_pages_and_the_rerun_resumes_from_the_saved_cursor(fake, make_client, db):
+    uris = add(fake, *(make_post(f"p{i}") for i in range(4)))
+    fake.search[(NYT, "")] = ([uris[0]], "c1")
+    fake.search[(NYT, "c1")] = ([uris[1]], "c2")
+    fake.search[(NYT, "c2")] = ([uris[2]], "c3")
+    fake.search[(NYT, "c3")] = ([uris[3]], None)
+    client = make_client(max_retries=0)
+    fake.faults["app.bsky.feed.searchPosts"] = [lambda req: False, lambda req: False,
+                                                answer(502, {"error": "UpstreamFailure"})]
+    with pytest.raises(BlueskyUnavailableError, match="502"):
+        ingest_search(db, client, [NYT], DAY, tz="UTC", now=NOW)
+    assert set(rows(db)) == set(uris[:2])
+    state = db.execute("select cursor, finished, pages from bsky_cursors").fetchall()
+    assert state == [("c2", 0, 2)]
+
+    fake.calls.clear()
+    summary = ingest_search(db, client, [NYT], DAY, tz="UTC", now=NOW)
+    assert [c.params.get("cursor", [None])[0] for c in fake.calls if c.nsid == "app.bsky.feed.searchPosts"] \
+        == ["c2", "c3"]
+    assert summary.pages == 2 and set(rows(db)) == set(uris)
+    assert db.execute("select cursor, finished, pages from bsky_cursors").fetchall() == [(None, 1, 4)]
+
+
+def test_refresh_counts_at_the_fixed_age_in_chunks_marks_deleted_and_keeps_final_counts(fake, make_client, db):
+    old = [make_post(f"o{i:02d}", created="2026-11-01T10:00:00Z", counts=(1, 0, 0, 0)) for i in range(30)]
+    young = make_post("young", created="2026-11-03T02:00:00Z")
+    uris = add(fake, *old, young)
+    fake.search[(NYT, "")] = (uris, None)
+    client = make_client()
+    ingest_search(db, client, [NYT], "2026-11-01", tz="UTC", now=NOW)
+    ingest_search(db, client, [NYT], "2026-11-03", tz="UTC", now=NOW)  # same answer; young is on the 3rd
+    for p in old:
+        p["likeCount"] = 10
+    del fake.posts[old[1]["uri"]]["repostCount"]
+    fake.gone.add(old[0]["uri"])
+    fake.calls.clear()
+
+    assert refresh_counts(db, client, min_age_hours=24.0, now=NOW) == 29
+    assert [len(c.params["uris"]) for c in fake.calls if c.nsid == "app.bsky.feed.getPosts"] == [25, 5]
+    got = rows(db)
+    assert got[old[0]["uri"]]["deleted"] == 1 and got[old[0]["uri"]]["counts_final"] == 0
+    assert (got[old[2]["uri"]]["like_count"], got[old[2]["uri"]]["counts_final"]) == (10, 1)
+    assert got[old[2]["uri"]]["counts_age_hours"] == pytest.approx(50.0)
+    assert got[old[2]["uri"]]["counts_read_utc"] == "2026-11-03T12:00:00.000000Z"
+    assert got[old[1]["uri"]]["repost_count"] is None
+    assert got[young["uri"]]["counts_final"] == 0
+    assert refresh_counts(db, client, now=NOW) == 0  # nothing left to do
+
+    fake.posts[old[2]["uri"]]["likeCount"] = 99  # a later search must not overwrite final counts
+    db.execute("delete from bsky_cursors")
+    ingest_search(db, client, [NYT], "2026-11-01", tz="UTC", now=NOW + timedelta(days=1))
+    assert rows(db)[old[2]["uri"]]["like_count"] == 10
+
+
+def feed_item(post: dict[str, Any], repost_by: str | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"post": post}
+    if repost_by:
+        item["reason"] = {"$type": "app.bsky.feed.defs#reasonRepost", "indexedAt": "2026-11-01T00:00:00Z",
+                          "by": {"did": repost_by, "handle": "alice.test"}}
+    return item
+
+
+def test_baselines_skip_reposts_and_young_posts_cache_and_exclude_the_scored_post(fake, make_client, db):
+    old = "2026-11-01T10:00:00Z"
+    own = [make_post("b1", did=BOB, created=old, counts=(2, 0, 0, 0)),  # engagement 2
+           make_post("b2", did=BOB, created=old, counts=(4, 1, 2, 0)),  # 4 + 2 + 2 = 8
+           make_post("b3", did=BOB, created=old, counts=(100, 0, 0, 0)),  # the scored post
+           make_post("b4", did=BOB, created=old, counts=(1, 0, 1, 1)),  # 1 + 1 + 2 = 4
+           make_post("b5", did=BOB, created=old, counts=(7, None, 0, 0))]  # unknown count: skipped
+    young = make_post("b6", did=BOB, created="2026-11-03T11:00:00Z", counts=(0, 0, 0, 0))
+    reposted = make_post("x1", did=ALICE, created=old, counts=(500, 0, 0, 0))
+    fake.feeds[(BOB, "")] = ([feed_item(young), feed_item(own[0]), feed_item(reposted, repost_by=BOB),
+                              feed_item(own[1])], "f1")
+    fake.feeds[(BOB, "f1")] = ([feed_item(p) for p in own[2:]], None)
+    client = make_client()
+
+    assert update_baselines(db, client, [BOB, BOB], now=NOW) == 1
+    feed_calls = [c for c in fake.calls if c.nsid == "app.bsky.feed.getAuthorFeed"]
+    assert [c.params["filter"] for c in feed_calls] == [["posts_no_replies"], ["posts_no_replies"]]
+    author = db["bsky_authors"].get(BOB)
+    assert json.loads(author["posts_json"]) == [[p["uri"], p.get("likeCount"), p.get("repostCount"),
+                                                 p.get("replyCount"), p.get("quoteCount")] for p in own]
+    assert (author["handle"], author["expires_utc"]) == ("bob.test", "2026-11-10T12:00:00.000000Z")
+
+    scored = own[2]["uri"]
+    assert author_baseline(db, BOB, scored, WEIGHTS) == 4.0  # median(2, 8, 4); 6.0 with the scored post
+    assert author_baseline(db, BOB, "at://other", WEIGHTS) == 6.0
+    assert author_baseline(db, ALICE, scored, WEIGHTS) is None  # not cached: no number invented
+
+    assert update_baselines(db, client, [BOB], now=NOW + timedelta(days=6)) == 0  # cached
+    fake.feeds[(BOB, "")] = ([feed_item(own[2])], None)
+    assert update_baselines(db, client, [BOB], now=NOW + timedelta(days=8)) == 1  # expired: fetched again
+    assert author_baseline(db, BOB, scored, WEIGHTS) is None  # only the scored post is left
+
+
+def test_get_profiles_in_chunks_of_25(fake, make_client):
+    dids = [f"did:plc:p{i:02d}" for i in range(27)]
+    fake.profiles = {d: {"did": d, "handle": d[8:] + ".test", "followersCount": 3} for d in dids[:26]}
+    profiles = make_client().get_profiles(dids)
+    assert [p["did"] for p in profiles] == dids[:26] and profiles[0]["followersCount"] == 3
+    assert [len(c.params["actors"]) for c in fake.calls if c.nsid == "app.bsky.actor.getProfiles"] == [25, 2]

@@ -1,0 +1,467 @@
+"""Walter's ingest: Bluesky posts that link to news articles, their counts at a fixed age, author baselines.
+
+- `ingest_search` pages app.bsky.feed.searchPosts per news domain and day and
+  stores every post with an article link in `bsky_posts` (upsert on the
+  at-uri). Each page is committed together with its cursor in `bsky_cursors`,
+  so a failed run resumes where it stopped and a finished (query, day) is
+  never searched again.
+- `refresh_counts` re-reads posts once they reach the fixed age and marks those
+  counts final; a post getPosts no longer returns is marked deleted.
+- `update_baselines` caches each author's recent own posts with their raw
+  counts; `author_baseline` turns them into the author's usual engagement.
+
+Posts are the plain dicts `walter.bsky.Bluesky` returns (wire-shaped JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import statistics
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import sqlite_utils
+
+from varro.headlines import normalise_link
+from varro.ingest import resolve_timezone
+
+from .bsky import REPOST_REASON, Bluesky
+
+log = logging.getLogger(__name__)
+
+EXTERNAL_VIEW = "app.bsky.embed.external#view"
+EXTERNAL_RECORD = "app.bsky.embed.external"
+RECORD_WITH_MEDIA_VIEW = "app.bsky.embed.recordWithMedia#view"
+RECORD_WITH_MEDIA_RECORD = "app.bsky.embed.recordWithMedia"
+LINK_FACET = "app.bsky.richtext.facet#link"
+COUNT_FIELDS = ("like", "repost", "reply", "quote")  # order of the counts in bsky_authors.posts_json items
+DEFAULT_QUERY = "*"  # searchPosts needs a q; the domain filter does the selecting
+MAX_PAGES = 100  # per (query, day) and run: 10,000 posts at limit 100
+BASELINE_MAX_PAGES = 5  # author feed pages read for a baseline (young posts and reposts are skipped)
+_FRACTION = re.compile(r"(\.\d{6})\d+")  # Python parses at most microseconds
+
+
+class WalterIngestError(ValueError):
+    """An argument of the ingest or a post from the API is unusable; the message names it."""
+
+
+class PostDataError(WalterIngestError):
+    """A post lacks a field the row needs (uri, cid, author, a parseable createdAt)."""
+
+
+@dataclass
+class SearchSummary:
+    queries: int = 0  # (domain, day) searches run or resumed
+    queries_done_before: int = 0  # already finished in an earlier run, not searched again
+    queries_unfinished: int = 0  # stopped at max_pages; the saved cursor resumes them
+    pages: int = 0
+    posts_seen: int = 0
+    posts_stored: int = 0  # upserted (new or updated)
+    posts_new: int = 0
+    posts_without_link: int = 0  # no http(s) link to the searched domain
+    posts_invalid: int = 0  # PostDataError: logged and skipped
+
+
+# -- posts to rows -----------------------------------------------------------------
+
+
+def _https_link(uri: Any) -> bool:
+    return isinstance(uri, str) and uri.lower().startswith(("http://", "https://"))
+
+
+def _external(embed: Any, view: bool) -> dict[str, Any] | None:
+    """The external card of an embed (directly, or as a record-with-media's media); None otherwise."""
+    if not isinstance(embed, dict):
+        return None
+    kind = embed.get("$type")
+    if kind == (RECORD_WITH_MEDIA_VIEW if view else RECORD_WITH_MEDIA_RECORD):
+        return _external(embed.get("media"), view)
+    if kind == (EXTERNAL_VIEW if view else EXTERNAL_RECORD):
+        card = embed.get("external")
+        return card if isinstance(card, dict) and _https_link(card.get("uri")) else None
+    return None
+
+
+def _candidates(post: dict[str, Any]) -> Iterable[tuple[str, str | None, str | None]]:
+    record = post.get("record") or {}
+    for card in (_external(post.get("embed"), view=True), _external(record.get("embed"), view=False)):
+        if card:
+            yield card["uri"], card.get("title") or None, card.get("description") or None
+    for facet in record.get("facets") or []:
+        for feature in facet.get("features") or []:
+            if feature.get("$type") == LINK_FACET and _https_link(feature.get("uri")):
+                yield feature["uri"], None, None
+
+
+def link_host(url: str) -> str:
+    """The lower-case host of `url` without port or a leading 'www.'."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host[4:] if host.startswith("www.") else host
+
+
+def on_domain(url: str, domain: str) -> bool:
+    """Whether `url` points at `domain` or one of its subdomains (www. ignored)."""
+    host, domain = link_host(url), domain.lower().removeprefix("www.")
+    return host == domain or host.endswith("." + domain)
+
+
+def extract_link(post: dict[str, Any], domain: str | None = None) -> tuple[str, str | None, str | None] | None:
+    """The article link of a post view: (link, title, description), or None when it has none.
+
+    Looked for in the external embed's card (view, then record), a record-with-media
+    whose media is external, then the text's link facets (no title there). With
+    `domain`, only links to that domain (or a subdomain) count.
+    """
+    for link, title, description in _candidates(post):
+        if domain is None or on_domain(link, domain):
+            return link, title, description
+    return None
+
+
+def article_key(url: str) -> str:
+    """`varro.headlines.normalise_link`, plus https for http and no leading 'www.' in the host.
+
+    Bluesky posts link the same article with and without www. and over http; one
+    article must have one key.
+    """
+    parts = urlsplit(normalise_link(url))
+    scheme = "https" if parts.scheme == "http" else parts.scheme
+    netloc = parts.netloc[4:] if parts.netloc.startswith("www.") else parts.netloc
+    return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
+
+
+def parse_time(value: Any) -> datetime:
+    """An ATProto datetime string as an aware UTC datetime; no offset means UTC. Raises PostDataError."""
+    if not isinstance(value, str) or not value.strip():
+        raise PostDataError(f"not a datetime: {value!r}")
+    text = _FRACTION.sub(r"\1", value.strip())
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise PostDataError(f"not an ISO 8601 datetime: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def utc_iso(moment: datetime) -> str:
+    """YYYY-MM-DDTHH:MM:SS.ffffffZ, the format of `varro.db.utc_now` (sorts as text)."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _local_day(moment: datetime, zone: tzinfo | None) -> str:
+    return (moment.astimezone(zone) if zone else moment.astimezone()).date().isoformat()
+
+
+def _count(post: dict[str, Any], name: str) -> int | None:
+    value = post.get(f"{name}Count")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def post_row(post: dict[str, Any], tz: tzinfo | None, now: datetime, domain: str | None = None) -> dict[str, Any]:
+    """The `bsky_posts` row of a post view, counts as read at `now` (NULL where the API said nothing).
+
+    `tz` decides the local day (None: the machine's zone). Raises PostDataError when
+    the post lacks uri, cid, author did or a parseable createdAt, or has no article link.
+    """
+    record = post.get("record") or {}
+    author = post.get("author") or {}
+    uri, cid, did = post.get("uri"), post.get("cid"), author.get("did")
+    if not (uri and cid and did):
+        raise PostDataError(f"post without uri / cid / author did: uri={uri!r} cid={cid!r} did={did!r}")
+    found = extract_link(post, domain)
+    if found is None:
+        raise PostDataError(f"post {uri} has no article link" + (f" to {domain}" if domain else ""))
+    link, title, description = found
+    try:
+        created = parse_time(record.get("createdAt"))
+    except PostDataError as e:
+        raise PostDataError(f"post {uri}: createdAt {e}") from None
+    indexed = parse_time(post["indexedAt"]) if post.get("indexedAt") else None
+    return {
+        "uri": uri,
+        "cid": cid,
+        "author_did": did,
+        "author_handle": author.get("handle"),
+        "text": record.get("text") or "",
+        "link": link,
+        "url_norm": article_key(link),
+        "link_title": title,
+        "link_description": description,
+        "created_utc": utc_iso(created),
+        "indexed_utc": utc_iso(indexed) if indexed else None,
+        "like_count": _count(post, "like"),
+        "repost_count": _count(post, "repost"),
+        "reply_count": _count(post, "reply"),
+        "quote_count": _count(post, "quote"),
+        "counts_read_utc": utc_iso(now),
+        "counts_age_hours": (now - created).total_seconds() / 3600.0,
+        "counts_final": 0,
+        "deleted": 0,
+        "day": _local_day(created, tz),
+        "first_seen_utc": utc_iso(now),
+    }
+
+
+# -- storage ------------------------------------------------------------------------
+
+_COLUMNS = ("uri", "cid", "author_did", "author_handle", "text", "link", "url_norm", "link_title",
+            "link_description", "created_utc", "indexed_utc", "like_count", "repost_count", "reply_count",
+            "quote_count", "counts_read_utc", "counts_age_hours", "counts_final", "deleted", "day",
+            "first_seen_utc")
+_REWRITTEN = ("cid", "author_handle", "text", "indexed_utc")
+_COUNTS = ("like_count", "repost_count", "reply_count", "quote_count", "counts_read_utc", "counts_age_hours")
+# A re-seen post gets fresh content and, until they are final, fresh counts. Its link
+# and article key stay those of the first sighting (a post linking two searched
+# domains must not flip between articles), as do its day, final counts and deleted flag.
+_UPSERT = (
+    f"insert into bsky_posts ({', '.join(_COLUMNS)}) values ({', '.join(':' + c for c in _COLUMNS)}) "
+    "on conflict(uri) do update set "
+    + ", ".join(f"{c} = excluded.{c}" for c in _REWRITTEN) + ", "
+    + ", ".join(f"{c} = case when coalesce(bsky_posts.counts_final, 0) = 1 then bsky_posts.{c} else excluded.{c} end"
+                for c in _COUNTS)
+)
+
+
+def store_posts(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> int:
+    """Upsert `rows` into bsky_posts (caller holds the transaction); returns how many were new."""
+    new = 0
+    for row in rows:
+        exists = db.execute("select 1 from bsky_posts where uri = ?", [row["uri"]]).fetchone()
+        new += exists is None
+        db.execute(_UPSERT, row)
+    return new
+
+
+# -- search --------------------------------------------------------------------------
+
+
+def day_bounds(day: str, zone: tzinfo | None) -> tuple[str, str]:
+    """since / until (UTC, second precision) of the local `day`: [midnight, next midnight)."""
+    try:
+        start = date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise WalterIngestError(f"day must be YYYY-MM-DD, got {day!r}") from None
+
+    def midnight(d: date) -> datetime:
+        moment = datetime.combine(d, time(0))
+        return moment.replace(tzinfo=zone) if zone else moment.astimezone()
+
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (midnight(start).astimezone(timezone.utc).strftime(fmt),
+            midnight(start + timedelta(days=1)).astimezone(timezone.utc).strftime(fmt))
+
+
+_SAVE_CURSOR = (
+    "insert into bsky_cursors (query, day, cursor, finished, pages, updated_utc) values (?, ?, ?, ?, ?, ?) "
+    "on conflict(query, day) do update set cursor = excluded.cursor, finished = excluded.finished, "
+    "pages = excluded.pages, updated_utc = excluded.updated_utc"
+)
+
+
+def query_key(domain: str, q: str = DEFAULT_QUERY) -> str:
+    """The bsky_cursors key of a domain search: 'domain:<domain>', with the query when it is not '*'."""
+    return f"domain:{domain}" if q == DEFAULT_QUERY else f"{q} domain:{domain}"
+
+
+def ingest_search(
+    db: sqlite_utils.Database,
+    client: Bluesky,
+    domains: list[str],
+    day: str,
+    tz: str | tzinfo | None = None,
+    q: str = DEFAULT_QUERY,
+    limit: int = 100,
+    max_pages: int = MAX_PAGES,
+    now: datetime | None = None,
+) -> SearchSummary:
+    """Search each domain's posts of the local `day` and store those with an article link.
+
+    Pages until the cursor is empty (an empty page with a cursor goes on). Each
+    page and the next cursor are committed together; a Bluesky error propagates
+    with the earlier pages and the cursor kept, and the next run resumes there.
+    A search is marked finished only once the day is over, so searching today
+    again later picks up newer posts (upserts, no duplicates).
+    Raises WalterIngestError for a bad day, timezone or empty domain list.
+    """
+    if not domains or any(not d or "/" in d for d in domains):
+        raise WalterIngestError(f"domains must be non-empty host names, got {domains!r}")
+    zone = resolve_timezone(tz) if isinstance(tz, str) or tz is None else tz
+    since, until = day_bounds(day, zone)
+    summary = SearchSummary()
+    for domain in domains:
+        key = query_key(domain, q)
+        state = db.execute("select cursor, finished, pages from bsky_cursors where query = ? and day = ?",
+                           [key, day]).fetchone()
+        if state and state[1]:
+            summary.queries_done_before += 1
+            continue
+        summary.queries += 1
+        cursor, pages = (state[0], state[2] or 0) if state else (None, 0)
+        for _ in range(max_pages):
+            posts, next_cursor = client.search_posts(q=q, domain=domain, since=since, until=until,
+                                                     cursor=cursor, limit=limit)
+            if next_cursor is not None and next_cursor == cursor:
+                raise WalterIngestError(f"searchPosts for {key!r} on {day} returned the same cursor {cursor!r}")
+            read_at = now or datetime.now(timezone.utc)
+            rows = _rows(posts, zone, read_at, domain, summary)
+            pages += 1
+            finished = not next_cursor and parse_time(until) <= read_at
+            with db.conn:  # the page and the cursor after it, or neither
+                summary.posts_new += store_posts(db, rows)
+                db.execute(_SAVE_CURSOR, [key, day, next_cursor, int(finished), pages, utc_iso(read_at)])
+            summary.pages += 1
+            summary.posts_stored += len(rows)
+            if not next_cursor:
+                break
+            cursor = next_cursor
+        else:
+            summary.queries_unfinished += 1
+            log.warning("search %r on %s stopped after %d pages; the next run resumes", key, day, max_pages)
+    return summary
+
+
+def _rows(posts: list[dict[str, Any]], zone: tzinfo | None, now: datetime, domain: str,
+          summary: SearchSummary) -> list[dict[str, Any]]:
+    rows = []
+    for post in posts:
+        summary.posts_seen += 1
+        if extract_link(post, domain) is None:
+            summary.posts_without_link += 1
+            continue
+        try:
+            rows.append(post_row(post, zone, now, domain))
+        except PostDataError as e:
+            summary.posts_invalid += 1
+            log.warning("skipping a post: %s", e)
+    return rows
+
+
+# -- counts at the fixed age ---------------------------------------------------------------
+
+
+_FINAL_COUNTS = (
+    "update bsky_posts set like_count = ?, repost_count = ?, reply_count = ?, quote_count = ?, "
+    "counts_read_utc = ?, counts_age_hours = ?, counts_final = 1 where uri = ?"
+)
+
+
+def refresh_counts(
+    db: sqlite_utils.Database, client: Bluesky, min_age_hours: float = 24.0, now: datetime | None = None
+) -> int:
+    """Re-read the counts of posts at least `min_age_hours` old whose counts are not final yet.
+
+    getPosts in chunks of 25; counts, counts_read_utc and counts_age_hours are
+    updated and counts_final set to 1. A post missing from the answer is marked
+    deleted=1 (its row stays). Returns how many posts got final counts.
+    """
+    now = now or datetime.now(timezone.utc)
+    cutoff = utc_iso(now - timedelta(hours=min_age_hours))
+    due = list(db.query(
+        "select uri, created_utc from bsky_posts where coalesce(counts_final, 0) = 0 "
+        "and coalesce(deleted, 0) = 0 and created_utc <= ? order by created_utc, uri", [cutoff]))
+    finalised = deleted = 0
+    for start in range(0, len(due), 25):
+        chunk = due[start:start + 25]
+        answer = {p["uri"]: p for p in client.get_posts([r["uri"] for r in chunk])}
+        with db.conn:
+            for row in chunk:
+                post = answer.get(row["uri"])
+                if post is None:
+                    db.execute("update bsky_posts set deleted = 1 where uri = ?", [row["uri"]])
+                    deleted += 1
+                    continue
+                age = (now - parse_time(row["created_utc"])).total_seconds() / 3600.0
+                db.execute(_FINAL_COUNTS, [*(_count(post, name) for name in COUNT_FIELDS),
+                                           utc_iso(now), age, row["uri"]])
+                finalised += 1
+    log.info("refreshed counts: %d final, %d deleted, of %d due", finalised, deleted, len(due))
+    return finalised
+
+
+# -- author baselines ------------------------------------------------------------------------
+
+
+def update_baselines(
+    db: sqlite_utils.Database,
+    client: Bluesky,
+    dids: Iterable[str],
+    ttl_hours: float = 24 * 7,
+    now: datetime | None = None,
+    max_posts: int = 50,
+    min_age_hours: float = 24.0,
+) -> int:
+    """Cache each author's recent own posts with raw counts in bsky_authors; returns authors fetched.
+
+    An author whose cache has not expired is skipped. Replies (filter) and reposts
+    are left out, and so are posts younger than `min_age_hours`, whose counts are
+    not comparable yet. posts_json is [[uri, likes, reposts, replies, quotes], ...]
+    with null for a count the API did not give.
+    """
+    now = now or datetime.now(timezone.utc)
+    young = utc_iso(now - timedelta(hours=min_age_hours))
+    fetched = 0
+    for did in dict.fromkeys(dids):
+        cached = db.execute("select expires_utc from bsky_authors where did = ?", [did]).fetchone()
+        if cached and cached[0] and cached[0] > utc_iso(now):
+            continue
+        handle, posts = _recent_own_posts(client, did, max_posts, young)
+        with db.conn:
+            db["bsky_authors"].upsert({
+                "did": did, "handle": handle, "posts_json": json.dumps(posts),
+                "fetched_utc": utc_iso(now), "expires_utc": utc_iso(now + timedelta(hours=ttl_hours)),
+            }, pk="did")
+        fetched += 1
+    return fetched
+
+
+def _recent_own_posts(client: Bluesky, did: str, max_posts: int, young: str) -> tuple[str | None, list[list]]:
+    handle, posts, cursor = None, [], None
+    for _ in range(BASELINE_MAX_PAGES):
+        items, cursor = client.get_author_feed(did, cursor=cursor, limit=min(100, max_posts))
+        for item in items:
+            post = item.get("post") or {}
+            if (item.get("reason") or {}).get("$type") == REPOST_REASON or (post.get("author") or {}).get("did") != did:
+                continue
+            handle = handle or post["author"].get("handle")
+            try:
+                created = utc_iso(parse_time((post.get("record") or {}).get("createdAt")))
+            except PostDataError:
+                continue  # without a time we cannot tell whether its counts are settled
+            if created <= young:
+                posts.append([post.get("uri")] + [_count(post, name) for name in COUNT_FIELDS])
+            if len(posts) >= max_posts:
+                return handle, posts
+        if not cursor:
+            break
+    return handle, posts
+
+
+def author_baseline(db: sqlite_utils.Database, did: str, exclude_uri: str,
+                    weights: Mapping[str, float]) -> float | None:
+    """The author's usual engagement: the median weighted engagement of their cached posts.
+
+    `weights` maps like / repost / reply / quote to their weight. The post being
+    scored (`exclude_uri`) and posts with an unknown count are left out; None when
+    nothing is left or the author is not cached (no number is invented).
+    """
+    missing = set(COUNT_FIELDS) - set(weights)
+    if missing:
+        raise WalterIngestError(f"weights lack {sorted(missing)}; got {dict(weights)}")
+    row = db.execute("select posts_json from bsky_authors where did = ?", [did]).fetchone()
+    if row is None or not row[0]:
+        return None
+    values = []
+    for item in json.loads(row[0]):
+        if not isinstance(item, list) or len(item) != 1 + len(COUNT_FIELDS):
+            raise WalterIngestError(f"bsky_authors.posts_json of {did} has an item {item!r}; "
+                                    f"expected [uri, {', '.join(COUNT_FIELDS)}]")
+        uri, *counts = item
+        if uri == exclude_uri or any(c is None for c in counts):
+            continue
+        values.append(sum(weights[name] * c for name, c in zip(COUNT_FIELDS, counts)))
+    return float(statistics.median(values)) if values else None
