@@ -21,10 +21,14 @@ EXPECTED_ERRORS = (ConfigError, CheckpointError, MigrationError, ModelLoadError,
 
 
 class VarroGroup(click.Group):
+    """Turns the library's expected errors into one line on stderr and exit status 1."""
+
+    expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except EXPECTED_ERRORS as e:
+        except self.expected as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
 

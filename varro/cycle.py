@@ -217,9 +217,12 @@ def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
     }
 
 
-def format_metrics(rows: list[dict]) -> str:
-    cols = ["day", "scored", "reward_mean", "reward_std", "eval_reward", "semantic", "quality", "zeros", "leak",
-            "echo", "words", "kl", "clip_fraction"]
+VARRO_COLUMNS = ["day", "scored", "reward_mean", "reward_std", "eval_reward", "semantic", "quality", "zeros",
+                 "leak", "echo", "words", "kl", "clip_fraction"]
+
+
+def format_metrics(rows: list[dict], cols: list[str] = VARRO_COLUMNS) -> str:
+    """A fixed-width table of per-day metrics; '-' where a value is unknown."""
     head = "  ".join(f"{c:>11}" for c in cols)
     lines = [head]
     for m in rows:

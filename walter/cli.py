@@ -1,0 +1,146 @@
+"""The `walter` command line."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from varro.cli import EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day
+from varro.cli_options import config_options, resolve_config
+
+from .bsky import BlueskyError
+from .ingest import WalterIngestError
+
+
+class WalterGroup(VarroGroup):
+    expected = EXPECTED_ERRORS + (BlueskyError, WalterIngestError)
+
+
+@click.group(cls=WalterGroup)
+def cli() -> None:
+    """Walter: a nightly RL loop that learns to write Bluesky posts from what worked.
+
+    Example: walter demo
+    """
+
+
+def _bluesky_ingest(cfg, home):
+    """The step's ingest stage against the real Bluesky API (credentials from the environment)."""
+    from .bsky import Bluesky
+    from .ingest import ingest_search, refresh_counts, update_baselines
+
+    domains = [d.strip() for d in cfg.walter.domains.split(",") if d.strip()]
+
+    def run(db, day: str) -> int:
+        with Bluesky(home=home) as client:
+            summary = ingest_search(db, client, domains, day, tz=cfg.varro.timezone or None)
+            refreshed = refresh_counts(db, client, min_age_hours=cfg.walter.count_age_hours)
+            dids = [r["author_did"] for r in db.query(
+                "select distinct author_did from bsky_posts where counts_final = 1 or day = ?", [day])]
+            authors = update_baselines(db, client, dids, ttl_hours=cfg.walter.baseline_ttl_hours)
+        click.echo(f"bluesky: {summary.posts_new} new posts, {refreshed} counts refreshed, "
+                   f"{authors} author baselines fetched")
+        return summary.posts_new
+
+    return run
+
+
+def _sample_ingest(db, day: str) -> int:
+    from .sample import ingest_sample_day
+
+    return ingest_sample_day(db, day)
+
+
+@cli.command()
+@click.option("--date", "day", required=True, help="the day to run, YYYY-MM-DD")
+@click.option("--source", type=click.Choice(["bluesky", "sample"]), default="bluesky", show_default=True,
+              help="where the day's posts come from")
+@RUN_OPTION
+@HOME_OPTION
+@config_options("walter")
+def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
+    """Run Walter's daily cycle for one day.
+
+    Ingest posts linking to the news domains, refresh counts and author
+    baselines, choose articles by the curriculum, sample posts, score them
+    against what worked, take the GSPO updates and write the day's checkpoint.
+    Needs BSKY_HANDLE and BSKY_APP_PASSWORD for --source bluesky.
+
+    Example: walter step --date 2026-11-03 --source sample --model data/models/tiny-qwen3
+    """
+    from varro import db as dbm
+    from varro.config import db_path, run_dir
+    from varro.embed import CachedEmbedder, load_embedder
+
+    from .cycle import step as run_step
+
+    day = _check_day(day)
+    cfg = resolve_config(kwargs)
+    db = dbm.open_db(db_path(home))
+    ingest = _sample_ingest if source == "sample" else _bluesky_ingest(cfg, home)
+    embedder = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
+    res = run_step(db, cfg, run, run_dir(run, home), day, embedder, ingest)
+    click.echo(f"{day}: ingested {res.ingested}, sampled {res.sampled}, scored {res.scored}, "
+               f"steps {res.steps}, checkpoint {res.checkpoint}")
+    for note in res.notes:
+        click.echo(f"  note: {note}")
+
+
+@cli.command()
+@click.option("--days", default=None, type=int, help="only the first N sample days [default: all]")
+@click.option("--run", default="walter-demo", show_default=True, help="run name under runs/")
+@HOME_OPTION
+@config_options("walter")
+def demo(days: int | None, run: str, home: str | None, **kwargs) -> None:
+    """Run Walter's daily cycle over the shipped Bluesky sample on the tiny model, offline.
+
+    Example: walter demo --days 3
+    """
+    from .demo import run_demo
+    from varro.demo import demo_config, ensure_tiny_model
+
+    cfg = resolve_config(kwargs, base=walter_demo_config(demo_config(ensure_tiny_model(home))))
+    run_demo(home, run, cfg, days=days, echo=click.echo)
+
+
+def walter_demo_config(cfg):
+    cfg.walter.articles_per_day = 8
+    cfg.sampling.max_tokens = 64
+    return cfg
+
+
+@cli.command()
+@RUN_OPTION
+@HOME_OPTION
+@click.option("--json", "as_json", is_flag=True, help="print JSON lines instead of a table")
+def metrics(run: str, home: str | None, as_json: bool) -> None:
+    """Print the per-day metrics of a Walter run.
+
+    Example: walter metrics --run walter-demo
+    """
+    from varro import db as dbm
+    from varro.config import db_path
+    from varro.cycle import format_metrics
+
+    from .cycle import day_metrics
+    from .demo import COLUMNS
+
+    db = dbm.open_db(db_path(home))
+    days = [r["day"] for r in db.query(
+        "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id "
+        "where p.app = 'walter' and r.run = ? order by r.day", [run])]
+    rows = [day_metrics(db, run, d) for d in days]
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r))
+    else:
+        click.echo(format_metrics(rows, COLUMNS))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

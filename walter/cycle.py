@@ -1,0 +1,230 @@
+"""Walter's daily cycle: `walter step --date D`.
+
+1. ingest (search posts linking to the news domains), refresh counts of posts
+   that reached the fixed age, update the authors' baselines;
+2. choose the day's articles: candidates are articles whose posts have final
+   counts and at least one post that beat its author's usual; 1 in
+   `eval_every` articles is held out for eval; the rest are picked by the
+   curriculum;
+3. sample G posts per article from the latest checkpoint before D;
+4. score them against the article's history (the reward is immediate);
+5. take the GSPO updates on the training groups and write checkpoint D.
+
+Stages check what is done: a day with a checkpoint is not sampled or trained
+again, and a day whose groups were sampled but not trained (a crash) trains on
+the stored groups instead of sampling new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import sqlite_utils
+
+from varro import checkpoints
+from varro import db as dbm
+from varro.config import Config
+from varro.embed import Embedder
+from varro.gspo import group_advantages
+from varro.policy import Policy
+
+from .curriculum import pick_articles
+from .ingest import author_baseline
+from .reward import engagement, post_weight, score_post
+from .task import build_prompt
+
+APP = "walter"
+
+
+@dataclass(eq=False)
+class History:
+    """An article's historical posts with final counts, and their baseline-normalised weights."""
+    url_norm: str
+    title: str
+    description: str
+    uris: list[str]
+    texts: list[str]
+    weights: np.ndarray
+
+
+def count_weights(cfg: Config) -> dict[str, float]:
+    w = cfg.walter
+    return {"like": w.like_weight, "repost": w.repost_weight, "reply": w.reply_weight, "quote": w.quote_weight}
+
+
+def article_history(db: sqlite_utils.Database, url_norm: str, cfg: Config) -> History:
+    rows = list(db.query(
+        "select uri, author_did, text, link_title, link_description, like_count, repost_count, reply_count, "
+        "quote_count from bsky_posts where url_norm = ? and coalesce(deleted, 0) = 0 and counts_final = 1 "
+        "order by uri", [url_norm]))
+    uris, texts, weights = [], [], []
+    title = next((r["link_title"] for r in rows if r["link_title"]), "")
+    description = next((r["link_description"] for r in rows if r["link_description"]), "")
+    for r in rows:
+        e = engagement(r["like_count"], r["repost_count"], r["reply_count"], r["quote_count"], cfg.walter)
+        b = author_baseline(db, r["author_did"], r["uri"], count_weights(cfg))
+        if e is None or b is None:
+            continue  # unknown counts or no baseline: the post cannot teach
+        uris.append(r["uri"])
+        texts.append(r["text"])
+        weights.append(post_weight(e, b, cfg.walter.weight_saturation))
+    return History(url_norm, title, description, uris, texts, np.array(weights, dtype=np.float64))
+
+
+def _rank(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def is_eval_article(url_norm: str, eval_every: int) -> bool:
+    """A fixed 1 in `eval_every` of all articles, by hash: never trained on."""
+    return int(_rank("eval:" + url_norm)[:8], 16) % eval_every == 0
+
+
+def candidate_articles(db: sqlite_utils.Database, day: str, cfg: Config, lookback_days: int = 7) -> list[History]:
+    """Articles first posted in the week before `day` whose history has at least one winner."""
+    from datetime import timedelta
+
+    start = (date.fromisoformat(day) - timedelta(days=lookback_days)).isoformat()
+    urls = [r["url_norm"] for r in db.query(
+        "select url_norm from articles where day >= ? and day < ? order by url_norm", [start, day])]
+    out = []
+    for u in urls:
+        h = article_history(db, u, cfg)
+        if h.title and len(h.uris) and float(h.weights.max()) > 0:
+            out.append(h)
+    return out
+
+
+def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, rng: np.random.Generator) -> list[dict]:
+    """The day's article prompts (stored once per day; later calls return the stored set)."""
+    stored = list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
+    if stored:
+        return stored
+    cands = candidate_articles(db, day, cfg)
+    evals = [h for h in cands if is_eval_article(h.url_norm, cfg.walter.eval_every)]
+    evals = sorted(evals, key=lambda h: _rank(day + h.url_norm))[: max(1, cfg.walter.articles_per_day
+                                                                       // cfg.walter.eval_every)]
+    eval_urls = {h.url_norm for h in evals}
+    train_pool = [h for h in cands if not is_eval_article(h.url_norm, cfg.walter.eval_every)]
+    k = cfg.walter.articles_per_day - len(evals)
+    picked = set(pick_articles(db, run, day, [h.url_norm for h in train_pool], k, cfg.walter.curriculum_floor,
+                               cfg.walter.curriculum_days, rng))
+    rows = [
+        {"id": f"{APP}:{day}:{_rank(h.url_norm)[:16]}", "app": APP, "day": day,
+         "split": "eval" if h.url_norm in eval_urls else "train",
+         "text": build_prompt(h.title, h.description),
+         "source_json": {"url_norm": h.url_norm, "title": h.title, "description": h.description,
+                         "posts": len(h.uris)}}
+        for h in cands if h.url_norm in eval_urls or h.url_norm in picked
+    ]
+    dbm.upsert_prompts(db, rows)
+    return list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
+
+
+def score_groups(db: sqlite_utils.Database, groups: list[list], embedder: Embedder, cfg: Config) -> int:
+    """Score unscored groups against their article's history; returns how many posts were scored."""
+    pending = [g for g in groups if any(r.reward is None for r in g)]
+    if not pending:
+        return 0
+    sources = {p["id"]: json.loads(p["source_json"]) for p in db.query(
+        "select id, source_json from prompts where app = ?", [APP])}
+    for g in pending:
+        h = article_history(db, sources[g[0].prompt_id]["url_norm"], cfg)
+        if not h.uris:
+            raise ValueError(f"article {h.url_norm} has no scorable history any more")
+        post_vecs = embedder.encode(h.texts)
+        text_vecs = embedder.encode([r.text for r in g])
+        for r, v in zip(g, text_vecs):
+            comps = score_post(r.text, v, post_vecs, h.texts, h.weights, cfg.walter)
+            r.reward = comps.pop("reward")
+            r.components = comps
+        for r, a in zip(g, group_advantages([r.reward for r in g], len(g))):
+            r.advantage = float(a)
+    dbm.save_scores(db, pending)
+    return sum(len(g) for g in pending)
+
+
+@dataclass
+class StepResult:
+    day: str
+    ingested: int = 0
+    sampled: int = 0
+    scored: int = 0
+    steps: int = 0
+    checkpoint: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def step(
+    db: sqlite_utils.Database,
+    cfg: Config,
+    run: str,
+    run_path: Path,
+    day: str,
+    embedder: Embedder,
+    ingest: Callable[[sqlite_utils.Database, str], int],
+) -> StepResult:
+    """Run Walter's whole cycle for `day`; `ingest(db, day)` stores posts, counts and baselines."""
+    res = StepResult(day=day)
+    res.ingested = ingest(db, day)
+    if (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file():
+        res.checkpoint = day
+        res.notes.append(f"checkpoint {day} exists: not sampling or training again")
+        return res
+    policy = Policy.open(cfg, run_path, before_day=day)
+    prompts = choose_prompts(db, run, day, cfg, policy.trainer.rng)
+    if not prompts:
+        res.notes.append(f"no article with a scorable history on {day}: an empty day")
+    have = {r["prompt_id"] for r in db.query(
+        "select prompt_id from rollouts where run = ? and day = ? group by prompt_id having count(*) = ?",
+        [run, day, cfg.sampling.group_size])}
+    todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
+    if todo:
+        seed = cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal()
+        groups = policy.sample(todo, seed=seed)
+        dbm.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
+        res.sampled = sum(len(g) for g in groups)
+    groups = dbm.load_groups(db, run, day)
+    res.scored = score_groups(db, groups, embedder, cfg)
+    train_ids = {p["id"] for p in prompts if p["split"] == "train"}
+    rows = policy.trainer.train_day([g for g in groups if g[0].prompt_id in train_ids])
+    dbm.insert_steps(db, run, day, rows)
+    dbm.save_scores(db, groups)
+    res.steps = len(rows)
+    policy.save(day, extra={"run": run, "app": APP, "steps": len(rows)})
+    res.checkpoint = day
+    return res
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
+    """Reward mean/std (train), eval reward, hashtag rate, copy rate, mean length, KL and clip fraction."""
+    rows = list(db.query(
+        "select r.reward, r.components_json, p.split from rollouts r join prompts p on p.id = r.prompt_id "
+        "where p.app = ? and r.run = ? and r.day = ? and r.reward is not null", [APP, run, day]))
+    comps = [json.loads(r["components_json"]) for r in rows]
+    train = [r["reward"] for r in rows if r["split"] == "train"]
+    steps = list(db.query("select kl, clip_fraction from steps where run = ? and day = ? and skipped = 0",
+                          [run, day]))
+    return {
+        "day": day,
+        "scored": len(rows),
+        "reward_mean": _mean(train),
+        "reward_std": float(np.std(train)) if train else None,
+        "eval_reward": _mean([r["reward"] for r in rows if r["split"] == "eval"]),
+        "transfer": _mean([c["transfer"] for c in comps]),
+        "hashtag_rate": _mean([float(c["hashtags"] > 0) for c in comps]),
+        "copy_rate": _mean([c["copy"] for c in comps]),
+        "graphemes": _mean([c["graphemes"] for c in comps]),
+        "kl": _mean([s["kl"] for s in steps]),
+        "clip_fraction": _mean([s["clip_fraction"] for s in steps]),
+    }
