@@ -13,11 +13,12 @@ from .db import MigrationError
 from .embed import EmbedderError
 from .ingest import IngestError
 from .models import ModelLoadError
+from .schedule import ScheduleError
 from .train import TrainingError
 
 # Errors the library raises on purpose; the CLI prints them as one line and exits 1.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MigrationError, ModelLoadError, TrainingError, FileNotFoundError,
-                   IngestError, EmbedderError)
+                   IngestError, EmbedderError, ScheduleError)
 
 
 class VarroGroup(click.Group):
@@ -139,6 +140,124 @@ def metrics(run: str, home: str | None, as_json: bool) -> None:
             click.echo(json.dumps(r))
     else:
         click.echo(format_metrics(rows))
+
+
+def resolve_days(day: str | None, first: str | None, last: str | None) -> list[str]:
+    """--date D, or --from D1 --to D2 (inclusive); default: today."""
+    from datetime import date
+
+    from .nightly import day_range
+
+    if (first is None) != (last is None):
+        raise click.UsageError("--from and --to go together")
+    if first is not None:
+        if day is not None:
+            raise click.UsageError("use --date or --from/--to, not both")
+        try:
+            return day_range(_check_day(first), _check_day(last))
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+    return [_check_day(day) if day else date.today().isoformat()]
+
+
+def nightly_options(fn):
+    for deco in reversed([
+        click.option("--date", "day", default=None, help="the day to run [default: today]"),
+        click.option("--from", "first", default=None, help="backfill from this day (with --to)"),
+        click.option("--to", "last", default=None, help="backfill up to this day, inclusive"),
+        click.option("--quiet", is_flag=True, help="plain log lines only (also what cron gets)"),
+        RUN_OPTION,
+        HOME_OPTION,
+    ]):
+        fn = deco(fn)
+    return fn
+
+
+def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, run_day) -> None:
+    """Shared by `varro nightly` and `walter nightly`: the lock, the logs, the exit codes."""
+    from .config import run_dir
+    from .nightly import RunLocked, run_nightly
+
+    try:
+        run_nightly(run_dir(run, home), days, run_day, quiet=quiet, echo=click.echo)
+    except RunLocked as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(75)  # EX_TEMPFAIL: try again later
+
+
+@cli.command()
+@nightly_options
+@click.option("--source", type=click.Choice(["rss", "sample"]), default="rss", show_default=True,
+              help="where the day's headlines come from")
+@click.option("--feed", "feed_urls", multiple=True, help="feed URL (repeatable; replaces data/feeds.toml)")
+@config_options("varro")
+def nightly(day, first, last, quiet, run, home, source, feed_urls, **kwargs) -> None:
+    """Run Varro's daily step end to end, safe to run from cron.
+
+    A lock keeps two runs of the same --run from overlapping (the second exits
+    at once with status 75); a re-run after a crash continues from the last
+    finished stage and never trains a day twice; --from/--to backfills. Logs go
+    to runs/<run>/logs/<day>.log. Exit status 0 on success, 1 with a one-line
+    reason on failure.
+
+    Example: varro nightly --run default --quiet
+    """
+    from . import db as dbm
+    from .config import db_path, run_dir
+    from .cycle import step as run_step
+    from .embed import CachedEmbedder, load_embedder
+
+    days = resolve_days(day, first, last)
+    cfg = resolve_config(kwargs)
+    db = dbm.open_db(db_path(home))
+    ingest = None if source == "sample" else _rss_ingest(feed_urls, cfg.varro.timezone)
+    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+
+    def run_day(d, progress):
+        res = run_step(db, cfg, run, run_dir(run, home), d, embedder, ingest=ingest, progress=progress)
+        return (f"ingested {res.ingested}, scored {res.scored}, steps {res.steps}, checkpoint {res.checkpoint}, "
+                f"sampled {res.sampled}" + "".join(f"; {n}" for n in res.notes))
+
+    run_nightly_cli(run, home, days, quiet, run_day)
+
+
+def cron_command(app: str):
+    @click.command("cron")
+    @RUN_OPTION
+    @HOME_OPTION
+    @click.option("--at", "at", default="02:30", show_default=True, help="local time of day, HH:MM")
+    @click.option("--install", is_flag=True, help="install it (crontab, or launchd on macOS) after showing it")
+    def cron(run: str, home: str | None, at: str, install: bool) -> None:
+        """Print a ready crontab line (and a launchd plist on macOS) for the nightly run.
+
+        The line runs the nightly through scripts/env with this checkout's paths,
+        --home and --quiet, appending to runs/<run>/logs/cron.log.
+
+        Example: varro cron --at 03:15 --install
+        """
+        from .schedule import cron_line, install_cron, install_launchd, is_macos, launchd_plist
+
+        try:
+            hour, minute = (int(x) for x in at.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"{at!r} is not HH:MM", param_hint="--at") from None
+        line = cron_line(app, run, home, hour, minute)
+        click.echo(line)
+        plist = launchd_plist(app, run, home, hour, minute) if is_macos() else None
+        if plist:
+            click.echo(plist)
+        if install:
+            if plist:
+                click.echo(f"installed {install_launchd(app, run, plist)}")
+            elif install_cron(line):
+                click.echo("installed in your crontab (crontab -l shows it)")
+            else:
+                click.echo("already in your crontab; nothing changed")
+
+    return cron
+
+
+cli.add_command(cron_command("varro"))
 
 
 def _check_day(day: str) -> str:

@@ -33,6 +33,7 @@ from .forecast import build_prompt, score_forecast
 from .gspo import group_advantages
 from .headlines import headlines_for_day, load_sample_day
 from .policy import Policy
+from .progress import NULL_PROGRESS, Progress
 
 APP = "varro"
 
@@ -146,12 +147,17 @@ def step(
     embedder: Embedder,
     ingest: Callable[[sqlite_utils.Database, str], int] | None = None,
     sample_seed: int | None = None,
+    progress: Progress = NULL_PROGRESS,
 ) -> StepResult:
     """Run the whole cycle for `day`. `ingest(db, day)` stores the day's headlines (default: the sample)."""
     res = StepResult(day=day)
-    res.ingested = (ingest or load_sample_day)(db, day)
+    with progress.stage("ingest") as advance:
+        res.ingested = (ingest or load_sample_day)(db, day)
+        advance(res.ingested)
     prev = previous_day(day)
-    res.scored = score_forecasts(db, run, prev, day, embedder, cfg)
+    with progress.stage("scoring") as advance:
+        res.scored = score_forecasts(db, run, prev, day, embedder, cfg)
+        advance(res.scored)
     if not headlines_for_day(db, day):
         res.notes.append(f"no headlines for {day}: {prev}'s forecasts stay unscored and {day} has no prompts")
 
@@ -161,7 +167,9 @@ def step(
         res.notes.append(f"checkpoint {day} exists: not training again")
     else:
         policy = Policy.open(cfg, run_path, before_day=day)
-        rows = policy.trainer.train_day(training_groups(db, run, prev))
+        groups = training_groups(db, run, prev)
+        with progress.stage("training", total=cfg.train.minibatches if groups else 0) as advance:
+            rows = policy.trainer.train_day(groups, on_step=advance)
         dbm.insert_steps(db, run, day, rows)
         res.steps = len(rows)
         res.trained = bool(rows)
@@ -176,7 +184,8 @@ def step(
     if todo:
         seed = sample_seed if sample_seed is not None else (
             cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal())
-        groups = policy.sample(todo, seed=seed)
+        with progress.stage("sampling", total=len(todo) * cfg.sampling.group_size) as advance:
+            groups = policy.sample(todo, seed=seed, on_done=advance)
         dbm.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
         res.sampled = sum(len(g) for g in groups)
     return res

@@ -69,7 +69,7 @@ class Policy:
         return {"profile": s.profile, "group_size": s.group_size, "max_tokens": s.max_tokens,
                 **s.sampler_settings()}
 
-    def sample(self, prompts: list[tuple[str, str]], seed: int | None = None) -> list[list[Rollout]]:
+    def sample(self, prompts: list[tuple[str, str]], seed: int | None = None, on_done=None) -> list[list[Rollout]]:
         """G completions for each (prompt_id, text), with the run's sampler profile."""
         s = self.config.sampling
         knobs = s.sampler_settings()
@@ -84,6 +84,7 @@ class Policy:
             top_p=float(knobs["top_p"]),
             top_k=int(knobs["top_k"]),
             seed=seed,
+            on_done=on_done,
         )
 
     def save(self, day: str, extra: dict | None = None) -> Path:

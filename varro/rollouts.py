@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -56,10 +57,12 @@ def sample_groups(
     top_p: float = 1.0,
     top_k: int = 0,
     seed: int | None = None,
+    on_done: Callable[[int], None] | None = None,
 ) -> list[list[Rollout]]:
     """Sample `group_size` completions for each prompt; returns one list of Rollouts per prompt.
 
-    Raises ValueError for an empty prompt or non-positive sizes.
+    `on_done(1)` is called as each completion finishes. Raises ValueError for an
+    empty prompt or non-positive sizes.
     """
     from mlx_lm.generate import BatchGenerator
     from mlx_lm.sample_utils import make_sampler
@@ -100,6 +103,8 @@ def sample_groups(
                 tokens[r.uid].append(r.token)
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
+                    if on_done is not None:
+                        on_done(1)
     finally:
         gen.close()
 

@@ -169,12 +169,14 @@ class Trainer:
                     mx.eval(mb.ref_logp)
         return batches
 
-    def train_day(self, groups: list[list[Rollout]]) -> list[dict]:
+    def train_day(self, groups: list[list[Rollout]], on_step: Callable[[int], None] | None = None) -> list[dict]:
         """Train on the day's scored groups; returns one row per optimizer step (see db `steps`)."""
         rows = []
         batches = self.prepare(groups)
         for k, mb in enumerate(batches):
             rows.append(self._update(mb, k))
+            if on_step is not None:
+                on_step(1)
         return rows
 
     def _update(self, mb: Minibatch, k: int) -> dict:

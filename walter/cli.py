@@ -6,7 +6,8 @@ import json
 
 import click
 
-from varro.cli import EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day
+from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, cron_command,
+                       nightly_options, resolve_days, run_nightly_cli)
 from varro.cli_options import config_options, resolve_config
 
 from .bsky import BlueskyError
@@ -85,6 +86,45 @@ def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
                f"steps {res.steps}, checkpoint {res.checkpoint}")
     for note in res.notes:
         click.echo(f"  note: {note}")
+
+
+@cli.command()
+@nightly_options
+@click.option("--source", type=click.Choice(["bluesky", "sample"]), default="bluesky", show_default=True,
+              help="where the day's posts come from")
+@config_options("walter")
+def nightly(day, first, last, quiet, run, home, source, **kwargs) -> None:
+    """Run Walter's daily step end to end, safe to run from cron.
+
+    A lock keeps two runs of the same --run from overlapping (the second exits
+    at once with status 75); a re-run after a crash continues from the last
+    finished stage and never trains a day twice; --from/--to backfills. Logs go
+    to runs/<run>/logs/<day>.log. Needs BSKY_HANDLE and BSKY_APP_PASSWORD for
+    --source bluesky.
+
+    Example: walter nightly --run default --quiet
+    """
+    from varro import db as dbm
+    from varro.config import db_path, run_dir
+    from varro.embed import CachedEmbedder, load_embedder
+
+    from .cycle import step as run_step
+
+    days = resolve_days(day, first, last)
+    cfg = resolve_config(kwargs)
+    db = dbm.open_db(db_path(home))
+    ingest = _sample_ingest if source == "sample" else _bluesky_ingest(cfg, home)
+    embedder = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
+
+    def run_day(d, progress):
+        res = run_step(db, cfg, run, run_dir(run, home), d, embedder, ingest, progress=progress)
+        return (f"ingested {res.ingested}, sampled {res.sampled}, scored {res.scored}, steps {res.steps}, "
+                f"checkpoint {res.checkpoint}" + "".join(f"; {n}" for n in res.notes))
+
+    run_nightly_cli(run, home, days, quiet, run_day)
+
+
+cli.add_command(cron_command("walter"))
 
 
 @cli.command()

@@ -33,6 +33,7 @@ from varro.config import Config
 from varro.embed import Embedder
 from varro.gspo import group_advantages
 from varro.policy import Policy
+from varro.progress import NULL_PROGRESS, Progress
 
 from .curriculum import pick_articles
 from .ingest import author_baseline
@@ -169,10 +170,13 @@ def step(
     day: str,
     embedder: Embedder,
     ingest: Callable[[sqlite_utils.Database, str], int],
+    progress: Progress = NULL_PROGRESS,
 ) -> StepResult:
     """Run Walter's whole cycle for `day`; `ingest(db, day)` stores posts, counts and baselines."""
     res = StepResult(day=day)
-    res.ingested = ingest(db, day)
+    with progress.stage("ingest") as advance:
+        res.ingested = ingest(db, day)
+        advance(res.ingested)
     if (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file():
         res.checkpoint = day
         res.notes.append(f"checkpoint {day} exists: not sampling or training again")
@@ -187,13 +191,18 @@ def step(
     todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
     if todo:
         seed = cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal()
-        groups = policy.sample(todo, seed=seed)
+        with progress.stage("sampling", total=len(todo) * cfg.sampling.group_size) as advance:
+            groups = policy.sample(todo, seed=seed, on_done=advance)
         dbm.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
         res.sampled = sum(len(g) for g in groups)
     groups = dbm.load_groups(db, run, day)
-    res.scored = score_groups(db, groups, embedder, cfg)
+    with progress.stage("scoring") as advance:
+        res.scored = score_groups(db, groups, embedder, cfg)
+        advance(res.scored)
     train_ids = {p["id"] for p in prompts if p["split"] == "train"}
-    rows = policy.trainer.train_day([g for g in groups if g[0].prompt_id in train_ids])
+    train_groups = [g for g in groups if g[0].prompt_id in train_ids]
+    with progress.stage("training", total=cfg.train.minibatches if train_groups else 0) as advance:
+        rows = policy.trainer.train_day(train_groups, on_step=advance)
     dbm.insert_steps(db, run, day, rows)
     dbm.save_scores(db, groups)
     res.steps = len(rows)
