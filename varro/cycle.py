@@ -30,9 +30,9 @@ from . import db as dbm
 from .config import Config
 from .embed import Embedder
 from .forecast import build_prompt, score_forecast
-from .gspo import group_advantages
 from .headlines import headlines_for_day, load_sample_day
 from .policy import Policy
+from .rollouts import set_scores
 from .progress import NULL_PROGRESS, Progress
 
 APP = "varro"
@@ -90,32 +90,30 @@ def score_forecasts(db: sqlite_utils.Database, run: str, day: str, next_day: str
     Forecasts stay unscored (NULL) when `next_day` has no headlines yet.
     """
     pending = [g for g in dbm.load_groups(db, run, day) if any(r.reward is None for r in g)]
-    if not pending:
+    if not pending or not headlines_for_day(db, next_day):
         return 0
-    targets = [h["title"] for h in headlines_for_day(db, next_day)]
-    if not targets:
-        return 0
-    sources = {
-        p["id"]: json.loads(p["source_json"])
-        for p in db.query("select id, source_json from prompts where app = ? and day = ?", [APP, day])
-    }
-    flat = [r for g in pending for r in g]
-    target_vecs = embedder.encode(targets)
-    text_vecs = embedder.encode([r.text for r in flat])
-    src_text = {pid: f"{s['title']} {s['summary']}".strip() for pid, s in sources.items()}
-    src_ids = sorted({r.prompt_id for r in flat})
-    src_vecs = dict(zip(src_ids, embedder.encode([src_text[p] for p in src_ids])))
-    for r, vec in zip(flat, text_vecs):
-        s = sources[r.prompt_id]
-        comps = score_forecast(r.text, s["title"], s["summary"], vec, src_vecs[r.prompt_id], target_vecs,
-                               cfg.varro)
-        r.reward = comps.pop("reward")
-        r.components = comps
+    prompts = {p["id"]: p for p in db.query("select * from prompts where app = ? and day = ?", [APP, day])}
     for g in pending:
-        for r, a in zip(g, group_advantages([r.reward for r in g], len(g))):
-            r.advantage = float(a)
+        set_scores(g, score_texts(db, prompts[g[0].prompt_id], [r.text for r in g], embedder, cfg))
     dbm.save_scores(db, pending)
-    return len(flat)
+    return sum(len(g) for g in pending)
+
+
+def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,
+                cfg: Config) -> list[dict]:
+    """Components (with "reward") of `texts` written for `prompt`, against the next day's headlines.
+
+    Raises LookupError when the next day has no headlines yet (the forecasts cannot be scored).
+    """
+    nxt = (date.fromisoformat(prompt["day"]) + timedelta(days=1)).isoformat()
+    targets = [h["title"] for h in headlines_for_day(db, nxt)]
+    if not targets:
+        raise LookupError(f"no headlines for {nxt}: forecasts made on {prompt['day']} cannot be scored yet")
+    s = json.loads(prompt["source_json"])
+    target_vecs = embedder.encode(targets)
+    src_vec = embedder.encode([f"{s['title']} {s['summary']}".strip()])[0]
+    return [score_forecast(t, s["title"], s["summary"], v, src_vec, target_vecs, cfg.varro)
+            for t, v in zip(texts, embedder.encode(texts))]
 
 
 def training_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:

@@ -122,3 +122,15 @@ def sample_groups(
             finish_reason=finish.get(uid, "length"),
         )
     return groups
+
+
+def set_scores(group: list[Rollout], components: list[dict[str, float]]) -> None:
+    """Give each rollout of a group its reward (popped from its components) and the group's advantages."""
+    from .gspo import group_advantages
+
+    for r, comps in zip(group, components, strict=True):
+        comps = dict(comps)
+        r.reward = comps.pop("reward")
+        r.components = comps
+    for r, a in zip(group, group_advantages([r.reward for r in group], len(group))):
+        r.advantage = float(a)

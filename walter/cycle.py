@@ -31,8 +31,8 @@ from varro import checkpoints
 from varro import db as dbm
 from varro.config import Config
 from varro.embed import Embedder
-from varro.gspo import group_advantages
 from varro.policy import Policy
+from varro.rollouts import set_scores
 from varro.progress import NULL_PROGRESS, Progress
 
 from .curriculum import pick_articles
@@ -133,22 +133,22 @@ def score_groups(db: sqlite_utils.Database, groups: list[list], embedder: Embedd
     pending = [g for g in groups if any(r.reward is None for r in g)]
     if not pending:
         return 0
-    sources = {p["id"]: json.loads(p["source_json"]) for p in db.query(
-        "select id, source_json from prompts where app = ?", [APP])}
+    prompts = {p["id"]: p for p in db.query("select * from prompts where app = ?", [APP])}
     for g in pending:
-        h = article_history(db, sources[g[0].prompt_id]["url_norm"], cfg)
-        if not h.uris:
-            raise ValueError(f"article {h.url_norm} has no scorable history any more")
-        post_vecs = embedder.encode(h.texts)
-        text_vecs = embedder.encode([r.text for r in g])
-        for r, v in zip(g, text_vecs):
-            comps = score_post(r.text, v, post_vecs, h.texts, h.weights, cfg.walter)
-            r.reward = comps.pop("reward")
-            r.components = comps
-        for r, a in zip(g, group_advantages([r.reward for r in g], len(g))):
-            r.advantage = float(a)
+        set_scores(g, score_texts(db, prompts[g[0].prompt_id], [r.text for r in g], embedder, cfg))
     dbm.save_scores(db, pending)
     return sum(len(g) for g in pending)
+
+
+def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,
+                cfg: Config) -> list[dict]:
+    """Components (with "reward") of `texts` written for `prompt`'s article, against its history."""
+    h = article_history(db, json.loads(prompt["source_json"])["url_norm"], cfg)
+    if not h.uris:
+        raise LookupError(f"article {h.url_norm} has no scorable history")
+    post_vecs = embedder.encode(h.texts)
+    return [score_post(t, v, post_vecs, h.texts, h.weights, cfg.walter)
+            for t, v in zip(texts, embedder.encode(texts))]
 
 
 @dataclass
