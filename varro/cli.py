@@ -7,6 +7,7 @@ import sys
 import click
 
 from .checkpoints import CheckpointError
+from .compare import CompareError
 from .cli_options import config_options, resolve_config
 from .config import ConfigError
 from .db import MigrationError
@@ -18,7 +19,7 @@ from .train import TrainingError
 
 # Errors the library raises on purpose; the CLI prints them as one line and exits 1.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MigrationError, ModelLoadError, TrainingError, FileNotFoundError,
-                   IngestError, EmbedderError, ScheduleError)
+                   IngestError, EmbedderError, ScheduleError, CompareError)
 
 
 class VarroGroup(click.Group):
@@ -258,6 +259,59 @@ def cron_command(app: str):
 
 
 cli.add_command(cron_command("varro"))
+
+
+def compare_command(app: str):
+    @click.command("compare")
+    @click.option("--before", default="base", show_default=True, help="'base' or a checkpoint day")
+    @click.option("--after", default="latest", show_default=True, help="'latest' or a checkpoint day")
+    @click.option("--n", "n", default=8, show_default=True, help="prompts: the eval ones first, topped up to N")
+    @click.option("--samples", default=4, show_default=True, help="completions per prompt and side")
+    @click.option("--seed", default=0, show_default=True, help="sampling seed, the same for both sides")
+    @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False), help="also write HTML")
+    @RUN_OPTION
+    @HOME_OPTION
+    @click.option("--embedder", default=None, help="override the run's embedder (e.g. 'hash' in tests)")
+    def compare_cmd(before, after, n, samples, seed, html_path, run, home, embedder):
+        """Compare two checkpoints on the same prompts with the same seed and the same reward.
+
+        Prints the completions side by side with their rewards, and the mean
+        reward difference with a 95% bootstrap confidence interval over prompts.
+
+        Example: varro compare --before base --after latest --run demo --html compare.html
+        """
+        from datetime import date, timedelta
+
+        from . import db as dbm
+        from .compare import compare, default_prompts, format_comparison, write_html
+        from .config import Config, db_path, run_dir
+        from .embed import CachedEmbedder, load_embedder
+        from .headlines import headlines_for_day
+
+        db = dbm.open_db(db_path(home))
+        if app == "varro":
+            from .cycle import score_texts
+
+            def scorable(day):
+                return bool(headlines_for_day(db, (date.fromisoformat(day) + timedelta(days=1)).isoformat()))
+        else:
+            from walter.cycle import score_texts
+
+            def scorable(day):
+                return True
+        cfg = Config()
+        name = embedder or getattr(cfg, app).embedder
+        emb = CachedEmbedder(load_embedder(name), db)
+        prompts = default_prompts(db, app, n, scorable)
+        result = compare(db, run_dir(run, home), prompts, before, after, score_texts, emb, cfg, samples, seed)
+        click.echo(format_comparison(result))
+        if html_path:
+            click.echo(f"html: {write_html(result, html_path)}")
+
+    return compare_cmd
+
+
+cli.add_command(compare_command("varro"))
 
 
 def _check_day(day: str) -> str:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, cron_command,
+from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command,
                        nightly_options, resolve_days, run_nightly_cli)
 from varro.cli_options import config_options, resolve_config
 
@@ -125,6 +125,7 @@ def nightly(day, first, last, quiet, run, home, source, **kwargs) -> None:
 
 
 cli.add_command(cron_command("walter"))
+cli.add_command(compare_command("walter"))
 
 
 @cli.command()
