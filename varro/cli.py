@@ -8,6 +8,7 @@ import click
 
 from .checkpoints import CheckpointError
 from .compare import CompareError
+from .cli_inspect import register as register_inspect
 from .cli_options import config_options, resolve_config
 from .config import ConfigError
 from .db import MigrationError
@@ -312,6 +313,7 @@ def compare_command(app: str):
 
 
 cli.add_command(compare_command("varro"))
+register_inspect(cli, "varro")
 
 
 def _check_day(day: str) -> str:

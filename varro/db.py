@@ -215,6 +215,55 @@ def m004_walter_curriculum(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m005_reading_views(db: sqlite_utils.Database) -> None:
+    # Views for reading a run in Datasette; components are pulled out of components_json
+    # (NULL where the app does not have that component or the rollout is not scored yet).
+    db.create_view(
+        "rollouts_by_day",
+        """
+        select r.id, r.run, p.app, r.day, p.split, r.prompt_id, p.text as prompt, r.group_index,
+               r.checkpoint, r.completion, r.reward, r.advantage,
+               json_extract(r.components_json, '$.semantic') as semantic,
+               json_extract(r.components_json, '$.format') as format,
+               json_extract(r.components_json, '$.leak') as leak,
+               json_extract(r.components_json, '$.echo') as echo,
+               json_extract(r.components_json, '$.transfer') as transfer,
+               json_extract(r.components_json, '$.copy') as copy,
+               json_extract(r.components_json, '$.hashtags') as hashtags,
+               json_extract(r.components_json, '$.words') as words,
+               r.completion_tokens, r.finish_reason
+        from rollouts r join prompts p on p.id = r.prompt_id
+        order by r.run, r.day, r.prompt_id, r.group_index
+        """,
+    )
+    db.create_view(
+        "day_summary",
+        """
+        select r.run, p.app, r.day, count(*) as rollouts, count(distinct r.prompt_id) as prompts,
+               sum(r.reward is not null) as scored,
+               avg(case when p.split = 'train' then r.reward end) as train_reward_mean,
+               avg(case when p.split = 'eval' then r.reward end) as eval_reward_mean,
+               min(r.reward) as reward_min, max(r.reward) as reward_max,
+               avg(r.completion_tokens) as completion_tokens_mean
+        from rollouts r join prompts p on p.id = r.prompt_id
+        group by r.run, p.app, r.day
+        order by r.run, p.app, r.day
+        """,
+    )
+    db.create_view(
+        "steps_by_day",
+        """
+        select run, day, count(*) as steps, sum(skipped) as skipped, avg(loss) as loss_mean,
+               avg(case when skipped = 0 then kl end) as kl_mean,
+               avg(case when skipped = 0 then clip_fraction end) as clip_fraction_mean,
+               avg(reward_mean) as reward_mean, max(grad_norm) as grad_norm_max,
+               sum(duration_ms) as duration_ms, max(peak_memory_mb) as peak_memory_mb
+        from steps group by run, day order by run, day
+        """,
+    )
+
+
 class MigrationError(RuntimeError):
     pass
 

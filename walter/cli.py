@@ -8,6 +8,7 @@ import click
 
 from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command,
                        nightly_options, resolve_days, run_nightly_cli)
+from varro.cli_inspect import register as register_inspect
 from varro.cli_options import config_options, resolve_config
 
 from .bsky import BlueskyError
@@ -126,6 +127,7 @@ def nightly(day, first, last, quiet, run, home, source, **kwargs) -> None:
 
 cli.add_command(cron_command("walter"))
 cli.add_command(compare_command("walter"))
+register_inspect(cli, "walter")
 
 
 @cli.command()
