@@ -10,7 +10,8 @@ from varro.config import db_path, run_dir
 
 def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
     runner = CliRunner()
-    args = ["demo", "--days", "2", "--embedder", "hash", "--max-tokens", "16", "--prompts-per-day", "4"]
+    args = ["demo", "--days", "2", "--cold", "--varro-only", "--embedder", "hash", "--max-tokens", "16",
+            "--prompts-per-day", "4", "--eval-every", "8"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert [p.name for p in list_checkpoints(run_dir("demo"))] == ["2026-11-02", "2026-11-03"]
@@ -26,6 +27,19 @@ def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
     assert again.exit_code == 0, again.output
     assert "not training again" in again.output
     assert (db["rollouts"].count, db["steps"].count, db["headlines"].count, db["prompts"].count) == n
+
+
+def test_full_demo_writes_reports_and_a_compare(varro_home):
+    runner = CliRunner()
+    out = runner.invoke(cli, ["demo", "--days", "2", "--cold", "--embedder", "hash", "--max-tokens", "8",
+                              "--prompts-per-day", "4"])
+    assert out.exit_code == 0, out.output
+    for line in ["== Walter", "95% bootstrap CI", "report (Varro):", "report (Walter):", "compare:"]:
+        assert line in out.output
+    for path in [run_dir("demo") / "report.html", run_dir("walter-demo") / "report.html",
+                 run_dir("demo") / "compare.html"]:
+        assert path.is_file() and path.stat().st_size > 1000
+    assert [p.name for p in list_checkpoints(run_dir("walter-demo"))] == ["2026-11-02", "2026-11-03"]
 
 
 def test_every_command_has_help_with_an_example():

@@ -67,22 +67,29 @@ RUN_OPTION = click.option("--run", default="default", show_default=True, help="r
 
 @cli.command()
 @click.option("--days", default=None, type=int, help="only the first N sample days [default: all]")
-@click.option("--run", default="demo", show_default=True, help="run name under runs/")
+@click.option("--varro-only", is_flag=True, help="skip Walter, the reports and the compare")
+@click.option("--cold", is_flag=True, help="use the random tiny model without the warm-up")
 @HOME_OPTION
 @config_options("varro")
-def demo(days: int | None, run: str, home: str | None, **kwargs) -> None:
-    """Run the offline demo: Varro's daily cycle over the shipped sample days on the tiny model.
+def demo(days: int | None, varro_only: bool, cold: bool, home: str | None, **kwargs) -> None:
+    """Run the offline demo on a tiny model: Varro and Walter over the sample days, then report and compare.
 
-    Each day ingests the sample headlines, scores yesterday's forecasts against
-    them, trains, writes a checkpoint and forecasts today's headlines; then the
-    per-day metrics are printed. Any setting can be overridden, e.g. --model.
+    Builds the tiny model (and, once, a few minutes' warm-up on the sample
+    text so its samples read as words), runs Varro's daily cycle over the seven
+    sample days (run "demo") and Walter's over the five Bluesky sample days (run
+    "walter-demo"), writes both HTML reports, compares the base model with the
+    last checkpoint, and prints where everything is. Any setting can be
+    overridden, e.g. --model or --learning-rate.
 
     Example: varro demo --days 3
     """
-    from .demo import demo_config, ensure_tiny_model, run_demo
+    from .demo import demo_config, ensure_tiny_model, run_demo, run_full_demo
 
-    cfg = resolve_config(kwargs, base=demo_config(ensure_tiny_model(home)))
-    run_demo(home, run, cfg, days=days, echo=click.echo)
+    cfg = resolve_config(kwargs, base=demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo)))
+    if varro_only:
+        run_demo(home, "demo", cfg, days=days, echo=click.echo)
+    else:
+        run_full_demo(home, cfg, days=days, echo=click.echo)
 
 
 @cli.command()

@@ -17,16 +17,32 @@ from .embed import CachedEmbedder, load_embedder
 from .models import write_tiny_model
 
 
+DEMO_MODEL = {"vocab_size": 4096, "hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+              "intermediate_size": 384}
+
+
 def tiny_model_dir(home: str | Path | None = None) -> Path:
     return home_dir(home) / "data" / "models" / "tiny-qwen3"
 
 
-def ensure_tiny_model(home: str | Path | None = None, seed: int = 0) -> Path:
-    """The tiny model under <home>/data/models, written on first use."""
-    path = tiny_model_dir(home)
-    if not (path / "model.safetensors").is_file():
-        write_tiny_model(path, seed=seed)
-    return path
+def ensure_tiny_model(home: str | Path | None = None, seed: int = 0, warm: bool = True, echo=print) -> Path:
+    """The demo model under <home>/data/models, written (and warmed up) on first use.
+
+    With `warm` the random model is first fine-tuned on the sample text (see
+    varro.warmup), so its samples read as words; that takes a few minutes once.
+    """
+    cold = tiny_model_dir(home)
+    if not (cold / "model.safetensors").is_file():
+        write_tiny_model(cold, seed=seed, **DEMO_MODEL)
+    if not warm:
+        return cold
+    from .warmup import warm_up
+
+    hot = cold.with_name(cold.name + "-warm")
+    if not (hot / "model.safetensors").is_file():
+        echo(f"warming up the tiny model on the sample text (once) -> {hot}")
+        warm_up(cold, hot, steps=400, batch=16, max_len=128, lr=3e-3, seed=seed, log=echo)
+    return hot
 
 
 def demo_config(model_path: Path | None) -> Config:
@@ -37,9 +53,9 @@ def demo_config(model_path: Path | None) -> Config:
     cfg.model.lora_layers = 2
     cfg.sampling.group_size = 8
     cfg.sampling.max_tokens = 96
-    cfg.sampling.profile = "default"
-    cfg.train.learning_rate = 2e-3
-    cfg.varro.prompts_per_day = 9
+    cfg.train.learning_rate = 3e-4
+    cfg.varro.prompts_per_day = 16
+    cfg.varro.eval_every = 4
     return cfg
 
 
@@ -70,3 +86,57 @@ def run_demo(home: str | Path | None, run: str, cfg: Config, days: int | None = 
     echo(f"rollouts:    {db_path(home)}  (SQL view rollouts_readable)")
     echo(f"checkpoints: {run_path / 'checkpoints'}")
     return metrics
+
+
+def walter_demo_config(cfg: Config) -> Config:
+    """Walter's demo recipe on the same model: fewer articles, shorter posts."""
+    cfg = Config.from_dict(cfg.to_dict())
+    cfg.walter.articles_per_day = 8
+    cfg.sampling.max_tokens = 64
+    return cfg
+
+
+def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None, echo=print) -> dict:
+    """The README's demo: Varro's days, Walter's days, both reports and a before/after compare."""
+    from walter.demo import run_demo as run_walter_demo
+
+    from .compare import compare, default_prompts, format_comparison, write_html
+    from .cycle import score_texts
+    from .headlines import headlines_for_day
+    from .report import build_report
+
+    echo("== Varro: forecasts from the sample headlines")
+    varro_metrics = run_demo(home, "demo", cfg, days=days, echo=echo)
+    echo("")
+    echo("== Walter: Bluesky posts from the sample articles")
+    walter_metrics = run_walter_demo(home, "walter-demo", walter_demo_config(cfg), days=days, echo=echo)
+    db = dbm.open_db(db_path(home))
+    reports = {
+        "varro": build_report(db, "varro", "demo", run_dir("demo", home) / "report.html"),
+        "walter": build_report(db, "walter", "walter-demo", run_dir("walter-demo", home) / "report.html"),
+    }
+    echo("")
+    echo("== Before and after: the base model against the last checkpoint, same prompts and seed")
+    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+
+    def scorable(day: str) -> bool:
+        from datetime import date, timedelta
+
+        return bool(headlines_for_day(db, (date.fromisoformat(day) + timedelta(days=1)).isoformat()))
+
+    prompts = default_prompts(db, "varro", 8, scorable)
+    result = compare(db, run_dir("demo", home), prompts, "base", "latest", score_texts, embedder, cfg,
+                     samples=4, seed=0)
+    summary = format_comparison(result).splitlines()[-2:]
+    for line in summary:
+        echo(line)
+    compare_html = write_html(result, run_dir("demo", home) / "compare.html")
+    evals = [m["eval_reward"] for m in varro_metrics if m["eval_reward"] is not None]
+    echo("")
+    if len(evals) >= 2:
+        echo(f"Varro eval reward (held-out headlines): {evals[0]:.3f} on the first day -> {evals[-1]:.3f} "
+             f"on the last ({evals[-1] - evals[0]:+.3f})")
+    echo(f"report (Varro):  {reports['varro']}")
+    echo(f"report (Walter): {reports['walter']}")
+    echo(f"compare:         {compare_html}")
+    return {"varro": varro_metrics, "walter": walter_metrics, "reports": reports, "compare": result}

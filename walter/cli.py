@@ -133,24 +133,20 @@ register_inspect(cli, "walter")
 @cli.command()
 @click.option("--days", default=None, type=int, help="only the first N sample days [default: all]")
 @click.option("--run", default="walter-demo", show_default=True, help="run name under runs/")
+@click.option("--cold", is_flag=True, help="use the random tiny model without the warm-up")
 @HOME_OPTION
 @config_options("walter")
-def demo(days: int | None, run: str, home: str | None, **kwargs) -> None:
+def demo(days: int | None, run: str, cold: bool, home: str | None, **kwargs) -> None:
     """Run Walter's daily cycle over the shipped Bluesky sample on the tiny model, offline.
 
     Example: walter demo --days 3
     """
+    from varro.demo import demo_config, ensure_tiny_model, walter_demo_config
+
     from .demo import run_demo
-    from varro.demo import demo_config, ensure_tiny_model
 
-    cfg = resolve_config(kwargs, base=walter_demo_config(demo_config(ensure_tiny_model(home))))
+    cfg = resolve_config(kwargs, base=walter_demo_config(demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo))))
     run_demo(home, run, cfg, days=days, echo=click.echo)
-
-
-def walter_demo_config(cfg):
-    cfg.walter.articles_per_day = 8
-    cfg.sampling.max_tokens = 64
-    return cfg
 
 
 @cli.command()
