@@ -98,3 +98,46 @@ def test_unknown_sampler_profile():
     cfg.sampling.profile = "wild"
     with pytest.raises(ConfigError, match="unknown sampler profile"):
         cfg.sampling.sampler_settings()
+
+
+def test_database_from_an_older_version_migrates_forward_after_a_backup(tmp_path):
+    import shutil
+    import sqlite3
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "varro-m002.db"
+    path = tmp_path / "varro.db"
+    shutil.copy(fixture, path)
+    db = dbm.open_db(path)
+    assert [r["name"] for r in db["_migrations"].rows] == [name for name, _ in dbm.MIGRATIONS]
+    assert db["rollouts"].count == 3 and db["steps"].count == 1 and db["headlines"].count == 1
+    assert [r["completion"] for r in db.query("select completion from rollouts_readable order by group_index")] \
+        == ["forecast 0", "forecast 1", "forecast 2"]
+    assert "bsky_posts" in db.table_names() and "curriculum" in db.table_names()
+    backups = list(tmp_path.glob("varro.db.bak-*-before-m003_walter_bluesky"))
+    assert len(backups) == 1
+    old = sqlite3.connect(backups[0])
+    assert [r[0] for r in old.execute("select name from _migrations order by name")] == \
+        ["m001_engine", "m002_varro_headlines"]
+    assert old.execute("select count(*) from rollouts").fetchone()[0] == 3
+    dbm.open_db(path)  # nothing pending: no new backup
+    assert len(list(tmp_path.glob("varro.db.bak-*"))) == 1
+
+
+def test_failing_migration_rolls_back_and_keeps_the_data(tmp_path, monkeypatch):
+    path = tmp_path / "v.db"
+    db = dbm.open_db(path)
+    db["steps"].insert({"run": "r", "step": 1})
+    db.conn.commit()
+
+    def broken(d):
+        d["half_made"].create({"x": int})
+        raise RuntimeError("migration bug")
+
+    monkeypatch.setattr(dbm, "MIGRATIONS", dbm.MIGRATIONS + [("m999_broken", broken)])
+    with pytest.raises(RuntimeError, match="migration bug"):
+        dbm.open_db(path)
+    again = dbm.sqlite_utils.Database(path)
+    assert "half_made" not in again.table_names()
+    assert again["steps"].count == 1
+    assert "m999_broken" not in {r["name"] for r in again["_migrations"].rows}

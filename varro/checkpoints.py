@@ -27,6 +27,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import Config
 from .db import utc_now
+from .faults import failpoint
 from .models import lora_parameters
 
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -111,6 +112,7 @@ def save_checkpoint(
             "base_model": config.model.model,
         }
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
+        failpoint("checkpoint.weights")
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         # MLX's key cannot be set directly: draw a seed, reseed with it here and on resume,
         # so a resumed run continues exactly like an uninterrupted one.
@@ -134,8 +136,10 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         _fsync_dir(tmp)
+        failpoint("checkpoint.rename")
         os.rename(tmp, final)
         complete = True
+        failpoint("checkpoint.renamed")
         _fsync_dir(root)
     finally:
         if not complete:  # a failed write (full disk, kill, bug) leaves nothing that looks like a checkpoint

@@ -33,6 +33,7 @@ from .forecast import build_prompt, score_forecast
 from .headlines import headlines_for_day, load_sample_day
 from .policy import Policy
 from .rollouts import set_scores
+from .faults import failpoint
 from .progress import NULL_PROGRESS, Progress
 
 APP = "varro"
@@ -153,6 +154,7 @@ def step(
         res.ingested = (ingest or load_sample_day)(db, day)
         advance(res.ingested)
     prev = previous_day(day)
+    failpoint("step.ingested")
     with progress.stage("scoring") as advance:
         res.scored = score_forecasts(db, run, prev, day, embedder, cfg)
         advance(res.scored)
@@ -173,6 +175,7 @@ def step(
         res.trained = bool(rows)
         policy.save(day, extra={"run": run, "app": APP, "trained_on": prev, "steps": len(rows)})
     res.checkpoint = day
+    failpoint("step.checkpointed")
 
     prompts = choose_prompts(db, day, embedder, cfg)
     have = {r["prompt_id"] for r in db.query(

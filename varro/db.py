@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
+from .faults import failpoint
+
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
@@ -293,15 +295,34 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
             f"database has migrations this version does not know: {sorted(unknown)}; "
             "it was written by a newer version of varro"
         )
+    pending = [name for name, _ in MIGRATIONS if name not in done]
+    if pending and done:
+        backup(db, f"before-{pending[0]}")
     applied = []
     for name, fn in MIGRATIONS:
         if name in done:
             continue
-        with db.conn:
+        with db.atomic():
             fn(db)
             db["_migrations"].insert({"name": name, "applied_utc": utc_now()})
         applied.append(name)
     return applied
+
+
+def backup(db: sqlite_utils.Database, label: str) -> Path | None:
+    """Copy the database file next to itself (SQLite's online backup); returns the copy, None in memory."""
+    path = next((row[2] for row in db.execute("pragma database_list") if row[1] == "main"), "")
+    if not path:
+        return None
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = Path(f"{path}.bak-{stamp}-{label}")
+    dest = sqlite3.connect(str(target))
+    try:
+        db.conn.backup(dest)
+        dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    finally:
+        dest.close()
+    return target
 
 
 def upsert_prompts(db: sqlite_utils.Database, prompts: Iterable[dict[str, Any]]) -> None:
@@ -335,7 +356,7 @@ def insert_rollouts(
     """
     now = utc_now()
     sampling_json = json.dumps(sampling, sort_keys=True)
-    with db.conn:
+    with db.atomic():
         for group in groups:
             for r in group:
                 key = [run, day, r.prompt_id, r.group_index]
@@ -348,6 +369,7 @@ def insert_rollouts(
                 if found:
                     r.id = found[0]["id"]
                     continue
+                failpoint("db.insert_rollouts")
                 r.id = db["rollouts"].insert(
                     {
                         "run": run,
@@ -370,11 +392,12 @@ def insert_rollouts(
 def save_scores(db: sqlite_utils.Database, groups: list) -> None:
     """Write reward, components and advantage of already-stored rollouts."""
     now = utc_now()
-    with db.conn:
+    with db.atomic():
         for group in groups:
             for r in group:
                 if r.id is None:
                     raise ValueError(f"rollout {r.prompt_id}/{r.group_index} was never stored")
+                failpoint("db.save_scores")
                 db["rollouts"].update(
                     r.id,
                     {
@@ -412,8 +435,16 @@ def load_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
 
 
 def insert_steps(db: sqlite_utils.Database, run: str, day: str, rows: list[dict]) -> None:
+    """Record the day's optimizer steps, replacing any rows of an earlier attempt at the day.
+
+    A day is trained only while it has no checkpoint, so rows already there come
+    from an attempt that died before its checkpoint: they describe updates that
+    were thrown away.
+    """
     now = utc_now()
-    with db.conn:
+    with db.atomic():
+        db.execute("delete from steps where run = ? and day = ?", [run, day])
         db["steps"].insert_all(
             [{"run": run, "day": day, "created_utc": now, **row} for row in rows],
         )
+        failpoint("db.insert_steps")

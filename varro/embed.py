@@ -115,7 +115,7 @@ class CachedEmbedder:
         if missing:
             vecs = self.inner.encode(list(missing.values()))
             now = utc_now()
-            with self.db.conn:
+            with self.db.atomic():
                 self.db["embeddings"].insert_all(
                     [
                         {"model": self.name, "content_sha1": k, "dim": int(v.shape[0]),

@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import sqlite_utils
 
 from .db import utc_now
+from .faults import failpoint
 
 TRACKING_PREFIXES = ("utm_",)
 TRACKING_PARAMS = {"fbclid", "gclid", "mc_cid", "mc_eid", "ref", "cmpid", "ocid", "smid", "igshid", "at_medium",
@@ -39,7 +40,7 @@ def store_headlines(db: sqlite_utils.Database, items: Iterable[dict[str, Any]]) 
     """
     new = 0
     now = utc_now()
-    with db.conn:
+    with db.atomic():
         for item in items:
             hid = headline_id(item["source"], item.get("guid"), item.get("link"))
             row = {
@@ -61,6 +62,7 @@ def store_headlines(db: sqlite_utils.Database, items: Iterable[dict[str, Any]]) 
                 row,
             )
             new += cur.rowcount
+            failpoint("ingest.row")
     return new
 
 

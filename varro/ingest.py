@@ -430,7 +430,7 @@ def _record(
         row.update(validators)
     if parsed:
         row.update(bozo=int(result.bozo), bozo_message=result.bozo_message)
-    with db.conn:
+    with db.atomic():
         db["feeds"].upsert(row, pk="url")
     return result
 

@@ -15,6 +15,8 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
+from .faults import failpoint
+
 
 @dataclass
 class Rollout:
@@ -103,6 +105,7 @@ def sample_groups(
                 tokens[r.uid].append(r.token)
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
+                    failpoint("sample.finished")
                     if on_done is not None:
                         on_done(1)
     finally:

@@ -37,6 +37,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import TrainConfig
+from .faults import failpoint
 from .gspo import group_advantages, gspo_loss
 from .models import adapters_off, lora_modules
 from .rollouts import Rollout
@@ -194,6 +195,7 @@ class Trainer:
         else:
             self.optimizer.update(self.model, grads)
             mx.eval(self.model.trainable_parameters(), self.optimizer.state)
+            failpoint("train.step")
         self.step += 1
         return {
             "step": self.step,

@@ -72,7 +72,7 @@ def pick_articles(
     chosen_idx = rng.choice(len(candidates), size=min(k, len(candidates)), replace=False, p=p)
     chosen = [candidates[i] for i in sorted(chosen_idx)]
     now = utc_now()
-    with db.conn:
+    with db.atomic():
         db["curriculum"].upsert_all(
             [
                 {"run": run, "day": day, "url_norm": u,

@@ -311,7 +311,7 @@ def ingest_search(
             rows = _rows(posts, zone, read_at, domain, summary)
             pages += 1
             finished = not next_cursor and parse_time(until) <= read_at
-            with db.conn:  # the page and the cursor after it, or neither
+            with db.atomic():  # the page and the cursor after it, or neither
                 summary.posts_new += store_posts(db, rows)
                 db.execute(_SAVE_CURSOR, [key, day, next_cursor, int(finished), pages, utc_iso(read_at)])
             summary.pages += 1
@@ -368,7 +368,7 @@ def refresh_counts(
     for start in range(0, len(due), 25):
         chunk = due[start:start + 25]
         answer = {p["uri"]: p for p in client.get_posts([r["uri"] for r in chunk])}
-        with db.conn:
+        with db.atomic():
             for row in chunk:
                 post = answer.get(row["uri"])
                 if post is None:
@@ -410,7 +410,7 @@ def update_baselines(
         if cached and cached[0] and cached[0] > utc_iso(now):
             continue
         handle, posts = _recent_own_posts(client, did, max_posts, young)
-        with db.conn:
+        with db.atomic():
             db["bsky_authors"].upsert({
                 "did": did, "handle": handle, "posts_json": json.dumps(posts),
                 "fetched_utc": utc_iso(now), "expires_utc": utc_iso(now + timedelta(hours=ttl_hours)),
