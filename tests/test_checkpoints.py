@@ -83,7 +83,7 @@ def test_failed_write_leaves_nothing_behind(tiny_model_path, tmp_path, monkeypat
         return real(path, *a, **k)
 
     monkeypatch.setattr(mx, "save_safetensors", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="No space left on device"):
         pol.save("2026-11-02")
     assert list(checkpoints.checkpoints_dir(run).iterdir()) == []
 

@@ -104,7 +104,7 @@ def save_checkpoint(
     try:
         full = config.model.fine_tune == "full"
         weights = dict(tree_flatten(model.parameters() if full else model.trainable_parameters()))
-        mx.save_safetensors(str(tmp / "adapters.safetensors"), weights)
+        _save_arrays(tmp / "adapters.safetensors", weights)
         adapter_config = {
             "fine_tune_type": "full" if full else "lora",
             "num_layers": config.model.lora_layers,
@@ -113,7 +113,7 @@ def save_checkpoint(
         }
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
         failpoint("checkpoint.weights")
-        mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
+        _save_arrays(tmp / "optimizer.safetensors", dict(tree_flatten(optimizer.state)))
         # MLX's key cannot be set directly: draw a seed, reseed with it here and on resume,
         # so a resumed run continues exactly like an uninterrupted one.
         mx_seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
@@ -145,6 +145,16 @@ def save_checkpoint(
         if not complete:  # a failed write (full disk, kill, bug) leaves nothing that looks like a checkpoint
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _save_arrays(path: Path, arrays: dict) -> None:
+    """mx.save_safetensors, with a failed write (a full disk, say) turned into a CheckpointError."""
+    try:
+        mx.save_safetensors(str(path), arrays)
+    except (RuntimeError, OSError) as e:  # MLX reports a short write as RuntimeError without an errno
+        free = shutil.disk_usage(path.parent).free / 1e6
+        raise CheckpointError(f"could not write {path.name} of checkpoint {path.parent.name}: {e} "
+                              f"({free:.1f} MB free on that disk); the previous checkpoint is untouched") from e
 
 
 def _python_rng_state() -> list:
@@ -180,3 +190,25 @@ def load_into(path: Path, model: nn.Module, optimizer) -> TrainerState:
     random.setstate((version, tuple(internal), gauss))
     mx.eval(model.parameters(), optimizer.state)
     return TrainerState(step=int(state["step"]), numpy_rng=state["numpy_rng"])
+
+
+def prune(run_path: Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` complete checkpoints (never the newest); returns the days removed.
+
+    Leftover temporary folders of crashed writes are removed too.
+    """
+    if keep < 1:
+        raise CheckpointError(f"--keep must be at least 1 (the newest checkpoint is never deleted), got {keep}")
+    done = list_checkpoints(run_path)
+    removed = []
+    for p in done[:-keep]:
+        # rename first, so a crash mid-delete never leaves a half folder that looks complete
+        doomed = p.with_name(f".tmp-delete-{p.name}")
+        os.rename(p, doomed)
+        shutil.rmtree(doomed)
+        removed.append(p.name)
+    root = checkpoints_dir(run_path)
+    if root.is_dir():
+        for stale in root.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    return removed

@@ -175,6 +175,8 @@ def nightly_options(fn):
         click.option("--from", "first", default=None, help="backfill from this day (with --to)"),
         click.option("--to", "last", default=None, help="backfill up to this day, inclusive"),
         click.option("--quiet", is_flag=True, help="plain log lines only (also what cron gets)"),
+        click.option("--keep", default=30, show_default=True,
+                     help="keep this many newest checkpoints, delete older ones (never the newest)"),
         RUN_OPTION,
         HOME_OPTION,
     ]):
@@ -182,13 +184,19 @@ def nightly_options(fn):
     return fn
 
 
-def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, run_day) -> None:
-    """Shared by `varro nightly` and `walter nightly`: the lock, the logs, the exit codes."""
+def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, run_day, keep: int = 30) -> None:
+    """Shared by `varro nightly` and `walter nightly`: the lock, the logs, retention, the exit codes."""
+    from .checkpoints import prune
     from .config import run_dir
     from .nightly import RunLocked, run_nightly
 
+    def day_then_prune(d, progress):
+        result = run_day(d, progress)
+        removed = prune(run_dir(run, home), keep)
+        return f"{result}" + (f"; removed old checkpoints {', '.join(removed)}" if removed else "")
+
     try:
-        run_nightly(run_dir(run, home), days, run_day, quiet=quiet, echo=click.echo)
+        run_nightly(run_dir(run, home), days, day_then_prune, quiet=quiet, echo=click.echo)
     except RunLocked as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(75)  # EX_TEMPFAIL: try again later
@@ -200,7 +208,7 @@ def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, ru
               help="where the day's headlines come from")
 @click.option("--feed", "feed_urls", multiple=True, help="feed URL (repeatable; replaces data/feeds.toml)")
 @config_options("varro")
-def nightly(day, first, last, quiet, run, home, source, feed_urls, **kwargs) -> None:
+def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, **kwargs) -> None:
     """Run Varro's daily step end to end, safe to run from cron.
 
     A lock keeps two runs of the same --run from overlapping (the second exits
@@ -227,7 +235,7 @@ def nightly(day, first, last, quiet, run, home, source, feed_urls, **kwargs) -> 
         return (f"ingested {res.ingested}, scored {res.scored}, steps {res.steps}, checkpoint {res.checkpoint}, "
                 f"sampled {res.sampled}" + "".join(f"; {n}" for n in res.notes))
 
-    run_nightly_cli(run, home, days, quiet, run_day)
+    run_nightly_cli(run, home, days, quiet, run_day, keep)
 
 
 def cron_command(app: str):

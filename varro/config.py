@@ -69,6 +69,8 @@ class TrainConfig:
     eps_high: float = opt(4e-4, "GSPO upper clip range of the sequence ratio")
     beta: float = opt(0.02, "weight of the k3 KL leash to the base model (0 turns it off)")
     seed: int = opt(0, "seed for MLX, NumPy and Python")
+    kl_max: float = opt(1.0, "collapse guard: a step whose KL to the base exceeds this ends the day, weights kept")
+    eval_drop_max: float = opt(0.2, "collapse guard: no training while the eval reward is this far below its best")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from .headlines import headlines_for_day, load_sample_day
 from .policy import Policy
 from .rollouts import set_scores
 from .faults import failpoint
+from .guards import guarded_training
 from .progress import NULL_PROGRESS, Progress
 
 APP = "varro"
@@ -167,9 +168,9 @@ def step(
         res.notes.append(f"checkpoint {day} exists: not training again")
     else:
         policy = Policy.open(cfg, run_path, before_day=day)
-        groups = training_groups(db, run, prev)
-        with progress.stage("training", total=cfg.train.minibatches if groups else 0) as advance:
-            rows = policy.trainer.train_day(groups, on_step=advance)
+        policy, rows, notes = guarded_training(db, APP, run, day, policy, training_groups(db, run, prev), cfg,
+                                               progress, lambda: Policy.open(cfg, run_path, before_day=day))
+        res.notes.extend(notes)
         dbm.insert_steps(db, run, day, rows)
         res.steps = len(rows)
         res.trained = bool(rows)

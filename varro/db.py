@@ -266,6 +266,14 @@ def m005_reading_views(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m006_guards(db: sqlite_utils.Database) -> None:
+    db["guards"].create(
+        {"run": str, "day": str, "app": str, "kind": str, "reason": str, "created_utc": str},
+        pk=("run", "day", "kind"),
+    )
+
+
 class MigrationError(RuntimeError):
     pass
 

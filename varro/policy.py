@@ -9,7 +9,7 @@ optimizer and RNG state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlx.core as mx
@@ -31,6 +31,7 @@ class Policy:
     config: Config
     run_path: Path
     checkpoint: str  # "base" or the day of the checkpoint it was restored from
+    notes: list[str] = field(default_factory=list)  # checkpoints skipped as corrupt
 
     @classmethod
     def open(cls, config: Config, run_path: Path, before_day: str | None = None) -> "Policy":
@@ -53,13 +54,21 @@ class Policy:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         trainer = Trainer(model, config.train, pad_id=pad_id, reference=reference)
         label = "base"
-        latest = checkpoints.find_latest(run_path, before=before_day)
-        if latest is not None:
-            state = checkpoints.load_into(latest, model, trainer.optimizer)
+        notes = []
+        candidates = [p for p in checkpoints.list_checkpoints(run_path) if before_day is None or p.name < before_day]
+        for latest in reversed(candidates):
+            try:
+                state = checkpoints.load_into(latest, model, trainer.optimizer)
+            except checkpoints.CheckpointError as e:
+                notes.append(f"WARNING: checkpoint {latest.name} is unusable ({e}); falling back to an older one")
+                continue
             trainer.step = state.step
             trainer.rng.bit_generator.state = state.numpy_rng
             label = latest.name
-        return cls(model, tokenizer, trainer, config, Path(run_path), label)
+            break
+        if notes:
+            notes.append(f"resumed from {label}")
+        return cls(model, tokenizer, trainer, config, Path(run_path), label, notes)
 
     def prompt_tokens(self, text: str) -> list[int]:
         return chat_prompt_tokens(self.tokenizer, text, self.config.model.enable_thinking)

@@ -162,8 +162,10 @@ def report_data(db: sqlite_utils.Database, app: str, run: str) -> dict[str, Any]
     by_day = {f["day"]: f["reason"] for f in flags}
     for d in out_days:
         d["flag"] = by_day.get(d["day"])
+    guards = [dict(r) for r in db.query(
+        "select day, kind, reason from guards where run = ? and app = ? order by day, kind", [run, app])]
     return {"app": app, "run": run, "columns": spec.columns, "monitor_columns": list(MONITOR_LABELS),
-            "plotted": list(spec.plotted), "flags": flags, "days": out_days}
+            "plotted": list(spec.plotted), "flags": flags, "guards": guards, "days": out_days}
 
 
 def _values(xs: list[float | None]) -> np.ndarray:
@@ -231,7 +233,7 @@ def fmt(value: Any) -> str:
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th:first-child,td:first-child{text-align:left}.flag{background:#fde2e1;border:2px solid #c00;padding:.7em 1em;
-margin:1em 0;font-weight:bold}tr.flagged td{background:#fde2e1}.ok{color:#060}
+margin:1em 0;font-weight:bold}tr.flagged td{background:#fde2e1}.guard{background:#fff1d6;border:2px solid #b60;padding:.7em 1em;margin:1em 0}.ok{color:#060}
 .plots img{width:480px;margin:4px;border:1px solid #eee}pre{white-space:pre-wrap;background:#f6f6f6;padding:.5em;
 margin:.2em 0 1em}"""
 
@@ -264,6 +266,11 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
         flags = "".join(f"<div class=\"flag\">⚠ {e(f['day'])}: {e(f['reason'])}</div>" for f in data["flags"])
     else:
         flags = "<p class=\"ok\">No day where the training reward rose while the eval reward fell.</p>"
+    if data.get("guards"):
+        guards = "".join(f"<div class=\"guard\">🛑 {e(g['day'])} ({e(g['kind'])} guard): {e(g['reason'])}</div>"
+                         for g in data["guards"])
+    else:
+        guards = "<p class=\"ok\">No collapse guard acted and no checkpoint was skipped.</p>"
     metrics = _table(data["columns"], [[fmt(d["metrics"].get(c)) for c in data["columns"]] for d in days], flagged)
     monitors = _table(["day", *(MONITOR_LABELS[k] for k in data["monitor_columns"])],
                       [[d["day"], *(fmt(d["monitors"][k]) for k in data["monitor_columns"])] for d in days], flagged)
@@ -276,7 +283,7 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
     title = f"{data['app']} run {data['run']}"
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style>"
             f"</head><body><h1>{e(title)}</h1><p>{len(days)} days, {e(days[0]['day'])} to {e(days[-1]['day'])}</p>"
-            f"<h2>Flags</h2>{flags}<h2>Per-day metrics</h2>{metrics}<h2>Reward-hacking monitors</h2>{monitors}"
+            f"<h2>Flags</h2>{flags}<h2>Training health</h2>{guards}<h2>Per-day metrics</h2>{metrics}<h2>Reward-hacking monitors</h2>{monitors}"
             f"<h2>Plots</h2><div class=\"plots\">{images}</div><h2>Best and worst samples</h2>{samples}"
             "</body></html>")
 
@@ -314,4 +321,5 @@ def format_summary(data: dict[str, Any]) -> str:
         lines += [f"FLAG {f['day']}: {f['reason']}" for f in data["flags"]]
     else:
         lines.append("no flags: no day where the training reward rose while the eval reward fell")
+    lines += [f"GUARD {g['day']} ({g['kind']}): {g['reason']}" for g in data.get("guards", [])]
     return "\n".join(lines)

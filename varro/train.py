@@ -170,14 +170,21 @@ class Trainer:
                     mx.eval(mb.ref_logp)
         return batches
 
-    def train_day(self, groups: list[list[Rollout]], on_step: Callable[[int], None] | None = None) -> list[dict]:
-        """Train on the day's scored groups; returns one row per optimizer step (see db `steps`)."""
+    def train_day(self, groups: list[list[Rollout]], on_step: Callable[[int], None] | None = None,
+                  kl_max: float | None = None) -> list[dict]:
+        """Train on the day's scored groups; returns one row per optimizer step (see db `steps`).
+
+        With `kl_max`, the day stops after the first step whose KL exceeds it (the
+        caller then discards the day's weights: see varro.guards).
+        """
         rows = []
         batches = self.prepare(groups)
         for k, mb in enumerate(batches):
             rows.append(self._update(mb, k))
             if on_step is not None:
                 on_step(1)
+            if kl_max is not None and rows[-1]["kl"] > kl_max:
+                break
         return rows
 
     def _update(self, mb: Minibatch, k: int) -> dict:

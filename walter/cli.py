@@ -94,7 +94,7 @@ def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
 @click.option("--source", type=click.Choice(["bluesky", "sample"]), default="bluesky", show_default=True,
               help="where the day's posts come from")
 @config_options("walter")
-def nightly(day, first, last, quiet, run, home, source, **kwargs) -> None:
+def nightly(day, first, last, quiet, keep, run, home, source, **kwargs) -> None:
     """Run Walter's daily step end to end, safe to run from cron.
 
     A lock keeps two runs of the same --run from overlapping (the second exits
@@ -122,7 +122,7 @@ def nightly(day, first, last, quiet, run, home, source, **kwargs) -> None:
         return (f"ingested {res.ingested}, sampled {res.sampled}, scored {res.scored}, steps {res.steps}, "
                 f"checkpoint {res.checkpoint}" + "".join(f"; {n}" for n in res.notes))
 
-    run_nightly_cli(run, home, days, quiet, run_day)
+    run_nightly_cli(run, home, days, quiet, run_day, keep)
 
 
 cli.add_command(cron_command("walter"))

@@ -33,6 +33,7 @@ from varro.config import Config
 from varro.embed import Embedder
 from varro.policy import Policy
 from varro.rollouts import set_scores
+from varro.guards import guarded_training
 from varro.progress import NULL_PROGRESS, Progress
 
 from .curriculum import pick_articles
@@ -201,8 +202,9 @@ def step(
         advance(res.scored)
     train_ids = {p["id"] for p in prompts if p["split"] == "train"}
     train_groups = [g for g in groups if g[0].prompt_id in train_ids]
-    with progress.stage("training", total=cfg.train.minibatches if train_groups else 0) as advance:
-        rows = policy.trainer.train_day(train_groups, on_step=advance)
+    policy, rows, notes = guarded_training(db, APP, run, day, policy, train_groups, cfg, progress,
+                                           lambda: Policy.open(cfg, run_path, before_day=day))
+    res.notes.extend(notes)
     dbm.insert_steps(db, run, day, rows)
     dbm.save_scores(db, groups)
     res.steps = len(rows)

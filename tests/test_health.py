@@ -1,0 +1,157 @@
+"""Training health and resources: collapse guards, corrupt-checkpoint fallback, retention, a full disk."""
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from helpers import tiny_config
+from varro import checkpoints
+from varro import db as dbm
+from varro.cycle import step
+from varro.embed import HashEmbedder
+
+
+def cfg_for(model, **train):
+    cfg = tiny_config(model, **train)
+    cfg.sampling.max_tokens = 10
+    cfg.varro.prompts_per_day = 3
+    cfg.sampling.group_size = 4
+    return cfg
+
+
+def adapters(path):
+    import mlx.core as mx
+
+    return {k: np.array(v) for k, v in mx.load(str(path / "adapters.safetensors")).items()}
+
+
+def test_kl_guard_discards_the_day_and_keeps_the_previous_weights(tiny_model_path, tmp_path):
+    db = dbm.open_db(tmp_path / "v.db")
+    cfg = cfg_for(tiny_model_path, learning_rate=5e-2, beta=0.05, kl_max=1e-9)
+    run = tmp_path / "runs" / "r"
+    step(db, cfg, "r", run, "2026-11-02", HashEmbedder())
+    res = step(db, cfg, "r", run, "2026-11-03", HashEmbedder())
+    assert any("exceeded kl_max" in n for n in res.notes)
+    rows = list(db.query("select step, kl from steps where day = '2026-11-03' order by step"))
+    assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 1e-9 and len(rows) == 2  # stopped at the first trip
+    a, b = adapters(run / "checkpoints" / "2026-11-02"), adapters(run / "checkpoints" / "2026-11-03")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    guard = db.execute("select kind, reason from guards where day = '2026-11-03'").fetchall()
+    assert guard[0][0] == "kl" and "kl_max" in guard[0][1]
+    # the next day continues the step numbers and trains normally with a sane limit
+    cfg.train.kl_max = 100.0
+    step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
+    nxt = [r["step"] for r in db.query("select step from steps where day = '2026-11-04' order by step")]
+    assert nxt[0] == rows[-1]["step"] + 1
+
+
+def test_eval_guard_skips_training_after_a_drop(tiny_model_path, tmp_path):
+    db = dbm.open_db(tmp_path / "v.db")
+    cfg = cfg_for(tiny_model_path)
+    run = tmp_path / "runs" / "r"
+    for d in ["2026-11-02", "2026-11-03"]:
+        step(db, cfg, "r", run, d, HashEmbedder())
+    # make day 2's held-out forecasts look far worse than day 1's
+    db.execute("update rollouts set reward = 0.0, components_json = '{}' where day = '2026-11-03'")
+    db.execute("update rollouts set reward = -5.0 where day = '2026-11-03' and prompt_id in "
+               "(select id from prompts where split = 'eval')")
+    db.conn.commit()
+    db.execute("update rollouts set reward = group_index where day = '2026-11-03' and prompt_id in "
+               "(select id from prompts where split = 'train')")  # groups with signal: it would train
+    db.conn.commit()
+    res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
+    assert res.steps == 0 and any("not training today" in n for n in res.notes)
+    assert db.execute("select kind from guards where day = '2026-11-04'").fetchone()[0] == "eval"
+    assert (run / "checkpoints" / "2026-11-04" / "metadata.json").is_file()
+
+
+def test_corrupt_checkpoint_falls_back_loudly(tiny_model_path, tmp_path):
+    db = dbm.open_db(tmp_path / "v.db")
+    cfg = cfg_for(tiny_model_path, learning_rate=2e-2)
+    run = tmp_path / "runs" / "r"
+    for d in ["2026-11-02", "2026-11-03"]:
+        step(db, cfg, "r", run, d, HashEmbedder())
+    (run / "checkpoints" / "2026-11-03" / "adapters.safetensors").write_bytes(b"\0" * 100)
+    res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
+    assert any("WARNING: checkpoint 2026-11-03 is unusable" in n for n in res.notes)
+    assert any("resumed from 2026-11-02" in n for n in res.notes)
+    assert db.execute("select kind from guards where day = '2026-11-04'").fetchone()[0] == "checkpoint"
+
+
+def test_retention_keeps_the_newest(tiny_model_path, tmp_path):
+    from varro.policy import Policy
+
+    run = tmp_path / "runs" / "r"
+    pol = Policy.open(cfg_for(tiny_model_path), run)
+    for d in ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]:
+        pol.save(d)
+    (checkpoints.checkpoints_dir(run) / ".tmp-2026-11-06-99").mkdir()
+    assert checkpoints.prune(run, keep=2) == ["2026-11-02", "2026-11-03"]
+    assert [p.name for p in checkpoints.list_checkpoints(run)] == ["2026-11-04", "2026-11-05"]
+    assert sorted(p.name for p in checkpoints.checkpoints_dir(run).iterdir()) == ["2026-11-04", "2026-11-05"]
+    assert checkpoints.prune(run, keep=5) == []
+    with pytest.raises(checkpoints.CheckpointError, match="at least 1"):
+        checkpoints.prune(run, keep=0)
+
+
+def nightly(model, home, day):
+    env = {**os.environ, "VARRO_HOME": str(home)}
+    cmd = [sys.executable, "-m", "varro.cli", "nightly", "--run", "r", "--source", "sample", "--quiet",
+           "--date", day, "--model", str(model), "--embedder", "hash", "--max-tokens", "10",
+           "--prompts-per-day", "3", "--lora-layers", "2", "--group-size", "4"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_the_database(tiny_model_path, tmp_path):
+    home = tmp_path / "home"
+    runs = home / "runs"
+    runs.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(runs)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        assert nightly(tiny_model_path, home, "2026-11-02").returncode == 0
+        first = runs / "r" / "checkpoints" / "2026-11-02"
+        before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in first.iterdir()}
+        size = sum(f.stat().st_size for f in first.iterdir())
+        free = os.statvfs(runs).f_bavail * os.statvfs(runs).f_frsize
+        filler = runs / "filler"
+        filler.write_bytes(b"\0" * max(0, free - size // 3))  # room for a third of a checkpoint
+        failed = nightly(tiny_model_path, home, "2026-11-03")
+        assert failed.returncode != 0
+        assert "could not write" in failed.stderr and "MB free on that disk" in failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert [p.name for p in checkpoints.list_checkpoints(runs / "r")] == ["2026-11-02"]
+        assert not (runs / "r" / "checkpoints" / "2026-11-03").exists()
+        assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in first.iterdir()} == before
+        con = sqlite3.connect(home / "data" / "varro.db")
+        assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
+        assert con.execute("select count(*) from rollouts where day = '2026-11-02'").fetchone()[0] == 12
+        con.close()
+        filler.unlink()
+        again = nightly(tiny_model_path, home, "2026-11-03")
+        assert again.returncode == 0, again.stderr
+        assert [p.name for p in checkpoints.list_checkpoints(runs / "r")] == ["2026-11-02", "2026-11-03"]
+    finally:
+        subprocess.run(["umount", "-l", str(runs)], capture_output=True)
+
+
+def test_guards_show_in_the_report(tiny_model_path, tmp_path):
+    from varro.report import build_report, format_summary, report_data
+
+    db = dbm.open_db(tmp_path / "v.db")
+    cfg = cfg_for(tiny_model_path, learning_rate=5e-2, beta=0.05, kl_max=1e-9)
+    run = tmp_path / "runs" / "r"
+    for d in ["2026-11-02", "2026-11-03"]:
+        step(db, cfg, "r", run, d, HashEmbedder())
+    data = report_data(db, "varro", "r")
+    assert [(g["day"], g["kind"]) for g in data["guards"]] == [("2026-11-03", "kl")]
+    assert "GUARD 2026-11-03 (kl)" in format_summary(data)
+    page = build_report(db, "varro", "r", tmp_path / "r.html").read_text()
+    assert "Training health" in page and "kl guard" in page

@@ -1,0 +1,76 @@
+"""Training health: the collapse guards and the record of every time one acted.
+
+- KL guard: a step whose KL to the base model exceeds `kl_max` ends the day's
+  training; the day's checkpoint keeps the previous weights.
+- Eval guard: while the latest held-out eval reward is more than
+  `eval_drop_max` below the run's best, the day does not train at all.
+- Checkpoint fallback: a corrupt checkpoint is skipped for the last good one.
+
+Each event is a row in `guards` (shown in the report and the step's notes).
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+from .db import utc_now
+
+
+def eval_guard(db: sqlite_utils.Database, app: str, run: str, before_day: str, drop_max: float) -> str | None:
+    """The reason not to train today, or None: compares the latest eval day with the best before it."""
+    rows = db.execute(
+        "select r.day, avg(r.reward) from rollouts r join prompts p on p.id = r.prompt_id "
+        "where p.app = ? and r.run = ? and p.split = 'eval' and r.reward is not null and r.day < ? "
+        "group by r.day order by r.day", [app, run, before_day]).fetchall()
+    if len(rows) < 2:
+        return None
+    best_day, best = max(rows[:-1], key=lambda r: r[1])
+    day, last = rows[-1]
+    if last < best - drop_max:
+        return (f"eval reward {last:.3f} on {day} is {best - last:.3f} below the best {best:.3f} ({best_day}), "
+                f"more than eval_drop_max {drop_max}: not training today")
+    return None
+
+
+def kl_tripped(rows: list[dict], kl_max: float) -> str | None:
+    for r in rows:
+        if r["kl"] is not None and r["kl"] > kl_max:
+            return (f"step {r['step']} KL {r['kl']:.3f} exceeded kl_max {kl_max}: "
+                    "the day's updates were discarded and the previous weights kept")
+    return None
+
+
+def record(db: sqlite_utils.Database, run: str, day: str, app: str, kind: str, reason: str) -> None:
+    with db.atomic():
+        db["guards"].upsert({"run": run, "day": day, "app": app, "kind": kind, "reason": reason,
+                             "created_utc": utc_now()}, pk=("run", "day", "kind"))
+
+
+def guarded_training(db: sqlite_utils.Database, app: str, run: str, day: str, policy, groups: list[list],
+                     cfg, progress, reopen) -> tuple[object, list[dict], list[str]]:
+    """Train the day's groups under the collapse guards; returns (policy to save, step rows, notes).
+
+    `reopen()` gives a fresh policy at the previous checkpoint, used when the KL
+    guard discards the day's updates.
+    """
+    notes = list(policy.notes)
+    # after a fallback the restored counter is behind the steps already recorded: continue after them
+    done = db.execute("select max(step) from steps where run = ? and day != ?", [run, day]).fetchone()[0]
+    policy.trainer.step = max(policy.trainer.step, done or 0)
+    if policy.notes:
+        record(db, run, day, app, "checkpoint", "; ".join(policy.notes))
+    reason = eval_guard(db, app, run, day, cfg.train.eval_drop_max) if groups else None
+    if reason:
+        record(db, run, day, app, "eval", reason)
+        notes.append(reason)
+        groups = []
+    with progress.stage("training", total=cfg.train.minibatches if groups else 0) as advance:
+        rows = policy.trainer.train_day(groups, on_step=advance, kl_max=cfg.train.kl_max)
+    tripped = kl_tripped(rows, cfg.train.kl_max)
+    if tripped:
+        record(db, run, day, app, "kl", tripped)
+        notes.append(tripped)
+        step = policy.trainer.step
+        policy = reopen()
+        policy.trainer.step = step  # step numbers stay unique across the discarded updates
+    return policy, rows, notes
