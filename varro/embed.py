@@ -42,7 +42,9 @@ class SentenceEmbedder:
 
     def __init__(self, name: str = DEFAULT_EMBEDDER, device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # no "Loading weights" bar in the nightly's output
         self.name = name
         if name in _BUNDLED:
             try:
