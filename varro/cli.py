@@ -207,8 +207,10 @@ def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, ru
 @click.option("--source", type=click.Choice(["rss", "sample"]), default="rss", show_default=True,
               help="where the day's headlines come from")
 @click.option("--feed", "feed_urls", multiple=True, help="feed URL (repeatable; replaces data/feeds.toml)")
+@click.option("--hosts", "hostfile", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="an mlx.launch hostfile: run data-parallel over these machines (ring backend)")
 @config_options("varro")
-def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, **kwargs) -> None:
+def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, hostfile, **kwargs) -> None:
     """Run Varro's daily step end to end, safe to run from cron.
 
     A lock keeps two runs of the same --run from overlapping (the second exits
@@ -217,25 +219,69 @@ def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, **kwarg
     to runs/<run>/logs/<day>.log. Exit status 0 on success, 1 with a one-line
     reason on failure.
 
+    With --hosts FILE (or when started by mlx.launch) every process runs this
+    command; rank 0 alone writes the database, the checkpoint and the logs.
+
     Example: varro nightly --run default --quiet
     """
     from . import db as dbm
     from .config import db_path, run_dir
     from .cycle import step as run_step
+    from .distributed import init_world
     from .embed import CachedEmbedder, load_embedder
+    from .progress import Progress
 
     days = resolve_days(day, first, last)
+    if hostfile:
+        _relaunch_distributed(hostfile, run, home, days)
     cfg = resolve_config(kwargs)
-    db = dbm.open_db(db_path(home))
-    ingest = None if source == "sample" else _rss_ingest(feed_urls, cfg.varro.timezone)
-    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+    world = init_world()
+    main = world.is_main
+    db = dbm.open_db(db_path(home)) if main else None
+    ingest = None if source == "sample" or not main else _rss_ingest(feed_urls, cfg.varro.timezone)
+    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db) if main else None
 
     def run_day(d, progress):
-        res = run_step(db, cfg, run, run_dir(run, home), d, embedder, ingest=ingest, progress=progress)
+        res = run_step(db, cfg, run, run_dir(run, home), d, embedder, ingest=ingest, progress=progress,
+                       world=world)
         return (f"ingested {res.ingested}, scored {res.scored}, steps {res.steps}, checkpoint {res.checkpoint}, "
-                f"sampled {res.sampled}" + "".join(f"; {n}" for n in res.notes))
+                f"sampled {res.sampled}" + (f", {world.size} ranks" if world.distributed else "")
+                + "".join(f"; {n}" for n in res.notes))
 
-    run_nightly_cli(run, home, days, quiet, run_day, keep)
+    if main:
+        run_nightly_cli(run, home, days, quiet, run_day, keep)
+    else:  # the lock, the logs and retention are rank 0's
+        for d in days:
+            run_day(d, Progress(bars=False))
+
+
+def _relaunch_distributed(hostfile: str, run: str, home: str | None, days: list[str]) -> None:
+    """Run this same command on every host of `hostfile` through mlx.launch (ring backend), then exit.
+
+    mlx.launch stops every rank when one dies but exits 0 regardless, so success
+    is judged by what rank 0 leaves behind: a complete checkpoint for every day.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from .checkpoints import list_checkpoints
+    from .config import run_dir
+
+    args = sys.argv[1:]
+    i = args.index("--hosts")
+    args = args[:i] + args[i + 2:]
+    launcher = shutil.which("mlx.launch") or os.path.join(os.path.dirname(sys.executable), "mlx.launch")
+    cmd = [launcher, "--hostfile", hostfile, "--backend", "ring", "--", sys.executable, "-m", "varro.cli", *args]
+    click.echo("launching: " + " ".join(cmd), err=True)
+    subprocess.run(cmd)
+    have = {p.name for p in list_checkpoints(run_dir(run, home))}
+    missing = [d for d in days if d not in have]
+    if missing:
+        click.echo(f"error: the distributed run did not finish {', '.join(missing)} (a rank failed or was "
+                   "stopped; see its output above); re-run to resume", err=True)
+        sys.exit(1)
+    sys.exit(0)
 
 
 def cron_command(app: str):

@@ -33,6 +33,7 @@ from .forecast import build_prompt, score_forecast
 from .headlines import headlines_for_day, load_sample_day
 from .policy import Policy
 from .rollouts import set_scores
+from .distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
 from .faults import failpoint
 from .guards import guarded_training
 from .progress import NULL_PROGRESS, Progress
@@ -139,57 +140,76 @@ class StepResult:
 
 
 def step(
-    db: sqlite_utils.Database,
+    db: sqlite_utils.Database | None,
     cfg: Config,
     run: str,
     run_path: Path,
     day: str,
-    embedder: Embedder,
+    embedder: Embedder | None,
     ingest: Callable[[sqlite_utils.Database, str], int] | None = None,
     sample_seed: int | None = None,
     progress: Progress = NULL_PROGRESS,
+    world: World = SOLO,
 ) -> StepResult:
-    """Run the whole cycle for `day`. `ingest(db, day)` stores the day's headlines (default: the sample)."""
-    res = StepResult(day=day)
-    with progress.stage("ingest") as advance:
-        res.ingested = (ingest or load_sample_day)(db, day)
-        advance(res.ingested)
-    prev = previous_day(day)
-    failpoint("step.ingested")
-    with progress.stage("scoring") as advance:
-        res.scored = score_forecasts(db, run, prev, day, embedder, cfg)
-        advance(res.scored)
-    if not headlines_for_day(db, day):
-        res.notes.append(f"no headlines for {day}: {prev}'s forecasts stay unscored and {day} has no prompts")
+    """Run the whole cycle for `day`. `ingest(db, day)` stores the day's headlines (default: the sample).
 
-    done = (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file()
+    Under `mlx.launch` every rank calls this; only rank 0 has `db` and `embedder`
+    (see varro.distributed): the others train on their share of each minibatch
+    and sample their share of the prompts.
+    """
+    res = StepResult(day=day)
+    main = world.is_main
+    prev = previous_day(day)
+    if main:
+        with progress.stage("ingest") as advance:
+            res.ingested = (ingest or load_sample_day)(db, day)
+            advance(res.ingested)
+        failpoint("step.ingested")
+        with progress.stage("scoring") as advance:
+            res.scored = score_forecasts(db, run, prev, day, embedder, cfg)
+            advance(res.scored)
+        if not headlines_for_day(db, day):
+            res.notes.append(f"no headlines for {day}: {prev}'s forecasts stay unscored and {day} has no prompts")
+
+    done = world.broadcast_json(main and (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file())
     if done:
-        policy = Policy.open(cfg, run_path, before_day=(date.fromisoformat(day) + timedelta(days=1)).isoformat())
+        after = (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+        policy = open_policy(cfg, run_path, after, world)
         res.notes.append(f"checkpoint {day} exists: not training again")
     else:
-        policy = Policy.open(cfg, run_path, before_day=day)
-        policy, rows, notes = guarded_training(db, APP, run, day, policy, training_groups(db, run, prev), cfg,
-                                               progress, lambda: Policy.open(cfg, run_path, before_day=day))
+        policy = open_policy(cfg, run_path, day, world)
+        groups = rollouts_from_json(world.broadcast_json(
+            rollouts_to_json(training_groups(db, run, prev)) if main else None))
+        policy, rows, notes = guarded_training(db, APP, run, day, policy, groups, cfg, progress,
+                                               lambda: open_policy(cfg, run_path, day, world), world)
         res.notes.extend(notes)
-        dbm.insert_steps(db, run, day, rows)
         res.steps = len(rows)
         res.trained = bool(rows)
-        policy.save(day, extra={"run": run, "app": APP, "trained_on": prev, "steps": len(rows)})
+        if main:
+            dbm.insert_steps(db, run, day, rows)
+            policy.save(day, extra={"run": run, "app": APP, "trained_on": prev, "steps": len(rows)})
     res.checkpoint = day
     failpoint("step.checkpointed")
 
-    prompts = choose_prompts(db, day, embedder, cfg)
-    have = {r["prompt_id"] for r in db.query(
-        "select prompt_id from rollouts where run = ? and day = ? group by prompt_id having count(*) = ?",
-        [run, day, cfg.sampling.group_size])}
-    todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
+    todo = []
+    if main:
+        prompts = choose_prompts(db, day, embedder, cfg)
+        have = {r["prompt_id"] for r in db.query(
+            "select prompt_id from rollouts where run = ? and day = ? group by prompt_id having count(*) = ?",
+            [run, day, cfg.sampling.group_size])}
+        todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
+    todo = world.broadcast_json(todo)
     if todo:
         seed = sample_seed if sample_seed is not None else (
             cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal())
-        with progress.stage("sampling", total=len(todo) * cfg.sampling.group_size) as advance:
-            groups = policy.sample(todo, seed=seed, on_done=advance)
-        dbm.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
-        res.sampled = sum(len(g) for g in groups)
+        mine = todo[world.rank :: world.size]  # each rank samples its share of the groups
+        with progress.stage("sampling", total=len(mine) * cfg.sampling.group_size) as advance:
+            groups = policy.sample(mine, seed=seed + world.rank, on_done=advance) if mine else []
+        gathered = world.gather_json(rollouts_to_json(groups))
+        if main:
+            groups = [g for part in gathered for g in rollouts_from_json(part)]
+            dbm.insert_rollouts(db, run, day, day, groups, policy.sampling_settings())
+            res.sampled = sum(len(g) for g in groups)
     return res
 
 

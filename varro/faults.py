@@ -19,6 +19,9 @@ def failpoint(name: str) -> None:
     point, _, nth = target.partition("#")
     if point != name:
         return
+    rank = os.environ.get("VARRO_FAILPOINT_RANK")  # only this rank of an mlx.launch job (MLX_RANK)
+    if rank is not None and rank != os.environ.get("MLX_RANK", "0"):
+        return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] == (int(nth) if nth else 1):
         os.kill(os.getpid(), signal.SIGKILL)

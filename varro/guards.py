@@ -46,29 +46,38 @@ def record(db: sqlite_utils.Database, run: str, day: str, app: str, kind: str, r
                              "created_utc": utc_now()}, pk=("run", "day", "kind"))
 
 
-def guarded_training(db: sqlite_utils.Database, app: str, run: str, day: str, policy, groups: list[list],
-                     cfg, progress, reopen) -> tuple[object, list[dict], list[str]]:
+def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: str, policy, groups: list[list],
+                     cfg, progress, reopen, world=None) -> tuple[object, list[dict], list[str]]:
     """Train the day's groups under the collapse guards; returns (policy to save, step rows, notes).
 
     `reopen()` gives a fresh policy at the previous checkpoint, used when the KL
-    guard discards the day's updates.
+    guard discards the day's updates. With a distributed `world`, rank 0 reads
+    and writes the database and tells the other ranks what it decided.
     """
+    from .distributed import SOLO
+
+    world = world or SOLO
     notes = list(policy.notes)
-    # after a fallback the restored counter is behind the steps already recorded: continue after them
-    done = db.execute("select max(step) from steps where run = ? and day != ?", [run, day]).fetchone()[0]
-    policy.trainer.step = max(policy.trainer.step, done or 0)
-    if policy.notes:
-        record(db, run, day, app, "checkpoint", "; ".join(policy.notes))
-    reason = eval_guard(db, app, run, day, cfg.train.eval_drop_max) if groups else None
+    reason, done = None, 0
+    if world.is_main:
+        # after a fallback the restored counter is behind the steps already recorded: continue after them
+        done = db.execute("select max(step) from steps where run = ? and day != ?", [run, day]).fetchone()[0] or 0
+        if policy.notes:
+            record(db, run, day, app, "checkpoint", "; ".join(policy.notes))
+        reason = eval_guard(db, app, run, day, cfg.train.eval_drop_max) if groups else None
+        if reason:
+            record(db, run, day, app, "eval", reason)
+    reason, done = world.broadcast_json([reason, done])
+    policy.trainer.step = max(policy.trainer.step, done)
     if reason:
-        record(db, run, day, app, "eval", reason)
         notes.append(reason)
         groups = []
     with progress.stage("training", total=cfg.train.minibatches if groups else 0) as advance:
         rows = policy.trainer.train_day(groups, on_step=advance, kl_max=cfg.train.kl_max)
-    tripped = kl_tripped(rows, cfg.train.kl_max)
+    tripped = kl_tripped(rows, cfg.train.kl_max)  # the same on every rank: the metrics are all-reduced
     if tripped:
-        record(db, run, day, app, "kl", tripped)
+        if world.is_main:
+            record(db, run, day, app, "kl", tripped)
         notes.append(tripped)
         step = policy.trainer.step
         policy = reopen()

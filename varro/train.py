@@ -40,6 +40,7 @@ from .config import TrainConfig
 from .faults import failpoint
 from .gspo import group_advantages, gspo_loss
 from .models import adapters_off, lora_modules
+from .distributed import SOLO, World
 from .rollouts import Rollout
 
 LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
@@ -58,6 +59,8 @@ class Minibatch:
     rewards: np.ndarray  # (N,)
     old_logp: mx.array | None = None  # (N, L)
     ref_logp: mx.array | None = None  # (N, L)
+    share: float = 1.0  # this rank's sequences x ranks / the minibatch's sequences (1 when alone)
+    total: int = 0  # sequences in the whole minibatch, over all ranks
 
 
 def make_minibatch(rollouts: list[Rollout], pad_id: int = 0) -> Minibatch:
@@ -115,7 +118,9 @@ class Trainer:
         pad_id: int = 0,
         reference: Callable[[], contextlib.AbstractContextManager] | None = None,
         loss: LossFn = gspo_loss,
+        world: World = SOLO,
     ):
+        self.world = world
         self.model = model
         self.cfg = cfg
         self.pad_id = pad_id
@@ -131,7 +136,7 @@ class Trainer:
 
     def _loss_on(self, mb: Minibatch):
         logp = token_logprobs(self.model, mb.inputs, mb.targets)
-        return self.loss(
+        loss, metrics = self.loss(
             logp,
             mb.old_logp,
             mb.ref_logp,
@@ -141,6 +146,8 @@ class Trainer:
             eps_high=self.cfg.eps_high,
             beta=self.cfg.beta,
         )
+        # Each rank's mean is weighted by its share, so averaging over ranks gives the global mean.
+        return loss * mb.share, metrics
 
     def prepare(self, groups: list[list[Rollout]]) -> list[Minibatch]:
         """Steps 1-2: advantages, drop flat groups, split, and the pi_old / reference passes."""
@@ -156,8 +163,16 @@ class Trainer:
         if not kept:
             return []
         order = self.rng.permutation(len(kept))
-        parts = np.array_split(order, min(self.cfg.minibatches, len(kept)))
-        batches = [make_minibatch([kept[i] for i in part], self.pad_id) for part in parts]
+        w = self.world
+        if len(kept) < w.size:
+            raise TrainingError(f"{len(kept)} sequences cannot be shared by {w.size} ranks")
+        parts = np.array_split(order, min(self.cfg.minibatches, len(kept) // w.size))
+        batches = []
+        for part in parts:
+            mine = part[w.rank :: w.size]  # the same global minibatches as alone, split over the ranks
+            mb = make_minibatch([kept[i] for i in mine], self.pad_id)
+            mb.share, mb.total = len(mine) * w.size / len(part), len(part)
+            batches.append(mb)
         for mb in batches:
             mb.old_logp = mx.stop_gradient(token_logprobs(self.model, mb.inputs, mb.targets))
             mx.eval(mb.old_logp)
@@ -191,6 +206,13 @@ class Trainer:
         mx.reset_peak_memory()
         tic = time.perf_counter()
         (loss, metrics), grads = self._value_and_grad(mb)
+        if self.world.distributed:
+            from mlx.nn.utils import average_gradients
+
+            grads = average_gradients(grads, group=self.world.group)
+            n = mx.array(mb.inputs.shape[0] / mb.total, dtype=mx.float32)
+            loss = self.world.all_sum(loss) / self.world.size
+            metrics = {k: self.world.all_sum(v * n) for k, v in metrics.items()}
         grads, grad_norm = optim.clip_grad_norm(grads, self.cfg.grad_clip)
         mx.eval(loss, metrics, grad_norm)
         loss_v, norm_v = loss.item(), grad_norm.item()
@@ -207,13 +229,14 @@ class Trainer:
         return {
             "step": self.step,
             "minibatch": k,
-            "sequences": int(mb.inputs.shape[0]),
+            "sequences": mb.total or int(mb.inputs.shape[0]),
             "loss": loss_v if math.isfinite(loss_v) else None,
             "kl": metrics["kl"].item(),
             "clip_fraction": metrics["clip_fraction"].item(),
             "ratio_mean": metrics["ratio_mean"].item(),
-            "reward_mean": float(mb.rewards.mean()),
-            "reward_std": float(mb.rewards.std()),
+            "reward_mean": self._global_mean(mb.rewards),
+            "reward_std": float(np.sqrt(max(0.0, self._global_mean(mb.rewards ** 2)
+                                             - self._global_mean(mb.rewards) ** 2))),
             "grad_norm": norm_v if math.isfinite(norm_v) else None,
             "learning_rate": float(self.optimizer.learning_rate.item()),
             "duration_ms": (time.perf_counter() - tic) * 1000.0,
@@ -221,3 +244,10 @@ class Trainer:
             "skipped": int(skip_reason is not None),
             "skip_reason": skip_reason,
         }
+
+    def _global_mean(self, values: np.ndarray) -> float:
+        """The mean of `values` over the whole minibatch, across ranks."""
+        local = mx.array([float(values.sum()), float(len(values))])
+        total = np.array(self.world.all_sum(local))
+        return float(total[0] / total[1])
+

@@ -111,6 +111,10 @@ def nightly(day, first, last, quiet, keep, run, home, source, **kwargs) -> None:
 
     from .cycle import step as run_step
 
+    from varro.distributed import init_world
+
+    if init_world().distributed:
+        raise click.UsageError("walter nightly runs in one process; data-parallel runs are Varro's for now")
     days = resolve_days(day, first, last)
     cfg = resolve_config(kwargs)
     db = dbm.open_db(db_path(home))
