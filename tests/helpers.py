@@ -15,6 +15,7 @@ def tiny_config(model_path, **train) -> Config:
     cfg.sampling.max_tokens = 12
     cfg.sampling.profile = "default"
     cfg.train.learning_rate = 5e-3
+    cfg.train.kl_max = 1000.0  # tests move a tiny model fast on purpose; test_health sets its own limit
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg
