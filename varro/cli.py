@@ -142,7 +142,9 @@ def metrics(run: str, home: str | None, as_json: bool) -> None:
     from .cycle import day_metrics, format_metrics
 
     db = dbm.open_db(db_path(home))
-    days = [r["day"] for r in db.query("select distinct day from rollouts where run = ? order by day", [run])]
+    days = [r["day"] for r in db.query(
+        "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id "
+        "where p.app = 'varro' and r.run = ? order by r.day", [run])]
     rows = [day_metrics(db, run, d) for d in days]
     if as_json:
         for r in rows:

@@ -226,7 +226,7 @@ def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
     """
     rows = list(db.query(
         "select r.reward, r.components_json, p.split from rollouts r join prompts p on p.id = r.prompt_id "
-        "where r.run = ? and r.day = ? and r.reward is not null", [run, day]))
+        "where p.app = ? and r.run = ? and r.day = ? and r.reward is not null", [APP, run, day]))
     comps = [json.loads(r["components_json"]) for r in rows]
     train = [r["reward"] for r in rows if r["split"] == "train"]
     steps = list(db.query("select kl, clip_fraction from steps where run = ? and day = ? and skipped = 0",

@@ -26,7 +26,7 @@ import sqlite_utils
 
 from .config import REPO_ROOT, home_dir
 from .db import utc_now
-from .headlines import store_headlines
+from .headlines import headline_id, store_headlines
 
 DEFAULT_FEEDS_PATH = REPO_ROOT / "data" / "feeds.toml"
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=10.0)  # seconds per connect / read / write
@@ -65,6 +65,7 @@ class FeedResult:
     bozo: bool  # feedparser flagged the body as malformed
     bozo_message: str | None = None
     items: int = 0  # headlines found in the body, new or not
+    repeated: int = 0  # items whose guid (else link) an earlier item of the same body already had
 
     @property
     def ok(self) -> bool:
@@ -378,11 +379,16 @@ def ingest_feed(
         validators = {k: v or previous.get(k) for k, v in validators.items()}
         return _record(db, FeedResult(feed.url, name, 304, None, 0, False), validators)
 
+    if not fetched.body.strip():  # feedparser reads an empty body as a valid, empty feed
+        error = f"{fetched.url} sent an empty body, not a feed"
+        return _record(db, FeedResult(feed.url, name, fetched.status, error, 0, False))
     parsed = parse_body(fetched)
     bozo_message = (str(parsed.get("bozo_exception", "")) or "malformed") if parsed.bozo else None
-    if not parsed.entries and parsed.bozo:
-        error = f"{fetched.url} is not a readable feed: {bozo_message}"
-        return _record(db, FeedResult(feed.url, name, fetched.status, error, 0, True, bozo_message), parsed=True)
+    if not parsed.entries and (parsed.bozo or not parsed.get("version")):  # no version: XML, but not RSS/Atom
+        kind = fetched.headers.get("content-type", "no Content-Type").split(";")[0].strip()  # e.g. text/html
+        error = f"{fetched.url} is not a readable feed ({kind}): {bozo_message or 'no RSS or Atom root element'}"
+        return _record(db, FeedResult(feed.url, name, fetched.status, error, 0, bool(parsed.bozo), bozo_message),
+                       parsed=True)
 
     feed_title = _detail_text(parsed.feed.get("title") or "", parsed.feed.get("title_detail"))
     source = feed.name or feed_title or feed.url
@@ -393,7 +399,9 @@ def ingest_feed(
                                   zone=zone, ingest_day=day)) is not None
     ]
     new = store_headlines(db, items)
-    result = FeedResult(feed.url, source, fetched.status, None, new, bool(parsed.bozo), bozo_message, len(items))
+    keys = {headline_id(i["source"], i["guid"], i["link"]) for i in items}
+    result = FeedResult(feed.url, source, fetched.status, None, new, bool(parsed.bozo), bozo_message, len(items),
+                        repeated=len(items) - len(keys))
     return _record(db, result, validators, parsed=True)
 
 
@@ -443,14 +451,27 @@ def all_failed(results: list[FeedResult]) -> bool:
     return not any(r.ok for r in results)
 
 
+def _note(r: FeedResult) -> str:
+    """What a summary line says beyond the numbers: the error, else what was odd about a feed that was read."""
+    if r.error:
+        return r.error
+    notes = []
+    if r.bozo:
+        notes.append(f"malformed, kept what parsed: {r.bozo_message}")
+    if r.status != 304 and r.items == 0:
+        notes.append("the feed has no items")
+    if r.repeated:
+        notes.append(f"{r.repeated} of {r.items} items repeat an earlier item's guid or link; the first is kept")
+    return f"({'; '.join(notes)})" if notes else ""
+
+
 def format_summary(results: list[FeedResult]) -> str:
     """One line per feed (name, HTTP status, new headlines, error or malformed note) and a total line."""
     width = max([len("feed")] + [len(r.name) for r in results])
     lines = [f"{'feed':<{width}}  status   new  error"]
     for r in results:
         status = "-" if r.status is None else str(r.status)
-        note = r.error or (f"(malformed, kept what parsed: {r.bozo_message})" if r.bozo else "")
-        lines.append(f"{r.name:<{width}}  {status:>6}  {r.new_items:>4}  {' '.join(note.split())}".rstrip())
+        lines.append(f"{r.name:<{width}}  {status:>6}  {r.new_items:>4}  {' '.join(_note(r).split())}".rstrip())
     read = sum(r.ok for r in results)
     new = sum(r.new_items for r in results)
     lines.append(f"total: {len(results)} feeds, {read} read, {len(results) - read} failed, {new} new headlines")

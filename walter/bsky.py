@@ -172,8 +172,23 @@ def _is_auth_rejection(error: RequestErrorBase) -> bool:
     return status == 401 or (status == 400 and _xrpc_error(error) in AUTH_ERRORS)
 
 
-def _status(error: RequestErrorBase) -> int | None:
-    return error.response.status_code if error.response is not None else None
+def _invalid_answer(error: Exception) -> str:
+    """One line for an answer the SDK could not read: pydantic's 'field.path: problem' pairs, else the message.
+
+    pydantic's own text spans several lines, quotes the input and ends in a help URL;
+    the CLI prints errors as one line.
+    """
+    cause = error.__cause__ if isinstance(error, ModelError) else error
+    if callable(getattr(cause, "errors", None)):  # a pydantic ValidationError (the SDK's models are pydantic)
+        problems = [f"{'.'.join(str(part) for part in d['loc']) or 'answer'}: {d['msg']}" for d in cause.errors()]
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return "; ".join(problems[:3]) + more
+    return " ".join(str(error).split())
+
+
+def _status(error: RequestErrorBase | httpx.TransportError) -> int | None:
+    response = getattr(error, "response", None)  # httpx's transport errors have none
+    return response.status_code if response is not None else None
 
 
 class Bluesky:
@@ -314,7 +329,9 @@ class Bluesky:
                         f"{nsid} at {host} still rate-limited after {attempt + 1} attempts", wait_s=wait
                     ) from e
                 log.warning("%s at %s: 429, waiting %.1f s (attempt %d)", nsid, host, wait, attempt + 1)
-            except (NetworkError, RequestException) as e:  # NetworkError: transport, timeouts, 502
+            except (NetworkError, RequestException, httpx.TransportError) as e:
+                # NetworkError: transport, timeouts, 502. The SDK lets some httpx errors through
+                # unwrapped, e.g. RemoteProtocolError for a connection closed mid-answer.
                 status = _status(e)
                 if status is not None and status < 500:
                     if _is_auth_rejection(e):
@@ -332,7 +349,9 @@ class Bluesky:
                     raise _AuthRejected(f"{_status(e)} {_xrpc_error(e) or ''}".strip()) from e
                 raise BlueskyRequestError(f"{nsid} at {host} answered {e}", status=_status(e)) from e
             except (ModelError, ValueError) as e:  # ValueError: pydantic_core could not parse the JSON
-                raise BlueskyResponseError(f"{nsid} at {host} sent an answer that is not valid: {e}") from e
+                raise BlueskyResponseError(
+                    f"{nsid} at {host} sent an answer that is not valid: {_invalid_answer(e)}"
+                ) from e
             self._sleep(wait)
             attempt += 1
 

@@ -1,0 +1,344 @@
+"""Bad input never crashes the loop, never loses stored data, and always says what was wrong.
+
+- RSS: `varro ingest` against the local feed server of test_ingest, a good feed
+  first, then each kind of bad body; the good rows must come through unchanged.
+- Bluesky: the ingest functions against the local XRPC server of
+  test_walter_ingest; a first page is stored, then the second goes wrong.
+- Empty days and a model that is not available offline, through the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from test_ingest import RSS, respond, server  # noqa: F401  (server is a fixture)
+from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and db are fixtures)
+    NOW,
+    NYT,
+    T0,
+    add,
+    answer,
+    db,
+    fake,
+    feed_item,
+    make_client,
+    make_post,
+    rows,
+    sleeps,
+)
+from varro.checkpoints import list_checkpoints
+from varro.config import run_dir
+from varro.ingest import DEFAULT_MAX_BYTES
+from walter.bsky import BlueskyAuthError, BlueskyRateLimitError, BlueskyResponseError, BlueskyUnavailableError
+from walter.ingest import ingest_search, refresh_counts, update_baselines
+
+DAY = "2026-11-02"
+
+# -- RSS ------------------------------------------------------------------------------------------
+
+EMPTY_FEED = b"""<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0"><channel><title>Quiet Channel</title><link>https://quiet.example/</link></channel></rss>"""
+
+HTML_PAGE = b"""<!doctype html><html><head><title>We moved!</title></head>
+<body><p>Our feed now lives at <a href="/new">/new</a>.</p></body></html>"""
+
+JSON_BODY = json.dumps({"items": [{"title": "A JSON item", "url": "https://json.example/1"}]}).encode()
+
+LATIN1_FEED = """<?xml version="1.0" encoding="utf-8"?>
+<rss version="2.0"><channel><title>Caf\u00e9 Gazette</title>
+<item><title>Caf\u00e9 cr\u00e8me prices rise</title><link>https://cafe.example/1</link><guid>cafe-1</guid></item>
+<item><title>Na\u00efve forecasts, \u00a3 and \u00e9t\u00e9</title><link>https://cafe.example/2</link>
+  <guid>cafe-2</guid></item>
+</channel></rss>""".encode("latin-1")  # declares UTF-8, is Latin-1
+
+BOGUS_ENCODING_FEED = """<?xml version="1.0" encoding="x-bogus-42"?>
+<rss version="2.0"><channel><title>Bogus Encoding</title>
+<item><title>Z\u00fcrich na\u00efve r\u00e9sum\u00e9</title><link>https://bogus.example/1</link>
+  <guid>bogus-1</guid></item>
+</channel></rss>""".encode("utf-8")
+
+DUPLICATES_FEED = (b"""<?xml version="1.0"?><rss version="2.0"><channel><title>Stutter News</title>"""
+                   + b"".join(f"<item><title>Version {k} of the story</title><link>https://stutter.example/{k}</link>"
+                              f"<guid>same-guid</guid></item>".encode() for k in range(50))
+                   + b"</channel></rss>")
+
+OVER_THE_CAP = RSS.replace(b"</channel>", b"<!--" + b"x" * (DEFAULT_MAX_BYTES + 1024) + b"--></channel>")
+
+# (route, body, content type) -> exit status, the summary line's start, what it says, {guid: title} stored
+BAD_FEEDS = {
+    "empty body": (("/empty-body.xml", b"", "application/rss+xml"), 1, None, "sent an empty body, not a feed", {}),
+    "no items": (("/no-items.xml", EMPTY_FEED, "application/rss+xml"), 0, "Quiet Channel",
+                 "(the feed has no items)", {}),
+    "over max_bytes": (("/over.xml", OVER_THE_CAP, "application/rss+xml"), 1, None,
+                       f"is {len(OVER_THE_CAP)} bytes, over the limit of {DEFAULT_MAX_BYTES}", {}),
+    "over max_bytes, no length": ((None, None, None), 1, None, f"exceeds the limit of {DEFAULT_MAX_BYTES} bytes", {}),
+    "html page": (("/page.html", HTML_PAGE, "text/html"), 1, None,
+                  "is not a readable feed (text/html): ", {}),
+    "json": (("/data.json", JSON_BODY, "application/json"), 1, None,
+             "is not a readable feed (application/json): ", {}),
+    "xml, not a feed": (("/note.xml", b'<?xml version="1.0"?><note>hi</note>', "application/xml"), 1, None,
+                        "is not a readable feed (application/xml): no RSS or Atom root element", {}),
+    "latin-1 declared utf-8": (("/latin1.xml", LATIN1_FEED, "application/rss+xml"), 0, "Caf\u00e9 Gazette",
+                               "(malformed, kept what parsed: document declared as utf-8, but parsed as "
+                               "windows-1252)",
+                               {"cafe-1": "Caf\u00e9 cr\u00e8me prices rise",
+                                "cafe-2": "Na\u00efve forecasts, \u00a3 and \u00e9t\u00e9"}),
+    "bogus encoding": (("/bogus.xml", BOGUS_ENCODING_FEED, "application/rss+xml"), 0, "Bogus Encoding",
+                       "(malformed, kept what parsed: document declared as x-bogus-42, but parsed as utf-8)",
+                       {"bogus-1": "Z\u00fcrich na\u00efve r\u00e9sum\u00e9"}),
+    "duplicate guids": (("/dupes.xml", DUPLICATES_FEED, "application/rss+xml"), 0, "Stutter News",
+                        "(49 of 50 items repeat an earlier item's guid or link; the first is kept)",
+                        {"same-guid": "Version 0 of the story"}),
+}
+
+
+def add_route(server, case: str, path: str | None = None) -> str:
+    """Serve `case`'s body at `path` (default: the case's own path); returns the URL."""
+    (own, body, content_type) = BAD_FEEDS[case][0]
+    path = path or own or "/huge-endless.xml"
+    # no body: test_ingest's endless one, sent without a Content-Length
+    server.routes[path] = server.endless if body is None else respond(body, content_type=content_type)
+    return server.url(path)
+
+
+def varro(*args: str):
+    from varro.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def table(db, sql: str) -> list[dict[str, Any]]:
+    return [dict(r) for r in db.query(sql)]
+
+
+@pytest.mark.parametrize("case", list(BAD_FEEDS))
+def test_a_feed_that_turns_bad_is_reported_and_loses_nothing(server, db, case):
+    _, status, name, says, stored = BAD_FEEDS[case]
+    server.routes["/feed.xml"] = respond(RSS)
+    url = server.url("/feed.xml")
+    first = varro("ingest", "--date", DAY, "--timezone", "UTC", "--feed", url)
+    assert first.exit_code == 0, first.output
+    before = table(db, "select * from headlines order by id")
+    assert len(before) == 3
+
+    add_route(server, case, "/feed.xml")  # the next night the same URL serves the bad body
+    out = varro("ingest", "--date", DAY, "--timezone", "UTC", "--feed", url)
+    assert out.exit_code == status, out.output
+    assert ("error: no feed could be read" in out.stderr) == (status == 1)
+    [line] = [ln for ln in out.stdout.splitlines() if says in ln]  # its own line says what was wrong
+    assert line.startswith(name or "Harbour Herald")  # a failed feed keeps the name it had
+    assert out.stdout.splitlines()[-1].startswith(f"total: 1 feeds, {1 - status} read, {status} failed")
+    assert "Traceback" not in out.output
+
+    after = table(db, "select * from headlines order by id")
+    assert [r for r in after if r["id"] in {b["id"] for b in before}] == before  # untouched, to the byte
+    assert {r["guid"]: r["title"] for r in after if r not in before} == stored
+    row = db["feeds"].get(url)
+    assert (row["last_error"] is None) == (status == 0)
+    if status:
+        assert says in row["last_error"]
+
+
+def test_every_bad_feed_at_once_still_reads_the_good_ones(server, db):
+    urls = [add_route(server, case) for case in BAD_FEEDS]
+    out = varro("ingest", "--date", DAY, "--timezone", "UTC", "--feed", server.url("/rss.xml"), *(
+        f for u in urls for f in ("--feed", u)))
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 + 1 + len(BAD_FEEDS) + 1  # header, the good feed, each bad one, total
+    failed = sum(case[1] for case in BAD_FEEDS.values())
+    assert lines[-1] == (f"total: {1 + len(BAD_FEEDS)} feeds, {1 + len(BAD_FEEDS) - failed} read, {failed} failed, "
+                         "7 new headlines")  # 3 good, 2 Latin-1, 1 bogus encoding, 1 of the 50 duplicates
+    for _, _, _, says, _ in BAD_FEEDS.values():
+        assert sum(says in ln for ln in lines) == 1, says
+    again = varro("ingest", "--date", DAY, "--timezone", "UTC", "--feed", server.url("/rss.xml"), *(
+        f for u in urls for f in ("--feed", u)))
+    assert again.exit_code == 0 and again.stdout.splitlines()[-1].endswith(", 0 new headlines")
+    assert db.execute("select count(*) from headlines").fetchone()[0] == 7
+
+
+# -- Bluesky ------------------------------------------------------------------------------------
+
+
+def two_pages(fake) -> tuple[list[str], list[str]]:
+    """Search results on two pages: two posts, then two more."""
+    uris = add(fake, *(make_post(f"p{i}") for i in range(4)))
+    fake.search[(NYT, "")] = (uris[:2], "c1")
+    fake.search[(NYT, "c1")] = (uris[2:], None)
+    return uris[:2], uris[2:]
+
+
+def passthrough(req) -> bool:
+    return False  # a fault slot that lets the normal answer through
+
+
+def cut_off(req) -> bool:
+    """Headers promise the whole page, half of it comes, then the connection closes."""
+    body = json.dumps({"posts": [], "cursor": "c9"}).encode()
+    req.send_response(200)
+    req.send_header("Content-Type", "application/json")
+    req.send_header("Content-Length", str(len(body)))
+    req.end_headers()
+    req.wfile.write(body[: len(body) // 2])
+    req.close_connection = True
+    return True
+
+
+def without(field: str):
+    """A page whose only post lacks `field`."""
+    def fault(req) -> bool:
+        post = make_post("broken")
+        del post[field]
+        answer(200, {"posts": [post], "cursor": "c2"})(req)
+        return True
+    return fault
+
+
+SECOND_PAGE_FAULTS = {
+    "malformed json": ([answer(200, b'{"posts": [{"uri": "at://x", ]}')], BlueskyResponseError,
+                       "searchPosts at .* sent an answer that is not valid: "),
+    "truncated json": ([answer(200, json.dumps({"posts": [make_post("t")]}).encode()[:-40])], BlueskyResponseError,
+                       "not valid: EOF while parsing"),
+    "connection cut mid-answer": ([cut_off] * 4, BlueskyUnavailableError,
+                                  "failed 4 times, last with RemoteProtocolError"),
+    "post without author": ([without("author")], BlueskyResponseError, r"not valid: posts\.0\.author: Field required"),
+    "post without record": ([without("record")], BlueskyResponseError, r"not valid: posts\.0\.record: Field required"),
+    "rate-limited past the cap": ([answer(429, {"error": "RateLimitExceeded"},
+                                          {"ratelimit-remaining": "0", "ratelimit-reset": str(int(T0) + 3600)})],
+                                  BlueskyRateLimitError, "rate-limited for 3600 s more"),
+    "401 after a renewal": ([answer(401, {"error": "AuthenticationRequired", "message": "Bad token"})] * 2,
+                            BlueskyAuthError, "still rejected the session after one refresh"),
+}
+
+
+@pytest.mark.parametrize("case", list(SECOND_PAGE_FAULTS))
+def test_a_bad_second_page_is_a_typed_error_and_the_first_page_stays(fake, make_client, db, case):
+    faults, error, message = SECOND_PAGE_FAULTS[case]
+    first, second = two_pages(fake)
+    fake.faults["app.bsky.feed.searchPosts"] = [passthrough, *faults]
+    client = make_client()
+    with pytest.raises(error, match=message) as err:
+        ingest_search(db, client, [NYT], DAY, tz="UTC", now=NOW)
+    assert "\n" not in str(err.value)  # the CLI prints it as one line
+    assert set(rows(db)) == set(first)
+    assert db.execute("select cursor, finished, pages from bsky_cursors").fetchall() == [("c1", 0, 1)]
+
+    fake.faults.clear()  # the next night resumes at the failed page
+    summary = ingest_search(db, make_client(), [NYT], DAY, tz="UTC", now=NOW)
+    assert (summary.pages, summary.posts_new) == (1, 2)
+    assert set(rows(db)) == set(first + second)
+
+
+def test_a_rate_limit_within_the_cap_waits_for_the_reset(fake, make_client, db, sleeps):
+    first, second = two_pages(fake)
+    fake.faults["app.bsky.feed.searchPosts"] = [passthrough, answer(
+        429, {"error": "RateLimitExceeded"}, {"ratelimit-remaining": "0", "ratelimit-reset": str(int(T0) + 30)})]
+    summary = ingest_search(db, make_client(), [NYT], DAY, tz="UTC", now=NOW)
+    assert sleeps == [30.0]
+    assert (summary.pages, summary.posts_new) == (2, 4) and set(rows(db)) == set(first + second)
+
+
+def test_posts_without_a_usable_created_at_are_skipped_and_counted(fake, make_client, db, caplog):
+    good = make_post("good")
+    no_time = make_post("no-time")
+    del no_time["record"]["createdAt"]
+    bad_time = make_post("bad-time", created="the day before yesterday")
+    no_link = make_post("no-link", kind="none")
+    uris = add(fake, good, no_time, bad_time, no_link)
+    fake.search[(NYT, "")] = (uris, None)
+    summary = ingest_search(db, make_client(), [NYT], DAY, tz="UTC", now=NOW)
+    assert (summary.posts_seen, summary.posts_stored, summary.posts_invalid, summary.posts_without_link) == (
+        4, 1, 2, 1)
+    assert set(rows(db)) == {good["uri"]}
+    skipped = [r.getMessage() for r in caplog.records if "skipping a post" in r.getMessage()]
+    assert len(skipped) == 2
+    assert any(no_time["uri"] in m and "createdAt not a datetime: None" in m for m in skipped)
+    assert any(bad_time["uri"] in m and "'the day before yesterday'" in m for m in skipped)
+
+
+def test_a_bad_count_refresh_keeps_the_chunks_already_refreshed(fake, make_client, db):
+    posts = [make_post(f"o{i:02d}", created="2026-11-01T10:00:00Z", counts=(1, 0, 0, 0)) for i in range(30)]
+    uris = add(fake, *posts)
+    fake.search[(NYT, "")] = (uris, None)
+    client = make_client()
+    ingest_search(db, client, [NYT], "2026-11-01", tz="UTC", now=NOW)
+    for p in posts:
+        p["likeCount"] = 10
+    fake.faults["app.bsky.feed.getPosts"] = [passthrough, answer(200, b'{"posts": [')]
+    with pytest.raises(BlueskyResponseError, match="getPosts at .* not valid: EOF while parsing"):
+        refresh_counts(db, client, now=NOW)
+    got = rows(db)
+    assert len(got) == 30
+    assert sorted((r["like_count"], r["counts_final"]) for r in got.values()) == [(1, 0)] * 5 + [(10, 1)] * 25
+    fake.faults.clear()
+    assert refresh_counts(db, client, now=NOW) == 5
+    assert {(r["like_count"], r["counts_final"]) for r in rows(db).values()} == {(10, 1)}
+
+
+def test_author_feed_posts_without_a_time_are_left_out_of_the_baseline(fake, make_client, db):
+    did = "did:plc:alice"
+    dated = [make_post(f"a{i}", did=did, created="2026-11-01T10:00:00Z", counts=(2 * i, 0, 0, 0)) for i in range(3)]
+    undated = make_post("a-undated", did=did, counts=(99, 0, 0, 0))
+    del undated["record"]["createdAt"]
+    fake.feeds[(did, "")] = ([feed_item(p) for p in [undated, *dated]], None)
+    assert update_baselines(db, make_client(), [did], now=NOW) == 1
+    cached = json.loads(db["bsky_authors"].get(did)["posts_json"])
+    assert [item[0] for item in cached] == [p["uri"] for p in dated]
+
+
+# -- empty days and a model that is not there ------------------------------------------------------
+
+TINY = ["--embedder", "hash", "--max-tokens", "8", "--lora-layers", "2"]
+
+
+def test_a_varro_day_without_headlines_is_an_empty_day_and_keeps_the_days_before(tiny_model_path, db):
+    model = ["--source", "sample", "--model", str(tiny_model_path), "--prompts-per-day", "2", *TINY]
+    first = varro("step", "--date", "2026-11-02", *model)
+    assert first.exit_code == 0, first.output
+    before = table(db, "select * from rollouts order by id")
+    assert len(before) == 2 * 8
+
+    out = varro("step", "--date", "2026-12-25", *model)
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines() == [
+        "2026-12-25: ingested 0, scored 0, steps 0, checkpoint 2026-12-25, sampled 0",
+        "  note: no headlines for 2026-12-25: 2026-12-24's forecasts stay unscored and 2026-12-25 has no prompts",
+    ]
+    assert [p.name for p in list_checkpoints(run_dir("default"))] == ["2026-11-02", "2026-12-25"]
+    assert table(db, "select * from rollouts order by id") == before
+    assert db.execute("select count(*) from prompts where day = '2026-12-25'").fetchone()[0] == 0
+
+
+def test_a_walter_day_without_articles_is_an_empty_day(tiny_model_path, db):
+    from walter.cli import cli
+
+    out = CliRunner().invoke(cli, ["step", "--date", "2026-12-25", "--source", "sample", "--model",
+                                   str(tiny_model_path), "--articles-per-day", "2", *TINY])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines() == [
+        "2026-12-25: ingested 0, sampled 0, scored 0, steps 0, checkpoint 2026-12-25",
+        "  note: no article with a scorable history on 2026-12-25: an empty day",
+    ]
+    assert [p.name for p in list_checkpoints(run_dir("default"))] == ["2026-12-25"]
+    assert db.execute("select count(*) from rollouts").fetchone()[0] == 0
+
+
+def test_a_model_that_is_not_available_offline_says_how_to_get_it(varro_home, tmp_path, db):
+    env = {**os.environ, "VARRO_HOME": str(varro_home), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-m", "varro.cli", "step", "--date", DAY, "--source", "sample", "--model",
+                          "Qwen/Qwen3-0.6B", *TINY], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    [line] = out.stderr.splitlines()
+    assert line.startswith("error: cannot load model 'Qwen/Qwen3-0.6B': it is not a local folder and not in "
+                           "the Hugging Face cache")
+    assert "`huggingface-cli download Qwen/Qwen3-0.6B`" in line
+    assert list_checkpoints(run_dir("default")) == []
+    assert db.execute("select count(*) from headlines where day = ?", [DAY]).fetchone()[0] > 0  # ingest kept
