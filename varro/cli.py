@@ -126,31 +126,43 @@ def step(day: str, source: str, feed_urls: tuple[str, ...], run: str, home: str 
         click.echo(f"  note: {note}")
 
 
-@cli.command()
-@RUN_OPTION
-@HOME_OPTION
-@click.option("--json", "as_json", is_flag=True, help="print JSON lines instead of a table")
-def metrics(run: str, home: str | None, as_json: bool) -> None:
-    """Print the per-day metrics of a run's forecasts (by the day they were made).
+def metrics_command(app: str):
+    @click.command("metrics", help=f"""Print the per-day metrics of a {app} run (Varro's by the day the
+        forecasts were made).
 
-    Example: varro metrics --run demo
-    """
-    import json
+        Example: {app} metrics --run {'demo' if app == 'varro' else 'walter-demo'}
+        """)
+    @RUN_OPTION
+    @HOME_OPTION
+    @click.option("--json", "as_json", is_flag=True, help="print JSON lines instead of a table")
+    def metrics(run: str, home: str | None, as_json: bool) -> None:
+        import json
 
-    from . import db as dbm
-    from .config import db_path
-    from .cycle import day_metrics, format_metrics
+        from . import db as dbm
+        from .config import db_path
+        from .cycle import VARRO_COLUMNS, format_metrics
 
-    db = dbm.open_db(db_path(home))
-    days = [r["day"] for r in db.query(
-        "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id "
-        "where p.app = 'varro' and r.run = ? order by r.day", [run])]
-    rows = [day_metrics(db, run, d) for d in days]
-    if as_json:
-        for r in rows:
-            click.echo(json.dumps(r))
-    else:
-        click.echo(format_metrics(rows))
+        if app == "varro":
+            from .cycle import day_metrics
+            columns = VARRO_COLUMNS
+        else:
+            from walter.cycle import day_metrics
+            from walter.demo import COLUMNS as columns
+        db = dbm.open_db(db_path(home))
+        days = [r["day"] for r in db.query(
+            "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id "
+            "where p.app = ? and r.run = ? order by r.day", [app, run])]
+        rows = [day_metrics(db, run, d) for d in days]
+        if as_json:
+            for r in rows:
+                click.echo(json.dumps(r))
+        else:
+            click.echo(format_metrics(rows, columns))
+
+    return metrics
+
+
+cli.add_command(metrics_command("varro"))
 
 
 def resolve_days(day: str | None, first: str | None, last: str | None) -> list[str]:
@@ -287,19 +299,19 @@ def _relaunch_distributed(hostfile: str, run: str, home: str | None, days: list[
 
 
 def cron_command(app: str):
-    @click.command("cron")
+    @click.command("cron", help=f"""Print a ready crontab line (and a launchd plist on macOS) for the
+        nightly run.
+
+        The line runs `{app} nightly` through scripts/env with this checkout's
+        paths, --home and --quiet, appending to runs/<run>/logs/cron.log.
+
+        Example: {app} cron --at 03:15 --install
+        """)
     @RUN_OPTION
     @HOME_OPTION
     @click.option("--at", "at", default="02:30", show_default=True, help="local time of day, HH:MM")
     @click.option("--install", is_flag=True, help="install it (crontab, or launchd on macOS) after showing it")
     def cron(run: str, home: str | None, at: str, install: bool) -> None:
-        """Print a ready crontab line (and a launchd plist on macOS) for the nightly run.
-
-        The line runs the nightly through scripts/env with this checkout's paths,
-        --home and --quiet, appending to runs/<run>/logs/cron.log.
-
-        Example: varro cron --at 03:15 --install
-        """
         from .schedule import cron_line, install_cron, install_launchd, is_macos, launchd_plist
 
         try:
@@ -326,7 +338,14 @@ cli.add_command(cron_command("varro"))
 
 
 def compare_command(app: str):
-    @click.command("compare")
+    @click.command("compare", help=f"""Compare two checkpoints of a {app} run on the same prompts with the
+        same seed and the same reward.
+
+        Prints the completions side by side with their rewards, and the mean
+        reward difference with a 95% bootstrap confidence interval over prompts.
+
+        Example: {app} compare --before base --after latest --html compare.html
+        """)
     @click.option("--before", default="base", show_default=True, help="'base' or a checkpoint day")
     @click.option("--after", default="latest", show_default=True, help="'latest' or a checkpoint day")
     @click.option("--n", "n", default=8, show_default=True, help="prompts: the eval ones first, topped up to N")
@@ -337,13 +356,6 @@ def compare_command(app: str):
     @HOME_OPTION
     @click.option("--embedder", default=None, help="override the run's embedder (e.g. 'hash' in tests)")
     def compare_cmd(before, after, n, samples, seed, html_path, run, home, embedder):
-        """Compare two checkpoints on the same prompts with the same seed and the same reward.
-
-        Prints the completions side by side with their rewards, and the mean
-        reward difference with a 95% bootstrap confidence interval over prompts.
-
-        Example: varro compare --before base --after latest --run demo --html compare.html
-        """
         from datetime import date, timedelta
 
         from . import db as dbm

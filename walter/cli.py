@@ -6,7 +6,7 @@ import json
 
 import click
 
-from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command,
+from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command, metrics_command,
                        nightly_options, resolve_days, run_nightly_cli)
 from varro.cli_inspect import register as register_inspect
 from varro.cli_options import config_options, resolve_config
@@ -153,32 +153,7 @@ def demo(days: int | None, run: str, cold: bool, home: str | None, **kwargs) -> 
     run_demo(home, run, cfg, days=days, echo=click.echo)
 
 
-@cli.command()
-@RUN_OPTION
-@HOME_OPTION
-@click.option("--json", "as_json", is_flag=True, help="print JSON lines instead of a table")
-def metrics(run: str, home: str | None, as_json: bool) -> None:
-    """Print the per-day metrics of a Walter run.
-
-    Example: walter metrics --run walter-demo
-    """
-    from varro import db as dbm
-    from varro.config import db_path
-    from varro.cycle import format_metrics
-
-    from .cycle import day_metrics
-    from .demo import COLUMNS
-
-    db = dbm.open_db(db_path(home))
-    days = [r["day"] for r in db.query(
-        "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id "
-        "where p.app = 'walter' and r.run = ? order by r.day", [run])]
-    rows = [day_metrics(db, run, d) for d in days]
-    if as_json:
-        for r in rows:
-            click.echo(json.dumps(r))
-    else:
-        click.echo(format_metrics(rows, COLUMNS))
+cli.add_command(metrics_command("walter"))
 
 
 def main() -> None:
