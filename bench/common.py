@@ -1,0 +1,150 @@
+"""Shared pieces of the benchmarks: the 30M bench model, its prompts, the BLAS in use, one line per figure.
+
+Every benchmark prints one line per figure (`emit`) and, when $BENCH_RESULTS
+names a file, appends the same figure there as a JSON line, which
+`bench/report.py` turns into BENCHMARKS.md.
+
+No completion may stop early on EOS: the bench model is a random network, so a
+sampled EOS would make the contenders do different amounts of work. Every
+contender gets a tokenizer whose EOS set is empty (`no_eos`), so each one
+decodes exactly max_tokens tokens; the benchmarks still count the tokens each
+contender actually returned and report rates on those counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO))
+
+MODEL_DIR = BENCH_DIR / ".models" / "qwen3-30m"
+# hidden 384, 6 layers, vocab 8192, MLP 3584: 30.3M float32 parameters (tied embeddings).
+MODEL_SHAPE = dict(vocab_size=8192, hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2,
+                   intermediate_size=3584)
+SAMPLE_HEADLINES = REPO / "data" / "sample" / "headlines.jsonl"
+# Our "tight" sampler profile, used by every contender.
+SAMPLER = {"temp": 0.7, "top_p": 0.9, "top_k": 40}
+
+
+def synthetic_corpus(lines: int = 5000, seed: int = 0) -> list[str]:
+    """Lines of pronounceable pseudo-words, so byte-level BPE can reach an 8k vocabulary."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    onsets = ["", "b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+              "br", "cr", "dr", "st", "tr", "pl", "sh", "ch", "th", "gr", "kl", "sp"]
+    nuclei = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "io", "y"]
+    codas = ["", "", "n", "r", "s", "t", "l", "m", "nd", "st", "rk", "x"]
+    syllables = [o + n + c for o in onsets for n in nuclei for c in codas]
+
+    def word() -> str:
+        return "".join(syllables[i] for i in rng.integers(0, len(syllables), rng.integers(1, 4)))
+
+    return [" ".join(word() for _ in range(12)) for _ in range(lines)]
+
+
+def bench_model() -> Path:
+    """The benchmark model folder, built once (random Qwen3 architecture, float32, local tokenizer)."""
+    if (MODEL_DIR / "model.safetensors").exists():
+        return MODEL_DIR
+    from varro.models import sample_corpus, write_tiny_model
+
+    tmp = MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")
+    write_tiny_model(tmp, seed=0, corpus=sample_corpus() + synthetic_corpus(), **MODEL_SHAPE)
+    tmp.rename(MODEL_DIR)
+    return MODEL_DIR
+
+
+def no_eos(tokenizer):
+    """Empty the EOS set of an mlx-lm TokenizerWrapper, so generation always runs to max_tokens."""
+    tokenizer.eos_token_ids = []
+    return tokenizer
+
+
+def load_bench_model():
+    """(model, tokenizer) of the bench model in float32, with no EOS."""
+    import mlx.core as mx
+    from mlx_lm import load
+
+    model, tokenizer = load(str(bench_model()))
+    model.set_dtype(mx.float32)
+    return model, no_eos(tokenizer)
+
+
+def param_count(model) -> int:
+    from mlx.utils import tree_flatten
+
+    return sum(v.size for _, v in tree_flatten(model.parameters()))
+
+
+def headlines(n: int) -> list[dict]:
+    """The first `n` shipped sample headlines (title, summary)."""
+    rows = [json.loads(line) for line in SAMPLE_HEADLINES.read_text().splitlines() if line.strip()]
+    return rows[:n]
+
+
+def prompt_texts(n: int) -> list[str]:
+    """Varro's real forecast prompts for the first `n` sample headlines."""
+    from varro.forecast import build_prompt
+
+    return [build_prompt(h["title"], h["summary"]) for h in headlines(n)]
+
+
+def prompt_tokens(tokenizer, n: int) -> list[list[int]]:
+    from varro.models import chat_prompt_tokens
+
+    return [chat_prompt_tokens(tokenizer, t) for t in prompt_texts(n)]
+
+
+def blas() -> str:
+    """'openblas' when an OpenBLAS is mapped into this process (the preload), else 'bundled'."""
+    maps = Path("/proc/self/maps")
+    # numpy's own libscipy_openblas is not the one MLX calls; only the preloaded libopenblas counts.
+    if maps.exists() and re.search(r"/libopenblas[^/]*\.so", maps.read_text()):
+        return "openblas"
+    return "bundled"
+
+
+def blas_detail() -> str:
+    """The BLAS libraries mapped into this process (import mlx first)."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return platform.system()
+    libs = sorted({line.split()[-1] for line in maps.read_text().splitlines()
+                   if re.search(r"blas", line.split()[-1] if line.split() else "")})
+    return ", ".join(libs) or "none mapped"
+
+
+def emit(bench: str, name: str, value: float, unit: str, note: str = "", tag: str | None = None) -> None:
+    """Print one figure as one line; also append it to $BENCH_RESULTS as a JSON line.
+
+    `tag` is the BLAS the figure belongs to (default: the one in this process).
+    """
+    tag = tag or blas()
+    text = f"{bench}.{name} = {value:.4g} {unit} [{tag}]" + (f"  # {note}" if note else "")
+    print(text, flush=True)
+    out = os.environ.get("BENCH_RESULTS")
+    if out:
+        with open(out, "a") as f:
+            f.write(json.dumps({"bench": bench, "name": name, "value": value, "unit": unit, "blas": tag,
+                                "note": note, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                    + "\n")
+
+
+class Timer:
+    """`with Timer() as t: ...` then t.s is the wall time in seconds."""
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.s = time.perf_counter() - self.t0

@@ -1,0 +1,87 @@
+"""A PROJECTION, not a measurement: nightly minutes for Qwen3-0.6B on Apple M-series laptops.
+
+The night: 32 prompts x 8 completions x 180 tokens sampled in one batch of 256,
+then the updates (pi_old and reference forward passes and one forward+backward
+per rollout, in float32 as Policy.open casts the model), then the reward.
+
+Each phase's time on a chip is its roofline bound from the chip's published
+memory bandwidth and float32 GPU rate, divided by the fraction of the bound
+that we reached on this machine (results of roofline.py and gspo.py, with the
+BLAS given). That assumes our code reaches the same share of the bound on
+Metal as on this CPU, which is the weakest link; the "at the bound" column is
+the floor. Reward scoring uses the cold rate measured here as is.
+
+    scripts/env python bench/projection.py bench/results/results.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from common import emit
+
+BENCH = "projection"
+
+# Qwen3-0.6B (config.json): hidden 1024, 28 layers, 16 query / 8 KV heads of 128, vocab 151936, tied.
+QWEN3_06B = {"params": 596_049_920, "layers": 28, "heads": 16, "kv_heads": 8, "head_dim": 128, "vocab": 151_936}
+PROMPTS, GROUP, COMPLETION_TOKENS = 32, 8, 180
+PROMPT_TOKENS = 200  # Varro's prompt (headline, summary, instruction) in Qwen3's chat template, about
+# Apple's published figures: unified-memory bandwidth (GB/s) and GPU float32 TFLOPS.
+CHIPS = {
+    "M1 (8-core GPU)": (68.25, 2.6),
+    "M2 (10-core GPU)": (100.0, 3.6),
+    "M1 Pro (16-core GPU)": (200.0, 5.2),
+    "M2 Pro (19-core GPU)": (200.0, 6.8),
+    "M2 Max (38-core GPU)": (400.0, 13.6),
+}
+
+
+def load(path: Path, blas: str) -> dict[str, float]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {f"{r['bench']}.{r['name']}": r["value"] for r in rows if r["blas"] == blas}
+
+
+def nightly_seconds(bw_gbs: float, tflops: float, f_decode: float, f_train: float,
+                    score_rate: float | None) -> dict[str, float]:
+    """Seconds per phase of one night on a chip, at the given fractions of its bound."""
+    m = QWEN3_06B
+    n = PROMPTS * GROUP
+    weight_bytes = 4.0 * m["params"]
+    flops_token = 2.0 * m["params"]
+    ctx = PROMPT_TOKENS + COMPLETION_TOKENS / 2
+    kv_bytes = 4.0 * 2 * m["layers"] * m["kv_heads"] * m["head_dim"] * ctx
+    attn = 4.0 * m["layers"] * m["heads"] * m["head_dim"] * ctx
+    step = max((weight_bytes + n * kv_bytes) / (bw_gbs * 1e9), n * (flops_token + attn) / (tflops * 1e12))
+    decode = COMPLETION_TOKENS * step / f_decode
+    prefill = PROMPTS * PROMPT_TOKENS * flops_token / (tflops * 1e12) / f_train
+    # pi_old forward + reference forward + forward and backward through the activations (LoRA) = 4 forwards
+    positions = n * (PROMPT_TOKENS + COMPLETION_TOKENS)
+    train = positions * 4 * flops_token / (tflops * 1e12) / f_train
+    score = n / score_rate if score_rate else 0.0
+    return {"sampling": prefill + decode, "training": train, "scoring": score}
+
+
+def main() -> None:
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "results.jsonl")
+    blas = sys.argv[2] if len(sys.argv) > 2 else "openblas"
+    r = load(path, blas)
+    f_decode = r.get("roofline.batch32_fraction")
+    f_train = r.get("gspo.b1.ours_train_fraction")
+    if not f_decode or not f_train:
+        sys.exit(f"{path} lacks roofline.batch32_fraction or gspo.b1.ours_train_fraction for {blas}")
+    score_rate = r.get("rewards.cold_completions_s")
+    for chip, (bw, tf) in CHIPS.items():
+        at_bound = nightly_seconds(bw, tf, 1.0, 1.0, None)
+        ours = nightly_seconds(bw, tf, f_decode, f_train, score_rate)
+        name = chip.split(" (")[0].replace(" ", "_")
+        emit(BENCH, f"{name}.nightly_min", sum(ours.values()) / 60, "min",
+             f"PROJECTION {chip}, {bw} GB/s, {tf} TFLOPS: sampling {ours['sampling'] / 60:.1f}, training "
+             f"{ours['training'] / 60:.1f}, scoring {ours['scoring'] / 60:.1f} min at our measured fractions "
+             f"({f_decode:.3f} decode, {f_train:.3f} training, {blas}); at the bound "
+             f"{sum(at_bound.values()) / 60:.1f} min", tag=blas)
+
+
+if __name__ == "__main__":
+    main()
