@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -111,16 +110,6 @@ def blas() -> str:
     if maps.exists() and re.search(r"/libopenblas[^/]*\.so", maps.read_text()):
         return "openblas"
     return "bundled"
-
-
-def blas_detail() -> str:
-    """The BLAS libraries mapped into this process (import mlx first)."""
-    maps = Path("/proc/self/maps")
-    if not maps.exists():
-        return platform.system()
-    libs = sorted({line.split()[-1] for line in maps.read_text().splitlines()
-                   if re.search(r"blas", line.split()[-1] if line.split() else "")})
-    return ", ".join(libs) or "none mapped"
 
 
 def emit(bench: str, name: str, value: float, unit: str, note: str = "", tag: str | None = None) -> None:

@@ -109,6 +109,8 @@ def run_ours(n_prompts: int) -> dict:
             out = iteration(prompts, MAX_TOKENS)
         finally:
             mx.reset_peak_memory = reset
+        if out["steps"] == 0:
+            raise RuntimeError("every group's rewards were equal, so no update ran: the iteration is not comparable")
         out["peak_memory_gb"] = mx.get_peak_memory() / 1e9
         out["blas"] = blas()
         out["matmul_params"] = matmul_params(policy.model)
@@ -194,7 +196,8 @@ def main() -> None:
              "rewards, reference pass, loss and gradient, update")
         emit(BENCH, f"{label}.peer_peak_memory", peer["peak_memory_gb"], "GB")
         # reference forward + policy forward + backward through the activations = 3 forwards
-        peer_gflops = 3 * 2 * ours["matmul_params"] * ours["positions"] / (peer["iteration_s"] - peer["sampling_s"]) / 1e9
+        peer_train_s = peer["iteration_s"] - peer["sampling_s"]
+        peer_gflops = 3 * 2 * ours["matmul_params"] * ours["positions"] / peer_train_s / 1e9
         emit(BENCH, f"{label}.peer_train_fraction", peer_gflops / rate, "x matmul rate",
              f"{peer_gflops:.1f} GFLOP/s, 3 forward-equivalents, same positions")
         emit(BENCH, f"{label}.time_ratio", ours["iteration_s"] / peer["iteration_s"], "x peer",
