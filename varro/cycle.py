@@ -32,7 +32,7 @@ from .embed import Embedder
 from .forecast import build_prompt, score_forecast
 from .headlines import headlines_for_day, load_sample_day
 from .policy import Policy
-from .rollouts import set_scores
+from .rollouts import score_pending
 from .distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
 from .faults import failpoint
 from .guards import guarded_training
@@ -92,14 +92,10 @@ def score_forecasts(db: sqlite_utils.Database, run: str, day: str, next_day: str
 
     Forecasts stay unscored (NULL) when `next_day` has no headlines yet.
     """
-    pending = [g for g in dbm.load_groups(db, run, day) if any(r.reward is None for r in g)]
-    if not pending or not headlines_for_day(db, next_day):
+    if not headlines_for_day(db, next_day):
         return 0
     prompts = {p["id"]: p for p in db.query("select * from prompts where app = ? and day = ?", [APP, day])}
-    for g in pending:
-        set_scores(g, score_texts(db, prompts[g[0].prompt_id], [r.text for r in g], embedder, cfg))
-    dbm.save_scores(db, pending)
-    return sum(len(g) for g in pending)
+    return score_pending(db, dbm.load_groups(db, run, day), prompts, score_texts, embedder, cfg)
 
 
 def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,

@@ -137,3 +137,16 @@ def set_scores(group: list[Rollout], components: list[dict[str, float]]) -> None
         r.components = comps
     for r, a in zip(group, group_advantages([r.reward for r in group], len(group))):
         r.advantage = float(a)
+
+
+def score_pending(db, groups: list[list[Rollout]], prompts: dict[str, dict], score_texts, embedder, cfg) -> int:
+    """Score the groups that still have unscored rollouts with the app's `score_texts`, save them,
+    and return how many rollouts were scored."""
+    from .db import save_scores
+
+    pending = [g for g in groups if any(r.reward is None for r in g)]
+    for g in pending:
+        set_scores(g, score_texts(db, prompts[g[0].prompt_id], [r.text for r in g], embedder, cfg))
+    if pending:
+        save_scores(db, pending)
+    return sum(len(g) for g in pending)

@@ -32,7 +32,7 @@ from varro import db as dbm
 from varro.config import Config
 from varro.embed import Embedder
 from varro.policy import Policy
-from varro.rollouts import set_scores
+from varro.rollouts import score_pending
 from varro.guards import guarded_training
 from varro.progress import NULL_PROGRESS, Progress
 
@@ -131,14 +131,8 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
 
 def score_groups(db: sqlite_utils.Database, groups: list[list], embedder: Embedder, cfg: Config) -> int:
     """Score unscored groups against their article's history; returns how many posts were scored."""
-    pending = [g for g in groups if any(r.reward is None for r in g)]
-    if not pending:
-        return 0
     prompts = {p["id"]: p for p in db.query("select * from prompts where app = ?", [APP])}
-    for g in pending:
-        set_scores(g, score_texts(db, prompts[g[0].prompt_id], [r.text for r in g], embedder, cfg))
-    dbm.save_scores(db, pending)
-    return sum(len(g) for g in pending)
+    return score_pending(db, groups, prompts, score_texts, embedder, cfg)
 
 
 def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,
