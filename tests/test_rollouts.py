@@ -1,13 +1,15 @@
 """Batched group sampling against mlx-lm's own single-sequence generation."""
 
+import numpy as np
 import pytest
 from mlx_lm import load
 from mlx_lm.generate import generate_step
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_sampler
 import mlx.core as mx
 
+from varro.config import SamplingConfig
 from varro.models import chat_prompt_tokens
-from varro.rollouts import PromptInput, sample_groups
+from varro.rollouts import PromptInput, group_candidates, make_group_sampler, sample_groups
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +65,155 @@ def test_rejects_empty_prompt(loaded):
     model, tok = loaded
     with pytest.raises(ValueError, match="no tokens"):
         sample_groups(model, tok, [PromptInput("x", [])], group_size=2, max_tokens=4, temp=1.0)
+
+
+def test_top_k_sampling_through_the_batch_generator_equals_greedy(loaded):
+    # top_k=1 leaves one candidate, so make_group_sampler inside BatchGenerator must decode greedily
+    model, tok = loaded
+    prompts = [PromptInput("a", chat_prompt_tokens(tok, "Forecast the port strike.")),
+               PromptInput("b", chat_prompt_tokens(tok, "Oil."))]
+    groups = sample_groups(model, tok, prompts, group_size=3, max_tokens=10, temp=1.0, top_p=0.9, top_k=1, seed=3)
+    for p, g in zip(prompts, groups):
+        want = reference_greedy(model, tok, p.tokens, 10)
+        assert [r.completion_tokens for r in g] == [want] * 3
+
+
+def test_default_profile_samples_without_mlx_lm_sampler_and_is_seeded(loaded, monkeypatch):
+    import mlx_lm.sample_utils
+
+    def refuse(**_):
+        raise AssertionError("the default profile should not build mlx-lm's full-sort sampler")
+
+    monkeypatch.setattr(mlx_lm.sample_utils, "make_sampler", refuse)
+    model, tok = loaded
+    knobs = SamplingConfig().sampler_settings()
+    prompts = [PromptInput("a", chat_prompt_tokens(tok, "Write about markets."))]
+    g1 = sample_groups(model, tok, prompts, group_size=4, max_tokens=8, seed=5, **knobs)
+    g2 = sample_groups(model, tok, prompts, group_size=4, max_tokens=8, seed=5, **knobs)
+    assert [r.completion_tokens for r in g1[0]] == [r.completion_tokens for r in g2[0]]
+    assert all(0 <= t < 512 for r in g1[0] for t in r.completion_tokens)
+
+
+def kept_mask(logprobs: mx.array, top_p: float, top_k: int) -> np.ndarray:
+    """group_candidates' finite entries as a dense (B, V) boolean mask."""
+    ids, kept = group_candidates(logprobs, top_p, top_k)
+    mask = np.zeros(logprobs.shape, dtype=bool)
+    np.put_along_axis(mask, np.array(ids), np.isfinite(np.array(kept)), axis=-1)
+    return mask
+
+
+def mlx_lm_mask(logprobs: mx.array, top_p: float, top_k: int) -> np.ndarray:
+    """What make_sampler keeps: apply_top_p, then apply_top_k, in that order."""
+    if 0 < top_p < 1:
+        logprobs = apply_top_p(logprobs, top_p)
+    if top_k < logprobs.shape[-1]:
+        logprobs = apply_top_k(logprobs, top_k)
+    return np.isfinite(np.array(logprobs))
+
+
+def nucleus_then_top_k(logprobs: np.ndarray, top_p: float, top_k: int) -> np.ndarray:
+    """NumPy reference: keep the tokens whose higher-ranked mass is below top_p (the one that
+    crosses it included) and their ties, then the top_k largest of those (rows with no tie
+    at the k-th)."""
+    mask = np.zeros(logprobs.shape, dtype=bool)
+    for row, out in zip(logprobs.astype(np.float64), mask):
+        order = np.argsort(-row)
+        above = np.concatenate([[0.0], np.cumsum(np.exp(row[order]))[:-1]])
+        n = int((above < top_p).sum()) if top_p < 1 else len(row)
+        n = int((row >= row[order[n - 1]]).sum())
+        out[order[: min(n, top_k)]] = True
+    return mask
+
+
+def nucleus_size(row: np.ndarray, top_p: float) -> int:
+    """How many tokens top-p alone keeps from a row of distinct log-probs."""
+    descending = np.sort(np.exp(row.astype(np.float64)))[::-1]
+    return int((np.cumsum(descending) - descending < top_p).sum())
+
+
+def random_logprobs(seed: int, rows: int, vocab: int) -> mx.array:
+    """Rows from flat to peaked, normalised like BatchGenerator's log-softmax."""
+    rng = np.random.default_rng(seed)
+    scales = np.geomspace(0.5, 8.0, rows)[:, None]
+    logits = mx.array((rng.normal(size=(rows, vocab)) * scales).astype(np.float32))
+    return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.6, 0.9, 0.95, 1.0])
+@pytest.mark.parametrize("top_k", [1, 2, 7, 40, 300, 999])
+def test_candidates_equal_mlx_lm_top_p_then_top_k(top_p, top_k):
+    lp = random_logprobs(6, 12, 1000)
+    rows = np.array(lp)
+    ranked = -np.sort(-rows, axis=-1)
+    if top_k < rows.shape[-1]:  # no tie at the k-th largest, where either cut is arbitrary
+        assert (ranked[:, top_k - 1] > ranked[:, top_k]).all()
+    # mlx-lm divides by its float32 sum of the row, which is 1 only to ~1e-6, so the two
+    # could differ for a token whose higher-ranked mass is that close to top_p; none is here
+    if top_p < 1:
+        above = np.cumsum(np.sort(np.exp(rows.astype(np.float64)), axis=-1)[:, ::-1], axis=-1)
+        assert np.abs(above - top_p).min() > 1e-5
+    ours = kept_mask(lp, top_p, top_k)
+    np.testing.assert_array_equal(ours, mlx_lm_mask(lp, top_p, top_k))
+    np.testing.assert_array_equal(ours, nucleus_then_top_k(rows, top_p, top_k))
+    assert (ours.sum(-1) >= 1).all()
+
+
+def test_candidate_cases_cover_both_cuts():
+    # the parametrised grid above sees rows where top_p cuts inside the top k and rows where top_k cuts first
+    rows = np.array(random_logprobs(6, 12, 1000))
+    sizes = [nucleus_size(r, 0.9) for r in rows]
+    assert min(sizes) < 40 < max(sizes)
+
+
+def test_candidates_when_top_k_meets_the_nucleus_exactly():
+    lp = random_logprobs(1, 6, 1000)
+    for r, row in enumerate(np.array(lp)):
+        m = nucleus_size(row, 0.9)
+        for k in (m - 1, m, m + 1):
+            if 0 < k < lp.shape[-1]:
+                one = lp[r : r + 1]
+                np.testing.assert_array_equal(kept_mask(one, 0.9, k), mlx_lm_mask(one, 0.9, k))
+                assert kept_mask(one, 0.9, k).sum() == min(m, k)
+
+
+def test_nucleus_boundary_and_ties_on_exact_probabilities():
+    # powers of two, so every mass is exact: the token whose higher-ranked mass equals top_p
+    # is dropped, the one that crosses it is kept, and ties of the last kept token are kept too
+    probs = np.array([2.0**-3, 2.0**-7, 2.0**-1, 2.0**-5, 2.0**-2, 2.0**-7, 2.0**-4, 2.0**-6])
+    lp = mx.array(np.log(probs).astype(np.float32))[None]
+    assert np.exp(np.array(lp)).sum() == 1.0
+    rank = np.argsort(-probs, kind="stable")  # 2, 4, 0, 6, 3, 7, then the tied 1 and 5
+    cases = [(0.75, 7, rank[:2]), (0.7500001, 7, rank[:3]), (0.98, 7, rank[:6]),
+             (0.99, 8, rank[:8]), (0.99, 3, rank[:3]), (1.0, 2, rank[:2])]
+    for top_p, top_k, want in cases:
+        expected = np.zeros((1, 8), dtype=bool)
+        expected[0, want] = True
+        np.testing.assert_array_equal(kept_mask(lp, top_p, top_k), expected, err_msg=f"{top_p=} {top_k=}")
+        np.testing.assert_array_equal(mlx_lm_mask(lp, top_p, top_k), expected, err_msg=f"{top_p=} {top_k=}")
+
+
+def test_group_sampler_draws_follow_the_kept_distribution():
+    temp, top_p, top_k, n = 0.7, 0.9, 10, 20_000
+    lp = random_logprobs(2, 5, 50)[mx.array([0, 3])]
+    rows = np.array(lp)
+    # row 0 is flat enough that top_k cuts first, row 1 peaked enough that top_p cuts inside the top 10
+    assert nucleus_size(rows[0], top_p) > top_k > nucleus_size(rows[1], top_p) > 1
+    mx.random.seed(11)
+    draws = np.array(make_group_sampler(temp, top_p, top_k)(mx.repeat(lp, n, axis=0))).reshape(2, n)
+    assert draws.dtype == np.uint32
+    for row, got, keep in zip(rows, draws, nucleus_then_top_k(rows, top_p, top_k)):
+        counts = np.bincount(got, minlength=row.size)
+        assert counts[~keep].sum() == 0
+        q = np.where(keep, np.exp(row.astype(np.float64) / temp), 0.0)
+        q /= q.sum()
+        sigma = np.sqrt(n * q * (1 - q))
+        assert (np.abs(counts - n * q) <= 5 * sigma + 1e-9).all(), (counts[keep], (n * q)[keep])
+
+
+def test_greedy_and_top_p_only_keep_mlx_lm_sampler():
+    lp = random_logprobs(3, 4, 100)
+    np.testing.assert_array_equal(np.array(make_group_sampler(0.0, 0.9, 40)(lp)), np.array(mx.argmax(lp, axis=-1)))
+    mx.random.seed(4)
+    ours = make_group_sampler(1.0, 0.9, 0)(lp)
+    mx.random.seed(4)
+    np.testing.assert_array_equal(np.array(ours), np.array(make_sampler(temp=1.0, top_p=0.9)(lp)))
