@@ -75,11 +75,20 @@ def run_ours(n_prompts: int) -> dict:
     with tempfile.TemporaryDirectory() as run_path:
         policy = Policy.open(cfg, Path(run_path))
         no_eos(policy.tokenizer)
+        update_prompts = []  # the prompt positions each update chunk runs (counted for the FLOP figure)
+        chunk_grads = policy.trainer._chunk_grads
+
+        def counted(c, weight):
+            update_prompts.append(int(c.head.shape[1]))
+            return chunk_grads(c, weight)
+
+        policy.trainer._chunk_grads = counted
         prompts = [(f"p{i}", t) for i, t in enumerate(prompt_texts(n_prompts))]
 
         def iteration(prompts, max_tokens):
             policy.config.sampling.max_tokens = max_tokens
             out = {}
+            update_prompts.clear()
             with Timer() as t_all:
                 with Timer() as t:
                     groups = policy.sample(prompts, seed=0)
@@ -98,6 +107,13 @@ def run_ours(n_prompts: int) -> dict:
             out["steps"] = len(rows)
             out["completion_tokens"] = sum(len(r.completion_tokens) for g in groups for r in g)
             out["positions"] = sum(len(r.prompt_tokens) + len(r.completion_tokens) - 1 for g in groups for r in g)
+            # What the trainer computes, in forward-equivalents (a backward counts as two forwards):
+            # the pi_old and reference passes run each prompt once and each completion once; an
+            # update chunk runs its prompt forward, then again inside the vjp, plus its backward (4),
+            # and each completion forward and backward (3).
+            prompts = sum(len(g[0].prompt_tokens) - 1 for g in groups)
+            made = out["completion_tokens"]
+            out["forward_positions"] = 2 * (prompts + made) + 4 * sum(update_prompts) + 3 * made
             return out
 
         warm = [(pid, text[:60]) for pid, text in prompts]  # about 16 chat tokens, like the peer's warm-up
@@ -183,10 +199,10 @@ def main() -> None:
         emit(BENCH, f"{label}.ours_prepare", ours["prepare_s"], "s", "pi_old and reference passes")
         emit(BENCH, f"{label}.ours_updates", ours["updates_s"], "s", f"{ours['steps']} minibatch steps")
         emit(BENCH, f"{label}.ours_peak_memory", ours["peak_memory_gb"], "GB")
-        # pi_old forward + reference forward + forward and backward through the activations (LoRA) = 4 forwards
-        train_gflops = 4 * 2 * ours["matmul_params"] * ours["positions"] / ours["train_s"] / 1e9
+        train_gflops = 2 * ours["matmul_params"] * ours["forward_positions"] / ours["train_s"] / 1e9
         emit(BENCH, f"{label}.ours_train_fraction", train_gflops / rate, "x matmul rate",
-             f"{train_gflops:.1f} GFLOP/s over {ours['positions']} positions, 4 forward-equivalents")
+             f"{train_gflops:.1f} GFLOP/s over {ours['forward_positions']} forward-equivalent positions "
+             f"({4 * ours['positions']} unshared)")
         if peer is None:
             continue
         emit(BENCH, f"{label}.peer_iteration", peer["iteration_s"], "s",
@@ -195,7 +211,7 @@ def main() -> None:
         emit(BENCH, f"{label}.peer_loss_grad", peer["iteration_s"] - peer["sampling_s"], "s",
              "rewards, reference pass, loss and gradient, update")
         emit(BENCH, f"{label}.peer_peak_memory", peer["peak_memory_gb"], "GB")
-        # reference forward + policy forward + backward through the activations = 3 forwards
+        # reference forward + policy forward + backward through the activations = 3 forwards, every position
         peer_train_s = peer["iteration_s"] - peer["sampling_s"]
         peer_gflops = 3 * 2 * ours["matmul_params"] * ours["positions"] / peer_train_s / 1e9
         emit(BENCH, f"{label}.peer_train_fraction", peer_gflops / rate, "x matmul rate",

@@ -20,7 +20,10 @@ def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
     assert counts == {"2026-11-02": 4 * 8, "2026-11-03": 4 * 8}
     scored = dict(db.execute("select day, count(*) from rollouts where reward is not null group by day").fetchall())
     assert scored == {"2026-11-02": 32}  # day 2's forecasts wait for day 3's headlines
-    assert db.execute("select count(*) from steps where day = '2026-11-03'").fetchone()[0] == 4
+    steps = db.execute("select count(*) from steps where day = '2026-11-03'").fetchone()[0]
+    kl_guard = db.execute("select count(*) from guards where day = '2026-11-03' and kind = 'kl'").fetchone()[0]
+    # four minibatch steps, unless the cold tiny model drifted past kl_max and the guard ended the day early
+    assert steps == 4 or (1 <= steps < 4 and kl_guard == 1)
     assert "2026-11-02" in result.output and "eval_reward" in result.output
     n = (db["rollouts"].count, db["steps"].count, db["headlines"].count, db["prompts"].count)
     again = runner.invoke(cli, args)

@@ -4,6 +4,7 @@ import math
 
 import mlx.core as mx
 import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
 from helpers import open_policy, scored_groups
@@ -29,11 +30,12 @@ def test_one_step_changes_adapters_and_leaves_base_unchanged(tiny_model_path, tm
 def test_kl_is_zero_before_any_step_and_ratio_starts_at_one(tiny_model_path, tmp_path):
     pol = open_policy(tiny_model_path, tmp_path / "run", minibatches=4, learning_rate=2e-2, beta=0.05)
     batches = pol.trainer.prepare(scored_groups(pol, seed=2))
-    for mb in batches:  # adapters start at zero: the policy is exactly the reference
-        np.testing.assert_array_equal(np.array(mb.old_logp), np.array(mb.ref_logp))
+    for c in (c for mb in batches for c in mb.chunks):  # adapters start at zero: the policy is the reference
+        np.testing.assert_array_equal(np.array(c.old_logp), np.array(c.ref_logp))
     rows = [pol.trainer._update(mb, k) for k, mb in enumerate(batches)]
-    assert rows[0]["kl"] == 0.0
-    assert rows[0]["ratio_mean"] == 1.0
+    # the first step is on-policy: equal up to float32 rounding (the passes batch rows unlike the update)
+    assert rows[0]["kl"] < 1e-9
+    assert abs(rows[0]["ratio_mean"] - 1.0) < 1e-6
     assert rows[0]["clip_fraction"] == 0.0
     # later minibatches are off-policy: the ratio moved and the clip acted
     assert max(r["clip_fraction"] for r in rows[1:]) > 0
@@ -66,7 +68,7 @@ def test_flat_groups_carry_no_signal_and_are_dropped(tiny_model_path, tmp_path):
     for r in groups[0] + groups[1]:
         r.reward = 1.0
     batches = pol.trainer.prepare(groups)
-    kept = sum(int(mb.inputs.shape[0]) for mb in batches)
+    kept = sum(mb.rows for mb in batches)
     assert kept == len(groups[2])
     assert all(r.advantage == 0.0 for r in groups[0])
     for g in groups:
@@ -75,21 +77,134 @@ def test_flat_groups_carry_no_signal_and_are_dropped(tiny_model_path, tmp_path):
     assert pol.trainer.train_day(groups) == []
 
 
-def test_minibatch_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
-    from varro.train import make_minibatch
+def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
+    from varro.train import make_chunks
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     groups = scored_groups(pol, seed=5)
-    rs = groups[0][:3]
+    rs = groups[0][:3] + groups[1][:2]
     for r in rs:
         r.advantage = 0.0
-    mb = make_minibatch(rs, pad_id=0)
-    mask = np.array(mb.mask)
-    targets = np.array(mb.targets)
-    for i, r in enumerate(rs):
-        assert mask[i].sum() == len(r.completion_tokens)
-        assert targets[i][mask[i] > 0].tolist() == r.completion_tokens
-    assert math.isclose(float(mask.sum()), sum(len(r.completion_tokens) for r in rs))
+    chunks = make_chunks(rs, pad_id=0)
+    assert [c.rows for c in chunks] == [3, 2]  # one chunk per prompt
+    for c, rows in zip(chunks, (rs[:3], rs[3:])):
+        mask, targets, inputs = np.array(c.mask), np.array(c.targets), np.array(c.inputs)
+        assert np.array(c.head)[0].tolist() == rows[0].prompt_tokens[:-1]
+        for i, r in enumerate(rows):
+            assert mask[i].sum() == len(r.completion_tokens)
+            assert targets[i][mask[i] > 0].tolist() == r.completion_tokens
+            assert inputs[i][0] == r.prompt_tokens[-1]
+        assert math.isclose(float(mask.sum()), sum(len(r.completion_tokens) for r in rows))
+    pieces = list(chunks[0].pieces(2))
+    assert [p.rows for p in pieces] == [2, 1]
+    assert [r.group_index for p in pieces for r in p.source] == [r.group_index for r in rs[:3]]
+    np.testing.assert_array_equal(np.array(pieces[1].targets), np.array(chunks[0].targets)[2:])
+
+
+def full_pass_logprobs(model, chunk, prompt):
+    """The independent reference: every row's whole prompt+completion in one plain forward pass."""
+    from varro.train import token_logprobs
+
+    comps = [np.array(chunk.targets)[i][np.array(chunk.mask)[i] > 0].tolist() for i in range(chunk.rows)]
+    seqs = [prompt + c for c in comps]
+    width = max(len(s) for s in seqs) - 1
+    inputs = np.zeros((len(seqs), width), dtype=np.int32)
+    targets = np.zeros((len(seqs), width), dtype=np.int32)
+    for i, s in enumerate(seqs):
+        inputs[i, : len(s) - 1], targets[i, : len(s) - 1] = s[:-1], s[1:]
+    full = np.array(token_logprobs(model, mx.array(inputs), mx.array(targets)))
+    out = np.zeros(chunk.mask.shape, dtype=np.float32)
+    for i, c in enumerate(comps):
+        out[i, : len(c)] = full[i, len(prompt) - 1 : len(prompt) - 1 + len(c)]
+    return out
+
+
+def test_shared_prompt_logprobs_equal_the_full_pass(tiny_model_path, tmp_path):
+    from varro.train import chunk_logprobs, make_chunks
+
+    pol = open_policy(tiny_model_path, tmp_path / "run")
+    groups = scored_groups(pol, seed=11)
+    rows = groups[0]
+    for i, r in enumerate(rows):  # completions of different lengths, so the padding is exercised
+        r.completion_tokens = r.completion_tokens[: 3 + i]
+        r.advantage = 0.0
+    (chunk,) = make_chunks(rows)
+    mask = np.array(chunk.mask)
+    want = full_pass_logprobs(pol.model, chunk, rows[0].prompt_tokens)
+    got = np.array(chunk_logprobs(pol.model, chunk))
+    np.testing.assert_allclose(got * mask, want, atol=2e-5)
+    # a one-token prompt has no prefix to share
+    for r in rows:
+        r.prompt_tokens = r.prompt_tokens[-1:]
+    (short,) = make_chunks(rows)
+    assert short.head.shape == (1, 0)
+    np.testing.assert_allclose(np.array(chunk_logprobs(pol.model, short)) * mask,
+                               full_pass_logprobs(pol.model, short, rows[0].prompt_tokens), atol=2e-5)
+
+
+@pytest.mark.parametrize("micro_batch", [1, 3, 0])
+def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path, tmp_path, micro_batch):
+    """Prompt once, rows a few at a time, the prompt's backward once: the gradient of one plain pass
+    over the whole minibatch, whatever the micro-batch size."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+    from varro.gspo import gspo_loss
+
+    pol = open_policy(tiny_model_path, tmp_path / "run", minibatches=1, micro_batch=micro_batch, beta=0.05)
+    tr = pol.trainer
+    groups = scored_groups(pol, seed=12)
+    for g in groups:
+        for i, r in enumerate(g):
+            r.reward = float((i * 5) % 7)
+    (mb,) = tr.prepare(groups)
+    assert [c.rows for c in mb.chunks] == [8, 8, 8] and mb.rows == 24
+    # the reference: every row's full sequence in one padded batch, one loss, one gradient
+    prompts = {tuple(np.array(c.head)[0].tolist()) for c in mb.chunks}
+    assert len(prompts) == len({tuple(r.prompt_tokens) for g in groups for r in g})
+    logps, olds, refs, masks, advs = [], [], [], [], []
+    width = max(c.mask.shape[1] for c in mb.chunks)
+    pad = lambda a: np.pad(np.array(a), ((0, 0), (0, width - a.shape[1])))  # noqa: E731
+    for c in mb.chunks:
+        prompt = np.array(c.head)[0].tolist() + [int(np.array(c.inputs)[0, 0])]
+        olds.append(pad(mx.array(full_pass_logprobs(pol.model, c, prompt))))
+        refs.append(pad(c.ref_logp))
+        masks.append(pad(c.mask))
+        advs.append(np.array(c.advantages))
+    chunks = mb.chunks
+
+    def whole_loss(model):
+        rows = [mx.pad(lp, [(0, 0), (0, width - lp.shape[1])]) for lp in (chunk_full(model, c) for c in chunks)]
+        logp = mx.concatenate(rows)
+        loss, _ = gspo_loss(logp, mx.array(np.concatenate(olds)), mx.array(np.concatenate(refs)),
+                            mx.array(np.concatenate(masks)), mx.array(np.concatenate(advs)),
+                            eps_low=tr.cfg.eps_low, eps_high=tr.cfg.eps_high, beta=tr.cfg.beta)
+        return loss
+
+    def chunk_full(model, c):
+        from varro.train import token_logprobs
+        prompt = np.array(c.head)[0].tolist() + [int(np.array(c.inputs)[0, 0])]
+        comps = [np.array(c.targets)[i][np.array(c.mask)[i] > 0].tolist() for i in range(c.rows)]
+        seqs = [prompt + x for x in comps]
+        w = max(len(s) for s in seqs) - 1
+        inp = np.zeros((len(seqs), w), dtype=np.int32)
+        tgt = np.zeros((len(seqs), w), dtype=np.int32)
+        for i, s in enumerate(seqs):
+            inp[i, : len(s) - 1], tgt[i, : len(s) - 1] = s[:-1], s[1:]
+        full = token_logprobs(model, mx.array(inp), mx.array(tgt))
+        return full[:, len(prompt) - 1 :]
+
+    want_loss, want = nn.value_and_grad(pol.model, whole_loss)(pol.model)
+    seen = {}
+    tr.optimizer.update = lambda model, grads: seen.setdefault("grads", grads)
+    row = tr._update(mb, 0)
+    np.testing.assert_allclose(row["loss"], want_loss.item(), rtol=1e-4, atol=1e-6)
+    got = dict(tree_flatten(seen["grads"]))
+    want = dict(tree_flatten(want))
+    assert got.keys() == want.keys()
+    norm = np.sqrt(sum(float((np.array(v) ** 2).sum()) for v in want.values()))
+    scale = min(1.0, tr.cfg.grad_clip / norm)  # the step clips the summed gradient
+    for k in want:
+        np.testing.assert_allclose(np.array(got[k]), np.array(want[k]) * scale, atol=1e-5, rtol=1e-3)
 
 
 def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tmp_path):
@@ -101,20 +216,20 @@ def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tm
     pol = Policy.open(cfg, tmp_path / "run")
     groups = scored_groups(pol, seed=6)
     first = pol.trainer.prepare(groups)
-    np.testing.assert_array_equal(np.array(first[0].old_logp), np.array(first[0].ref_logp))
+    np.testing.assert_array_equal(np.array(first[0].chunks[0].old_logp), np.array(first[0].chunks[0].ref_logp))
     before = params(pol.model)
     pol.trainer.train_day(groups)
     after = params(pol.model)
     assert any(not np.array_equal(before[k], after[k]) for k in before if "lora" not in k)
     # After training the policy differs from the base, but the reference pass still sees the base.
     again = pol.trainer.prepare(groups)
-    assert np.abs(np.array(again[0].old_logp) - np.array(again[0].ref_logp)).max() > 1e-3
-    mb = again[0]
+    c = again[0].chunks[0]
+    assert np.abs(np.array(c.old_logp) - np.array(c.ref_logp)).max() > 1e-3
     with pol.trainer.reference():
         pass
     assert all(np.array_equal(after[k], v) for k, v in params(pol.model).items())  # swapped back
     from mlx_lm import load
-    from varro.train import token_logprobs
     base, _ = load(str(tiny_model_path))
-    np.testing.assert_allclose(np.array(mb.ref_logp), np.array(token_logprobs(base, mb.inputs, mb.targets)),
-                               atol=1e-5)
+    prompt = np.array(c.head)[0].tolist() + [int(np.array(c.inputs)[0, 0])]
+    np.testing.assert_allclose(np.array(c.ref_logp) * np.array(c.mask), full_pass_logprobs(base, c, prompt),
+                               atol=2e-5)

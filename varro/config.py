@@ -65,6 +65,7 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this value")
     minibatches: int = opt(4, "optimizer steps per rollout batch (later ones are off-policy)")
+    micro_batch: int = opt(1, "completions differentiated at once on top of their prompt (0: all of the prompt's)")
     eps_low: float = opt(3e-4, "GSPO lower clip range of the sequence ratio")
     eps_high: float = opt(4e-4, "GSPO upper clip range of the sequence ratio")
     beta: float = opt(0.02, "weight of the k3 KL leash to the base model (0 turns it off)")

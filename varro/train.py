@@ -7,19 +7,30 @@ per sequence, plus beta times the per-sequence k3 KL to the base model.
 
 How a day's update runs:
 1. Rewards -> advantages per group; groups whose rewards are all equal are dropped.
-2. pi_old: one float32 forward pass over prompt+completion for every kept
-   rollout, before any update, with the policy that sampled them (the latest
-   checkpoint). The reference log-probs come from the same weights with the
-   LoRA adapters switched off (scale 0), so no second model is held in memory.
-   With full fine-tuning the base weights are read back from disk for that pass.
-3. The shuffled rollouts are split into `minibatches` parts and each part takes
-   one AdamW step, so every part after the first is off-policy: the ratio moves
-   away from 1 and the clip acts (the clip fraction is logged per step).
-4. A non-finite loss or gradient norm skips that step, keeps the weights, and is
+2. The kept rollouts, shuffled group by group (groups in random order, each
+   group's rows in random order, so a group's rows stay together), are split
+   into `minibatches` parts. Within a part, the rows that share a prompt form
+   one chunk: the prompt runs once at batch 1 and the completions run on top of
+   its keys and values, with the output head and log-softmax taken at
+   completion positions only.
+3. pi_old: one float32 pass per prompt over all its kept rows, before any
+   update, with the policy that sampled them (the latest checkpoint). The
+   reference log-probs come from the same weights with the LoRA adapters
+   switched off (scale 0), so no second model is held in memory. With full
+   fine-tuning the base weights are read back from disk for that pass.
+4. Each part takes one AdamW step. Per chunk, the completions are
+   differentiated `micro_batch` rows at a time and the prompt's backward runs
+   once (see Trainer._chunk_grads); the chunks' losses are weighted by their
+   share of the part's rows and their gradients summed, so the step is that of
+   the part's mean loss while peak memory holds one micro-batch's (or the
+   prompt's) activations.
+   Every part after the first is off-policy: the ratio moves away from 1 and
+   the clip acts (the clip fraction is logged per step).
+5. A non-finite loss or gradient norm skips that step, keeps the weights, and is
    recorded in the step row.
 
 Departures from the paper: the KL leash (the paper has none); the sequence
-ratio is taken against log-probs from a full forward pass, not the sampler's.
+ratio is taken against log-probs from the training code's own pass, not the sampler's.
 """
 
 from __future__ import annotations
@@ -27,14 +38,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from .config import TrainConfig
 from .faults import failpoint
@@ -44,6 +55,7 @@ from .distributed import SOLO, World
 from .rollouts import Rollout
 
 LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
+PASS_ROWS = 8  # rows per no-gradient pass: bounds the (rows, T, vocab) float32 logits held at once
 
 
 class TrainingError(RuntimeError):
@@ -51,44 +63,129 @@ class TrainingError(RuntimeError):
 
 
 @dataclass
+class Chunk:
+    """The rows of one minibatch that share a prompt."""
+
+    head: mx.array  # (1, P - 1) the prompt without its last token; (1, 0) for a one-token prompt
+    inputs: mx.array  # (n, T) the prompt's last token, then each completion minus its last token, right-padded
+    targets: mx.array  # (n, T) the completion tokens
+    mask: mx.array  # (n, T) 1.0 on completion tokens, 0.0 on padding
+    advantages: mx.array  # (n,)
+    old_logp: mx.array | None = None  # (n, T)
+    ref_logp: mx.array | None = None  # (n, T)
+    source: list[Rollout] = field(default_factory=list, repr=False)  # the rows, in order
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def pieces(self, size: int) -> Iterator[Chunk]:
+        """The chunk's rows `size` at a time (all at once when size < 1), each with the same prompt."""
+        size = size if size > 0 else self.rows
+        for i in range(0, self.rows, size):
+            take = lambda a: None if a is None else a[i : i + size]  # noqa: E731
+            yield Chunk(self.head, take(self.inputs), take(self.targets), take(self.mask),
+                        take(self.advantages), take(self.old_logp), take(self.ref_logp),
+                        self.source[i : i + size])
+
+
+@dataclass
 class Minibatch:
-    inputs: mx.array  # (N, L) prompt+completion minus the last token, right-padded
-    targets: mx.array  # (N, L) the next token at each position
-    mask: mx.array  # (N, L) 1.0 on completion tokens
-    advantages: mx.array  # (N,)
-    rewards: np.ndarray  # (N,)
-    old_logp: mx.array | None = None  # (N, L)
-    ref_logp: mx.array | None = None  # (N, L)
+    chunks: list[Chunk]
+    rewards: np.ndarray  # (N,) over this rank's rows
     share: float = 1.0  # this rank's sequences x ranks / the minibatch's sequences (1 when alone)
     total: int = 0  # sequences in the whole minibatch, over all ranks
 
+    @property
+    def rows(self) -> int:
+        return sum(c.rows for c in self.chunks)
 
-def make_minibatch(rollouts: list[Rollout], pad_id: int = 0) -> Minibatch:
-    """Pack rollouts into right-padded (N, L) arrays; the mask covers completion tokens only."""
-    seqs = [r.prompt_tokens + r.completion_tokens for r in rollouts]
-    width = max(len(s) for s in seqs) - 1
-    inputs = np.full((len(seqs), width), pad_id, dtype=np.int32)
-    targets = np.full((len(seqs), width), pad_id, dtype=np.int32)
-    mask = np.zeros((len(seqs), width), dtype=np.float32)
-    for i, (r, s) in enumerate(zip(rollouts, seqs)):
-        n = len(s) - 1
-        inputs[i, :n] = s[:-1]
-        targets[i, :n] = s[1:]
-        mask[i, len(r.prompt_tokens) - 1 : n] = 1.0
-    return Minibatch(
+
+def make_chunks(rollouts: list[Rollout], pad_id: int = 0) -> list[Chunk]:
+    """Pack rollouts into one Chunk per prompt, in order of first appearance."""
+    by_prompt: dict[tuple[int, ...], list[Rollout]] = {}
+    for r in rollouts:
+        if not r.prompt_tokens or not r.completion_tokens:
+            raise TrainingError(f"rollout {r.prompt_id!r}/{r.group_index} has an empty prompt or completion")
+        by_prompt.setdefault(tuple(r.prompt_tokens), []).append(r)
+    return [_chunk(list(prompt), rows, pad_id) for prompt, rows in by_prompt.items()]
+
+
+def _chunk(prompt: list[int], rows: list[Rollout], pad_id: int) -> Chunk:
+    width = max(len(r.completion_tokens) for r in rows)
+    inputs = np.full((len(rows), width), pad_id, dtype=np.int32)
+    targets = np.full((len(rows), width), pad_id, dtype=np.int32)
+    mask = np.zeros((len(rows), width), dtype=np.float32)
+    for i, r in enumerate(rows):
+        n = len(r.completion_tokens)
+        inputs[i, :n] = [prompt[-1]] + r.completion_tokens[:-1]
+        targets[i, :n] = r.completion_tokens
+        mask[i, :n] = 1.0
+    return Chunk(
+        head=mx.array([prompt[:-1]], dtype=mx.int32),
         inputs=mx.array(inputs),
         targets=mx.array(targets),
         mask=mx.array(mask),
-        advantages=mx.array([r.advantage for r in rollouts], dtype=mx.float32),
-        rewards=np.array([r.reward for r in rollouts], dtype=np.float64),
+        advantages=mx.array([r.advantage for r in rows], dtype=mx.float32),
+        source=rows,
     )
 
 
-def token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
-    """log pi(targets | inputs) per position in float32: (N, L) -> (N, L)."""
-    logits = model(inputs).astype(mx.float32)  # (N, L, V)
+def _picked(logits: mx.array, targets: mx.array) -> mx.array:
+    logits = logits.astype(mx.float32)  # (N, L, V)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)  # (N, L)
     return picked - mx.logsumexp(logits, axis=-1)
+
+
+def token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
+    """log pi(targets | inputs) per position in float32, the plain full pass: (N, L) -> (N, L)."""
+    return _picked(model(inputs), targets)
+
+
+class PrefixCache:
+    """A per-layer KV cache for one shared prefix under a batch of continuations.
+
+    Filled by the prefix's pass (batch 1, `keys` None) or given its keys and
+    values; a continuation's pass broadcasts them over its own batch and appends
+    its own, keeping nothing. Built from plain array ops, so gradients flow
+    into the prefix's keys and values too. mlx-lm's "causal" mask is aligned to
+    the last query, so each continuation position sees the whole prefix and its
+    own earlier positions.
+    """
+
+    def __init__(self, keys: mx.array | None = None, values: mx.array | None = None):
+        self.keys, self.values = keys, values
+        self.offset = 0 if keys is None else keys.shape[2]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        if self.keys is None:
+            self.keys, self.values = keys, values
+            self.offset = keys.shape[2]
+            return keys, values
+        n = keys.shape[0]
+        fixed = lambda a: mx.broadcast_to(a, (n, *a.shape[1:]))  # noqa: E731
+        return (mx.concatenate([fixed(self.keys), keys], axis=2),
+                mx.concatenate([fixed(self.values), values], axis=2))
+
+
+def prefix_kv(model: nn.Module, head: mx.array) -> list[mx.array]:
+    """Every layer's keys and values of `head` (batch 1), flat: [k0, v0, k1, v1, ...]; [] when empty."""
+    if not head.shape[1]:
+        return []
+    cache = [PrefixCache() for _ in model.layers]
+    model(head, cache=cache)  # fills the caches; the prompt's logits are never evaluated
+    return [a for c in cache for a in (c.keys, c.values)]
+
+
+def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array) -> mx.array:
+    """log pi(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv."""
+    cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
+    return _picked(model(inputs, cache=cache), targets)
+
+
+def chunk_logprobs(model: nn.Module, chunk: Chunk) -> mx.array:
+    """log pi(completion tokens) of a Chunk, (n, T): the prompt runs once, the completions on top of it."""
+    return completion_logprobs(model, prefix_kv(model, chunk.head), chunk.inputs, chunk.targets)
 
 
 @contextlib.contextmanager
@@ -132,37 +229,83 @@ class Trainer:
         self.optimizer.init(model.trainable_parameters())
         self.step = 0
         self.rng = np.random.default_rng(cfg.seed)
-        self._value_and_grad = nn.value_and_grad(model, self._loss_on)
 
-    def _loss_on(self, mb: Minibatch):
-        logp = token_logprobs(self.model, mb.inputs, mb.targets)
+    def _chunk_grads(self, c: Chunk, weight: float) -> tuple[mx.array, dict[str, mx.array], dict]:
+        """`weight` times the loss of one chunk, its metrics, and the gradient of the weighted loss.
+
+        The prompt runs forward once; the completions are differentiated
+        `micro_batch` rows at a time on top of its keys and values (so the peak
+        holds one piece's activations), each piece giving the gradient for the
+        weights and for the prompt's keys and values; then one backward pass
+        through the prompt (a vjp that recomputes its forward) turns the summed
+        key/value gradients into the prompt's share of the weight gradient.
+        """
+        model = self.model
+        params = model.trainable_parameters()
+        names, arrays = zip(*tree_flatten(params))
+        kv = prefix_kv(model, c.head)
+        mx.eval(kv)
+        loss, metrics, grads, kv_grads = mx.array(0.0), {}, None, None
+        try:
+            for piece in c.pieces(self.cfg.micro_batch):
+                part = piece.rows / c.rows
+
+                def piece_loss(p, kv, piece=piece, scale=part * weight):
+                    model.update(p)
+                    return self._loss_on(piece, kv, scale)
+
+                (p_loss, p_metrics), (p_grads, p_kv) = mx.value_and_grad(piece_loss, argnums=(0, 1))(params, kv)
+                grads = p_grads if grads is None else tree_map(mx.add, grads, p_grads)
+                kv_grads = p_kv if kv_grads is None else [a + b for a, b in zip(kv_grads, p_kv)]
+                loss = loss + p_loss
+                metrics = {k: metrics.get(k, 0.0) + v * part for k, v in p_metrics.items()}
+                mx.eval(loss, metrics, grads, kv_grads)
+            if kv:
+                def prompt_kv(*weights):
+                    model.update(tree_unflatten(list(zip(names, weights))))
+                    return prefix_kv(model, c.head)
+
+                _, prompt_grads = mx.vjp(prompt_kv, list(arrays), kv_grads)
+                flat = iter(prompt_grads)  # tree_map visits the leaves in tree_flatten's order
+                grads = tree_map(lambda g: g + next(flat), grads)
+                mx.eval(grads)
+        finally:
+            model.update(params)
+        return loss, metrics, grads
+
+    def _loss_on(self, c: Chunk, kv: list[mx.array], weight: float):
+        logp = completion_logprobs(self.model, kv, c.inputs, c.targets)
         loss, metrics = self.loss(
             logp,
-            mb.old_logp,
-            mb.ref_logp,
-            mb.mask,
-            mb.advantages,
+            c.old_logp,
+            c.ref_logp,
+            c.mask,
+            c.advantages,
             eps_low=self.cfg.eps_low,
             eps_high=self.cfg.eps_high,
             beta=self.cfg.beta,
         )
-        # Each rank's mean is weighted by its share, so averaging over ranks gives the global mean.
-        return loss * mb.share, metrics
+        # A chunk's mean is weighted by its share of the minibatch's rows (and each rank's by its
+        # share of the ranks), so the summed gradients, averaged over ranks, are the global mean's.
+        return loss * weight, metrics
 
     def prepare(self, groups: list[list[Rollout]]) -> list[Minibatch]:
-        """Steps 1-2: advantages, drop flat groups, split, and the pi_old / reference passes."""
+        """Steps 1-3: advantages, drop flat groups, split, and the pi_old / reference passes."""
         if any(r.reward is None for g in groups for r in g):
             raise TrainingError("every rollout needs a reward before training")
-        kept: list[Rollout] = []
+        kept_groups: list[list[Rollout]] = []
         for g in groups:
             adv = group_advantages([r.reward for r in g], len(g))
             for r, a in zip(g, adv):
                 r.advantage = float(a)
             if np.any(adv != 0.0):
-                kept.extend(g)
-        if not kept:
+                kept_groups.append(g)
+        if not kept_groups:
             return []
-        order = self.rng.permutation(len(kept))
+        kept = [r for g in kept_groups for r in g]
+        starts = np.cumsum([0] + [len(g) for g in kept_groups])
+        order = np.concatenate([starts[i] + self.rng.permutation(len(kept_groups[i]))
+                                for i in self.rng.permutation(len(kept_groups))])
         w = self.world
         if len(kept) < w.size:
             raise TrainingError(f"{len(kept)} sequences cannot be shared by {w.size} ranks")
@@ -170,20 +313,44 @@ class Trainer:
         batches = []
         for part in parts:
             mine = part[w.rank :: w.size]  # the same global minibatches as alone, split over the ranks
-            mb = make_minibatch([kept[i] for i in mine], self.pad_id)
-            mb.share, mb.total = len(mine) * w.size / len(part), len(part)
-            batches.append(mb)
-        for mb in batches:
-            mb.old_logp = mx.stop_gradient(token_logprobs(self.model, mb.inputs, mb.targets))
-            mx.eval(mb.old_logp)
+            rows = [kept[i] for i in mine]
+            batches.append(Minibatch(
+                chunks=make_chunks(rows, self.pad_id),
+                rewards=np.array([r.reward for r in rows], dtype=np.float64),
+                share=len(mine) * w.size / len(part),
+                total=len(part),
+            ))
+        chunks = [c for mb in batches for c in mb.chunks]
+        # The passes take each prompt once over all its rows, whichever minibatch holds them.
+        passes = make_chunks([r for c in chunks for r in c.source], self.pad_id)
+        for c, old in zip(chunks, self._pass_logprobs(chunks, passes)):
+            c.old_logp = old
         if self.cfg.beta != 0.0:
             if self.reference is None:
                 raise TrainingError("beta > 0 needs a reference: LoRA layers or base weights")
             with self.reference():
-                for mb in batches:
-                    mb.ref_logp = mx.stop_gradient(token_logprobs(self.model, mb.inputs, mb.targets))
-                    mx.eval(mb.ref_logp)
+                for c, ref in zip(chunks, self._pass_logprobs(chunks, passes)):
+                    c.ref_logp = ref
         return batches
+
+    def _pass_logprobs(self, chunks: list[Chunk], passes: list[Chunk]) -> list[mx.array]:
+        """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows
+        grouped by prompt), without gradients: one (n, T) array per chunk."""
+        by_row = {}
+        for p in passes:
+            kv = prefix_kv(self.model, p.head)
+            for piece in p.pieces(PASS_ROWS):
+                logp = mx.stop_gradient(completion_logprobs(self.model, kv, piece.inputs, piece.targets))
+                mx.eval(logp)
+                for i, r in enumerate(piece.source):
+                    by_row[id(r)] = logp[i, : len(r.completion_tokens)]
+        out = []
+        for c in chunks:
+            width = c.inputs.shape[1]
+            out.append(mx.stack([mx.pad(by_row[id(r)], (0, width - len(r.completion_tokens)))
+                                 for r in c.source]))
+        mx.eval(out)
+        return out
 
     def train_day(self, groups: list[list[Rollout]], on_step: Callable[[int], None] | None = None,
                   kl_max: float | None = None) -> list[dict]:
@@ -205,12 +372,19 @@ class Trainer:
     def _update(self, mb: Minibatch, k: int) -> dict:
         mx.reset_peak_memory()
         tic = time.perf_counter()
-        (loss, metrics), grads = self._value_and_grad(mb)
+        loss, metrics, grads = mx.array(0.0), {}, None
+        for c in mb.chunks:  # one prompt at a time: the sum of the chunks' weighted gradients
+            part = c.rows / mb.rows
+            c_loss, c_metrics, c_grads = self._chunk_grads(c, part * mb.share)
+            grads = c_grads if grads is None else tree_map(mx.add, grads, c_grads)
+            loss = loss + c_loss
+            metrics = {k: metrics.get(k, 0.0) + v * part for k, v in c_metrics.items()}
+            mx.eval(loss, metrics, grads)
         if self.world.distributed:
             from mlx.nn.utils import average_gradients
 
             grads = average_gradients(grads, group=self.world.group)
-            n = mx.array(mb.inputs.shape[0] / mb.total, dtype=mx.float32)
+            n = mx.array(mb.rows / mb.total, dtype=mx.float32)
             loss = self.world.all_sum(loss) / self.world.size
             metrics = {k: self.world.all_sum(v * n) for k, v in metrics.items()}
         grads, grad_norm = optim.clip_grad_norm(grads, self.cfg.grad_clip)
@@ -229,7 +403,7 @@ class Trainer:
         return {
             "step": self.step,
             "minibatch": k,
-            "sequences": mb.total or int(mb.inputs.shape[0]),
+            "sequences": mb.total or mb.rows,
             "loss": loss_v if math.isfinite(loss_v) else None,
             "kl": metrics["kl"].item(),
             "clip_fraction": metrics["clip_fraction"].item(),
