@@ -104,9 +104,12 @@ def prompt_tokens(tokenizer, n: int) -> list[list[int]]:
 
 
 def blas() -> str:
-    """'openblas' when an OpenBLAS is mapped into this process (the preload), else 'bundled'."""
+    """'openblas' when MLX in this process calls Debian's OpenBLAS (linked by scripts/setup), else 'bundled'."""
+    import mlx.core  # noqa: F401  (loads MLX's BLAS, so it shows in the maps even in a torch-only bench)
+
     maps = Path("/proc/self/maps")
-    # numpy's own libscipy_openblas is not the one MLX calls; only the preloaded libopenblas counts.
+    # The maps show the file behind mlx_cpu.libs' link. numpy's own libscipy_openblas is not the one
+    # MLX calls, and torch brings none; only a libopenblas counts.
     if maps.exists() and re.search(r"/libopenblas[^/]*\.so", maps.read_text()):
         return "openblas"
     return "bundled"

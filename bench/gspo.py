@@ -5,7 +5,8 @@ LoRA rank, prompts, sampler and BLAS.
 Each contender runs in its own process (so peak memory is its own), after a
 cheap warm-up iteration (16-token prompts, 4 tokens); the figure is the next,
 full iteration. mlx-lm-lora is installed from PyPI into bench/.venv-peer on
-first use, with mlx and mlx-lm pinned to the versions in .venv.
+first use, with mlx and mlx-lm pinned to the versions in .venv, and scripts/setup gives its MLX the
+same BLAS as ours.
 
     scripts/env python bench/gspo.py                   # batch sizes 1 and 4 (prompts per iteration)
     VARRO_NO_OPENBLAS=1 scripts/env python bench/gspo.py --batch-sizes 1
@@ -54,6 +55,7 @@ def peer_python() -> Path:
            f"mlx-lm=={version('mlx-lm')}"]
     print("installing the peer:", " ".join(cmd[3:]), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True)
+    subprocess.run([str(REPO / "scripts" / "setup")], check=True)  # links OpenBLAS into the peer's MLX too
     return py
 
 

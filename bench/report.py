@@ -104,8 +104,8 @@ def blas_lines() -> list[str]:
         lib.openblas_get_corename.restype = ctypes.c_char_p
         config = lib.openblas_get_config().decode()
         lines.append(f"- **openblas**: Debian's `{OPENBLAS}` ({config}; kernel {lib.openblas_get_corename().decode()}, "
-                     f"{lib.openblas_get_num_threads()} threads), put in front of the bundled one by "
-                     "`scripts/env` with `LD_PRELOAD`.")
+                     f"{lib.openblas_get_num_threads()} threads), linked by `scripts/setup` in place of the "
+                     "bundled file inside the mlx-cpu wheel, so MLX alone uses it (torch keeps its own BLAS).")
     else:
         lines.append(f"- **openblas**: {OPENBLAS} is not present on this machine.")
     return lines
@@ -130,7 +130,7 @@ def main() -> None:
     w("")
     w("Speed and memory of Varro's engine against mlx-lm and mlx-lm-lora on the same model, prompts, sampler "
       "and BLAS. Every comparison is a ratio of two figures taken in the same run of `bench/run_all`, once with "
-      "MLX's bundled BLAS and once with OpenBLAS preloaded. This file is written by `bench/run_all`; "
+      "MLX's bundled BLAS and once with OpenBLAS. This file is written by `bench/run_all`; "
       "the hand-written sections at the end are `bench/*.md`.")
     w("")
     total = int(info.get("total_seconds", 0))
@@ -203,7 +203,7 @@ def main() -> None:
             w(f"| `{key.split('.', 1)[1]}` | {fmt(b)} | {fmt(o)} | {ratio} | {unit} | {how} |")
         w("")
 
-    w("## 5. What the OpenBLAS preload buys")
+    w("## 5. What OpenBLAS buys")
     w("")
     w("The column *OpenBLAS / bundled* above. In short:")
     w("")
