@@ -77,20 +77,28 @@ def run_ours(n_prompts: int) -> dict:
     with tempfile.TemporaryDirectory() as run_path:
         policy = Policy.open(cfg, Path(run_path))
         no_eos(policy.tokenizer)
-        update_prompts = []  # the prompt positions each update chunk runs (counted for the FLOP figure)
-        chunk_grads = policy.trainer._chunk_grads
+        # The positions the trainer runs, counted for the FLOP figure: each update chunk's prompt,
+        # and each no-gradient pass's prompts and completions.
+        update_prompts, pass_positions = [], []
+        chunk_grads, pass_logprobs = policy.trainer._chunk_grads, policy.trainer._pass_logprobs
 
-        def counted(c, weight):
+        def counted_chunk(c, weight):
             update_prompts.append(int(c.head.shape[1]))
             return chunk_grads(c, weight)
 
-        policy.trainer._chunk_grads = counted
+        def counted_pass(chunks, passes):
+            pass_positions.append(sum(int(p.head.shape[1]) + sum(len(r.completion_tokens) for r in p.source)
+                                      for p in passes))
+            return pass_logprobs(chunks, passes)
+
+        policy.trainer._chunk_grads, policy.trainer._pass_logprobs = counted_chunk, counted_pass
         prompts = [(f"p{i}", t) for i, t in enumerate(prompt_texts(n_prompts))]
 
         def iteration(prompts, max_tokens):
             policy.config.sampling.max_tokens = max_tokens
             out = {}
             update_prompts.clear()
+            pass_positions.clear()
             with Timer() as t_all:
                 with Timer() as t:
                     groups = policy.sample(prompts, seed=0)
@@ -110,12 +118,11 @@ def run_ours(n_prompts: int) -> dict:
             out["completion_tokens"] = sum(len(r.completion_tokens) for g in groups for r in g)
             out["positions"] = sum(len(r.prompt_tokens) + len(r.completion_tokens) - 1 for g in groups for r in g)
             # What the trainer computes, in forward-equivalents (a backward counts as two forwards):
-            # the pi_old and reference passes run each prompt once and each completion once; an
-            # update chunk runs its prompt forward, then again inside the vjp, plus its backward (4),
-            # and each completion forward and backward (3).
-            prompts = sum(len(g[0].prompt_tokens) - 1 for g in groups)
+            # the pi_old and reference passes (each prompt once, each completion once; pi_old skips
+            # the first minibatch); an update chunk runs its prompt forward, then again inside the
+            # vjp, plus its backward (4), and each completion forward and backward (3).
             made = out["completion_tokens"]
-            out["forward_positions"] = 2 * (prompts + made) + 4 * sum(update_prompts) + 3 * made
+            out["forward_positions"] = sum(pass_positions) + 4 * sum(update_prompts) + 3 * made
             return out
 
         warm = [(pid, text[:60]) for pid, text in prompts]  # about 16 chat tokens, like the peer's warm-up

@@ -225,7 +225,7 @@ def main() -> None:
       "fraction of the bound we reached here (batched decode from `roofline.py`, training from `gspo.py`), "
       "weights in float32 as `Policy.open` casts them. It assumes our code reaches the same share of the bound "
       "on Metal as on this CPU, which nothing here measures (`bench/projection.py`). Read the OpenBLAS column: "
-      "with fast matmuls our fixed costs (the sampler's sort, MLX's elementwise ops) take the same large share "
+      "with fast matmuls our fixed costs (MLX's elementwise ops, the sampler) take the same large share "
       "as they would next to a GPU's matmuls; the bundled-BLAS fractions are high only because its slow "
       "matmuls hide those costs, so that column is the optimistic one.")
     w("")

@@ -14,9 +14,10 @@ hardly depends on it at these lengths).
 
 The step profile splits one batched decode step: the model's forward pass with
 its KV cache, the same without the cache, the output head with its
-log-softmax, and mlx-lm's sampler at our settings (temp 0.7, top-p 0.9,
-top-k 40); plus MLX's CPU exp rate, which the log-softmax, the SiLU and the
-sampler all pay per element.
+log-softmax, mlx-lm's sampler at our settings (temp 0.7, top-p 0.9,
+top-k 40) and ours (`make_group_sampler`, the one `sample_groups` uses); plus
+MLX's CPU exp rate, which the log-softmax, the SiLU and the samplers all pay
+per element.
 
     scripts/env python bench/roofline.py
     VARRO_NO_OPENBLAS=1 scripts/env python bench/roofline.py
@@ -131,7 +132,10 @@ def step_profile(model, batch: int, context: int) -> dict[str, float]:
     logits = mx.random.normal((batch, model.args.vocab_size))
     mx.eval(hidden, logits)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    from varro.rollouts import make_group_sampler
+
     sampler = make_sampler(**SAMPLER)
+    ours = make_group_sampler(**SAMPLER)
     head = model.model.embed_tokens.as_linear
     return {
         "forward": 1e3 * seconds_per_call(forward),
@@ -139,6 +143,7 @@ def step_profile(model, batch: int, context: int) -> dict[str, float]:
         "head_logsoftmax": 1e3 * seconds_per_call(
             lambda: mx.eval(mx.logsumexp(head(hidden), axis=-1))),
         "sampler": 1e3 * seconds_per_call(lambda: mx.eval(sampler(logprobs))),
+        "our_sampler": 1e3 * seconds_per_call(lambda: mx.eval(ours(logprobs))),
     }
 
 
@@ -190,6 +195,8 @@ def main() -> None:
             emit(BENCH, f"{label}_step_{part}", ms, "ms", f"one decode step, {b} sequences")
         emit(BENCH, f"{label}_step_sampler_share", prof["sampler"] / (prof["forward"] + prof["sampler"]), "x",
              "mlx-lm's sampler / (forward + sampler)")
+        emit(BENCH, f"{label}_step_our_sampler_share", prof["our_sampler"] / (prof["forward"] + prof["our_sampler"]),
+             "x", "our sampler / (forward + sampler)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ be in the 0600 session file. A wrong password (401) and a server that answers
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
 import sqlite3
@@ -207,8 +208,12 @@ def leaks(secret: str, texts: dict[str, str] | None = None, root: Path | None = 
     needles = forms(secret)
     where = [name for name, text in (texts or {}).items() if any(n in text.encode() for n in needles)]
     if root is not None:
+        gc.collect()  # close unreferenced SQLite connections now, not halfway through the walk
         for path in sorted(p for p in root.rglob("*") if p.is_file() and p not in skip):
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # a -shm/-wal file removed as a connection closed: no longer there to leak
+                continue
             if any(n in data for n in needles):
                 where.append(str(path))
     return where

@@ -30,8 +30,11 @@ def test_one_step_changes_adapters_and_leaves_base_unchanged(tiny_model_path, tm
 def test_kl_is_zero_before_any_step_and_ratio_starts_at_one(tiny_model_path, tmp_path):
     pol = open_policy(tiny_model_path, tmp_path / "run", minibatches=4, learning_rate=2e-2, beta=0.05)
     batches = pol.trainer.prepare(scored_groups(pol, seed=2))
-    for c in (c for mb in batches for c in mb.chunks):  # adapters start at zero: the policy is the reference
-        np.testing.assert_array_equal(np.array(c.old_logp), np.array(c.ref_logp))
+    # the first step is on-policy: no pi_old pass, its own forward stands in
+    assert all(c.old_logp is None for c in batches[0].chunks)
+    for c in (c for mb in batches[1:] for c in mb.chunks):  # adapters start at zero: the policy is the reference
+        # (up to float32 rounding: the two passes batch different sets of rows)
+        np.testing.assert_allclose(np.array(c.old_logp), np.array(c.ref_logp), atol=1e-5)
     rows = [pol.trainer._update(mb, k) for k, mb in enumerate(batches)]
     # the first step is on-policy: equal up to float32 rounding (the passes batch rows unlike the update)
     assert rows[0]["kl"] < 1e-9
@@ -216,14 +219,15 @@ def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tm
     pol = Policy.open(cfg, tmp_path / "run")
     groups = scored_groups(pol, seed=6)
     first = pol.trainer.prepare(groups)
-    np.testing.assert_array_equal(np.array(first[0].chunks[0].old_logp), np.array(first[0].chunks[0].ref_logp))
+    np.testing.assert_allclose(np.array(first[1].chunks[0].old_logp), np.array(first[1].chunks[0].ref_logp),
+                               atol=1e-5)
     before = params(pol.model)
     pol.trainer.train_day(groups)
     after = params(pol.model)
     assert any(not np.array_equal(before[k], after[k]) for k in before if "lora" not in k)
     # After training the policy differs from the base, but the reference pass still sees the base.
     again = pol.trainer.prepare(groups)
-    c = again[0].chunks[0]
+    c = again[1].chunks[0]
     assert np.abs(np.array(c.old_logp) - np.array(c.ref_logp)).max() > 1e-3
     with pol.trainer.reference():
         pass

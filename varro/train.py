@@ -13,11 +13,13 @@ How a day's update runs:
    one chunk: the prompt runs once at batch 1 and the completions run on top of
    its keys and values, with the output head and log-softmax taken at
    completion positions only.
-3. pi_old: one float32 pass per prompt over all its kept rows, before any
-   update, with the policy that sampled them (the latest checkpoint). The
-   reference log-probs come from the same weights with the LoRA adapters
-   switched off (scale 0), so no second model is held in memory. With full
-   fine-tuning the base weights are read back from disk for that pass.
+3. pi_old: one float32 pass per prompt over its kept rows, before any update,
+   with the policy that sampled them (the latest checkpoint); the first
+   minibatch's rows skip it, as that step starts from those very weights, and
+   take their own forward (gradient stopped) as pi_old. The reference
+   log-probs come from the same weights with the LoRA adapters switched off
+   (scale 0), so no second model is held in memory. With full fine-tuning the
+   base weights are read back from disk for that pass.
 4. Each part takes one AdamW step. Per chunk, the completions are
    differentiated `micro_batch` rows at a time and the prompt's backward runs
    once (see Trainer._chunk_grads); the chunks' losses are weighted by their
@@ -277,7 +279,7 @@ class Trainer:
         logp = completion_logprobs(self.model, kv, c.inputs, c.targets)
         loss, metrics = self.loss(
             logp,
-            c.old_logp,
+            mx.stop_gradient(logp) if c.old_logp is None else c.old_logp,  # None: on-policy, see prepare
             c.ref_logp,
             c.mask,
             c.advantages,
@@ -320,14 +322,18 @@ class Trainer:
                 share=len(mine) * w.size / len(part),
                 total=len(part),
             ))
+        # The passes take each prompt once over all its rows, whichever minibatch holds them. The
+        # first minibatch steps from the weights that sampled, so its pi_old is its own forward
+        # (old_logp None: the loss stops its gradient) and the pi_old pass skips it.
         chunks = [c for mb in batches for c in mb.chunks]
-        # The passes take each prompt once over all its rows, whichever minibatch holds them.
-        passes = make_chunks([r for c in chunks for r in c.source], self.pad_id)
-        for c, old in zip(chunks, self._pass_logprobs(chunks, passes)):
+        later = [c for mb in batches[1:] for c in mb.chunks]
+        passes = make_chunks([r for c in later for r in c.source], self.pad_id)
+        for c, old in zip(later, self._pass_logprobs(later, passes)):
             c.old_logp = old
         if self.cfg.beta != 0.0:
             if self.reference is None:
                 raise TrainingError("beta > 0 needs a reference: LoRA layers or base weights")
+            passes = make_chunks([r for c in chunks for r in c.source], self.pad_id)
             with self.reference():
                 for c, ref in zip(chunks, self._pass_logprobs(chunks, passes)):
                     c.ref_logp = ref
