@@ -104,10 +104,12 @@ def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
     np.testing.assert_array_equal(np.array(pieces[1].targets), np.array(chunks[0].targets)[2:])
 
 
-def full_pass_logprobs(model, chunk, prompt):
-    """The independent reference: every row's whole prompt+completion in one plain forward pass."""
+def full_pass(model, chunk):
+    """The independent reference: every row's whole prompt+completion in one plain forward pass;
+    the completion log-probs as (n, T) like chunk_logprobs, 0 on padding."""
     from varro.train import token_logprobs
 
+    prompt = np.array(chunk.head)[0].tolist() + [int(np.array(chunk.inputs)[0, 0])]
     comps = [np.array(chunk.targets)[i][np.array(chunk.mask)[i] > 0].tolist() for i in range(chunk.rows)]
     seqs = [prompt + c for c in comps]
     width = max(len(s) for s in seqs) - 1
@@ -115,11 +117,8 @@ def full_pass_logprobs(model, chunk, prompt):
     targets = np.zeros((len(seqs), width), dtype=np.int32)
     for i, s in enumerate(seqs):
         inputs[i, : len(s) - 1], targets[i, : len(s) - 1] = s[:-1], s[1:]
-    full = np.array(token_logprobs(model, mx.array(inputs), mx.array(targets)))
-    out = np.zeros(chunk.mask.shape, dtype=np.float32)
-    for i, c in enumerate(comps):
-        out[i, : len(c)] = full[i, len(prompt) - 1 : len(prompt) - 1 + len(c)]
-    return out
+    full = token_logprobs(model, mx.array(inputs), mx.array(targets))
+    return full[:, len(prompt) - 1 :] * chunk.mask
 
 
 def test_shared_prompt_logprobs_equal_the_full_pass(tiny_model_path, tmp_path):
@@ -133,16 +132,15 @@ def test_shared_prompt_logprobs_equal_the_full_pass(tiny_model_path, tmp_path):
         r.advantage = 0.0
     (chunk,) = make_chunks(rows)
     mask = np.array(chunk.mask)
-    want = full_pass_logprobs(pol.model, chunk, rows[0].prompt_tokens)
     got = np.array(chunk_logprobs(pol.model, chunk))
-    np.testing.assert_allclose(got * mask, want, atol=2e-5)
+    np.testing.assert_allclose(got * mask, np.array(full_pass(pol.model, chunk)), atol=2e-5)
     # a one-token prompt has no prefix to share
     for r in rows:
         r.prompt_tokens = r.prompt_tokens[-1:]
     (short,) = make_chunks(rows)
     assert short.head.shape == (1, 0)
     np.testing.assert_allclose(np.array(chunk_logprobs(pol.model, short)) * mask,
-                               full_pass_logprobs(pol.model, short, rows[0].prompt_tokens), atol=2e-5)
+                               np.array(full_pass(pol.model, short)), atol=2e-5)
 
 
 @pytest.mark.parametrize("micro_batch", [1, 3, 0])
@@ -164,37 +162,23 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
     # the reference: every row's full sequence in one padded batch, one loss, one gradient
     prompts = {tuple(np.array(c.head)[0].tolist()) for c in mb.chunks}
     assert len(prompts) == len({tuple(r.prompt_tokens) for g in groups for r in g})
-    logps, olds, refs, masks, advs = [], [], [], [], []
+    olds, refs, masks, advs = [], [], [], []
     width = max(c.mask.shape[1] for c in mb.chunks)
     pad = lambda a: np.pad(np.array(a), ((0, 0), (0, width - a.shape[1])))  # noqa: E731
     for c in mb.chunks:
-        prompt = np.array(c.head)[0].tolist() + [int(np.array(c.inputs)[0, 0])]
-        olds.append(pad(mx.array(full_pass_logprobs(pol.model, c, prompt))))
+        olds.append(pad(full_pass(pol.model, c)))
         refs.append(pad(c.ref_logp))
         masks.append(pad(c.mask))
         advs.append(np.array(c.advantages))
     chunks = mb.chunks
 
     def whole_loss(model):
-        rows = [mx.pad(lp, [(0, 0), (0, width - lp.shape[1])]) for lp in (chunk_full(model, c) for c in chunks)]
+        rows = [mx.pad(lp, [(0, 0), (0, width - lp.shape[1])]) for lp in (full_pass(model, c) for c in chunks)]
         logp = mx.concatenate(rows)
         loss, _ = gspo_loss(logp, mx.array(np.concatenate(olds)), mx.array(np.concatenate(refs)),
                             mx.array(np.concatenate(masks)), mx.array(np.concatenate(advs)),
                             eps_low=tr.cfg.eps_low, eps_high=tr.cfg.eps_high, beta=tr.cfg.beta)
         return loss
-
-    def chunk_full(model, c):
-        from varro.train import token_logprobs
-        prompt = np.array(c.head)[0].tolist() + [int(np.array(c.inputs)[0, 0])]
-        comps = [np.array(c.targets)[i][np.array(c.mask)[i] > 0].tolist() for i in range(c.rows)]
-        seqs = [prompt + x for x in comps]
-        w = max(len(s) for s in seqs) - 1
-        inp = np.zeros((len(seqs), w), dtype=np.int32)
-        tgt = np.zeros((len(seqs), w), dtype=np.int32)
-        for i, s in enumerate(seqs):
-            inp[i, : len(s) - 1], tgt[i, : len(s) - 1] = s[:-1], s[1:]
-        full = token_logprobs(model, mx.array(inp), mx.array(tgt))
-        return full[:, len(prompt) - 1 :]
 
     want_loss, want = nn.value_and_grad(pol.model, whole_loss)(pol.model)
     seen = {}
@@ -234,6 +218,4 @@ def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tm
     assert all(np.array_equal(after[k], v) for k, v in params(pol.model).items())  # swapped back
     from mlx_lm import load
     base, _ = load(str(tiny_model_path))
-    prompt = np.array(c.head)[0].tolist() + [int(np.array(c.inputs)[0, 0])]
-    np.testing.assert_allclose(np.array(c.ref_logp) * np.array(c.mask), full_pass_logprobs(base, c, prompt),
-                               atol=2e-5)
+    np.testing.assert_allclose(np.array(c.ref_logp) * np.array(c.mask), np.array(full_pass(base, c)), atol=2e-5)
