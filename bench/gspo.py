@@ -82,9 +82,9 @@ def run_ours(n_prompts: int) -> dict:
         update_prompts, pass_positions = [], []
         chunk_grads, pass_logprobs = policy.trainer._chunk_grads, policy.trainer._pass_logprobs
 
-        def counted_chunk(c, weight):
+        def counted_chunk(c, *args):
             update_prompts.append(int(c.head.shape[1]))
-            return chunk_grads(c, weight)
+            return chunk_grads(c, *args)
 
         def counted_pass(chunks, passes):
             pass_positions.append(sum(int(p.head.shape[1]) + sum(len(r.completion_tokens) for r in p.source)

@@ -103,3 +103,17 @@ def test_group_advantages_rejects_bad_input():
         group_advantages([1, 2, 3, 4], 3)
     with pytest.raises(ValueError, match="finite"):
         group_advantages([1, float("nan")], 2)
+
+
+def test_padding_values_cannot_reach_the_loss():
+    """Padded positions hold whatever the batch put there (0 for pi_old and the reference, a pad
+    token's log-prob for the policy); exp of a large difference there must not turn the loss into NaN."""
+    logp, old, ref, mask, adv = make_case(seed=3, spread=0.01)
+    padded = [np.pad(a, ((0, 0), (0, 4))) for a in (logp, old, ref, mask)]
+    padded[0][:, -4:] = -200.0  # the policy's log-prob of padding: exp(0 - (-200)) overflows float32
+    got, metrics = gspo_loss(*(mx.array(a, dtype=mx.float32) for a in padded), mx.array(adv, dtype=mx.float32),
+                             beta=0.05)
+    want, kl, _ = np_gspo(logp, old, ref, mask, adv, 3e-4, 4e-4, 0.05)
+    assert np.isfinite(got.item()) and np.isfinite(metrics["kl"].item())
+    np.testing.assert_allclose(got.item(), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(metrics["kl"].item(), kl, rtol=1e-4, atol=1e-7)

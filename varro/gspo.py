@@ -40,7 +40,8 @@ def gspo_loss(
     Returns (loss, metrics) with metrics clip_fraction, ratio_mean, kl, pg_loss.
     """
     mask = mask.astype(logp.dtype)
-    log_ratio = sequence_mean(logp - old_logp, mask)  # (N,)
+    on = mask > 0  # padding may hold anything (0, or the log-prob of a pad token): keep it out of exp
+    log_ratio = sequence_mean(mx.where(on, logp - old_logp, 0.0), mask)  # (N,)
     ratio = mx.exp(log_ratio)  # (N,)
     clipped = mx.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (N,)
     surrogate = mx.minimum(ratio * advantages, clipped * advantages)  # (N,)
@@ -48,7 +49,7 @@ def gspo_loss(
     # The clip binds where the clipped branch is the smaller one and differs.
     is_clipped = ((advantages > 0) & (ratio > 1.0 + eps_high)) | ((advantages < 0) & (ratio < 1.0 - eps_low))
     if ref_logp is not None and beta != 0.0:
-        d = ref_logp - logp  # (N, T)
+        d = mx.where(on, ref_logp - logp, 0.0)  # (N, T)
         kl = sequence_mean(mx.exp(d) - d - 1.0, mask)  # (N,)
         kl_mean = kl.mean()
         loss = pg_loss + beta * kl_mean

@@ -14,9 +14,9 @@ How a day's update runs:
    its keys and values, with the output head and log-softmax taken at
    completion positions only.
 3. pi_old: one float32 pass per prompt over its kept rows, before any update,
-   with the policy that sampled them (the latest checkpoint); the first
-   minibatch's rows skip it, as that step starts from those very weights, and
-   take their own forward (gradient stopped) as pi_old. The reference
+   with the weights at the start of the day's update (the latest checkpoint,
+   which sampled them); the first minibatch's rows skip it, as that step starts
+   from those very weights, and take their own forward (gradient stopped). The reference
    log-probs come from the same weights with the LoRA adapters switched off
    (scale 0), so no second model is held in memory. With full fine-tuning the
    base weights are read back from disk for that pass.
@@ -57,7 +57,8 @@ from .distributed import SOLO, World
 from .rollouts import Rollout
 
 LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
-PASS_ROWS = 8  # rows per no-gradient pass: bounds the (rows, T, vocab) float32 logits held at once
+PASS_LOGITS_BYTES = 256 * 2**20  # a no-gradient pass takes as many rows as keep its float32 logits under this
+SHARED_PREFIX_MODELS = {"qwen3", "qwen2", "llama"}  # full causal attention: PrefixCache's mask is exact
 
 
 class TrainingError(RuntimeError):
@@ -85,10 +86,11 @@ class Chunk:
         """The chunk's rows `size` at a time (all at once when size < 1), each with the same prompt."""
         size = size if size > 0 else self.rows
         for i in range(0, self.rows, size):
-            take = lambda a: None if a is None else a[i : i + size]  # noqa: E731
+            rows = self.source[i : i + size]
+            width = max(len(r.completion_tokens) for r in rows)  # the piece's own longest row
+            take = lambda a: None if a is None else a[i : i + size, :width]  # noqa: E731
             yield Chunk(self.head, take(self.inputs), take(self.targets), take(self.mask),
-                        take(self.advantages), take(self.old_logp), take(self.ref_logp),
-                        self.source[i : i + size])
+                        self.advantages[i : i + size], take(self.old_logp), take(self.ref_logp), rows)
 
 
 @dataclass
@@ -190,6 +192,35 @@ def chunk_logprobs(model: nn.Module, chunk: Chunk) -> mx.array:
     return completion_logprobs(model, prefix_kv(model, chunk.head), chunk.inputs, chunk.targets)
 
 
+def first_trainable_layer(model: nn.Module) -> int:
+    """The index of the first layer whose keys and values depend on a trainable weight (0 when the
+    embedding trains; the number of layers when none does)."""
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if embed is not None and tree_flatten(embed.trainable_parameters()):
+        return 0
+    for i, layer in enumerate(model.layers):
+        if tree_flatten(layer.trainable_parameters()):
+            return i
+    return len(model.layers)
+
+
+class Accumulator:
+    """One step's running sums: the weighted loss, the row-weighted metrics and the gradient."""
+
+    def __init__(self):
+        self.loss = mx.array(0.0)
+        self.metrics: dict[str, mx.array] = {}
+        self.grads = None
+
+    def add(self, loss: mx.array, metrics: dict[str, mx.array], frac: float, grads) -> None:
+        self.loss = self.loss + loss
+        self.metrics = {k: self.metrics.get(k, 0.0) + v * frac for k, v in metrics.items()}
+        self.grads = grads if self.grads is None else tree_map(mx.add, self.grads, grads)
+
+    def state(self) -> list:
+        return [self.loss, self.metrics, self.grads]
+
+
 @contextlib.contextmanager
 def base_weights_from(model: nn.Module, model_id: str) -> Iterator[None]:
     """Full fine-tuning: swap the base weights in from disk for the reference pass."""
@@ -219,6 +250,11 @@ class Trainer:
         loss: LossFn = gspo_loss,
         world: World = SOLO,
     ):
+        model_type = getattr(getattr(model, "args", None), "model_type", None)
+        if model_type not in SHARED_PREFIX_MODELS:
+            raise TrainingError(f"training shares each prompt's keys and values across its completions, which "
+                                f"is exact for {sorted(SHARED_PREFIX_MODELS)} (full causal attention); "
+                                f"{model_type!r} is not one of them")
         self.world = world
         self.model = model
         self.cfg = cfg
@@ -232,8 +268,9 @@ class Trainer:
         self.step = 0
         self.rng = np.random.default_rng(cfg.seed)
 
-    def _chunk_grads(self, c: Chunk, weight: float) -> tuple[mx.array, dict[str, mx.array], dict]:
-        """`weight` times the loss of one chunk, its metrics, and the gradient of the weighted loss.
+    def _chunk_grads(self, c: Chunk, rows_frac: float, share: float, acc: Accumulator) -> None:
+        """Add one chunk's loss, metrics and gradient to `acc`, weighted by `rows_frac` (its share of this
+        rank's rows in the minibatch) and the loss also by `share` (this rank's share of the minibatch).
 
         The prompt runs forward once; the completions are differentiated
         `micro_batch` rows at a time on top of its keys and values (so the peak
@@ -241,39 +278,41 @@ class Trainer:
         weights and for the prompt's keys and values; then one backward pass
         through the prompt (a vjp that recomputes its forward) turns the summed
         key/value gradients into the prompt's share of the weight gradient.
+        The keys and values of layers below the first trainable one depend on
+        no trainable weight, so they stay constants and no backward runs there.
         """
         model = self.model
         params = model.trainable_parameters()
         names, arrays = zip(*tree_flatten(params))
         kv = prefix_kv(model, c.head)
         mx.eval(kv)
-        loss, metrics, grads, kv_grads = mx.array(0.0), {}, None, None
+        cut = 2 * first_trainable_layer(model) if kv else 0
+        fixed, free = kv[:cut], kv[cut:]
+        kv_grads = None
         try:
             for piece in c.pieces(self.cfg.micro_batch):
-                part = piece.rows / c.rows
+                frac = piece.rows / c.rows
 
-                def piece_loss(p, kv, piece=piece, scale=part * weight):
+                def piece_loss(p, free, piece=piece, scale=frac * rows_frac * share):
                     model.update(p)
-                    return self._loss_on(piece, kv, scale)
+                    return self._loss_on(piece, fixed + free, scale)
 
-                (p_loss, p_metrics), (p_grads, p_kv) = mx.value_and_grad(piece_loss, argnums=(0, 1))(params, kv)
-                grads = p_grads if grads is None else tree_map(mx.add, grads, p_grads)
+                (p_loss, p_metrics), (p_grads, p_kv) = mx.value_and_grad(piece_loss, argnums=(0, 1))(params, free)
+                acc.add(p_loss, p_metrics, frac * rows_frac, p_grads)
                 kv_grads = p_kv if kv_grads is None else [a + b for a, b in zip(kv_grads, p_kv)]
-                loss = loss + p_loss
-                metrics = {k: metrics.get(k, 0.0) + v * part for k, v in p_metrics.items()}
-                mx.eval(loss, metrics, grads, kv_grads)
-            if kv:
+                mx.eval(acc.state(), kv_grads)
+            if free:
                 def prompt_kv(*weights):
                     model.update(tree_unflatten(list(zip(names, weights))))
-                    return prefix_kv(model, c.head)
+                    return prefix_kv(model, c.head)[cut:]
 
                 _, prompt_grads = mx.vjp(prompt_kv, list(arrays), kv_grads)
                 flat = iter(prompt_grads)  # tree_map visits the leaves in tree_flatten's order
-                grads = tree_map(lambda g: g + next(flat), grads)
-                mx.eval(grads)
+                acc.grads = tree_map(lambda g: g + next(flat), acc.grads)
+                mx.eval(acc.grads)
         finally:
-            model.update(params)
-        return loss, metrics, grads
+            # the originals: after a failed transform `params` may still hold its tracers
+            model.update(tree_unflatten(list(zip(names, arrays))))
 
     def _loss_on(self, c: Chunk, kv: list[mx.array], weight: float):
         logp = completion_logprobs(self.model, kv, c.inputs, c.targets)
@@ -314,7 +353,9 @@ class Trainer:
         parts = np.array_split(order, min(self.cfg.minibatches, len(kept) // w.size))
         batches = []
         for part in parts:
-            mine = part[w.rank :: w.size]  # the same global minibatches as alone, split over the ranks
+            # the same global minibatches as alone, each cut into contiguous runs per rank, so a
+            # prompt's rows mostly stay on one rank and its prompt runs there alone
+            mine = np.array_split(part, w.size)[w.rank]
             rows = [kept[i] for i in mine]
             batches.append(Minibatch(
                 chunks=make_chunks(rows, self.pad_id),
@@ -343,9 +384,11 @@ class Trainer:
         """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows
         grouped by prompt), without gradients: one (n, T) array per chunk."""
         by_row = {}
+        vocab = self.model.args.vocab_size
         for p in passes:
             kv = prefix_kv(self.model, p.head)
-            for piece in p.pieces(PASS_ROWS):
+            rows = max(1, PASS_LOGITS_BYTES // (4 * vocab * int(p.inputs.shape[1])))
+            for piece in p.pieces(rows):
                 logp = mx.stop_gradient(completion_logprobs(self.model, kv, piece.inputs, piece.targets))
                 mx.eval(logp)
                 for i, r in enumerate(piece.source):
@@ -378,14 +421,10 @@ class Trainer:
     def _update(self, mb: Minibatch, k: int) -> dict:
         mx.reset_peak_memory()
         tic = time.perf_counter()
-        loss, metrics, grads = mx.array(0.0), {}, None
-        for c in mb.chunks:  # one prompt at a time: the sum of the chunks' weighted gradients
-            part = c.rows / mb.rows
-            c_loss, c_metrics, c_grads = self._chunk_grads(c, part * mb.share)
-            grads = c_grads if grads is None else tree_map(mx.add, grads, c_grads)
-            loss = loss + c_loss
-            metrics = {k: metrics.get(k, 0.0) + v * part for k, v in c_metrics.items()}
-            mx.eval(loss, metrics, grads)
+        acc = Accumulator()
+        for c in mb.chunks:  # one prompt at a time, into one running sum of the weighted gradients
+            self._chunk_grads(c, c.rows / mb.rows, mb.share, acc)
+        loss, metrics, grads = acc.loss, acc.metrics, acc.grads
         if self.world.distributed:
             from mlx.nn.utils import average_gradients
 
