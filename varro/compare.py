@@ -131,17 +131,23 @@ def default_prompts(db: sqlite_utils.Database, app: str, n: int, scorable: Calla
     raise CompareError(f"no {app} day with prompts that can be scored yet")
 
 
+def side_by_side(c: Comparison):
+    """Each prompt with its samples paired: (prompt, [(reward before, text before, reward after, text after)])."""
+    for i, p in enumerate(c.prompts):
+        yield p, [(c.before.rewards[i, k], tb, c.after.rewards[i, k], ta)
+                  for k, (tb, ta) in enumerate(zip(c.before.texts[i], c.after.texts[i]))]
+
+
 def format_comparison(c: Comparison, width: int = 60) -> str:
     def short(t: str) -> str:
         t = " ".join(t.split())
         return t if len(t) <= width else t[: width - 1] + "…"
 
     lines = []
-    for i, p in enumerate(c.prompts):
+    for p, samples in side_by_side(c):
         lines.append(f"== {p['id']}  {short(p['text'].splitlines()[0])}")
-        for k, (tb, ta) in enumerate(zip(c.before.texts[i], c.after.texts[i])):
-            lines.append(f"  {c.before.rewards[i, k]:+.3f} {short(tb):<{width}} | "
-                         f"{c.after.rewards[i, k]:+.3f} {short(ta)}")
+        for rb, tb, ra, ta in samples:
+            lines.append(f"  {rb:+.3f} {short(tb):<{width}} | {ra:+.3f} {short(ta)}")
     lines.append("")
     lines.append(f"mean reward {c.before.label}: {c.before.rewards.mean():.3f}   "
                  f"{c.after.label}: {c.after.rewards.mean():.3f}")
@@ -153,11 +159,10 @@ def format_comparison(c: Comparison, width: int = 60) -> str:
 def write_html(c: Comparison, path: Path) -> Path:
     esc = html.escape
     rows = []
-    for i, p in enumerate(c.prompts):
+    for p, samples in side_by_side(c):
         rows.append(f"<tr><th colspan=4>{esc(p['text'])}</th></tr>")
-        for k, (tb, ta) in enumerate(zip(c.before.texts[i], c.after.texts[i])):
-            rows.append(f"<tr><td>{c.before.rewards[i, k]:+.3f}</td><td>{esc(tb)}</td>"
-                        f"<td>{c.after.rewards[i, k]:+.3f}</td><td>{esc(ta)}</td></tr>")
+        for rb, tb, ra, ta in samples:
+            rows.append(f"<tr><td>{rb:+.3f}</td><td>{esc(tb)}</td><td>{ra:+.3f}</td><td>{esc(ta)}</td></tr>")
     page = f"""<!doctype html><meta charset="utf-8"><title>compare {esc(c.before.label)} vs {esc(c.after.label)}</title>
 <style>body{{font-family:sans-serif}} td,th{{border:1px solid #ccc;padding:4px;vertical-align:top;text-align:left}}
 th{{background:#f4f4f4}} table{{border-collapse:collapse}}</style>

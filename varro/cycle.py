@@ -22,7 +22,6 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import sqlite_utils
 
 from . import checkpoints
@@ -31,11 +30,11 @@ from .config import Config
 from .embed import Embedder
 from .forecast import build_prompt, score_forecast
 from .headlines import headlines_for_day, load_sample_day
-from .policy import Policy
 from .rollouts import score_pending
 from .distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
 from .faults import failpoint
 from .guards import guarded_training
+from .metrics import day_metrics as shared_day_metrics, mean_or_none
 from .progress import NULL_PROGRESS, Progress
 
 APP = "varro"
@@ -209,10 +208,6 @@ def step(
     return res
 
 
-def _mean(xs: list[float]) -> float | None:
-    return float(np.mean(xs)) if xs else None
-
-
 def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
     """The metrics of the forecasts made on `day` (scored with the next day's headlines).
 
@@ -220,28 +215,15 @@ def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
     leak; words: mean length; eval_reward: mean reward of held-out prompts.
     KL and clip fraction come from the updates that trained on these forecasts.
     """
-    rows = list(db.query(
-        "select r.reward, r.components_json, p.split from rollouts r join prompts p on p.id = r.prompt_id "
-        "where p.app = ? and r.run = ? and r.day = ? and r.reward is not null", [APP, run, day]))
-    comps = [json.loads(r["components_json"]) for r in rows]
-    train = [r["reward"] for r in rows if r["split"] == "train"]
-    steps = list(db.query("select kl, clip_fraction from steps where run = ? and day = ? and skipped = 0",
-                          [run, (date.fromisoformat(day) + timedelta(days=1)).isoformat()]))
-    return {
-        "day": day,
-        "scored": len(rows),
-        "reward_mean": _mean(train),
-        "reward_std": float(np.std(train)) if train else None,
-        "eval_reward": _mean([r["reward"] for r in rows if r["split"] == "eval"]),
-        "semantic": _mean([c["semantic"] for c in comps]),
-        "quality": _mean([c["format"] for c in comps]),
-        "zeros": _mean([float(c["format"] == 0.0) for c in comps]),
-        "leak": _mean([float(c["leak"] > 0) for c in comps]),
-        "echo": _mean([c["echo"] for c in comps]),
-        "words": _mean([c["words"] for c in comps]),
-        "kl": _mean([s["kl"] for s in steps]),
-        "clip_fraction": _mean([s["clip_fraction"] for s in steps]),
-    }
+    return shared_day_metrics(db, APP, run, day, (date.fromisoformat(day) + timedelta(days=1)).isoformat(),
+                              lambda comps: {
+                                  "semantic": mean_or_none([c["semantic"] for c in comps]),
+                                  "quality": mean_or_none([c["format"] for c in comps]),
+                                  "zeros": mean_or_none([float(c["format"] == 0.0) for c in comps]),
+                                  "leak": mean_or_none([float(c["leak"] > 0) for c in comps]),
+                                  "echo": mean_or_none([c["echo"] for c in comps]),
+                                  "words": mean_or_none([c["words"] for c in comps]),
+                              })
 
 
 VARRO_COLUMNS = ["day", "scored", "reward_mean", "reward_std", "eval_reward", "semantic", "quality", "zeros",

@@ -25,6 +25,7 @@ import sqlite_utils
 
 from walter.reward import HASHTAG_RE
 
+from .metrics import mean_or_none
 from .rewards import ngrams, repeated_ngram_rate, words
 
 # Any emoji, over the same code-point ranges as walter.reward's emoji-run penalty.
@@ -69,10 +70,6 @@ def app_spec(app: str) -> AppSpec:
     raise ReportError(f"unknown application {app!r}; known: varro, walter")
 
 
-def _mean(xs: list[float]) -> float | None:
-    return float(np.mean(xs)) if xs else None
-
-
 def distinct_2(completions: list[str]) -> float | None:
     """Distinct word 2-grams / all word 2-grams over a group's completions (None without any 2-gram)."""
     grams = [g for text in completions for g in ngrams([w.lower() for w in words(text)], 2)]
@@ -92,12 +89,12 @@ def day_monitors(rows: list[dict[str, Any]], echo_component: str) -> dict[str, f
         groups.setdefault(r["prompt_id"], []).append(t)
     per_group = [d for d in (distinct_2(g) for g in groups.values()) if d is not None]
     return {
-        "len_words": _mean([float(len(words(t))) for t in texts]),
-        "repeat3gram": _mean([repeated_ngram_rate(t, 3) for t in texts]),
-        "hashtags": _mean([float(bool(HASHTAG_RE.search(t))) for t in texts]),
-        "emoji": _mean([float(bool(EMOJI_RE.search(t))) for t in texts]),
-        "instr_echo": _mean([float(c.get(echo_component, 0.0) > 0) for c in scored]),
-        "distinct_2": _mean(per_group),
+        "len_words": mean_or_none([float(len(words(t))) for t in texts]),
+        "repeat3gram": mean_or_none([repeated_ngram_rate(t, 3) for t in texts]),
+        "hashtags": mean_or_none([float(bool(HASHTAG_RE.search(t))) for t in texts]),
+        "emoji": mean_or_none([float(bool(EMOJI_RE.search(t))) for t in texts]),
+        "instr_echo": mean_or_none([float(c.get(echo_component, 0.0) > 0) for c in scored]),
+        "distinct_2": mean_or_none(per_group),
     }
 
 

@@ -34,6 +34,7 @@ from varro.embed import Embedder
 from varro.policy import Policy
 from varro.rollouts import score_pending
 from varro.guards import guarded_training
+from varro.metrics import day_metrics as shared_day_metrics, mean_or_none
 from varro.progress import NULL_PROGRESS, Progress
 
 from .curriculum import pick_articles
@@ -207,29 +208,11 @@ def step(
     return res
 
 
-def _mean(xs: list[float]) -> float | None:
-    return float(np.mean(xs)) if xs else None
-
-
 def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
     """Reward mean/std (train), eval reward, hashtag rate, copy rate, mean length, KL and clip fraction."""
-    rows = list(db.query(
-        "select r.reward, r.components_json, p.split from rollouts r join prompts p on p.id = r.prompt_id "
-        "where p.app = ? and r.run = ? and r.day = ? and r.reward is not null", [APP, run, day]))
-    comps = [json.loads(r["components_json"]) for r in rows]
-    train = [r["reward"] for r in rows if r["split"] == "train"]
-    steps = list(db.query("select kl, clip_fraction from steps where run = ? and day = ? and skipped = 0",
-                          [run, day]))
-    return {
-        "day": day,
-        "scored": len(rows),
-        "reward_mean": _mean(train),
-        "reward_std": float(np.std(train)) if train else None,
-        "eval_reward": _mean([r["reward"] for r in rows if r["split"] == "eval"]),
-        "transfer": _mean([c["transfer"] for c in comps]),
-        "hashtag_rate": _mean([float(c["hashtags"] > 0) for c in comps]),
-        "copy_rate": _mean([c["copy"] for c in comps]),
-        "graphemes": _mean([c["graphemes"] for c in comps]),
-        "kl": _mean([s["kl"] for s in steps]),
-        "clip_fraction": _mean([s["clip_fraction"] for s in steps]),
-    }
+    return shared_day_metrics(db, APP, run, day, day, lambda comps: {
+        "transfer": mean_or_none([c["transfer"] for c in comps]),
+        "hashtag_rate": mean_or_none([float(c["hashtags"] > 0) for c in comps]),
+        "copy_rate": mean_or_none([c["copy"] for c in comps]),
+        "graphemes": mean_or_none([c["graphemes"] for c in comps]),
+    })
