@@ -1,4 +1,6 @@
-"""Before/after comparison: same prompts, same seed, same reward; a paired bootstrap CI."""
+"""Before/after and the learning curve on the held-out panel: same prompts, same seeds, same reward."""
+
+import json
 
 import numpy as np
 import pytest
@@ -6,10 +8,21 @@ from click.testing import CliRunner
 
 from helpers import tiny_config
 from varro import db as dbm
-from varro.compare import CompareError, bootstrap_ci, compare, default_prompts
+from varro.compare import CompareError, bootstrap_ci, compare, held_out_prompts
 from varro.config import db_path, run_dir
 from varro.cycle import score_texts, step
 from varro.embed import HashEmbedder
+from varro.panel import ensure_scores, evaluate, panel_prompts, read_scores
+
+DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
+
+
+def scorable(db):
+    from datetime import date, timedelta
+
+    from varro.headlines import headlines_for_day
+
+    return lambda p: bool(headlines_for_day(db, (date.fromisoformat(p["day"]) + timedelta(days=1)).isoformat()))
 
 
 @pytest.fixture
@@ -17,9 +30,10 @@ def trained(tiny_model_path, varro_home):
     db = dbm.open_db(db_path())
     cfg = tiny_config(tiny_model_path, learning_rate=2e-2)
     cfg.sampling.max_tokens = 12
-    cfg.varro.prompts_per_day = 4
+    cfg.varro.prompts_per_day = 8
     cfg.varro.eval_every = 4
-    for d in ["2026-11-02", "2026-11-03", "2026-11-04"]:
+    cfg.eval.panel_samples = 2
+    for d in DAYS:
         step(db, cfg, "r", run_dir("r"), d, HashEmbedder())
     return db, cfg
 
@@ -36,10 +50,44 @@ def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_agreement():
     assert bootstrap_ci(np.zeros((5, 3)), seed=0) == (0.0, 0.0)
 
 
+def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
+    """Regression: compare used to top the eval prompts up with the latest day's training prompts,
+    which the latest checkpoint had just been trained on."""
+    db, cfg = trained
+    prompts, note = held_out_prompts(db, "varro", run_dir("r"), 50, scorable(db), cfg)
+    assert prompts and all(p["split"] == "eval" for p in prompts)
+    assert "only" in note and "no training prompt" in note
+    trained_stories = {json.loads(p["source_json"])["story_id"]
+                       for p in db.query("select * from prompts where app = 'varro' and split = 'train'")}
+    stories = [json.loads(p["source_json"])["story_id"] for p in prompts]
+    assert len(set(stories)) == len(stories)  # one prompt per story
+    assert not set(stories) & trained_stories
+    assert all(p["day"] < DAYS[-1] for p in prompts)  # its targets (the next day's headlines) exist
+
+
+def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
+    db, cfg = trained
+    from varro.cycle import headline_stories, story_split
+    from varro.headlines import headlines_for_day
+
+    day, nxt = DAYS[0], DAYS[1]
+    stories = headline_stories(db, nxt, HashEmbedder(), cfg)
+    heads = headlines_for_day(db, nxt)
+    held = [h["title"] for h in heads if story_split(stories[h["id"]], cfg) == "eval"]
+    kept = [h["title"] for h in heads if story_split(stories[h["id"]], cfg) == "train"]
+    assert held and kept
+    train_prompt = next(db.query("select * from prompts where app = 'varro' and day = ? and split = 'train'", [day]))
+    eval_prompt = next(db.query("select * from prompts where app = 'varro' and day = ? and split = 'eval'", [day]))
+    # a forecast that is word for word a headline of tomorrow matches it with cosine 1, if it is a target
+    on_held = score_texts(db, train_prompt, held[:1], HashEmbedder(), cfg)[0]["semantic"]
+    on_kept = score_texts(db, train_prompt, kept[:1], HashEmbedder(), cfg)[0]["semantic"]
+    assert on_kept == pytest.approx(1.0, abs=1e-5) and on_held < 0.9
+    assert score_texts(db, eval_prompt, held[:1], HashEmbedder(), cfg)[0]["semantic"] == pytest.approx(1.0, abs=1e-5)
+
+
 def test_same_checkpoint_on_both_sides_gives_identical_samples(trained):
     db, cfg = trained
-    prompts = default_prompts(db, "varro", 3, lambda d: d < "2026-11-04")
-    assert prompts[0]["split"] == "eval" and prompts[0]["day"] == "2026-11-03"
+    prompts, _ = held_out_prompts(db, "varro", run_dir("r"), 3, scorable(db), cfg)
     c = compare(db, run_dir("r"), prompts, "2026-11-03", "2026-11-03", score_texts, HashEmbedder(), cfg,
                 samples=2, seed=5)
     assert c.before.texts == c.after.texts
@@ -48,7 +96,7 @@ def test_same_checkpoint_on_both_sides_gives_identical_samples(trained):
 
 def test_base_and_trained_differ_and_rewards_match_the_scorer(trained):
     db, cfg = trained
-    prompts = default_prompts(db, "varro", 3, lambda d: d < "2026-11-04")
+    prompts, _ = held_out_prompts(db, "varro", run_dir("r"), 3, scorable(db), cfg)
     c = compare(db, run_dir("r"), prompts, "base", "latest", score_texts, HashEmbedder(), cfg, samples=2, seed=5)
     assert c.after.label == "2026-11-04"
     assert c.before.texts != c.after.texts
@@ -60,14 +108,57 @@ def test_base_and_trained_differ_and_rewards_match_the_scorer(trained):
         compare(db, run_dir("r"), prompts, "base", "2026-12-01", score_texts, HashEmbedder(), cfg)
 
 
-def test_compare_cli_prints_and_writes_html(trained, tmp_path):
+def test_panel_scores_the_same_prompts_for_every_checkpoint_once(trained):
+    db, cfg = trained
+    prompts, points = evaluate(db, "varro", run_dir("r"), score_texts, HashEmbedder(), cfg, scorable(db))
+    assert [p.label for p in points] == ["base", *DAYS]
+    assert all(p.prompts == len(prompts) for p in points)
+    rows = db.execute("select checkpoint, group_concat(prompt_id) from (select distinct checkpoint, prompt_id "
+                      "from panel_scores where run = 'r' order by prompt_id) group by checkpoint").fetchall()
+    assert len(rows) == 4 and len({r[1] for r in rows}) == 1  # every checkpoint: the same prompts
+    assert points[0].diff == 0.0
+    count = db.execute("select count(*) from panel_scores").fetchone()[0]
+    assert count == 4 * len(prompts) * cfg.eval.panel_samples
+    # a re-run computes nothing: no cell is missing
+    assert ensure_scores(db, run_dir("r"), "2026-11-03", prompts, score_texts, HashEmbedder(), cfg,
+                         cfg.eval.panel_samples, cfg.eval.panel_seed) == 0
+    again_prompts, again = evaluate(db, "varro", run_dir("r"), score_texts, HashEmbedder(), cfg, scorable(db))
+    assert again_prompts == prompts and [p.mean for p in again] == [p.mean for p in points]
+    # the same seeds: a recomputed checkpoint draws exactly the same completions
+    before = read_scores(db, "r", "base", prompts, cfg.eval.panel_samples, cfg.eval.panel_seed)
+    db.execute("delete from panel_scores where checkpoint = 'base'")
+    ensure_scores(db, run_dir("r"), "base", prompts[::-1], score_texts, HashEmbedder(), cfg,
+                  cfg.eval.panel_samples, cfg.eval.panel_seed)
+    assert read_scores(db, "r", "base", prompts, cfg.eval.panel_samples, cfg.eval.panel_seed).texts == before.texts
+
+
+def test_the_panel_is_fixed_once_chosen(trained):
+    db, cfg = trained
+    first = panel_prompts(db, "varro", "r", 2, scorable(db))
+    assert panel_prompts(db, "varro", "r", 2, lambda p: True) == first
+    grown = panel_prompts(db, "varro", "r", 50, scorable(db))
+    assert grown[:2] == first  # topped up, never reordered
+
+
+def test_compare_and_eval_cli(trained, tmp_path):
     from varro.cli import cli
 
     out = CliRunner().invoke(cli, ["compare", "--run", "r", "--n", "2", "--samples", "2", "--embedder", "hash",
                                    "--html", str(tmp_path / "c.html")])
     assert out.exit_code == 0, out.output
     assert "95% bootstrap CI" in out.output and "mean reward base" in out.output
+    assert "held-out prompts" in out.output and "scored against headlines of 2026-11-0" in out.output
     page = (tmp_path / "c.html").read_text()
     assert page.startswith("<!doctype html>") and "bootstrap CI" in page
+    js = CliRunner().invoke(cli, ["compare", "--run", "r", "--n", "2", "--samples", "2", "--embedder", "hash",
+                                  "--json"])
+    assert js.exit_code == 0, js.output
+    data = json.loads(js.output)
+    assert all(p["split"] == "eval" and p["day"] and len(p["before"]) == 2 and len(p["after"]) == 2
+               for p in data["prompts"])
+    assert data["prompts"][0]["targets"].startswith("headlines of 2026-11-0")
+    ev = CliRunner().invoke(cli, ["eval", "--run", "r", "--embedder", "hash"])
+    assert ev.exit_code == 0, ev.output
+    assert "held-out prompts" in ev.output and "2026-11-04" in ev.output and "base" in ev.output
     bad = CliRunner().invoke(cli, ["compare", "--run", "nope", "--embedder", "hash"])
     assert bad.exit_code == 1 and "no checkpoint" in bad.output

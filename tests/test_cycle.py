@@ -52,7 +52,18 @@ def test_prompts_are_diverse_stable_and_hold_out_eval(tmp_path, minilm):
     sims = vecs @ vecs.T - np.eye(len(titles)) * 2
     assert sims.max() < 0.8
     assert len(prompts) < 40  # the sample carries the same story from two outlets on every day
-    assert sum(p["split"] == "eval" for p in prompts) == len(prompts) // 8
+    # split by story: a prompt is held out exactly when its story is, and no story is on both sides
+    from varro.stories import is_held_out
+
+    stories = {p["id"]: json.loads(p["source_json"])["story_id"] for p in prompts}
+    assert all((p["split"] == "eval") == is_held_out(stories[p["id"]], 8) for p in prompts)
+    sides: dict[str, set] = {}
+    for p in prompts:
+        sides.setdefault(stories[p["id"]], set()).add(p["split"])
+    assert all(len(s) == 1 for s in sides.values())
+    assert 0 < sum(p["split"] == "eval" for p in prompts) < len(prompts)
+    stored = {r["item_id"]: r["story_id"] for r in db.query("select * from stories where app = 'varro'")}
+    assert len(stored) == 40 and len(set(stored.values())) < 40  # the same story from two outlets is linked
     assert choose_prompts(db, day, minilm, cfg) == prompts
 
 

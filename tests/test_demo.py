@@ -35,9 +35,10 @@ def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
 def test_full_demo_writes_reports_and_a_compare(varro_home):
     runner = CliRunner()
     out = runner.invoke(cli, ["demo", "--days", "2", "--cold", "--embedder", "hash", "--max-tokens", "8",
-                              "--prompts-per-day", "4"])
+                              "--prompts-per-day", "6", "--eval-every", "2"])
     assert out.exit_code == 0, out.output
-    for line in ["== Walter", "95% bootstrap CI", "report (Varro):", "report (Walter):", "compare:"]:
+    for line in ["== Walter", "== Learning curves on the held-out panels", "varro: ", "held-out prompts made on",
+                 "95% bootstrap CI", "report (Varro):", "report (Walter):", "compare:"]:
         assert line in out.output
     for path in [run_dir("demo") / "report.html", run_dir("walter-demo") / "report.html",
                  run_dir("demo") / "compare.html"]:

@@ -7,18 +7,21 @@ import pytest
 from varro.gspo import group_advantages, gspo_loss, informative_groups
 
 
-def np_gspo(logp, old, ref, mask, adv, eps_low, eps_high, beta):
-    """The paper's objective written out directly, row by row."""
-    losses, kls, clipped = [], [], []
+def np_gspo(logp, old, ref, mask, adv, eps_low, eps_high, beta, sampler=None, cap=0.0):
+    """The objective written out directly, row by row: the paper's clipped sequence ratio, an optional
+    truncated importance weight for the sampler, and the k2 leash; returns (loss, k3 KL, clip share)."""
+    losses, kls, k2s, clipped = [], [], [], []
     for i in range(logp.shape[0]):
         m = mask[i] > 0
         s = np.exp(np.mean(logp[i, m] - old[i, m]))
         c = min(max(s, 1 - eps_low), 1 + eps_high)
-        losses.append(-min(s * adv[i], c * adv[i]))
+        w = min(np.exp(np.mean(old[i, m] - sampler[i, m])), cap) if cap > 0 else 1.0
+        losses.append(-w * min(s * adv[i], c * adv[i]))
         d = ref[i, m] - logp[i, m]
         kls.append(np.mean(np.exp(d) - d - 1))
+        k2s.append(np.mean(0.5 * d * d))
         clipped.append((adv[i] > 0 and s > 1 + eps_high) or (adv[i] < 0 and s < 1 - eps_low))
-    return np.mean(losses) + beta * np.mean(kls), np.mean(kls), np.mean(clipped)
+    return np.mean(losses) + beta * np.mean(k2s), np.mean(kls), np.mean(clipped)
 
 
 def make_case(seed, spread):
@@ -41,7 +44,7 @@ def test_loss_value_matches_numpy(spread, beta):
                               eps_low=3e-4, eps_high=4e-4, beta=beta)
     want, want_kl, want_clip = np_gspo(logp, old, ref, mask, adv, 3e-4, 4e-4, beta)
     assert loss.item() == pytest.approx(want, rel=1e-4, abs=1e-6)
-    assert metrics["kl"].item() == pytest.approx(want_kl if beta else 0.0, rel=1e-4, abs=1e-7)
+    assert metrics["kl"].item() == pytest.approx(want_kl, rel=1e-4, abs=1e-7)  # measured at beta 0 too
     assert metrics["clip_fraction"].item() == pytest.approx(want_clip)
 
 
@@ -117,3 +120,62 @@ def test_padding_values_cannot_reach_the_loss():
     assert np.isfinite(got.item()) and np.isfinite(metrics["kl"].item())
     np.testing.assert_allclose(got.item(), want, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(metrics["kl"].item(), kl, rtol=1e-4, atol=1e-7)
+
+
+def test_truncated_importance_weight_matches_numpy():
+    logp, old, ref, mask, adv = make_case(4, 0.01)
+    sampler = old + np.abs(np.random.default_rng(5).normal(0.05, 0.03, old.shape))  # q >= pi_old: truncation
+    arrays = [mx.array(a, dtype=mx.float32) for a in (logp, old, ref, mask, adv)]
+    for cap in (0.0, 2.0, 0.96):
+        loss, metrics = gspo_loss(*arrays, beta=0.05, sampler_logp=mx.array(sampler, dtype=mx.float32), is_cap=cap)
+        want, _, _ = np_gspo(logp, old, ref, mask, adv, 3e-4, 4e-4, 0.05, sampler, cap)
+        assert loss.item() == pytest.approx(want, rel=1e-4, abs=1e-6)
+    gap = np.mean([np.mean((sampler - old)[i, mask[i] > 0]) for i in range(len(adv))])
+    assert metrics["sampler_gap"].item() == pytest.approx(gap, rel=1e-4)
+
+
+def test_the_leash_follows_the_reverse_kl_that_is_logged():
+    """Over the exact on-policy expectation (every token weighted by pi, as sampling from pi weights it),
+    the leash's gradient is the gradient of KL(pi || ref), the divergence `kl` estimates, and not that
+    of KL(ref || pi), which differentiating k3 would follow."""
+    rng = np.random.default_rng(0)
+    v = 7
+    theta = mx.array(rng.normal(0, 1, v), dtype=mx.float32)
+    ref = mx.array(rng.normal(0, 1, v), dtype=mx.float32)
+    ref = ref - mx.logsumexp(ref)
+    tokens = mx.arange(v)[None, :]  # (1, V): every token is "sampled" once, weighted by pi below
+
+    def expected_leash(t):
+        logp = (t - mx.logsumexp(t))[None, :]  # (1, V)
+        weight = mx.stop_gradient(mx.exp(logp))  # the sampling distribution carries no gradient
+        d = ref[None, :] - logp
+        return (weight * 0.5 * d * d).sum()
+
+    def reverse_kl(t):
+        logp = t - mx.logsumexp(t)
+        return (mx.exp(logp) * (logp - ref)).sum()
+
+    def forward_kl(t):
+        logp = t - mx.logsumexp(t)
+        return (mx.exp(ref) * (ref - logp)).sum()
+
+    got = np.array(mx.grad(expected_leash)(theta))
+    np.testing.assert_allclose(got, np.array(mx.grad(reverse_kl)(theta)), rtol=1e-4, atol=1e-6)
+    assert np.abs(got - np.array(mx.grad(forward_kl)(theta))).max() > 1e-2
+    # the leash inside gspo_loss is that same per-token term
+    logp = (theta - mx.logsumexp(theta))[None, :]
+    _, m = gspo_loss(logp, logp, ref[None, :], mx.ones((1, v)), mx.zeros((1,)), beta=1.0)
+    d = np.array(ref - logp[0])
+    assert m["kl_penalty"].item() == pytest.approx(np.mean(0.5 * d * d), rel=1e-5)
+    assert m["kl"].item() == pytest.approx(np.mean(np.exp(d) - d - 1), rel=1e-5)
+
+
+def test_near_flat_groups_get_no_advantage():
+    """Regression: rewards [0.5]*7 + [0.5 + 1e-5] gave advantages -0.378 and +2.646 (std floor 1e-6)."""
+    r = [0.5] * 7 + [0.5 + 1e-5] + [0.1, 0.9, 0.5, 0.5, 0.2, 0.8, 0.4, 0.6]
+    adv = group_advantages(r, 8)
+    assert np.all(adv[:8] == 0)
+    assert informative_groups(r, 8).tolist() == [False, True]
+    assert group_advantages(r, 8, tol=0.0)[7] == pytest.approx(2.6458, abs=1e-3)  # what the old floor did
+    g = np.array(r[8:])
+    np.testing.assert_allclose(adv[8:], (g - g.mean()) / g.std())

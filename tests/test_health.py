@@ -54,6 +54,7 @@ def test_kl_guard_discards_the_day_and_keeps_the_previous_weights(tiny_model_pat
 def test_eval_guard_skips_training_after_a_drop(tiny_model_path, tmp_path):
     db = dbm.open_db(tmp_path / "v.db")
     cfg = cfg_for(tiny_model_path)
+    cfg.varro.prompts_per_day, cfg.varro.eval_every = 8, 4  # both days get eval and training prompts
     run = tmp_path / "runs" / "r"
     for d in ["2026-11-02", "2026-11-03"]:
         step(db, cfg, "r", run, d, HashEmbedder())

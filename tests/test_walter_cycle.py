@@ -40,7 +40,7 @@ def test_sample_goes_through_the_real_ingest(sample_db):
 def test_baseline_weights_favour_posts_that_beat_their_authors_usual(sample_db):
     from varro.config import Config
     from walter.cycle import count_weights
-    from walter.ingest import author_baseline
+    from walter.ingest import baseline_stats
     from walter.reward import engagement
 
     cfg = Config()
@@ -50,11 +50,11 @@ def test_baseline_weights_favour_posts_that_beat_their_authors_usual(sample_db):
         assert np.all((h.weights >= 0) & (h.weights <= 1))
         likes = []
         for uri, w in zip(h.uris, h.weights):
-            row = sample_db.execute("select author_did, like_count, repost_count, reply_count, quote_count "
-                                    "from bsky_posts where uri = ?", [uri]).fetchone()
-            e = engagement(*row[1:], cfg.walter)
-            b = author_baseline(sample_db, row[0], uri, count_weights(cfg))
-            assert (w == 0.0) == (e <= b)  # at or below the author's usual: weight 0
+            row = sample_db.execute("select author_did, like_count, repost_count, reply_count, quote_count, "
+                                    "counts_age_hours from bsky_posts where uri = ?", [uri]).fetchone()
+            e = engagement(*row[1:5], cfg.walter)
+            b = baseline_stats(sample_db, row[0], uri, count_weights(cfg), row[5], cfg.walter.engagement_half_life_hours)
+            assert (w == 0.0) == (e <= b.usual)  # at or below the author's usual: weight 0
             likes.append(row[1])
         if not likes:
             continue  # the last day's posts have no final counts yet
@@ -79,9 +79,14 @@ def test_full_walter_cycle_over_the_sample(tiny_model_path, tmp_path):
     assert results[0].sampled == 0 and "empty day" in results[0].notes[0]
     assert all(r.sampled == 4 * 8 and r.steps > 0 for r in results[1:])
     prompts = list(db.query("select * from prompts where app = 'walter'"))
-    for p in prompts:
-        url = json.loads(p["source_json"])["url_norm"]
-        assert (p["split"] == "eval") == is_eval_article(url, 4)
+    stories = {r["item_id"]: r["story_id"] for r in db.query("select * from stories where app = 'walter'")}
+    sides: dict[str, set] = {}
+    for p in prompts:  # split by story: an article is held out exactly when its story is
+        src = json.loads(p["source_json"])
+        assert src["story_id"] == stories[src["url_norm"]]
+        assert (p["split"] == "eval") == is_eval_article(src["story_id"], 4)
+        sides.setdefault(src["story_id"], set()).add(p["split"])
+    assert all(len(s) == 1 for s in sides.values())
     assert any(p["split"] == "eval" for p in prompts)
     chosen = db.execute("select count(*) from curriculum where chosen = 1").fetchone()[0]
     assert chosen == sum(p["split"] == "train" for p in prompts)

@@ -8,6 +8,7 @@ import click
 
 from .checkpoints import CheckpointError
 from .compare import CompareError
+from .panel import PanelError
 from .cli_inspect import register as register_inspect
 from .cli_options import config_options, resolve_config
 from .config import ConfigError
@@ -20,7 +21,7 @@ from .train import TrainingError
 
 # Errors the library raises on purpose; the CLI prints them as one line and exits 1.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MigrationError, ModelLoadError, TrainingError, FileNotFoundError,
-                   IngestError, EmbedderError, ScheduleError, CompareError)
+                   IngestError, EmbedderError, ScheduleError, CompareError, PanelError)
 
 
 class VarroGroup(click.Group):
@@ -337,57 +338,123 @@ def cron_command(app: str):
 cli.add_command(cron_command("varro"))
 
 
-def compare_command(app: str):
-    @click.command("compare", help=f"""Compare two checkpoints of a {app} run on the same prompts with the
-        same seed and the same reward.
+def app_scoring(app: str, db):
+    """(score_texts, scorable(prompt), targets(prompt)) of an app: how its texts are scored and by what."""
+    from datetime import date, timedelta
 
-        Prints the completions side by side with their rewards, and the mean
-        reward difference with a 95% bootstrap confidence interval over prompts.
+    from .headlines import headlines_for_day
+
+    if app == "varro":
+        from .cycle import score_texts
+
+        def next_day(p):
+            return (date.fromisoformat(p["day"]) + timedelta(days=1)).isoformat()
+
+        return (score_texts, lambda p: bool(headlines_for_day(db, next_day(p))),
+                lambda p: f"headlines of {next_day(p)}")
+    from walter.cycle import score_texts
+
+    return score_texts, lambda p: True, lambda p: "the article's stored posts with final counts"
+
+
+def compare_command(app: str):
+    @click.command("compare", help=f"""Compare two checkpoints of a {app} run on its held-out panel with
+        the same seeds and the same reward.
+
+        The prompts are the run's evaluation panel (held-out stories that no
+        update has seen; never training prompts): fewer than --n when fewer can
+        be scored, said plainly. Prints the completions side by side with their
+        rewards, which days' data score them, and the mean reward difference
+        with a 95% bootstrap confidence interval over prompts. --json prints
+        every prompt's id, day, split and both sides' samples and rewards.
 
         Example: {app} compare --before base --after latest --html compare.html
         """)
     @click.option("--before", default="base", show_default=True, help="'base' or a checkpoint day")
     @click.option("--after", default="latest", show_default=True, help="'latest' or a checkpoint day")
-    @click.option("--n", "n", default=8, show_default=True, help="prompts: the eval ones first, topped up to N")
-    @click.option("--samples", default=4, show_default=True, help="completions per prompt and side")
-    @click.option("--seed", default=0, show_default=True, help="sampling seed, the same for both sides")
+    @click.option("--n", "n", default=8, show_default=True, help="the first N prompts of the run's panel")
+    @click.option("--samples", default=None, type=int, help="completions per prompt and side [default: panel_samples]")
+    @click.option("--seed", default=None, type=int, help="sampling seed, the same for both sides [default: panel_seed]")
     @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False), help="also write HTML")
+    @click.option("--json", "as_json", is_flag=True, help="print JSON instead of the side-by-side text")
     @RUN_OPTION
     @HOME_OPTION
     @click.option("--embedder", default=None, help="override the run's embedder (e.g. 'hash' in tests)")
-    def compare_cmd(before, after, n, samples, seed, html_path, run, home, embedder):
-        from datetime import date, timedelta
+    def compare_cmd(before, after, n, samples, seed, html_path, as_json, run, home, embedder):
+        import json
 
         from . import db as dbm
-        from .compare import compare, default_prompts, format_comparison, write_html
+        from .compare import compare, format_comparison, held_out_prompts, to_json, write_html
         from .config import Config, db_path, run_dir
         from .embed import CachedEmbedder, load_embedder
-        from .headlines import headlines_for_day
+        from .panel import run_config
 
         db = dbm.open_db(db_path(home))
-        if app == "varro":
-            from .cycle import score_texts
-
-            def scorable(day):
-                return bool(headlines_for_day(db, (date.fromisoformat(day) + timedelta(days=1)).isoformat()))
+        score_texts, scorable, targets = app_scoring(app, db)
+        path = run_dir(run, home)
+        cfg = run_config(path, Config())
+        emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app).embedder), db)
+        prompts, note = held_out_prompts(db, app, path, n, scorable, cfg)
+        days = sorted({targets(p) for p in prompts})
+        note += "; scored against " + (", ".join(days) if len(days) <= 4 else f"{days[0]} ... {days[-1]}")
+        result = compare(db, path, prompts, before, after, score_texts, emb, cfg,
+                         samples or cfg.eval.panel_samples, cfg.eval.panel_seed if seed is None else seed, note)
+        if as_json:
+            click.echo(json.dumps(to_json(result, targets), indent=2))
         else:
-            from walter.cycle import score_texts
-
-            def scorable(day):
-                return True
-        cfg = Config()
-        name = embedder or getattr(cfg, app).embedder
-        emb = CachedEmbedder(load_embedder(name), db)
-        prompts = default_prompts(db, app, n, scorable)
-        result = compare(db, run_dir(run, home), prompts, before, after, score_texts, emb, cfg, samples, seed)
-        click.echo(format_comparison(result))
+            click.echo(format_comparison(result))
         if html_path:
             click.echo(f"html: {write_html(result, html_path)}")
 
     return compare_cmd
 
 
+def eval_command(app: str):
+    @click.command("eval", help=f"""Score the base model and every checkpoint of a {app} run on the
+        run's held-out panel and print the learning curve.
+
+        The panel is fixed per run: the earliest held-out prompts that can be
+        scored, one per story, up to --panel-size (see `{app} compare`). Each
+        prompt is sampled with its own seed, the same for every checkpoint;
+        scores are cached in SQLite (panel_scores), so a re-run computes only
+        new checkpoints or new panel prompts. Each row: mean reward with a 95%
+        bootstrap CI over prompts, and the paired difference from the base.
+
+        Example: {app} eval --run {'demo' if app == 'varro' else 'walter-demo'}
+        """)
+    @RUN_OPTION
+    @HOME_OPTION
+    @click.option("--json", "as_json", is_flag=True, help="print JSON lines, one per checkpoint")
+    @click.option("--embedder", default=None, help="override the run's embedder (e.g. 'hash' in tests)")
+    def eval_cmd(run, home, as_json, embedder):
+        import dataclasses
+        import json
+
+        from . import db as dbm
+        from .config import Config, db_path, run_dir
+        from .embed import CachedEmbedder, load_embedder
+        from .panel import evaluate, format_curve, run_config
+
+        db = dbm.open_db(db_path(home))
+        score_texts, scorable, targets = app_scoring(app, db)
+        path = run_dir(run, home)
+        cfg = run_config(path, Config())
+        emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app).embedder), db)
+        prompts, points = evaluate(db, app, path, score_texts, emb, cfg, scorable)
+        if as_json:
+            for pt in points:
+                click.echo(json.dumps(dataclasses.asdict(pt)))
+            return
+        days = sorted({p["day"] for p in prompts})
+        click.echo(f"panel: {len(prompts)} held-out prompts of {len(prompts)} stories, made on {days[0]} .. "
+                   f"{days[-1]}, {cfg.eval.panel_samples} samples each")
+        click.echo(format_curve(points))
+
+    return eval_cmd
+
+
 cli.add_command(compare_command("varro"))
+cli.add_command(eval_command("varro"))
 register_inspect(cli, "varro")
 
 

@@ -16,7 +16,7 @@ def _option_name(section: str, name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-ENGINE_SECTIONS = ("model", "sampling", "train")
+ENGINE_SECTIONS = ("model", "sampling", "train", "eval")
 
 
 def config_options(*apps: str) -> Callable[[Callable], Callable]:

@@ -1,81 +1,34 @@
-"""Before and after: the same prompts, the same seed, two checkpoints, the same reward.
+"""Before and after: two checkpoints on the run's held-out panel, the same seeds, the same reward.
 
-The mean reward difference (after minus before) comes with a paired bootstrap
-confidence interval: prompts are resampled with replacement (the completions
-of one prompt stay together, since they share the prompt's difficulty).
+The prompts are the run's evaluation panel (varro.panel): held-out prompts of
+stories that no update has seen as a prompt or a reward target, never topped
+up with training prompts. Both sides' completions come from the panel cache,
+so a compare after `eval` samples nothing. The mean reward difference (after
+minus before) comes with a paired bootstrap confidence interval: prompts are
+resampled with replacement (the completions of one prompt stay together, since
+they share the prompt's difficulty).
 """
 
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import sqlite_utils
 
-from . import checkpoints
 from .config import Config
 from .embed import Embedder
-from .policy import Policy
+from .panel import (Cells, PanelError, ScoreTexts, bootstrap_ci, ensure_scores, open_at, panel_prompts,
+                    read_scores, resolve_checkpoint, run_config)
 
-ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
+__all__ = ["CompareError", "Comparison", "Side", "bootstrap_ci", "compare", "held_out_prompts", "open_at",
+           "resolve_checkpoint", "ScoreTexts"]
 
-
-class CompareError(ValueError):
-    pass
-
-
-@dataclass
-class Side:
-    label: str  # "base" or a checkpoint day
-    texts: list[list[str]]  # per prompt, per sample
-    rewards: np.ndarray  # (prompts, samples)
-
-
-def resolve_checkpoint(run_path: Path, which: str) -> str:
-    """'base', 'latest' or a day that has a complete checkpoint; raises CompareError otherwise."""
-    if which == "base":
-        return "base"
-    found = [p.name for p in checkpoints.list_checkpoints(run_path)]
-    if which == "latest":
-        if not found:
-            raise CompareError(f"run {run_path.name} has no checkpoint yet")
-        return found[-1]
-    if which not in found:
-        raise CompareError(f"run {run_path.name} has no checkpoint {which}; it has {found or 'none'}")
-    return which
-
-
-def open_at(run_path: Path, label: str, fallback: Config) -> Policy:
-    """The policy exactly at checkpoint `label` (with the config it was trained with), or the base."""
-    if label == "base":
-        return Policy.open(fallback, run_path, before_day="0000-01-01")
-    cfg = Config.from_dict(json.loads((checkpoints.checkpoints_dir(run_path) / label / "config.json").read_text()))
-    after = (date.fromisoformat(label) + timedelta(days=1)).isoformat()
-    policy = Policy.open(cfg, run_path, before_day=after)
-    if policy.checkpoint != label:
-        raise CompareError(f"checkpoint {label} could not be restored (got {policy.checkpoint})")
-    return policy
-
-
-def generate(policy: Policy, prompts: list[dict], samples: int, seed: int) -> list[list[str]]:
-    policy.config.sampling.group_size = samples
-    groups = policy.sample([(p["id"], p["text"]) for p in prompts], seed=seed)
-    return [[r.text for r in g] for g in groups]
-
-
-def bootstrap_ci(diffs: np.ndarray, seed: int, resamples: int = 2000, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of the mean of per-prompt differences `diffs` (prompts, samples)."""
-    per_prompt = diffs.mean(axis=1)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(per_prompt), size=(resamples, len(per_prompt)))
-    means = per_prompt[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+CompareError = PanelError
+Side = Cells
 
 
 @dataclass
@@ -85,6 +38,19 @@ class Comparison:
     after: Side
     mean_diff: float
     ci: tuple[float, float]
+    note: str = ""  # how many prompts, and why fewer than asked
+
+
+def held_out_prompts(db: sqlite_utils.Database, app: str, run_path: Path, n: int, scorable: Callable[[dict], bool],
+                     fallback: Config) -> tuple[list[dict], str]:
+    """The first `n` prompts of the run's panel and a note that says plainly when there are fewer."""
+    cfg = run_config(run_path, fallback)
+    prompts = panel_prompts(db, app, Path(run_path).name, cfg.eval.panel_size, scorable)[:n]
+    if not prompts:
+        raise CompareError(f"no held-out {app} prompt can be scored yet: nothing to compare on")
+    note = (f"{len(prompts)} held-out prompts" if len(prompts) >= n else
+            f"only {len(prompts)} held-out prompts can be scored (asked for {n}); no training prompt is used")
+    return prompts, note
 
 
 def compare(
@@ -98,37 +64,32 @@ def compare(
     config: Config,
     samples: int = 4,
     seed: int = 0,
+    note: str = "",
 ) -> Comparison:
-    """Generate with both checkpoints from the same seed and score both with the same reward."""
+    """Both checkpoints on `prompts` with the panel's per-prompt seeds, scored by the same reward."""
     if not prompts:
         raise CompareError("no prompts to compare on")
     labels = (resolve_checkpoint(run_path, before), resolve_checkpoint(run_path, after))
-    trained = [label for label in labels if label != "base"]
-    if trained:  # the base side uses the model and LoRA settings the run was trained with
-        config = Config.from_dict(json.loads(
-            (checkpoints.checkpoints_dir(run_path) / trained[-1] / "config.json").read_text()))
+    config = run_config(run_path, config)  # the base side uses the model and LoRA settings of the run
+    run = Path(run_path).name
     sides = []
     for label in labels:
-        policy = open_at(run_path, label, config)
-        texts = generate(policy, prompts, samples, seed)
-        rewards = np.array([[c["reward"] for c in score_texts(db, p, t, embedder, config)]
-                            for p, t in zip(prompts, texts)])
-        sides.append(Side(label, texts, rewards))
+        ensure_scores(db, run_path, label, prompts, score_texts, embedder, config, samples, seed)
+        sides.append(read_scores(db, run, label, prompts, samples, seed))
     diffs = sides[1].rewards - sides[0].rewards
-    return Comparison(prompts, sides[0], sides[1], float(diffs.mean()), bootstrap_ci(diffs, seed))
+    return Comparison(prompts, sides[0], sides[1], float(diffs.mean()), bootstrap_ci(diffs, seed), note)
 
 
-def default_prompts(db: sqlite_utils.Database, app: str, n: int, scorable: Callable[[str], bool]) -> list[dict]:
-    """The held-out eval prompts of the latest day that can be scored, topped up with its training prompts to n."""
-    days = [r["day"] for r in db.query("select distinct day from prompts where app = ? order by day desc", [app])]
-    for day in days:
-        if not scorable(day):
-            continue
-        rows = list(db.query("select * from prompts where app = ? and day = ? order by split = 'eval' desc, id",
-                             [app, day]))
-        evals = [r for r in rows if r["split"] == "eval"]
-        return (evals + [r for r in rows if r["split"] != "eval"])[: max(n, len(evals))]
-    raise CompareError(f"no {app} day with prompts that can be scored yet")
+def to_json(c: Comparison, targets: Callable[[dict], str]) -> dict:
+    """Every prompt with its id, day, split, what scores it, and both sides' samples and rewards."""
+    return {
+        "before": c.before.label, "after": c.after.label, "mean_diff": c.mean_diff, "ci": list(c.ci),
+        "note": c.note,
+        "prompts": [{"id": p["id"], "day": p["day"], "split": p["split"], "targets": targets(p),
+                     "before": [{"text": t, "reward": float(r)} for t, r in zip(c.before.texts[i], c.before.rewards[i])],
+                     "after": [{"text": t, "reward": float(r)} for t, r in zip(c.after.texts[i], c.after.rewards[i])]}
+                    for i, p in enumerate(c.prompts)],
+    }
 
 
 def side_by_side(c: Comparison):
@@ -153,6 +114,8 @@ def format_comparison(c: Comparison, width: int = 60) -> str:
                  f"{c.after.label}: {c.after.rewards.mean():.3f}")
     lines.append(f"difference (after - before): {c.mean_diff:+.3f}   95% bootstrap CI "
                  f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] over {len(c.prompts)} prompts")
+    if c.note:
+        lines.append(c.note)
     return "\n".join(lines)
 
 
@@ -168,7 +131,8 @@ def write_html(c: Comparison, path: Path) -> Path:
 th{{background:#f4f4f4}} table{{border-collapse:collapse}}</style>
 <h1>{esc(c.before.label)} vs {esc(c.after.label)}</h1>
 <p>Mean reward {esc(c.before.label)}: {c.before.rewards.mean():.3f}; {esc(c.after.label)}: {c.after.rewards.mean():.3f}.
-Difference {c.mean_diff:+.3f}, 95% bootstrap CI [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] over {len(c.prompts)} prompts.</p>
+Difference {c.mean_diff:+.3f}, 95% bootstrap CI [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] over {len(c.prompts)} prompts.
+{esc(c.note)}</p>
 <table><tr><th>reward</th><th>{esc(c.before.label)}</th><th>reward</th><th>{esc(c.after.label)}</th></tr>
 {''.join(rows)}</table>"""
     path = Path(path)

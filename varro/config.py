@@ -68,17 +68,29 @@ class TrainConfig:
     micro_batch: int = opt(1, "completions differentiated at once on top of their prompt (0: all of the prompt's)")
     eps_low: float = opt(3e-4, "GSPO lower clip range of the sequence ratio")
     eps_high: float = opt(4e-4, "GSPO upper clip range of the sequence ratio")
-    beta: float = opt(0.02, "weight of the k3 KL leash to the base model (0 turns it off)")
+    beta: float = opt(0.02, "weight of the KL leash to the base model (k2 term: the reverse KL's gradient; 0: off)")
+    flat_std: float = opt(1e-3, "groups whose reward std is at most this carry no signal and are dropped")
+    is_cap: float = opt(0.0, "cap C of the truncated importance weight for the sampler's top-k/top-p (0: off)")
     seed: int = opt(0, "seed for MLX, NumPy and Python")
-    kl_max: float = opt(1.0, "collapse guard: a step whose KL to the base exceeds this ends the day, weights kept")
+    kl_max: float = opt(1.0, "collapse guard: KL to the base above this (before any step or after the last) "
+                             "discards the day's updates")
     eval_drop_max: float = opt(0.2, "collapse guard: no training while the eval reward is this far below its best")
+
+
+@dataclass
+class EvalConfig:
+    panel_size: int = opt(32, "held-out prompts in a run's fixed evaluation panel (the earliest eval prompts)")
+    panel_samples: int = opt(4, "completions per panel prompt and checkpoint")
+    panel_seed: int = opt(0, "sampling seed of the panel, the same for every checkpoint")
+    story_threshold: float = opt(0.55, "cosine at which an item joins the story of an earlier one")
+    story_window_days: int = opt(3, "days back an item can be linked to its story")
 
 
 @dataclass
 class VarroConfig:
     embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
     prompts_per_day: int = opt(32, "headlines turned into prompts each day (eval ones included)")
-    eval_every: int = opt(8, "one in this many of the day's prompts is held out for eval, never trained on")
+    eval_every: int = opt(8, "one in this many stories is held out for eval: never a prompt or target in training")
     dedup_threshold: float = opt(0.8, "headlines at least this similar to a chosen one are near-duplicates")
     timezone: str = opt("", "IANA timezone that decides a headline's day (empty: the machine's)")
     semantic_weight: float = opt(0.75, "weight of the similarity to the next day's headlines")
@@ -103,12 +115,32 @@ class WalterConfig:
     reply_weight: float = opt(1.0, "engagement weight of a reply")
     quote_weight: float = opt(2.0, "engagement weight of a quote")
     weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns a post the full weight 1")
+    weight_pseudo_count: float = opt(2.0, "engagement added to a post and to its author's usual before their ratio "
+                                          "(the prior's shape), so a tiny account's one lucky post stays modest")
+    engagement_half_life_hours: float = opt(12.0, "assumed growth: by age t a post has 1 - 2^(-t/this) of its "
+                                                  "final engagement; brings baseline posts to the scored post's age")
     count_age_hours: float = opt(24.0, "posts are compared on counts read at this age")
     baseline_ttl_hours: float = opt(168.0, "how long an author's baseline is cached")
-    copy_cosine: float = opt(0.92, "cosine to a historical post from which a candidate counts as a copy")
-    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a copy")
-    copy_weight: float = opt(1.0, "penalty weight for copying a historical post")
+    copy_cosine_start: float = opt(0.8, "cosine to a historical post where the copy penalty starts")
+    copy_cosine_full: float = opt(1.0, "cosine to a historical post where the copy penalty is full")
+    copy_containment_start: float = opt(0.3, "share of the candidate's word 3-grams found in one historical post "
+                                             "where the copy penalty starts")
+    copy_containment_full: float = opt(0.7, "share of the candidate's word 3-grams found in one historical post "
+                                            "where the copy penalty is full")
+    copy_order_start: float = opt(0.4, "share of the candidate's words found in order in one historical post "
+                                       "where the copy penalty starts")
+    copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one historical post "
+                                      "where the copy penalty is full")
+    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy")
+    copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)")
     hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs")
+    hashtag_penalty: float = opt(0.1, "penalty per hashtag past the limit")
+    repeated_hashtag_penalty: float = opt(0.2, "penalty for using a hashtag twice")
+    emoji_run_penalty: float = opt(0.2, "penalty for a run of three or more emoji")
+    bare_url_penalty: float = opt(0.2, "penalty for a bare URL in the text")
+    too_long_penalty: float = opt(0.5, "penalty for a post over Bluesky's 300 graphemes")
+    repeated_ngram_penalty: float = opt(0.5, "penalty weight of the share of word 3-grams that repeat")
+    echo_penalty: float = opt(0.3, "penalty for echoing the instruction ('here is a post', 'as an AI')")
     curriculum_floor: float = opt(0.1, "minimum pick weight, so every article can be chosen")
     curriculum_days: int = opt(7, "days of an article's past groups that its regret is read from")
 
@@ -118,6 +150,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     varro: VarroConfig = field(default_factory=VarroConfig)
     walter: WalterConfig = field(default_factory=WalterConfig)
 

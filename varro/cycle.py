@@ -31,6 +31,7 @@ from .embed import Embedder
 from .forecast import build_prompt, score_forecast
 from .headlines import headlines_for_day, load_sample_day
 from .rollouts import score_pending
+from .stories import Item, assign_stories, is_held_out
 from .distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
 from .faults import failpoint
 from .guards import guarded_training
@@ -48,10 +49,28 @@ def _rank(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()
 
 
-def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> list[dict]:
-    """The day's prompts: a diverse set of headlines, near-duplicates dropped, 1 in `eval_every` held out.
+def headline_text(h: dict) -> str:
+    return f"{h['title']} {h['summary'] or ''}".strip()
 
-    Chosen once per day and stored; later calls return the stored set.
+
+def headline_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> dict[str, str]:
+    """Headline id -> story id for `day` and the window before it, linking `day`'s new headlines."""
+    start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
+    days = [(start + timedelta(days=k)).isoformat() for k in range(cfg.eval.story_window_days + 1)]
+    items = [Item(h["id"], d, headline_text(h)) for d in days for h in headlines_for_day(db, d)]
+    return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
+
+
+def story_split(story_id: str, cfg: Config) -> str:
+    return "eval" if is_held_out(story_id, cfg.varro.eval_every) else "train"
+
+
+def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> list[dict]:
+    """The day's prompts: a diverse set of headlines, near-duplicates dropped, split by story.
+
+    A headline's story (varro.stories) decides its split: one in `eval_every`
+    stories is held out, so no story is both trained on and evaluated. Chosen
+    once per day and stored; later calls return the stored set.
     """
     stored = list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
     if stored:
@@ -59,6 +78,7 @@ def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg:
     heads = sorted(headlines_for_day(db, day), key=lambda h: _rank(h["id"]))
     if not heads:
         return []
+    stories = headline_stories(db, day, embedder, cfg)
     vecs = embedder.encode([h["title"] for h in heads])
     chosen: list[int] = []
     for i in range(len(heads)):
@@ -67,17 +87,15 @@ def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg:
         if len(chosen) == cfg.varro.prompts_per_day:
             break
     picked = [heads[i] for i in chosen]
-    n_eval = len(picked) // cfg.varro.eval_every if len(picked) >= cfg.varro.eval_every else int(len(picked) > 1)
-    eval_ids = {h["id"] for h in sorted(picked, key=lambda h: _rank("eval:" + h["id"]))[:n_eval]}
     rows = [
         {
             "id": f"{APP}:{day}:{h['id']}",
             "app": APP,
             "day": day,
-            "split": "eval" if h["id"] in eval_ids else "train",
+            "split": story_split(stories[h["id"]], cfg),
             "text": build_prompt(h["title"], h["summary"]),
             "source_json": {"headline_id": h["id"], "title": h["title"], "summary": h["summary"],
-                            "source": h["source"], "link": h["link"]},
+                            "source": h["source"], "link": h["link"], "story_id": stories[h["id"]]},
         }
         for h in picked
     ]
@@ -101,12 +119,21 @@ def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embed
                 cfg: Config) -> list[dict]:
     """Components (with "reward") of `texts` written for `prompt`, against the next day's headlines.
 
-    Raises LookupError when the next day has no headlines yet (the forecasts cannot be scored).
+    A training prompt is scored against the next day's headlines of training
+    stories only, so no held-out story is ever a reward target; a held-out
+    prompt against all of them. Raises LookupError when the next day has no
+    headlines (of the prompt's kind) yet: the forecasts cannot be scored.
     """
     nxt = (date.fromisoformat(prompt["day"]) + timedelta(days=1)).isoformat()
-    targets = [h["title"] for h in headlines_for_day(db, nxt)]
-    if not targets:
+    heads = headlines_for_day(db, nxt)
+    if not heads:
         raise LookupError(f"no headlines for {nxt}: forecasts made on {prompt['day']} cannot be scored yet")
+    if prompt["split"] == "train":
+        stories = headline_stories(db, nxt, embedder, cfg)
+        heads = [h for h in heads if story_split(stories[h["id"]], cfg) == "train"]
+        if not heads:
+            raise LookupError(f"{nxt} has no headline of a training story: {prompt['id']} cannot be scored")
+    targets = [h["title"] for h in heads]
     s = json.loads(prompt["source_json"])
     target_vecs = embedder.encode(targets)
     src_vec = embedder.encode([f"{s['title']} {s['summary']}".strip()])[0]

@@ -274,6 +274,75 @@ def m006_guards(db: sqlite_utils.Database) -> None:
     )
 
 
+@migration
+def m007_sampler_logprobs(db: sqlite_utils.Database) -> None:
+    # log q(token) per completion token under the distribution the sampler drew it from
+    # (temperature, top-k / top-p renormalised); NULL for rows sampled before this migration
+    db["rollouts"].add_column("sampler_logprobs_json", str)
+    db["steps"].add_column("sampler_gap", float)  # mean log q_sampler - log pi_old per token
+    db["steps"].add_column("kl_after", float)  # KL to the base after the step's update (the day's last)
+    db["steps"].add_column("flat_groups", int)  # groups dropped that day: reward std below the tolerance
+    db["steps"].add_column("groups", int)  # groups the day's scored rollouts formed
+
+
+@migration
+def m008_stories(db: sqlite_utils.Database) -> None:
+    # Items (Varro's headlines, Walter's articles) linked into stories by embedding similarity,
+    # so a held-out story never sits on both sides of the split.
+    db["stories"].create(
+        {
+            "app": str,
+            "item_id": str,  # headline id, or an article's url_norm
+            "story_id": str,  # the item id of the story's first item
+            "day": str,
+            "linked_to": str,  # the earlier item it was most similar to (NULL: it opened the story)
+            "cosine": float,
+            "created_utc": str,
+        },
+        pk=("app", "item_id"),
+    )
+    db["stories"].create_index(["app", "story_id"])
+    db["stories"].create_index(["app", "day"])
+
+
+@migration
+def m009_panel(db: sqlite_utils.Database) -> None:
+    # A run's fixed evaluation panel (held-out prompts, one per story, appended until full) and its
+    # scores: every checkpoint of the run (and the base) on the same prompts with the same seeds,
+    # computed once.
+    db["panel"].create(
+        {"run": str, "position": int, "prompt_id": str, "story_id": str, "added_utc": str},
+        pk=("run", "prompt_id"),
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
+    db["panel"].create_index(["run", "position"], unique=True)
+    db["panel_scores"].create(
+        {
+            "run": str,
+            "checkpoint": str,  # "base" or a checkpoint day
+            "prompt_id": str,
+            "seed": int,
+            "samples": int,  # completions drawn per prompt in that draw
+            "sample_index": int,
+            "completion": str,
+            "reward": float,
+            "components_json": str,
+            "created_utc": str,
+        },
+        pk=("run", "checkpoint", "prompt_id", "seed", "samples", "sample_index"),
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
+
+
+@migration
+def m010_walter_baseline_stats(db: sqlite_utils.Database) -> None:
+    # Walter: each cached baseline post's age when its counts were read ({uri: hours}; NULL for authors
+    # cached before), so a baseline is compared at the scored post's age; and the curriculum's first-draw
+    # chance beside `probability`, which from here on is the inclusion probability of the day's k-of-n draw.
+    db["bsky_authors"].add_column("post_age_hours_json", str)
+    db["curriculum"].add_column("first_draw_probability", float)
+
+
 class MigrationError(RuntimeError):
     pass
 
@@ -392,6 +461,8 @@ def insert_rollouts(
                         "prompt_token_ids_json": json.dumps(r.prompt_tokens),
                         "completion_token_ids_json": json.dumps(r.completion_tokens),
                         "sampling_json": sampling_json,
+                        "sampler_logprobs_json": (None if r.sampler_logprobs is None
+                                                  else json.dumps(r.sampler_logprobs)),
                         "sampled_utc": now,
                     }
                 ).last_pk
@@ -437,6 +508,8 @@ def load_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
                 reward=row["reward"],
                 components=json.loads(row["components_json"]) if row["components_json"] else {},
                 advantage=row["advantage"],
+                sampler_logprobs=(json.loads(row["sampler_logprobs_json"])
+                                  if row.get("sampler_logprobs_json") else None),
             )
         )
     return list(groups.values())

@@ -100,9 +100,7 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
     """The README's demo: Varro's days, Walter's days, both reports and a before/after compare."""
     from walter.demo import run_demo as run_walter_demo
 
-    from .compare import compare, default_prompts, format_comparison, write_html
-    from .cycle import score_texts
-    from .headlines import headlines_for_day
+    from .compare import compare, format_comparison, held_out_prompts, write_html
     from .report import build_report
 
     echo("== Varro: forecasts from the sample headlines")
@@ -111,32 +109,47 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
     echo("== Walter: Bluesky posts from the sample articles")
     walter_metrics = run_walter_demo(home, "walter-demo", walter_demo_config(cfg), days=days, echo=echo)
     db = dbm.open_db(db_path(home))
+    echo("")
+    echo("== Learning curves on the held-out panels (stories no update has seen; base = day 0)")
+    from .cli import app_scoring
+    from .panel import PanelError, evaluate, format_curve
+
+    curves = {}
+    for app, run in (("varro", "demo"), ("walter", "walter-demo")):
+        score_texts, scorable, _ = app_scoring(app, db)
+        embedder = CachedEmbedder(load_embedder(getattr(cfg, app).embedder), db)
+        try:
+            prompts, points = evaluate(db, app, run_dir(run, home), score_texts, embedder, cfg, scorable)
+        except PanelError as e:  # too few days for a held-out prompt with its targets: say so, go on
+            echo(f"{app}: {e}")
+            continue
+        curves[app] = (prompts, points)
+        days = sorted({p["day"] for p in prompts})
+        echo(f"{app}: {len(prompts)} held-out prompts made on {days[0]} .. {days[-1]}, "
+             f"{cfg.eval.panel_samples} samples each")
+        echo(format_curve(points))
+    echo("")
+    echo("== Before and after: the base model against the last checkpoint on Varro's panel")
+    score_texts, scorable, targets = app_scoring("varro", db)
+    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+    result, compare_html = None, None
+    if "varro" in curves:
+        prompts, note = held_out_prompts(db, "varro", run_dir("demo", home), 8, scorable, cfg)
+        result = compare(db, run_dir("demo", home), prompts, "base", "latest", score_texts, embedder, cfg,
+                         samples=cfg.eval.panel_samples, seed=cfg.eval.panel_seed, note=note)
+        for line in format_comparison(result).splitlines()[-3:]:
+            echo(line)
+        compare_html = write_html(result, run_dir("demo", home) / "compare.html")
+    else:
+        echo("no held-out Varro prompt can be scored yet: nothing to compare")
     reports = {
         "varro": build_report(db, "varro", "demo", run_dir("demo", home) / "report.html"),
         "walter": build_report(db, "walter", "walter-demo", run_dir("walter-demo", home) / "report.html"),
     }
     echo("")
-    echo("== Before and after: the base model against the last checkpoint, same prompts and seed")
-    embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
-
-    def scorable(day: str) -> bool:
-        from datetime import date, timedelta
-
-        return bool(headlines_for_day(db, (date.fromisoformat(day) + timedelta(days=1)).isoformat()))
-
-    prompts = default_prompts(db, "varro", 8, scorable)
-    result = compare(db, run_dir("demo", home), prompts, "base", "latest", score_texts, embedder, cfg,
-                     samples=4, seed=0)
-    summary = format_comparison(result).splitlines()[-2:]
-    for line in summary:
-        echo(line)
-    compare_html = write_html(result, run_dir("demo", home) / "compare.html")
-    evals = [m["eval_reward"] for m in varro_metrics if m["eval_reward"] is not None]
-    echo("")
-    if len(evals) >= 2:
-        echo(f"Varro eval reward (held-out headlines): {evals[0]:.3f} on the first day -> {evals[-1]:.3f} "
-             f"on the last ({evals[-1] - evals[0]:+.3f})")
     echo(f"report (Varro):  {reports['varro']}")
     echo(f"report (Walter): {reports['walter']}")
-    echo(f"compare:         {compare_html}")
-    return {"varro": varro_metrics, "walter": walter_metrics, "reports": reports, "compare": result}
+    if compare_html:
+        echo(f"compare:         {compare_html}")
+    return {"varro": varro_metrics, "walter": walter_metrics, "reports": reports, "compare": result,
+            "curves": curves}

@@ -1,23 +1,39 @@
 """GSPO as pure functions on arrays (Zheng et al., 2025, arXiv 2507.18071).
 
-For a group of G completions y_i of one prompt x with rewards r_i:
+For a group of G completions y_i of one prompt x with rewards r_i, every
+log-prob taken at the sampling temperature T (log_softmax(logits / T)):
 
     A_i   = (r_i - mean_j r_j) / std_j r_j                       (group-normalised)
     s_i   = exp( (1/|y_i|) * sum_t [log pi_theta(y_it) - log pi_old(y_it)] )
-    L_i   = min( s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i )
-    kl_i  = (1/|y_i|) * sum_t [ exp(d_t) - d_t - 1 ],  d_t = log pi_ref(y_it) - log pi_theta(y_it)
-    loss  = -(1/N) sum_i L_i  +  beta * (1/N) sum_i kl_i
+    w_i   = min( exp( (1/|y_i|) * sum_t [log pi_old(y_it) - log q(y_it)] ), C )   (only with C > 0)
+    L_i   = w_i * min( s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i )
+    k2_i  = (1/|y_i|) * sum_t 0.5 * (log pi_theta(y_it) - log pi_ref(y_it))^2
+    loss  = -(1/N) sum_i L_i  +  beta * (1/N) sum_i k2_i
 
-Departures from the paper: the paper has no KL term; we add the per-token k3
-estimator, averaged per sequence, as an optional leash (beta=0 removes it).
-The std uses the population formula and a group whose rewards are all equal
-gets advantage 0 (the trainer drops such groups rather than stepping on them).
+q is the sampler's own distribution (temperature plus the top-k / top-p
+truncation), whose per-token log-probs are stored with each rollout.
+
+What is logged as `kl` is the k3 estimate of KL(pi_theta || pi_ref),
+(1/|y_i|) sum_t [exp(d_t) - d_t - 1] with d_t = log pi_ref - log pi_theta,
+averaged over sequences. The leash in the loss is k2 because its gradient on
+tokens drawn from pi_theta is exactly the gradient of that same reverse KL
+(E[(log pi - log ref) grad log pi]); differentiating k3 instead would follow
+the gradient of the forward KL(pi_ref || pi_theta).
+
+Departures from the paper: the KL leash (the paper has none; beta=0 removes
+it); the optional truncated importance weight w_i for the sampler's
+truncation (off by default: see varro.train for the measurement); the std uses
+the population formula and a group whose reward std is below a tolerance
+(1e-3 by default) gets advantage 0 (the trainer drops such groups: a spread of
+1e-5 would otherwise be blown up to advantages of +-2.6).
 """
 
 from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+
+FLAT_STD = 1e-3  # a group whose rewards spread less than this carries no signal
 
 
 def sequence_mean(x: mx.array, mask: mx.array) -> mx.array:
@@ -34,10 +50,14 @@ def gspo_loss(
     eps_low: float = 3e-4,
     eps_high: float = 4e-4,
     beta: float = 0.02,
+    sampler_logp: mx.array | None = None,
+    is_cap: float = 0.0,
 ) -> tuple[mx.array, dict[str, mx.array]]:
-    """The GSPO objective above. Arrays: logp, old_logp, ref_logp, mask (N, T); advantages (N,).
+    """The GSPO objective above. Arrays: logp, old_logp, ref_logp, sampler_logp, mask (N, T); advantages (N,).
 
-    Returns (loss, metrics) with metrics clip_fraction, ratio_mean, kl, pg_loss.
+    Returns (loss, metrics): pg_loss, kl (k3 estimate of KL(pi || ref), also when
+    beta is 0), kl_penalty (the k2 term), clip_fraction, ratio_mean, and with
+    `sampler_logp` sampler_gap (mean log q - log pi_old per token) and is_weight.
     """
     mask = mask.astype(logp.dtype)
     on = mask > 0  # padding may hold anything (0, or the log-prob of a pad token): keep it out of exp
@@ -45,28 +65,37 @@ def gspo_loss(
     ratio = mx.exp(log_ratio)  # (N,)
     clipped = mx.clip(ratio, 1.0 - eps_low, 1.0 + eps_high)  # (N,)
     surrogate = mx.minimum(ratio * advantages, clipped * advantages)  # (N,)
+    metrics: dict[str, mx.array] = {}
+    if sampler_logp is not None:
+        gap = sequence_mean(mx.where(on, sampler_logp - old_logp, 0.0), mask)  # (N,)
+        metrics["sampler_gap"] = gap.mean()
+        weight = mx.minimum(mx.exp(-gap), is_cap) if is_cap > 0 else mx.ones_like(gap)  # (N,)
+        weight = mx.stop_gradient(weight)
+        metrics["is_weight"] = weight.mean()
+        surrogate = surrogate * weight
     pg_loss = -surrogate.mean()
     # The clip binds where the clipped branch is the smaller one and differs.
     is_clipped = ((advantages > 0) & (ratio > 1.0 + eps_high)) | ((advantages < 0) & (ratio < 1.0 - eps_low))
-    if ref_logp is not None and beta != 0.0:
+    if ref_logp is not None:
         d = mx.where(on, ref_logp - logp, 0.0)  # (N, T)
-        kl = sequence_mean(mx.exp(d) - d - 1.0, mask)  # (N,)
-        kl_mean = kl.mean()
-        loss = pg_loss + beta * kl_mean
+        kl_mean = mx.stop_gradient(sequence_mean(mx.exp(d) - d - 1.0, mask)).mean()
+        k2 = sequence_mean(0.5 * d * d, mask).mean()
     else:
-        kl_mean = mx.array(0.0)
-        loss = pg_loss
-    metrics = {
+        kl_mean = k2 = mx.array(0.0)
+    loss = pg_loss + beta * k2 if beta != 0.0 else pg_loss
+    metrics.update({
         "pg_loss": pg_loss,
         "kl": kl_mean,
+        "kl_penalty": mx.stop_gradient(k2),
         "clip_fraction": is_clipped.astype(mx.float32).mean(),
         "ratio_mean": mx.stop_gradient(ratio).mean(),
-    }
+    })
     return loss, metrics
 
 
-def group_advantages(rewards, group_size: int, eps: float = 1e-6) -> np.ndarray:
-    """(r - group mean) / group std for consecutive groups of `group_size`; flat groups get 0.
+def group_advantages(rewards, group_size: int, eps: float = 1e-6, tol: float = FLAT_STD) -> np.ndarray:
+    """(r - group mean) / group std for consecutive groups of `group_size`; groups whose std is at most
+    `tol` get 0 (flat, or so nearly flat that their spread is noise).
 
     Raises ValueError when len(rewards) is not a multiple of group_size or a reward is not finite.
     """
@@ -77,11 +106,12 @@ def group_advantages(rewards, group_size: int, eps: float = 1e-6) -> np.ndarray:
         raise ValueError(f"rewards must be finite, got {r[~np.isfinite(r)][:5].tolist()}")
     g = r.reshape(-1, group_size)
     std = g.std(axis=1, keepdims=True)
-    adv = np.where(std > eps, (g - g.mean(axis=1, keepdims=True)) / np.maximum(std, eps), 0.0)
+    floor = max(eps, tol)
+    adv = np.where(std > floor, (g - g.mean(axis=1, keepdims=True)) / np.maximum(std, floor), 0.0)
     return adv.reshape(-1)
 
 
-def informative_groups(rewards, group_size: int, eps: float = 1e-6) -> np.ndarray:
-    """Boolean per group: True where the rewards are not all equal (the group carries signal)."""
+def informative_groups(rewards, group_size: int, eps: float = 1e-6, tol: float = FLAT_STD) -> np.ndarray:
+    """Boolean per group: True where the rewards spread more than `tol` (the group carries signal)."""
     g = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
-    return g.std(axis=1) > eps
+    return g.std(axis=1) > max(eps, tol)

@@ -1,7 +1,10 @@
 """Training health: the collapse guards and the record of every time one acted.
 
-- KL guard: a step whose KL to the base model exceeds `kl_max` ends the day's
-  training; the day's checkpoint keeps the previous weights.
+- KL guard: a step whose KL to the base model exceeds `kl_max`, or a day whose
+  final weights do (measured after the last step), ends the day's training;
+  the day's checkpoint keeps the previous weights.
+- Flat groups: a day's groups dropped for a reward std below `flat_std` are
+  counted in every step row and recorded here.
 - Eval guard: while the latest held-out eval reward is more than
   `eval_drop_max` below the run's best, the day does not train at all.
 - Checkpoint fallback: a corrupt checkpoint is skipped for the last good one.
@@ -33,9 +36,15 @@ def eval_guard(db: sqlite_utils.Database, app: str, run: str, before_day: str, d
 
 
 def kl_tripped(rows: list[dict], kl_max: float) -> str | None:
+    """The reason to discard the day's updates, or None: a step's KL (measured before it) or the KL
+    after the last step (`kl_after`) above `kl_max`."""
     for r in rows:
         if r["kl"] is not None and r["kl"] > kl_max:
             return (f"step {r['step']} KL {r['kl']:.3f} exceeded kl_max {kl_max}: "
+                    "the day's updates were discarded and the previous weights kept")
+        after = r.get("kl_after")
+        if after is not None and after > kl_max:
+            return (f"KL {after:.3f} after the day's last step {r['step']} exceeded kl_max {kl_max}: "
                     "the day's updates were discarded and the previous weights kept")
     return None
 
@@ -74,6 +83,13 @@ def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: 
         groups = []
     with progress.stage("training", total=cfg.train.minibatches if groups else 0) as advance:
         rows = policy.trainer.train_day(groups, on_step=advance, kl_max=cfg.train.kl_max)
+    flat = policy.trainer.flat_groups if groups else 0
+    if flat:
+        note = (f"{flat} of {policy.trainer.groups} groups had a reward std at most flat_std "
+                f"{cfg.train.flat_std}: dropped, no signal")
+        notes.append(note)
+        if world.is_main:
+            record(db, run, day, app, "flat", note)
     tripped = kl_tripped(rows, cfg.train.kl_max)  # the same on every rank: the metrics are all-reduced
     if tripped:
         if world.is_main:

@@ -1,10 +1,16 @@
 """The policy of a run: the base model, its adapters, the trainer, resumed from the latest checkpoint.
 
 `Policy.open` is how every application gets a model for day D: the base is
-loaded through mlx-lm, cast to float32 (so the sampling policy, the pi_old
-pass and the gradient pass all see the same numbers), LoRA layers are added,
-and the newest complete checkpoint dated before D (if any) is restored with its
-optimizer and RNG state.
+loaded through mlx-lm, cast to float32 (so the sampler and the training passes
+run the same weights in the same precision), LoRA layers are added, and the
+newest complete checkpoint dated before D (if any) is restored with its
+optimizer and RNG state; the configured learning rate then replaces the one
+stored in the optimizer state.
+
+The sampler draws from the policy at the profile's temperature truncated to its
+top-k / top-p candidates; the trainer's passes take log-probs at that same
+temperature over the whole vocabulary, so the two differ by the truncation
+alone (plus float32 numerics): see varro.train for how that gap is measured.
 """
 
 from __future__ import annotations
@@ -52,7 +58,8 @@ class Policy:
         else:
             raise ValueError(f"fine_tune must be 'lora' or 'full', got {config.model.fine_tune!r}")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        trainer = Trainer(model, config.train, pad_id=pad_id, reference=reference)
+        trainer = Trainer(model, config.train, pad_id=pad_id, reference=reference,
+                          temperature=float(config.sampling.sampler_settings()["temp"]))
         label = "base"
         notes = []
         candidates = [p for p in checkpoints.list_checkpoints(run_path) if before_day is None or p.name < before_day]
@@ -64,6 +71,7 @@ class Policy:
                 continue
             trainer.step = state.step
             trainer.rng.bit_generator.state = state.numpy_rng
+            trainer.obey_config()
             label = latest.name
             break
         if notes:

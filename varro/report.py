@@ -126,6 +126,33 @@ def _sample(row: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: row[k] for k in keys}
 
 
+def panel_curve(db: sqlite_utils.Database, app: str, run: str) -> list[dict[str, Any]]:
+    """The run's held-out learning curve from the cached panel scores (nothing is sampled here): one
+    dict per checkpoint whose every panel cell is scored, base first; [] before `eval` has run."""
+    from dataclasses import asdict
+
+    from .panel import curve
+
+    prompts = list(db.query("select p.* from panel n join prompts p on p.id = n.prompt_id "
+                            "where n.run = ? and p.app = ? order by n.position", [run, app]))
+    if not prompts:
+        return []
+    draw = db.execute("select seed, samples from panel_scores where run = ? group by seed, samples "
+                      "order by count(*) desc limit 1", [run]).fetchone()
+    if draw is None:
+        return []
+    seed, samples = draw
+    ids = [p["id"] for p in prompts]
+    complete = [r[0] for r in db.execute(
+        f"select checkpoint from panel_scores where run = ? and seed = ? and samples = ? and prompt_id in "
+        f"({','.join('?' * len(ids))}) group by checkpoint having count(*) = ?",
+        [run, seed, samples, *ids, len(ids) * samples])]
+    labels = sorted(complete, key=lambda c: (c != "base", c))
+    if not labels or labels[0] != "base":
+        return []
+    return [asdict(pt) for pt in curve(db, run, labels, prompts, samples, seed)]
+
+
 def report_data(db: sqlite_utils.Database, app: str, run: str) -> dict[str, Any]:
     """Every number of the report, JSON-ready.
 
@@ -162,7 +189,8 @@ def report_data(db: sqlite_utils.Database, app: str, run: str) -> dict[str, Any]
     guards = [dict(r) for r in db.query(
         "select day, kind, reason from guards where run = ? and app = ? order by day, kind", [run, app])]
     return {"app": app, "run": run, "columns": spec.columns, "monitor_columns": list(MONITOR_LABELS),
-            "plotted": list(spec.plotted), "flags": flags, "guards": guards, "days": out_days}
+            "plotted": list(spec.plotted), "flags": flags, "guards": guards, "days": out_days,
+            "panel": panel_curve(db, app, run)}
 
 
 def _values(xs: list[float | None]) -> np.ndarray:
@@ -171,7 +199,7 @@ def _values(xs: list[float | None]) -> np.ndarray:
 
 def plot_png(days: list[str], series: dict[str, list[float | None]], title: str,
              band: tuple[list[float | None], list[float | None]] | None = None,
-             flagged: Collection[str] = ()) -> bytes:
+             flagged: Collection[str] = (), band_label: str = "± std") -> bytes:
     """One line chart over the days as PNG bytes; `band` shades (low, high) around the first series,
     flagged days get a red dashed line. Drawn on the Agg canvas directly, never through pyplot."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -182,7 +210,7 @@ def plot_png(days: list[str], series: dict[str, list[float | None]], title: str,
     ax = fig.add_subplot()
     x = np.arange(len(days))
     if band is not None:
-        ax.fill_between(x, _values(band[0]), _values(band[1]), alpha=0.2, label="± std")
+        ax.fill_between(x, _values(band[0]), _values(band[1]), alpha=0.2, label=band_label)
     for label, ys in series.items():
         ax.plot(x, _values(ys), marker="o", label=label)
     marks = [i for i, d in enumerate(days) if d in flagged]
@@ -208,8 +236,15 @@ def report_plots(data: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
     mean, std = metric["reward_mean"], metric["reward_std"]
     band = ([None if m is None else m - s for m, s in zip(mean, std)],
             [None if m is None else m + s for m, s in zip(mean, std)])
-    plots = {"reward": ("reward: train mean ± std, eval mean",
-                        plot_png(days, {"train": mean, "eval": metric["eval_reward"]}, "reward", band, flagged))}
+    plots = {}
+    if data.get("panel"):
+        pts = data["panel"]
+        plots["panel"] = ("held-out panel reward by checkpoint (95% CI)",
+                          plot_png([p["label"] for p in pts], {"panel reward": [p["mean"] for p in pts]},
+                                   "held-out panel: mean reward by checkpoint",
+                                   ([p["ci"][0] for p in pts], [p["ci"][1] for p in pts]), band_label="95% CI"))
+    plots["reward"] = ("reward: train mean ± std, eval mean",
+                       plot_png(days, {"train": mean, "eval": metric["eval_reward"]}, "reward", band, flagged))
     for k in data["plotted"]:
         if any(v is not None for v in metric[k]):
             plots[k] = (k, plot_png(days, {k: metric[k]}, k, flagged=flagged))
@@ -277,10 +312,19 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
     samples = "".join(
         f"<h3>{e(d['day'])}</h3>" + _sample_html("best", d["best"]) + _sample_html("worst", d["worst"])
         for d in days)
+    if data.get("panel"):
+        pts = data["panel"]
+        panel = (f"<p>{pts[0]['prompts']} held-out prompts (stories no update has seen), the same prompts and "
+                 "seeds for every checkpoint; base is day 0.</p>" + _table(
+                     ["checkpoint", "mean reward", "95% CI", "vs base", "95% CI"],
+                     [[p["label"], fmt(p["mean"]), f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]", f"{p['diff']:+.3f}",
+                       f"[{p['diff_ci'][0]:+.3f}, {p['diff_ci'][1]:+.3f}]"] for p in pts], set()))
+    else:
+        panel = f"<p>No panel scores yet: run <code>{e(data['app'])} eval --run {e(data['run'])}</code>.</p>"
     title = f"{data['app']} run {data['run']}"
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style>"
             f"</head><body><h1>{e(title)}</h1><p>{len(days)} days, {e(days[0]['day'])} to {e(days[-1]['day'])}</p>"
-            f"<h2>Flags</h2>{flags}<h2>Training health</h2>{guards}<h2>Per-day metrics</h2>{metrics}<h2>Reward-hacking monitors</h2>{monitors}"
+            f"<h2>Held-out learning curve</h2>{panel}<h2>Flags</h2>{flags}<h2>Training health</h2>{guards}<h2>Per-day metrics</h2>{metrics}<h2>Reward-hacking monitors</h2>{monitors}"
             f"<h2>Plots</h2><div class=\"plots\">{images}</div><h2>Best and worst samples</h2>{samples}"
             "</body></html>")
 

@@ -3,7 +3,10 @@
 Each prompt is prefilled once (a batch-1 forward pass that fills a KV cache);
 the cache is copied G times and all groups decode together through mlx-lm's
 BatchGenerator. The exact sampled token ids are kept, EOS included when the
-completion stopped, so training sees what the policy actually produced.
+completion stopped, so training sees what the policy actually produced, and so
+is each token's log-probability under the distribution it was drawn from
+(`sampler_logprobs`: temperature applied, renormalised over the top-k / top-p
+candidate set), which the trainer compares with its own pi_old pass.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Rollout:
     components: dict[str, float | None] = field(default_factory=dict)
     advantage: float | None = None
     id: int | None = None  # the rollouts row, once stored
+    sampler_logprobs: list[float] | None = None  # log q(token) per completion token, as the sampler drew it
 
 
 @dataclass
@@ -99,6 +103,37 @@ def make_group_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Calla
     return sampler
 
 
+def candidate_logprobs(logprobs: mx.array, temp: float, top_p: float = 1.0, top_k: int = 0) -> mx.array:
+    """The sampler's distribution as log-probs over the vocabulary, -inf outside its candidate set.
+
+    `logprobs` (..., V) are normalised log-probs at temperature 1 (what BatchGenerator
+    hands the sampler); the result is log_softmax over the candidates of logprobs / temp,
+    with the candidates `group_candidates` keeps (top-k > 0) or mlx-lm's top-p alone.
+    """
+    from mlx_lm.sample_utils import apply_top_p
+
+    logprobs = logprobs.astype(mx.float32)
+    if top_k > 0:
+        ids, kept = group_candidates(logprobs, top_p, top_k)
+        full = mx.full(logprobs.shape, -float("inf"), dtype=mx.float32)
+        masked = mx.put_along_axis(full, ids, kept, axis=-1)
+    elif 0 < top_p < 1:
+        masked = apply_top_p(logprobs, top_p)
+    else:
+        masked = logprobs
+    scaled = masked * (1.0 / temp)
+    return scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
+
+
+def sampled_logprobs(logprobs: mx.array, tokens: mx.array, temp: float, top_p: float = 1.0,
+                     top_k: int = 0) -> mx.array:
+    """log q(token) of each row's sampled token under the sampler's distribution: (B, V), (B,) -> (B,)."""
+    if temp == 0:
+        return mx.zeros(tokens.shape, dtype=mx.float32)  # greedy: the token had probability 1
+    q = candidate_logprobs(logprobs, temp, top_p, top_k)
+    return mx.take_along_axis(q, tokens[:, None], axis=-1).squeeze(-1)
+
+
 def sample_groups(
     model: nn.Module,
     tokenizer,
@@ -148,10 +183,15 @@ def sample_groups(
             for gi, uid in enumerate(uids):
                 owner[uid] = (pi, gi)
         tokens: dict[int, list[int]] = {uid: [] for uid in owner}
+        logq: dict[int, list[float]] = {uid: [] for uid in owner}
         finish: dict[int, str] = {}
         while responses := gen.next_generated():
-            for r in responses:
+            # one batched op per step: each row's log q(token) from the log-probs it was drawn from
+            lq = sampled_logprobs(mx.stack([r.logprobs for r in responses]),
+                                  mx.array([r.token for r in responses]), temp, top_p, top_k).tolist()
+            for r, q in zip(responses, lq):
                 tokens[r.uid].append(r.token)
+                logq[r.uid].append(q)
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
                     failpoint("sample.finished")
@@ -172,6 +212,7 @@ def sample_groups(
             completion_tokens=ids,
             text=tokenizer.decode(text_ids),
             finish_reason=finish.get(uid, "length"),
+            sampler_logprobs=logq[uid],
         )
     return groups
 

@@ -1,12 +1,15 @@
 """The GSPO training loop over one day's scored rollout groups.
 
-Objective (see varro.gspo for the exact formula): group-normalised advantages,
-a length-normalised sequence-level importance ratio s_i = pi_theta(y_i|x) /
-pi_old(y_i|x) ** (1/|y_i|), clipped to [1 - 3e-4, 1 + 4e-4], the loss averaged
-per sequence, plus beta times the per-sequence k3 KL to the base model.
+Objective (varro.gspo has the exact formula): group-normalised advantages, a
+length-normalised sequence-level importance ratio s_i = (pi_theta(y_i|x) /
+pi_old(y_i|x)) ** (1/|y_i|), clipped to [1 - 3e-4, 1 + 4e-4], the loss averaged
+per sequence, plus beta times the per-sequence k2 leash to the base model, whose
+gradient is that of the reverse KL(pi_theta || pi_ref) that `kl` logs (k3).
+Every log-prob is taken at the sampling temperature T: log_softmax(logits / T).
 
 How a day's update runs:
-1. Rewards -> advantages per group; groups whose rewards are all equal are dropped.
+1. Rewards -> advantages per group; groups whose reward std is at most
+   `flat_std` are dropped (flat, or nearly so: no signal) and counted.
 2. The kept rollouts, shuffled group by group (groups in random order, each
    group's rows in random order, so a group's rows stay together), are split
    into `minibatches` parts. Within a part, the rows that share a prompt form
@@ -19,20 +22,39 @@ How a day's update runs:
    from those very weights, and take their own forward (gradient stopped). The reference
    log-probs come from the same weights with the LoRA adapters switched off
    (scale 0), so no second model is held in memory. With full fine-tuning the
-   base weights are read back from disk for that pass.
-4. Each part takes one AdamW step. Per chunk, the completions are
-   differentiated `micro_batch` rows at a time and the prompt's backward runs
-   once (see Trainer._chunk_grads); the chunks' losses are weighted by their
-   share of the part's rows and their gradients summed, so the step is that of
-   the part's mean loss while peak memory holds one micro-batch's (or the
-   prompt's) activations.
-   Every part after the first is off-policy: the ratio moves away from 1 and
-   the clip acts (the clip fraction is logged per step).
+   base weights are read back from disk for that pass. The reference pass runs
+   whenever there is a reference, so the KL is measured even with beta = 0.
+4. Each part takes one AdamW step (bias correction on: the first step has the
+   configured size, where MLX's default would take about 3x it). Per chunk, the
+   completions are differentiated `micro_batch` rows at a time and the prompt's
+   backward runs once (see Trainer._chunk_grads); the chunks' losses are weighted
+   by their share of the part's rows and their gradients summed, so the step is
+   that of the part's mean loss while peak memory holds one micro-batch's (or the
+   prompt's) activations. Every part after the first is off-policy: the ratio
+   moves away from 1 and the clip acts (the clip fraction is logged per step).
 5. A non-finite loss or gradient norm skips that step, keeps the weights, and is
    recorded in the step row.
+6. After the last step one more pass measures the KL of the final weights to
+   the base on every kept row (`kl_after` of the day's last step row), so the
+   KL guard sees where the day ended, not only where each step started.
 
-Departures from the paper: the KL leash (the paper has none); the sequence
-ratio is taken against log-probs from the training code's own pass, not the sampler's.
+The sampler and pi_old. Rollouts are drawn from q: the policy at temperature T,
+truncated to the top-k / top-p candidates and renormalised; each token's log q
+is stored with the rollout. pi_old here is the untruncated policy at T, so
+log q - log pi_old = -log(candidate mass) >= 0 plus numerics; each step logs
+its mean per token (`sampler_gap`). Correcting for it with a truncated
+importance weight w_i = min(exp(-gap_i), C) (TRL's vLLM importance-sampling
+correction at sequence level) is available as `is_cap` and off by default,
+decided by measurement (bench/sampler_gap.py, the warm demo model, 16 prompts x
+8 completions): with the tight profile the gap is 0.090 nats per token (0.407
+against a temperature-1 pass, what the trainer used before), so w_i is 0.914 +-
+0.017 (min 0.879) across sequences; with `default` (top-p 0.95 alone) 0.051 and
+w_i = 0.950 for every sequence. The weight is a near-constant rescale of the
+step, not a correction that reorders which sequences count.
+
+Departures from the paper: the KL leash (the paper has none); the truncated
+importance weight (off by default); the sequence ratio is taken against the
+training code's own float32 pass at T, not the sampler's log-probs.
 """
 
 from __future__ import annotations
@@ -51,7 +73,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from .config import TrainConfig
 from .faults import failpoint
-from .gspo import group_advantages, gspo_loss
+from .gspo import group_advantages, gspo_loss, sequence_mean
 from .models import adapters_off, lora_modules
 from .distributed import SOLO, World
 from .rollouts import Rollout
@@ -76,6 +98,7 @@ class Chunk:
     advantages: mx.array  # (n,)
     old_logp: mx.array | None = None  # (n, T)
     ref_logp: mx.array | None = None  # (n, T)
+    sampler_logp: mx.array | None = None  # (n, T) log q of the sampler; None when a row has none stored
     source: list[Rollout] = field(default_factory=list, repr=False)  # the rows, in order
 
     @property
@@ -90,7 +113,8 @@ class Chunk:
             width = max(len(r.completion_tokens) for r in rows)  # the piece's own longest row
             take = lambda a: None if a is None else a[i : i + size, :width]  # noqa: E731
             yield Chunk(self.head, take(self.inputs), take(self.targets), take(self.mask),
-                        self.advantages[i : i + size], take(self.old_logp), take(self.ref_logp), rows)
+                        self.advantages[i : i + size], take(self.old_logp), take(self.ref_logp),
+                        take(self.sampler_logp), rows)
 
 
 @dataclass
@@ -120,30 +144,38 @@ def _chunk(prompt: list[int], rows: list[Rollout], pad_id: int) -> Chunk:
     inputs = np.full((len(rows), width), pad_id, dtype=np.int32)
     targets = np.full((len(rows), width), pad_id, dtype=np.int32)
     mask = np.zeros((len(rows), width), dtype=np.float32)
+    have_q = all(r.sampler_logprobs is not None and len(r.sampler_logprobs) == len(r.completion_tokens)
+                 for r in rows)
+    logq = np.zeros((len(rows), width), dtype=np.float32)
     for i, r in enumerate(rows):
         n = len(r.completion_tokens)
         inputs[i, :n] = [prompt[-1]] + r.completion_tokens[:-1]
         targets[i, :n] = r.completion_tokens
         mask[i, :n] = 1.0
+        if have_q:
+            logq[i, :n] = r.sampler_logprobs
     return Chunk(
         head=mx.array([prompt[:-1]], dtype=mx.int32),
         inputs=mx.array(inputs),
         targets=mx.array(targets),
         mask=mx.array(mask),
         advantages=mx.array([r.advantage for r in rows], dtype=mx.float32),
+        sampler_logp=mx.array(logq) if have_q else None,
         source=rows,
     )
 
 
-def _picked(logits: mx.array, targets: mx.array) -> mx.array:
+def _picked(logits: mx.array, targets: mx.array, temperature: float = 1.0) -> mx.array:
     logits = logits.astype(mx.float32)  # (N, L, V)
+    if temperature != 1.0:
+        logits = logits * (1.0 / temperature)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)  # (N, L)
     return picked - mx.logsumexp(logits, axis=-1)
 
 
-def token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array) -> mx.array:
-    """log pi(targets | inputs) per position in float32, the plain full pass: (N, L) -> (N, L)."""
-    return _picked(model(inputs), targets)
+def token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array, temperature: float = 1.0) -> mx.array:
+    """log pi_T(targets | inputs) per position in float32, the plain full pass at temperature T: (N, L) -> (N, L)."""
+    return _picked(model(inputs), targets, temperature)
 
 
 class PrefixCache:
@@ -181,15 +213,16 @@ def prefix_kv(model: nn.Module, head: mx.array) -> list[mx.array]:
     return [a for c in cache for a in (c.keys, c.values)]
 
 
-def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array) -> mx.array:
-    """log pi(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv."""
+def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array,
+                        temperature: float = 1.0) -> mx.array:
+    """log pi_T(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv."""
     cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-    return _picked(model(inputs, cache=cache), targets)
+    return _picked(model(inputs, cache=cache), targets, temperature)
 
 
-def chunk_logprobs(model: nn.Module, chunk: Chunk) -> mx.array:
-    """log pi(completion tokens) of a Chunk, (n, T): the prompt runs once, the completions on top of it."""
-    return completion_logprobs(model, prefix_kv(model, chunk.head), chunk.inputs, chunk.targets)
+def chunk_logprobs(model: nn.Module, chunk: Chunk, temperature: float = 1.0) -> mx.array:
+    """log pi_T(completion tokens) of a Chunk, (n, T): the prompt runs once, the completions on top of it."""
+    return completion_logprobs(model, prefix_kv(model, chunk.head), chunk.inputs, chunk.targets, temperature)
 
 
 def first_trainable_layer(model: nn.Module) -> int:
@@ -238,6 +271,12 @@ def base_weights_from(model: nn.Module, model_id: str) -> Iterator[None]:
         del base
 
 
+def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
+    """AdamW with bias correction: without it (MLX's default) the first steps are ~3x the configured rate
+    (1/sqrt(1 - 0.999) / (1/(1 - 0.9)) at step 1) and the excess fades over about a thousand steps."""
+    return optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, bias_correction=True)
+
+
 class Trainer:
     """Holds the policy, its optimizer and the step counter; `train_day` runs steps 1-4 above."""
 
@@ -249,6 +288,8 @@ class Trainer:
         reference: Callable[[], contextlib.AbstractContextManager] | None = None,
         loss: LossFn = gspo_loss,
         world: World = SOLO,
+        optimizer: optim.Optimizer | None = None,
+        temperature: float = 1.0,
     ):
         model_type = getattr(getattr(model, "args", None), "model_type", None)
         if model_type not in SHARED_PREFIX_MODELS:
@@ -263,10 +304,19 @@ class Trainer:
         if reference is None and lora_modules(model):
             reference = lambda: adapters_off(model)  # noqa: E731
         self.reference = reference
-        self.optimizer = optim.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if not temperature > 0:
+            raise TrainingError(f"training needs a sampling temperature above 0, got {temperature}")
+        self.temperature = float(temperature)  # every pass's log-probs are at the sampler's temperature
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(cfg)
         self.optimizer.init(model.trainable_parameters())
         self.step = 0
         self.rng = np.random.default_rng(cfg.seed)
+        self.flat_groups = 0  # groups the last prepare() dropped as flat
+        self.groups = 0  # groups it was given
+
+    def obey_config(self) -> None:
+        """After restoring optimizer state, the configured learning rate wins over the stored one."""
+        self.optimizer.learning_rate = mx.array(self.cfg.learning_rate, dtype=mx.float32)
 
     def _chunk_grads(self, c: Chunk, rows_frac: float, share: float, acc: Accumulator) -> None:
         """Add one chunk's loss, metrics and gradient to `acc`, weighted by `rows_frac` (its share of this
@@ -315,7 +365,7 @@ class Trainer:
             model.update(tree_unflatten(list(zip(names, arrays))))
 
     def _loss_on(self, c: Chunk, kv: list[mx.array], weight: float):
-        logp = completion_logprobs(self.model, kv, c.inputs, c.targets)
+        logp = completion_logprobs(self.model, kv, c.inputs, c.targets, self.temperature)
         loss, metrics = self.loss(
             logp,
             mx.stop_gradient(logp) if c.old_logp is None else c.old_logp,  # None: on-policy, see prepare
@@ -325,6 +375,8 @@ class Trainer:
             eps_low=self.cfg.eps_low,
             eps_high=self.cfg.eps_high,
             beta=self.cfg.beta,
+            sampler_logp=c.sampler_logp,
+            is_cap=self.cfg.is_cap,
         )
         # A chunk's mean is weighted by its share of the minibatch's rows (and each rank's by its
         # share of the ranks), so the summed gradients, averaged over ranks, are the global mean's.
@@ -336,11 +388,12 @@ class Trainer:
             raise TrainingError("every rollout needs a reward before training")
         kept_groups: list[list[Rollout]] = []
         for g in groups:
-            adv = group_advantages([r.reward for r in g], len(g))
+            adv = group_advantages([r.reward for r in g], len(g), tol=self.cfg.flat_std)
             for r, a in zip(g, adv):
                 r.advantage = float(a)
             if np.any(adv != 0.0):
                 kept_groups.append(g)
+        self.groups, self.flat_groups = len(groups), len(groups) - len(kept_groups)
         if not kept_groups:
             return []
         kept = [r for g in kept_groups for r in g]
@@ -371,14 +424,29 @@ class Trainer:
         passes = make_chunks([r for c in later for r in c.source], self.pad_id)
         for c, old in zip(later, self._pass_logprobs(later, passes)):
             c.old_logp = old
-        if self.cfg.beta != 0.0:
-            if self.reference is None:
-                raise TrainingError("beta > 0 needs a reference: LoRA layers or base weights")
+        if self.cfg.beta != 0.0 and self.reference is None:
+            raise TrainingError("beta > 0 needs a reference: LoRA layers or base weights")
+        if self.reference is not None:  # also at beta 0: the KL guard needs the KL measured
             passes = make_chunks([r for c in chunks for r in c.source], self.pad_id)
             with self.reference():
                 for c, ref in zip(chunks, self._pass_logprobs(chunks, passes)):
                     c.ref_logp = ref
         return batches
+
+    def final_kl(self, batches: list[Minibatch]) -> float | None:
+        """The k3 KL(pi || ref) of the current weights on every row of `batches`, averaged over sequences
+        (over all ranks); None without a reference."""
+        chunks = [c for mb in batches for c in mb.chunks]
+        if not chunks or any(c.ref_logp is None for c in chunks):
+            return None
+        passes = make_chunks([r for c in chunks for r in c.source], self.pad_id)
+        total, rows = mx.array(0.0), 0
+        for c, logp in zip(chunks, self._pass_logprobs(chunks, passes)):
+            d = mx.where(c.mask > 0, c.ref_logp - logp, 0.0)
+            total = total + sequence_mean(mx.exp(d) - d - 1.0, c.mask).sum()
+            rows += c.rows
+        sums = np.array(self.world.all_sum(mx.array([total.item(), float(rows)])))
+        return float(sums[0] / sums[1])
 
     def _pass_logprobs(self, chunks: list[Chunk], passes: list[Chunk]) -> list[mx.array]:
         """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows
@@ -389,7 +457,8 @@ class Trainer:
             kv = prefix_kv(self.model, p.head)
             rows = max(1, PASS_LOGITS_BYTES // (4 * vocab * int(p.inputs.shape[1])))
             for piece in p.pieces(rows):
-                logp = mx.stop_gradient(completion_logprobs(self.model, kv, piece.inputs, piece.targets))
+                logp = mx.stop_gradient(completion_logprobs(self.model, kv, piece.inputs, piece.targets,
+                                                            self.temperature))
                 mx.eval(logp)
                 for i, r in enumerate(piece.source):
                     by_row[id(r)] = logp[i, : len(r.completion_tokens)]
@@ -406,7 +475,9 @@ class Trainer:
         """Train on the day's scored groups; returns one row per optimizer step (see db `steps`).
 
         With `kl_max`, the day stops after the first step whose KL exceeds it (the
-        caller then discards the day's weights: see varro.guards).
+        caller then discards the day's weights: see varro.guards). The last row
+        carries `kl_after`, the KL of the final weights (see final_kl); every row
+        carries the day's group counts.
         """
         rows = []
         batches = self.prepare(groups)
@@ -416,6 +487,10 @@ class Trainer:
                 on_step(1)
             if kl_max is not None and rows[-1]["kl"] > kl_max:
                 break
+        if rows:
+            rows[-1]["kl_after"] = self.final_kl(batches)
+        for r in rows:
+            r.update(groups=self.groups, flat_groups=self.flat_groups)
         return rows
 
     def _update(self, mb: Minibatch, k: int) -> dict:
@@ -451,6 +526,8 @@ class Trainer:
             "sequences": mb.total or mb.rows,
             "loss": loss_v if math.isfinite(loss_v) else None,
             "kl": metrics["kl"].item(),
+            "kl_after": None,
+            "sampler_gap": metrics["sampler_gap"].item() if "sampler_gap" in metrics else None,
             "clip_fraction": metrics["clip_fraction"].item(),
             "ratio_mean": metrics["ratio_mean"].item(),
             "reward_mean": self._global_mean(mb.rewards),

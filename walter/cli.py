@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command, metrics_command,
+from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command, eval_command, metrics_command,
                        nightly_options, resolve_days, run_nightly_cli)
 from varro.cli_inspect import register as register_inspect
 from varro.cli_options import config_options, resolve_config
@@ -130,6 +130,7 @@ def nightly(day, first, last, quiet, keep, run, home, source, **kwargs) -> None:
 
 cli.add_command(cron_command("walter"))
 cli.add_command(compare_command("walter"))
+cli.add_command(eval_command("walter"))
 register_inspect(cli, "walter")
 
 

@@ -34,12 +34,13 @@ from varro.embed import Embedder
 from varro.policy import Policy
 from varro.rollouts import score_pending
 from varro.guards import guarded_training
+from varro.stories import Item, assign_stories, is_held_out
 from varro.metrics import day_metrics as shared_day_metrics, mean_or_none
 from varro.progress import NULL_PROGRESS, Progress
 
 from .curriculum import pick_articles
-from .ingest import author_baseline
-from .reward import engagement, post_weight, score_post
+from .ingest import baseline_stats
+from .reward import engagement, fair_weight, score_post
 from .task import build_prompt
 
 APP = "walter"
@@ -64,19 +65,20 @@ def count_weights(cfg: Config) -> dict[str, float]:
 def article_history(db: sqlite_utils.Database, url_norm: str, cfg: Config) -> History:
     rows = list(db.query(
         "select uri, author_did, text, link_title, link_description, like_count, repost_count, reply_count, "
-        "quote_count from bsky_posts where url_norm = ? and coalesce(deleted, 0) = 0 and counts_final = 1 "
+        "quote_count, counts_age_hours from bsky_posts where url_norm = ? and coalesce(deleted, 0) = 0 and counts_final = 1 "
         "order by uri", [url_norm]))
     uris, texts, weights = [], [], []
     title = next((r["link_title"] for r in rows if r["link_title"]), "")
     description = next((r["link_description"] for r in rows if r["link_description"]), "")
     for r in rows:
         e = engagement(r["like_count"], r["repost_count"], r["reply_count"], r["quote_count"], cfg.walter)
-        b = author_baseline(db, r["author_did"], r["uri"], count_weights(cfg))
+        b = baseline_stats(db, r["author_did"], r["uri"], count_weights(cfg),
+                           r["counts_age_hours"] or cfg.walter.count_age_hours, cfg.walter.engagement_half_life_hours)
         if e is None or b is None:
             continue  # unknown counts or no baseline: the post cannot teach
         uris.append(r["uri"])
         texts.append(r["text"])
-        weights.append(post_weight(e, b, cfg.walter.weight_saturation))
+        weights.append(fair_weight(e, b, cfg.walter))
     return History(url_norm, title, description, uris, texts, np.array(weights, dtype=np.float64))
 
 
@@ -84,9 +86,22 @@ def _rank(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()
 
 
-def is_eval_article(url_norm: str, eval_every: int) -> bool:
-    """A fixed 1 in `eval_every` of all articles, by hash: never trained on."""
-    return int(_rank("eval:" + url_norm)[:8], 16) % eval_every == 0
+def article_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config,
+                    lookback_days: int = 7) -> dict[str, str]:
+    """url_norm -> story id for the articles first posted before `day` within the lookback and the story
+    window (varro.stories on title + description), linking the new ones."""
+    from datetime import timedelta
+
+    start = (date.fromisoformat(day) - timedelta(days=lookback_days + cfg.eval.story_window_days)).isoformat()
+    items = [Item(r["url_norm"], r["day"], f"{r['title'] or ''} {r['description'] or ''}".strip())
+             for r in db.query("select url_norm, day, title, description from articles where day >= ? and day < ? "
+                               "order by day, url_norm", [start, day])]
+    return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
+
+
+def is_eval_article(story_id: str, eval_every: int) -> bool:
+    """A fixed 1 in `eval_every` of all stories (varro.stories), by hash: never trained on."""
+    return is_held_out(story_id, eval_every)
 
 
 def candidate_articles(db: sqlite_utils.Database, day: str, cfg: Config, lookback_days: int = 7) -> list[History]:
@@ -104,17 +119,24 @@ def candidate_articles(db: sqlite_utils.Database, day: str, cfg: Config, lookbac
     return out
 
 
-def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, rng: np.random.Generator) -> list[dict]:
-    """The day's article prompts (stored once per day; later calls return the stored set)."""
+def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, rng: np.random.Generator,
+                   embedder: Embedder) -> list[dict]:
+    """The day's article prompts (stored once per day; later calls return the stored set).
+
+    The split is by story: articles about one story (linked by their link
+    cards' similarity) are all held out or all trainable.
+    """
     stored = list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
     if stored:
         return stored
     cands = candidate_articles(db, day, cfg)
-    evals = [h for h in cands if is_eval_article(h.url_norm, cfg.walter.eval_every)]
+    stories = article_stories(db, day, embedder, cfg)
+    held = {h.url_norm for h in cands if is_eval_article(stories[h.url_norm], cfg.walter.eval_every)}
+    evals = [h for h in cands if h.url_norm in held]
     evals = sorted(evals, key=lambda h: _rank(day + h.url_norm))[: max(1, cfg.walter.articles_per_day
                                                                        // cfg.walter.eval_every)]
     eval_urls = {h.url_norm for h in evals}
-    train_pool = [h for h in cands if not is_eval_article(h.url_norm, cfg.walter.eval_every)]
+    train_pool = [h for h in cands if h.url_norm not in held]
     k = cfg.walter.articles_per_day - len(evals)
     picked = set(pick_articles(db, run, day, [h.url_norm for h in train_pool], k, cfg.walter.curriculum_floor,
                                cfg.walter.curriculum_days, rng))
@@ -123,7 +145,7 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
          "split": "eval" if h.url_norm in eval_urls else "train",
          "text": build_prompt(h.title, h.description),
          "source_json": {"url_norm": h.url_norm, "title": h.title, "description": h.description,
-                         "posts": len(h.uris)}}
+                         "posts": len(h.uris), "story_id": stories[h.url_norm]}}
         for h in cands if h.url_norm in eval_urls or h.url_norm in picked
     ]
     dbm.upsert_prompts(db, rows)
@@ -178,7 +200,7 @@ def step(
         res.notes.append(f"checkpoint {day} exists: not sampling or training again")
         return res
     policy = Policy.open(cfg, run_path, before_day=day)
-    prompts = choose_prompts(db, run, day, cfg, policy.trainer.rng)
+    prompts = choose_prompts(db, run, day, cfg, policy.trainer.rng, embedder)
     if not prompts:
         res.notes.append(f"no article with a scorable history on {day}: an empty day")
     have = {r["prompt_id"] for r in db.query(

@@ -1,0 +1,223 @@
+"""The held-out evaluation panel: a run's learning curve on prompts no update has seen.
+
+A run's panel is a fixed list of held-out prompts (split by story, see
+varro.stories): the earliest eval prompts that can be scored, one per story,
+appended in (day, id) order until it holds `panel_size`, then frozen (the
+`panel` table). Every checkpoint of the run, and the base model as day 0,
+writes `panel_samples` completions for each panel prompt. Each prompt is
+sampled alone with a seed derived from the panel seed and the prompt id, so a
+prompt's random draws are the same for every checkpoint, whenever it joined
+the panel. Every completion's reward and components are cached in
+`panel_scores` (keyed by run, checkpoint, prompt, seed, samples and sample
+index): re-running computes nothing twice.
+
+The curve is each checkpoint's mean panel reward with a 95% bootstrap CI over
+prompts, and its paired difference from the base.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import sqlite_utils
+
+from . import checkpoints
+from .config import Config
+from .db import utc_now
+from .embed import Embedder
+
+ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
+
+
+class PanelError(ValueError):
+    pass
+
+
+def resolve_checkpoint(run_path: Path, which: str) -> str:
+    """'base', 'latest' or a day that has a complete checkpoint; raises PanelError otherwise."""
+    if which == "base":
+        return "base"
+    found = [p.name for p in checkpoints.list_checkpoints(run_path)]
+    if which == "latest":
+        if not found:
+            raise PanelError(f"run {run_path.name} has no checkpoint yet")
+        return found[-1]
+    if which not in found:
+        raise PanelError(f"run {run_path.name} has no checkpoint {which}; it has {found or 'none'}")
+    return which
+
+
+def run_config(run_path: Path, fallback: Config) -> Config:
+    """The config the run's latest checkpoint was trained with, else `fallback`."""
+    found = checkpoints.list_checkpoints(run_path)
+    if not found:
+        return fallback
+    return Config.from_dict(json.loads((found[-1] / "config.json").read_text()))
+
+
+def open_at(run_path: Path, label: str, fallback: Config):
+    """The policy exactly at checkpoint `label` (with the config it was trained with), or the base."""
+    from .policy import Policy
+
+    if label == "base":
+        return Policy.open(fallback, run_path, before_day="0000-01-01")
+    cfg = Config.from_dict(json.loads((checkpoints.checkpoints_dir(run_path) / label / "config.json").read_text()))
+    after = (date.fromisoformat(label) + timedelta(days=1)).isoformat()
+    policy = Policy.open(cfg, run_path, before_day=after)
+    if policy.checkpoint != label:
+        raise PanelError(f"checkpoint {label} could not be restored (got {policy.checkpoint})")
+    return policy
+
+
+def bootstrap_ci(diffs: np.ndarray, seed: int, resamples: int = 2000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of the mean of per-prompt values `diffs` (prompts, samples), resampling prompts."""
+    per_prompt = np.asarray(diffs, dtype=np.float64).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_prompt), size=(resamples, len(per_prompt)))
+    means = per_prompt[idx].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def story_of(prompt: dict) -> str:
+    return json.loads(prompt["source_json"] or "{}").get("story_id") or prompt["id"]
+
+
+def panel_prompts(db: sqlite_utils.Database, app: str, run: str, size: int,
+                  scorable: Callable[[dict], bool]) -> list[dict]:
+    """The run's panel, in order: the stored members, topped up (never reordered) with the earliest
+    scorable held-out prompts of stories not yet in it, up to `size`."""
+    members = list(db.query(
+        "select p.*, n.position, n.story_id from panel n join prompts p on p.id = n.prompt_id "
+        "where n.run = ? and p.app = ? order by n.position", [run, app]))
+    if len(members) < size:
+        stories = {m["story_id"] for m in members}
+        added = []
+        for p in db.query("select * from prompts where app = ? and split = 'eval' order by day, id", [app]):
+            if len(members) + len(added) >= size:
+                break
+            story = story_of(p)
+            if story in stories or any(a["prompt_id"] == p["id"] for a in added) or not scorable(p):
+                continue
+            stories.add(story)
+            added.append({"run": run, "position": len(members) + len(added), "prompt_id": p["id"],
+                          "story_id": story, "added_utc": utc_now()})
+        if added:
+            with db.atomic():
+                db["panel"].insert_all(added, pk=("run", "prompt_id"))
+            return panel_prompts(db, app, run, size, lambda p: False)
+    return members
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """The sampling seed of one panel prompt: the same for every checkpoint."""
+    return (seed * 1_000_003 + int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16)) % 2**31
+
+
+def _have(db: sqlite_utils.Database, run: str, label: str, seed: int, samples: int) -> set[str]:
+    return {r["prompt_id"] for r in db.query(
+        "select prompt_id from panel_scores where run = ? and checkpoint = ? and seed = ? and samples = ? "
+        "group by prompt_id having count(*) = ?", [run, label, seed, samples, samples])}
+
+
+def ensure_scores(db: sqlite_utils.Database, run_path: Path, label: str, prompts: list[dict],
+                  score_texts: ScoreTexts, embedder: Embedder, config: Config, samples: int, seed: int,
+                  on_prompt: Callable[[int], None] | None = None) -> int:
+    """Sample and score `label`'s missing panel cells; returns how many prompts were computed.
+
+    `config` scores every checkpoint alike (the run's config); each checkpoint
+    samples with the settings it was trained with.
+    """
+    run = Path(run_path).name
+    have = _have(db, run, label, seed, samples)
+    todo = [p for p in prompts if p["id"] not in have]
+    if not todo:
+        return 0
+    policy = open_at(run_path, label, config)
+    policy.config.sampling.group_size = samples
+    for p in todo:
+        group = policy.sample([(p["id"], p["text"])], seed=prompt_seed(seed, p["id"]))[0]
+        comps = score_texts(db, p, [r.text for r in group], embedder, config)
+        now = utc_now()
+        rows = [{"run": run, "checkpoint": label, "prompt_id": p["id"], "seed": seed, "samples": samples,
+                 "sample_index": k, "completion": r.text, "reward": c["reward"],
+                 "components_json": json.dumps({k2: v for k2, v in c.items() if k2 != "reward"}, sort_keys=True),
+                 "created_utc": now} for k, (r, c) in enumerate(zip(group, comps))]
+        with db.atomic():
+            db["panel_scores"].upsert_all(rows, pk=("run", "checkpoint", "prompt_id", "seed", "samples",
+                                                    "sample_index"))
+        if on_prompt is not None:
+            on_prompt(1)
+    return len(todo)
+
+
+@dataclass
+class Cells:
+    label: str
+    texts: list[list[str]]  # per prompt, per sample
+    rewards: np.ndarray  # (prompts, samples)
+
+
+def read_scores(db: sqlite_utils.Database, run: str, label: str, prompts: list[dict], samples: int,
+                seed: int) -> Cells:
+    """The cached cells of `label` for `prompts`; raises PanelError when one is missing."""
+    texts, rewards = [], []
+    for p in prompts:
+        rows = list(db.query(
+            "select completion, reward from panel_scores where run = ? and checkpoint = ? and prompt_id = ? "
+            "and seed = ? and samples = ? order by sample_index", [run, label, p["id"], seed, samples]))
+        if len(rows) != samples:
+            raise PanelError(f"panel prompt {p['id']} has no scores for {label} yet (run `eval`)")
+        texts.append([r["completion"] for r in rows])
+        rewards.append([r["reward"] for r in rows])
+    return Cells(label, texts, np.array(rewards, dtype=np.float64).reshape(len(prompts), samples))
+
+
+@dataclass
+class CurvePoint:
+    label: str  # "base" or a checkpoint day
+    mean: float
+    ci: tuple[float, float]
+    diff: float  # mean minus the base's, paired by prompt and sample
+    diff_ci: tuple[float, float]
+    prompts: int
+
+
+def curve(db: sqlite_utils.Database, run: str, labels: list[str], prompts: list[dict], samples: int,
+          seed: int) -> list[CurvePoint]:
+    """Each label's mean panel reward with CIs; `labels[0]` is the baseline of the differences."""
+    cells = [read_scores(db, run, label, prompts, samples, seed) for label in labels]
+    base = cells[0].rewards
+    return [CurvePoint(c.label, float(c.rewards.mean()), bootstrap_ci(c.rewards, seed),
+                       float((c.rewards - base).mean()), bootstrap_ci(c.rewards - base, seed), len(prompts))
+            for c in cells]
+
+
+def format_curve(points: list[CurvePoint]) -> str:
+    lines = [f"{'checkpoint':>12}  {'reward':>7}  {'95% CI':>17}  {'vs base':>8}  {'95% CI':>17}"]
+    for p in points:
+        lines.append(f"{p.label:>12}  {p.mean:>7.3f}  [{p.ci[0]:+.3f}, {p.ci[1]:+.3f}]  {p.diff:>+8.3f}  "
+                     f"[{p.diff_ci[0]:+.3f}, {p.diff_ci[1]:+.3f}]")
+    return "\n".join(lines)
+
+
+def evaluate(db: sqlite_utils.Database, app: str, run_path: Path, score_texts: ScoreTexts, embedder: Embedder,
+             fallback: Config, scorable: Callable[[dict], bool], on_prompt=None) -> tuple[list[dict], list[CurvePoint]]:
+    """Score the base and every checkpoint of the run on its panel (what is cached is reused); returns the
+    panel and the curve. Raises PanelError when the run has no held-out prompt that can be scored."""
+    cfg = run_config(run_path, fallback)
+    run = Path(run_path).name
+    prompts = panel_prompts(db, app, run, cfg.eval.panel_size, scorable)
+    if not prompts:
+        raise PanelError(f"no held-out {app} prompt can be scored yet: the panel of run {run} is empty")
+    labels = ["base"] + [p.name for p in checkpoints.list_checkpoints(run_path)]
+    for label in labels:
+        ensure_scores(db, run_path, label, prompts, score_texts, embedder, cfg, cfg.eval.panel_samples,
+                      cfg.eval.panel_seed, on_prompt)
+    return prompts, curve(db, run, labels, prompts, cfg.eval.panel_samples, cfg.eval.panel_seed)

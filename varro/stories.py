@@ -1,0 +1,83 @@
+"""Stories: items (headlines, articles) linked by embedding similarity, and the held-out split by story.
+
+A story is a chain of items: each new item joins the story of the most similar
+earlier item within `window_days` (same day included) when their cosine is at
+least `threshold`, else it opens a story of its own, named by its own id.
+Items are linked in (day, id) order and a link, once stored, never changes, so
+a story's split is fixed the day it opens. The split is by story, never by
+item: the same story told by two outlets, or developing over a week, sits on
+one side only.
+
+On the shipped sample (headline title + summary, all-MiniLM-L6-v2) 0.55 with a
+3-day window gives coherent stories (the Calderra port strike, the Kestmark
+rate rise with its inflation and currency news) without chaining unrelated
+ones; at 0.5 a country's unrelated news starts to merge, at 0.6 developments
+of one story split apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+import sqlite_utils
+
+from .db import utc_now
+from .embed import Embedder
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    day: str
+    text: str
+
+
+def is_held_out(story_id: str, every: int) -> bool:
+    """A fixed 1 in `every` of all stories, by hash: their items are never trained on or rewarded against."""
+    if every < 1:
+        raise ValueError(f"eval_every must be at least 1, got {every}")
+    return int(hashlib.sha1(("eval:" + story_id).encode()).hexdigest()[:8], 16) % every == 0
+
+
+def assign_stories(db: sqlite_utils.Database, app: str, items: list[Item], embedder: Embedder,
+                   threshold: float, window_days: int) -> dict[str, str]:
+    """Link the new ones of `items` into stories (stored in `stories`); returns item id -> story id for all.
+
+    `items` should hold every item of the window before the new ones too, so they can be linked to.
+    """
+    if not items:
+        return {}
+    ids = [it.id for it in items]
+    stored: dict[str, str] = {}
+    for start in range(0, len(ids), 500):  # SQLite's variable limit
+        part = ids[start : start + 500]
+        marks = ",".join("?" * len(part))
+        stored.update({r["item_id"]: r["story_id"] for r in db.query(
+            f"select item_id, story_id from stories where app = ? and item_id in ({marks})", [app, *part])})
+    ordered = sorted({it.id: it for it in items}.values(), key=lambda it: (it.day, it.id))
+    new = [i for i, it in enumerate(ordered) if it.id not in stored]
+    if not new:
+        return stored
+    vecs = embedder.encode([it.text for it in ordered])  # (n, d) unit rows
+    days = np.array([date.fromisoformat(it.day).toordinal() for it in ordered])
+    rows = []
+    for i in new:
+        it = ordered[i]
+        earlier = np.flatnonzero((np.arange(len(ordered)) < i) & (days >= days[i] - window_days)
+                                 & (days <= days[i]))
+        earlier = np.array([j for j in earlier if ordered[j].id in stored], dtype=int)
+        best, cos = None, None
+        if earlier.size:
+            sims = vecs[earlier] @ vecs[i]
+            k = int(np.argmax(sims))
+            best, cos = ordered[earlier[k]].id, float(sims[k])
+        story = stored[best] if best is not None and cos >= threshold else it.id
+        stored[it.id] = story
+        rows.append({"app": app, "item_id": it.id, "story_id": story, "day": it.day,
+                     "linked_to": best if story != it.id else None, "cosine": cos, "created_utc": utc_now()})
+    with db.atomic():
+        db["stories"].insert_all(rows, pk=("app", "item_id"), ignore=True)
+    return stored
