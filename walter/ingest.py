@@ -8,7 +8,9 @@
 - `refresh_counts` re-reads posts once they reach the fixed age and marks those
   counts final; a post getPosts no longer returns is marked deleted.
 - `update_baselines` caches each author's recent own posts with their raw
-  counts; `author_baseline` turns them into the author's usual engagement.
+  counts and their age when read; `baseline_stats` turns them into the
+  author's usual engagement at a scored post's age, with the number of posts
+  it rests on and their spread (`author_baseline`: the older bare median).
 
 Posts are the plain dicts `walter.bsky.Bluesky` returns (wire-shaped JSON).
 """
@@ -400,7 +402,9 @@ def update_baselines(
     An author whose cache has not expired is skipped. Replies (filter) and reposts
     are left out, and so are posts younger than `min_age_hours`, whose counts are
     not comparable yet. posts_json is [[uri, likes, reposts, replies, quotes], ...]
-    with null for a count the API did not give.
+    with null for a count the API did not give; post_age_hours_json maps each
+    uri to its age in hours when these counts were read (getAuthorFeed gives a
+    post's counts at its current age only).
     """
     now = now or datetime.now(timezone.utc)
     young = utc_iso(now - timedelta(hours=min_age_hours))
@@ -409,18 +413,21 @@ def update_baselines(
         cached = db.execute("select expires_utc from bsky_authors where did = ?", [did]).fetchone()
         if cached and cached[0] and cached[0] > utc_iso(now):
             continue
-        handle, posts = _recent_own_posts(client, did, max_posts, young)
+        handle, posts, created = _recent_own_posts(client, did, max_posts, young)
+        ages = {uri: round((now - parse_time(c)).total_seconds() / 3600.0, 4) for uri, c in created.items()}
         with db.atomic():
             db["bsky_authors"].upsert({
                 "did": did, "handle": handle, "posts_json": json.dumps(posts),
+                "post_age_hours_json": json.dumps(ages),
                 "fetched_utc": utc_iso(now), "expires_utc": utc_iso(now + timedelta(hours=ttl_hours)),
             }, pk="did")
         fetched += 1
     return fetched
 
 
-def _recent_own_posts(client: Bluesky, did: str, max_posts: int, young: str) -> tuple[str | None, list[list]]:
-    handle, posts, cursor = None, [], None
+def _recent_own_posts(client: Bluesky, did: str, max_posts: int,
+                      young: str) -> tuple[str | None, list[list], dict[str, str]]:
+    handle, posts, created_at, cursor = None, [], {}, None
     for _ in range(BASELINE_MAX_PAGES):
         items, cursor = client.get_author_feed(did, cursor=cursor, limit=min(100, max_posts))
         for item in items:
@@ -434,25 +441,22 @@ def _recent_own_posts(client: Bluesky, did: str, max_posts: int, young: str) -> 
                 continue  # without a time we cannot tell whether its counts are settled
             if created <= young:
                 posts.append([post.get("uri")] + [_count(post, name) for name in COUNT_FIELDS])
+                created_at[post.get("uri")] = created
             if len(posts) >= max_posts:
-                return handle, posts
+                return handle, posts, created_at
         if not cursor:
             break
-    return handle, posts
+    return handle, posts, created_at
 
 
-def author_baseline(db: sqlite_utils.Database, did: str, exclude_uri: str,
-                    weights: Mapping[str, float]) -> float | None:
-    """The author's usual engagement: the median weighted engagement of their cached posts.
-
-    `weights` maps like / repost / reply / quote to their weight. The post being
-    scored (`exclude_uri`) and posts with an unknown count are left out; None when
-    nothing is left or the author is not cached (no number is invented).
-    """
+def _cached_engagements(db: sqlite_utils.Database, did: str, exclude_uri: str,
+                        weights: Mapping[str, float]) -> tuple[list[tuple[str, float]], dict[str, float]] | None:
+    """(uri, weighted engagement) of the author's cached posts with every count known, but `exclude_uri`,
+    and their ages when read ({} for a cache written before ages were stored); None when not cached."""
     missing = set(COUNT_FIELDS) - set(weights)
     if missing:
         raise WalterIngestError(f"weights lack {sorted(missing)}; got {dict(weights)}")
-    row = db.execute("select posts_json from bsky_authors where did = ?", [did]).fetchone()
+    row = db.execute("select posts_json, post_age_hours_json from bsky_authors where did = ?", [did]).fetchone()
     if row is None or not row[0]:
         return None
     values = []
@@ -463,5 +467,71 @@ def author_baseline(db: sqlite_utils.Database, did: str, exclude_uri: str,
         uri, *counts = item
         if uri == exclude_uri or any(c is None for c in counts):
             continue
-        values.append(sum(weights[name] * c for name, c in zip(COUNT_FIELDS, counts)))
-    return float(statistics.median(values)) if values else None
+        values.append((uri, sum(weights[name] * c for name, c in zip(COUNT_FIELDS, counts))))
+    return values, json.loads(row[1]) if row[1] else {}
+
+
+def author_baseline(db: sqlite_utils.Database, did: str, exclude_uri: str,
+                    weights: Mapping[str, float]) -> float | None:
+    """The bare median weighted engagement of the author's cached posts, at whatever age they were read.
+
+    The unshrunk, unmatched baseline the weights used before `baseline_stats`.
+    `weights` maps like / repost / reply / quote to their weight. The post being
+    scored (`exclude_uri`) and posts with an unknown count are left out; None when
+    nothing is left or the author is not cached (no number is invented).
+    """
+    cached = _cached_engagements(db, did, exclude_uri, weights)
+    if cached is None or not cached[0]:
+        return None
+    return float(statistics.median(v for _, v in cached[0]))
+
+
+@dataclass(frozen=True)
+class BaselineStats:
+    """An author's usual engagement at one post age, and the evidence it rests on."""
+    usual: float  # mean weighted engagement of their other posts, each brought to `age_hours`
+    n: int  # how many posts
+    spread: float | None  # their standard deviation (n - 1 in the denominator); None for one post
+    age_hours: float  # the age it is the usual at
+
+
+def grown_fraction(age_hours: float, half_life_hours: float) -> float:
+    """The share of its final engagement a post has by `age_hours`: 1 - 2^(-age / half_life).
+
+    The stated growth assumption (not measured): attention to a post decays
+    exponentially, as in a cascade with an exponential kernel, so its counts
+    saturate. With the default half-life of 12 h a post has 82% at 30 h, 93% at
+    45 h and all of it at 289 h (the median age of baseline readings).
+    Raises WalterIngestError for a negative age or a half-life <= 0.
+    """
+    if age_hours < 0 or half_life_hours <= 0:
+        raise WalterIngestError(f"need age >= 0 and half-life > 0 hours, got {age_hours}, {half_life_hours}")
+    return 1.0 - 2.0 ** (-age_hours / half_life_hours)
+
+
+def baseline_stats(db: sqlite_utils.Database, did: str, exclude_uri: str, weights: Mapping[str, float],
+                   age_hours: float, half_life_hours: float) -> BaselineStats | None:
+    """The author's usual engagement at `age_hours` (the scored post's counts age) and its evidence.
+
+    A cached post read at age a with engagement x counts as x * g(age_hours) / g(a),
+    g = `grown_fraction`: the baseline is what the author's posts had at the age
+    the scored post was read at (getAuthorFeed only gives counts at a post's
+    current age, typically days older). A post whose reading age is unknown (a
+    cache from before ages were stored) is taken as fully grown, g(a) = 1. The
+    usual is the mean (see walter.reward for why not the median). `weights`,
+    `exclude_uri` and None as in `author_baseline`. Raises WalterIngestError for
+    an age <= 0.
+    """
+    if not age_hours > 0:
+        raise WalterIngestError(f"a scored post's counts age must be positive, got {age_hours}")
+    cached = _cached_engagements(db, did, exclude_uri, weights)
+    if cached is None or not cached[0]:
+        return None
+    values, ages = cached
+    if any(ages.get(uri, 1.0) <= 0 for uri, _ in values):
+        raise WalterIngestError(f"bsky_authors.post_age_hours_json of {did} has a reading at age <= 0: {ages}")
+    target = grown_fraction(age_hours, half_life_hours)
+    grown = [x * target / (grown_fraction(ages[uri], half_life_hours) if uri in ages else 1.0)
+             for uri, x in values]
+    return BaselineStats(usual=statistics.fmean(grown), n=len(grown),
+                         spread=statistics.stdev(grown) if len(grown) > 1 else None, age_hours=age_hours)
