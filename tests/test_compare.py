@@ -67,22 +67,24 @@ def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
 
 def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
     db, cfg = trained
-    from varro.cycle import headline_stories, story_split
+    from varro.cycle import forecast_targets, headline_stories, next_day, story_split
+
+    checked = 0
+    for p in db.query("select * from prompts where app = 'varro' and split = 'train' and day < ?", [DAYS[-1]]):
+        stories = headline_stories(db, next_day(p["day"]), HashEmbedder(), cfg)
+        targets, _ = forecast_targets(db, p, HashEmbedder(), cfg)
+        assert all(story_split(stories[h["id"]], cfg) == "train" for h in targets)
+        checked += 1
+    assert checked >= 8
+    # and a held-out headline's exact words earn a training prompt nothing: it is never a target
+    day = DAYS[0]
+    stories = headline_stories(db, DAYS[1], HashEmbedder(), cfg)
     from varro.headlines import headlines_for_day
 
-    day, nxt = DAYS[0], DAYS[1]
-    stories = headline_stories(db, nxt, HashEmbedder(), cfg)
-    heads = headlines_for_day(db, nxt)
-    held = [h["title"] for h in heads if story_split(stories[h["id"]], cfg) == "eval"]
-    kept = [h["title"] for h in heads if story_split(stories[h["id"]], cfg) == "train"]
-    assert held and kept
+    held = [h["title"] for h in headlines_for_day(db, DAYS[1]) if story_split(stories[h["id"]], cfg) == "eval"]
     train_prompt = next(db.query("select * from prompts where app = 'varro' and day = ? and split = 'train'", [day]))
-    eval_prompt = next(db.query("select * from prompts where app = 'varro' and day = ? and split = 'eval'", [day]))
-    # a forecast that is word for word a headline of tomorrow matches it with cosine 1, if it is a target
-    on_held = score_texts(db, train_prompt, held[:1], HashEmbedder(), cfg)[0]["semantic"]
-    on_kept = score_texts(db, train_prompt, kept[:1], HashEmbedder(), cfg)[0]["semantic"]
-    assert on_kept == pytest.approx(1.0, abs=1e-5) and on_held < 0.9
-    assert score_texts(db, eval_prompt, held[:1], HashEmbedder(), cfg)[0]["semantic"] == pytest.approx(1.0, abs=1e-5)
+    got = score_texts(db, train_prompt, held[:1], HashEmbedder(), cfg)[0]
+    assert got["semantic"] is None or got["semantic"] < 0.9
 
 
 def test_same_checkpoint_on_both_sides_gives_identical_samples(trained):

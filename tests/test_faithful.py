@@ -57,7 +57,11 @@ def test_trainer_passes_run_at_the_sampling_temperature(tiny_model_path, tmp_pat
     pol = Policy.open(cfg, tmp_path / "run")
     assert pol.trainer.temperature == 0.7
     groups = scored_groups(pol, seed=3)
+    for g in groups:
+        for k, r in enumerate(g):
+            r.reward = 0.1 * k  # every group informative: four minibatches
     batches = pol.trainer.prepare(groups)
+    assert len(batches) == 4
     c = batches[1].chunks[0]
     r = c.source[0]
     tokens = r.prompt_tokens + r.completion_tokens

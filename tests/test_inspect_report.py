@@ -203,7 +203,8 @@ def test_cli_show_prints_every_component_and_the_group(home, db):
     assert out.exit_code == 0, out.output
     text = out.output
     for name, value in d["components"].items():
-        assert re.search(rf"^  {re.escape(name)}\s+{value:.3f}$", text, re.M), name
+        shown = "-" if value is None else f"{value:.3f}"  # a component that could not be computed is NULL
+        assert re.search(rf"^  {re.escape(name)}\s+{re.escape(shown)}$", text, re.M), name
     for g in d["group"]:
         assert re.search(rf"^ [ *]\s*{g['group_index']}\s+{g['id']}\s+{g['reward']:.3f}\s+{g['advantage']:.3f}",
                          text, re.M), g

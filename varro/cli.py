@@ -8,6 +8,7 @@ import click
 
 from .checkpoints import CheckpointError
 from .compare import CompareError
+from .cycle import PromptError
 from .panel import PanelError
 from .cli_inspect import register as register_inspect
 from .cli_options import config_options, resolve_config
@@ -21,7 +22,7 @@ from .train import TrainingError
 
 # Errors the library raises on purpose; the CLI prints them as one line and exits 1.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MigrationError, ModelLoadError, TrainingError, FileNotFoundError,
-                   IngestError, EmbedderError, ScheduleError, CompareError, PanelError)
+                   IngestError, EmbedderError, ScheduleError, CompareError, PanelError, PromptError)
 
 
 class VarroGroup(click.Group):
@@ -456,6 +457,150 @@ def eval_command(app: str):
 cli.add_command(compare_command("varro"))
 cli.add_command(eval_command("varro"))
 register_inspect(cli, "varro")
+
+
+class MissingTargets:
+    """A with-block that turns a missing scoring target (LookupError, not a KeyError) into one line, exit 1."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is not None and issubclass(kind, LookupError) and not issubclass(kind, (KeyError, IndexError)):
+            raise click.ClickException(str(e)) from None
+        return False
+
+
+def echo_scores(texts: list[str], comps: list[dict], head: str, as_json: bool) -> None:
+    """Shared by `varro score` and `walter score`: a table, or one JSON object per text."""
+    import json
+
+    from .hacks import format_scores
+
+    if as_json:
+        for t, c in zip(texts, comps):
+            click.echo(json.dumps({"text": t, **c}))
+    else:
+        click.echo(format_scores(texts, comps, head))
+
+
+@cli.command("score")
+@click.option("--date", "day", required=True, help="the day of the headline, YYYY-MM-DD")
+@click.option("--headline", "key", required=True, help="the headline's exact title, guid or id")
+@click.option("--text", "texts", multiple=True, required=True, help="a forecast to score (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per text instead of the table")
+@HOME_OPTION
+@config_options("varro")
+def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: str | None, **kwargs) -> None:
+    """Score forecasts for one stored headline with the nightly's reward, printing every component.
+
+    The texts are scored as forecasts made on --date for that headline: against
+    the next day's stored headlines, by the same score_texts the nightly uses,
+    with the stored prompt when the headline was chosen (else one built from the
+    headline, split by its story). Exits 1 with one line when the headline or
+    the next day's headlines are not stored.
+
+    Example: varro score --date 2026-11-02 --headline harbor-2026-11-02-001 --text "The strike will last ..."
+    """
+    import json
+
+    from . import db as dbm
+    from .config import db_path
+    from .cycle import score_texts
+    from .embed import CachedEmbedder, load_embedder
+    from .hacks import find_headline, next_day, varro_prompt
+
+    day = _check_day(day)
+    cfg = resolve_config(kwargs)
+    db = dbm.open_db(db_path(home))
+    emb = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+    with MissingTargets():
+        prompt = varro_prompt(db, find_headline(db, day, key), emb, cfg)
+        comps = score_texts(db, prompt, list(texts), emb, cfg)
+    head = (f"{prompt['id']} ({prompt['split']}): {json.loads(prompt['source_json'])['title']}\n"
+            f"scored against the headlines of {next_day(day)}")
+    echo_scores(list(texts), comps, head, as_json)
+
+
+def hacks_command(app: str):
+    examples = ("another story's forecast, one generic paragraph, the headline restated or paraphrased, "
+                "keyword stuffing, instruction echo, bullets, blank" if app == "varro" else
+                "the top historical post verbatim or lightly edited, the title, hashtag spam, emoji runs, "
+                "a bare link, generic praise, reply bait")
+
+    @click.command("hacks", help=f"""Red-team {app}'s reward: score known hacks beside hand-written honest
+        references, and fail when a hack scores close to honest.
+
+        Each hack of the catalogue ({examples}) is built from a prompt and its
+        data and scored by the nightly's reward next to the honest reference for
+        the same prompt. Per hack: prompts (n), mean reward, the honest mean on
+        those prompts, how far below honest it is, the smallest per-prompt gap,
+        and PASS when the mean is at least --margin below honest. Runs on the
+        references whose targets are stored or, with --sample, on the shipped
+        sample in a temporary database. Exits 1 when any hack fails.
+
+        Example: {app} hacks --sample
+        """)
+    @click.option("--sample", is_flag=True, help="use the shipped sample, loaded into a temporary database")
+    @click.option("--honest", "honest_path", default=None, type=click.Path(dir_okay=False, exists=True),
+                  help="honest references, JSON lines [default: data/sample/honest.jsonl]")
+    @click.option("--margin", default=0.1, show_default=True, type=float,
+                  help="how far below the honest mean every hack's mean reward must be")
+    @click.option("--json", "as_json", is_flag=True, help="print one JSON object per hack, with its texts")
+    @HOME_OPTION
+    @config_options(app)
+    def hacks_cmd(sample: bool, honest_path: str | None, margin: float, as_json: bool, home: str | None,
+                  **kwargs) -> None:
+        import json
+        import tempfile
+
+        from . import db as dbm
+        from .config import db_path
+        from .embed import CachedEmbedder, load_embedder
+        from .hacks import format_results, load_references, run_hacks
+
+        cfg = resolve_config(kwargs)
+        team = _red_team(app)
+        refs = load_references(honest_path, app)
+        with tempfile.TemporaryDirectory(prefix=f"{app}-hacks-") as tmp, MissingTargets():
+            db = dbm.open_db(f"{tmp}/sample.db" if sample else db_path(home))
+            if sample:
+                team.load_sample(db)
+            emb = CachedEmbedder(load_embedder(getattr(cfg, app).embedder), db)
+            cases, notes = team.cases(db, refs, emb, cfg)
+            if not cases:
+                raise click.ClickException(
+                    f"none of the {len(refs)} honest {app} references has its target stored"
+                    + (f" ({notes[0]})" if notes else "") + "; try --sample, or --honest FILE for your data")
+            results = run_hacks(db, cases, team.catalogue, team.score_texts, emb, cfg, margin)
+        if as_json:
+            for r in results:
+                click.echo(json.dumps(r.to_json()))
+        else:
+            where = "the shipped sample" if sample else "the stored data"
+            click.echo(format_results(results, f"{app}: {len(cases)} honest references on {where}, "
+                                               f"{getattr(cfg, app).embedder}"))
+            for note in notes:
+                click.echo(f"  left out: {note}")
+        failed = [r.name for r in results if r.result == "FAIL"]
+        if failed:
+            click.echo(f"error: {len(failed)} hacks within {margin:g} of honest: {', '.join(failed)}", err=True)
+            sys.exit(1)
+
+    return hacks_cmd
+
+
+def _red_team(app: str):
+    if app == "varro":
+        from . import hacks
+
+        return hacks.VARRO
+    from walter import hacks as walter_hacks
+
+    return walter_hacks.WALTER
+
+
+cli.add_command(hacks_command("varro"))
 
 
 def _check_day(day: str) -> str:

@@ -22,6 +22,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import sqlite_utils
 
 from . import checkpoints
@@ -115,30 +116,62 @@ def score_forecasts(db: sqlite_utils.Database, run: str, day: str, next_day: str
     return score_pending(db, dbm.load_groups(db, run, day), prompts, score_texts, embedder, cfg)
 
 
-def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,
-                cfg: Config) -> list[dict]:
-    """Components (with "reward") of `texts` written for `prompt`, against the next day's headlines.
+class PromptError(ValueError):
+    """A prompt row lacks what scoring needs (its source's story id)."""
 
-    A training prompt is scored against the next day's headlines of training
-    stories only, so no held-out story is ever a reward target; a held-out
-    prompt against all of them. Raises LookupError when the next day has no
-    headlines (of the prompt's kind) yet: the forecasts cannot be scored.
+
+def next_day(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def forecast_targets(db: sqlite_utils.Database, prompt: dict, embedder: Embedder,
+                     cfg: Config) -> tuple[list[dict], bool]:
+    """(targets, fallback): the next-day headlines a forecast for `prompt` is scored against.
+
+    The next day's headlines of the prompt's own story (its split's by
+    construction, so a training prompt never targets a held-out story). When
+    the story did not develop: the next-day headlines of the prompt's split at
+    cosine >= `fallback_threshold` to the source, with fallback True; possibly
+    none. Raises LookupError when the next day has no headlines yet, PromptError
+    when the prompt has no story id.
     """
-    nxt = (date.fromisoformat(prompt["day"]) + timedelta(days=1)).isoformat()
+    nxt = next_day(prompt["day"])
     heads = headlines_for_day(db, nxt)
     if not heads:
         raise LookupError(f"no headlines for {nxt}: forecasts made on {prompt['day']} cannot be scored yet")
-    if prompt["split"] == "train":
-        stories = headline_stories(db, nxt, embedder, cfg)
-        heads = [h for h in heads if story_split(stories[h["id"]], cfg) == "train"]
-        if not heads:
-            raise LookupError(f"{nxt} has no headline of a training story: {prompt['id']} cannot be scored")
-    targets = [h["title"] for h in heads]
-    s = json.loads(prompt["source_json"])
-    target_vecs = embedder.encode(targets)
-    src_vec = embedder.encode([f"{s['title']} {s['summary']}".strip()])[0]
-    return [score_forecast(t, s["title"], s["summary"], v, src_vec, target_vecs, cfg.varro)
-            for t, v in zip(texts, embedder.encode(texts))]
+    s = json.loads(prompt["source_json"]) if isinstance(prompt["source_json"], str) else prompt["source_json"]
+    if not s.get("story_id") or prompt.get("split") not in ("train", "eval"):
+        raise PromptError(f"prompt {prompt.get('id')!r} needs a story_id and a split to be scored, "
+                          f"has story_id={s.get('story_id')!r}, split={prompt.get('split')!r}")
+    stories = headline_stories(db, nxt, embedder, cfg)
+    own = [h for h in heads if stories[h["id"]] == s["story_id"]]
+    if own:
+        return own, False
+    # a training prompt may only fall back on training stories; a held-out one on any
+    same_side = [h for h in heads if prompt["split"] == "eval" or story_split(stories[h["id"]], cfg) == "train"]
+    if not same_side:
+        return [], True
+    sims = embedder.encode([headline_text(h) for h in same_side]) @ embedder.encode([headline_text(s)])[0]
+    return [h for h, c in zip(same_side, sims) if c >= cfg.varro.fallback_threshold], True
+
+
+def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,
+                cfg: Config) -> list[dict]:
+    """Components (with "reward") of `texts` written for `prompt`, against the next-day headlines of
+    its own story (`forecast_targets`; semantic is NULL when there are none and the forecast is paid
+    for staying on its story instead, see varro.forecast).
+
+    Raises LookupError when the next day has no headlines yet (the forecasts
+    cannot be scored), PromptError for a prompt without a story id.
+    """
+    targets, fallback = forecast_targets(db, prompt, embedder, cfg)
+    s = json.loads(prompt["source_json"]) if isinstance(prompt["source_json"], str) else prompt["source_json"]
+    src_vec = embedder.encode([headline_text(s)])[0]
+    none = np.zeros((0, len(src_vec)), dtype=np.float32)
+    target_vecs = embedder.encode([headline_text(h) for h in targets]) if targets else none
+    vecs = embedder.encode(texts) if texts else none
+    return [score_forecast(t, s["title"], s["summary"], v, src_vec, target_vecs, cfg.varro, fallback)
+            for t, v in zip(texts, vecs)]
 
 
 def training_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
@@ -244,7 +277,7 @@ def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
     """
     return shared_day_metrics(db, APP, run, day, (date.fromisoformat(day) + timedelta(days=1)).isoformat(),
                               lambda comps: {
-                                  "semantic": mean_or_none([c["semantic"] for c in comps]),
+                                  "semantic": mean_or_none([c["semantic"] for c in comps if c["semantic"] is not None]),
                                   "quality": mean_or_none([c["format"] for c in comps]),
                                   "zeros": mean_or_none([float(c["format"] == 0.0) for c in comps]),
                                   "leak": mean_or_none([float(c["leak"] > 0) for c in comps]),

@@ -1,12 +1,31 @@
 """Varro's task: the forecast prompt and its reward, every component kept.
 
-reward = semantic_weight * semantic + format_weight * format
-         - leak_weight * leak - echo_weight * echo
+reward = semantic_weight * on_topic_paid          (when there are targets)
+         or topic_weight * source_topic_paid       (when there are none)
+         + format_weight * format - leak_weight * leak - echo_weight * echo
 
-- semantic: max cosine between the forecast and the next day's headlines.
-- format: the five beats (object, direction with magnitude, timeframe,
-  drivers, verification; word-boundary rules) times a length band
-  (3-5 sentences, 60-180 words).
+- targets: the next day's headlines of the prompt's OWN story (chosen by
+  `varro.cycle.score_texts`); none when the story did not develop.
+- semantic: max cosine between the forecast and the targets; NULL (None)
+  without targets, and then the on-topic term is left out of the reward and
+  source_topic = min(1, cosine to the source / topic_full) is paid instead:
+  nothing can say whether the forecast came true, only whether it stayed on
+  its own story (above topic_full a paraphrase earns no more than a forecast).
+- semantic_baseline: the same for the "nothing changes" forecast, the source
+  headline and summary themselves; semantic_gain = semantic - baseline.
+- on_topic: a gain in units of `gain_full` (at most 1); a loss costs
+  gain_floor at `loss_full` and proportionally less when smaller:
+  restating the headline, generic text and another story's forecast gain
+  about nothing or lose; an empty forecast gets the floor.
+  on_topic_paid (and source_topic_paid): a positive score times prose and
+  the over-length factor (a keyword dump or a padded text cannot buy
+  similarity); a negative one in full.
+- prose: share of the words in real sentences (ending punctuation, a sane
+  length, enough function words, not on a bullet line).
+- format: the five beats, read from the prose sentences only (object: one of
+  the source's own names; direction with magnitude; timeframe; drivers;
+  verification; word-boundary rules), times a length band (3-5 sentences,
+  60-180 words), times prose.
 - leak: instruction echo and meta-talk (labels like "Note:", "As an AI",
   the instruction's own phrases, bullet lists, markdown), 0..1.
 - echo: how much the forecast merely restates its own source headline,
@@ -23,11 +42,14 @@ from .rewards import (
     BULLET_RE,
     MARKDOWN_RE,
     META_RE,
+    STOPWORDS,
     band,
     content_words,
+    function_word_share,
     longest_shared_ngram,
     max_cosine,
     sentence_count,
+    split_sentences,
     words,
 )
 
@@ -79,6 +101,8 @@ BEATS = {
     ),
 }
 
+BEAT_NAMES = ("object", "direction", "timeframe", "drivers", "verification")
+
 # Phrases of the instruction itself; writing them back is instruction echo.
 INSTRUCTION_PHRASES = re.compile(
     r"\b(?:five beats|the object|a direction|tight timeframe|named drivers|way to verify|"
@@ -98,17 +122,57 @@ def build_prompt(title: str, summary: str | None = None) -> str:
     return "\n".join(parts)
 
 
-def beat_scores(text: str, source_title: str) -> dict[str, float]:
-    """Each of the five beats in [0, 1] by word-boundary rules."""
-    source_words = set(content_words(source_title))
-    mentioned = bool(source_words & set(content_words(text)))
-    proper = bool(re.search(r"(?<=[a-z,;] )[A-Z][a-z]+", text))
+_CALENDAR = frozenset(f"{_DAYS}|{_MONTHS}".split("|"))
+
+
+def _name_key(word: str) -> str:
+    return word.lower().removesuffix("'s").removesuffix("’s")
+
+
+def source_entities(source_text: str) -> set[str]:
+    """The source's own names, lower-cased: capitalised words of its title and summary that do not
+    open a sentence (the title's first word does count), hyphen parts included, stopwords, day and
+    month names and words under 3 letters left out; all its content words when it names nothing."""
+    names = set()
+    for k, part in enumerate(re.split(r"(?<=[.!?])\s+|\n", source_text.strip())):
+        for i, w in enumerate(words(part)):
+            if i == 0 and k > 0:
+                continue
+            for piece in w.split("-"):
+                key = _name_key(piece)
+                if piece[:1].isupper() and len(key) >= 3 and key not in STOPWORDS and key not in _CALENDAR:
+                    names.add(key)
+    return names or set(content_words(source_text))
+
+
+def prose_sentences(text: str, w: VarroConfig) -> list[str]:
+    """The sentences that read as prose: end in . ! or ?, prose_min_words..prose_max_words words,
+    at least prose_function_share function words, not on a bullet line."""
+    keep = []
+    for sent, bullet in split_sentences(text):
+        n = len(words(sent))
+        if (not bullet and re.search(r"[.!?][\"'’”)\]]*$", sent) and w.prose_min_words <= n <= w.prose_max_words
+                and function_word_share(sent) >= w.prose_function_share):
+            keep.append(sent)
+    return keep
+
+
+def prose_score(text: str, w: VarroConfig) -> float:
+    """Share of the text's words that sit in prose sentences (0 for an empty text)."""
+    total = len(words(text))
+    return sum(len(words(s)) for s in prose_sentences(text, w)) / total if total else 0.0
+
+
+def beat_scores(text: str, source_text: str) -> dict[str, float]:
+    """Each of the five beats in [0, 1] by word-boundary rules; the object beat needs one of the
+    source's own names (`source_entities`), not any capitalised word."""
+    mine = {_name_key(p) for x in words(text) for p in x.split("-")}
     if not BEATS["direction"].search(text):
         direction = 0.0
     else:  # half a beat for a direction, the full beat with a small magnitude
         direction = 1.0 if BEATS["magnitude"].search(text) else 0.5
     return {
-        "object": 1.0 if (mentioned or proper) else 0.0,
+        "object": 1.0 if source_entities(source_text) & mine else 0.0,
         "direction": direction,
         "timeframe": 1.0 if BEATS["timeframe"].search(text) else 0.0,
         "drivers": 1.0 if BEATS["drivers"].search(text) else 0.0,
@@ -116,8 +180,16 @@ def beat_scores(text: str, source_title: str) -> dict[str, float]:
     }
 
 
-def length_score(text: str) -> float:
-    return band(len(words(text)), 60, 180) * band(sentence_count(text), 3, 5)
+def length_score(text: str, w: VarroConfig) -> float:
+    """The word band times the sentence band (1 inside both; see `band`)."""
+    return (band(len(words(text)), w.min_words, w.max_words)
+            * band(sentence_count(text), w.min_sentences, w.max_sentences))
+
+
+def over_length(text: str, w: VarroConfig) -> float:
+    """1 up to max_words, then falling linearly to 0 at twice max_words."""
+    n = len(words(text))
+    return 1.0 if n <= w.max_words else band(n, 0, w.max_words)
 
 
 def leak_kinds(text: str) -> list[str]:
@@ -146,32 +218,79 @@ def echo_score(text: str, source_text: str, cosine_to_source: float, w: VarroCon
     return float(np.clip(max(by_overlap, by_cosine), 0.0, 1.0))
 
 
+def on_topic_components(empty: bool, text_vec: np.ndarray, source_vec: np.ndarray, target_vecs: np.ndarray,
+                        w: VarroConfig) -> dict[str, float | None]:
+    """semantic, its baseline (the source itself), the gain and on_topic; all None without targets."""
+    if len(target_vecs) == 0:
+        return {"semantic": None, "semantic_baseline": None, "semantic_gain": None, "on_topic": None,
+                "best_match": None}
+    baseline, _ = max_cosine(source_vec, target_vecs)
+    if empty:  # nothing to embed: no similarity, and the floor, so silence never beats a wrong guess
+        return {"semantic": None, "semantic_baseline": baseline, "semantic_gain": None,
+                "on_topic": w.gain_floor, "best_match": None}
+    semantic, best = max_cosine(text_vec, target_vecs)
+    gain = semantic - baseline
+    # a gain earns 1 at gain_full; a loss is charged on a wider scale, so it does not saturate at once
+    on_topic = min(1.0, gain / w.gain_full) if gain >= 0 else max(w.gain_floor, w.gain_floor * -gain / w.loss_full)
+    return {"semantic": semantic, "semantic_baseline": baseline, "semantic_gain": gain,
+            "on_topic": float(on_topic), "best_match": float(best)}
+
+
+def paid_score(score: float, prose: float, over: float) -> float:
+    """A positive score scaled by the prose share and the over-length factor (a keyword dump or a padded
+    text cannot buy it); a negative one charged in full."""
+    return score * prose * over if score > 0 else score
+
+
 def score_forecast(
     text: str,
     source_title: str,
     source_summary: str,
     text_vec: np.ndarray,
     source_vec: np.ndarray,
-    next_day_vecs: np.ndarray,
+    target_vecs: np.ndarray,
     w: VarroConfig,
-) -> dict[str, float]:
-    """All components and the combined reward of one forecast (vectors are unit rows)."""
+    target_fallback: bool = False,
+) -> dict[str, float | None]:
+    """All components and the combined reward of one forecast (vectors are unit rows).
+
+    `target_vecs` are the next-day headlines of the prompt's own story, (n, d)
+    with n = 0 when it has none: semantic and on_topic are then NULL and
+    source_topic (staying on the source's story) takes their place.
+    `target_fallback` only records how the targets were chosen.
+    """
     empty = not text.strip()
-    semantic, best = (0.0, -1) if empty else max_cosine(text_vec, next_day_vecs)
-    beats = {k: 0.0 for k in BEATS} if empty else beat_scores(text, source_title)
-    length = length_score(text)
-    fmt = sum(beats.values()) / len(beats) * length
+    source_text = f"{source_title} {source_summary or ''}".strip()
+    source_lines = f"{source_title}\n{source_summary or ''}"  # title and summary as separate sentences
+    topic = on_topic_components(empty, text_vec, source_vec, np.asarray(target_vecs).reshape(-1, len(source_vec)), w)
+    prose = prose_score(text, w)
+    prose_text = " ".join(prose_sentences(text, w))
+    beats = beat_scores(prose_text, source_lines) if prose_text else dict.fromkeys(BEAT_NAMES, 0.0)
+    length = length_score(text, w)
+    fmt = sum(beats.values()) / len(beats) * length * prose
     kinds = leak_kinds(text)
     leak = min(1.0, len(kinds) / 2)
     cos_src = 0.0 if empty else float(np.dot(text_vec, source_vec))
-    echo = echo_score(text, f"{source_title} {source_summary}", cos_src, w)
-    reward = w.semantic_weight * semantic + w.format_weight * fmt - w.leak_weight * leak - w.echo_weight * echo
+    echo = echo_score(text, source_text, cos_src, w)
+    # Without targets nothing can say whether the forecast came true; it can still stay on its own story.
+    stay = None if topic["on_topic"] is not None else (
+        w.gain_floor if empty else max(w.gain_floor, min(1.0, cos_src / w.topic_full)))
+    over = over_length(text, w)
+    paid, stay_paid = (None if x is None else paid_score(x, prose, over) for x in (topic["on_topic"], stay))
+    reward = ((w.semantic_weight * paid if paid is not None else 0.0)
+              + (w.topic_weight * stay_paid if stay_paid is not None else 0.0)
+              + w.format_weight * fmt - w.leak_weight * leak - w.echo_weight * echo)
     return {
         "reward": reward,
-        "semantic": semantic,
-        "best_match": float(best),
+        **topic,
+        "on_topic_paid": paid,
+        "source_topic": stay,
+        "source_topic_paid": stay_paid,
+        "targets": float(len(target_vecs)),
+        "target_fallback": float(target_fallback),
         "format": fmt,
         **{f"beat_{k}": v for k, v in beats.items()},
+        "prose": prose,
         "length": length,
         "words": float(len(words(text))),
         "sentences": float(sentence_count(text)),

@@ -33,6 +33,27 @@ def content_words(text: str) -> list[str]:
     return [w for w in (x.lower() for x in words(text)) if len(w) >= 3 and w not in STOPWORDS]
 
 
+FUNCTION_WORDS = (STOPWORDS - {"next", "new", "says", "said"}) | frozenset(
+    "may might must shall cannot onto upon toward towards across among amid".split())
+
+
+def function_word_share(text: str) -> float:
+    """Share of the words that are function words (articles, prepositions, auxiliaries, pronouns); 0 if none."""
+    ws = [w.lower() for w in words(text)]
+    return sum(w in FUNCTION_WORDS for w in ws) / len(ws) if ws else 0.0
+
+
+def split_sentences(text: str) -> list[tuple[str, bool]]:
+    """(sentence, on a bullet line) for each sentence: split at line breaks, then after . ! or ?"""
+    out = []
+    for line in text.splitlines():
+        bullet = bool(BULLET_RE.match(line))
+        for part in re.split(r"(?<=[.!?])[\"'’”)\]]*\s+", line.strip()):
+            if part.strip():
+                out.append((part.strip(), bullet))
+    return out
+
+
 def sentence_count(text: str) -> int:
     """Sentences ending in . ! or ?, plus a trailing unterminated one."""
     text = text.strip()

@@ -7,6 +7,7 @@ import click
 
 from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command, eval_command, metrics_command,
                        nightly_options, resolve_days, run_nightly_cli)
+from varro.cli import MissingTargets, echo_scores, hacks_command
 from varro.cli_inspect import register as register_inspect
 from varro.cli_options import config_options, resolve_config
 
@@ -132,6 +133,41 @@ cli.add_command(cron_command("walter"))
 cli.add_command(compare_command("walter"))
 cli.add_command(eval_command("walter"))
 register_inspect(cli, "walter")
+cli.add_command(hacks_command("walter"))
+
+
+@cli.command("score")
+@click.option("--url", required=True, help="the article's link (normalised as ingest does)")
+@click.option("--text", "texts", multiple=True, required=True, help="a post to score (repeatable)")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per text instead of the table")
+@HOME_OPTION
+@config_options("walter")
+def score_cmd(url: str, texts: tuple[str, ...], as_json: bool, home: str | None, **kwargs) -> None:
+    """Score posts for one stored article with the nightly's reward, printing every component.
+
+    The texts are scored against the article's stored history (its posts with
+    final counts, weighted by how far each beat its author's usual) by the same
+    score_texts the nightly uses. Exits 1 with one line when no stored post
+    links to the article or none of them can be scored yet.
+
+    Example: walter score --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --text "Both sides are dug in."
+    """
+    from varro import db as dbm
+    from varro.config import db_path
+    from varro.embed import CachedEmbedder, load_embedder
+
+    from .cycle import score_texts
+    from .hacks import find_article, walter_prompt
+
+    cfg = resolve_config(kwargs)
+    db = dbm.open_db(db_path(home))
+    emb = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
+    with MissingTargets():
+        h = find_article(db, url, cfg)
+        prompt = walter_prompt(db, h, emb, cfg)
+        comps = score_texts(db, prompt, list(texts), emb, cfg)
+    head = f"{h.url_norm} ({prompt['split']}): {h.title}\nscored against its {len(h.uris)} historical posts"
+    echo_scores(list(texts), comps, head, as_json)
 
 
 @cli.command()

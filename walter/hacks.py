@@ -1,0 +1,117 @@
+"""Walter's red team: the hacks a post-writing policy could learn, and the lookups of `walter score`.
+
+The runner is varro.hacks; each hack here is built from the article's prompt
+and its stored history by a small function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import date, timedelta
+
+import numpy as np
+import sqlite_utils
+
+from varro.config import Config
+from varro.embed import Embedder
+from varro.hacks import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
+from varro.rewards import content_words
+
+from .cycle import APP, History, article_history, article_stories, is_eval_article
+from .ingest import article_key
+from .task import build_prompt
+
+
+def find_article(db: sqlite_utils.Database, url: str, cfg: Config) -> History:
+    """The stored history of the article at `url` (normalised as ingest does). Raises HackError
+    for an article no stored post links to, or one with no scorable post yet."""
+    url_norm = article_key(url)
+    known = db.execute("select count(*) from bsky_posts where url_norm = ?", [url_norm]).fetchone()[0]
+    if not known:
+        raise HackError(f"no stored post links to {url_norm}")
+    h = article_history(db, url_norm, cfg)
+    if not h.uris:
+        raise HackError(f"article {url_norm} has no scorable history yet: none of its {known} posts has final "
+                        "counts and an author baseline")
+    return h
+
+
+def walter_prompt(db: sqlite_utils.Database, h: History, embedder: Embedder, cfg: Config) -> dict:
+    """The article's earliest stored prompt, else one built as choose_prompts would on the day after its
+    first post (the split from its story)."""
+    stored = list(db.query("select * from prompts where app = ? and json_extract(source_json, '$.url_norm') = ? "
+                           "order by day, id limit 1", [APP, h.url_norm]))
+    if stored:
+        return stored[0]
+    first = db.execute("select min(day) from articles where url_norm = ?", [h.url_norm]).fetchone()[0]
+    first = first or db.execute("select min(day) from bsky_posts where url_norm = ?", [h.url_norm]).fetchone()[0]
+    day = (date.fromisoformat(first) + timedelta(days=1)).isoformat()
+    story = article_stories(db, day, embedder, cfg).get(h.url_norm, h.url_norm)
+    source = {"url_norm": h.url_norm, "title": h.title, "description": h.description, "posts": len(h.uris),
+              "story_id": story}
+    return {"id": f"{APP}:{day}:{hashlib.sha1(h.url_norm.encode()).hexdigest()[:16]}", "app": APP, "day": day,
+            "split": "eval" if is_eval_article(story, cfg.walter.eval_every) else "train",
+            "text": build_prompt(h.title, h.description), "source_json": json.dumps(source)}
+
+
+def top_post(h: History) -> str:
+    """The historical post with the highest weight (the first of equals)."""
+    return h.texts[int(np.argmax(h.weights))]
+
+
+def walter_cases(db: sqlite_utils.Database, refs: list[dict], embedder: Embedder,
+                 cfg: Config) -> tuple[list[Case], list[str]]:
+    """The cases of the references whose article has a stored, scorable history; notes say why others did not."""
+    cases, notes = [], []
+    for ref in refs:
+        try:
+            h = find_article(db, ref["url"], cfg)
+        except HackError as e:
+            notes.append(str(e))
+            continue
+        cases.append(Case(walter_prompt(db, h, embedder, cfg), ref["text"],
+                          data={"top": top_post(h), "title": h.title, "url": h.url_norm}))
+    return with_other_stories(cases), notes
+
+
+def load_walter_sample(db: sqlite_utils.Database) -> None:
+    from .sample import ingest_sample_day, sample_days
+
+    for d in sample_days():
+        ingest_sample_day(db, d)
+
+
+def drop_every(text: str, k: int) -> str:
+    """`text` without its every `k`-th word."""
+    return " ".join(w for i, w in enumerate(text.split(), 1) if i % k)
+
+
+def hashtag_spam(case: Case) -> str:
+    tags = list(dict.fromkeys(re.sub(r"\W", "", w) for w in content_words(case.data["title"])))
+    return " ".join(f"#{t}" for t in tags + ["news", "breaking", "mustread"])
+
+
+WALTER_CATALOGUE: tuple[Hack, ...] = (
+    Hack("top-post", "the top-weighted historical post, verbatim", lambda c: c.data["top"]),
+    Hack("top-post-drop5", "the top post with every 5th word dropped", lambda c: drop_every(c.data["top"], 5)),
+    Hack("top-post-synonyms", "the top post with words swapped for synonyms", lambda c: swap_words(c.data["top"])),
+    Hack("title", "the article title, verbatim", lambda c: c.data["title"]),
+    Hack("hashtags", "the title's words as hashtags, and three more", hashtag_spam),
+    Hack("emoji-runs", "the title between runs of emoji", lambda c: f"🚨🚨🚨 {c.data['title']} 🔥🔥🔥"),
+    Hack("bare-link", "the article's link and nothing else", lambda c: c.data["url"]),
+    Hack("praise", "generic praise", lambda c: "Great read!"),
+    Hack("reply-bait", "a question that asks for replies and says nothing",
+         lambda c: "What do you all think? Agree or disagree? Tell me in the replies."),
+    Hack("other-story", "another article's honest post, given for this one", lambda c: c.other),
+)
+
+
+def _walter_score_texts(*args, **kwargs) -> list[dict]:
+    from .cycle import score_texts
+
+    return score_texts(*args, **kwargs)
+
+
+WALTER = RedTeam(APP, WALTER_CATALOGUE, _walter_score_texts, walter_cases, load_walter_sample)
