@@ -343,6 +343,11 @@ def m010_walter_baseline_stats(db: sqlite_utils.Database) -> None:
     db["curriculum"].add_column("first_draw_probability", float)
 
 
+@migration
+def m011_step_entropy(db: sqlite_utils.Database) -> None:
+    db["steps"].add_column("entropy", float)  # the policy's mean per-token entropy at T on the step's rows
+
+
 class MigrationError(RuntimeError):
     pass
 

@@ -3,6 +3,10 @@
 - KL guard: a step whose KL to the base model exceeds `kl_max`, or a day whose
   final weights do (measured after the last step), ends the day's training;
   the day's checkpoint keeps the previous weights.
+- Entropy guard: a day whose mean per-token policy entropy (at the sampling
+  temperature, from the updates' own forward passes) falls below
+  `entropy_min_share` of the run's first training day's is discarded like a
+  KL trip: the policy is collapsing onto one way of writing.
 - Flat groups: a day's groups dropped for a reward std below `flat_std` are
   counted in every step row and recorded here.
 - Eval guard: while the latest held-out eval reward is more than
@@ -49,6 +53,26 @@ def kl_tripped(rows: list[dict], kl_max: float) -> str | None:
     return None
 
 
+def first_day_entropy(db: sqlite_utils.Database, run: str, before_day: str) -> float | None:
+    """The mean step entropy of the run's first day that recorded one, before `before_day`; None if none."""
+    row = db.execute("select day, avg(entropy) from steps where run = ? and day < ? and skipped = 0 and "
+                     "entropy is not null group by day order by day limit 1", [run, before_day]).fetchone()
+    return None if row is None else float(row[1])
+
+
+def entropy_collapsed(rows: list[dict], first: float | None, min_share: float) -> str | None:
+    """The reason to discard the day's updates, or None: the day's mean step entropy below `min_share`
+    of the first day's (the policy is collapsing onto fewer and fewer ways of writing)."""
+    values = [r["entropy"] for r in rows if r.get("entropy") is not None and not r.get("skipped")]
+    if not values or first is None or min_share <= 0:
+        return None
+    today = sum(values) / len(values)
+    if today < min_share * first:
+        return (f"policy entropy {today:.3f} nats/token is below {min_share} of the first day's {first:.3f}: "
+                "the day's updates were discarded and the previous weights kept")
+    return None
+
+
 def record(db: sqlite_utils.Database, run: str, day: str, app: str, kind: str, reason: str) -> None:
     with db.atomic():
         db["guards"].upsert({"run": run, "day": day, "app": app, "kind": kind, "reason": reason,
@@ -76,7 +100,8 @@ def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: 
         reason = eval_guard(db, app, run, day, cfg.train.eval_drop_max) if groups else None
         if reason:
             record(db, run, day, app, "eval", reason)
-    reason, done = world.broadcast_json([reason, done])
+    first_entropy = first_day_entropy(db, run, day) if world.is_main else None
+    reason, done, first_entropy = world.broadcast_json([reason, done, first_entropy])
     policy.trainer.step = max(policy.trainer.step, done)
     if reason:
         notes.append(reason)
@@ -90,10 +115,13 @@ def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: 
         notes.append(note)
         if world.is_main:
             record(db, run, day, app, "flat", note)
-    tripped = kl_tripped(rows, cfg.train.kl_max)  # the same on every rank: the metrics are all-reduced
+    # the same on every rank: the metrics are all-reduced
+    kind, tripped = "kl", kl_tripped(rows, cfg.train.kl_max)
+    if not tripped:
+        kind, tripped = "entropy", entropy_collapsed(rows, first_entropy, cfg.train.entropy_min_share)
     if tripped:
         if world.is_main:
-            record(db, run, day, app, "kl", tripped)
+            record(db, run, day, app, kind, tripped)
         notes.append(tripped)
         step = policy.trainer.step
         policy = reopen()

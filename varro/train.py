@@ -37,6 +37,8 @@ How a day's update runs:
 6. After the last step one more pass measures the KL of the final weights to
    the base on every kept row (`kl_after` of the day's last step row), so the
    KL guard sees where the day ended, not only where each step started.
+   Each step also logs the policy's mean per-token entropy at T on its rows
+   (`entropy`, from the same forward as the update), for the entropy guard.
 
 The sampler and pi_old. Rollouts are drawn from q: the policy at temperature T,
 truncated to the top-k / top-p candidates and renormalised; each token's log q
@@ -165,12 +167,19 @@ def _chunk(prompt: list[int], rows: list[Rollout], pad_id: int) -> Chunk:
     )
 
 
-def _picked(logits: mx.array, targets: mx.array, temperature: float = 1.0) -> mx.array:
+def _picked(logits: mx.array, targets: mx.array, temperature: float = 1.0, with_entropy: bool = False):
+    """log_softmax(logits / T) at `targets`, (N, L); with `with_entropy` also the distribution's entropy
+    at each position, (N, L), without gradient."""
     logits = logits.astype(mx.float32)  # (N, L, V)
     if temperature != 1.0:
         logits = logits * (1.0 / temperature)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)  # (N, L)
-    return picked - mx.logsumexp(logits, axis=-1)
+    norm = mx.logsumexp(logits, axis=-1, keepdims=True)  # (N, L, 1)
+    logp = picked - norm.squeeze(-1)
+    if not with_entropy:
+        return logp
+    full = mx.stop_gradient(logits - norm)  # (N, L, V)
+    return logp, -(mx.exp(full) * full).sum(axis=-1)
 
 
 def token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array, temperature: float = 1.0) -> mx.array:
@@ -214,10 +223,11 @@ def prefix_kv(model: nn.Module, head: mx.array) -> list[mx.array]:
 
 
 def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array,
-                        temperature: float = 1.0) -> mx.array:
-    """log pi_T(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv."""
+                        temperature: float = 1.0, with_entropy: bool = False):
+    """log pi_T(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv (and the
+    per-position entropy of pi_T with `with_entropy`)."""
     cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-    return _picked(model(inputs, cache=cache), targets, temperature)
+    return _picked(model(inputs, cache=cache), targets, temperature, with_entropy)
 
 
 def chunk_logprobs(model: nn.Module, chunk: Chunk, temperature: float = 1.0) -> mx.array:
@@ -365,7 +375,8 @@ class Trainer:
             model.update(tree_unflatten(list(zip(names, arrays))))
 
     def _loss_on(self, c: Chunk, kv: list[mx.array], weight: float):
-        logp = completion_logprobs(self.model, kv, c.inputs, c.targets, self.temperature)
+        logp, entropy = completion_logprobs(self.model, kv, c.inputs, c.targets, self.temperature,
+                                            with_entropy=True)
         loss, metrics = self.loss(
             logp,
             mx.stop_gradient(logp) if c.old_logp is None else c.old_logp,  # None: on-policy, see prepare
@@ -378,6 +389,8 @@ class Trainer:
             sampler_logp=c.sampler_logp,
             is_cap=self.cfg.is_cap,
         )
+        # the policy's mean per-token entropy at T on these rows, per sequence then averaged
+        metrics = {**metrics, "entropy": sequence_mean(entropy, c.mask.astype(entropy.dtype)).mean()}
         # A chunk's mean is weighted by its share of the minibatch's rows (and each rank's by its
         # share of the ranks), so the summed gradients, averaged over ranks, are the global mean's.
         return loss * weight, metrics
@@ -527,6 +540,7 @@ class Trainer:
             "loss": loss_v if math.isfinite(loss_v) else None,
             "kl": metrics["kl"].item(),
             "kl_after": None,
+            "entropy": metrics["entropy"].item(),
             "sampler_gap": metrics["sampler_gap"].item() if "sampler_gap" in metrics else None,
             "clip_fraction": metrics["clip_fraction"].item(),
             "ratio_mean": metrics["ratio_mean"].item(),
