@@ -90,6 +90,9 @@ def test_full_walter_cycle_over_the_sample(tiny_model_path, tmp_path):
     assert any(p["split"] == "eval" for p in prompts)
     chosen = db.execute("select count(*) from curriculum where chosen = 1").fetchone()[0]
     assert chosen == sum(p["split"] == "train" for p in prompts)
+    # the voice: every post's cadence, and the winners it is rewarded against, under the base model
+    assert db.execute("select count(*) from cadence").fetchone()[0] == db["rollouts"].count
+    assert db.execute("select count(*) from human_cadence where app = 'walter'").fetchone()[0] > 0
     m = day_metrics(db, "w", days[2])
     comps = [json.loads(r[0]) for r in db.execute(
         "select components_json from rollouts where day = ?", [days[2]])]

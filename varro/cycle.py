@@ -33,6 +33,7 @@ from .forecast import build_prompt, score_forecast
 from .headlines import headlines_for_day, load_sample_day
 from .rollouts import score_pending
 from .stories import Item, assign_stories, is_held_out
+from .voice import voice_stage
 from .distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
 from .faults import failpoint
 from .guards import guarded_training
@@ -60,6 +61,11 @@ def headline_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cf
     days = [(start + timedelta(days=k)).isoformat() for k in range(cfg.eval.story_window_days + 1)]
     items = [Item(h["id"], d, headline_text(h)) for d in days for h in headlines_for_day(db, d)]
     return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
+
+
+def varro_human_items(db: sqlite_utils.Database, day: str) -> list[tuple[str, str]]:
+    """The human text `day`'s forecasts are rewarded against: the next day's headlines (title and summary)."""
+    return [(h["id"], headline_text(h)) for h in headlines_for_day(db, next_day(day))]
 
 
 def story_split(story_id: str, cfg: Config) -> str:
@@ -265,6 +271,9 @@ def step(
             groups = [g for part in gathered for g in rollouts_from_json(part)]
             dbm.insert_rollouts(db, run, day, day, groups, policy.sampling_settings())
             res.sampled = sum(len(g) for g in groups)
+    if main:  # the voice: the day's completions and yesterday's targets (today's headlines), once each
+        with progress.stage("voice") as advance:
+            advance(voice_stage(db, APP, run, day, policy, varro_human_items, embedder, [prev])["completions"])
     return res
 
 

@@ -348,6 +348,20 @@ def m011_step_entropy(db: sqlite_utils.Database) -> None:
     db["steps"].add_column("entropy", float)  # the policy's mean per-token entropy at T on the step's rows
 
 
+
+@migration
+def m012_voice(db: sqlite_utils.Database) -> None:
+    # The cadence (varro.cadence) of each completion and of the human text it is rewarded against,
+    # under the run's base model, and each day's cross-prompt template share (varro.voice).
+    # keyed by rollout id with the completion's sha1: a row whose text no longer matches is stale
+    db["cadence"].create({"rollout_id": int, "text_sha1": str, "model": str, "features_json": str,
+                          "created_utc": str}, pk="rollout_id")
+    db["human_cadence"].create({"model": str, "app": str, "item_id": str, "text_sha1": str, "features_json": str,
+                                "created_utc": str}, pk=("model", "app", "item_id"))
+    db["voice_days"].create({"run": str, "app": str, "day": str, "template_share": float, "completions": int,
+                             "created_utc": str}, pk=("run", "app", "day"))
+
+
 class MigrationError(RuntimeError):
     pass
 

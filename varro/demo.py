@@ -131,6 +131,16 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
              f"{cfg.eval.panel_samples} samples each")
         echo(format_curve(points))
     echo("")
+    echo("== Voice: cadence distance from the human text (lower = closer), template share, policy entropy")
+    from .report import app_spec
+    from .voice import voice_data
+
+    voices = {}
+    for app, run in (("varro", "demo"), ("walter", "walter-demo")):
+        voices[app] = voice_data(db, app, run, app_spec(app).human_items)
+        echo(f"{app}:")
+        echo(format_voice(voices[app]))
+    echo("")
     echo("== Before and after: the base model against the last checkpoint on Varro's panel")
     score_texts, scorable, targets = app_scoring("varro", db)
     embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
@@ -154,4 +164,19 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
     if compare_html:
         echo(f"compare:         {compare_html}")
     return {"varro": varro_metrics, "walter": walter_metrics, "reports": reports, "compare": result,
-            "curves": curves}
+            "curves": curves, "voice": voices}
+
+
+def format_voice(rows: list[dict]) -> str:
+    """day, humans, distance, template share, entropy and the model's mean spike rate, one line a day."""
+    def cell(v) -> str:
+        return f"{v:>9.3f}" if isinstance(v, float) else f"{'-':>9}"
+
+    lines = [f"{'day':>12} {'humans':>7} {'distance':>9} {'template':>9} {'entropy':>9} {'spikes':>9} {'human':>9}"]
+    for v in rows:
+        if not v["model"]:
+            continue
+        human = (v["human"] or {}).get("spike_rate")
+        lines.append(f"{v['day']:>12} {v['humans']:>7} {cell(v['distance'])} {cell(v['template_share'])} "
+                     f"{cell(v['entropy'])} {cell(v['model'].get('spike_rate'))} {cell(human[0] if human else None)}")
+    return "\n".join(lines)

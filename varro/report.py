@@ -25,7 +25,9 @@ import sqlite_utils
 
 from walter.reward import HASHTAG_RE
 
+from .cadence import FEATURES as CADENCE_FEATURES
 from .metrics import mean_or_none
+from .voice import voice_data
 from .rewards import ngrams, repeated_ngram_rate, words
 
 # Any emoji, over the same code-point ranges as walter.reward's emoji-run penalty.
@@ -51,22 +53,26 @@ class AppSpec:
     columns: list[str]  # the per-day table, from day_metrics
     plotted: tuple[str, ...]  # metrics that get their own plot (rewards are drawn together)
     echo_component: str  # the component that is > 0 when a completion echoes the instruction
+    human_items: Callable  # (db, day) -> [(item id, text)]: the human text that day's completions are scored by
 
 
 def app_spec(app: str) -> AppSpec:
     """The application's metrics and echo component; raises ReportError for an unknown app."""
     if app == "varro":
-        from .cycle import VARRO_COLUMNS, day_metrics
+        from .cycle import VARRO_COLUMNS, day_metrics, varro_human_items
 
         return AppSpec(day_metrics, VARRO_COLUMNS,
                        ("kl", "clip_fraction", "semantic", "quality", "zeros", "leak", "echo", "words"),
-                       "leak_instruction")
+                       "leak_instruction", varro_human_items)
     if app == "walter":
-        from walter.cycle import day_metrics as walter_day_metrics
+        from walter.cycle import day_metrics as walter_day_metrics, walter_human_items
         from walter.demo import COLUMNS
 
+        from .config import Config
+
         return AppSpec(walter_day_metrics, COLUMNS,
-                       ("kl", "clip_fraction", "transfer", "hashtag_rate", "copy_rate", "graphemes"), "pen_echo")
+                       ("kl", "clip_fraction", "transfer", "hashtag_rate", "copy_rate", "graphemes"), "pen_echo",
+                       walter_human_items(Config()))
     raise ReportError(f"unknown application {app!r}; known: varro, walter")
 
 
@@ -190,7 +196,7 @@ def report_data(db: sqlite_utils.Database, app: str, run: str) -> dict[str, Any]
         "select day, kind, reason from guards where run = ? and app = ? order by day, kind", [run, app])]
     return {"app": app, "run": run, "columns": spec.columns, "monitor_columns": list(MONITOR_LABELS),
             "plotted": list(spec.plotted), "flags": flags, "guards": guards, "days": out_days,
-            "panel": panel_curve(db, app, run)}
+            "panel": panel_curve(db, app, run), "voice": voice_data(db, app, run, spec.human_items)}
 
 
 def _values(xs: list[float | None]) -> np.ndarray:
@@ -243,6 +249,26 @@ def report_plots(data: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
                           plot_png([p["label"] for p in pts], {"panel reward": [p["mean"] for p in pts]},
                                    "held-out panel: mean reward by checkpoint",
                                    ([p["ci"][0] for p in pts], [p["ci"][1] for p in pts]), band_label="95% CI"))
+    voice = data.get("voice") or []
+    if any(v["model"] for v in voice):
+        vdays = [v["day"] for v in voice]
+        plots["voice_distance"] = ("cadence distance from the humans (RMS of human z-scores; lower = closer)",
+                                   plot_png(vdays, {"distance": [v["distance"] for v in voice]},
+                                            "cadence distance from the human text"))
+        plots["voice_sameness"] = ("sameness: template share across prompts, policy entropy of the updates",
+                                   plot_png(vdays, {"template share": [v["template_share"] for v in voice],
+                                                    "entropy (nats/token)": [v["entropy"] for v in voice]},
+                                            "template share and policy entropy"))
+        for k in CADENCE_FEATURES:
+            model = [(v["model"] or {}).get(k) for v in voice]
+            human = [((v["human"] or {}).get(k)) for v in voice]
+            if all(m is None for m in model):
+                continue
+            band = ([None if h is None else h[0] - h[1] for h in human], [None if h is None else h[0] + h[1] for h in human])
+            plots[f"cadence_{k}"] = (f"cadence: {k}, model against the human band",
+                                     plot_png(vdays, {"model": model, "human mean": [None if h is None else h[0]
+                                                                                  for h in human]},
+                                              f"{k}: model vs human", band, band_label="human ± std"))
     plots["reward"] = ("reward: train mean ± std, eval mean",
                        plot_png(days, {"train": mean, "eval": metric["eval_reward"]}, "reward", band, flagged))
     for k in data["plotted"]:
@@ -312,6 +338,17 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
     samples = "".join(
         f"<h3>{e(d['day'])}</h3>" + _sample_html("best", d["best"]) + _sample_html("worst", d["worst"])
         for d in days)
+    voice = [v for v in data.get("voice") or [] if v["model"]]
+    if voice:
+        voice_html = ("<p>The model's cadence under the base model (as plain text), against the human text it is "
+                      "rewarded by that day; distance is the RMS of the model's mean in the humans' z-scores; "
+                      "template share is the share of completions whose nearest neighbour among other prompts' "
+                      "completions is above cosine 0.9.</p>" + _table(
+                          ["day", "humans", "distance", "template share", "entropy", *CADENCE_FEATURES],
+                          [[v["day"], str(v["humans"]), fmt(v["distance"]), fmt(v["template_share"]), fmt(v["entropy"]),
+                            *(fmt(v["model"].get(k)) for k in CADENCE_FEATURES)] for v in voice], set()))
+    else:
+        voice_html = "<p>No cadence stored yet.</p>"
     if data.get("panel"):
         pts = data["panel"]
         panel = (f"<p>{pts[0]['prompts']} held-out prompts (stories no update has seen), the same prompts and "
@@ -324,7 +361,7 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
     title = f"{data['app']} run {data['run']}"
     return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title><style>{CSS}</style>"
             f"</head><body><h1>{e(title)}</h1><p>{len(days)} days, {e(days[0]['day'])} to {e(days[-1]['day'])}</p>"
-            f"<h2>Held-out learning curve</h2>{panel}<h2>Flags</h2>{flags}<h2>Training health</h2>{guards}<h2>Per-day metrics</h2>{metrics}<h2>Reward-hacking monitors</h2>{monitors}"
+            f"<h2>Held-out learning curve</h2>{panel}<h2>Voice</h2>{voice_html}<h2>Flags</h2>{flags}<h2>Training health</h2>{guards}<h2>Per-day metrics</h2>{metrics}<h2>Reward-hacking monitors</h2>{monitors}"
             f"<h2>Plots</h2><div class=\"plots\">{images}</div><h2>Best and worst samples</h2>{samples}"
             "</body></html>")
 

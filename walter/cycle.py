@@ -35,6 +35,7 @@ from varro.policy import Policy
 from varro.rollouts import score_pending
 from varro.guards import guarded_training
 from varro.stories import Item, assign_stories, is_held_out
+from varro.voice import voice_stage
 from varro.metrics import day_metrics as shared_day_metrics, mean_or_none
 from varro.progress import NULL_PROGRESS, Progress
 
@@ -169,6 +170,19 @@ def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embed
             for t, v in zip(texts, embedder.encode(texts))]
 
 
+def walter_human_items(cfg: Config):
+    """(db, day) -> the human text `day`'s posts are rewarded against: the winning posts (weight > 0) of the
+    day's articles, as (uri, text)."""
+    def items(db: sqlite_utils.Database, day: str) -> list[tuple[str, str]]:
+        out = []
+        for p in db.query("select source_json from prompts where app = ? and day = ? order by id", [APP, day]):
+            h = article_history(db, json.loads(p["source_json"])["url_norm"], cfg)
+            out += [(u, t) for u, t, w in zip(h.uris, h.texts, h.weights) if w > 0]
+        return out
+
+    return items
+
+
 @dataclass
 class StepResult:
     day: str
@@ -217,6 +231,8 @@ def step(
     with progress.stage("scoring") as advance:
         res.scored = score_groups(db, groups, embedder, cfg)
         advance(res.scored)
+    with progress.stage("voice") as advance:  # the day's posts and the winners they are rewarded against
+        advance(voice_stage(db, APP, run, day, policy, walter_human_items(cfg), embedder, [day])["completions"])
     train_ids = {p["id"] for p in prompts if p["split"] == "train"}
     train_groups = [g for g in groups if g[0].prompt_id in train_ids]
     policy, rows, notes = guarded_training(db, APP, run, day, policy, train_groups, cfg, progress,
