@@ -42,10 +42,11 @@ class Comparison:
 
 
 def held_out_prompts(db: sqlite_utils.Database, app: str, run_path: Path, n: int, scorable: Callable[[dict], bool],
-                     fallback: Config) -> tuple[list[dict], str]:
+                     fallback: Config, embedder: Embedder | None = None) -> tuple[list[dict], str]:
     """The first `n` prompts of the run's panel and a note that says plainly when there are fewer."""
     cfg = run_config(run_path, fallback)
-    prompts = panel_prompts(db, app, Path(run_path).name, cfg.eval.panel_size, scorable)[:n]
+    prompts = panel_prompts(db, app, Path(run_path).name, cfg.eval.panel_size, scorable, embedder,
+                            cfg.eval.leak_cosine)[:n]
     if not prompts:
         raise CompareError(f"no held-out {app} prompt can be scored yet: nothing to compare on")
     note = (f"{len(prompts)} held-out prompts" if len(prompts) >= n else

@@ -85,7 +85,9 @@ class EvalConfig:
     panel_samples: int = opt(4, "completions per panel prompt and checkpoint")
     panel_seed: int = opt(0, "sampling seed of the panel, the same for every checkpoint")
     story_threshold: float = opt(0.55, "cosine at which an item joins the story of an earlier one")
-    story_window_days: int = opt(3, "days back an item can be linked to its story")
+    story_window_days: int = opt(7, "days back an item can be linked to its story")
+    leak_cosine: float = opt(0.5, "a training prompt this similar to a held-out item (or a panel prompt to a "
+                                  "training prompt) is left out: a story the linking split in two")
 
 
 @dataclass

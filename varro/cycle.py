@@ -32,7 +32,7 @@ from .embed import Embedder
 from .forecast import build_prompt, score_forecast
 from .headlines import headlines_for_day, load_sample_day
 from .rollouts import score_pending
-from .stories import Item, assign_stories, is_held_out
+from .stories import Item, assign_stories, is_held_out, too_close
 from .voice import voice_stage
 from .distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
 from .faults import failpoint
@@ -68,6 +68,22 @@ def varro_human_items(db: sqlite_utils.Database, day: str) -> list[tuple[str, st
     return [(h["id"], headline_text(h)) for h in headlines_for_day(db, next_day(day))]
 
 
+def near_held_out(db: sqlite_utils.Database, day: str, heads: list[dict], stories: dict[str, str],
+                  embedder: Embedder, cfg: Config) -> list[bool]:
+    """Per headline of `heads`: is it at least `leak_cosine` from a held-out item (a headline of a held-out
+    story in the story window, or any run's panel prompt)? Such a headline is never trained on."""
+    start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
+    window = [h for k in range(cfg.eval.story_window_days + 1)
+              for h in headlines_for_day(db, (start + timedelta(days=k)).isoformat())]
+    held = [headline_text(h) for h in window if h["id"] in stories and story_split(stories[h["id"]], cfg) == "eval"]
+    held += [f"{s['title']} {s.get('summary') or ''}".strip() for s in (json.loads(r[0]) for r in db.execute(
+        "select p.source_json from panel n join prompts p on p.id = n.prompt_id where p.app = ?", [APP]))]
+    if not held or not heads:
+        return [False] * len(heads)
+    return too_close(embedder.encode([headline_text(h) for h in heads]), embedder.encode(held),
+                     cfg.eval.leak_cosine).tolist()
+
+
 def story_split(story_id: str, cfg: Config) -> str:
     return "eval" if is_held_out(story_id, cfg.varro.eval_every) else "train"
 
@@ -76,8 +92,10 @@ def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg:
     """The day's prompts: a diverse set of headlines, near-duplicates dropped, split by story.
 
     A headline's story (varro.stories) decides its split: one in `eval_every`
-    stories is held out, so no story is both trained on and evaluated. Chosen
-    once per day and stored; later calls return the stored set.
+    stories is held out, so no story is both trained on and evaluated, and a
+    training headline within `leak_cosine` of a held-out item is left out (a
+    story the linking split in two). Chosen once per day and stored; later
+    calls return the stored set.
     """
     stored = list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
     if stored:
@@ -86,6 +104,8 @@ def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg:
     if not heads:
         return []
     stories = headline_stories(db, day, embedder, cfg)
+    heads = [h for h, near in zip(heads, near_held_out(db, day, heads, stories, embedder, cfg))
+             if not (near and story_split(stories[h["id"]], cfg) == "train")]
     vecs = embedder.encode([h["title"] for h in heads])
     chosen: list[int] = []
     for i in range(len(heads)):

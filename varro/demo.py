@@ -146,7 +146,7 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
     embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
     result, compare_html = None, None
     if "varro" in curves:
-        prompts, note = held_out_prompts(db, "varro", run_dir("demo", home), 8, scorable, cfg)
+        prompts, note = held_out_prompts(db, "varro", run_dir("demo", home), 8, scorable, cfg, embedder)
         result = compare(db, run_dir("demo", home), prompts, "base", "latest", score_texts, embedder, cfg,
                          samples=cfg.eval.panel_samples, seed=cfg.eval.panel_seed, note=note)
         for line in format_comparison(result).splitlines()[-3:]:

@@ -2,8 +2,8 @@
 
 A run's panel is a fixed list of held-out prompts (split by story, see
 varro.stories): the earliest eval prompts that can be scored, one per story,
-appended in (day, id) order until it holds `panel_size`, then frozen (the
-`panel` table). Every checkpoint of the run, and the base model as day 0,
+none within `leak_cosine` of a training prompt, appended in (day, id) order
+until it holds `panel_size`, then frozen (the `panel` table). Every checkpoint of the run, and the base model as day 0,
 writes `panel_samples` completions for each panel prompt. Each prompt is
 sampled alone with a seed derived from the panel seed and the prompt id, so a
 prompt's random draws are the same for every checkpoint, whenever it joined
@@ -31,6 +31,7 @@ from . import checkpoints
 from .config import Config
 from .db import utc_now
 from .embed import Embedder
+from .stories import too_close
 
 ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
 
@@ -89,21 +90,35 @@ def story_of(prompt: dict) -> str:
     return json.loads(prompt["source_json"] or "{}").get("story_id") or prompt["id"]
 
 
-def panel_prompts(db: sqlite_utils.Database, app: str, run: str, size: int,
-                  scorable: Callable[[dict], bool]) -> list[dict]:
+def prompt_text(prompt: dict) -> str:
+    """What a prompt is about, from its source: the title and the summary (or the description)."""
+    src = json.loads(prompt["source_json"] or "{}")
+    return f"{src.get('title') or ''} {src.get('summary') or src.get('description') or ''}".strip()
+
+
+def panel_prompts(db: sqlite_utils.Database, app: str, run: str, size: int, scorable: Callable[[dict], bool],
+                  embedder: Embedder | None = None, leak_cosine: float | None = None) -> list[dict]:
     """The run's panel, in order: the stored members, topped up (never reordered) with the earliest
-    scorable held-out prompts of stories not yet in it, up to `size`."""
+    scorable held-out prompts of stories not yet in it, up to `size`. With an embedder, a held-out prompt
+    at least `leak_cosine` from any training prompt of the app is passed over (a split story)."""
     members = list(db.query(
         "select p.*, n.position, n.story_id from panel n join prompts p on p.id = n.prompt_id "
         "where n.run = ? and p.app = ? order by n.position", [run, app]))
     if len(members) < size:
         stories = {m["story_id"] for m in members}
         added = []
+        trained = None
+        if embedder is not None and leak_cosine is not None:
+            texts = [prompt_text(p) for p in db.query("select source_json from prompts where app = ? and "
+                                                      "split = 'train'", [app])]
+            trained = embedder.encode(texts) if texts else None
         for p in db.query("select * from prompts where app = ? and split = 'eval' order by day, id", [app]):
             if len(members) + len(added) >= size:
                 break
             story = story_of(p)
             if story in stories or any(a["prompt_id"] == p["id"] for a in added) or not scorable(p):
+                continue
+            if trained is not None and too_close(embedder.encode([prompt_text(p)]), trained, leak_cosine)[0]:
                 continue
             stories.add(story)
             added.append({"run": run, "position": len(members) + len(added), "prompt_id": p["id"],
@@ -213,7 +228,7 @@ def evaluate(db: sqlite_utils.Database, app: str, run_path: Path, score_texts: S
     panel and the curve. Raises PanelError when the run has no held-out prompt that can be scored."""
     cfg = run_config(run_path, fallback)
     run = Path(run_path).name
-    prompts = panel_prompts(db, app, run, cfg.eval.panel_size, scorable)
+    prompts = panel_prompts(db, app, run, cfg.eval.panel_size, scorable, embedder, cfg.eval.leak_cosine)
     if not prompts:
         raise PanelError(f"no held-out {app} prompt can be scored yet: the panel of run {run} is empty")
     labels = ["base"] + [p.name for p in checkpoints.list_checkpoints(run_path)]

@@ -9,10 +9,17 @@ item: the same story told by two outlets, or developing over a week, sits on
 one side only.
 
 On the shipped sample (headline title + summary, all-MiniLM-L6-v2) 0.55 with a
-3-day window gives coherent stories (the Calderra port strike, the Kestmark
-rate rise with its inflation and currency news) without chaining unrelated
-ones; at 0.5 a country's unrelated news starts to merge, at 0.6 developments
-of one story split apart.
+7-day window gives coherent stories (the Calderra port strike over the week,
+the Sarnova drought and its wheat export cap) without chaining unrelated ones;
+at 0.5 a country's unrelated news starts to merge, at 0.6 developments of one
+story split apart.
+
+Linking is not perfect: a development worded differently (cosine 0.5-0.55 to
+its story) opens a story of its own, which may land on the other side of the
+split. So the split has a guard band, `too_close`: a training prompt whose
+cosine to a held-out item is at least `leak_cosine` (0.5) is left out of
+training, and a held-out prompt that close to a training prompt stays out of
+the evaluation panel (varro.panel).
 """
 
 from __future__ import annotations
@@ -40,6 +47,13 @@ def is_held_out(story_id: str, every: int) -> bool:
     if every < 1:
         raise ValueError(f"eval_every must be at least 1, got {every}")
     return int(hashlib.sha1(("eval:" + story_id).encode()).hexdigest()[:8], 16) % every == 0
+
+
+def too_close(candidates: np.ndarray, held: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean per candidate row: its cosine to some `held` row is at least `threshold` (unit rows)."""
+    if not len(candidates) or not len(held):
+        return np.zeros(len(candidates), dtype=bool)
+    return (candidates @ held.T).max(axis=1) >= threshold
 
 
 def assign_stories(db: sqlite_utils.Database, app: str, items: list[Item], embedder: Embedder,

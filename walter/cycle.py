@@ -34,7 +34,7 @@ from varro.embed import Embedder
 from varro.policy import Policy
 from varro.rollouts import score_pending
 from varro.guards import guarded_training
-from varro.stories import Item, assign_stories, is_held_out
+from varro.stories import Item, assign_stories, is_held_out, too_close
 from varro.voice import voice_stage
 from varro.metrics import day_metrics as shared_day_metrics, mean_or_none
 from varro.progress import NULL_PROGRESS, Progress
@@ -100,6 +100,21 @@ def article_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg
     return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
 
 
+def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], stories: dict[str, str],
+                  embedder: Embedder, cfg: Config) -> list[bool]:
+    """Per candidate article: is its card at least `leak_cosine` from a held-out article of the window or any
+    run's Walter panel prompt? Such an article is never trained on (a story the linking split in two)."""
+    texts = {r["url_norm"]: f"{r['title'] or ''} {r['description'] or ''}".strip()
+             for r in db.query("select url_norm, title, description from articles")}
+    held = [texts[u] for u, sid in stories.items() if u in texts and is_eval_article(sid, cfg.walter.eval_every)]
+    held += [f"{s['title']} {s.get('description') or ''}".strip() for s in (json.loads(r[0]) for r in db.execute(
+        "select p.source_json from panel n join prompts p on p.id = n.prompt_id where p.app = ?", [APP]))]
+    if not held or not cands:
+        return [False] * len(cands)
+    mine = embedder.encode([f"{h.title} {h.description or ''}".strip() for h in cands])
+    return too_close(mine, embedder.encode(held), cfg.eval.leak_cosine).tolist()
+
+
 def is_eval_article(story_id: str, eval_every: int) -> bool:
     """A fixed 1 in `eval_every` of all stories (varro.stories), by hash: never trained on."""
     return is_held_out(story_id, eval_every)
@@ -137,7 +152,8 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
     evals = sorted(evals, key=lambda h: _rank(day + h.url_norm))[: max(1, cfg.walter.articles_per_day
                                                                        // cfg.walter.eval_every)]
     eval_urls = {h.url_norm for h in evals}
-    train_pool = [h for h in cands if h.url_norm not in held]
+    train_pool = [h for h, near in zip(cands, near_held_out(db, day, cands, stories, embedder, cfg))
+                  if h.url_norm not in held and not near]
     k = cfg.walter.articles_per_day - len(evals)
     picked = set(pick_articles(db, run, day, [h.url_norm for h in train_pool], k, cfg.walter.curriculum_floor,
                                cfg.walter.curriculum_days, rng))
