@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -298,35 +299,37 @@ def test_author_feed_posts_without_a_time_are_left_out_of_the_baseline(fake, mak
 TINY = ["--embedder", "hash", "--max-tokens", "8", "--lora-layers", "2"]
 
 
-def test_a_varro_day_without_headlines_is_an_empty_day_and_keeps_the_days_before(tiny_model_path, db):
+def test_a_varro_day_without_headlines_is_skipped_and_keeps_the_days_before(tiny_model_path, db):
     model = ["--source", "sample", "--model", str(tiny_model_path), "--prompts-per-day", "2", *TINY]
     first = varro("step", "--date", "2026-11-02", *model)
     assert first.exit_code == 0, first.output
     before = table(db, "select * from rollouts order by id")
     assert len(before) == 2 * 8
 
-    out = varro("step", "--date", "2026-12-25", *model)
+    out = varro("step", "--date", "2026-11-25", *model)
     assert out.exit_code == 0, out.output
     assert out.stdout.splitlines() == [
-        "2026-12-25: ingested 0, scored 0, steps 0, checkpoint 2026-12-25, sampled 0",
-        "  note: no headlines for 2026-12-25: 2026-12-24's forecasts stay unscored and 2026-12-25 has no prompts",
+        "2026-11-25: ingested 0, scored 0, steps 0, checkpoint none, sampled 0",
+        "  note: skipped: no data for 2026-11-25 (no headlines; no checkpoint written, 2026-11-24's forecasts "
+        "stay unscored)",
     ]
-    assert [p.name for p in list_checkpoints(run_dir("default"))] == ["2026-11-02", "2026-12-25"]
+    assert [p.name for p in list_checkpoints(run_dir("default"))] == ["2026-11-02"]
     assert table(db, "select * from rollouts order by id") == before
-    assert db.execute("select count(*) from prompts where day = '2026-12-25'").fetchone()[0] == 0
+    assert db.execute("select count(*) from prompts where day = '2026-11-25'").fetchone()[0] == 0
 
 
-def test_a_walter_day_without_articles_is_an_empty_day(tiny_model_path, db):
+def test_a_walter_day_without_data_is_skipped(tiny_model_path, db):
     from walter.cli import cli
 
-    out = CliRunner().invoke(cli, ["step", "--date", "2026-12-25", "--source", "sample", "--model",
+    out = CliRunner().invoke(cli, ["step", "--date", "2026-11-25", "--source", "sample", "--model",
                                    str(tiny_model_path), "--articles-per-day", "2", *TINY])
     assert out.exit_code == 0, out.output
     assert out.stdout.splitlines() == [
-        "2026-12-25: ingested 0, sampled 0, scored 0, steps 0, checkpoint 2026-12-25",
-        "  note: no article with a scorable history on 2026-12-25: an empty day",
+        "2026-11-25: ingested 0, sampled 0, scored 0, steps 0, checkpoint none",
+        "  note: skipped: no data for 2026-11-25 (nothing ingested and no article with a scorable history; "
+        "no checkpoint written)",
     ]
-    assert [p.name for p in list_checkpoints(run_dir("default"))] == ["2026-12-25"]
+    assert list_checkpoints(run_dir("default")) == []
     assert db.execute("select count(*) from rollouts").fetchone()[0] == 0
 
 
@@ -339,6 +342,7 @@ def test_a_model_that_is_not_available_offline_says_how_to_get_it(varro_home, tm
     [line] = out.stderr.splitlines()
     assert line.startswith("error: cannot load model 'Qwen/Qwen3-0.6B': it is not a local folder and not in "
                            "the Hugging Face cache")
-    assert "`huggingface-cli download Qwen/Qwen3-0.6B`" in line
+    hf = Path(sys.executable).parent / "hf"
+    assert f"`{'hf' if hf.is_file() else 'huggingface-cli'} download Qwen/Qwen3-0.6B`" in line
     assert list_checkpoints(run_dir("default")) == []
     assert db.execute("select count(*) from headlines where day = ?", [DAY]).fetchone()[0] > 0  # ingest kept

@@ -111,7 +111,10 @@ def test_varro_score_missing_targets_are_one_line_errors(sample_home):
                  "--home", str(sample_home))
     one_line_error(out, "no stored headline of 2026-11-02", "'No such headline'", "40 headlines")
     out = invoke(varro_cli, "score", "--date", "2026-11-02", "--headline", "harbor-2026-11-02-001", "--text", "x")
-    one_line_error(out, "no stored headline of 2026-11-02", "0 headlines")  # the empty per-test home
+    one_line_error(out, "no database at")  # the empty per-test home: nothing is created there
+    dbm.open_db(db_path())  # an empty database: the headline is not there
+    out = invoke(varro_cli, "score", "--date", "2026-11-02", "--headline", "harbor-2026-11-02-001", "--text", "x")
+    one_line_error(out, "no stored headline of 2026-11-02", "0 headlines")
 
 
 def test_walter_score_json_equals_score_texts(sample_home, sample_db):
@@ -290,6 +293,8 @@ def test_hacks_on_stored_data_equal_the_sample_and_say_when_nothing_is_stored(sa
     stored = invoke(varro_cli, "hacks", "--home", str(sample_home), "--json")
     sample = invoke(varro_cli, "hacks", "--sample", "--json")
     assert stored.exit_code == sample.exit_code and stored.output == sample.output
+    one_line_error(invoke(varro_cli, "hacks"), "no database at")  # the empty per-test home: nothing created
+    dbm.open_db(db_path())
     for cli, app in [(varro_cli, "varro"), (walter_cli, "walter")]:
         one_line_error(invoke(cli, "hacks"), f"none of the 8 honest {app} references has its target stored",
                        "--sample")

@@ -162,7 +162,7 @@ def test_cli_list_walter_and_usage_errors(home):
     bad_sort = invoke("varro", ["rollouts", "list", "--home", str(home), "--sort", "loss"])
     assert bad_sort.exit_code == 2 and "reward" in bad_sort.output and "advantage" in bad_sort.output
     empty = invoke("varro", ["rollouts", "--home", str(home), "--run", "nothing"])
-    assert empty.exit_code == 0 and "no varro rollouts for run nothing" in empty.output
+    assert empty.exit_code == 1 and "the varro runs are: v" in empty.output
 
 
 def test_format_table_flattens_shortens_and_escapes():

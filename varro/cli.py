@@ -12,7 +12,7 @@ from .cycle import PromptError
 from .panel import PanelError
 from .cli_inspect import register as register_inspect
 from .cli_options import config_options, resolve_config
-from .config import ConfigError
+from .config import ConfigError, FutureDayError, NoDatabaseError, UnknownRunError
 from .db import MigrationError
 from .embed import EmbedderError
 from .ingest import IngestError
@@ -22,7 +22,8 @@ from .train import TrainingError
 
 # Errors the library raises on purpose; the CLI prints them as one line and exits 1.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MigrationError, ModelLoadError, TrainingError, FileNotFoundError,
-                   IngestError, EmbedderError, ScheduleError, CompareError, PanelError, PromptError)
+                   IngestError, EmbedderError, ScheduleError, CompareError, PanelError, PromptError,
+                   UnknownRunError, NoDatabaseError, FutureDayError)
 
 
 class VarroGroup(click.Group):
@@ -63,6 +64,25 @@ def tiny_model(out_dir: str, seed: int, vocab_size: int) -> None:
     click.echo(str(path))
 
 
+def model_config(kwargs: dict, base=None):
+    """resolve_config, with a --model that looks local checked first, before any heavy work (ModelLoadError)."""
+    from .models import check_model
+
+    if kwargs.get("cfg__model__model"):
+        check_model(kwargs["cfg__model__model"])
+    cfg = resolve_config(kwargs, base=base)
+    check_model(cfg.model.model)
+    return cfg
+
+
+def reading_db(home: str | None):
+    """The existing database of a reading command; raises NoDatabaseError rather than creating one."""
+    from . import db as dbm
+    from .config import require_db
+
+    return dbm.open_db(require_db(home))
+
+
 HOME_OPTION = click.option("--home", default=None, help="folder for data/ and runs/ (default $VARRO_HOME or the repo)")
 RUN_OPTION = click.option("--run", default="default", show_default=True, help="run name under runs/")
 
@@ -86,8 +106,11 @@ def demo(days: int | None, varro_only: bool, cold: bool, home: str | None, **kwa
     Example: varro demo --days 3
     """
     from .demo import demo_config, ensure_tiny_model, run_demo, run_full_demo
+    from .models import check_model
 
-    cfg = resolve_config(kwargs, base=demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo)))
+    if kwargs.get("cfg__model__model"):  # a bad --model fails before the tiny model and its warm-up are built
+        check_model(kwargs["cfg__model__model"])
+    cfg = model_config(kwargs, base=demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo)))
     if varro_only:
         run_demo(home, "demo", cfg, days=days, echo=click.echo)
     else:
@@ -112,18 +135,18 @@ def step(day: str, source: str, feed_urls: tuple[str, ...], run: str, home: str 
     Example: varro step --date 2026-11-03 --source sample --model data/models/tiny-qwen3
     """
     from . import db as dbm
-    from .config import db_path, run_dir
+    from .config import db_path, require_past, run_dir
     from .cycle import step as run_step
     from .embed import CachedEmbedder, load_embedder
 
-    day = _check_day(day)
-    cfg = resolve_config(kwargs)
+    day = require_past(_check_day(day))
+    cfg = model_config(kwargs)
     db = dbm.open_db(db_path(home))
     ingest = None if source == "sample" else _rss_ingest(feed_urls, cfg.varro.timezone)
     embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
     res = run_step(db, cfg, run, run_dir(run, home), day, embedder, ingest=ingest)
     click.echo(f"{day}: ingested {res.ingested}, scored {res.scored}, steps {res.steps}, "
-               f"checkpoint {res.checkpoint}, sampled {res.sampled}")
+               f"checkpoint {res.checkpoint or 'none'}, sampled {res.sampled}")
     for note in res.notes:
         click.echo(f"  note: {note}")
 
@@ -140,8 +163,7 @@ def metrics_command(app: str):
     def metrics(run: str, home: str | None, as_json: bool) -> None:
         import json
 
-        from . import db as dbm
-        from .config import db_path
+        from .config import require_run
         from .cycle import VARRO_COLUMNS, format_metrics
 
         if app == "varro":
@@ -150,7 +172,8 @@ def metrics_command(app: str):
         else:
             from walter.cycle import day_metrics
             from walter.demo import COLUMNS as columns
-        db = dbm.open_db(db_path(home))
+        db = reading_db(home)
+        require_run(db, app, run, home)
         days = [r["day"] for r in db.query(
             "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id "
             "where p.app = ? and r.run = ? order by r.day", [app, run])]
@@ -168,9 +191,10 @@ cli.add_command(metrics_command("varro"))
 
 
 def resolve_days(day: str | None, first: str | None, last: str | None) -> list[str]:
-    """--date D, or --from D1 --to D2 (inclusive); default: today."""
+    """--date D, or --from D1 --to D2 (inclusive); default: today. Raises FutureDayError for a later day."""
     from datetime import date
 
+    from .config import require_past
     from .nightly import day_range
 
     if (first is None) != (last is None):
@@ -179,10 +203,12 @@ def resolve_days(day: str | None, first: str | None, last: str | None) -> list[s
         if day is not None:
             raise click.UsageError("use --date or --from/--to, not both")
         try:
-            return day_range(_check_day(first), _check_day(last))
+            days = day_range(_check_day(first), _check_day(last))
         except ValueError as e:
             raise click.UsageError(str(e)) from None
-    return [_check_day(day) if day else date.today().isoformat()]
+        require_past(days[-1])
+        return days
+    return [require_past(_check_day(day)) if day else date.today().isoformat()]
 
 
 def nightly_options(fn):
@@ -250,7 +276,7 @@ def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, hostfil
     days = resolve_days(day, first, last)
     if hostfile:
         _relaunch_distributed(hostfile, run, home, days)
-    cfg = resolve_config(kwargs)
+    cfg = model_config(kwargs)
     world = init_world()
     main = world.is_main
     db = dbm.open_db(db_path(home)) if main else None
@@ -260,7 +286,8 @@ def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, hostfil
     def run_day(d, progress):
         res = run_step(db, cfg, run, run_dir(run, home), d, embedder, ingest=ingest, progress=progress,
                        world=world)
-        return (f"ingested {res.ingested}, scored {res.scored}, steps {res.steps}, checkpoint {res.checkpoint}, "
+        return (f"ingested {res.ingested}, scored {res.scored}, steps {res.steps}, "
+                f"checkpoint {res.checkpoint or 'none'}, "
                 f"sampled {res.sampled}" + (f", {world.size} ranks" if world.distributed else "")
                 + "".join(f"; {n}" for n in res.notes))
 
@@ -384,18 +411,17 @@ def compare_command(app: str):
     def compare_cmd(before, after, n, samples, seed, html_path, as_json, run, home, embedder):
         import json
 
-        from . import db as dbm
         from .compare import compare, format_comparison, held_out_prompts, to_json, write_html
-        from .config import Config, db_path, run_dir
+        from .config import Config, caller_path, require_run
         from .embed import CachedEmbedder, load_embedder
         from .panel import run_config
 
-        db = dbm.open_db(db_path(home))
+        db = reading_db(home)
+        path = require_run(db, app, run, home)
         score_texts, scorable, targets = app_scoring(app, db)
-        path = run_dir(run, home)
         cfg = run_config(path, Config())
         emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app).embedder), db)
-        prompts, note = held_out_prompts(db, app, path, n, scorable, cfg)
+        prompts, note = held_out_prompts(db, app, path, n, scorable, cfg, emb)
         days = sorted({targets(p) for p in prompts})
         note += "; scored against " + (", ".join(days) if len(days) <= 4 else f"{days[0]} ... {days[-1]}")
         result = compare(db, path, prompts, before, after, score_texts, emb, cfg,
@@ -405,7 +431,7 @@ def compare_command(app: str):
         else:
             click.echo(format_comparison(result))
         if html_path:
-            click.echo(f"html: {write_html(result, html_path)}")
+            click.echo(f"html: {write_html(result, caller_path(html_path)).resolve()}")
 
     return compare_cmd
 
@@ -431,14 +457,13 @@ def eval_command(app: str):
         import dataclasses
         import json
 
-        from . import db as dbm
-        from .config import Config, db_path, run_dir
+        from .config import Config, require_run
         from .embed import CachedEmbedder, load_embedder
         from .panel import evaluate, format_curve, run_config
 
-        db = dbm.open_db(db_path(home))
+        db = reading_db(home)
+        path = require_run(db, app, run, home)
         score_texts, scorable, targets = app_scoring(app, db)
-        path = run_dir(run, home)
         cfg = run_config(path, Config())
         emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app).embedder), db)
         prompts, points = evaluate(db, app, path, score_texts, emb, cfg, scorable)
@@ -504,15 +529,13 @@ def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: s
     """
     import json
 
-    from . import db as dbm
-    from .config import db_path
     from .cycle import score_texts
     from .embed import CachedEmbedder, load_embedder
     from .hacks import find_headline, next_day, varro_prompt
 
     day = _check_day(day)
     cfg = resolve_config(kwargs)
-    db = dbm.open_db(db_path(home))
+    db = reading_db(home)
     emb = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
     with MissingTargets():
         prompt = varro_prompt(db, find_headline(db, day, key), emb, cfg)
@@ -555,7 +578,6 @@ def hacks_command(app: str):
         import tempfile
 
         from . import db as dbm
-        from .config import db_path
         from .embed import CachedEmbedder, load_embedder
         from .hacks import format_results, load_references, run_hacks
 
@@ -563,7 +585,7 @@ def hacks_command(app: str):
         team = _red_team(app)
         refs = load_references(honest_path, app)
         with tempfile.TemporaryDirectory(prefix=f"{app}-hacks-") as tmp, MissingTargets():
-            db = dbm.open_db(f"{tmp}/sample.db" if sample else db_path(home))
+            db = dbm.open_db(f"{tmp}/sample.db") if sample else reading_db(home)
             if sample:
                 team.load_sample(db)
             emb = CachedEmbedder(load_embedder(getattr(cfg, app).embedder), db)

@@ -55,10 +55,11 @@ def _check_day(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 
 def _open(home: str | None):
-    from .config import db_path
+    """The existing database; raises NoDatabaseError (a ConfigError) rather than creating one."""
+    from .config import require_db
     from .db import open_db
 
-    return open_db(db_path(home))
+    return open_db(require_db(home))
 
 
 RUN_HELP = "run name under runs/ [default: default]"
@@ -94,8 +95,12 @@ def _list(app: str, day: str | None, prompt: str | None, sort: str | None, best:
 
     if best is not None and worst is not None:
         raise click.UsageError("give --best or --worst, not both")
+    from .config import require_run
+
     run = run or "default"
-    rows = list_rollouts(_open(home), app, run, day=day, prompt=prompt, sort=sort or "reward", best=best,
+    db = _open(home)
+    require_run(db, app, run, home)
+    rows = list_rollouts(db, app, run, day=day, prompt=prompt, sort=sort or "reward", best=best,
                          worst=worst)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -184,17 +189,20 @@ def report_command(app: str) -> click.Command:
 
         Example: {app} report --run demo
         """
-        from .config import run_dir
+        from .config import caller_path, require_run
         from .report import format_summary, report_data, write_report
 
-        data = report_data(_open(home), app, run)
-        out = Path(html_path) if html_path else run_dir(run, home) / "report.html"
+        db = _open(home)
+        path = require_run(db, app, run, home)
+        data = report_data(db, app, run)
+        out = caller_path(html_path) if html_path else path / "report.html"
         write_report(data, out)
         if as_json:
             click.echo(json.dumps({**data, "html": str(out)}, indent=2))
         else:
             click.echo(format_summary(data))
             click.echo(f"\nreport: {out}")
+            click.echo(f"plots: {out.parent / (out.stem + '_files')}")
 
     return report
 

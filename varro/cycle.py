@@ -217,6 +217,7 @@ class StepResult:
     trained: bool = False
     checkpoint: str = ""
     sampled: int = 0
+    skipped: bool = False  # a day with no data: nothing trained, sampled or checkpointed
     notes: list[str] = field(default_factory=list)
 
 
@@ -249,8 +250,12 @@ def step(
         with progress.stage("scoring") as advance:
             res.scored = score_forecasts(db, run, prev, day, embedder, cfg)
             advance(res.scored)
-        if not headlines_for_day(db, day):
-            res.notes.append(f"no headlines for {day}: {prev}'s forecasts stay unscored and {day} has no prompts")
+    # no headlines for the day: nothing to score yesterday's forecasts with, no prompts, so no checkpoint
+    if world.broadcast_json(main and not headlines_for_day(db, day)):
+        res.skipped = True
+        res.notes.append(f"skipped: no data for {day} (no headlines; no checkpoint written, {prev}'s forecasts "
+                         "stay unscored)")
+        return res
 
     done = world.broadcast_json(main and (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file())
     if done:

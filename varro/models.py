@@ -41,14 +41,34 @@ class ModelLoadError(RuntimeError):
     """The base model or an adapter could not be loaded."""
 
 
+def check_model(model_id: str) -> None:
+    """Fail fast, before any heavy work, on a --model that looks local but is not a model folder.
+
+    Raises ModelLoadError for a local-looking path that does not exist, or a folder without config.json.
+    A hub id ('owner/name') is left to `load_model`.
+    """
+    from .config import caller_path, looks_local
+
+    if not looks_local(model_id):
+        return
+    path = caller_path(model_id)
+    if not path.exists():
+        raise ModelLoadError(f"model folder {path} does not exist (from --model {model_id!r}); "
+                             "pass a folder with config.json and weights, or a Hugging Face id like Qwen/Qwen3-0.6B")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a model folder: it has no config.json "
+                             "(make one with `varro tiny-model DIR` or download one with the Hugging Face CLI)")
+
+
 def load_model(model_id: str, adapter_path: str | Path | None = None):
     """Load `model_id` (an mlx-lm id or local folder) with optional adapters.
 
-    Returns (model, tokenizer). Raises ModelLoadError with a hint on how to get
-    the weights when the model is neither local nor in the Hugging Face cache.
+    Returns (model, tokenizer). Raises ModelLoadError for a local path that is not a model folder, and
+    with a hint on how to get the weights when the model is neither local nor in the Hugging Face cache.
     """
     from mlx_lm import load
 
+    check_model(model_id)
     try:
         return load(model_id, adapter_path=str(adapter_path) if adapter_path else None)
     except OSError as e:  # FileNotFoundError, hub unreachable, repo not in the cache
@@ -56,9 +76,17 @@ def load_model(model_id: str, adapter_path: str | Path | None = None):
             raise ModelLoadError(f"cannot load model folder {model_id}: {e}") from e
         raise ModelLoadError(
             f"cannot load model {model_id!r}: it is not a local folder and not in the Hugging Face "
-            f"cache ({e.__class__.__name__}). Download it once with `huggingface-cli download "
-            f"{model_id}` on a machine with network access, or pass a local folder with --model."
+            f"cache ({e.__class__.__name__}). Download it once with `{download_command(model_id)}` on a "
+            f"machine with network access, or pass a local folder with --model."
         ) from e
+
+
+def download_command(model_id: str) -> str:
+    """The download command of the installed huggingface_hub: `hf` where the venv has it, else huggingface-cli."""
+    import sys
+
+    hf = Path(sys.executable).parent / "hf"
+    return f"hf download {model_id}" if hf.is_file() else f"huggingface-cli download {model_id}"
 
 
 def apply_lora(model: nn.Module, cfg: ModelConfig) -> None:

@@ -7,7 +7,7 @@ import click
 
 from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command, eval_command, metrics_command,
                        nightly_options, resolve_days, run_nightly_cli)
-from varro.cli import MissingTargets, echo_scores, hacks_command
+from varro.cli import MissingTargets, echo_scores, hacks_command, model_config, reading_db
 from varro.cli_inspect import register as register_inspect
 from varro.cli_options import config_options, resolve_config
 
@@ -77,14 +77,16 @@ def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
 
     from .cycle import step as run_step
 
-    day = _check_day(day)
-    cfg = resolve_config(kwargs)
+    from varro.config import require_past
+
+    day = require_past(_check_day(day))
+    cfg = model_config(kwargs)
     db = dbm.open_db(db_path(home))
     ingest = _sample_ingest if source == "sample" else _bluesky_ingest(cfg, home)
     embedder = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
     res = run_step(db, cfg, run, run_dir(run, home), day, embedder, ingest)
     click.echo(f"{day}: ingested {res.ingested}, sampled {res.sampled}, scored {res.scored}, "
-               f"steps {res.steps}, checkpoint {res.checkpoint}")
+               f"steps {res.steps}, checkpoint {res.checkpoint or 'none'}")
     for note in res.notes:
         click.echo(f"  note: {note}")
 
@@ -116,7 +118,7 @@ def nightly(day, first, last, quiet, keep, run, home, source, **kwargs) -> None:
     if init_world().distributed:
         raise click.UsageError("walter nightly runs in one process; data-parallel runs are Varro's for now")
     days = resolve_days(day, first, last)
-    cfg = resolve_config(kwargs)
+    cfg = model_config(kwargs)
     db = dbm.open_db(db_path(home))
     ingest = _sample_ingest if source == "sample" else _bluesky_ingest(cfg, home)
     embedder = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
@@ -124,7 +126,7 @@ def nightly(day, first, last, quiet, keep, run, home, source, **kwargs) -> None:
     def run_day(d, progress):
         res = run_step(db, cfg, run, run_dir(run, home), d, embedder, ingest, progress=progress)
         return (f"ingested {res.ingested}, sampled {res.sampled}, scored {res.scored}, steps {res.steps}, "
-                f"checkpoint {res.checkpoint}" + "".join(f"; {n}" for n in res.notes))
+                f"checkpoint {res.checkpoint or 'none'}" + "".join(f"; {n}" for n in res.notes))
 
     run_nightly_cli(run, home, days, quiet, run_day, keep)
 
@@ -152,15 +154,13 @@ def score_cmd(url: str, texts: tuple[str, ...], as_json: bool, home: str | None,
 
     Example: walter score --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --text "Both sides are dug in."
     """
-    from varro import db as dbm
-    from varro.config import db_path
     from varro.embed import CachedEmbedder, load_embedder
 
     from .cycle import score_texts
     from .hacks import find_article, walter_prompt
 
     cfg = resolve_config(kwargs)
-    db = dbm.open_db(db_path(home))
+    db = reading_db(home)
     emb = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
     with MissingTargets():
         h = find_article(db, url, cfg)
@@ -182,10 +182,13 @@ def demo(days: int | None, run: str, cold: bool, home: str | None, **kwargs) -> 
     Example: walter demo --days 3
     """
     from varro.demo import demo_config, ensure_tiny_model, walter_demo_config
+    from varro.models import check_model
 
     from .demo import run_demo
 
-    cfg = resolve_config(kwargs, base=walter_demo_config(demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo))))
+    if kwargs.get("cfg__model__model"):  # a bad --model fails before the tiny model and its warm-up are built
+        check_model(kwargs["cfg__model__model"])
+    cfg = model_config(kwargs, base=walter_demo_config(demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo))))
     run_demo(home, run, cfg, days=days, echo=click.echo)
 
 

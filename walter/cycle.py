@@ -207,6 +207,7 @@ class StepResult:
     scored: int = 0
     steps: int = 0
     checkpoint: str = ""
+    skipped: bool = False  # a day with no data: nothing sampled, trained or checkpointed
     notes: list[str] = field(default_factory=list)
 
 
@@ -228,6 +229,13 @@ def step(
     if (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file():
         res.checkpoint = day
         res.notes.append(f"checkpoint {day} exists: not sampling or training again")
+        return res
+    stored = db.execute("select (select count(*) from bsky_posts where day = ?) + "
+                        "(select count(*) from prompts where app = ? and day = ?)", [day, APP, day]).fetchone()[0]
+    if not stored and not candidate_articles(db, day, cfg):
+        res.skipped = True
+        res.notes.append(f"skipped: no data for {day} (nothing ingested and no article with a scorable history; "
+                         "no checkpoint written)")
         return res
     policy = Policy.open(cfg, run_path, before_day=day)
     prompts = choose_prompts(db, run, day, cfg, policy.trainer.rng, embedder)
