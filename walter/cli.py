@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import click
 
-from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command, cron_command, eval_command, metrics_command,
-                       nightly_options, resolve_days, run_nightly_cli)
+from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command,
+                       cron_command, eval_command, metrics_command, nightly_options, resolve_days, run_nightly_cli)
 from varro.cli import MissingTargets, echo_scores, hacks_command, model_config, reading_db
 from varro.cli_inspect import register as register_inspect
 from varro.cli_options import config_options, resolve_config
