@@ -176,3 +176,24 @@ def test_a_hub_model_not_in_the_cache_names_the_installed_download_command(tmp_p
     assert out.returncode != 0
     tool = "hf" if (Path(sys.executable).parent / "hf").is_file() else "huggingface-cli"
     assert f"`{tool} download acme/none`" in out.stderr
+
+
+def test_another_apps_run_and_another_base_model_are_refused(varro_home, tiny_model_path, tmp_path):
+    """Regression: `walter step` on a run holding a Varro checkpoint printed 'checkpoint exists' and exited 0."""
+    from varro.checkpoints import list_checkpoints
+    from varro.models import write_tiny_model
+
+    model = ["--model", str(tiny_model_path), "--prompts-per-day", "2", *TINY]
+    first = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-02", "--source", "sample", "--run", "r", *model])
+    assert first.exit_code == 0, first.output
+    out = CliRunner().invoke(walter_cli, ["step", "--date", "2026-11-03", "--source", "sample", "--run", "r",
+                                          "--model", str(tiny_model_path), *TINY])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "run r holds varro checkpoints (latest 2026-11-02): walter cannot resume it" in out.output
+    other = write_tiny_model(tmp_path / "other", seed=1, vocab_size=512)
+    out = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-03", "--source", "sample", "--run", "r",
+                                         "--model", str(other), "--prompts-per-day", "2", *TINY])
+    assert out.exit_code == 1 and "was trained on base model" in out.output and str(other) in out.output
+    assert [p.name for p in list_checkpoints(run_dir("r"))] == ["2026-11-02"]  # nothing was written
+    again = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-03", "--source", "sample", "--run", "r", *model])
+    assert again.exit_code == 0, again.output  # the run's own base resumes

@@ -162,6 +162,37 @@ def _python_rng_state() -> list:
     return [version, list(internal), gauss]
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Two model ids or folders name the same base (local folders compared by their resolved paths)."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def check_run_owner(run_path: Path, app: str, model: str) -> None:
+    """Refuse to resume a run that another app wrote, or whose checkpoints sit on another base model.
+
+    Raises CheckpointError naming the run's app or base and what to do instead.
+    """
+    found = list_checkpoints(run_path)
+    if not found:
+        return
+    latest = found[-1]
+    meta = json.loads((latest / METADATA).read_text())
+    owner = meta.get("app")
+    if owner and owner != app:
+        raise CheckpointError(f"run {Path(run_path).name} holds {owner} checkpoints (latest {latest.name}): "
+                              f"{app} cannot resume it; pick another --run")
+    try:
+        base = json.loads((latest / "config.json").read_text())["model"]["model"]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {latest} has no readable config.json: {e}") from e
+    if not _same_model(base, model):
+        raise CheckpointError(f"run {Path(run_path).name} was trained on base model {base!r}; --model {model!r} is "
+                              "another base, whose adapters would not fit: pass the run's model or pick another --run")
+
+
 def verify_checkpoint(path: Path) -> dict[str, Any]:
     """Check the files against metadata.json; returns the metadata or raises CheckpointError."""
     meta_path = Path(path) / METADATA

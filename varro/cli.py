@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, check_run_owner
 from .compare import CompareError
 from .cycle import PromptError
 from .panel import PanelError
@@ -141,6 +141,7 @@ def step(day: str, source: str, feed_urls: tuple[str, ...], run: str, home: str 
 
     day = require_past(_check_day(day))
     cfg = model_config(kwargs)
+    check_run_owner(run_dir(run, home), "varro", cfg.model.model)
     db = dbm.open_db(db_path(home))
     ingest = None if source == "sample" else _rss_ingest(feed_urls, cfg.varro.timezone)
     embedder = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
@@ -277,6 +278,7 @@ def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, hostfil
     if hostfile:
         _relaunch_distributed(hostfile, run, home, days)
     cfg = model_config(kwargs)
+    check_run_owner(run_dir(run, home), "varro", cfg.model.model)
     world = init_world()
     main = world.is_main
     db = dbm.open_db(db_path(home)) if main else None

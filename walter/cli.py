@@ -8,6 +8,7 @@ import click
 from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command,
                        cron_command, eval_command, metrics_command, nightly_options, resolve_days, run_nightly_cli)
 from varro.cli import MissingTargets, echo_scores, hacks_command, model_config, reading_db
+from varro.checkpoints import check_run_owner
 from varro.cli_inspect import register as register_inspect
 from varro.cli_options import config_options, resolve_config
 
@@ -81,6 +82,7 @@ def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
 
     day = require_past(_check_day(day))
     cfg = model_config(kwargs)
+    check_run_owner(run_dir(run, home), "walter", cfg.model.model)
     db = dbm.open_db(db_path(home))
     ingest = _sample_ingest if source == "sample" else _bluesky_ingest(cfg, home)
     embedder = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
@@ -119,6 +121,7 @@ def nightly(day, first, last, quiet, keep, run, home, source, **kwargs) -> None:
         raise click.UsageError("walter nightly runs in one process; data-parallel runs are Varro's for now")
     days = resolve_days(day, first, last)
     cfg = model_config(kwargs)
+    check_run_owner(run_dir(run, home), "walter", cfg.model.model)
     db = dbm.open_db(db_path(home))
     ingest = _sample_ingest if source == "sample" else _bluesky_ingest(cfg, home)
     embedder = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
