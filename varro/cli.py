@@ -387,6 +387,20 @@ def app_scoring(app: str, db):
     return score_texts, lambda p: True, lambda p: "the article's stored posts with final counts"
 
 
+def panel_context(app: str, run: str, home: str | None, embedder: str | None):
+    """What `compare` and `eval` share: (db, run path, app_scoring(app, db), the run's config, its embedder
+    (`embedder` overrides it)); raises NoDatabaseError or UnknownRunError first."""
+    from .config import Config, require_run
+    from .embed import CachedEmbedder, load_embedder
+    from .panel import run_config
+
+    db = reading_db(home)
+    path = require_run(db, app, run, home)
+    cfg = run_config(path, Config())
+    emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app).embedder), db)
+    return db, path, app_scoring(app, db), cfg, emb
+
+
 def compare_command(app: str):
     @click.command("compare", help=f"""Compare two checkpoints of a {app} run on its held-out panel with
         the same seeds and the same reward.
@@ -414,15 +428,9 @@ def compare_command(app: str):
         import json
 
         from .compare import compare, format_comparison, held_out_prompts, to_json, write_html
-        from .config import Config, caller_path, require_run
-        from .embed import CachedEmbedder, load_embedder
-        from .panel import run_config
+        from .config import caller_path
 
-        db = reading_db(home)
-        path = require_run(db, app, run, home)
-        score_texts, scorable, targets = app_scoring(app, db)
-        cfg = run_config(path, Config())
-        emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app).embedder), db)
+        db, path, (score_texts, scorable, targets), cfg, emb = panel_context(app, run, home, embedder)
         prompts, note = held_out_prompts(db, app, path, n, scorable, cfg, emb)
         days = sorted({targets(p) for p in prompts})
         note += "; scored against " + (", ".join(days) if len(days) <= 4 else f"{days[0]} ... {days[-1]}")
@@ -459,15 +467,9 @@ def eval_command(app: str):
         import dataclasses
         import json
 
-        from .config import Config, require_run
-        from .embed import CachedEmbedder, load_embedder
-        from .panel import evaluate, format_curve, run_config
+        from .panel import evaluate, format_curve
 
-        db = reading_db(home)
-        path = require_run(db, app, run, home)
-        score_texts, scorable, targets = app_scoring(app, db)
-        cfg = run_config(path, Config())
-        emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app).embedder), db)
+        db, path, (score_texts, scorable, _), cfg, emb = panel_context(app, run, home, embedder)
         prompts, points = evaluate(db, app, path, score_texts, emb, cfg, scorable)
         if as_json:
             for pt in points:
