@@ -22,13 +22,13 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
 import sqlite_utils
 
 from .config import SAMPLE_DIR, Config
+from .cycle import next_day
 from .embed import Embedder
 from .forecast import INSTRUCTION, build_prompt
 from .headlines import headlines_for_day
@@ -202,10 +202,6 @@ def format_scores(texts: list[str], comps: list[dict], head: str = "") -> str:
 
 
 # --- Varro: the prompt of a stored headline --------------------------------------------------------------
-
-def next_day(day: str) -> str:
-    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
-
 
 def find_headline(db: sqlite_utils.Database, day: str, key: str) -> dict:
     """The stored headline of `day` whose id, guid or exact title is `key`. Raises HackError."""
