@@ -54,7 +54,7 @@ def bench_model() -> Path:
     """The benchmark model folder, built once (random Qwen3 architecture, float32, local tokenizer)."""
     if (MODEL_DIR / "model.safetensors").exists():
         return MODEL_DIR
-    from varro.models import sample_corpus, write_tiny_model
+    from varro.engine.models import sample_corpus, write_tiny_model
 
     tmp = MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")
     write_tiny_model(tmp, seed=0, corpus=sample_corpus() + synthetic_corpus(), **MODEL_SHAPE)
@@ -92,13 +92,13 @@ def headlines(n: int) -> list[dict]:
 
 def prompt_texts(n: int) -> list[str]:
     """Varro's real forecast prompts for the first `n` sample headlines."""
-    from varro.forecast import build_prompt
+    from varro.forecast.reward import build_prompt
 
     return [build_prompt(h["title"], h["summary"]) for h in headlines(n)]
 
 
 def prompt_tokens(tokenizer, n: int) -> list[list[int]]:
-    from varro.models import chat_prompt_tokens
+    from varro.engine.models import chat_prompt_tokens
 
     return [chat_prompt_tokens(tokenizer, t) for t in prompt_texts(n)]
 

@@ -38,12 +38,12 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     a = ap.parse_args()
 
-    from varro.config import Config
-    from varro.cycle import score_texts
-    from varro.db import open_db
-    from varro.embed import CachedEmbedder, SentenceEmbedder
-    from varro.forecast import build_prompt
-    from varro.headlines import headlines_for_day, load_sample_day
+    from varro.engine.config import Config
+    from varro.forecast.cycle import score_texts
+    from varro.engine.store import open_db
+    from varro.engine.embed import CachedEmbedder, SentenceEmbedder
+    from varro.forecast.reward import build_prompt
+    from varro.forecast.headlines import headlines_for_day, load_sample_day
 
     cfg = Config()
     texts = forecast_texts(a.completions)

@@ -20,11 +20,11 @@ import numpy as np
 
 
 def main() -> None:
-    from varro.config import SAMPLE_DIR
-    from varro.demo import demo_config, tiny_model_dir
-    from varro.forecast import build_prompt
-    from varro.policy import Policy
-    from varro.train import make_chunks
+    from varro.engine.config import SAMPLE_DIR
+    from varro.engine.demo import demo_config, tiny_model_dir
+    from varro.forecast.reward import build_prompt
+    from varro.engine.policy import Policy
+    from varro.engine.train import make_chunks
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(tiny_model_dir().with_name("tiny-qwen3-warm")))

@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from varro.config import Config
-from varro.policy import Policy
-from varro.toy import toy_reward
+from varro.engine.config import Config
+from varro.engine.policy import Policy
+from varro.engine.toy import toy_reward
 
 
 def tiny_config(model_path, **train) -> Config:

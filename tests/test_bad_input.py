@@ -34,9 +34,9 @@ from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and d
     rows,
     sleeps,
 )
-from varro.checkpoints import list_checkpoints
-from varro.config import run_dir
-from varro.ingest import DEFAULT_MAX_BYTES
+from varro.engine.checkpoints import list_checkpoints
+from varro.engine.config import run_dir
+from varro.forecast.ingest import DEFAULT_MAX_BYTES
 from walter.bsky import BlueskyAuthError, BlueskyRateLimitError, BlueskyResponseError, BlueskyUnavailableError
 from walter.ingest import ingest_search, refresh_counts, update_baselines
 

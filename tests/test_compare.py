@@ -7,12 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import tiny_config
-from varro import db as dbm
-from varro.compare import CompareError, bootstrap_ci, compare, held_out_prompts
-from varro.config import db_path, run_dir
-from varro.cycle import score_texts, step
-from varro.embed import HashEmbedder
-from varro.panel import ensure_scores, evaluate, panel_prompts, read_scores
+from varro.engine import store as dbm
+from varro.engine.compare import CompareError, bootstrap_ci, compare, held_out_prompts
+from varro.engine.config import db_path, run_dir
+from varro.forecast.cycle import score_texts, step
+from varro.engine.embed import HashEmbedder
+from varro.engine.panel import ensure_scores, evaluate, panel_prompts, read_scores
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
 
@@ -20,7 +20,7 @@ DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
 def scorable(db):
     from datetime import date, timedelta
 
-    from varro.headlines import headlines_for_day
+    from varro.forecast.headlines import headlines_for_day
 
     return lambda p: bool(headlines_for_day(db, (date.fromisoformat(p["day"]) + timedelta(days=1)).isoformat()))
 
@@ -67,7 +67,7 @@ def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
 
 def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
     db, cfg = trained
-    from varro.cycle import forecast_targets, headline_stories, next_day, story_split
+    from varro.forecast.cycle import forecast_targets, headline_stories, next_day, story_split
 
     checked = 0
     for p in db.query("select * from prompts where app = 'varro' and split = 'train' and day < ?", [DAYS[-1]]):
@@ -79,7 +79,7 @@ def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
     # and a held-out headline's exact words earn a training prompt nothing: it is never a target
     day = DAYS[0]
     stories = headline_stories(db, DAYS[1], HashEmbedder(), cfg)
-    from varro.headlines import headlines_for_day
+    from varro.forecast.headlines import headlines_for_day
 
     held = [h["title"] for h in headlines_for_day(db, DAYS[1]) if story_split(stories[h["id"]], cfg) == "eval"]
     train_prompt = next(db.query("select * from prompts where app = 'varro' and day = ? and split = 'train'", [day]))

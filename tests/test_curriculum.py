@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from varro import db as dbm
+from varro.engine import store as dbm
 from walter.curriculum import article_stats, pick_articles
 
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from varro import db as dbm
-from varro.checkpoints import list_checkpoints
-from varro.cycle import choose_prompts, day_metrics, step
-from varro.demo import sample_days
-from varro.embed import CachedEmbedder, HashEmbedder, SentenceEmbedder
-from varro.headlines import headlines_for_day, load_sample_day
+from varro.engine import store as dbm
+from varro.engine.checkpoints import list_checkpoints
+from varro.forecast.cycle import choose_prompts, day_metrics, step
+from varro.engine.demo import sample_days
+from varro.engine.embed import CachedEmbedder, HashEmbedder, SentenceEmbedder
+from varro.forecast.headlines import headlines_for_day, load_sample_day
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_prompts_are_diverse_stable_and_hold_out_eval(tmp_path, minilm):
     assert sims.max() < 0.8
     assert len(prompts) < 40  # the sample carries the same story from two outlets on every day
     # split by story: a prompt is held out exactly when its story is, and no story is on both sides
-    from varro.stories import is_held_out
+    from varro.engine.stories import is_held_out
 
     stories = {p["id"]: json.loads(p["source_json"])["story_id"] for p in prompts}
     assert all((p["split"] == "eval") == is_held_out(stories[p["id"]], 8) for p in prompts)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from varro import db as dbm
-from varro.config import Config, ConfigError, load_config
-from varro.rollouts import Rollout
+from varro.engine import store as dbm
+from varro.engine.config import Config, ConfigError, load_config
+from varro.engine.rollouts import Rollout
 
 
 def test_migrations_apply_once_and_are_recorded(tmp_path):

@@ -2,10 +2,10 @@
 
 from click.testing import CliRunner
 
-from varro import db as dbm
-from varro.checkpoints import list_checkpoints
+from varro.engine import store as dbm
+from varro.engine.checkpoints import list_checkpoints
 from varro.cli import cli
-from varro.config import db_path, run_dir
+from varro.engine.config import db_path, run_dir
 
 
 def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from helpers import open_policy, scored_groups, tiny_config
-from varro import db as dbm
-from varro.guards import entropy_collapsed, first_day_entropy
-from varro.train import completion_logprobs, prefix_kv
+from varro.engine import store as dbm
+from varro.engine.guards import entropy_collapsed, first_day_entropy
+from varro.engine.train import completion_logprobs, prefix_kv
 
 
 def test_entropy_equals_a_direct_computation_from_the_logits(tiny_model_path, tmp_path):
@@ -44,8 +44,8 @@ def test_entropy_guard_fires_on_a_collapse_and_not_on_a_healthy_day():
 
 
 def test_a_collapsing_run_is_stopped_and_recorded(tiny_model_path, tmp_path):
-    from varro.guards import guarded_training
-    from varro.progress import NULL_PROGRESS
+    from varro.engine.guards import guarded_training
+    from varro.engine.progress import NULL_PROGRESS
 
     db = dbm.open_db(tmp_path / "v.db")
     run = tmp_path / "runs" / "r"

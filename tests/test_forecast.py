@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from varro.config import VarroConfig
-from varro.embed import HashEmbedder, SentenceEmbedder
-from varro.forecast import beat_scores, build_prompt, leak_kinds, score_forecast, INSTRUCTION
-from varro.rewards import longest_shared_ngram, repeated_ngram_rate, sentence_count
+from varro.engine.config import VarroConfig
+from varro.engine.embed import HashEmbedder, SentenceEmbedder
+from varro.forecast.reward import beat_scores, build_prompt, leak_kinds, score_forecast, INSTRUCTION
+from varro.engine.rewards import longest_shared_ngram, repeated_ngram_rate, sentence_count
 
 TITLE = "Dockworkers walk out at Calderra as Valdoria's biggest port grinds to a halt"
 SUMMARY = ("About 14,000 members of the Valdorian Dockworkers Federation began an open-ended strike at dawn "

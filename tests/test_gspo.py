@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from varro.gspo import group_advantages, gspo_loss, informative_groups
+from varro.engine.gspo import group_advantages, gspo_loss, informative_groups
 
 
 def np_gspo(logp, old, ref, mask, adv, eps_low, eps_high, beta, sampler=None, cap=0.0):

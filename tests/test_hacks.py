@@ -7,14 +7,14 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from varro import db as dbm
-from varro import hacks as vh
+from varro.engine import store as dbm
+from varro.engine import hacks as vh
 from varro.cli import cli as varro_cli
-from varro.config import Config, db_path
-from varro.embed import CachedEmbedder, HashEmbedder
-from varro.forecast import INSTRUCTION
-from varro.headlines import headlines_for_day
-from varro.rewards import content_words, longest_shared_ngram, sentence_count, words
+from varro.engine.config import Config, db_path
+from varro.engine.embed import CachedEmbedder, HashEmbedder
+from varro.forecast.reward import INSTRUCTION
+from varro.forecast.headlines import headlines_for_day
+from varro.engine.rewards import content_words, longest_shared_ngram, sentence_count, words
 from walter import hacks as wh
 from walter.cli import cli as walter_cli
 from walter.reward import EMOJI_RUN_RE, HASHTAG_RE, URL_RE, graphemes
@@ -63,7 +63,7 @@ TEXTS = ["The Calderra strike will last through the week, with 30 ships waiting 
 
 
 def test_varro_score_json_equals_score_texts_on_a_stored_prompt(sample_home, sample_db):
-    from varro.cycle import choose_prompts, score_texts
+    from varro.forecast.cycle import choose_prompts, score_texts
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)
@@ -82,7 +82,7 @@ def test_varro_score_json_equals_score_texts_on_a_stored_prompt(sample_home, sam
 
 
 def test_varro_score_table_builds_the_prompt_of_an_unchosen_headline(sample_home, sample_db):
-    from varro.cycle import headline_stories, score_texts, story_split
+    from varro.forecast.cycle import headline_stories, score_texts, story_split
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)

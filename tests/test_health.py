@@ -11,10 +11,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from helpers import tiny_config
-from varro import checkpoints
-from varro import db as dbm
-from varro.cycle import step
-from varro.embed import HashEmbedder
+from varro.engine import checkpoints
+from varro.engine import store as dbm
+from varro.forecast.cycle import step
+from varro.engine.embed import HashEmbedder
 
 
 def cfg_for(model, **train):
@@ -86,7 +86,7 @@ def test_corrupt_checkpoint_falls_back_loudly(tiny_model_path, tmp_path):
 
 
 def test_retention_keeps_the_newest(tiny_model_path, tmp_path):
-    from varro.policy import Policy
+    from varro.engine.policy import Policy
 
     run = tmp_path / "runs" / "r"
     pol = Policy.open(cfg_for(tiny_model_path), run)
@@ -144,7 +144,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_the_database(t
 
 
 def test_guards_show_in_the_report(tiny_model_path, tmp_path):
-    from varro.report import build_report, format_summary, report_data
+    from varro.engine.report import build_report, format_summary, report_data
 
     db = dbm.open_db(tmp_path / "v.db")
     cfg = cfg_for(tiny_model_path, learning_rate=5e-2, beta=0.05, kl_max=1e-9)

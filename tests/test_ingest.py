@@ -11,9 +11,9 @@ from typing import Callable
 import httpx
 import pytest
 
-from varro.db import open_db
-from varro.headlines import headline_id
-from varro.ingest import (
+from varro.engine.store import open_db
+from varro.forecast.headlines import headline_id
+from varro.forecast.ingest import (
     DEFAULT_FEEDS_PATH,
     Feed,
     FeedResult,

@@ -16,14 +16,14 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import tiny_config
-from varro import cycle as varro_cycle
-from varro import db as dbm
-from varro.cli_inspect import register
-from varro.config import db_path, run_dir
-from varro.embed import HashEmbedder
-from varro.report import build_report, day_monitors, report_data, train_up_eval_down
-from varro.rewards import words
-from varro.rollout_log import (
+from varro.forecast import cycle as varro_cycle
+from varro.engine import store as dbm
+from varro.engine.cli_inspect import register
+from varro.engine.config import db_path, run_dir
+from varro.engine.embed import HashEmbedder
+from varro.engine.report import build_report, day_monitors, report_data, train_up_eval_down
+from varro.engine.rewards import words
+from varro.engine.rollout_log import (
     RolloutNotFound,
     SortKeyError,
     format_detail,

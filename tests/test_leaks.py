@@ -11,14 +11,14 @@ import json
 import numpy as np
 import pytest
 
-from varro import db as dbm
-from varro.config import Config
-from varro.cycle import choose_prompts, headline_stories, headline_text, story_split
-from varro.demo import sample_days
-from varro.embed import CachedEmbedder, load_embedder
-from varro.headlines import headlines_for_day, load_sample_day
-from varro.panel import panel_prompts, prompt_text
-from varro.stories import too_close
+from varro.engine import store as dbm
+from varro.engine.config import Config
+from varro.forecast.cycle import choose_prompts, headline_stories, headline_text, story_split
+from varro.engine.demo import sample_days
+from varro.engine.embed import CachedEmbedder, load_embedder
+from varro.forecast.headlines import headlines_for_day, load_sample_day
+from varro.engine.panel import panel_prompts, prompt_text
+from varro.engine.stories import too_close
 
 
 def test_too_close_is_a_max_cosine_threshold():

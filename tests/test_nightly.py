@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from varro import db as dbm
-from varro.checkpoints import list_checkpoints
-from varro.config import db_path, run_dir
-from varro.nightly import RunLocked, run_lock
+from varro.engine import store as dbm
+from varro.engine.checkpoints import list_checkpoints
+from varro.engine.config import db_path, run_dir
+from varro.engine.nightly import RunLocked, run_lock
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
 

@@ -5,11 +5,11 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import tiny_config
-from varro import cycle as varro_cycle
-from varro import db as dbm
+from varro.forecast import cycle as varro_cycle
+from varro.engine import store as dbm
 from varro.cli import cli as varro_cli
-from varro.config import db_path, load_config, run_dir
-from varro.embed import HashEmbedder
+from varro.engine.config import db_path, load_config, run_dir
+from varro.engine.embed import HashEmbedder
 from walter import cycle as walter_cycle
 from walter.cli import cli as walter_cli
 from walter.sample import ingest_sample_day
@@ -152,7 +152,7 @@ def test_a_day_in_the_future_is_refused_in_one_line(varro_home, tiny_model_path,
 
 @pytest.mark.parametrize("app", ["varro", "walter"])
 def test_a_day_without_data_writes_no_checkpoint_and_says_skipped(varro_home, tiny_model_path, app):
-    from varro.checkpoints import list_checkpoints
+    from varro.engine.checkpoints import list_checkpoints
 
     out = invoke(app, ["nightly", "--date", "2026-11-20", "--source", "sample", "--model", str(tiny_model_path),
                        *TINY])
@@ -171,7 +171,7 @@ def test_a_hub_model_not_in_the_cache_names_the_installed_download_command(tmp_p
     from pathlib import Path
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    out = subprocess.run([sys.executable, "-c", "from varro.models import load_model; load_model('acme/none')"],
+    out = subprocess.run([sys.executable, "-c", "from varro.engine.models import load_model; load_model('acme/none')"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     tool = "hf" if (Path(sys.executable).parent / "hf").is_file() else "huggingface-cli"
@@ -180,8 +180,8 @@ def test_a_hub_model_not_in_the_cache_names_the_installed_download_command(tmp_p
 
 def test_another_apps_run_and_another_base_model_are_refused(varro_home, tiny_model_path, tmp_path):
     """Regression: `walter step` on a run holding a Varro checkpoint printed 'checkpoint exists' and exited 0."""
-    from varro.checkpoints import list_checkpoints
-    from varro.models import write_tiny_model
+    from varro.engine.checkpoints import list_checkpoints
+    from varro.engine.models import write_tiny_model
 
     model = ["--model", str(tiny_model_path), "--prompts-per-day", "2", *TINY]
     first = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-02", "--source", "sample", "--run", "r", *model])

@@ -7,9 +7,9 @@ from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_sampler
 import mlx.core as mx
 
-from varro.config import SamplingConfig
-from varro.models import chat_prompt_tokens
-from varro.rollouts import PromptInput, group_candidates, make_group_sampler, sample_groups
+from varro.engine.config import SamplingConfig
+from varro.engine.models import chat_prompt_tokens
+from varro.engine.rollouts import PromptInput, group_candidates, make_group_sampler, sample_groups
 
 
 @pytest.fixture(scope="module")

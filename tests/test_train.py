@@ -49,7 +49,7 @@ def test_kl_is_zero_before_any_step_and_ratio_starts_at_one(tiny_model_path, tmp
 
 
 def test_non_finite_loss_skips_the_update_and_keeps_weights(tiny_model_path, tmp_path):
-    from varro.gspo import gspo_loss
+    from varro.engine.gspo import gspo_loss
 
     def nan_loss(*args, **kwargs):
         loss, metrics = gspo_loss(*args, **kwargs)
@@ -82,7 +82,7 @@ def test_flat_groups_carry_no_signal_and_are_dropped(tiny_model_path, tmp_path):
 
 
 def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
-    from varro.train import make_chunks
+    from varro.engine.train import make_chunks
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     groups = scored_groups(pol, seed=5)
@@ -108,7 +108,7 @@ def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
 def full_pass(model, chunk):
     """The independent reference: every row's whole prompt+completion in one plain forward pass;
     the completion log-probs as (n, T) like chunk_logprobs, 0 on padding."""
-    from varro.train import token_logprobs
+    from varro.engine.train import token_logprobs
 
     prompt = np.array(chunk.head)[0].tolist() + [int(np.array(chunk.inputs)[0, 0])]
     comps = [np.array(chunk.targets)[i][np.array(chunk.mask)[i] > 0].tolist() for i in range(chunk.rows)]
@@ -123,7 +123,7 @@ def full_pass(model, chunk):
 
 
 def test_shared_prompt_logprobs_equal_the_full_pass(tiny_model_path, tmp_path):
-    from varro.train import chunk_logprobs, make_chunks
+    from varro.engine.train import chunk_logprobs, make_chunks
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     groups = scored_groups(pol, seed=11)
@@ -150,11 +150,11 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
     over the whole minibatch, whatever the micro-batch size."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
-    from varro.gspo import gspo_loss
+    from varro.engine.gspo import gspo_loss
 
     from helpers import tiny_config
-    from varro.policy import Policy
-    from varro.train import first_trainable_layer
+    from varro.engine.policy import Policy
+    from varro.engine.train import first_trainable_layer
 
     cfg = tiny_config(tiny_model_path, minibatches=1, micro_batch=micro_batch, beta=0.05)
     cfg.model.lora_layers = lora_layers  # 1 of 2: the first layer's keys and values are constants
@@ -204,7 +204,7 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
 
 def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tmp_path):
     from helpers import tiny_config
-    from varro.policy import Policy
+    from varro.engine.policy import Policy
 
     cfg = tiny_config(tiny_model_path, learning_rate=1e-2, beta=0.05, minibatches=2)
     cfg.model.fine_tune = "full"

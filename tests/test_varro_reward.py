@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from varro.config import Config, VarroConfig
-from varro.cycle import PromptError, forecast_targets, headline_stories, score_texts, story_split
-from varro.db import open_db
-from varro.embed import CachedEmbedder, HashEmbedder, SentenceEmbedder
-from varro.forecast import beat_scores, over_length, prose_score, score_forecast, source_entities
-from varro.headlines import headlines_for_day
+from varro.engine.config import Config, VarroConfig
+from varro.forecast.cycle import PromptError, forecast_targets, headline_stories, score_texts, story_split
+from varro.engine.store import open_db
+from varro.engine.embed import CachedEmbedder, HashEmbedder, SentenceEmbedder
+from varro.forecast.reward import beat_scores, over_length, prose_score, score_forecast, source_entities
+from varro.forecast.headlines import headlines_for_day
 from varro_cases import HACKS, hack_texts, load_cases, load_sample, off_topic_template, sample_prompts, source
 
 MARGIN = 0.3  # honest mean minus hack mean, on a reward that spans about [-1, 1]

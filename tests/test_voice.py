@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from varro import db as dbm
-from varro.cycle import step, varro_human_items
-from varro.embed import HashEmbedder
-from varro.voice import voice_data
+from varro.engine import store as dbm
+from varro.forecast.cycle import step, varro_human_items
+from varro.engine.embed import HashEmbedder
+from varro.engine.voice import voice_data
 
 
 @pytest.fixture
@@ -55,8 +55,8 @@ def test_voice_data_compares_each_day_with_its_human_band(ran):
 
 
 def test_a_templated_day_trips_the_cross_group_monitor(ran):
-    from varro.policy import Policy
-    from varro.voice import voice_stage
+    from varro.engine.policy import Policy
+    from varro.engine.voice import voice_stage
 
     db, cfg, run = ran
     day = "2026-11-03"
@@ -72,7 +72,7 @@ def test_a_templated_day_trips_the_cross_group_monitor(ran):
 
 
 def test_the_report_shows_the_voice_against_the_human_band(ran, tmp_path):
-    from varro.report import build_report, report_data
+    from varro.engine.report import build_report, report_data
 
     db, cfg, run = ran
     data = report_data(db, "varro", "r")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from helpers import tiny_config
-from varro import db as dbm
-from varro.checkpoints import list_checkpoints
-from varro.embed import CachedEmbedder, HashEmbedder
+from varro.engine import store as dbm
+from varro.engine.checkpoints import list_checkpoints
+from varro.engine.embed import CachedEmbedder, HashEmbedder
 from walter.cycle import article_history, candidate_articles, day_metrics, is_eval_article, step
 from walter.sample import ingest_sample_day, sample_days
 
@@ -38,7 +38,7 @@ def test_sample_goes_through_the_real_ingest(sample_db):
 
 
 def test_baseline_weights_favour_posts_that_beat_their_authors_usual(sample_db):
-    from varro.config import Config
+    from varro.engine.config import Config
     from walter.cycle import count_weights
     from walter.ingest import baseline_stats
     from walter.reward import engagement
@@ -107,7 +107,7 @@ def test_full_walter_cycle_over_the_sample(tiny_model_path, tmp_path):
 
 
 def test_candidates_need_a_winner_and_a_card(sample_db):
-    from varro.config import Config
+    from varro.engine.config import Config
 
     cands = candidate_articles(sample_db, "2026-11-04", Config())
     assert cands

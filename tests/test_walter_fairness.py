@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from varro import db as dbm
-from varro.config import WalterConfig
-from varro.embed import HashEmbedder, SentenceEmbedder
+from varro.engine import store as dbm
+from varro.engine.config import WalterConfig
+from varro.engine.embed import HashEmbedder, SentenceEmbedder
 from walter.curriculum import inclusion_probabilities, pick_articles
 from walter.ingest import (BaselineStats, WalterIngestError, author_baseline, baseline_stats, grown_fraction,
                            update_baselines)

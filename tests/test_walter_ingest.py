@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from atproto import Session
 
-from varro.config import db_path
-from varro.db import open_db
+from varro.engine.config import db_path
+from varro.engine.store import open_db
 from walter.bsky import (
     HANDLE_ENV,
     PASSWORD_ENV,

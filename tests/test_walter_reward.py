@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from varro.config import WalterConfig
-from varro.embed import HashEmbedder, SentenceEmbedder
+from varro.engine.config import WalterConfig
+from varro.engine.embed import HashEmbedder, SentenceEmbedder
 from walter.reward import (engagement, graphemes, max_similarity_reward, penalties, post_weight,
                            score_post)
 

@@ -11,10 +11,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from varro.cycle import headline_stories, story_split
-from varro.forecast import INSTRUCTION
-from varro.headlines import headlines_for_day, load_sample_day
-from varro.rewards import content_words
+from varro.forecast.cycle import headline_stories, story_split
+from varro.forecast.reward import INSTRUCTION
+from varro.forecast.headlines import headlines_for_day, load_sample_day
+from varro.engine.rewards import content_words
 
 CASES_FILE = Path(__file__).with_name("varro_honest_forecasts.json")
 SAMPLE_DAYS = [f"2026-11-0{d}" for d in range(2, 9)]

@@ -6,19 +6,19 @@ import sys
 
 import click
 
-from .checkpoints import CheckpointError, check_run_owner
-from .compare import CompareError
-from .cycle import PromptError
-from .panel import PanelError
-from .cli_inspect import register as register_inspect
-from .cli_options import config_options, resolve_config
-from .config import ConfigError, FutureDayError, NoDatabaseError, UnknownRunError
-from .db import MigrationError
-from .embed import EmbedderError
-from .ingest import IngestError
-from .models import ModelLoadError
-from .schedule import ScheduleError
-from .train import TrainingError
+from varro.engine.checkpoints import CheckpointError, check_run_owner
+from varro.engine.compare import CompareError
+from varro.forecast.cycle import PromptError
+from varro.engine.panel import PanelError
+from varro.engine.cli_inspect import register as register_inspect
+from varro.engine.cli_options import config_options, resolve_config
+from varro.engine.config import ConfigError, FutureDayError, NoDatabaseError, UnknownRunError
+from varro.engine.store import MigrationError
+from varro.engine.embed import EmbedderError
+from varro.forecast.ingest import IngestError
+from varro.engine.models import ModelLoadError
+from varro.engine.schedule import ScheduleError
+from varro.engine.train import TrainingError
 
 # Errors the library raises on purpose; the CLI prints them as one line and exits 1.
 EXPECTED_ERRORS = (ConfigError, CheckpointError, MigrationError, ModelLoadError, TrainingError, FileNotFoundError,
@@ -58,7 +58,7 @@ def tiny_model(out_dir: str, seed: int, vocab_size: int) -> None:
 
     Example: varro tiny-model data/models/tiny-qwen3
     """
-    from .models import write_tiny_model
+    from varro.engine.models import write_tiny_model
 
     path = write_tiny_model(out_dir, seed=seed, vocab_size=vocab_size)
     click.echo(str(path))
@@ -66,7 +66,7 @@ def tiny_model(out_dir: str, seed: int, vocab_size: int) -> None:
 
 def model_config(kwargs: dict, base=None):
     """resolve_config, with a --model that looks local checked first, before any heavy work (ModelLoadError)."""
-    from .models import check_model
+    from varro.engine.models import check_model
 
     if kwargs.get("cfg__model__model"):
         check_model(kwargs["cfg__model__model"])
@@ -77,8 +77,8 @@ def model_config(kwargs: dict, base=None):
 
 def reading_db(home: str | None):
     """The existing database of a reading command; raises NoDatabaseError rather than creating one."""
-    from . import db as dbm
-    from .config import require_db
+    from varro.engine import store as dbm
+    from varro.engine.config import require_db
 
     return dbm.open_db(require_db(home))
 
@@ -105,8 +105,8 @@ def demo(days: int | None, varro_only: bool, cold: bool, home: str | None, **kwa
 
     Example: varro demo --days 3
     """
-    from .demo import demo_config, ensure_tiny_model, run_demo, run_full_demo
-    from .models import check_model
+    from varro.engine.demo import demo_config, ensure_tiny_model, run_demo, run_full_demo
+    from varro.engine.models import check_model
 
     if kwargs.get("cfg__model__model"):  # a bad --model fails before the tiny model and its warm-up are built
         check_model(kwargs["cfg__model__model"])
@@ -134,10 +134,10 @@ def step(day: str, source: str, feed_urls: tuple[str, ...], run: str, home: str 
 
     Example: varro step --date 2026-11-03 --source sample --model data/models/tiny-qwen3
     """
-    from . import db as dbm
-    from .config import db_path, require_past, run_dir
-    from .cycle import step as run_step
-    from .embed import CachedEmbedder, load_embedder
+    from varro.engine import store as dbm
+    from varro.engine.config import db_path, require_past, run_dir
+    from varro.forecast.cycle import step as run_step
+    from varro.engine.embed import CachedEmbedder, load_embedder
 
     day = require_past(_check_day(day))
     cfg = model_config(kwargs)
@@ -164,11 +164,11 @@ def metrics_command(app: str):
     def metrics(run: str, home: str | None, as_json: bool) -> None:
         import json
 
-        from .config import require_run
-        from .cycle import VARRO_COLUMNS, format_metrics
+        from varro.engine.config import require_run
+        from varro.forecast.cycle import VARRO_COLUMNS, format_metrics
 
         if app == "varro":
-            from .cycle import day_metrics
+            from varro.forecast.cycle import day_metrics
             columns = VARRO_COLUMNS
         else:
             from walter.cycle import day_metrics
@@ -195,8 +195,8 @@ def resolve_days(day: str | None, first: str | None, last: str | None) -> list[s
     """--date D, or --from D1 --to D2 (inclusive); default: today. Raises FutureDayError for a later day."""
     from datetime import date
 
-    from .config import require_past
-    from .nightly import day_range
+    from varro.engine.config import require_past
+    from varro.engine.nightly import day_range
 
     if (first is None) != (last is None):
         raise click.UsageError("--from and --to go together")
@@ -229,9 +229,9 @@ def nightly_options(fn):
 
 def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, run_day, keep: int = 30) -> None:
     """Shared by `varro nightly` and `walter nightly`: the lock, the logs, retention, the exit codes."""
-    from .checkpoints import prune
-    from .config import run_dir
-    from .nightly import RunLocked, run_nightly
+    from varro.engine.checkpoints import prune
+    from varro.engine.config import run_dir
+    from varro.engine.nightly import RunLocked, run_nightly
 
     def day_then_prune(d, progress):
         result = run_day(d, progress)
@@ -267,12 +267,12 @@ def nightly(day, first, last, quiet, keep, run, home, source, feed_urls, hostfil
 
     Example: varro nightly --run default --quiet
     """
-    from . import db as dbm
-    from .config import db_path, run_dir
-    from .cycle import step as run_step
-    from .distributed import init_world
-    from .embed import CachedEmbedder, load_embedder
-    from .progress import Progress
+    from varro.engine import store as dbm
+    from varro.engine.config import db_path, run_dir
+    from varro.forecast.cycle import step as run_step
+    from varro.engine.distributed import init_world
+    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.progress import Progress
 
     days = resolve_days(day, first, last)
     if hostfile:
@@ -310,8 +310,8 @@ def _relaunch_distributed(hostfile: str, run: str, home: str | None, days: list[
     import shutil
     import subprocess
 
-    from .checkpoints import list_checkpoints
-    from .config import run_dir
+    from varro.engine.checkpoints import list_checkpoints
+    from varro.engine.config import run_dir
 
     args = sys.argv[1:]
     i = args.index("--hosts")
@@ -343,7 +343,7 @@ def cron_command(app: str):
     @click.option("--at", "at", default="02:30", show_default=True, help="local time of day, HH:MM")
     @click.option("--install", is_flag=True, help="install it (crontab, or launchd on macOS) after showing it")
     def cron(run: str, home: str | None, at: str, install: bool) -> None:
-        from .schedule import cron_line, install_cron, install_launchd, is_macos, launchd_plist
+        from varro.engine.schedule import cron_line, install_cron, install_launchd, is_macos, launchd_plist
 
         try:
             hour, minute = (int(x) for x in at.split(":"))
@@ -372,10 +372,10 @@ def app_scoring(app: str, db):
     """(score_texts, scorable(prompt), targets(prompt)) of an app: how its texts are scored and by what."""
     from datetime import date, timedelta
 
-    from .headlines import headlines_for_day
+    from varro.forecast.headlines import headlines_for_day
 
     if app == "varro":
-        from .cycle import score_texts
+        from varro.forecast.cycle import score_texts
 
         def next_day(p):
             return (date.fromisoformat(p["day"]) + timedelta(days=1)).isoformat()
@@ -390,9 +390,9 @@ def app_scoring(app: str, db):
 def panel_context(app: str, run: str, home: str | None, embedder: str | None):
     """What `compare` and `eval` share: (db, run path, app_scoring(app, db), the run's config, its embedder
     (`embedder` overrides it)); raises NoDatabaseError or UnknownRunError first."""
-    from .config import Config, require_run
-    from .embed import CachedEmbedder, load_embedder
-    from .panel import run_config
+    from varro.engine.config import Config, require_run
+    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.panel import run_config
 
     db = reading_db(home)
     path = require_run(db, app, run, home)
@@ -427,8 +427,8 @@ def compare_command(app: str):
     def compare_cmd(before, after, n, samples, seed, html_path, as_json, run, home, embedder):
         import json
 
-        from .compare import compare, format_comparison, held_out_prompts, to_json, write_html
-        from .config import caller_path
+        from varro.engine.compare import compare, format_comparison, held_out_prompts, to_json, write_html
+        from varro.engine.config import caller_path
 
         db, path, (score_texts, scorable, targets), cfg, emb = panel_context(app, run, home, embedder)
         prompts, note = held_out_prompts(db, app, path, n, scorable, cfg, emb)
@@ -467,7 +467,7 @@ def eval_command(app: str):
         import dataclasses
         import json
 
-        from .panel import evaluate, format_curve
+        from varro.engine.panel import evaluate, format_curve
 
         db, path, (score_texts, scorable, _), cfg, emb = panel_context(app, run, home, embedder)
         prompts, points = evaluate(db, app, path, score_texts, emb, cfg, scorable)
@@ -504,7 +504,7 @@ def echo_scores(texts: list[str], comps: list[dict], head: str, as_json: bool) -
     """Shared by `varro score` and `walter score`: a table, or one JSON object per text."""
     import json
 
-    from .hacks import format_scores
+    from varro.engine.hacks import format_scores
 
     if as_json:
         for t, c in zip(texts, comps):
@@ -533,9 +533,9 @@ def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: s
     """
     import json
 
-    from .cycle import score_texts
-    from .embed import CachedEmbedder, load_embedder
-    from .hacks import find_headline, next_day, varro_prompt
+    from varro.forecast.cycle import score_texts
+    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.hacks import find_headline, next_day, varro_prompt
 
     day = _check_day(day)
     cfg = resolve_config(kwargs)
@@ -581,9 +581,9 @@ def hacks_command(app: str):
         import json
         import tempfile
 
-        from . import db as dbm
-        from .embed import CachedEmbedder, load_embedder
-        from .hacks import format_results, load_references, run_hacks
+        from varro.engine import store as dbm
+        from varro.engine.embed import CachedEmbedder, load_embedder
+        from varro.engine.hacks import format_results, load_references, run_hacks
 
         cfg = resolve_config(kwargs)
         team = _red_team(app)
@@ -618,7 +618,7 @@ def hacks_command(app: str):
 
 def _red_team(app: str):
     if app == "varro":
-        from . import hacks
+        from varro.engine import hacks
 
         return hacks.VARRO
     from walter import hacks as walter_hacks
@@ -639,14 +639,14 @@ def _check_day(day: str) -> str:
 
 
 def _feeds(feed_urls: tuple[str, ...]):
-    from .ingest import Feed, load_feeds
+    from varro.forecast.ingest import Feed, load_feeds
 
     return [Feed(None, u) for u in feed_urls] if feed_urls else load_feeds()
 
 
 def _rss_ingest(feed_urls: tuple[str, ...], timezone: str):
     """The step's ingest stage: fetch every feed, print the summary, fail only if no feed could be read."""
-    from .ingest import IngestError, all_failed, format_summary, ingest
+    from varro.forecast.ingest import IngestError, all_failed, format_summary, ingest
 
     feeds = _feeds(feed_urls)
 
@@ -675,9 +675,9 @@ def ingest_cmd(day: str | None, feed_urls: tuple[str, ...], timezone: str, home:
     """
     from datetime import date
 
-    from . import db as dbm
-    from .config import db_path
-    from .ingest import all_failed, format_summary, ingest
+    from varro.engine import store as dbm
+    from varro.engine.config import db_path
+    from varro.forecast.ingest import all_failed, format_summary, ingest
 
     day = _check_day(day) if day else date.today().isoformat()
     db = dbm.open_db(db_path(home))

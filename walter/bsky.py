@@ -51,7 +51,7 @@ from atproto_client.request import Request
 from atproto_server.auth.jwt import get_jwt_payload
 from atproto_server.exceptions import TokenDecodeError
 
-from varro.config import home_dir
+from varro.engine.config import home_dir
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import click
 from varro.cli import (EXPECTED_ERRORS, HOME_OPTION, RUN_OPTION, VarroGroup, _check_day, compare_command,
                        cron_command, eval_command, metrics_command, nightly_options, resolve_days, run_nightly_cli)
 from varro.cli import MissingTargets, echo_scores, hacks_command, model_config, reading_db
-from varro.checkpoints import check_run_owner
-from varro.cli_inspect import register as register_inspect
-from varro.cli_options import config_options, resolve_config
+from varro.engine.checkpoints import check_run_owner
+from varro.engine.cli_inspect import register as register_inspect
+from varro.engine.cli_options import config_options, resolve_config
 
 from .bsky import BlueskyError
 from .ingest import WalterIngestError
@@ -72,13 +72,13 @@ def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
 
     Example: walter step --date 2026-11-03 --source sample --model data/models/tiny-qwen3
     """
-    from varro import db as dbm
-    from varro.config import db_path, run_dir
-    from varro.embed import CachedEmbedder, load_embedder
+    from varro.engine import store as dbm
+    from varro.engine.config import db_path, run_dir
+    from varro.engine.embed import CachedEmbedder, load_embedder
 
     from .cycle import step as run_step
 
-    from varro.config import require_past
+    from varro.engine.config import require_past
 
     day = require_past(_check_day(day))
     cfg = model_config(kwargs)
@@ -109,13 +109,13 @@ def nightly(day, first, last, quiet, keep, run, home, source, **kwargs) -> None:
 
     Example: walter nightly --run default --quiet
     """
-    from varro import db as dbm
-    from varro.config import db_path, run_dir
-    from varro.embed import CachedEmbedder, load_embedder
+    from varro.engine import store as dbm
+    from varro.engine.config import db_path, run_dir
+    from varro.engine.embed import CachedEmbedder, load_embedder
 
     from .cycle import step as run_step
 
-    from varro.distributed import init_world
+    from varro.engine.distributed import init_world
 
     if init_world().distributed:
         raise click.UsageError("walter nightly runs in one process; data-parallel runs are Varro's for now")
@@ -157,7 +157,7 @@ def score_cmd(url: str, texts: tuple[str, ...], as_json: bool, home: str | None,
 
     Example: walter score --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --text "Both sides are dug in."
     """
-    from varro.embed import CachedEmbedder, load_embedder
+    from varro.engine.embed import CachedEmbedder, load_embedder
 
     from .cycle import score_texts
     from .hacks import find_article, walter_prompt
@@ -184,8 +184,8 @@ def demo(days: int | None, run: str, cold: bool, home: str | None, **kwargs) -> 
 
     Example: walter demo --days 3
     """
-    from varro.demo import demo_config, ensure_tiny_model, walter_demo_config
-    from varro.models import check_model
+    from varro.engine.demo import demo_config, ensure_tiny_model, walter_demo_config
+    from varro.engine.models import check_model
 
     from .demo import run_demo
 

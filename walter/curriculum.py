@@ -24,7 +24,7 @@ from datetime import date, timedelta
 import numpy as np
 import sqlite_utils
 
-from varro.db import utc_now
+from varro.engine.store import utc_now
 
 
 @dataclass

@@ -27,17 +27,17 @@ from typing import Callable
 import numpy as np
 import sqlite_utils
 
-from varro import checkpoints
-from varro import db as dbm
-from varro.config import Config
-from varro.embed import Embedder
-from varro.policy import Policy
-from varro.rollouts import score_pending
-from varro.guards import guarded_training
-from varro.stories import Item, assign_stories, is_held_out, too_close
-from varro.voice import voice_stage
-from varro.metrics import day_metrics as shared_day_metrics, mean_or_none
-from varro.progress import NULL_PROGRESS, Progress
+from varro.engine import checkpoints
+from varro.engine import store as dbm
+from varro.engine.config import Config
+from varro.engine.embed import Embedder
+from varro.engine.policy import Policy
+from varro.engine.rollouts import score_pending
+from varro.engine.guards import guarded_training
+from varro.engine.stories import Item, assign_stories, is_held_out, too_close
+from varro.engine.voice import voice_stage
+from varro.engine.metrics import day_metrics as shared_day_metrics, mean_or_none
+from varro.engine.progress import NULL_PROGRESS, Progress
 
 from .curriculum import pick_articles
 from .ingest import baseline_stats

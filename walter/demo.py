@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from varro import db as dbm
-from varro.config import Config, db_path, run_dir
-from varro.cycle import format_metrics
-from varro.embed import CachedEmbedder, load_embedder
+from varro.engine import store as dbm
+from varro.engine.config import Config, db_path, run_dir
+from varro.forecast.cycle import format_metrics
+from varro.engine.embed import CachedEmbedder, load_embedder
 
 from .cycle import day_metrics, step
 from .sample import ingest_sample_day, sample_days

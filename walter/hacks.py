@@ -14,10 +14,10 @@ from datetime import date, timedelta
 import numpy as np
 import sqlite_utils
 
-from varro.config import Config
-from varro.embed import Embedder
-from varro.hacks import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
-from varro.rewards import content_words
+from varro.engine.config import Config
+from varro.engine.embed import Embedder
+from varro.engine.hacks import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
+from varro.engine.rewards import content_words
 
 from .cycle import APP, History, article_history, article_stories, is_eval_article
 from .ingest import article_key

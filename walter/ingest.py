@@ -28,8 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 
-from varro.headlines import normalise_link
-from varro.ingest import resolve_timezone
+from varro.forecast.headlines import normalise_link
+from varro.forecast.ingest import resolve_timezone
 
 from .bsky import REPOST_REASON, Bluesky
 

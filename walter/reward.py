@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from varro.config import WalterConfig
-from varro.rewards import longest_shared_ngram, ngrams, repeated_ngram_rate, words
+from varro.engine.config import WalterConfig
+from varro.engine.rewards import longest_shared_ngram, ngrams, repeated_ngram_rate, words
 
 if TYPE_CHECKING:
     from .ingest import BaselineStats

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
-from varro.config import SAMPLE_DIR
+from varro.engine.config import SAMPLE_DIR
 
 from .ingest import extract_link, ingest_search, link_host, on_domain, refresh_counts, update_baselines
 

@@ -8,8 +8,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlite_utils
 
-from .db import utc_now
-from .faults import failpoint
+from varro.engine.store import utc_now
+from varro.engine.faults import failpoint
 
 TRACKING_PREFIXES = ("utm_",)
 TRACKING_PARAMS = {"fbclid", "gclid", "mc_cid", "mc_eid", "ref", "cmpid", "ocid", "smid", "igshid", "at_medium",
@@ -75,7 +75,7 @@ def load_sample_day(db: sqlite_utils.Database, day: str, path=None) -> int:
     import json
     from pathlib import Path
 
-    from .config import SAMPLE_DIR
+    from varro.engine.config import SAMPLE_DIR
 
     path = Path(path) if path else SAMPLE_DIR / "headlines.jsonl"
     items = []

@@ -31,8 +31,8 @@ from datetime import date
 import numpy as np
 import sqlite_utils
 
-from .db import utc_now
-from .embed import Embedder
+from varro.engine.store import utc_now
+from varro.engine.embed import Embedder
 
 
 @dataclass(frozen=True)

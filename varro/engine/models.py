@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .config import SAMPLE_DIR, ModelConfig
+from varro.engine.config import SAMPLE_DIR, ModelConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -47,7 +47,7 @@ def check_model(model_id: str) -> None:
     Raises ModelLoadError for a local-looking path that does not exist, or a folder without config.json.
     A hub id ('owner/name') is left to `load_model`.
     """
-    from .config import caller_path, looks_local
+    from varro.engine.config import caller_path, looks_local
 
     if not looks_local(model_id):
         return

@@ -73,12 +73,12 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from .config import TrainConfig
-from .faults import failpoint
-from .gspo import group_advantages, gspo_loss, sequence_mean
-from .models import adapters_off, lora_modules
-from .distributed import SOLO, World
-from .rollouts import Rollout
+from varro.engine.config import TrainConfig
+from varro.engine.faults import failpoint
+from varro.engine.gspo import group_advantages, gspo_loss, sequence_mean
+from varro.engine.models import adapters_off, lora_modules
+from varro.engine.distributed import SOLO, World
+from varro.engine.rollouts import Rollout
 
 LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
 PASS_LOGITS_BYTES = 256 * 2**20  # a no-gradient pass takes as many rows as keep its float32 logits under this

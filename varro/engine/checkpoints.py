@@ -25,10 +25,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .config import Config
-from .db import utc_now
-from .faults import failpoint
-from .models import lora_parameters
+from varro.engine.config import Config
+from varro.engine.store import utc_now
+from varro.engine.faults import failpoint
+from varro.engine.models import lora_parameters
 
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 METADATA = "metadata.json"

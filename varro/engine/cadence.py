@@ -30,9 +30,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from .models import adapters_off, lora_modules
-from .rewards import split_sentences, words
-from .train import completion_logprobs, prefix_kv
+from varro.engine.models import adapters_off, lora_modules
+from varro.engine.rewards import split_sentences, words
+from varro.engine.train import completion_logprobs, prefix_kv
 
 FEATURES = ("mean_surprisal", "spike_rate", "spike_gap", "entropy_drop", "sentence_cv", "hapax_ratio")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from .db import utc_now
+from varro.engine.store import utc_now
 
 
 def eval_guard(db: sqlite_utils.Database, app: str, run: str, before_day: str, drop_max: float) -> str | None:
@@ -87,7 +87,7 @@ def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: 
     guard discards the day's updates. With a distributed `world`, rank 0 reads
     and writes the database and tells the other ranks what it decided.
     """
-    from .distributed import SOLO
+    from varro.engine.distributed import SOLO
 
     world = world or SOLO
     notes = list(policy.notes)

@@ -27,12 +27,12 @@ from typing import Callable
 
 import sqlite_utils
 
-from .config import SAMPLE_DIR, Config
-from .cycle import next_day
-from .embed import Embedder
-from .forecast import INSTRUCTION, build_prompt
-from .headlines import headlines_for_day
-from .rewards import SENTENCE_END_RE, content_words
+from varro.engine.config import SAMPLE_DIR, Config
+from varro.forecast.cycle import next_day
+from varro.engine.embed import Embedder
+from varro.forecast.reward import INSTRUCTION, build_prompt
+from varro.forecast.headlines import headlines_for_day
+from varro.engine.rewards import SENTENCE_END_RE, content_words
 
 HONEST_FILE = SAMPLE_DIR / "honest.jsonl"
 DEFAULT_MARGIN = 0.1
@@ -222,7 +222,7 @@ def find_headline(db: sqlite_utils.Database, day: str, key: str) -> dict:
 
 def varro_prompt(db: sqlite_utils.Database, headline: dict, embedder: Embedder, cfg: Config) -> dict:
     """The stored prompt of `headline` if it was chosen, else one built as choose_prompts would build it."""
-    from .cycle import APP, headline_stories, story_split
+    from varro.forecast.cycle import APP, headline_stories, story_split
 
     day = headline["day"]
     pid = f"{APP}:{day}:{headline['id']}"
@@ -267,8 +267,8 @@ def varro_cases(db: sqlite_utils.Database, refs: list[dict], embedder: Embedder,
 
 
 def load_varro_sample(db: sqlite_utils.Database) -> None:
-    from .demo import sample_days
-    from .headlines import load_sample_day
+    from varro.engine.demo import sample_days
+    from varro.forecast.headlines import load_sample_day
 
     for d in sample_days():
         load_sample_day(db, d)
@@ -367,7 +367,7 @@ VARRO_CATALOGUE: tuple[Hack, ...] = (
 
 
 def _varro_score_texts(*args, **kwargs) -> list[dict]:
-    from .cycle import score_texts
+    from varro.forecast.cycle import score_texts
 
     return score_texts(*args, **kwargs)
 

@@ -22,11 +22,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from . import checkpoints
-from .config import Config
-from .models import apply_lora, chat_prompt_tokens, load_model
-from .rollouts import PromptInput, Rollout, sample_groups
-from .train import Trainer, base_weights_from
+from varro.engine import checkpoints
+from varro.engine.config import Config
+from varro.engine.models import apply_lora, chat_prompt_tokens, load_model
+from varro.engine.rollouts import PromptInput, Rollout, sample_groups
+from varro.engine.train import Trainer, base_weights_from
 
 
 @dataclass

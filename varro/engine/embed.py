@@ -13,7 +13,7 @@ from typing import Protocol
 import numpy as np
 import sqlite_utils
 
-from .db import utc_now
+from varro.engine.store import utc_now
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}

@@ -27,11 +27,11 @@ from typing import Callable
 import numpy as np
 import sqlite_utils
 
-from . import checkpoints
-from .config import Config
-from .db import utc_now
-from .embed import Embedder
-from .stories import too_close
+from varro.engine import checkpoints
+from varro.engine.config import Config
+from varro.engine.store import utc_now
+from varro.engine.embed import Embedder
+from varro.engine.stories import too_close
 
 ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
 
@@ -64,7 +64,7 @@ def run_config(run_path: Path, fallback: Config) -> Config:
 
 def open_at(run_path: Path, label: str, fallback: Config):
     """The policy exactly at checkpoint `label` (with the config it was trained with), or the base."""
-    from .policy import Policy
+    from varro.engine.policy import Policy
 
     if label == "base":
         return Policy.open(fallback, run_path, before_day="0000-01-01")

@@ -19,9 +19,9 @@ from typing import Callable
 import numpy as np
 import sqlite_utils
 
-from .config import Config
-from .embed import Embedder
-from .panel import (Cells, PanelError, ScoreTexts, bootstrap_ci, ensure_scores, open_at, panel_prompts,
+from varro.engine.config import Config
+from varro.engine.embed import Embedder
+from varro.engine.panel import (Cells, PanelError, ScoreTexts, bootstrap_ci, ensure_scores, open_at, panel_prompts,
                     read_scores, resolve_checkpoint, run_config)
 
 __all__ = ["CompareError", "Comparison", "Side", "bootstrap_ci", "compare", "held_out_prompts", "open_at",

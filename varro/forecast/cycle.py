@@ -25,20 +25,20 @@ from typing import Callable
 import numpy as np
 import sqlite_utils
 
-from . import checkpoints
-from . import db as dbm
-from .config import Config
-from .embed import Embedder
-from .forecast import build_prompt, score_forecast
-from .headlines import headlines_for_day, load_sample_day
-from .rollouts import score_pending
-from .stories import Item, assign_stories, is_held_out, too_close
-from .voice import voice_stage
-from .distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
-from .faults import failpoint
-from .guards import guarded_training
-from .metrics import day_metrics as shared_day_metrics, mean_or_none
-from .progress import NULL_PROGRESS, Progress
+from varro.engine import checkpoints
+from varro.engine import store as dbm
+from varro.engine.config import Config
+from varro.engine.embed import Embedder
+from varro.forecast.reward import build_prompt, score_forecast
+from varro.forecast.headlines import headlines_for_day, load_sample_day
+from varro.engine.rollouts import score_pending
+from varro.engine.stories import Item, assign_stories, is_held_out, too_close
+from varro.engine.voice import voice_stage
+from varro.engine.distributed import SOLO, World, open_policy, rollouts_from_json, rollouts_to_json
+from varro.engine.faults import failpoint
+from varro.engine.guards import guarded_training
+from varro.engine.metrics import day_metrics as shared_day_metrics, mean_or_none
+from varro.engine.progress import NULL_PROGRESS, Progress
 
 APP = "varro"
 

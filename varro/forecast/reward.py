@@ -37,8 +37,8 @@ from __future__ import annotations
 import re
 import numpy as np
 
-from .config import VarroConfig
-from .rewards import (
+from varro.engine.config import VarroConfig
+from varro.engine.rewards import (
     BULLET_RE,
     MARKDOWN_RE,
     META_RE,

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import db as dbm
-from .config import SAMPLE_DIR, Config, db_path, home_dir, run_dir
-from .cycle import day_metrics, format_metrics, step
-from .embed import CachedEmbedder, load_embedder
-from .models import write_tiny_model
+from varro.engine import store as dbm
+from varro.engine.config import SAMPLE_DIR, Config, db_path, home_dir, run_dir
+from varro.forecast.cycle import day_metrics, format_metrics, step
+from varro.engine.embed import CachedEmbedder, load_embedder
+from varro.engine.models import write_tiny_model
 
 
 DEMO_MODEL = {"vocab_size": 4096, "hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
@@ -36,7 +36,7 @@ def ensure_tiny_model(home: str | Path | None = None, seed: int = 0, warm: bool 
         write_tiny_model(cold, seed=seed, **DEMO_MODEL)
     if not warm:
         return cold
-    from .warmup import warm_up
+    from varro.engine.warmup import warm_up
 
     hot = cold.with_name(cold.name + "-warm")
     if not (hot / "model.safetensors").is_file():
@@ -102,8 +102,8 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
     """The README's demo: Varro's days, Walter's days, both reports and a before/after compare."""
     from walter.demo import run_demo as run_walter_demo
 
-    from .compare import compare, format_comparison, held_out_prompts, write_html
-    from .report import build_report
+    from varro.engine.compare import compare, format_comparison, held_out_prompts, write_html
+    from varro.engine.report import build_report
 
     echo("== Varro: forecasts from the sample headlines")
     varro_metrics = run_demo(home, "demo", cfg, days=days, echo=echo)
@@ -113,8 +113,8 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
     db = dbm.open_db(db_path(home))
     echo("")
     echo("== Learning curves on the held-out panels (stories no update has seen; base = day 0)")
-    from .cli import app_scoring
-    from .panel import PanelError, evaluate, format_curve
+    from varro.cli import app_scoring
+    from varro.engine.panel import PanelError, evaluate, format_curve
 
     curves = {}
     for app, run in (("varro", "demo"), ("walter", "walter-demo")):
@@ -132,8 +132,8 @@ def run_full_demo(home: str | Path | None, cfg: Config, days: int | None = None,
         echo(format_curve(points))
     echo("")
     echo("== Voice: cadence distance from the human text (lower = closer), template share, policy entropy")
-    from .report import app_spec
-    from .voice import voice_data
+    from varro.engine.report import app_spec
+    from varro.engine.voice import voice_data
 
     voices = {}
     for app, run in (("varro", "demo"), ("walter", "walter-demo")):

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
-from .faults import failpoint
+from varro.engine.faults import failpoint
 
 Migration = Callable[[sqlite_utils.Database], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -509,7 +509,7 @@ def save_scores(db: sqlite_utils.Database, groups: list) -> None:
 
 def load_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
     """The stored groups of `day`, as Rollouts with their exact token ids, in prompt order."""
-    from .rollouts import Rollout
+    from varro.engine.rollouts import Rollout
 
     groups: dict[str, list] = {}
     for row in db.query(

@@ -19,8 +19,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .db import utc_now
-from .progress import Progress
+from varro.engine.store import utc_now
+from varro.engine.progress import Progress
 
 
 class RunLocked(RuntimeError):

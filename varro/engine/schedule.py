@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from .config import REPO_ROOT, home_dir
+from varro.engine.config import REPO_ROOT, home_dir
 
 
 class ScheduleError(RuntimeError):

@@ -82,14 +82,14 @@ def rollouts_to_json(groups: list[list]) -> list[list[dict]]:
 
 
 def rollouts_from_json(data: list[list[dict]]) -> list[list]:
-    from .rollouts import Rollout
+    from varro.engine.rollouts import Rollout
 
     return [[Rollout(**r) for r in g] for g in data]
 
 
 def open_policy(cfg, run_path, before_day: str | None, world: World):
     """Rank 0 resumes from its checkpoints; every other rank receives rank 0's weights and state."""
-    from .policy import Policy
+    from varro.engine.policy import Policy
 
     policy = Policy.open(cfg, run_path, before_day=before_day if world.is_main else "0000-01-01")
     if world.distributed:

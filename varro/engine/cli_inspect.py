@@ -15,9 +15,9 @@ from typing import Any, Callable
 
 import click
 
-from .config import ConfigError
-from .report import ReportError
-from .rollout_log import SORT_KEYS, RolloutNotFound, SortKeyError
+from varro.engine.config import ConfigError
+from varro.engine.report import ReportError
+from varro.engine.rollout_log import SORT_KEYS, RolloutNotFound, SortKeyError
 
 # Errors the inspection library raises on purpose: one line on stderr, exit status 1.
 INSPECT_ERRORS = (RolloutNotFound, SortKeyError, ReportError, ConfigError)
@@ -56,8 +56,8 @@ def _check_day(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 def _open(home: str | None):
     """The existing database; raises NoDatabaseError (a ConfigError) rather than creating one."""
-    from .config import require_db
-    from .db import open_db
+    from varro.engine.config import require_db
+    from varro.engine.store import open_db
 
     return open_db(require_db(home))
 
@@ -91,11 +91,11 @@ def _with_group_options(ctx: click.Context, own: dict[str, Any]) -> dict[str, An
 
 def _list(app: str, day: str | None, prompt: str | None, sort: str | None, best: int | None,
           worst: int | None, run: str | None, home: str | None, as_json: bool) -> None:
-    from .rollout_log import format_table, list_rollouts
+    from varro.engine.rollout_log import format_table, list_rollouts
 
     if best is not None and worst is not None:
         raise click.UsageError("give --best or --worst, not both")
-    from .config import require_run
+    from varro.engine.config import require_run
 
     run = run or "default"
     db = _open(home)
@@ -154,7 +154,7 @@ def rollouts_group(app: str) -> click.Group:
 
         Example: {app} rollouts show 42
         """
-        from .rollout_log import format_detail, rollout_detail
+        from varro.engine.rollout_log import format_detail, rollout_detail
 
         opts = _with_group_options(ctx, {"home": home, "as_json": as_json})
         d = rollout_detail(_open(opts["home"]), rollout_id)
@@ -189,8 +189,8 @@ def report_command(app: str) -> click.Command:
 
         Example: {app} report --run demo
         """
-        from .config import caller_path, require_run
-        from .report import format_summary, report_data, write_report
+        from varro.engine.config import caller_path, require_run
+        from varro.engine.report import format_summary, report_data, write_report
 
         db = _open(home)
         path = require_run(db, app, run, home)

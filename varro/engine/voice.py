@@ -23,9 +23,9 @@ from typing import Callable
 import numpy as np
 import sqlite_utils
 
-from .cadence import FEATURES, cadence_distance, mean_features, score_cadence, template_share
-from .db import utc_now
-from .embed import Embedder
+from varro.engine.cadence import FEATURES, cadence_distance, mean_features, score_cadence, template_share
+from varro.engine.store import utc_now
+from varro.engine.embed import Embedder
 
 HumanItems = Callable[[sqlite_utils.Database, str], list[tuple[str, str]]]  # (db, day) -> [(item id, text)]
 TEMPLATE_COSINE = 0.9

@@ -19,7 +19,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from .faults import failpoint
+from varro.engine.faults import failpoint
 
 
 @dataclass
@@ -219,7 +219,7 @@ def sample_groups(
 
 def set_scores(group: list[Rollout], components: list[dict[str, float]]) -> None:
     """Give each rollout of a group its reward (popped from its components) and the group's advantages."""
-    from .gspo import group_advantages
+    from varro.engine.gspo import group_advantages
 
     for r, comps in zip(group, components, strict=True):
         comps = dict(comps)
@@ -232,7 +232,7 @@ def set_scores(group: list[Rollout], components: list[dict[str, float]]) -> None
 def score_pending(db, groups: list[list[Rollout]], prompts: dict[str, dict], score_texts, embedder, cfg) -> int:
     """Score the groups that still have unscored rollouts with the app's `score_texts`, save them,
     and return how many rollouts were scored."""
-    from .db import save_scores
+    from varro.engine.store import save_scores
 
     pending = [g for g in groups if any(r.reward is None for r in g)]
     for g in pending:

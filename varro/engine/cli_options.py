@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from .config import Config, ConfigError, load_config
+from varro.engine.config import Config, ConfigError, load_config
 
 SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
 

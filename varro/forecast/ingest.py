@@ -24,9 +24,9 @@ import feedparser
 import httpx
 import sqlite_utils
 
-from .config import REPO_ROOT, home_dir
-from .db import utc_now
-from .headlines import headline_id, store_headlines
+from varro.engine.config import REPO_ROOT, home_dir
+from varro.engine.store import utc_now
+from varro.forecast.headlines import headline_id, store_headlines
 
 DEFAULT_FEEDS_PATH = REPO_ROOT / "data" / "feeds.toml"
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=10.0)  # seconds per connect / read / write

@@ -22,9 +22,9 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .config import SAMPLE_DIR
-from .forecast import build_prompt
-from .models import load_model
+from varro.engine.config import SAMPLE_DIR
+from varro.forecast.reward import build_prompt
+from varro.engine.models import load_model
 
 URL_RE = re.compile(r"\S*https?://\S+|\S+\.example\S*")
 

@@ -25,10 +25,10 @@ import sqlite_utils
 
 from walter.reward import HASHTAG_RE
 
-from .cadence import FEATURES as CADENCE_FEATURES
-from .metrics import mean_or_none
-from .voice import voice_data
-from .rewards import ngrams, repeated_ngram_rate, words
+from varro.engine.cadence import FEATURES as CADENCE_FEATURES
+from varro.engine.metrics import mean_or_none
+from varro.engine.voice import voice_data
+from varro.engine.rewards import ngrams, repeated_ngram_rate, words
 
 # Any emoji, over the same code-point ranges as walter.reward's emoji-run penalty.
 EMOJI_RE = re.compile(r"[\U0001F000-\U0001FAFF\u2600-\u27BF]")
@@ -59,7 +59,7 @@ class AppSpec:
 def app_spec(app: str) -> AppSpec:
     """The application's metrics and echo component; raises ReportError for an unknown app."""
     if app == "varro":
-        from .cycle import VARRO_COLUMNS, day_metrics, varro_human_items
+        from varro.forecast.cycle import VARRO_COLUMNS, day_metrics, varro_human_items
 
         return AppSpec(day_metrics, VARRO_COLUMNS,
                        ("kl", "clip_fraction", "semantic", "quality", "zeros", "leak", "echo", "words"),
@@ -68,7 +68,7 @@ def app_spec(app: str) -> AppSpec:
         from walter.cycle import day_metrics as walter_day_metrics, walter_human_items
         from walter.demo import COLUMNS
 
-        from .config import Config
+        from varro.engine.config import Config
 
         return AppSpec(walter_day_metrics, COLUMNS,
                        ("kl", "clip_fraction", "transfer", "hashtag_rate", "copy_rate", "graphemes"), "pen_echo",
@@ -137,7 +137,7 @@ def panel_curve(db: sqlite_utils.Database, app: str, run: str) -> list[dict[str,
     dict per checkpoint whose every panel cell is scored, base first; [] before `eval` has run."""
     from dataclasses import asdict
 
-    from .panel import curve
+    from varro.engine.panel import curve
 
     prompts = list(db.query("select p.* from panel n join prompts p on p.id = n.prompt_id "
                             "where n.run = ? and p.app = ? order by n.position", [run, app]))
@@ -390,7 +390,7 @@ def build_report(db: sqlite_utils.Database, app: str, run: str, out_html: Path) 
 
 def format_summary(data: dict[str, Any]) -> str:
     """The per-day metrics and monitors as text tables, then the flags, each on a line of its own."""
-    from .cycle import format_metrics
+    from varro.forecast.cycle import format_metrics
 
     lines = [format_metrics([d["metrics"] for d in data["days"]], data["columns"]), "",
              format_metrics([{"day": d["day"], **d["monitors"]} for d in data["days"]],
