@@ -39,7 +39,7 @@ def main() -> None:
     a = ap.parse_args()
 
     from varro.engine.config import Config
-    from varro.forecast.cycle import score_texts
+    from varro.forecast.prompts import score_texts
     from varro.engine.store import open_db
     from varro.engine.embed import CachedEmbedder, SentenceEmbedder
     from varro.forecast.reward import build_prompt

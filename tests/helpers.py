@@ -39,3 +39,51 @@ def scored_groups(policy: Policy, seed: int, prompts=PROMPTS):
         for r in g:
             r.reward = toy_reward(r.text, COMMON) + 0.01 * len(r.completion_tokens)
     return groups
+
+
+def varro_app():
+    from varro.engine.app import get_app
+
+    return get_app("varro")
+
+
+def walter_app():
+    from varro.engine.app import get_app
+
+    return get_app("walter")
+
+
+def varro_step(db, cfg, run, run_path, day, embedder, **kwargs):
+    """The engine's daily cycle for Varro (varro.engine.cycle.step)."""
+    from varro.engine.cycle import step
+
+    return step(varro_app(), db, cfg, run, run_path, day, embedder, **kwargs)
+
+
+def walter_step(db, cfg, run, run_path, day, embedder, ingest=None, **kwargs):
+    """The engine's daily cycle for Walter."""
+    from varro.engine.cycle import step
+
+    return step(walter_app(), db, cfg, run, run_path, day, embedder, ingest, **kwargs)
+
+
+def varro_day_metrics(db, run, day):
+    from varro.engine.metrics import app_day_metrics
+
+    return app_day_metrics(db, varro_app(), run, day)
+
+
+def walter_day_metrics(db, run, day):
+    from varro.engine.metrics import app_day_metrics
+
+    return app_day_metrics(db, walter_app(), run, day)
+
+
+def varro_human_items(db, day):
+    from varro.forecast.prompts import varro_human_items as items
+
+    return items(db, day)
+
+
+def varro_sample_days():
+    return varro_app().sample_days()

@@ -313,7 +313,7 @@ def test_a_varro_day_without_headlines_is_skipped_and_keeps_the_days_before(tiny
         "  note: skipped: no data for 2026-11-25 (no headlines; no checkpoint written, 2026-11-24's forecasts "
         "stay unscored)",
     ]
-    assert [p.name for p in list_checkpoints(run_dir("default"))] == ["2026-11-02"]
+    assert [p.name for p in list_checkpoints(run_dir("varro"))] == ["2026-11-02"]
     assert table(db, "select * from rollouts order by id") == before
     assert db.execute("select count(*) from prompts where day = '2026-11-25'").fetchone()[0] == 0
 
@@ -329,7 +329,7 @@ def test_a_walter_day_without_data_is_skipped(tiny_model_path, db):
         "  note: skipped: no data for 2026-11-25 (nothing ingested and no article with a scorable history; "
         "no checkpoint written)",
     ]
-    assert list_checkpoints(run_dir("default")) == []
+    assert list_checkpoints(run_dir("walter")) == []
     assert db.execute("select count(*) from rollouts").fetchone()[0] == 0
 
 
@@ -344,5 +344,7 @@ def test_a_model_that_is_not_available_offline_says_how_to_get_it(varro_home, tm
                            "the Hugging Face cache")
     hf = Path(sys.executable).parent / "hf"
     assert f"`{'hf' if hf.is_file() else 'huggingface-cli'} download Qwen/Qwen3-0.6B`" in line
-    assert list_checkpoints(run_dir("default")) == []
-    assert db.execute("select count(*) from headlines where day = ?", [DAY]).fetchone()[0] > 0  # ingest kept
+    assert list_checkpoints(run_dir("varro")) == []
+    # refused before any work: nothing ingested, and no run.toml naming a model that cannot load
+    assert db.execute("select count(*) from headlines where day = ?", [DAY]).fetchone()[0] == 0
+    assert not (run_dir("varro") / "run.toml").exists()

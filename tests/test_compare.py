@@ -10,7 +10,8 @@ from helpers import tiny_config
 from varro.engine import store as dbm
 from varro.engine.compare import CompareError, bootstrap_ci, compare, held_out_prompts
 from varro.engine.config import db_path, run_dir
-from varro.forecast.cycle import score_texts, step
+from helpers import varro_step as step
+from varro.forecast.prompts import score_texts
 from varro.engine.embed import HashEmbedder
 from varro.engine.panel import ensure_scores, evaluate, panel_prompts, read_scores
 
@@ -67,7 +68,7 @@ def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
 
 def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
     db, cfg = trained
-    from varro.forecast.cycle import forecast_targets, headline_stories, next_day, story_split
+    from varro.forecast.prompts import forecast_targets, headline_stories, next_day, story_split
 
     checked = 0
     for p in db.query("select * from prompts where app = 'varro' and split = 'train' and day < ?", [DAYS[-1]]):

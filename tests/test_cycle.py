@@ -8,8 +8,9 @@ import pytest
 from helpers import tiny_config
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
-from varro.forecast.cycle import choose_prompts, day_metrics, step
-from varro.engine.demo import sample_days
+from helpers import varro_day_metrics as day_metrics, varro_step as step
+from varro.forecast.prompts import choose_prompts
+from helpers import varro_sample_days as sample_days
 from varro.engine.embed import CachedEmbedder, HashEmbedder, SentenceEmbedder
 from varro.forecast.headlines import headlines_for_day, load_sample_day
 

@@ -6,14 +6,14 @@ import pytest
 
 from varro.engine import store as dbm
 from varro.engine.config import Config, ConfigError, load_config
-from varro.engine.rollouts import Rollout
+from varro.engine.records import Rollout
 
 
 def test_migrations_apply_once_and_are_recorded(tmp_path):
     path = tmp_path / "v.db"
     db = dbm.open_db(path)
     names = [r["name"] for r in db["_migrations"].rows]
-    assert names == [name for name, _ in dbm.MIGRATIONS]
+    assert names == [name for name, _ in dbm.all_migrations()]  # the engine's, then each app's
     assert dbm.migrate(db) == []
     db2 = dbm.open_db(path)
     assert db2.execute("pragma journal_mode").fetchone()[0] == "wal"
@@ -109,12 +109,15 @@ def test_database_from_an_older_version_migrates_forward_after_a_backup(tmp_path
     path = tmp_path / "varro.db"
     shutil.copy(fixture, path)
     db = dbm.open_db(path)
-    assert [r["name"] for r in db["_migrations"].rows] == [name for name, _ in dbm.MIGRATIONS]
+    applied = [r["name"] for r in db["_migrations"].rows]
+    assert sorted(applied) == sorted(name for name, _ in dbm.all_migrations())
+    assert applied[:2] == ["m001_engine", "m002_varro_headlines"]  # the old ones, then the pending in order
+    assert applied[2:] == [n for n, _ in dbm.all_migrations() if n not in applied[:2]]
     assert db["rollouts"].count == 3 and db["steps"].count == 1 and db["headlines"].count == 1
     assert [r["completion"] for r in db.query("select completion from rollouts_readable order by group_index")] \
         == ["forecast 0", "forecast 1", "forecast 2"]
     assert "bsky_posts" in db.table_names() and "curriculum" in db.table_names()
-    backups = list(tmp_path.glob("varro.db.bak-*-before-m003_walter_bluesky"))
+    backups = list(tmp_path.glob("varro.db.bak-*-before-m005_reading_views"))
     assert len(backups) == 1
     old = sqlite3.connect(backups[0])
     assert [r[0] for r in old.execute("select name from _migrations order by name")] == \

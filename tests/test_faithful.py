@@ -10,7 +10,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from helpers import open_policy, scored_groups, tiny_config
-from varro.engine.guards import kl_tripped
+from varro.engine.guards import KLGuard, kl_tripped
 from varro.engine.policy import Policy
 from varro.engine.train import make_optimizer, token_logprobs
 
@@ -176,7 +176,7 @@ def test_configured_learning_rate_wins_after_a_resume(tiny_model_path, tmp_path)
 def test_kl_guard_fires_when_only_the_last_update_crosses(tiny_model_path, tmp_path):
     # one step from zero adapters: the KL measured before it is 0, after it the policy has moved
     pol = open_policy(tiny_model_path, tmp_path / "run", minibatches=1, learning_rate=5e-2, beta=0.0)
-    rows = pol.trainer.train_day(scored_groups(pol, seed=5), kl_max=1e-4)
+    rows = pol.trainer.train_day(scored_groups(pol, seed=5), callbacks=[KLGuard(1e-4)])
     assert len(rows) == 1 and rows[0]["kl"] < 1e-6
     assert rows[0]["kl_after"] > 1e-4
     reason = kl_tripped(rows, 1e-4)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from varro.engine.config import VarroConfig
+from varro.forecast.settings import VarroConfig
 from varro.engine.embed import HashEmbedder, SentenceEmbedder
 from varro.forecast.reward import beat_scores, build_prompt, leak_kinds, score_forecast, INSTRUCTION
 from varro.engine.rewards import longest_shared_ngram, repeated_ngram_rate, sentence_count

@@ -179,3 +179,30 @@ def test_near_flat_groups_get_no_advantage():
     assert group_advantages(r, 8, tol=0.0)[7] == pytest.approx(2.6458, abs=1e-3)  # what the old floor did
     g = np.array(r[8:])
     np.testing.assert_allclose(adv[8:], (g - g.mean()) / g.std())
+
+
+def test_gspo_objective_binds_the_configs_knobs_once():
+    """The trainer's loss: six arrays in, the config's eps_low / eps_high / beta / is_cap bound, against the
+    NumPy objective with those same non-default knobs; a later config change does not reach it."""
+    from varro.engine.config import TrainConfig
+    from varro.engine.gspo import gspo_objective
+
+    cfg = TrainConfig(eps_low=0.01, eps_high=0.015, beta=0.3, is_cap=0.97)
+    objective = gspo_objective(cfg)
+    cfg.beta, cfg.eps_high = 0.0, 4e-4  # bound already: must not change what the objective computes
+    logp, old, ref, mask, adv = make_case(6, 0.05)
+    sampler = old + np.abs(np.random.default_rng(7).normal(0.05, 0.03, old.shape))
+    arrays = [mx.array(a, dtype=mx.float32) for a in (logp, old, ref, mask, adv, sampler)]
+    loss, metrics = objective(*arrays)
+    want, want_kl, want_clip = np_gspo(logp, old, ref, mask, adv, 0.01, 0.015, 0.3, sampler, 0.97)
+    assert loss.item() == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert metrics["kl"].item() == pytest.approx(want_kl, rel=1e-4, abs=1e-7)
+    assert metrics["clip_fraction"].item() == pytest.approx(want_clip)
+    assert 0 < want_clip < 1  # the bound band, not the default one, decides what is clipped
+    # the default knobs would give another value: the binding is what made it match
+    default, _, _ = np_gspo(logp, old, ref, mask, adv, 3e-4, 4e-4, 0.02, sampler, 0.0)
+    assert abs(default - want) > 1e-3
+    # without a sampler log q, no importance weight
+    loss, metrics = objective(*arrays[:5], None)
+    assert "is_weight" not in metrics
+    assert loss.item() == pytest.approx(np_gspo(logp, old, ref, mask, adv, 0.01, 0.015, 0.3)[0], rel=1e-4, abs=1e-6)

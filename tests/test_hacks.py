@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from varro.engine import store as dbm
-from varro.engine import hacks as vh
+from varro.engine import hacks as eh
+from varro.forecast import hacks as vh
 from varro.cli import cli as varro_cli
 from varro.engine.config import Config, db_path
 from varro.engine.embed import CachedEmbedder, HashEmbedder
@@ -63,7 +64,7 @@ TEXTS = ["The Calderra strike will last through the week, with 30 ships waiting 
 
 
 def test_varro_score_json_equals_score_texts_on_a_stored_prompt(sample_home, sample_db):
-    from varro.forecast.cycle import choose_prompts, score_texts
+    from varro.forecast.prompts import choose_prompts, score_texts
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)
@@ -82,7 +83,7 @@ def test_varro_score_json_equals_score_texts_on_a_stored_prompt(sample_home, sam
 
 
 def test_varro_score_table_builds_the_prompt_of_an_unchosen_headline(sample_home, sample_db):
-    from varro.forecast.cycle import headline_stories, score_texts, story_split
+    from varro.forecast.prompts import headline_stories, score_texts, story_split
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)
@@ -118,7 +119,7 @@ def test_varro_score_missing_targets_are_one_line_errors(sample_home):
 
 
 def test_walter_score_json_equals_score_texts(sample_home, sample_db):
-    from walter.cycle import score_texts
+    from walter.articles import score_texts
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)
@@ -150,7 +151,7 @@ def test_walter_score_missing_targets_are_one_line_errors(sample_home, sample_db
 def test_honest_references_are_forecasts_and_own_posts_that_resolve_on_the_sample(sample_db):
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)
-    varro_refs, walter_refs = vh.load_references(None, "varro"), vh.load_references(None, "walter")
+    varro_refs, walter_refs = eh.load_references(None, "varro"), eh.load_references(None, "walter")
     assert len(varro_refs) == len(walter_refs) == 8
     for r in varro_refs:  # one short paragraph: 3-5 sentences, 60-180 words, no bullets or lines
         assert 3 <= sentence_count(r["text"]) <= 5 and 60 <= len(words(r["text"])) <= 180, r["headline"]
@@ -168,13 +169,13 @@ def test_honest_references_are_forecasts_and_own_posts_that_resolve_on_the_sampl
 
 @pytest.fixture(scope="module")
 def varro_cases(sample_db):
-    return vh.varro_cases(sample_db, vh.load_references(None, "varro"),
+    return vh.varro_cases(sample_db, eh.load_references(None, "varro"),
                           CachedEmbedder(HashEmbedder(), sample_db), hash_config())[0]
 
 
 @pytest.fixture(scope="module")
 def walter_cases(sample_db):
-    return wh.walter_cases(sample_db, vh.load_references(None, "walter"),
+    return wh.walter_cases(sample_db, eh.load_references(None, "walter"),
                            CachedEmbedder(HashEmbedder(), sample_db), hash_config())[0]
 
 
@@ -185,7 +186,7 @@ def test_every_varro_hack_is_built_from_its_prompt(varro_cases):
     generics = set()
     for case in varro_cases:
         s = case.source
-        built = vh.build_hacks(case, vh.VARRO_CATALOGUE)
+        built = eh.build_hacks(case, vh.VARRO_CATALOGUE)
         assert list(built) == names
         assert all(t != case.honest for t in built.values())
         assert built["blank"] == ""
@@ -214,7 +215,7 @@ def test_every_walter_hack_is_built_from_its_article(walter_cases, sample_db):
                           "bare-link", "praise", "reply-bait"}
     for case in walter_cases:
         h = wh.find_article(sample_db, case.source["url_norm"], cfg)
-        built = vh.build_hacks(case, wh.WALTER_CATALOGUE)
+        built = eh.build_hacks(case, wh.WALTER_CATALOGUE)
         assert list(built) == names
         assert all(t != case.honest and t.strip() for t in built.values())
         assert built["top-post"] in h.texts and h.weights[h.texts.index(built["top-post"])] == h.weights.max()
@@ -235,21 +236,21 @@ def test_every_walter_hack_is_built_from_its_article(walter_cases, sample_db):
 # --- the runner -----------------------------------------------------------------------------------------------
 
 def test_run_hacks_margins_on_a_tiny_fake():
-    cases = [vh.Case({"id": "p1", "source_json": "{}"}, "honest one"),
-             vh.Case({"id": "p2", "source_json": "{}"}, "honest two")]
+    cases = [eh.Case({"id": "p1", "source_json": "{}"}, "honest one"),
+             eh.Case({"id": "p2", "source_json": "{}"}, "honest two")]
     rewards = {"honest one": 1.0, "honest two": 0.5, "low-p1": 0.2, "low-p2": 0.1, "near-p1": 0.7,
                "near-p2": 0.45, "only-p1": 0.95}
-    catalogue = (vh.Hack("low", "", lambda c: f"low-{c.prompt['id']}"),
-                 vh.Hack("near", "", lambda c: f"near-{c.prompt['id']}"),
-                 vh.Hack("only-one", "", lambda c: "only-p1" if c.prompt["id"] == "p1" else None),
-                 vh.Hack("never", "", lambda c: None))
+    catalogue = (eh.Hack("low", "", lambda c: f"low-{c.prompt['id']}"),
+                 eh.Hack("near", "", lambda c: f"near-{c.prompt['id']}"),
+                 eh.Hack("only-one", "", lambda c: "only-p1" if c.prompt["id"] == "p1" else None),
+                 eh.Hack("never", "", lambda c: None))
     calls = []
 
     def fake_score(db, prompt, texts, embedder, cfg):
         calls.append((prompt["id"], texts))
         return [{"reward": rewards[t], "other": 0.0} for t in texts]
 
-    res = {r.name: r for r in vh.run_hacks(None, cases, catalogue, fake_score, None, None, margin=0.1)}
+    res = {r.name: r for r in eh.run_hacks(None, cases, catalogue, fake_score, None, None, margin=0.1)}
     assert calls == [("p1", ["honest one", "low-p1", "near-p1", "only-p1"]),
                      ("p2", ["honest two", "low-p2", "near-p2"])]
     low, near, one, never = res["low"], res["near"], res["only-one"], res["never"]
@@ -258,13 +259,13 @@ def test_run_hacks_margins_on_a_tiny_fake():
     assert near.below == pytest.approx(0.175) and near.worst == pytest.approx(0.05) and near.result == "PASS"
     assert (one.n, one.honest_mean, one.below, one.result) == (1, 1.0, pytest.approx(0.05), "FAIL")
     assert never.n == 0 and never.result == "SKIP"
-    strict = {r.name: r.result for r in vh.run_hacks(None, cases, catalogue, fake_score, None, None, margin=0.2)}
+    strict = {r.name: r.result for r in eh.run_hacks(None, cases, catalogue, fake_score, None, None, margin=0.2)}
     assert strict == {"low": "PASS", "near": "FAIL", "only-one": "FAIL", "never": "SKIP"}
-    table = vh.format_results(list(res.values()), "head").splitlines()
+    table = eh.format_results(list(res.values()), "head").splitlines()
     assert table[0] == "head" and table[2].split() == ["low", "2", "0.150", "0.750", "0.600", "0.400", "PASS"]
     assert table[-1] == "3 of 4 hacks at least 0.1 below honest; within the margin: only-one"
-    with pytest.raises(vh.HackError):
-        vh.run_hacks(None, [], catalogue, fake_score, None, None)
+    with pytest.raises(eh.HackError):
+        eh.run_hacks(None, [], catalogue, fake_score, None, None)
 
 
 def _generic_scores_like_honest(gap):

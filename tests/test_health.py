@@ -13,7 +13,7 @@ from mlx.utils import tree_flatten
 from helpers import tiny_config
 from varro.engine import checkpoints
 from varro.engine import store as dbm
-from varro.forecast.cycle import step
+from helpers import varro_step as step
 from varro.engine.embed import HashEmbedder
 
 

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import tiny_config
-from varro.forecast import cycle as varro_cycle
+from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
 from varro.engine.cli_inspect import register
 from varro.engine.config import db_path, run_dir
@@ -31,7 +31,6 @@ from varro.engine.rollout_log import (
     list_rollouts,
     rollout_detail,
 )
-from walter import cycle as walter_cycle
 from walter.sample import ingest_sample_day
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
@@ -49,9 +48,9 @@ def home(tiny_model_path, tmp_path_factory):
     cfg.walter.articles_per_day, cfg.walter.eval_every = 4, 4
     emb = HashEmbedder()
     for day in DAYS:
-        varro_cycle.step(db, cfg, "v", run_dir("v", home), day, emb)
+        varro_step(db, cfg, "v", run_dir("v", home), day, emb)
     for day in DAYS:
-        walter_cycle.step(db, cfg, "w", run_dir("w", home), day, emb, ingest_sample_day)
+        walter_step(db, cfg, "w", run_dir("w", home), day, emb, ingest_sample_day)
     db.conn.close()
     return home
 
@@ -64,11 +63,14 @@ def db(home):
 
 
 def cli_for(app: str) -> click.Group:
-    @click.group()
+    from varro.engine.app import get_app
+    from varro.engine.cli import EngineGroup
+
+    @click.group(cls=EngineGroup)
     def cli() -> None:
         """A throwaway group."""
 
-    register(cli, app)
+    register(cli, get_app(app))
     return cli
 
 
@@ -169,7 +171,7 @@ def test_format_table_flattens_shortens_and_escapes():
     row = {"id": 7, "app": "walter", "day": "2026-11-03", "prompt": "Article: x\nmore",
            "completion": "line one\nline two\x1b[2J " + "word " * 60, "reward": 0.25, "advantage": -1.5,
            "components": {"transfer": 0.3, "copy": 0.0, "hashtags": 2.0, "graphemes": 140.0}}
-    text = format_table([row], width=130)
+    text = format_table([row], width=130, components=("transfer", "copy", "hashtags", "graphemes"))
     lines = text.split("\n")
     assert len(lines) == 2 and all(len(line) <= 130 for line in lines)
     assert "Article: x ↵ more" in lines[1]
@@ -258,7 +260,7 @@ def test_report_numbers_equal_day_metrics_and_the_db(varro_report, db):
     out, data = varro_report
     assert [d["day"] for d in data["days"]] == DAYS
     for d in data["days"]:
-        assert d["metrics"] == varro_cycle.day_metrics(db, "v", d["day"])
+        assert d["metrics"] == varro_day_metrics(db, "v", d["day"])
         rows = db_rows(db, "select r.reward, r.completion, p.split from rollouts r join prompts p "
                            "on p.id = r.prompt_id where r.run = 'v' and r.day = ?", [d["day"]])
         train = [r["reward"] for r in rows if r["split"] == "train" and r["reward"] is not None]
@@ -281,7 +283,7 @@ def test_report_numbers_equal_day_metrics_and_the_db(varro_report, db):
                 else str(d["metrics"][c]) for c in data["columns"][1:]]
         assert cells[d["day"]] == want
     # the flags the report raised are exactly the train-up/eval-down days of day_metrics
-    ms = [varro_cycle.day_metrics(db, "v", day) for day in DAYS]
+    ms = [varro_day_metrics(db, "v", day) for day in DAYS]
     expect = [b["day"] for a, b in zip(ms, ms[1:]) if None not in (a["reward_mean"], b["reward_mean"],
               a["eval_reward"], b["eval_reward"]) and b["reward_mean"] > a["reward_mean"]
               and b["eval_reward"] < a["eval_reward"]]
@@ -293,7 +295,7 @@ def test_walter_report_uses_walter_metrics(home, db, tmp_path):
     data = report_data(db, "walter", "w")
     assert [d["day"] for d in data["days"]] == DAYS[1:]  # the first sample day has no article with a history
     for d in data["days"]:
-        assert d["metrics"] == walter_cycle.day_metrics(db, "w", d["day"])
+        assert d["metrics"] == walter_day_metrics(db, "w", d["day"])
         comps = [json.loads(r["components_json"]) for r in db_rows(
             db, "select components_json from rollouts where run = 'w' and day = ?", [d["day"]])]
         assert d["monitors"]["instr_echo"] == pytest.approx(np.mean([c["pen_echo"] > 0 for c in comps]))
@@ -451,7 +453,7 @@ def test_reading_views_exist_and_agree_with_the_tables(db):
     for day in DAYS[:2]:
         s = summary[("v", "varro", day)]
         assert (s["rollouts"], s["prompts"], s["scored"]) == (32, 4, 32)
-        assert s["train_reward_mean"] == pytest.approx(varro_cycle.day_metrics(db, "v", day)["reward_mean"])
+        assert s["train_reward_mean"] == pytest.approx(varro_day_metrics(db, "v", day)["reward_mean"])
     assert summary[("v", "varro", DAYS[2])]["scored"] == 0
     steps = {(s["run"], s["day"]): s["steps"] for s in db_rows(db, "select * from steps_by_day")}
     assert steps == {(r["run"], r["day"]): r["n"] for r in db_rows(

@@ -13,8 +13,8 @@ import pytest
 
 from varro.engine import store as dbm
 from varro.engine.config import Config
-from varro.forecast.cycle import choose_prompts, headline_stories, headline_text, story_split
-from varro.engine.demo import sample_days
+from varro.forecast.prompts import choose_prompts, headline_stories, headline_text, story_split
+from helpers import varro_sample_days as sample_days
 from varro.engine.embed import CachedEmbedder, load_embedder
 from varro.forecast.headlines import headlines_for_day, load_sample_day
 from varro.engine.panel import panel_prompts, prompt_text

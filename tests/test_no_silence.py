@@ -5,12 +5,11 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import tiny_config
-from varro.forecast import cycle as varro_cycle
+from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
 from varro.cli import cli as varro_cli
 from varro.engine.config import db_path, load_config, run_dir
 from varro.engine.embed import HashEmbedder
-from walter import cycle as walter_cycle
 from walter.cli import cli as walter_cli
 from walter.sample import ingest_sample_day
 
@@ -29,8 +28,8 @@ def home(tiny_model_path, tmp_path_factory):
     cfg.varro.prompts_per_day, cfg.varro.eval_every = 8, 4
     cfg.walter.articles_per_day, cfg.walter.eval_every = 4, 4
     for day in DAYS:
-        varro_cycle.step(db, cfg, "v", run_dir("v", home), day, HashEmbedder())
-    walter_cycle.step(db, cfg, "w", run_dir("w", home), DAYS[0], HashEmbedder(), ingest_sample_day)
+        varro_step(db, cfg, "v", run_dir("v", home), day, HashEmbedder())
+    walter_step(db, cfg, "w", run_dir("w", home), DAYS[0], HashEmbedder(), ingest_sample_day)
     db.conn.close()
     return home
 
@@ -96,7 +95,7 @@ def test_a_folder_that_is_not_a_model_is_one_line_before_any_work(varro_home, tm
     assert out.exit_code == 1
     assert out.output.splitlines() == [f"error: {folder} is not a model folder: it has no config.json (make one "
                                        "with `varro tiny-model DIR` or download one with the Hugging Face CLI)"]
-    assert not db_path().exists() and not run_dir("default").exists()
+    assert not db_path().exists() and not run_dir("varro").exists()
 
 
 def test_a_relative_model_path_is_made_absolute_from_the_callers_folder(tmp_path, monkeypatch):
@@ -147,7 +146,7 @@ def test_a_day_in_the_future_is_refused_in_one_line(varro_home, tiny_model_path,
     assert out.exit_code == 1
     assert out.output.splitlines() == [f"error: 2999-01-01 is in the future (today is {date.today().isoformat()}): "
                                        "a day is run once it has begun"]
-    assert not db_path().exists() and not run_dir("default").exists()
+    assert not db_path().exists() and not run_dir(app).exists()
 
 
 @pytest.mark.parametrize("app", ["varro", "walter"])
@@ -158,9 +157,9 @@ def test_a_day_without_data_writes_no_checkpoint_and_says_skipped(varro_home, ti
                        *TINY])
     assert out.exit_code == 0, out.output
     assert "skipped: no data for 2026-11-20" in out.output
-    assert list_checkpoints(run_dir("default")) == []
-    assert not (run_dir("default") / "checkpoints").exists()
-    log = (run_dir("default") / "logs" / "2026-11-20.log").read_text()
+    assert list_checkpoints(run_dir(app)) == []
+    assert not (run_dir(app) / "checkpoints").exists()
+    log = (run_dir(app) / "logs" / "2026-11-20.log").read_text()
     assert "checkpoint none" in log and "skipped: no data for 2026-11-20" in log
 
 
@@ -178,6 +177,27 @@ def test_a_hub_model_not_in_the_cache_names_the_installed_download_command(tmp_p
     assert f"`{tool} download acme/none`" in out.stderr
 
 
+def test_a_run_from_before_run_toml_is_still_refused_to_another_app(varro_home, tiny_model_path):
+    """A run with Varro checkpoints and no run.toml (written before it existed): walter is refused by the
+    checkpoints' owner, and no run.toml is written for walter."""
+    model = ["--model", str(tiny_model_path), "--prompts-per-day", "2", *TINY]
+    assert CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-02", "--source", "sample", "--run", "old",
+                                          *model]).exit_code == 0
+    (run_dir("old") / "run.toml").unlink()
+    out = CliRunner().invoke(walter_cli, ["step", "--date", "2026-11-03", "--source", "sample", "--run", "old",
+                                          "--model", str(tiny_model_path), *TINY])
+    assert out.exit_code == 1
+    assert "run old holds varro checkpoints (latest 2026-11-02): walter cannot resume it" in out.output
+    assert not (run_dir("old") / "run.toml").exists()
+    again = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-03", "--source", "sample", "--run", "old"])
+    assert again.exit_code == 0, again.output  # varro resumes it, settings from its checkpoint
+    import tomllib
+
+    stored = tomllib.loads((run_dir("old") / "run.toml").read_text())
+    assert stored["app"] == "varro" and stored["model"] == str(tiny_model_path)
+    assert stored["settings"]["varro"]["prompts_per_day"] == 2
+
+
 def test_another_apps_run_and_another_base_model_are_refused(varro_home, tiny_model_path, tmp_path):
     """Regression: `walter step` on a run holding a Varro checkpoint printed 'checkpoint exists' and exited 0."""
     from varro.engine.checkpoints import list_checkpoints
@@ -193,7 +213,7 @@ def test_another_apps_run_and_another_base_model_are_refused(varro_home, tiny_mo
     other = write_tiny_model(tmp_path / "other", seed=1, vocab_size=512)
     out = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-03", "--source", "sample", "--run", "r",
                                          "--model", str(other), "--prompts-per-day", "2", *TINY])
-    assert out.exit_code == 1 and "was trained on base model" in out.output and str(other) in out.output
+    assert out.exit_code == 1 and "was started on base model" in out.output and str(other) in out.output
     assert [p.name for p in list_checkpoints(run_dir("r"))] == ["2026-11-02"]  # nothing was written
     again = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-03", "--source", "sample", "--run", "r", *model])
     assert again.exit_code == 0, again.output  # the run's own base resumes

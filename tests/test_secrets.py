@@ -164,10 +164,11 @@ def world(tmp_path_factory, tiny_model_path) -> Iterator[World]:
         run(world, "compare", "walter", ["compare", "--embedder", "hash", "--n", "2", "--samples", "2",
                                          "--html", str(home / "compare.html")])
         run(world, "cron", "walter", ["cron"])
-        run(world, "varro rollouts", "varro", ["rollouts", "--json"])
-        run(world, "varro report", "varro", ["report", "--json"])
+        # Walter's run named to Varro's reading commands (each app has its own default run)
+        run(world, "varro rollouts", "varro", ["rollouts", "--json", "--run", "walter"])
+        run(world, "varro report", "varro", ["report", "--json", "--run", "walter"])
         run(world, "varro cron", "varro", ["cron"])
-        run(world, "varro metrics", "varro", ["metrics", "--json"])
+        run(world, "varro metrics", "varro", ["metrics", "--json", "--run", "walter"])
 
         home_401 = tmp_path_factory.mktemp("home401")
         world.failure_homes.append(home_401)
@@ -237,22 +238,22 @@ def test_every_command_ran_and_did_its_job(world):
         assert r[name].returncode == 0, (name, r[name].stdout[-2000:], r[name].stderr[-2000:])
     assert "bluesky: 8 new posts" in r["step"].stdout
     assert f"{STEP_DAY}: ingested 8, sampled 16" in r["step"].stdout  # two articles, 8 posts each
-    log = (world.home / "runs" / "default" / "logs" / f"{NIGHTLY_DAY}.log").read_text()
+    log = (world.home / "runs" / "walter" / "logs" / f"{NIGHTLY_DAY}.log").read_text()
     assert f"{NIGHTLY_DAY}: done: ingested 0, sampled 16" in log
     rollouts = json.loads(r["rollouts"].stdout)
     assert len(rollouts) == 32 and {x["day"] for x in rollouts} == {STEP_DAY, NIGHTLY_DAY}
     assert json.loads(r["show"].stdout)["id"] == rollouts[0]["id"]
     report = json.loads(r["report"].stdout)
     assert [d["day"] for d in report["days"]] == [STEP_DAY, NIGHTLY_DAY]
-    assert Path(report["html"]).is_file() and list((world.home / "runs" / "default").rglob("*.png"))
+    assert Path(report["html"]).is_file() and list((world.home / "runs" / "walter").rglob("*.png"))
     assert [json.loads(line)["day"] for line in r["metrics"].stdout.splitlines()] == [STEP_DAY, NIGHTLY_DAY]
     assert "difference (after - before)" in r["compare"].stdout
-    assert "walter nightly --run default" in r["cron"].stdout
+    assert "walter nightly --run walter" in r["cron"].stdout
     # the run is Walter's: Varro's reading commands say so in one line and name no Varro run
     for name in ("varro rollouts", "varro report"):
         assert r[name].returncode == 1 and r[name].stdout == ""
         [line] = r[name].stderr.splitlines()
-        assert line.startswith("error: no varro rollouts for run 'default'") and "no varro runs" in line
+        assert line.startswith("error: no varro rollouts for run 'walter'") and "no varro runs" in line
     # one login for the whole data folder (the nightly reused the stored session), with the password
     logins = [c.body["password"] for c in world.fake.calls if c.nsid == "com.atproto.server.createSession"]
     assert logins == [PASSWORD, WRONG_PASSWORD, WRONG_PASSWORD]
@@ -275,7 +276,7 @@ def test_a_wrong_password_and_a_failing_server_stop_with_one_clear_line(world):
     nightly = world.ran["wrong password nightly"]
     assert nightly.returncode == 1 and nightly.stderr.strip().splitlines()[-1].startswith(
         "error: createSession at")
-    log = (world.failure_homes[1] / "runs" / "default" / "logs" / f"{STEP_DAY}.log").read_text()
+    log = (world.failure_homes[1] / "runs" / "walter" / "logs" / f"{STEP_DAY}.log").read_text()
     assert "FAILED: BlueskyAuthError: createSession at" in log
     assert not any(session_file(h).exists() for h in world.failure_homes)
 
@@ -285,7 +286,7 @@ def test_varro_metrics_ignores_walter_rollouts_of_the_same_run(world):
     out = world.ran["varro metrics"]
     assert (out.returncode, out.stdout) == (1, "") and "KeyError" not in out.stderr
     [line] = out.stderr.splitlines()  # the run has no Varro rollouts: one line naming that, no crash
-    assert line.startswith("error: no varro rollouts for run 'default'")
+    assert line.startswith("error: no varro rollouts for run 'walter'")
 
 
 # -- the secrets --------------------------------------------------------------------------------
@@ -303,10 +304,10 @@ def test_the_password_is_in_no_output_and_no_file(world):
 
 def test_the_searched_files_include_the_database_logs_reports_checkpoints_and_session(world):
     files = {p.relative_to(world.home).as_posix() for p in world.home.rglob("*") if p.is_file()}
-    assert {"data/varro.db", f"data/{SESSION_FILE}", "runs/default/report.html", "compare.html",
-            f"runs/default/logs/{NIGHTLY_DAY}.log"} <= files
-    assert any(f.startswith("runs/default/report_files/") and f.endswith(".png") for f in files)
-    assert any(f.startswith(f"runs/default/checkpoints/{STEP_DAY}/") and f.endswith(".json") for f in files)
+    assert {"data/varro.db", f"data/{SESSION_FILE}", "runs/walter/report.html", "compare.html",
+            f"runs/walter/logs/{NIGHTLY_DAY}.log"} <= files
+    assert any(f.startswith("runs/walter/report_files/") and f.endswith(".png") for f in files)
+    assert any(f.startswith(f"runs/walter/checkpoints/{STEP_DAY}/") and f.endswith(".json") for f in files)
     with sqlite3.connect(world.home / "data" / "varro.db") as conn:  # the posts were stored, so it was written
         assert conn.execute("select count(*) from bsky_posts").fetchone()[0] == 8
 

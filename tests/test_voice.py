@@ -7,7 +7,7 @@ import pytest
 
 from helpers import tiny_config
 from varro.engine import store as dbm
-from varro.forecast.cycle import step, varro_human_items
+from helpers import varro_human_items, varro_step as step
 from varro.engine.embed import HashEmbedder
 from varro.engine.voice import voice_data
 

@@ -9,7 +9,8 @@ from helpers import tiny_config
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
 from varro.engine.embed import CachedEmbedder, HashEmbedder
-from walter.cycle import article_history, candidate_articles, day_metrics, is_eval_article, step
+from helpers import walter_day_metrics as day_metrics, walter_step as step
+from walter.articles import article_history, candidate_articles, is_eval_article
 from walter.sample import ingest_sample_day, sample_days
 
 
@@ -39,7 +40,7 @@ def test_sample_goes_through_the_real_ingest(sample_db):
 
 def test_baseline_weights_favour_posts_that_beat_their_authors_usual(sample_db):
     from varro.engine.config import Config
-    from walter.cycle import count_weights
+    from walter.articles import count_weights
     from walter.ingest import baseline_stats
     from walter.reward import engagement
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from varro.engine import store as dbm
-from varro.engine.config import WalterConfig
+from walter.settings import WalterConfig
 from varro.engine.embed import HashEmbedder, SentenceEmbedder
 from walter.curriculum import inclusion_probabilities, pick_articles
 from walter.ingest import (BaselineStats, WalterIngestError, author_baseline, baseline_stats, grown_fraction,

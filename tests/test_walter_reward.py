@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from varro.engine.config import WalterConfig
+from walter.settings import WalterConfig
 from varro.engine.embed import HashEmbedder, SentenceEmbedder
 from walter.reward import (engagement, graphemes, max_similarity_reward, penalties, post_weight,
                            score_post)

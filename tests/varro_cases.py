@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from varro.forecast.cycle import headline_stories, story_split
+from varro.forecast.prompts import headline_stories, story_split
 from varro.forecast.reward import INSTRUCTION
 from varro.forecast.headlines import headlines_for_day, load_sample_day
 from varro.engine.rewards import content_words

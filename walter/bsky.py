@@ -52,6 +52,7 @@ from atproto_server.auth.jwt import get_jwt_payload
 from atproto_server.exceptions import TokenDecodeError
 
 from varro.engine.config import home_dir
+from varro.engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ REPOST_REASON = "app.bsky.feed.defs#reasonRepost"
 T = TypeVar("T")
 
 
-class BlueskyError(RuntimeError):
+class BlueskyError(RuntimeError, UserError):
     """A Bluesky call failed; the message names the call, the host and what came back."""
 
 
@@ -138,6 +139,21 @@ class BlueskyConfig:
         }
         values.update(overrides)
         return cls(**values)
+
+
+def no_credentials(session_file: Path) -> BlueskyConfigError:
+    return BlueskyConfigError(
+        f"no usable Bluesky session in {session_file} and {HANDLE_ENV} / {PASSWORD_ENV} "
+        "are not both set: create an app password in Bluesky's settings and export both")
+
+
+def check_credentials(home: str | Path | None = None) -> None:
+    """Before any work: a stored session or both credentials; raises BlueskyConfigError otherwise. (A
+    session that turns out stale is renewed, or refused, at the first call.)"""
+    if session_path(home).is_file():
+        return
+    if not (os.environ.get(HANDLE_ENV) or "").strip() or not os.environ.get(PASSWORD_ENV):
+        raise no_credentials(session_path(home))
 
 
 def session_path(home: str | Path | None = None) -> Path:
@@ -432,10 +448,7 @@ class Bluesky:
         """createSession with BSKY_HANDLE / BSKY_APP_PASSWORD; the password stays in this frame."""
         handle = (os.environ.get(HANDLE_ENV) or "").strip()
         if not handle or not os.environ.get(PASSWORD_ENV):
-            raise BlueskyConfigError(
-                f"no usable Bluesky session in {self.session_file} and {HANDLE_ENV} / {PASSWORD_ENV} "
-                "are not both set: create an app password in Bluesky's settings and export both"
-            )
+            raise no_credentials(self.session_file)
         host = self.config.pds_url
         data = models.ComAtprotoServerCreateSession.Data(identifier=handle, password=os.environ[PASSWORD_ENV])
         try:

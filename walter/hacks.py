@@ -18,8 +18,9 @@ from varro.engine.config import Config
 from varro.engine.embed import Embedder
 from varro.engine.hacks import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
 from varro.engine.rewards import content_words
+from varro.engine.store import first_prompt_with_source
 
-from .cycle import APP, History, article_history, article_stories, is_eval_article
+from .articles import APP, History, article_history, article_stories, is_eval_article
 from .ingest import article_key
 from .task import build_prompt
 
@@ -41,10 +42,9 @@ def find_article(db: sqlite_utils.Database, url: str, cfg: Config) -> History:
 def walter_prompt(db: sqlite_utils.Database, h: History, embedder: Embedder, cfg: Config) -> dict:
     """The article's earliest stored prompt, else one built as choose_prompts would on the day after its
     first post (the split from its story)."""
-    stored = list(db.query("select * from prompts where app = ? and json_extract(source_json, '$.url_norm') = ? "
-                           "order by day, id limit 1", [APP, h.url_norm]))
-    if stored:
-        return stored[0]
+    stored = first_prompt_with_source(db, APP, "url_norm", h.url_norm)
+    if stored is not None:
+        return stored
     first = db.execute("select min(day) from articles where url_norm = ?", [h.url_norm]).fetchone()[0]
     first = first or db.execute("select min(day) from bsky_posts where url_norm = ?", [h.url_norm]).fetchone()[0]
     day = (date.fromisoformat(first) + timedelta(days=1)).isoformat()
@@ -109,7 +109,7 @@ WALTER_CATALOGUE: tuple[Hack, ...] = (
 
 
 def _walter_score_texts(*args, **kwargs) -> list[dict]:
-    from .cycle import score_texts
+    from .articles import score_texts
 
     return score_texts(*args, **kwargs)
 

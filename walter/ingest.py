@@ -21,17 +21,27 @@ import json
 import logging
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 
-from varro.forecast.headlines import normalise_link
-from varro.forecast.ingest import resolve_timezone
+from varro.engine.errors import UserError
+from varro.engine import baselines
+from varro.engine.baselines import BaselineStats  # noqa: F401  (re-exported: Walter's callers use this name)
+from varro.engine.sources import normalise_link, resolve_timezone
 
-from .bsky import REPOST_REASON, Bluesky
+from .bsky import (
+    REPOST_REASON,
+    Bluesky,
+    BlueskyAuthError,
+    BlueskyConfigError,
+    BlueskyError,
+    BlueskyRateLimitError,
+    BlueskyUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +57,7 @@ BASELINE_MAX_PAGES = 5  # author feed pages read for a baseline (young posts and
 _FRACTION = re.compile(r"(\.\d{6})\d+")  # Python parses at most microseconds
 
 
-class WalterIngestError(ValueError):
+class WalterIngestError(ValueError, UserError):
     """An argument of the ingest or a post from the API is unusable; the message names it."""
 
 
@@ -56,7 +66,7 @@ class PostDataError(WalterIngestError):
 
 
 @dataclass
-class SearchSummary:
+class SearchCounts:
     queries: int = 0  # (domain, day) searches run or resumed
     queries_done_before: int = 0  # already finished in an earlier run, not searched again
     queries_unfinished: int = 0  # stopped at max_pages; the saved cursor resumes them
@@ -66,6 +76,45 @@ class SearchSummary:
     posts_new: int = 0
     posts_without_link: int = 0  # no http(s) link to the searched domain
     posts_invalid: int = 0  # PostDataError: logged and skipped
+
+
+@dataclass
+class DomainSearch(SearchCounts):
+    """One domain's search of the day: its counts, and why it failed (None when it did not)."""
+    domain: str = ""
+    error: str | None = None  # one line; set only under keep_going
+
+
+@dataclass
+class SearchSummary(SearchCounts):
+    """The counts summed over every domain, and each domain's own in `domains` (in search order)."""
+    domains: list[DomainSearch] = field(default_factory=list)
+    stopped_at: str | None = None  # the domain whose account or host error ended the search (keep_going)
+
+    def add(self, part: DomainSearch) -> None:
+        self.domains.append(part)
+        for name in _COUNTERS:
+            setattr(self, name, getattr(self, name) + getattr(part, name))
+
+    @property
+    def failed(self) -> list[DomainSearch]:
+        return [d for d in self.domains if d.error]
+
+
+_COUNTERS = tuple(f.name for f in fields(SearchCounts))
+# The account or the host is unusable: the next domain would fail the same way after the same
+# retries, so the search stops there. Any other Bluesky error concerns that domain's answers.
+HOST_ERRORS = (BlueskyAuthError, BlueskyConfigError, BlueskyRateLimitError, BlueskyUnavailableError)
+
+
+class SearchFailedError(WalterIngestError):
+    """Every domain's search failed before it read a page; the message names each domain's error."""
+
+
+def one_line(error: BaseException) -> str:
+    """`error` as '<class>: <message>' on one line."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # -- posts to rows -----------------------------------------------------------------
@@ -280,6 +329,7 @@ def ingest_search(
     limit: int = 100,
     max_pages: int = MAX_PAGES,
     now: datetime | None = None,
+    keep_going: bool = False,
 ) -> SearchSummary:
     """Search each domain's posts of the local `day` and store those with an article link.
 
@@ -288,6 +338,13 @@ def ingest_search(
     with the earlier pages and the cursor kept, and the next run resumes there.
     A search is marked finished only once the day is over, so searching today
     again later picks up newer posts (upserts, no duplicates).
+
+    Returns the summed counts with each domain's in `.domains`. With
+    `keep_going`, a domain whose search fails keeps its error in its summary and
+    the next domain is searched, except after an error of the account or host
+    (HOST_ERRORS), which ends the search; when every domain failed before
+    reading a page, the one failure's own error is raised, or SearchFailedError
+    naming each domain's when there were several.
     Raises WalterIngestError for a bad day, timezone or empty domain list.
     """
     if not domains or any(not d or "/" in d for d in domains):
@@ -295,52 +352,105 @@ def ingest_search(
     zone = resolve_timezone(tz) if isinstance(tz, str) or tz is None else tz
     since, until = day_bounds(day, zone)
     summary = SearchSummary()
-    for domain in domains:
-        key = query_key(domain, q)
-        state = db.execute("select cursor, finished, pages from bsky_cursors where query = ? and day = ?",
-                           [key, day]).fetchone()
-        if state and state[1]:
-            summary.queries_done_before += 1
-            continue
-        summary.queries += 1
-        cursor, pages = (state[0], state[2] or 0) if state else (None, 0)
-        for _ in range(max_pages):
-            posts, next_cursor = client.search_posts(q=q, domain=domain, since=since, until=until,
-                                                     cursor=cursor, limit=limit)
-            if next_cursor is not None and next_cursor == cursor:
-                raise WalterIngestError(f"searchPosts for {key!r} on {day} returned the same cursor {cursor!r}")
-            read_at = now or datetime.now(timezone.utc)
-            rows = _rows(posts, zone, read_at, domain, summary)
-            pages += 1
-            finished = not next_cursor and parse_time(until) <= read_at
-            with db.atomic():  # the page and the cursor after it, or neither
-                summary.posts_new += store_posts(db, rows)
-                db.execute(_SAVE_CURSOR, [key, day, next_cursor, int(finished), pages, utc_iso(read_at)])
-            summary.pages += 1
-            summary.posts_stored += len(rows)
-            if not next_cursor:
+    errors: list[Exception] = []
+    for i, domain in enumerate(domains):
+        part = DomainSearch(domain=domain)
+        try:
+            _search_domain(db, client, part, q, day, zone, since, until, limit, max_pages, now)
+        except (BlueskyError, WalterIngestError) as e:
+            if not keep_going:
+                raise
+            errors.append(e)
+            part.error = one_line(e)
+            summary.add(part)
+            if isinstance(e, HOST_ERRORS):
+                summary.stopped_at = domain
+                for rest in domains[i + 1:]:
+                    summary.add(DomainSearch(domain=rest, error=f"not searched after {domain}'s {type(e).__name__}"))
                 break
-            cursor = next_cursor
-        else:
-            summary.queries_unfinished += 1
-            log.warning("search %r on %s stopped after %d pages; the next run resumes", key, day, max_pages)
+            continue
+        summary.add(part)
+    if errors and all(d.error and not d.pages for d in summary.domains):
+        if len(errors) == 1:
+            raise errors[0]
+        raise SearchFailedError(f"no domain could be searched for {day}: "
+                                + "; ".join(f"{d.domain}: {d.error}" for d in summary.failed)) from errors[-1]
     return summary
 
 
-def _rows(posts: list[dict[str, Any]], zone: tzinfo | None, now: datetime, domain: str,
-          summary: SearchSummary) -> list[dict[str, Any]]:
+def _search_domain(db: sqlite_utils.Database, client: Bluesky, part: DomainSearch, q: str, day: str,
+                   zone: tzinfo | None, since: str, until: str, limit: int, max_pages: int,
+                   now: datetime | None) -> None:
+    """Search one domain's day into `part` (counted as it goes, so a failure keeps what was read)."""
+    key = query_key(part.domain, q)
+    state = db.execute("select cursor, finished, pages from bsky_cursors where query = ? and day = ?",
+                       [key, day]).fetchone()
+    if state and state[1]:
+        part.queries_done_before += 1
+        return
+    part.queries += 1
+    cursor, pages = (state[0], state[2] or 0) if state else (None, 0)
+    for _ in range(max_pages):
+        posts, next_cursor = client.search_posts(q=q, domain=part.domain, since=since, until=until,
+                                                 cursor=cursor, limit=limit)
+        if next_cursor is not None and next_cursor == cursor:
+            raise WalterIngestError(f"searchPosts for {key!r} on {day} returned the same cursor {cursor!r}")
+        read_at = now or datetime.now(timezone.utc)
+        rows = _rows(posts, zone, read_at, part)
+        pages += 1
+        finished = not next_cursor and parse_time(until) <= read_at
+        with db.atomic():  # the page and the cursor after it, or neither
+            part.posts_new += store_posts(db, rows)
+            db.execute(_SAVE_CURSOR, [key, day, next_cursor, int(finished), pages, utc_iso(read_at)])
+        part.pages += 1
+        part.posts_stored += len(rows)
+        if not next_cursor:
+            return
+        cursor = next_cursor
+    part.queries_unfinished += 1
+    log.warning("search %r on %s stopped after %d pages; the next run resumes", key, day, max_pages)
+
+
+def _rows(posts: list[dict[str, Any]], zone: tzinfo | None, now: datetime, part: DomainSearch) -> list[dict[str, Any]]:
     rows = []
     for post in posts:
-        summary.posts_seen += 1
-        if extract_link(post, domain) is None:
-            summary.posts_without_link += 1
+        part.posts_seen += 1
+        if extract_link(post, part.domain) is None:
+            part.posts_without_link += 1
             continue
         try:
-            rows.append(post_row(post, zone, now, domain))
+            rows.append(post_row(post, zone, now, part.domain))
         except PostDataError as e:
-            summary.posts_invalid += 1
+            part.posts_invalid += 1
             log.warning("skipping a post: %s", e)
     return rows
+
+
+_HEADER = ("queries", "pages", "seen", "new", "stored", "no link", "invalid")
+
+
+def format_summary(search: SearchSummary, source: str, refreshed: int | None, authors: int | None,
+                   notes: Iterable[str] = ()) -> str:
+    """The ingest's report: one line per domain (its search counts, and what went wrong), then a total
+    line with the counts refreshed and the author baselines fetched (None: not done, `notes` say why)."""
+    width = max([len("domain")] + [len(d.domain) for d in search.domains])
+    lines = [f"{'domain':<{width}}  " + "  ".join(_HEADER) + "  note"]
+    for d in search.domains:
+        values = (d.queries, d.pages, d.posts_seen, d.posts_new, d.posts_stored, d.posts_without_link,
+                  d.posts_invalid)
+        note = (f"failed: {d.error}" if d.error else "done in an earlier run" if d.queries_done_before
+                else "stopped at the page limit; the next run resumes" if d.queries_unfinished
+                else "")
+        lines.append((f"{d.domain:<{width}}  " + "  ".join(f"{v:>{len(h)}}" for v, h in zip(values, _HEADER))
+                      + f"  {note}").rstrip())
+    searched = sum(1 for d in search.domains if d.queries and not d.error)
+    counts = "; ".join(
+        [(f"{refreshed} counts refreshed" if refreshed is not None else "counts not refreshed") + ", "
+         + (f"{authors} author baselines fetched" if authors is not None else "author baselines not fetched"),
+         *notes])
+    lines.append(f"{source}: {search.posts_new} new posts, {len(search.domains)} domains ({searched} searched, "
+                 f"{search.queries_done_before} done before, {len(search.failed)} failed); {counts}")
+    return "\n".join(lines)
 
 
 # -- counts at the fixed age ---------------------------------------------------------------
@@ -486,41 +596,30 @@ def author_baseline(db: sqlite_utils.Database, did: str, exclude_uri: str,
     return float(statistics.median(v for _, v in cached[0]))
 
 
-@dataclass(frozen=True)
-class BaselineStats:
-    """An author's usual engagement at one post age, and the evidence it rests on."""
-    usual: float  # mean weighted engagement of their other posts, each brought to `age_hours`
-    n: int  # how many posts
-    spread: float | None  # their standard deviation (n - 1 in the denominator); None for one post
-    age_hours: float  # the age it is the usual at
-
-
 def grown_fraction(age_hours: float, half_life_hours: float) -> float:
-    """The share of its final engagement a post has by `age_hours`: 1 - 2^(-age / half_life).
+    """The share of its final engagement a post has by `age_hours` (varro.engine.baselines.grown_fraction).
 
-    The stated growth assumption (not measured): attention to a post decays
-    exponentially, as in a cascade with an exponential kernel, so its counts
-    saturate. With the default half-life of 12 h a post has 82% at 30 h, 93% at
-    45 h and all of it at 289 h (the median age of baseline readings).
-    Raises WalterIngestError for a negative age or a half-life <= 0.
+    With the default half-life of 12 h a post has 82% at 30 h, 93% at 45 h and all
+    of it at 289 h (the median age of baseline readings). Raises WalterIngestError
+    for a negative age or a half-life <= 0.
     """
-    if age_hours < 0 or half_life_hours <= 0:
-        raise WalterIngestError(f"need age >= 0 and half-life > 0 hours, got {age_hours}, {half_life_hours}")
-    return 1.0 - 2.0 ** (-age_hours / half_life_hours)
+    try:
+        return baselines.grown_fraction(age_hours, half_life_hours)
+    except baselines.BaselineError as e:
+        raise WalterIngestError(str(e)) from None
 
 
 def baseline_stats(db: sqlite_utils.Database, did: str, exclude_uri: str, weights: Mapping[str, float],
                    age_hours: float, half_life_hours: float) -> BaselineStats | None:
     """The author's usual engagement at `age_hours` (the scored post's counts age) and its evidence.
 
-    A cached post read at age a with engagement x counts as x * g(age_hours) / g(a),
-    g = `grown_fraction`: the baseline is what the author's posts had at the age
-    the scored post was read at (getAuthorFeed only gives counts at a post's
-    current age, typically days older). A post whose reading age is unknown (a
-    cache from before ages were stored) is taken as fully grown, g(a) = 1. The
-    usual is the mean (see walter.reward for why not the median). `weights`,
-    `exclude_uri` and None as in `author_baseline`. Raises WalterIngestError for
-    an age <= 0.
+    The author's cached posts (getAuthorFeed only gives counts at a post's current
+    age, typically days older) brought to the age the scored post was read at by
+    `varro.engine.baselines.age_matched_baseline`. A post whose reading age is
+    unknown (a cache from before ages were stored) is taken as fully grown. The
+    usual is the mean (see varro.engine.baselines for why not the median).
+    `weights`, `exclude_uri` and None as in `author_baseline`. Raises
+    WalterIngestError for an age <= 0.
     """
     if not age_hours > 0:
         raise WalterIngestError(f"a scored post's counts age must be positive, got {age_hours}")
@@ -530,8 +629,8 @@ def baseline_stats(db: sqlite_utils.Database, did: str, exclude_uri: str, weight
     values, ages = cached
     if any(ages.get(uri, 1.0) <= 0 for uri, _ in values):
         raise WalterIngestError(f"bsky_authors.post_age_hours_json of {did} has a reading at age <= 0: {ages}")
-    target = grown_fraction(age_hours, half_life_hours)
-    grown = [x * target / (grown_fraction(ages[uri], half_life_hours) if uri in ages else 1.0)
-             for uri, x in values]
-    return BaselineStats(usual=statistics.fmean(grown), n=len(grown),
-                         spread=statistics.stdev(grown) if len(grown) > 1 else None, age_hours=age_hours)
+    try:
+        return baselines.age_matched_baseline([x for _, x in values], [ages.get(uri) for uri, _ in values],
+                                              age_hours, half_life_hours)
+    except baselines.BaselineError as e:
+        raise WalterIngestError(str(e)) from None

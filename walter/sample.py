@@ -11,13 +11,21 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import sqlite_utils
 
 from varro.engine.config import SAMPLE_DIR
 
-from .ingest import extract_link, ingest_search, link_host, on_domain, refresh_counts, update_baselines
+from .ingest import (
+    extract_link,
+    format_summary,
+    ingest_search,
+    link_host,
+    on_domain,
+    refresh_counts,
+    update_baselines,
+)
 
 BLUESKY_SAMPLE = SAMPLE_DIR / "bluesky"
 
@@ -79,11 +87,14 @@ def sample_days(root: Path = BLUESKY_SAMPLE) -> list[str]:
 
 
 def ingest_sample_day(db: sqlite_utils.Database, day: str, tz: str | None = "UTC",
-                      root: Path = BLUESKY_SAMPLE) -> int:
+                      root: Path = BLUESKY_SAMPLE, echo: Callable[[str], None] | None = None) -> int:
     """Day `day` of the sample as the nightly run would see it at the end of that day.
 
     Searches the day's posts, refreshes the counts of posts that are 24 hours old
     (the previous day's), and fetches the authors' baselines. Returns new posts.
+    With `echo`, prints the same per-domain summary as the Bluesky ingest
+    (`walter.ingest.format_summary`), except for a day outside the sample that
+    refreshed and fetched nothing.
     """
     from zoneinfo import ZoneInfo
 
@@ -91,7 +102,9 @@ def ingest_sample_day(db: sqlite_utils.Database, day: str, tz: str | None = "UTC
     now = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0, 30), tzinfo=timezone.utc)
     zone = ZoneInfo(tz) if tz else None
     summary = ingest_search(db, client, sample_domains(root), day, tz=zone, now=now)
-    refresh_counts(db, client, min_age_hours=24.0, now=now)
+    refreshed = refresh_counts(db, client, min_age_hours=24.0, now=now)
     dids = [r["author_did"] for r in db.query("select distinct author_did from bsky_posts where day = ?", [day])]
-    update_baselines(db, client, dids, now=now)
+    authors = update_baselines(db, client, dids, now=now)
+    if echo is not None and (day in sample_days(root) or refreshed or authors):
+        echo(format_summary(summary, "sample", refreshed, authors))
     return summary.posts_new

@@ -29,12 +29,13 @@ from varro.engine.config import Config
 from varro.engine.store import utc_now
 from varro.engine.faults import failpoint
 from varro.engine.models import lora_parameters
+from varro.engine.errors import UserError
 
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 METADATA = "metadata.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RuntimeError, UserError):
     pass
 
 
@@ -54,6 +55,11 @@ def list_checkpoints(run_path: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if DAY_RE.match(p.name) and (p / METADATA).is_file())
+
+
+def is_complete(run_path: Path, day: str) -> bool:
+    """Whether checkpoint `day` of the run exists and is complete (its metadata is written last)."""
+    return (checkpoints_dir(run_path) / day / METADATA).is_file()
 
 
 def find_latest(run_path: Path, before: str | None = None) -> Path | None:
@@ -170,8 +176,9 @@ def _same_model(a: str, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def check_run_owner(run_path: Path, app: str, model: str) -> None:
-    """Refuse to resume a run that another app wrote, or whose checkpoints sit on another base model.
+def check_run_owner(run_path: Path, app: str, model: str | None) -> None:
+    """Refuse to resume a run that another app wrote, or (unless `model` is None) whose checkpoints sit on
+    another base model.
 
     Raises CheckpointError naming the run's app or base and what to do instead.
     """
@@ -184,6 +191,8 @@ def check_run_owner(run_path: Path, app: str, model: str) -> None:
     if owner and owner != app:
         raise CheckpointError(f"run {Path(run_path).name} holds {owner} checkpoints (latest {latest.name}): "
                               f"{app} cannot resume it; pick another --run")
+    if model is None:
+        return
     try:
         base = json.loads((latest / "config.json").read_text())["model"]["model"]
     except (OSError, ValueError, KeyError) as e:

@@ -1,12 +1,11 @@
-"""Inspection commands shared by `varro` and `walter`: `rollouts [list|show]` and `report`.
+"""Inspection commands of every application: `rollouts [list|show]` and `report`.
 
-`register(cli, "varro")` adds them to an application's click group; the same
+`register(cli, app)` adds them to an application's click group; the same
 commands then read that application's prompts only.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from datetime import date
@@ -15,31 +14,14 @@ from typing import Any, Callable
 
 import click
 
-from varro.engine.config import ConfigError
-from varro.engine.report import ReportError
-from varro.engine.rollout_log import SORT_KEYS, RolloutNotFound, SortKeyError
+from varro.engine.app import App
+from varro.engine.rollout_log import SORT_KEYS
 
-# Errors the inspection library raises on purpose: one line on stderr, exit status 1.
-INSPECT_ERRORS = (RolloutNotFound, SortKeyError, ReportError, ConfigError)
-
-
-def _one_line_errors(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except INSPECT_ERRORS as e:
-            click.echo(f"error: {e}", err=True)
-            click.get_current_context().exit(1)
-
-    return wrapper
-
-
-def _for_app(app: str) -> Callable[[Callable], Callable]:
+def _for_app(app: App) -> Callable[[Callable], Callable]:
     """Fill `{app}` into a command's docstring (its help) before click reads it."""
 
     def decorate(fn: Callable) -> Callable:
-        fn.__doc__ = (fn.__doc__ or "").format(app=app)
+        fn.__doc__ = (fn.__doc__ or "").format(app=app.name)
         return fn
 
     return decorate
@@ -89,7 +71,7 @@ def _with_group_options(ctx: click.Context, own: dict[str, Any]) -> dict[str, An
     return {k: v if v not in (None, False) else parent.get(k, v) for k, v in own.items()}
 
 
-def _list(app: str, day: str | None, prompt: str | None, sort: str | None, best: int | None,
+def _list(app: App, day: str | None, prompt: str | None, sort: str | None, best: int | None,
           worst: int | None, run: str | None, home: str | None, as_json: bool) -> None:
     from varro.engine.rollout_log import format_table, list_rollouts
 
@@ -97,27 +79,27 @@ def _list(app: str, day: str | None, prompt: str | None, sort: str | None, best:
         raise click.UsageError("give --best or --worst, not both")
     from varro.engine.config import require_run
 
-    run = run or "default"
+    run = run or app.default_run
     db = _open(home)
-    require_run(db, app, run, home)
-    rows = list_rollouts(db, app, run, day=day, prompt=prompt, sort=sort or "reward", best=best,
+    require_run(db, app.name, run, home)
+    rows = list_rollouts(db, app.name, run, day=day, prompt=prompt, sort=sort or "reward", best=best,
                          worst=worst)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
         where = "".join(f", {k} {v}" for k, v in (("day", day), ("prompt", prompt)) if v)
-        click.echo(f"no {app} rollouts for run {run}{where}")
+        click.echo(f"no {app.name} rollouts for run {run}{where}")
     else:
-        click.echo(format_table(rows, width=max(80, shutil.get_terminal_size((120, 24)).columns)))
+        click.echo(format_table(rows, width=max(80, shutil.get_terminal_size((120, 24)).columns),
+                                components=app.main_components))
 
 
-def rollouts_group(app: str) -> click.Group:
+def rollouts_group(app: App) -> click.Group:
     """The `rollouts` group for `app`: lists when called without a subcommand."""
 
     @click.group("rollouts", invoke_without_command=True)
     @_list_options
     @click.pass_context
-    @_one_line_errors
     @_for_app(app)
     def rollouts(ctx: click.Context, **opts: Any) -> None:
         """List a run's completions with their rewards; `show ID` prints one with its group.
@@ -133,7 +115,6 @@ def rollouts_group(app: str) -> click.Group:
     @rollouts.command("list")
     @_list_options
     @click.pass_context
-    @_one_line_errors
     @_for_app(app)
     def list_cmd(ctx: click.Context, **opts: Any) -> None:
         """List a run's completions: id, day, prompt, completion, reward, main components, advantage.
@@ -147,7 +128,6 @@ def rollouts_group(app: str) -> click.Group:
     @click.option("--home", default=None, help=HOME_HELP)
     @click.option("--json", "as_json", is_flag=True, default=False, help="print JSON instead of text")
     @click.pass_context
-    @_one_line_errors
     @_for_app(app)
     def show(ctx: click.Context, rollout_id: int, home: str | None, as_json: bool) -> None:
         """Show one completion: prompt, text, every reward component, and its whole group.
@@ -166,16 +146,15 @@ def rollouts_group(app: str) -> click.Group:
     return rollouts
 
 
-def report_command(app: str) -> click.Command:
+def report_command(app: App) -> click.Command:
     """The `report` command for `app`."""
 
     @click.command("report")
-    @click.option("--run", default="default", show_default=True, help="run name under runs/")
+    @click.option("--run", default=app.default_run, show_default=True, help="run name under runs/")
     @click.option("--home", default=None, help=HOME_HELP)
     @click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None,
                   help="where to write the page [default: runs/<run>/report.html]")
     @click.option("--json", "as_json", is_flag=True, default=False, help="print the report's numbers as JSON")
-    @_one_line_errors
     @_for_app(app)
     def report(run: str, home: str | None, html_path: str | None, as_json: bool) -> None:
         """Write a run's HTML report and print its per-day summary and flags.
@@ -193,7 +172,7 @@ def report_command(app: str) -> click.Command:
         from varro.engine.report import format_summary, report_data, write_report
 
         db = _open(home)
-        path = require_run(db, app, run, home)
+        path = require_run(db, app.name, run, home)
         data = report_data(db, app, run)
         out = caller_path(html_path) if html_path else path / "report.html"
         write_report(data, out)
@@ -207,9 +186,7 @@ def report_command(app: str) -> click.Command:
     return report
 
 
-def register(group: click.Group, app: str) -> None:
-    """Add `rollouts` (list, show) and `report` for `app` ('varro' or 'walter') to `group`."""
-    if app not in ("varro", "walter"):
-        raise ValueError(f"unknown application {app!r}; known: varro, walter")
+def register(group: click.Group, app: App) -> None:
+    """Add `rollouts` (list, show) and `report` for `app` to `group`."""
     group.add_command(rollouts_group(app))
     group.add_command(report_command(app))

@@ -9,7 +9,16 @@ import click
 
 from varro.engine.config import Config, ConfigError, load_config
 
-SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+ENGINE_SECTIONS_BY_NAME = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "apps"}
+
+
+def section_factory(name: str) -> Callable[[], Any]:
+    """The dataclass of config section `name`: an engine one, or a registered application's settings."""
+    if name in ENGINE_SECTIONS_BY_NAME:
+        return ENGINE_SECTIONS_BY_NAME[name]  # type: ignore[return-value]
+    from varro.engine.app import get_app
+
+    return get_app(name).settings
 
 
 def _option_name(section: str, name: str) -> str:
@@ -24,7 +33,7 @@ def config_options(*apps: str) -> Callable[[Callable], Callable]:
     names = ENGINE_SECTIONS + apps
 
     def decorate(fn: Callable) -> Callable:
-        return _add_options(fn, [(n, SECTIONS[n]) for n in names])
+        return _add_options(fn, [(n, section_factory(n)) for n in names])
 
     return decorate
 
@@ -49,6 +58,28 @@ def _add_options(fn: Callable, sections: list) -> Callable:
         help="TOML file with [model], [sampling] and [train] tables",
     )(fn)
     return fn
+
+
+def named_settings(kwargs: dict[str, Any]) -> dict[str, set[str]]:
+    """{section: {names}} of the settings a command's kwargs name explicitly: its options that were given,
+    and every setting of its --config file. Leaves kwargs as they are; raises click.UsageError for a bad file."""
+    import tomllib
+
+    named: dict[str, set[str]] = {}
+    for key, value in kwargs.items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, name = key.split("__")
+            named.setdefault(section, set()).add(name)
+    path = kwargs.get("config_file")
+    if path:
+        try:
+            data = tomllib.loads(open(path, encoding="utf-8").read())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise click.UsageError(f"config file {path}: {e}") from None
+        for section, values in data.items():
+            if isinstance(values, dict):
+                named.setdefault(section, set()).update(values)
+    return named
 
 
 def resolve_config(kwargs: dict[str, Any], base: Config | None = None) -> Config:

@@ -14,12 +14,13 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from varro.engine.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, UserError):
     """A configuration value or file is invalid."""
 
 
@@ -91,93 +92,27 @@ class EvalConfig:
 
 
 @dataclass
-class VarroConfig:
-    embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
-    prompts_per_day: int = opt(32, "headlines turned into prompts each day (eval ones included)")
-    eval_every: int = opt(8, "one in this many stories is held out for eval: never a prompt or target in training")
-    dedup_threshold: float = opt(0.8, "headlines at least this similar to a chosen one are near-duplicates")
-    timezone: str = opt("", "IANA timezone that decides a headline's day (empty: the machine's)")
-    semantic_weight: float = opt(0.75, "weight of on_topic: the gain in similarity to the next-day headlines of "
-                                       "the prompt's own story over the source headline's own similarity")
-    gain_full: float = opt(0.15, "cosine gain over the source headline that earns the full on_topic score of 1")
-    loss_full: float = opt(0.75, "cosine loss under the source headline's own similarity that costs gain_floor "
-                                 "(wide, so poor forecasts still differ from one another)")
-    gain_floor: float = opt(-1.0, "lowest on_topic score (a loss is charged down to this; an empty forecast gets it)")
-    fallback_threshold: float = opt(0.5, "when a prompt's story has no next-day headline: next-day headlines at "
-                                         "least this similar to the source are its targets (flagged); none: NULL")
-    topic_weight: float = opt(0.25, "weight of staying on the source's story (cosine to it), paid only when the "
-                                    "story has no next-day target")
-    topic_full: float = opt(0.5, "cosine to the source that earns the full stay-on-story score")
-    format_weight: float = opt(0.25, "weight of the five-beat format score")
-    min_words: int = opt(60, "length band: fewest words with the full length score")
-    max_words: int = opt(180, "length band: most words with the full length score (0 at twice this)")
-    min_sentences: int = opt(3, "length band: fewest sentences with the full length score")
-    max_sentences: int = opt(5, "length band: most sentences with the full length score")
-    prose_min_words: int = opt(4, "a prose sentence has at least this many words")
-    prose_max_words: int = opt(40, "a prose sentence has at most this many words")
-    prose_function_share: float = opt(0.2, "a prose sentence has at least this share of function words")
-    leak_weight: float = opt(0.25, "penalty weight for instruction echo and meta-talk")
-    echo_weight: float = opt(0.5, "penalty weight for restating the source headline")
-    echo_cosine_floor: float = opt(0.9, "cosine to the source headline above which the echo penalty starts "
-                                        "(an on-topic forecast sits at 0.7-0.9)")
-    echo_overlap_floor: float = opt(0.6, "share of words taken from the source above which the echo penalty starts")
-
-
-@dataclass
-class WalterConfig:
-    embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
-    domains: str = opt(
-        "apnews.com,reuters.com,bbc.co.uk,bbc.com,theguardian.com,nytimes.com,npr.org,arstechnica.com",
-        "comma-separated news domains whose links are searched on Bluesky",
-    )
-    articles_per_day: int = opt(16, "articles turned into prompts each day (eval ones included)")
-    eval_every: int = opt(8, "one in this many articles is held out for eval, never trained on")
-    like_weight: float = opt(1.0, "engagement weight of a like")
-    repost_weight: float = opt(2.0, "engagement weight of a repost")
-    reply_weight: float = opt(1.0, "engagement weight of a reply")
-    quote_weight: float = opt(2.0, "engagement weight of a quote")
-    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns a post the full weight 1")
-    weight_pseudo_count: float = opt(2.0, "engagement added to a post and to its author's usual before their ratio "
-                                          "(the prior's shape), so a tiny account's one lucky post stays modest")
-    engagement_half_life_hours: float = opt(12.0, "assumed growth: by age t a post has 1 - 2^(-t/this) of its "
-                                                  "final engagement; brings baseline posts to the scored post's age")
-    count_age_hours: float = opt(24.0, "posts are compared on counts read at this age")
-    baseline_ttl_hours: float = opt(168.0, "how long an author's baseline is cached")
-    copy_cosine_start: float = opt(0.8, "cosine to a historical post where the copy penalty starts")
-    copy_cosine_full: float = opt(1.0, "cosine to a historical post where the copy penalty is full")
-    copy_containment_start: float = opt(0.3, "share of the candidate's word 3-grams found in one historical post "
-                                             "where the copy penalty starts")
-    copy_containment_full: float = opt(0.7, "share of the candidate's word 3-grams found in one historical post "
-                                            "where the copy penalty is full")
-    copy_order_start: float = opt(0.4, "share of the candidate's words found in order in one historical post "
-                                       "where the copy penalty starts")
-    copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one historical post "
-                                      "where the copy penalty is full")
-    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy")
-    copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)")
-    hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs")
-    hashtag_penalty: float = opt(0.1, "penalty per hashtag past the limit")
-    repeated_hashtag_penalty: float = opt(0.2, "penalty for using a hashtag twice")
-    emoji_run_penalty: float = opt(0.2, "penalty for a run of three or more emoji")
-    bare_url_penalty: float = opt(0.2, "penalty for a bare URL in the text")
-    too_long_penalty: float = opt(0.5, "penalty for a post over Bluesky's 300 graphemes")
-    repeated_ngram_penalty: float = opt(0.5, "penalty weight of the share of word 3-grams that repeat")
-    echo_penalty: float = opt(0.3, "penalty for echoing the instruction ('here is a post', 'as an AI')")
-    curriculum_floor: float = opt(0.1, "minimum pick weight, so every article can be chosen")
-    curriculum_days: int = opt(7, "days of an article's past groups that its regret is read from")
-
-
-@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    varro: VarroConfig = field(default_factory=VarroConfig)
-    walter: WalterConfig = field(default_factory=WalterConfig)
+    apps: dict[str, Any] = field(default_factory=lambda: app_sections())  # each app's [name] section
+
+    def __getattr__(self, name: str) -> Any:
+        """An application's section: cfg.varro, cfg.walter, ..."""
+        try:
+            return self.__dict__["apps"][name]
+        except KeyError:
+            raise AttributeError(f"Config has no section {name!r}") from None
+
+    def sections(self) -> dict[str, Any]:
+        """Every section by name: the engine's four, then each registered application's."""
+        engine = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "apps"}
+        return {**engine, **self.apps}
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(section) for name, section in self.sections().items()}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -190,7 +125,7 @@ class Config:
 
     def update(self, data: dict[str, Any], origin: str) -> None:
         """Overlay `data` ({section: {field: value}}) onto this config, checking names and types."""
-        sections = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        sections = self.sections()
         for section, values in data.items():
             if section not in sections:
                 raise ConfigError(f"{origin}: unknown section [{section}]; known: {sorted(sections)}")
@@ -204,6 +139,13 @@ class Config:
                         f"{origin}: unknown setting {section}.{name}; known: {sorted(known)}"
                     )
                 setattr(target, name, _coerce(value, type(known[name].default), f"{section}.{name}"))
+
+
+def app_sections() -> dict[str, Any]:
+    """A default section per registered application (varro.engine.app), by name."""
+    from varro.engine.app import apps
+
+    return {name: app.settings() for name, app in apps().items()}
 
 
 def _coerce(value: Any, kind: type, name: str) -> Any:
@@ -279,8 +221,9 @@ def require_db(home: str | Path | None = None) -> Path:
 def known_runs(db: Any, app: str, home: str | Path | None = None) -> list[str]:
     """The runs of `app`: those with `app` rollouts in the database, and those whose runs/<run>/checkpoints/
     holds a complete checkpoint written by `app` (or by no app named)."""
-    names = {r["run"] for r in db.query(
-        "select distinct r.run from rollouts r join prompts p on p.id = r.prompt_id where p.app = ?", [app])}
+    from varro.engine.store import rollout_runs
+
+    names = rollout_runs(db, app)
     root = home_dir(home) / "runs"
     for meta in root.glob("*/checkpoints/*/metadata.json") if root.is_dir() else []:
         try:

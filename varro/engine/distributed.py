@@ -19,6 +19,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from varro.engine.records import Rollout
+
 
 @dataclass
 class World:
@@ -82,24 +84,4 @@ def rollouts_to_json(groups: list[list]) -> list[list[dict]]:
 
 
 def rollouts_from_json(data: list[list[dict]]) -> list[list]:
-    from varro.engine.rollouts import Rollout
-
     return [[Rollout(**r) for r in g] for g in data]
-
-
-def open_policy(cfg, run_path, before_day: str | None, world: World):
-    """Rank 0 resumes from its checkpoints; every other rank receives rank 0's weights and state."""
-    from varro.engine.policy import Policy
-
-    policy = Policy.open(cfg, run_path, before_day=before_day if world.is_main else "0000-01-01")
-    if world.distributed:
-        policy.model.update(world.broadcast_tree(policy.model.trainable_parameters()))
-        policy.trainer.optimizer.state = world.broadcast_tree(policy.trainer.optimizer.state)
-        meta = world.broadcast_json({"step": policy.trainer.step, "rng": policy.trainer.rng.bit_generator.state,
-                                     "checkpoint": policy.checkpoint, "notes": policy.notes})
-        policy.trainer.step = meta["step"]
-        policy.trainer.rng.bit_generator.state = meta["rng"]
-        policy.checkpoint, policy.notes = meta["checkpoint"], meta["notes"]
-        mx.eval(policy.model.parameters(), policy.trainer.optimizer.state)
-    policy.trainer.world = world
-    return policy

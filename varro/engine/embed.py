@@ -13,13 +13,14 @@ from typing import Protocol
 import numpy as np
 import sqlite_utils
 
-from varro.engine.store import utc_now
+from varro.engine import store
+from varro.engine.errors import UserError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
-class EmbedderError(RuntimeError):
+class EmbedderError(RuntimeError, UserError):
     pass
 
 
@@ -101,31 +102,13 @@ class CachedEmbedder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         keys = [content_sha1(t) for t in texts]
-        found: dict[str, np.ndarray] = {}
-        unique = sorted(set(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self.db.query(
-                f"select content_sha1, vector from embeddings where model = ? and content_sha1 in ({marks})",
-                [self.name, *chunk],
-            ):
-                found[row["content_sha1"]] = np.frombuffer(row["vector"], dtype=np.float32)
+        found = store.cached_vectors(self.db, self.name, keys)
         missing = {k: t for k, t in zip(keys, texts) if k not in found}
         self.hits += len(texts) - sum(1 for k in keys if k in missing)
         self.misses += len(missing)
         if missing:
             vecs = self.inner.encode(list(missing.values()))
-            now = utc_now()
-            with self.db.atomic():
-                self.db["embeddings"].insert_all(
-                    [
-                        {"model": self.name, "content_sha1": k, "dim": int(v.shape[0]),
-                         "vector": v.astype(np.float32).tobytes(), "created_utc": now}
-                        for k, v in zip(missing, vecs)
-                    ],
-                    ignore=True,
-                )
+            store.insert_vectors(self.db, self.name, dict(zip(missing, vecs)))
             found.update(zip(missing, vecs))
         if not texts:
             return self.inner.encode([])

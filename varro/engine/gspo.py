@@ -30,8 +30,13 @@ the population formula and a group whose reward std is below a tolerance
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import mlx.core as mx
 import numpy as np
+
+if TYPE_CHECKING:
+    from varro.engine.config import TrainConfig
 
 FLAT_STD = 1e-3  # a group whose rewards spread less than this carries no signal
 
@@ -91,6 +96,25 @@ def gspo_loss(
         "ratio_mean": mx.stop_gradient(ratio).mean(),
     })
     return loss, metrics
+
+
+Objective = Callable[..., tuple[mx.array, dict[str, mx.array]]]
+
+
+def gspo_objective(cfg: "TrainConfig") -> Objective:
+    """gspo_loss with the config's eps_low, eps_high, beta and is_cap bound once (their values now, not
+    the config's later ones): the loss the trainer takes, called as
+    objective(logp, old_logp, ref_logp, mask, advantages, sampler_logp) -> (loss, metrics)."""
+    knobs = {"eps_low": float(cfg.eps_low), "eps_high": float(cfg.eps_high), "beta": float(cfg.beta),
+             "is_cap": float(cfg.is_cap)}
+
+    def objective(logp: mx.array, old_logp: mx.array, ref_logp: mx.array | None, mask: mx.array,
+                  advantages: mx.array, sampler_logp: mx.array | None = None):
+        return gspo_loss(logp, old_logp, ref_logp, mask, advantages, sampler_logp=sampler_logp, **knobs)
+
+    objective.__name__ = objective.__qualname__ = "gspo_objective"
+    objective.knobs = knobs  # type: ignore[attr-defined]  # what was bound, for a reader or a test
+    return objective
 
 
 def group_advantages(rewards, group_size: int, eps: float = 1e-6, tol: float = FLAT_STD) -> np.ndarray:

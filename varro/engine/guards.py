@@ -14,21 +14,27 @@
 - Checkpoint fallback: a corrupt checkpoint is skipped for the last good one.
 
 Each event is a row in `guards` (shown in the report and the step's notes).
+
+The KL and entropy guards are `TrainingCallback`s handed to `train_day`: the
+KL guard stops the day after the first step over `kl_max`, and both give their
+verdict (`reason`) from the day's final rows; `guarded_training` reads those
+verdicts, records them and reopens the previous checkpoint on a trip.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import sqlite_utils
 
-from varro.engine.store import utc_now
+from varro.engine import store
+from varro.engine.store import first_day_entropy
+from varro.engine.train import TrainingCallback
 
 
 def eval_guard(db: sqlite_utils.Database, app: str, run: str, before_day: str, drop_max: float) -> str | None:
     """The reason not to train today, or None: compares the latest eval day with the best before it."""
-    rows = db.execute(
-        "select r.day, avg(r.reward) from rollouts r join prompts p on p.id = r.prompt_id "
-        "where p.app = ? and r.run = ? and p.split = 'eval' and r.reward is not null and r.day < ? "
-        "group by r.day order by r.day", [app, run, before_day]).fetchall()
+    rows = store.eval_reward_by_day(db, app, run, before_day)
     if len(rows) < 2:
         return None
     best_day, best = max(rows[:-1], key=lambda r: r[1])
@@ -53,13 +59,6 @@ def kl_tripped(rows: list[dict], kl_max: float) -> str | None:
     return None
 
 
-def first_day_entropy(db: sqlite_utils.Database, run: str, before_day: str) -> float | None:
-    """The mean step entropy of the run's first day that recorded one, before `before_day`; None if none."""
-    row = db.execute("select day, avg(entropy) from steps where run = ? and day < ? and skipped = 0 and "
-                     "entropy is not null group by day order by day limit 1", [run, before_day]).fetchone()
-    return None if row is None else float(row[1])
-
-
 def entropy_collapsed(rows: list[dict], first: float | None, min_share: float) -> str | None:
     """The reason to discard the day's updates, or None: the day's mean step entropy below `min_share`
     of the first day's (the policy is collapsing onto fewer and fewer ways of writing)."""
@@ -73,10 +72,60 @@ def entropy_collapsed(rows: list[dict], first: float | None, min_share: float) -
     return None
 
 
-def record(db: sqlite_utils.Database, run: str, day: str, app: str, kind: str, reason: str) -> None:
-    with db.atomic():
-        db["guards"].upsert({"run": run, "day": day, "app": app, "kind": kind, "reason": reason,
-                             "created_utc": utc_now()}, pk=("run", "day", "kind"))
+class Guard(TrainingCallback):
+    """A collapse guard on the trainer's callback: after the day, `reason` says why to discard the day's
+    updates (None: keep them); `kind` names it in the `guards` table."""
+
+    kind = ""
+
+    def __init__(self):
+        self.reason: str | None = None
+
+
+class KLGuard(Guard):
+    """Stops the day after the first step whose KL (measured before it) exceeds `kl_max`, recording that
+    step as `stopped_at`; at the day's end `reason` is kl_tripped of the final rows, so it also fires when
+    only the KL after the last step (`kl_after`) is over."""
+
+    kind = "kl"
+
+    def __init__(self, kl_max: float):
+        super().__init__()
+        self.kl_max = kl_max
+        self.stopped_at: int | None = None
+
+    def on_step(self, row: dict) -> bool:
+        self.reason = kl_tripped([row], self.kl_max)
+        if self.reason is not None:
+            self.stopped_at = row["step"]
+        return self.reason is not None
+
+    def on_day_end(self, rows: list[dict]) -> None:
+        self.reason = kl_tripped(rows, self.kl_max)
+
+
+class EntropyGuard(Guard):
+    """At the day's end, `reason` is entropy_collapsed of the day's rows against the run's first day's
+    entropy `first` (None: nothing to compare with, never fires)."""
+
+    kind = "entropy"
+
+    def __init__(self, first: float | None, min_share: float):
+        super().__init__()
+        self.first, self.min_share = first, min_share
+
+    def on_day_end(self, rows: list[dict]) -> None:
+        self.reason = entropy_collapsed(rows, self.first, self.min_share)
+
+
+class ProgressAdvance(TrainingCallback):
+    """Moves a progress stage one tick per optimizer step."""
+
+    def __init__(self, advance: Callable[[int], None]):
+        self.advance = advance
+
+    def on_step(self, row: dict) -> None:
+        self.advance(1)
 
 
 def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: str, policy, groups: list[list],
@@ -94,34 +143,34 @@ def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: 
     reason, done = None, 0
     if world.is_main:
         # after a fallback the restored counter is behind the steps already recorded: continue after them
-        done = db.execute("select max(step) from steps where run = ? and day != ?", [run, day]).fetchone()[0] or 0
+        done = store.last_step_outside(db, run, day)
         if policy.notes:
-            record(db, run, day, app, "checkpoint", "; ".join(policy.notes))
+            store.record_guard(db, run, day, app, "checkpoint", "; ".join(policy.notes))
         reason = eval_guard(db, app, run, day, cfg.train.eval_drop_max) if groups else None
         if reason:
-            record(db, run, day, app, "eval", reason)
+            store.record_guard(db, run, day, app, "eval", reason)
     first_entropy = first_day_entropy(db, run, day) if world.is_main else None
     reason, done, first_entropy = world.broadcast_json([reason, done, first_entropy])
     policy.trainer.step = max(policy.trainer.step, done)
     if reason:
         notes.append(reason)
         groups = []
+    # the KL guard first: when both would trip, the KL is what is recorded (as before the callbacks)
+    guards = [KLGuard(cfg.train.kl_max), EntropyGuard(first_entropy, cfg.train.entropy_min_share)]
     with progress.stage("training", total=cfg.train.minibatches if groups else 0) as advance:
-        rows = policy.trainer.train_day(groups, on_step=advance, kl_max=cfg.train.kl_max)
+        rows = policy.trainer.train_day(groups, callbacks=[ProgressAdvance(advance), *guards])
     flat = policy.trainer.flat_groups if groups else 0
     if flat:
         note = (f"{flat} of {policy.trainer.groups} groups had a reward std at most flat_std "
                 f"{cfg.train.flat_std}: dropped, no signal")
         notes.append(note)
         if world.is_main:
-            record(db, run, day, app, "flat", note)
+            store.record_guard(db, run, day, app, "flat", note)
     # the same on every rank: the metrics are all-reduced
-    kind, tripped = "kl", kl_tripped(rows, cfg.train.kl_max)
-    if not tripped:
-        kind, tripped = "entropy", entropy_collapsed(rows, first_entropy, cfg.train.entropy_min_share)
+    kind, tripped = next(((g.kind, g.reason) for g in guards if g.reason), (None, None))
     if tripped:
         if world.is_main:
-            record(db, run, day, app, kind, tripped)
+            store.record_guard(db, run, day, app, kind, tripped)
         notes.append(tripped)
         step = policy.trainer.step
         policy = reopen()

@@ -12,8 +12,9 @@ The honest references are JSON lines (data/sample/honest.jsonl for the sample):
     {"app": "varro", "day": "2026-11-02", "headline": "<guid, exact title or id>", "text": "..."}
     {"app": "walter", "url": "https://...", "text": "..."}
 
-This module holds the runner, Varro's catalogue and the lookups of `varro
-score`; Walter's catalogue is walter.hacks.
+This module holds the runner and the text transforms hacks share; each
+app's catalogue is its own (varro.forecast.hacks, walter.hacks), handed to the
+engine by `App.red_team()`.
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ from typing import Callable
 import sqlite_utils
 
 from varro.engine.config import SAMPLE_DIR, Config
-from varro.forecast.cycle import next_day
 from varro.engine.embed import Embedder
-from varro.forecast.reward import INSTRUCTION, build_prompt
-from varro.forecast.headlines import headlines_for_day
 from varro.engine.rewards import SENTENCE_END_RE, content_words
+from varro.engine.errors import UserError
 
 HONEST_FILE = SAMPLE_DIR / "honest.jsonl"
 DEFAULT_MARGIN = 0.1
@@ -40,7 +39,7 @@ DEFAULT_MARGIN = 0.1
 ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
 
 
-class HackError(LookupError):
+class HackError(LookupError, UserError):
     """A scoring target or an honest reference is not in the database (yet)."""
 
 
@@ -201,41 +200,6 @@ def format_scores(texts: list[str], comps: list[dict], head: str = "") -> str:
     return "\n".join(lines)
 
 
-# --- Varro: the prompt of a stored headline --------------------------------------------------------------
-
-def find_headline(db: sqlite_utils.Database, day: str, key: str) -> dict:
-    """The stored headline of `day` whose id, guid or exact title is `key`. Raises HackError."""
-    rows = list(db.query("select * from headlines where day = ? and (id = ? or guid = ? or title = ?) "
-                         "order by id", [day, key, key, key]))
-    exact = [r for r in rows if key in (r["id"], r["guid"])]
-    if exact:
-        return exact[0]
-    if len(rows) == 1:
-        return rows[0]
-    if rows:
-        raise HackError(f"{len(rows)} headlines of {day} have the title {key!r}: pass a guid or id "
-                        f"({', '.join(r['id'] for r in rows)})")
-    stored = db.execute("select count(*) from headlines where day = ?", [day]).fetchone()[0]
-    raise HackError(f"no stored headline of {day} has the title, guid or id {key!r} ({stored} headlines "
-                    f"stored for {day})")
-
-
-def varro_prompt(db: sqlite_utils.Database, headline: dict, embedder: Embedder, cfg: Config) -> dict:
-    """The stored prompt of `headline` if it was chosen, else one built as choose_prompts would build it."""
-    from varro.forecast.cycle import APP, headline_stories, story_split
-
-    day = headline["day"]
-    pid = f"{APP}:{day}:{headline['id']}"
-    stored = list(db.query("select * from prompts where id = ?", [pid]))
-    if stored:
-        return stored[0]
-    story = headline_stories(db, day, embedder, cfg)[headline["id"]]
-    source = {"headline_id": headline["id"], "title": headline["title"], "summary": headline["summary"],
-              "source": headline["source"], "link": headline["link"], "story_id": story}
-    return {"id": pid, "app": APP, "day": day, "split": story_split(story, cfg),
-            "text": build_prompt(headline["title"], headline["summary"]), "source_json": json.dumps(source)}
-
-
 def with_other_stories(cases: list[Case]) -> list[Case]:
     """Give each case the honest reference of the next case (cyclically) that is about another story."""
     for i, case in enumerate(cases):
@@ -248,33 +212,7 @@ def with_other_stories(cases: list[Case]) -> list[Case]:
     return cases
 
 
-def varro_cases(db: sqlite_utils.Database, refs: list[dict], embedder: Embedder,
-                cfg: Config) -> tuple[list[Case], list[str]]:
-    """The cases of the references whose headline and next day are stored; notes say why others were left out."""
-    cases, notes = [], []
-    for ref in refs:
-        try:
-            head = find_headline(db, ref["day"], ref["headline"])
-        except HackError as e:
-            notes.append(str(e))
-            continue
-        if not headlines_for_day(db, next_day(ref["day"])):
-            notes.append(f"no headlines for {next_day(ref['day'])}: {ref['headline']!r} cannot be scored yet")
-            continue
-        titles = [h["title"] for h in headlines_for_day(db, ref["day"])]
-        cases.append(Case(varro_prompt(db, head, embedder, cfg), ref["text"], data={"day_titles": titles}))
-    return with_other_stories(cases), notes
-
-
-def load_varro_sample(db: sqlite_utils.Database) -> None:
-    from varro.engine.demo import sample_days
-    from varro.forecast.headlines import load_sample_day
-
-    for d in sample_days():
-        load_sample_day(db, d)
-
-
-# --- The catalogue -----------------------------------------------------------------------------------------
+# --- Transforms the catalogues share -----------------------------------------------------------------------------------------
 
 SYNONYMS = {
     "big": "large", "biggest": "largest", "large": "big", "largest": "biggest", "small": "little",
@@ -315,61 +253,3 @@ def sentences(text: str) -> list[str]:
         start = m.end()
     tail = text[start:].strip()
     return [p for p in parts + [tail] if p]
-
-
-def _restated(case: Case) -> str:
-    s = case.source
-    return f"{s['title']}. {s['summary']}".strip() if s.get("summary") else f"{s['title']}."
-
-
-# One paragraph that hits every beat and the length band and says nothing about any story.
-GENERIC_FORECAST = (
-    "The situation is likely to change over the next few days, with the key numbers moving by around 5% "
-    "by the end of the week. Pressure from markets, officials and the public is driving the shift, and "
-    "costs are expected to rise slightly as people react to the news. Official figures and statements "
-    "due by Friday will confirm which way it went."
-)
-
-def _templated(case: Case) -> str:
-    """Every beat, filled in with the headline's own words: on topic by construction, says nothing."""
-    s = case.source
-    return (f"{s['title']}: this is likely to rise by around 5% over the next few days. It is driven by "
-            f"pressure following the news that {s['title'][0].lower() + s['title'][1:]}. Official figures "
-            "due by Friday will confirm it.")
-
-
-def _padded_keywords(case: Case) -> str:
-    """A keyword dump dressed as sentences: function words between the keywords, full stops at the end."""
-    kw = keywords(case.data["day_titles"], 24)
-    return " ".join(f"The {a} and the {b} of the {c} will be in the {d}." for a, b, c, d in
-                    zip(kw[0::4], kw[1::4], kw[2::4], kw[3::4]))
-
-
-VARRO_CATALOGUE: tuple[Hack, ...] = (
-    Hack("other-story", "another story's honest forecast, given for this prompt", lambda c: c.other),
-    Hack("generic", "one all-purpose paragraph with every beat, the same for every prompt",
-         lambda c: GENERIC_FORECAST),
-    Hack("restated", "the headline and summary restated verbatim", _restated),
-    Hack("paraphrased", "the headline and summary with words swapped for synonyms",
-         lambda c: swap_words(_restated(c))),
-    Hack("keywords", "the day's 30 most frequent headline words, stuffed",
-         lambda c: " ".join(keywords(c.data["day_titles"], 30))),
-    Hack("honest+keywords", "the honest forecast with a tail of 15 of the day's keywords",
-         lambda c: f"{c.honest} {' '.join(keywords(c.data['day_titles'], 15))}"),
-    Hack("instruction-echo", "the instruction written back", lambda c: INSTRUCTION),
-    Hack("bullets", "the honest forecast as a bullet list, one sentence a bullet",
-         lambda c: "\n".join(f"- {s}" for s in sentences(c.honest))),
-    Hack("blank", "an empty completion", lambda c: ""),
-    Hack("templated", "every beat filled with the headline's own words, the same template for every prompt",
-         _templated),
-    Hack("padded-keywords", "the day's keywords strung into sentences with function words", _padded_keywords),
-)
-
-
-def _varro_score_texts(*args, **kwargs) -> list[dict]:
-    from varro.forecast.cycle import score_texts
-
-    return score_texts(*args, **kwargs)
-
-
-VARRO = RedTeam("varro", VARRO_CATALOGUE, _varro_score_texts, varro_cases, load_varro_sample)

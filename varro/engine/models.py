@@ -19,6 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from varro.engine.config import SAMPLE_DIR, ModelConfig
+from varro.engine.errors import UserError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -37,19 +38,29 @@ CHAT_TEMPLATE = (
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(RuntimeError, UserError):
     """The base model or an adapter could not be loaded."""
 
 
 def check_model(model_id: str) -> None:
     """Fail fast, before any heavy work, on a --model that looks local but is not a model folder.
 
-    Raises ModelLoadError for a local-looking path that does not exist, or a folder without config.json.
-    A hub id ('owner/name') is left to `load_model`.
+    Raises ModelLoadError for a local-looking path that does not exist, a folder without config.json, or,
+    offline (HF_HUB_OFFLINE=1, as scripts/env sets it), a hub id ('owner/name') not in the Hugging Face cache.
     """
+    import os
+
     from varro.engine.config import caller_path, looks_local
 
     if not looks_local(model_id):
+        if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+                raise ModelLoadError(
+                    f"cannot load model {model_id!r}: it is not a local folder and not in the Hugging Face "
+                    f"cache (offline). Download it once with `{download_command(model_id)}` on a machine with "
+                    "network access, or pass a local folder with --model.")
         return
     path = caller_path(model_id)
     if not path.exists():
@@ -136,9 +147,12 @@ def chat_prompt_tokens(tokenizer, user_text: str, enable_thinking: bool = False)
 
 
 def sample_corpus(paths: Iterable[Path] | None = None) -> list[str]:
-    """Lines of the shipped sample text (every *.jsonl/*.txt under data/sample), in a fixed order."""
+    """Lines of the shipped sample text (every *.jsonl/*.txt directly in data/sample), in a fixed order.
+
+    An app's own sample folder (data/sample/tally/, ...) is not read, so adding an app's sample does not
+    change the tiny model every test and the demo are built on."""
     if paths is None:
-        paths = sorted(p for p in SAMPLE_DIR.rglob("*") if p.suffix in {".jsonl", ".txt"})
+        paths = sorted(p for p in SAMPLE_DIR.glob("*") if p.suffix in {".jsonl", ".txt"})
     lines: list[str] = []
     for p in paths:
         for line in Path(p).read_text(encoding="utf-8").splitlines():

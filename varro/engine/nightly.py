@@ -21,9 +21,10 @@ from typing import Callable, Iterator
 
 from varro.engine.store import utc_now
 from varro.engine.progress import Progress
+from varro.engine.errors import UserError
 
 
-class RunLocked(RuntimeError):
+class RunLocked(RuntimeError, UserError):
     """Another nightly run of the same run holds the lock."""
 
 

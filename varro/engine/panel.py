@@ -27,16 +27,16 @@ from typing import Callable
 import numpy as np
 import sqlite_utils
 
-from varro.engine import checkpoints
+from varro.engine import checkpoints, store
 from varro.engine.config import Config
-from varro.engine.store import utc_now
 from varro.engine.embed import Embedder
 from varro.engine.stories import too_close
+from varro.engine.errors import UserError
 
 ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
 
 
-class PanelError(ValueError):
+class PanelError(ValueError, UserError):
     pass
 
 
@@ -101,18 +101,15 @@ def panel_prompts(db: sqlite_utils.Database, app: str, run: str, size: int, scor
     """The run's panel, in order: the stored members, topped up (never reordered) with the earliest
     scorable held-out prompts of stories not yet in it, up to `size`. With an embedder, a held-out prompt
     at least `leak_cosine` from any training prompt of the app is passed over (a split story)."""
-    members = list(db.query(
-        "select p.*, n.position, n.story_id from panel n join prompts p on p.id = n.prompt_id "
-        "where n.run = ? and p.app = ? order by n.position", [run, app]))
+    members = store.panel_members(db, app, run)
     if len(members) < size:
         stories = {m["story_id"] for m in members}
         added = []
         trained = None
         if embedder is not None and leak_cosine is not None:
-            texts = [prompt_text(p) for p in db.query("select source_json from prompts where app = ? and "
-                                                      "split = 'train'", [app])]
+            texts = [prompt_text(p) for p in store.split_prompts(db, app, "train")]
             trained = embedder.encode(texts) if texts else None
-        for p in db.query("select * from prompts where app = ? and split = 'eval' order by day, id", [app]):
+        for p in store.split_prompts(db, app, "eval"):
             if len(members) + len(added) >= size:
                 break
             story = story_of(p)
@@ -122,10 +119,9 @@ def panel_prompts(db: sqlite_utils.Database, app: str, run: str, size: int, scor
                 continue
             stories.add(story)
             added.append({"run": run, "position": len(members) + len(added), "prompt_id": p["id"],
-                          "story_id": story, "added_utc": utc_now()})
+                          "story_id": story, "added_utc": store.utc_now()})
         if added:
-            with db.atomic():
-                db["panel"].insert_all(added, pk=("run", "prompt_id"))
+            store.add_panel_members(db, added)
             return panel_prompts(db, app, run, size, lambda p: False)
     return members
 
@@ -133,12 +129,6 @@ def panel_prompts(db: sqlite_utils.Database, app: str, run: str, size: int, scor
 def prompt_seed(seed: int, prompt_id: str) -> int:
     """The sampling seed of one panel prompt: the same for every checkpoint."""
     return (seed * 1_000_003 + int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16)) % 2**31
-
-
-def _have(db: sqlite_utils.Database, run: str, label: str, seed: int, samples: int) -> set[str]:
-    return {r["prompt_id"] for r in db.query(
-        "select prompt_id from panel_scores where run = ? and checkpoint = ? and seed = ? and samples = ? "
-        "group by prompt_id having count(*) = ?", [run, label, seed, samples, samples])}
 
 
 def ensure_scores(db: sqlite_utils.Database, run_path: Path, label: str, prompts: list[dict],
@@ -150,7 +140,7 @@ def ensure_scores(db: sqlite_utils.Database, run_path: Path, label: str, prompts
     samples with the settings it was trained with.
     """
     run = Path(run_path).name
-    have = _have(db, run, label, seed, samples)
+    have = store.scored_panel_prompts(db, run, label, seed, samples)
     todo = [p for p in prompts if p["id"] not in have]
     if not todo:
         return 0
@@ -159,14 +149,12 @@ def ensure_scores(db: sqlite_utils.Database, run_path: Path, label: str, prompts
     for p in todo:
         group = policy.sample([(p["id"], p["text"])], seed=prompt_seed(seed, p["id"]))[0]
         comps = score_texts(db, p, [r.text for r in group], embedder, config)
-        now = utc_now()
+        now = store.utc_now()
         rows = [{"run": run, "checkpoint": label, "prompt_id": p["id"], "seed": seed, "samples": samples,
                  "sample_index": k, "completion": r.text, "reward": c["reward"],
                  "components_json": json.dumps({k2: v for k2, v in c.items() if k2 != "reward"}, sort_keys=True),
                  "created_utc": now} for k, (r, c) in enumerate(zip(group, comps))]
-        with db.atomic():
-            db["panel_scores"].upsert_all(rows, pk=("run", "checkpoint", "prompt_id", "seed", "samples",
-                                                    "sample_index"))
+        store.upsert_panel_scores(db, rows)
         if on_prompt is not None:
             on_prompt(1)
     return len(todo)
@@ -184,9 +172,7 @@ def read_scores(db: sqlite_utils.Database, run: str, label: str, prompts: list[d
     """The cached cells of `label` for `prompts`; raises PanelError when one is missing."""
     texts, rewards = [], []
     for p in prompts:
-        rows = list(db.query(
-            "select completion, reward from panel_scores where run = ? and checkpoint = ? and prompt_id = ? "
-            "and seed = ? and samples = ? order by sample_index", [run, label, p["id"], seed, samples]))
+        rows = store.panel_cells(db, run, label, p["id"], seed, samples)
         if len(rows) != samples:
             raise PanelError(f"panel prompt {p['id']} has no scores for {label} yet (run `eval`)")
         texts.append([r["completion"] for r in rows])

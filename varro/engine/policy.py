@@ -5,7 +5,9 @@ loaded through mlx-lm, cast to float32 (so the sampler and the training passes
 run the same weights in the same precision), LoRA layers are added, and the
 newest complete checkpoint dated before D (if any) is restored with its
 optimizer and RNG state; the configured learning rate then replaces the one
-stored in the optimizer state.
+stored in the optimizer state. The trainer is handed its collaborators here:
+AdamW from `make_optimizer(config.train)` and the GSPO loss bound to the
+config's knobs (`gspo_objective(config.train)`).
 
 The sampler draws from the policy at the profile's temperature truncated to its
 top-k / top-p candidates; the trainer's passes take log-probs at that same
@@ -25,8 +27,11 @@ import numpy as np
 from varro.engine import checkpoints
 from varro.engine.config import Config
 from varro.engine.models import apply_lora, chat_prompt_tokens, load_model
-from varro.engine.rollouts import PromptInput, Rollout, sample_groups
-from varro.engine.train import Trainer, base_weights_from
+from varro.engine.distributed import World
+from varro.engine.records import PromptInput, Rollout
+from varro.engine.rollouts import sample_groups
+from varro.engine.gspo import gspo_objective
+from varro.engine.train import Trainer, base_weights_from, make_optimizer
 
 
 @dataclass
@@ -58,7 +63,8 @@ class Policy:
         else:
             raise ValueError(f"fine_tune must be 'lora' or 'full', got {config.model.fine_tune!r}")
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        trainer = Trainer(model, config.train, pad_id=pad_id, reference=reference,
+        trainer = Trainer(model, config.train, make_optimizer(config.train), gspo_objective(config.train),
+                          pad_id=pad_id, reference=reference,
                           temperature=float(config.sampling.sampler_settings()["temp"]))
         label = "base"
         notes = []
@@ -118,3 +124,19 @@ class Policy:
         )
         self.checkpoint = day
         return path
+
+
+def open_policy(cfg, run_path, before_day: str | None, world: World):
+    """Rank 0 resumes from its checkpoints; every other rank receives rank 0's weights and state."""
+    policy = Policy.open(cfg, run_path, before_day=before_day if world.is_main else "0000-01-01")
+    if world.distributed:
+        policy.model.update(world.broadcast_tree(policy.model.trainable_parameters()))
+        policy.trainer.optimizer.state = world.broadcast_tree(policy.trainer.optimizer.state)
+        meta = world.broadcast_json({"step": policy.trainer.step, "rng": policy.trainer.rng.bit_generator.state,
+                                     "checkpoint": policy.checkpoint, "notes": policy.notes})
+        policy.trainer.step = meta["step"]
+        policy.trainer.rng.bit_generator.state = meta["rng"]
+        policy.checkpoint, policy.notes = meta["checkpoint"], meta["notes"]
+        mx.eval(policy.model.parameters(), policy.trainer.optimizer.state)
+    policy.trainer.world = world
+    return policy

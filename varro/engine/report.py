@@ -23,14 +23,15 @@ from typing import Any, Callable, Collection
 import numpy as np
 import sqlite_utils
 
-from walter.reward import HASHTAG_RE
-
+from varro.engine import store
+from varro.engine.app import App, get_app
 from varro.engine.cadence import FEATURES as CADENCE_FEATURES
 from varro.engine.metrics import mean_or_none
 from varro.engine.voice import voice_data
-from varro.engine.rewards import ngrams, repeated_ngram_rate, words
+from varro.engine.rewards import HASHTAG_RE, ngrams, repeated_ngram_rate, words
+from varro.engine.errors import UserError
 
-# Any emoji, over the same code-point ranges as walter.reward's emoji-run penalty.
+# Any emoji, over the same code-point ranges as Walter's emoji-run penalty (walter.reward).
 EMOJI_RE = re.compile(r"[\U0001F000-\U0001FAFF\u2600-\u27BF]")
 
 MONITOR_LABELS = {
@@ -43,37 +44,8 @@ MONITOR_LABELS = {
 }
 
 
-class ReportError(ValueError):
+class ReportError(ValueError, UserError):
     """The report cannot be built: unknown application or a run without rollouts."""
-
-
-@dataclass(frozen=True)
-class AppSpec:
-    day_metrics: Callable[[sqlite_utils.Database, str, str], dict]
-    columns: list[str]  # the per-day table, from day_metrics
-    plotted: tuple[str, ...]  # metrics that get their own plot (rewards are drawn together)
-    echo_component: str  # the component that is > 0 when a completion echoes the instruction
-    human_items: Callable  # (db, day) -> [(item id, text)]: the human text that day's completions are scored by
-
-
-def app_spec(app: str) -> AppSpec:
-    """The application's metrics and echo component; raises ReportError for an unknown app."""
-    if app == "varro":
-        from varro.forecast.cycle import VARRO_COLUMNS, day_metrics, varro_human_items
-
-        return AppSpec(day_metrics, VARRO_COLUMNS,
-                       ("kl", "clip_fraction", "semantic", "quality", "zeros", "leak", "echo", "words"),
-                       "leak_instruction", varro_human_items)
-    if app == "walter":
-        from walter.cycle import day_metrics as walter_day_metrics, walter_human_items
-        from walter.demo import COLUMNS
-
-        from varro.engine.config import Config
-
-        return AppSpec(walter_day_metrics, COLUMNS,
-                       ("kl", "clip_fraction", "transfer", "hashtag_rate", "copy_rate", "graphemes"), "pen_echo",
-                       walter_human_items(Config()))
-    raise ReportError(f"unknown application {app!r}; known: varro, walter")
 
 
 def distinct_2(completions: list[str]) -> float | None:
@@ -139,51 +111,43 @@ def panel_curve(db: sqlite_utils.Database, app: str, run: str) -> list[dict[str,
 
     from varro.engine.panel import curve
 
-    prompts = list(db.query("select p.* from panel n join prompts p on p.id = n.prompt_id "
-                            "where n.run = ? and p.app = ? order by n.position", [run, app]))
+    prompts = store.panel_members(db, app, run)
     if not prompts:
         return []
-    draw = db.execute("select seed, samples from panel_scores where run = ? group by seed, samples "
-                      "order by count(*) desc limit 1", [run]).fetchone()
+    draw = store.main_panel_draw(db, run)
     if draw is None:
         return []
     seed, samples = draw
-    ids = [p["id"] for p in prompts]
-    complete = [r[0] for r in db.execute(
-        f"select checkpoint from panel_scores where run = ? and seed = ? and samples = ? and prompt_id in "
-        f"({','.join('?' * len(ids))}) group by checkpoint having count(*) = ?",
-        [run, seed, samples, *ids, len(ids) * samples])]
+    complete = store.complete_checkpoints(db, run, seed, samples, [p["id"] for p in prompts])
     labels = sorted(complete, key=lambda c: (c != "base", c))
     if not labels or labels[0] != "base":
         return []
     return [asdict(pt) for pt in curve(db, run, labels, prompts, samples, seed)]
 
 
-def report_data(db: sqlite_utils.Database, app: str, run: str) -> dict[str, Any]:
+def report_data(db: sqlite_utils.Database, app: App | str, run: str) -> dict[str, Any]:
     """Every number of the report, JSON-ready.
 
     {"app", "run", "columns", "monitor_columns", "flags": [...], "days": [{"day",
     "metrics": day_metrics(...), "monitors": day_monitors(...), "best", "worst",
-    "flag": reason or None}]}. Raises ReportError for an unknown app or a run
-    without rollouts.
+    "flag": reason or None}]}. Raises ReportError for a run without rollouts.
     """
-    spec = app_spec(app)
-    days = [r["day"] for r in db.query(
-        "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id "
-        "where p.app = ? and r.run = ? order by r.day", [app, run])]
+    from varro.engine.config import Config
+    from varro.engine.metrics import app_day_metrics
+    app = get_app(app) if isinstance(app, str) else app
+    cfg = Config()
+    name = app.name
+    days = store.rollout_days(db, name, run)
     if not days:
-        raise ReportError(f"no {app} rollouts for run {run!r}")
+        raise ReportError(f"no {name} rollouts for run {run!r}")
     out_days = []
     for day in days:
-        rows = list(db.query(
-            "select r.id, p.split, r.prompt_id, p.text as prompt, r.completion, r.reward, r.advantage, "
-            "r.components_json from rollouts r join prompts p on p.id = r.prompt_id "
-            "where p.app = ? and r.run = ? and r.day = ? order by r.id", [app, run, day]))
+        rows = store.day_rollouts(db, name, run, day)
         scored = sorted((r for r in rows if r["reward"] is not None), key=lambda r: (-r["reward"], r["id"]))
         out_days.append({
             "day": day,
-            "metrics": spec.day_metrics(db, run, day),
-            "monitors": day_monitors(rows, spec.echo_component),
+            "metrics": app_day_metrics(db, app, run, day),
+            "monitors": day_monitors(rows, app.echo_component),
             "best": _sample(scored[0] if scored else None),
             "worst": _sample(scored[-1] if scored else None),
             "flag": None,
@@ -192,11 +156,11 @@ def report_data(db: sqlite_utils.Database, app: str, run: str) -> dict[str, Any]
     by_day = {f["day"]: f["reason"] for f in flags}
     for d in out_days:
         d["flag"] = by_day.get(d["day"])
-    guards = [dict(r) for r in db.query(
-        "select day, kind, reason from guards where run = ? and app = ? order by day, kind", [run, app])]
-    return {"app": app, "run": run, "columns": spec.columns, "monitor_columns": list(MONITOR_LABELS),
-            "plotted": list(spec.plotted), "flags": flags, "guards": guards, "days": out_days,
-            "panel": panel_curve(db, app, run), "voice": voice_data(db, app, run, spec.human_items)}
+    guards = store.run_guards(db, name, run)
+    return {"app": name, "run": run, "columns": list(app.metric_columns), "monitor_columns": list(MONITOR_LABELS),
+            "plotted": list(app.plotted), "flags": flags, "guards": guards, "days": out_days,
+            "panel": panel_curve(db, name, run),
+            "voice": voice_data(db, name, run, lambda db_, d: app.human_items(db_, d, cfg))}
 
 
 def _values(xs: list[float | None]) -> np.ndarray:
@@ -380,7 +344,7 @@ def write_report(data: dict[str, Any], out_html: Path) -> Path:
     return out_html
 
 
-def build_report(db: sqlite_utils.Database, app: str, run: str, out_html: Path) -> Path:
+def build_report(db: sqlite_utils.Database, app: App | str, run: str, out_html: Path) -> Path:
     """Write `app`'s report for `run` to `out_html` (plots in `<name>_files/`); returns the page's path.
 
     Raises ReportError for an unknown app or a run without rollouts.
@@ -390,7 +354,7 @@ def build_report(db: sqlite_utils.Database, app: str, run: str, out_html: Path) 
 
 def format_summary(data: dict[str, Any]) -> str:
     """The per-day metrics and monitors as text tables, then the flags, each on a line of its own."""
-    from varro.forecast.cycle import format_metrics
+    from varro.engine.metrics import format_metrics
 
     lines = [format_metrics([d["metrics"] for d in data["days"]], data["columns"]), "",
              format_metrics([{"day": d["day"], **d["monitors"]} for d in data["days"]],

@@ -14,19 +14,13 @@ from typing import Any
 
 import sqlite_utils
 
-SORT_KEYS = ("reward", "advantage")
+from varro.engine import store
+from varro.engine.errors import UserError
 
-# The components shown as table columns; `rollouts show` prints all of them.
-MAIN_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "varro": ("semantic", "format", "leak", "echo"),
-    "walter": ("transfer", "copy", "hashtags", "graphemes"),
-}
-
-_COLUMNS = """r.id, r.run, p.app, r.day, p.split, r.prompt_id, p.text as prompt, r.checkpoint, r.group_index,
-    r.completion, r.finish_reason, r.completion_tokens, r.reward, r.advantage, r.components_json"""
+SORT_KEYS = store.ROLLOUT_SORT_KEYS
 
 
-class RolloutNotFound(LookupError):
+class RolloutNotFound(LookupError, UserError):
     """No rollout has the requested id."""
 
     def __init__(self, rollout_id: int):
@@ -34,7 +28,7 @@ class RolloutNotFound(LookupError):
         self.rollout_id = rollout_id
 
 
-class SortKeyError(ValueError):
+class SortKeyError(ValueError, UserError):
     """The sort key is not one of SORT_KEYS."""
 
     def __init__(self, key: str):
@@ -73,21 +67,8 @@ def list_rollouts(
     limit = best if best is not None else worst
     if limit is not None and limit < 1:
         raise ValueError(f"best/worst must be at least 1, got {limit}")
-    where, args = ["p.app = ?", "r.run = ?"], [app, run]
-    if day is not None:
-        where.append("r.day = ?")
-        args.append(day)
-    if prompt is not None:
-        where.append("substr(r.prompt_id, 1, length(?)) = ?")
-        args += [prompt, prompt]
-    if limit is not None:
-        where.append(f"r.{sort} is not null")
-    direction = "asc" if worst is not None else "desc"
-    sql = (f"select {_COLUMNS} from rollouts r join prompts p on p.id = r.prompt_id where {' and '.join(where)} "
-           f"order by r.{sort} is null, r.{sort} {direction}, r.id")
-    if limit is not None:
-        sql += f" limit {int(limit)}"
-    return [_row(r) for r in db.query(sql, args)]
+    return [_row(r) for r in store.run_rollouts(db, app, run, day, prompt, sort, ascending=worst is not None,
+                                                limit=limit)]
 
 
 def rollout_detail(db: sqlite_utils.Database, rollout_id: int) -> dict[str, Any]:
@@ -97,20 +78,13 @@ def rollout_detail(db: sqlite_utils.Database, rollout_id: int) -> dict[str, Any]
     included, `this: True`) by group index, with reward and advantage.
     Raises RolloutNotFound for an unknown id.
     """
-    found = list(db.query(
-        f"select {_COLUMNS}, r.sampling_json from rollouts r join prompts p on p.id = r.prompt_id where r.id = ?",
-        [rollout_id]))
-    if not found:
+    found = store.rollout_with_prompt(db, rollout_id)
+    if found is None:
         raise RolloutNotFound(rollout_id)
-    d = _row(found[0])
+    d = _row(found)
     d["sampling"] = json.loads(d.pop("sampling_json") or "{}")
-    d["group"] = [
-        {**g, "this": g["id"] == d["id"]}
-        for g in db.query(
-            "select id, group_index, reward, advantage, completion_tokens, finish_reason, completion from rollouts "
-            "where run = ? and day = ? and prompt_id = ? order by group_index",
-            [d["run"], d["day"], d["prompt_id"]])
-    ]
+    d["group"] = [{**g, "this": g["id"] == d["id"]}
+                  for g in store.rollout_group(db, d["run"], d["day"], d["prompt_id"])]
     return d
 
 
@@ -143,15 +117,15 @@ def _num(value: Any, width: int = 7) -> str:
     return f"{value:>{width}.3f}"
 
 
-def format_table(rows: list[dict[str, Any]], width: int = 120) -> str:
+def format_table(rows: list[dict[str, Any]], width: int = 120, components: tuple[str, ...] = ()) -> str:
     """A fixed-width table, one line per rollout, at most `width` characters wide.
 
     Columns: id, day, prompt and completion (shortened, newlines flattened),
-    reward, the app's main components, advantage.
+    reward, `components` (the app's main ones, App.main_components), advantage.
     """
     if not rows:
         return "(no rollouts)"
-    comps = MAIN_COMPONENTS.get(rows[0].get("app", ""), ())
+    comps = components
     id_w = max(2, max(len(str(r["id"])) for r in rows))
     fixed = [("reward", 7), *((c[:9], max(7, len(c[:9]))) for c in comps), ("advantage", 9)]
     used = id_w + 1 + 10 + 1 + sum(w + 1 for _, w in fixed) + 1

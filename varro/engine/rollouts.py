@@ -12,7 +12,6 @@ candidate set), which the trainer compares with its own pi_old pass.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
@@ -20,27 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from varro.engine.faults import failpoint
-
-
-@dataclass
-class Rollout:
-    prompt_id: str
-    group_index: int
-    prompt_tokens: list[int]
-    completion_tokens: list[int]
-    text: str
-    finish_reason: str  # "stop" (EOS sampled) or "length"
-    reward: float | None = None
-    components: dict[str, float | None] = field(default_factory=dict)
-    advantage: float | None = None
-    id: int | None = None  # the rollouts row, once stored
-    sampler_logprobs: list[float] | None = None  # log q(token) per completion token, as the sampler drew it
-
-
-@dataclass
-class PromptInput:
-    prompt_id: str
-    tokens: list[int]
+from varro.engine.records import PromptInput, Rollout
 
 
 def prefill(model: nn.Module, tokens: list[int], step_size: int = 512) -> list:
@@ -215,28 +194,3 @@ def sample_groups(
             sampler_logprobs=logq[uid],
         )
     return groups
-
-
-def set_scores(group: list[Rollout], components: list[dict[str, float]]) -> None:
-    """Give each rollout of a group its reward (popped from its components) and the group's advantages."""
-    from varro.engine.gspo import group_advantages
-
-    for r, comps in zip(group, components, strict=True):
-        comps = dict(comps)
-        r.reward = comps.pop("reward")
-        r.components = comps
-    for r, a in zip(group, group_advantages([r.reward for r in group], len(group))):
-        r.advantage = float(a)
-
-
-def score_pending(db, groups: list[list[Rollout]], prompts: dict[str, dict], score_texts, embedder, cfg) -> int:
-    """Score the groups that still have unscored rollouts with the app's `score_texts`, save them,
-    and return how many rollouts were scored."""
-    from varro.engine.store import save_scores
-
-    pending = [g for g in groups if any(r.reward is None for r in g)]
-    for g in pending:
-        set_scores(g, score_texts(db, prompts[g[0].prompt_id], [r.text for r in g], embedder, cfg))
-    if pending:
-        save_scores(db, pending)
-    return sum(len(g) for g in pending)

@@ -9,9 +9,10 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from varro.engine.config import REPO_ROOT, home_dir
+from varro.engine.errors import UserError
 
 
-class ScheduleError(RuntimeError):
+class ScheduleError(RuntimeError, UserError):
     pass
 
 

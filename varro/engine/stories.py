@@ -31,7 +31,7 @@ from datetime import date
 import numpy as np
 import sqlite_utils
 
-from varro.engine.store import utc_now
+from varro.engine import store
 from varro.engine.embed import Embedder
 
 
@@ -64,13 +64,7 @@ def assign_stories(db: sqlite_utils.Database, app: str, items: list[Item], embed
     """
     if not items:
         return {}
-    ids = [it.id for it in items]
-    stored: dict[str, str] = {}
-    for start in range(0, len(ids), 500):  # SQLite's variable limit
-        part = ids[start : start + 500]
-        marks = ",".join("?" * len(part))
-        stored.update({r["item_id"]: r["story_id"] for r in db.query(
-            f"select item_id, story_id from stories where app = ? and item_id in ({marks})", [app, *part])})
+    stored = store.stored_stories(db, app, [it.id for it in items])
     ordered = sorted({it.id: it for it in items}.values(), key=lambda it: (it.day, it.id))
     new = [i for i, it in enumerate(ordered) if it.id not in stored]
     if not new:
@@ -91,7 +85,6 @@ def assign_stories(db: sqlite_utils.Database, app: str, items: list[Item], embed
         story = stored[best] if best is not None and cos >= threshold else it.id
         stored[it.id] = story
         rows.append({"app": app, "item_id": it.id, "story_id": story, "day": it.day,
-                     "linked_to": best if story != it.id else None, "cosine": cos, "created_utc": utc_now()})
-    with db.atomic():
-        db["stories"].insert_all(rows, pk=("app", "item_id"), ignore=True)
+                     "linked_to": best if story != it.id else None, "cosine": cos, "created_utc": store.utc_now()})
+    store.insert_story_links(db, rows)
     return stored

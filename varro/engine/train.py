@@ -57,6 +57,15 @@ step, not a correction that reorders which sequences count.
 Departures from the paper: the KL leash (the paper has none); the truncated
 importance weight (off by default); the sequence ratio is taken against the
 training code's own float32 pass at T, not the sampler's log-probs.
+
+The trainer takes its collaborators, as mlx-lm's `tuner.trainer.train` does:
+`Trainer(model, cfg, optimizer, loss, ...)` is handed the optimizer (the Policy
+builds AdamW with `make_optimizer`) and the loss already bound to its knobs
+(`varro.engine.gspo.gspo_objective(cfg)`, the objective above; any function of
+the same six arrays will do), and `train_day(groups, callbacks)` reports every
+step row to each `TrainingCallback`, any of which may stop the day. The progress
+bar and the collapse guards (varro.engine.guards) hang on those callbacks; the
+loop itself checks nothing.
 """
 
 from __future__ import annotations
@@ -65,7 +74,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -75,18 +84,37 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from varro.engine.config import TrainConfig
 from varro.engine.faults import failpoint
-from varro.engine.gspo import group_advantages, gspo_loss, sequence_mean
+from varro.engine.gspo import group_advantages, sequence_mean
 from varro.engine.models import adapters_off, lora_modules
 from varro.engine.distributed import SOLO, World
-from varro.engine.rollouts import Rollout
+from varro.engine.records import Rollout
+from varro.engine.errors import UserError
 
-LossFn = Callable[..., tuple[mx.array, dict[str, mx.array]]]
+# loss(logp, old_logp, ref_logp, mask, advantages, sampler_logp) -> (loss, metrics); see Trainer
+LossFn = Callable[[mx.array, mx.array, mx.array | None, mx.array, mx.array, mx.array | None],
+                  tuple[mx.array, dict[str, mx.array]]]
+REQUIRED_METRICS = ("kl",)  # the KL guard reads it from every step row
+OPTIONAL_METRICS = ("clip_fraction", "ratio_mean", "sampler_gap")  # None in the row when the loss has none
 PASS_LOGITS_BYTES = 256 * 2**20  # a no-gradient pass takes as many rows as keep its float32 logits under this
 SHARED_PREFIX_MODELS = {"qwen3", "qwen2", "llama"}  # full causal attention: PrefixCache's mask is exact
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RuntimeError, UserError):
     pass
+
+
+class TrainingCallback:
+    """What `Trainer.train_day` tells about its day; override the hooks you need (mlx-lm's
+    `TrainingCallback` shape). The defaults do nothing and never stop the day."""
+
+    def on_step(self, row: dict) -> bool | None:
+        """After every optimizer step, skipped or not, with its row (`kl_after` still None: it is only
+        known at the day's end). True stops the day after this step."""
+        return None
+
+    def on_day_end(self, rows: list[dict]) -> None:
+        """Once per `train_day`, with its final rows (the last one's `kl_after` set); [] when nothing
+        trained."""
 
 
 @dataclass
@@ -288,17 +316,36 @@ def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
 
 
 class Trainer:
-    """Holds the policy, its optimizer and the step counter; `train_day` runs steps 1-4 above."""
+    """Holds the policy, its optimizer and the step counter; `train_day` runs steps 1-4 above.
+
+    Collaborators are passed in, none is built here: `optimizer` (an mlx
+    Optimizer, initialised here on the trainable parameters unless a restore
+    follows; the Policy passes `make_optimizer(cfg)`) and `loss`, called once per
+    micro-batch as `loss(logp, old_logp, ref_logp, mask, advantages, sampler_logp)`
+    with the (n, T) log-probs at temperature T (`logp` differentiable; `ref_logp`
+    None without a reference, `sampler_logp` None when a row has no stored log q),
+    the (n, T) completion mask and the (n,) advantages, and returning
+    (scalar loss, metrics). Its knobs are bound beforehand (see
+    varro.engine.gspo.gspo_objective); `cfg` here only shapes the loop (seed,
+    flat_std, minibatches, micro_batch, grad_clip, learning_rate, and beta for
+    the check that a KL leash has a reference).
+
+    Metrics the step row reads from the loss, each a scalar averaged over the
+    rows: `kl` is required (the KL guard reads it on every step; a loss without
+    it raises TrainingError before any weight moves); `clip_fraction`,
+    `ratio_mean` and `sampler_gap` are optional and None in the row when absent.
+    The trainer adds `entropy` itself. Other metrics are accumulated and ignored.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         cfg: TrainConfig,
+        optimizer: optim.Optimizer,
+        loss: LossFn,
         pad_id: int = 0,
         reference: Callable[[], contextlib.AbstractContextManager] | None = None,
-        loss: LossFn = gspo_loss,
         world: World = SOLO,
-        optimizer: optim.Optimizer | None = None,
         temperature: float = 1.0,
     ):
         model_type = getattr(getattr(model, "args", None), "model_type", None)
@@ -306,6 +353,10 @@ class Trainer:
             raise TrainingError(f"training shares each prompt's keys and values across its completions, which "
                                 f"is exact for {sorted(SHARED_PREFIX_MODELS)} (full causal attention); "
                                 f"{model_type!r} is not one of them")
+        if not isinstance(optimizer, optim.Optimizer):
+            raise TrainingError(f"the trainer needs an mlx Optimizer (e.g. make_optimizer(cfg)), got {optimizer!r}")
+        if not callable(loss):
+            raise TrainingError(f"the trainer needs a loss function (e.g. gspo_objective(cfg)), got {loss!r}")
         self.world = world
         self.model = model
         self.cfg = cfg
@@ -317,7 +368,7 @@ class Trainer:
         if not temperature > 0:
             raise TrainingError(f"training needs a sampling temperature above 0, got {temperature}")
         self.temperature = float(temperature)  # every pass's log-probs are at the sampler's temperature
-        self.optimizer = optimizer if optimizer is not None else make_optimizer(cfg)
+        self.optimizer = optimizer
         self.optimizer.init(model.trainable_parameters())
         self.step = 0
         self.rng = np.random.default_rng(cfg.seed)
@@ -383,12 +434,9 @@ class Trainer:
             c.ref_logp,
             c.mask,
             c.advantages,
-            eps_low=self.cfg.eps_low,
-            eps_high=self.cfg.eps_high,
-            beta=self.cfg.beta,
-            sampler_logp=c.sampler_logp,
-            is_cap=self.cfg.is_cap,
+            c.sampler_logp,
         )
+        metrics = {k: v if isinstance(v, mx.array) else mx.array(v, dtype=mx.float32) for k, v in metrics.items()}
         # the policy's mean per-token entropy at T on these rows, per sequence then averaged
         metrics = {**metrics, "entropy": sequence_mean(entropy, c.mask.astype(entropy.dtype)).mean()}
         # A chunk's mean is weighted by its share of the minibatch's rows (and each rank's by its
@@ -483,27 +531,29 @@ class Trainer:
         mx.eval(out)
         return out
 
-    def train_day(self, groups: list[list[Rollout]], on_step: Callable[[int], None] | None = None,
-                  kl_max: float | None = None) -> list[dict]:
+    def train_day(self, groups: list[list[Rollout]],
+                  callbacks: Sequence[TrainingCallback] = ()) -> list[dict]:
         """Train on the day's scored groups; returns one row per optimizer step (see db `steps`).
 
-        With `kl_max`, the day stops after the first step whose KL exceeds it (the
-        caller then discards the day's weights: see varro.guards). The last row
-        carries `kl_after`, the KL of the final weights (see final_kl); every row
-        carries the day's group counts.
+        Every callback sees every step's row (`on_step`), in order; the day stops
+        after the first step for which any of them returns True (the KL guard's
+        way: see varro.engine.guards). The last row carries `kl_after`, the KL of
+        the final weights (see final_kl); every row carries the day's group
+        counts. Then each callback's `on_day_end` gets the finished rows.
         """
         rows = []
         batches = self.prepare(groups)
         for k, mb in enumerate(batches):
-            rows.append(self._update(mb, k))
-            if on_step is not None:
-                on_step(1)
-            if kl_max is not None and rows[-1]["kl"] > kl_max:
+            row = self._update(mb, k)
+            row.update(groups=self.groups, flat_groups=self.flat_groups)
+            rows.append(row)
+            stops = [cb.on_step(row) for cb in callbacks]  # all of them see the step, even after a stop
+            if any(s is True for s in stops):
                 break
         if rows:
             rows[-1]["kl_after"] = self.final_kl(batches)
-        for r in rows:
-            r.update(groups=self.groups, flat_groups=self.flat_groups)
+        for cb in callbacks:
+            cb.on_day_end(rows)
         return rows
 
     def _update(self, mb: Minibatch, k: int) -> dict:
@@ -520,6 +570,11 @@ class Trainer:
             n = mx.array(mb.rows / mb.total, dtype=mx.float32)
             loss = self.world.all_sum(loss) / self.world.size
             metrics = {k: self.world.all_sum(v * n) for k, v in metrics.items()}
+        missing = [k for k in REQUIRED_METRICS if k not in metrics]
+        if missing:
+            name = getattr(self.loss, "__name__", repr(self.loss))
+            raise TrainingError(f"the loss {name} returned metrics {sorted(metrics)} without {missing}: the "
+                                "trainer's step row and the KL guard need them (return mx.array(0.0) if not measured)")
         grads, grad_norm = optim.clip_grad_norm(grads, self.cfg.grad_clip)
         mx.eval(loss, metrics, grad_norm)
         loss_v, norm_v = loss.item(), grad_norm.item()
@@ -533,6 +588,7 @@ class Trainer:
             mx.eval(self.model.trainable_parameters(), self.optimizer.state)
             failpoint("train.step")
         self.step += 1
+        optional = lambda k: metrics[k].item() if k in metrics else None  # noqa: E731
         return {
             "step": self.step,
             "minibatch": k,
@@ -541,9 +597,9 @@ class Trainer:
             "kl": metrics["kl"].item(),
             "kl_after": None,
             "entropy": metrics["entropy"].item(),
-            "sampler_gap": metrics["sampler_gap"].item() if "sampler_gap" in metrics else None,
-            "clip_fraction": metrics["clip_fraction"].item(),
-            "ratio_mean": metrics["ratio_mean"].item(),
+            "sampler_gap": optional("sampler_gap"),
+            "clip_fraction": optional("clip_fraction"),
+            "ratio_mean": optional("ratio_mean"),
             "reward_mean": self._global_mean(mb.rewards),
             "reward_std": float(np.sqrt(max(0.0, self._global_mean(mb.rewards ** 2)
                                              - self._global_mean(mb.rewards) ** 2))),

@@ -17,14 +17,13 @@ of the day's updates. Nothing here loads a model except the stage itself.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Callable
 
 import numpy as np
 import sqlite_utils
 
 from varro.engine.cadence import FEATURES, cadence_distance, mean_features, score_cadence, template_share
-from varro.engine.store import utc_now
+from varro.engine import store
 from varro.engine.embed import Embedder
 
 HumanItems = Callable[[sqlite_utils.Database, str], list[tuple[str, str]]]  # (db, day) -> [(item id, text)]
@@ -38,33 +37,25 @@ def _sha1(text: str) -> str:
 def store_rollout_cadence(db: sqlite_utils.Database, model, tokenizer, model_id: str,
                           rollouts: list[tuple[int, str]]) -> int:
     """Score and store the cadence of the given (rollout id, text) that have none yet; returns how many."""
-    have = set(db.execute("select rollout_id, text_sha1 from cadence where model = ?", [model_id]).fetchall()) \
-        if rollouts else set()
+    have = store.cadence_keys(db, model_id) if rollouts else set()
     todo = [(rid, t) for rid, t in rollouts if (rid, _sha1(t)) not in have]
     if not todo:
         return 0
     feats = score_cadence(model, tokenizer, [t for _, t in todo])
-    with db.atomic():  # upsert: a stale row (the rollout id now holds another text) is replaced
-        db["cadence"].upsert_all([{"rollout_id": rid, "text_sha1": _sha1(t), "model": model_id,
-                                   "features_json": json.dumps(f), "created_utc": utc_now()}
-                                  for (rid, t), f in zip(todo, feats)], pk="rollout_id")
+    # upsert: a stale row (the rollout id now holds another text) is replaced
+    store.upsert_cadence(db, model_id, [(rid, _sha1(t), f) for (rid, t), f in zip(todo, feats)])
     return len(todo)
 
 
 def store_human_cadence(db: sqlite_utils.Database, app: str, model, tokenizer, model_id: str,
                         items: list[tuple[str, str]]) -> int:
     """Score and store, once per base model, the cadence of human (item id, text); returns how many were new."""
-    have = {r[0] for r in db.execute("select item_id from human_cadence where model = ? and app = ?",
-                                     [model_id, app])} if items else set()
+    have = store.human_cadence_ids(db, model_id, app) if items else set()
     todo = list({i: (i, t) for i, t in items if i not in have}.values())
     if not todo:
         return 0
     feats = score_cadence(model, tokenizer, [t for _, t in todo])
-    with db.atomic():
-        db["human_cadence"].insert_all([{"model": model_id, "app": app, "item_id": i, "text_sha1": _sha1(t),
-                                         "features_json": json.dumps(f), "created_utc": utc_now()}
-                                        for (i, t), f in zip(todo, feats)],
-                                       pk=("model", "app", "item_id"), ignore=True)
+    store.insert_human_cadence(db, model_id, app, [(i, _sha1(t), f) for (i, t), f in zip(todo, feats)])
     return len(todo)
 
 
@@ -73,17 +64,14 @@ def voice_stage(db: sqlite_utils.Database, app: str, run: str, day: str, policy,
     """The night's voice bookkeeping for `day`: cadence of the run's completions of `day`, of the human
     items of `human_days` (each day's items as `human_items` lists them) and `day`'s template share."""
     model_id = policy.config.model.model
-    rows = list(db.query("select id, prompt_id, completion from rollouts where run = ? and day = ? order by id",
-                         [run, day]))
+    rows = store.day_completions(db, run, day)
     n = store_rollout_cadence(db, policy.model, policy.tokenizer, model_id, [(r["id"], r["completion"] or "")
                                                                             for r in rows])
     h = sum(store_human_cadence(db, app, policy.model, policy.tokenizer, model_id, human_items(db, d))
             for d in human_days)
     texts = [r["completion"] or "" for r in rows]
     share = template_share(embedder.encode(texts), [r["prompt_id"] for r in rows], TEMPLATE_COSINE) if rows else None
-    with db.atomic():
-        db["voice_days"].upsert({"run": run, "app": app, "day": day, "template_share": share,
-                                 "completions": len(rows), "created_utc": utc_now()}, pk=("run", "app", "day"))
+    store.upsert_voice_day(db, run, app, day, share, len(rows))
     return {"completions": n, "human": h}
 
 
@@ -99,35 +87,20 @@ def voice_data(db: sqlite_utils.Database, app: str, run: str, human_items: Human
     """Per day of the run's rollouts: {"day", "model": mean features, "human": {feature: (mean, std)},
     "humans": how many human texts, "distance", "template_share", "entropy" (of the updates made that
     day)}; only what is stored."""
-    days = [r[0] for r in db.execute(
-        "select distinct r.day from rollouts r join prompts p on p.id = r.prompt_id where p.app = ? and r.run = ? "
-        "order by r.day", [app, run])]
     out = []
-    for day in days:
-        model_rows = [json.loads(r[0]) for r in db.execute(
-            "select c.features_json from cadence c join rollouts r on r.id = c.rollout_id "
-            "where r.run = ? and r.day = ?", [run, day])]
-        model_id = db.execute("select c.model from cadence c join rollouts r on r.id = c.rollout_id "
-                              "where r.run = ? limit 1", [run]).fetchone()
+    model_id = store.cadence_model(db, run)
+    for day in store.rollout_days(db, app, run):
+        model_rows = store.day_cadence(db, run, day)
         ids = [i for i, _ in human_items(db, day)] if model_id else []
-        humans = []
-        if ids:
-            marks = ",".join("?" * len(ids))
-            humans = [json.loads(r[0]) for r in db.execute(
-                f"select features_json from human_cadence where model = ? and app = ? and item_id in ({marks})",
-                [model_id[0], app, *ids])]
+        humans = store.human_cadence(db, model_id, app, ids) if ids else []
         mine = mean_features(model_rows) if model_rows else None
-        share = db.execute("select template_share from voice_days where run = ? and app = ? and day = ?",
-                           [run, app, day]).fetchone()
-        entropy = db.execute("select avg(entropy) from steps where run = ? and day = ? and skipped = 0",
-                             [run, day]).fetchone()
         out.append({
             "day": day,
             "model": mine,
             "human": _band(humans) if humans else None,
             "humans": len(humans),
             "distance": cadence_distance(mine, humans) if mine and humans else None,
-            "template_share": share[0] if share else None,
-            "entropy": entropy[0] if entropy else None,
+            "template_share": store.day_template_share(db, run, app, day),
+            "entropy": store.day_entropy(db, run, day),
         })
     return out

@@ -23,10 +23,23 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from varro.engine.config import SAMPLE_DIR
-from varro.forecast.reward import build_prompt
 from varro.engine.models import load_model
 
 URL_RE = re.compile(r"\S*https?://\S+|\S+\.example\S*")
+
+# The shape of a news prompt (Varro's, varro.forecast.reward.build_prompt, word for word, so the warm model
+# stops where the demo's prompts expect; the instruction is never answered here, see the module docstring).
+NEWS_INSTRUCTION = (
+    "Forecast what happens next in this story. "
+    "Write one short paragraph of three to five sentences. "
+    "Say what will change, in which direction and by roughly how much, and by when. "
+    "Name what is driving it and how we will know it happened."
+)
+
+
+def news_prompt(title: str, summary: str | None) -> str:
+    head = [f"Headline: {title.strip()}"] + ([f"Summary: {summary.strip()}"] if summary and summary.strip() else [])
+    return "\n".join([*head, "", NEWS_INSTRUCTION])
 
 
 def warmup_texts(seed: int = 0) -> list[tuple[str, str]]:
@@ -42,7 +55,7 @@ def warmup_texts(seed: int = 0) -> list[tuple[str, str]]:
     for h in heads:
         story = prose[int(rng.integers(len(prose)))]
         follow = prose[int(rng.integers(len(prose)))]
-        pairs.append((build_prompt(h["title"], h["summary"]), f"{story} {follow}"))
+        pairs.append((news_prompt(h["title"], h["summary"]), f"{story} {follow}"))
     for text in posts:
         text = URL_RE.sub("", text).strip()  # pasted links teach nothing but URL soup
         pairs.append((f"Article: {heads[int(rng.integers(len(heads)))]['title']}\n\n"

@@ -4,26 +4,12 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any, Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlite_utils
 
 from varro.engine.store import utc_now
 from varro.engine.faults import failpoint
-
-TRACKING_PREFIXES = ("utm_",)
-TRACKING_PARAMS = {"fbclid", "gclid", "mc_cid", "mc_eid", "ref", "cmpid", "ocid", "smid", "igshid", "at_medium",
-                   "at_campaign", "ns_campaign", "ns_mchannel", "s_cid"}
-
-
-def normalise_link(url: str) -> str:
-    """Lower-case scheme and host, no fragment, no tracking parameters, no trailing slash."""
-    parts = urlsplit(url.strip())
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-             if not k.lower().startswith(TRACKING_PREFIXES) and k.lower() not in TRACKING_PARAMS]
-    path = parts.path.rstrip("/")
-    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), path, urlencode(query), ""))
-
+from varro.engine.sources import normalise_link
 
 def headline_id(source: str, guid: str | None, link: str | None) -> str:
     """The natural key: source plus guid, falling back to the normalised link."""

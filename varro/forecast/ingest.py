@@ -18,15 +18,16 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urljoin, urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import feedparser
 import httpx
 import sqlite_utils
 
 from varro.engine.config import REPO_ROOT, home_dir
+from varro.engine.sources import TimezoneError, resolve_timezone
 from varro.engine.store import utc_now
 from varro.forecast.headlines import headline_id, store_headlines
+from varro.engine.errors import UserError
 
 DEFAULT_FEEDS_PATH = REPO_ROOT / "data" / "feeds.toml"
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=10.0)  # seconds per connect / read / write
@@ -37,7 +38,7 @@ USER_AGENT = "varro-ingest/0.1 (nightly news headline reader)"
 FEED_KEYS = {"name", "url"}
 
 
-class IngestError(ValueError):
+class IngestError(ValueError, UserError):
     """The feeds file or an argument of the ingest is invalid."""
 
 
@@ -268,16 +269,6 @@ def published_time(entry: dict[str, Any]) -> datetime | None:
     return None
 
 
-def resolve_timezone(tz: str | None) -> tzinfo | None:
-    """The zoneinfo zone named `tz`; None or "" means the machine's local zone. Raises IngestError for an unknown name."""
-    if not tz:
-        return None
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise IngestError(f"unknown timezone {tz!r}: use an IANA name such as 'Europe/Berlin'") from None
-
-
 def entry_to_item(
     entry: dict[str, Any], *, source: str, feed_url: str, base_url: str, zone: tzinfo | None, ingest_day: str
 ) -> dict[str, Any] | None:
@@ -335,7 +326,10 @@ def ingest(
         raise IngestError(f"day must be YYYY-MM-DD, got {day!r}") from None
     if max_bytes < 1:
         raise IngestError(f"max_bytes must be positive, got {max_bytes}")
-    zone = resolve_timezone(tz)
+    try:
+        zone = resolve_timezone(tz)
+    except TimezoneError as e:
+        raise IngestError(str(e)) from None
     own_client = client is None
     http = make_client(timeout) if client is None else client
     try:

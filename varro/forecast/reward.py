@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 import numpy as np
 
-from varro.engine.config import VarroConfig
+from varro.forecast.settings import VarroConfig
 from varro.engine.rewards import (
     BULLET_RE,
     MARKDOWN_RE,

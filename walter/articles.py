@@ -1,43 +1,28 @@
-"""Walter's daily cycle: `walter step --date D`.
+"""Walter's prompts and their scoring: what the engine's daily cycle (varro.engine.cycle) asks Walter for.
 
-1. ingest (search posts linking to the news domains), refresh counts of posts
-   that reached the fixed age, update the authors' baselines;
-2. choose the day's articles: candidates are articles whose posts have final
-   counts and at least one post that beat its author's usual; 1 in
-   `eval_every` articles is held out for eval; the rest are picked by the
-   curriculum;
-3. sample G posts per article from the latest checkpoint before D;
-4. score them against the article's history (the reward is immediate);
-5. take the GSPO updates on the training groups and write checkpoint D.
-
-Stages check what is done: a day with a checkpoint is not sampled or trained
-again, and a day whose groups were sampled but not trained (a crash) trains on
-the stored groups instead of sampling new ones.
+The candidates of a day are articles first posted in the week before it whose
+posts have final counts and at least one post that beat its author's usual;
+one story in `eval_every` is held out for eval, the rest are picked by the
+curriculum. A post is scored at once against its article's history (the
+reward delay is 0): the similarity to the best prior post, weighted by how far
+that post beat its author's usual, minus the copy and style penalties.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import sqlite_utils
 
-from varro.engine import checkpoints
 from varro.engine import store as dbm
 from varro.engine.config import Config
 from varro.engine.embed import Embedder
-from varro.engine.policy import Policy
-from varro.engine.rollouts import score_pending
-from varro.engine.guards import guarded_training
 from varro.engine.stories import Item, assign_stories, is_held_out, too_close
-from varro.engine.voice import voice_stage
-from varro.engine.metrics import day_metrics as shared_day_metrics, mean_or_none
-from varro.engine.progress import NULL_PROGRESS, Progress
+from varro.engine.metrics import mean_or_none
 
 from .curriculum import pick_articles
 from .ingest import baseline_stats
@@ -107,8 +92,7 @@ def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], sto
     texts = {r["url_norm"]: f"{r['title'] or ''} {r['description'] or ''}".strip()
              for r in db.query("select url_norm, title, description from articles")}
     held = [texts[u] for u, sid in stories.items() if u in texts and is_eval_article(sid, cfg.walter.eval_every)]
-    held += [f"{s['title']} {s.get('description') or ''}".strip() for s in (json.loads(r[0]) for r in db.execute(
-        "select p.source_json from panel n join prompts p on p.id = n.prompt_id where p.app = ?", [APP]))]
+    held += [f"{s['title']} {s.get('description') or ''}".strip() for s in dbm.panel_sources(db, APP)]
     if not held or not cands:
         return [False] * len(cands)
     mine = embedder.encode([f"{h.title} {h.description or ''}".strip() for h in cands])
@@ -142,7 +126,7 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
     The split is by story: articles about one story (linked by their link
     cards' similarity) are all held out or all trainable.
     """
-    stored = list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
+    stored = dbm.day_prompts(db, APP, day)
     if stored:
         return stored
     cands = candidate_articles(db, day, cfg)
@@ -166,13 +150,7 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
         for h in cands if h.url_norm in eval_urls or h.url_norm in picked
     ]
     dbm.upsert_prompts(db, rows)
-    return list(db.query("select * from prompts where app = ? and day = ? order by id", [APP, day]))
-
-
-def score_groups(db: sqlite_utils.Database, groups: list[list], embedder: Embedder, cfg: Config) -> int:
-    """Score unscored groups against their article's history; returns how many posts were scored."""
-    prompts = {p["id"]: p for p in db.query("select * from prompts where app = ?", [APP])}
-    return score_pending(db, groups, prompts, score_texts, embedder, cfg)
+    return dbm.day_prompts(db, APP, day)
 
 
 def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,
@@ -186,95 +164,12 @@ def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embed
             for t, v in zip(texts, embedder.encode(texts))]
 
 
-def walter_human_items(cfg: Config):
-    """(db, day) -> the human text `day`'s posts are rewarded against: the winning posts (weight > 0) of the
-    day's articles, as (uri, text)."""
-    def items(db: sqlite_utils.Database, day: str) -> list[tuple[str, str]]:
-        out = []
-        for p in db.query("select source_json from prompts where app = ? and day = ? order by id", [APP, day]):
-            h = article_history(db, json.loads(p["source_json"])["url_norm"], cfg)
-            out += [(u, t) for u, t, w in zip(h.uris, h.texts, h.weights) if w > 0]
-        return out
-
-    return items
-
-
-@dataclass
-class StepResult:
-    day: str
-    ingested: int = 0
-    sampled: int = 0
-    scored: int = 0
-    steps: int = 0
-    checkpoint: str = ""
-    skipped: bool = False  # a day with no data: nothing sampled, trained or checkpointed
-    notes: list[str] = field(default_factory=list)
-
-
-def step(
-    db: sqlite_utils.Database,
-    cfg: Config,
-    run: str,
-    run_path: Path,
-    day: str,
-    embedder: Embedder,
-    ingest: Callable[[sqlite_utils.Database, str], int],
-    progress: Progress = NULL_PROGRESS,
-) -> StepResult:
-    """Run Walter's whole cycle for `day`; `ingest(db, day)` stores posts, counts and baselines."""
-    res = StepResult(day=day)
-    with progress.stage("ingest") as advance:
-        res.ingested = ingest(db, day)
-        advance(res.ingested)
-    if (checkpoints.checkpoints_dir(run_path) / day / checkpoints.METADATA).is_file():
-        res.checkpoint = day
-        res.notes.append(f"checkpoint {day} exists: not sampling or training again")
-        return res
-    stored = db.execute("select (select count(*) from bsky_posts where day = ?) + "
-                        "(select count(*) from prompts where app = ? and day = ?)", [day, APP, day]).fetchone()[0]
-    if not stored and not candidate_articles(db, day, cfg):
-        res.skipped = True
-        res.notes.append(f"skipped: no data for {day} (nothing ingested and no article with a scorable history; "
-                         "no checkpoint written)")
-        return res
-    policy = Policy.open(cfg, run_path, before_day=day)
-    prompts = choose_prompts(db, run, day, cfg, policy.trainer.rng, embedder)
-    if not prompts:
-        res.notes.append(f"no article with a scorable history on {day}: an empty day")
-    have = {r["prompt_id"] for r in db.query(
-        "select prompt_id from rollouts where run = ? and day = ? group by prompt_id having count(*) = ?",
-        [run, day, cfg.sampling.group_size])}
-    todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
-    if todo:
-        seed = cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal()
-        with progress.stage("sampling", total=len(todo) * cfg.sampling.group_size) as advance:
-            groups = policy.sample(todo, seed=seed, on_done=advance)
-        dbm.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
-        res.sampled = sum(len(g) for g in groups)
-    groups = dbm.load_groups(db, run, day)
-    with progress.stage("scoring") as advance:
-        res.scored = score_groups(db, groups, embedder, cfg)
-        advance(res.scored)
-    with progress.stage("voice") as advance:  # the day's posts and the winners they are rewarded against
-        advance(voice_stage(db, APP, run, day, policy, walter_human_items(cfg), embedder, [day])["completions"])
-    train_ids = {p["id"] for p in prompts if p["split"] == "train"}
-    train_groups = [g for g in groups if g[0].prompt_id in train_ids]
-    policy, rows, notes = guarded_training(db, APP, run, day, policy, train_groups, cfg, progress,
-                                           lambda: Policy.open(cfg, run_path, before_day=day))
-    res.notes.extend(notes)
-    dbm.insert_steps(db, run, day, rows)
-    dbm.save_scores(db, groups)
-    res.steps = len(rows)
-    policy.save(day, extra={"run": run, "app": APP, "steps": len(rows)})
-    res.checkpoint = day
-    return res
-
-
-def day_metrics(db: sqlite_utils.Database, run: str, day: str) -> dict:
-    """Reward mean/std (train), eval reward, hashtag rate, copy rate, mean length, KL and clip fraction."""
-    return shared_day_metrics(db, APP, run, day, day, lambda comps: {
+def post_metrics(comps: list[dict]) -> dict:
+    """Walter's per-day metrics from the components of a day's scored posts: transfer, hashtag rate, copy
+    rate, mean length in graphemes."""
+    return {
         "transfer": mean_or_none([c["transfer"] for c in comps]),
         "hashtag_rate": mean_or_none([float(c["hashtags"] > 0) for c in comps]),
         "copy_rate": mean_or_none([c["copy"] for c in comps]),
         "graphemes": mean_or_none([c["graphemes"] for c in comps]),
-    })
+    }

@@ -1,0 +1,99 @@
+"""The engine/app split holds: import contracts, no app named in the engine, one error path out of a command."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from varro.engine.app import App, apps, get_app, AppError
+from varro.engine.cli import EngineGroup, app_cli
+from varro.engine.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE_COMMANDS = {"step", "nightly", "ingest", "cron", "demo", "metrics", "rollouts", "report", "compare", "eval"}
+
+
+def test_import_contracts_hold():
+    # the engine imports no app, apps do not import each other, no cycles between the engine's modules
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 broken" in out.stdout
+
+
+def test_the_engine_never_tests_an_app_by_name():
+    names = sorted(apps())
+    assert {"varro", "walter"} <= set(names)
+    offenders = []
+    for path in sorted((ROOT / "varro" / "engine").rglob("*.py")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"""(app|name)\s*(==|!=|in)\s*\(?\s*["'](%s)["']""" % "|".join(names), line):
+                offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert offenders == []
+
+
+@pytest.mark.parametrize("name", ["varro", "walter"])
+def test_every_app_gets_the_engine_commands_and_its_own(name):
+    import importlib
+
+    cli = importlib.import_module(f"{name}.cli").cli
+    assert isinstance(cli, EngineGroup)
+    assert ENGINE_COMMANDS <= set(cli.commands)
+    assert {c.name for c in get_app(name).commands()} <= set(cli.commands)  # e.g. `score`
+
+
+def test_an_unknown_app_is_one_line_naming_the_registered_ones():
+    with pytest.raises(AppError, match=r"no application 'nope' is registered in varro.apps; registered: .*varro"):
+        get_app("nope")
+
+
+class _Broken(UserError):
+    pass
+
+
+def test_a_user_error_is_one_line_and_exit_1_anything_else_keeps_its_traceback(monkeypatch):
+    import varro.engine.app as registry
+
+    class Fake(App):
+        name = "fake"
+        title = "a test app"
+        settings = type(get_app("varro").settings())
+        sources = ("sample",)
+
+    def raising(kind):
+        @click.command(kind.__name__.lower())
+        def cmd():
+            """Raise.
+
+            Example: fake x
+            """
+            raise kind("the day 2099-01-01 is not stored")
+
+        return cmd
+
+    apps()  # the entry points first, then the fake one for this test only
+    monkeypatch.setitem(registry._REGISTERED, "fake", Fake())
+    cli = app_cli(get_app("fake"), "tests.fake", extra=[raising(_Broken), raising(RuntimeError)])
+    out = CliRunner().invoke(cli, ["_broken"])
+    assert out.exit_code == 1
+    assert out.output == "error: the day 2099-01-01 is not stored\n"
+    bug = CliRunner().invoke(cli, ["runtimeerror"])
+    assert bug.exit_code == 1 and isinstance(bug.exception, RuntimeError)  # not swallowed into a line
+
+
+def test_every_library_error_the_cli_reports_is_a_user_error():
+    from varro.engine.checkpoints import CheckpointError
+    from varro.engine.config import ConfigError, FutureDayError, NoDatabaseError, UnknownRunError
+    from varro.engine.models import ModelLoadError
+    from varro.engine.train import TrainingError
+    from varro.forecast.ingest import IngestError
+    from walter.bsky import BlueskyError
+    from walter.ingest import WalterIngestError
+
+    for kind in (CheckpointError, ConfigError, FutureDayError, NoDatabaseError, UnknownRunError, ModelLoadError,
+                 TrainingError, IngestError, BlueskyError, WalterIngestError):
+        assert issubclass(kind, UserError), kind

@@ -1,0 +1,633 @@
+"""Every application's command line: the engine's commands for an `App`, plus the app's own.
+
+`app_cli(app)` builds the click group `varro`, `walter` (or a third app's
+command) runs: step, nightly, ingest, cron, demo, metrics, rollouts, report,
+compare, eval, hacks (when the app has a red team) and `app.commands()`.
+Errors leave a command one way: the library raises a `UserError`
+(varro.engine.errors) and `EngineGroup` prints it as one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import click
+
+from varro.engine.app import App
+from varro.engine.cli_inspect import register as register_inspect
+from varro.engine.cli_options import config_options, resolve_config
+from varro.engine.errors import UserError
+
+
+class EngineGroup(click.Group):
+    """Turns the library's expected errors into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (UserError, FileNotFoundError) as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+HOME_OPTION = click.option("--home", default=None, help="folder for data/ and runs/ (default $VARRO_HOME or the repo)")
+def run_option(app: App):
+    """--run, defaulting to the app's own run (`varro`, `walter`, ...): two apps never share a run by default."""
+    return click.option("--run", default=app.default_run, show_default=True, help="run name under runs/")
+
+
+def check_day(day: str, param: str = "--date") -> str:
+    """`day` as YYYY-MM-DD; a click BadParameter for anything else."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(day).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date like 2026-11-03", param_hint=param) from None
+
+
+def model_config(kwargs: dict, base=None):
+    """resolve_config, with a --model that looks local checked first, before any heavy work (ModelLoadError)."""
+    from varro.engine.models import check_model
+
+    if kwargs.get("cfg__model__model"):
+        check_model(kwargs["cfg__model__model"])
+    cfg = resolve_config(kwargs, base=base)
+    check_model(cfg.model.model)
+    return cfg
+
+
+def reading_db(home: str | None):
+    """The existing database of a reading command; raises NoDatabaseError rather than creating one."""
+    from varro.engine import store
+    from varro.engine.config import require_db
+
+    return store.open_db(require_db(home))
+
+
+def with_options(options: list[Callable]) -> Callable[[Callable], Callable]:
+    def decorate(fn: Callable) -> Callable:
+        for deco in reversed(options):
+            fn = deco(fn)
+        return fn
+
+    return decorate
+
+
+def source_option(app: App):
+    return click.option("--source", type=click.Choice(list(app.sources)), default=app.sources[0],
+                        show_default=True, help="where the day's data come from")
+
+
+class MissingTargets:
+    """A with-block that turns a missing scoring target (LookupError, not a KeyError) into one line, exit 1."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if kind is not None and issubclass(kind, LookupError) and not issubclass(kind, (KeyError, IndexError)):
+            raise click.ClickException(str(e)) from None
+        return False
+
+
+def echo_scores(texts: list[str], comps: list[dict], head: str, as_json: bool) -> None:
+    """Shared by the apps' `score` commands: a table, or one JSON object per text."""
+    import json
+
+    from varro.engine.hacks import format_scores
+
+    if as_json:
+        for t, c in zip(texts, comps):
+            click.echo(json.dumps({"text": t, **c}))
+    else:
+        click.echo(format_scores(texts, comps, head))
+
+
+def open_step(app: App, kwargs: dict, run: str, home: str | None, day: str, world=None, source: str = ""):
+    """What step and nightly share before any work: the run's config (run.toml, see varro.engine.runs, with
+    the command line's changes), its notices, the owner check, the database and the embedder. Under
+    mlx.launch rank 0 settles the run and the other ranks receive its config (they get no database)."""
+    from varro.engine import store
+    from varro.engine.checkpoints import check_run_owner, list_checkpoints
+    from varro.engine.cli_options import named_settings
+    from varro.engine.config import Config, db_path, run_dir
+    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.panel import run_config
+    from varro.engine.runs import read_run, settle
+
+    from varro.engine.models import check_model
+
+    main = world is None or world.is_main
+    named = named_settings(kwargs)
+    if kwargs.get("cfg__model__model"):  # a --model that is not there: one line before anything else
+        check_model(kwargs["cfg__model__model"])
+    cfg = resolve_config(kwargs)
+    path = run_dir(run, home)
+    notices: list[str] = []
+    if main:
+        app.preflight(cfg, source, home)  # credentials and the like, before the model
+    if main:
+        check_run_owner(path, app.name, None)  # another app's checkpoints, before run.toml is written or read
+        stored = read_run(path)
+        legacy = run_config(path, Config()) if stored is None and list_checkpoints(path) else None  # before run.toml
+        # the model the night will load, checked before a first night writes it into run.toml
+        if "model" in named.get("model", set()):
+            check_model(cfg.model.model)
+        else:
+            check_model(stored["model"] if stored else legacy.model.model if legacy else cfg.model.model)
+        cfg, notices = settle(app.name, run, path, cfg, named_values(cfg, named), day, store.utc_now(), legacy)
+        check_run_owner(path, app.name, cfg.model.model)
+    if world is not None and world.distributed:
+        cfg = Config.from_dict(world.broadcast_json(cfg.to_dict() if main else None))
+        notices = world.broadcast_json(notices if main else None)
+    if not main:
+        return cfg, notices, None, None
+    db = store.open_db(db_path(home))
+    return cfg, notices, db, CachedEmbedder(load_embedder(getattr(cfg, app.name).embedder), db)
+
+
+def named_values(cfg, named: dict[str, set[str]]) -> dict[str, dict]:
+    """{section: {name: resolved value}} of the settings the command line or --config named."""
+    sections = cfg.sections()
+    return {s: {n: getattr(sections[s], n) for n in names} for s, names in named.items()}
+
+
+def step_command(app: App) -> click.Command:
+    @click.command("step", help=f"""Run {app.name}'s daily cycle for one day.
+
+        Ingest the day's data, score what can be scored, sample the day's
+        prompts, take the GSPO updates and write the day's checkpoint (see
+        varro.engine.cycle for the order). Running a day twice does no work
+        twice.
+
+        Example: {app.name} step --date 2026-11-03 --source sample --model data/models/tiny-qwen3
+        """)
+    @click.option("--date", "day", required=True, help="the day to run, YYYY-MM-DD")
+    @source_option(app)
+    @with_options(app.ingest_options())
+    @run_option(app)
+    @HOME_OPTION
+    @config_options(app.name)
+    def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
+        from varro.engine.config import require_past, run_dir
+        from varro.engine.cycle import step as run_step
+
+        options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
+        day = require_past(check_day(day))
+        cfg, notices, db, embedder = open_step(app, kwargs, run, home, day, source=source)
+        res = run_step(app, db, cfg, run, run_dir(run, home), day, embedder,
+                       ingest=day_ingest(app, cfg, source, home, options), notices=notices)
+        click.echo(f"{day}: {res.summary()}")
+        for note in res.notes:
+            click.echo(f"  note: {note}")
+
+    return step
+
+
+def day_ingest(app: App, cfg, source: str, home: str | None, options: dict):
+    """The cycle's ingest stage for `source`: (db, day) -> new items."""
+    return lambda db, day: app.ingest(db, day, cfg, source, home, options, click.echo)
+
+
+def resolve_days(day: str | None, first: str | None, last: str | None) -> list[str]:
+    """--date D, or --from D1 --to D2 (inclusive); default: today. Raises FutureDayError for a later day."""
+    from datetime import date
+
+    from varro.engine.config import require_past
+    from varro.engine.nightly import day_range
+
+    if (first is None) != (last is None):
+        raise click.UsageError("--from and --to go together")
+    if first is not None:
+        if day is not None:
+            raise click.UsageError("use --date or --from/--to, not both")
+        try:
+            days = day_range(check_day(first, "--from"), check_day(last, "--to"))
+        except ValueError as e:
+            raise click.UsageError(str(e)) from None
+        require_past(days[-1])
+        return days
+    return [require_past(check_day(day)) if day else date.today().isoformat()]
+
+
+def nightly_options(app: App) -> list[Callable]:
+    return [
+    click.option("--date", "day", default=None, help="the day to run [default: today]"),
+    click.option("--from", "first", default=None, help="backfill from this day (with --to)"),
+    click.option("--to", "last", default=None, help="backfill up to this day, inclusive"),
+    click.option("--quiet", is_flag=True, help="plain log lines only (also what cron gets)"),
+    click.option("--keep", default=30, show_default=True,
+                 help="keep this many newest checkpoints, delete older ones (never the newest)"),
+    run_option(app),
+    HOME_OPTION,
+    ]
+
+
+def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, run_day, keep: int = 30) -> None:
+    """The lock, the logs, retention and the exit codes of every app's nightly."""
+    from varro.engine.checkpoints import prune
+    from varro.engine.config import run_dir
+    from varro.engine.nightly import RunLocked, run_nightly
+
+    def day_then_prune(d, progress):
+        result = run_day(d, progress)
+        removed = prune(run_dir(run, home), keep)
+        return f"{result}" + (f"; removed old checkpoints {', '.join(removed)}" if removed else "")
+
+    try:
+        run_nightly(run_dir(run, home), days, day_then_prune, quiet=quiet, echo=click.echo)
+    except RunLocked as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(75)  # EX_TEMPFAIL: try again later
+
+
+def nightly_command(app: App, module: str) -> click.Command:
+    @click.command("nightly", help=f"""Run {app.name}'s daily step end to end, safe to run from cron.
+
+        A lock keeps two runs of the same --run from overlapping (the second exits
+        at once with status 75); a re-run after a crash continues from the last
+        finished stage and never trains a day twice; --from/--to backfills. Logs go
+        to runs/<run>/logs/<day>.log. Exit status 0 on success, 1 with a one-line
+        reason on failure.
+
+        With --hosts FILE (or when started by mlx.launch) every process runs this
+        command; rank 0 alone writes the database, the checkpoint and the logs.
+
+        Example: {app.name} nightly --run default --quiet
+        """)
+    @with_options(nightly_options(app))
+    @source_option(app)
+    @with_options(app.ingest_options())
+    @click.option("--hosts", "hostfile", default=None, type=click.Path(dir_okay=False, exists=True),
+                  help="an mlx.launch hostfile: run data-parallel over these machines (ring backend)")
+    @config_options(app.name)
+    def nightly(day, first, last, quiet, keep, run, home, source, hostfile, **kwargs) -> None:
+        from varro.engine.config import run_dir
+        from varro.engine.cycle import step as run_step
+        from varro.engine.distributed import init_world
+        from varro.engine.progress import Progress
+
+        options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
+        days = resolve_days(day, first, last)
+        if hostfile:
+            relaunch_distributed(module, hostfile, run, home, days)
+        world = init_world()
+        cfg, notices, db, embedder = open_step(app, kwargs, run, home, days[0], world, source)
+        ingest = day_ingest(app, cfg, source, home, options) if world.is_main else None
+
+        def run_day(d, progress):
+            res = run_step(app, db, cfg, run, run_dir(run, home), d, embedder, ingest=ingest, progress=progress,
+                           world=world, notices=notices if d == days[0] else [])
+            return (res.summary() + (f", {world.size} ranks" if world.distributed else "")
+                    + "".join(f"; {n}" for n in res.notes))
+
+        if world.is_main:
+            run_nightly_cli(run, home, days, quiet, run_day, keep)
+        else:  # the lock, the logs and retention are rank 0's
+            for d in days:
+                run_day(d, Progress(bars=False))
+
+    return nightly
+
+
+def relaunch_distributed(module: str, hostfile: str, run: str, home: str | None, days: list[str]) -> None:
+    """Run this same command on every host of `hostfile` through mlx.launch (ring backend), then exit.
+
+    mlx.launch stops every rank when one dies but exits 0 regardless, so success
+    is judged by what rank 0 leaves behind: a complete checkpoint for every day.
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from varro.engine.checkpoints import list_checkpoints
+    from varro.engine.config import run_dir
+
+    args = sys.argv[1:]
+    i = args.index("--hosts")
+    args = args[:i] + args[i + 2:]
+    launcher = shutil.which("mlx.launch") or os.path.join(os.path.dirname(sys.executable), "mlx.launch")
+    cmd = [launcher, "--hostfile", hostfile, "--backend", "ring", "--", sys.executable, "-m", module, *args]
+    click.echo("launching: " + " ".join(cmd), err=True)
+    subprocess.run(cmd)
+    have = {p.name for p in list_checkpoints(run_dir(run, home))}
+    missing = [d for d in days if d not in have]
+    if missing:
+        click.echo(f"error: the distributed run did not finish {', '.join(missing)} (a rank failed or was "
+                   "stopped; see its output above); re-run to resume", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+def ingest_command(app: App) -> click.Command:
+    @click.command("ingest", help=f"""Ingest one day of {app.name}'s data into the database, with no model.
+
+        Prints what was read; exits non-zero only when nothing at all could be
+        read (one bad record costs that record).
+
+        Example: {app.name} ingest --date 2026-11-03 --source sample
+        """)
+    @click.option("--date", "day", default=None, help="the day the data belong to [default: today]")
+    @source_option(app)
+    @with_options(app.ingest_options())
+    @HOME_OPTION
+    @config_options(app.name)
+    def ingest(day: str | None, source: str, home: str | None, **kwargs) -> None:
+        from datetime import date
+
+        from varro.engine import store
+        from varro.engine.config import db_path
+
+        options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
+        cfg = resolve_config(kwargs)
+        day = check_day(day) if day else date.today().isoformat()
+        db = store.open_db(db_path(home))
+        app.ingest(db, day, cfg, source, home, options, click.echo)  # it prints its own summary
+
+    return ingest
+
+
+def metrics_command(app: App) -> click.Command:
+    @click.command("metrics", help=f"""Print the per-day metrics of a {app.name} run.
+
+        {app.metrics_note or 'By the day the completions were made.'}
+
+        Example: {app.name} metrics --run {app.demo_run_name()}
+        """)
+    @run_option(app)
+    @HOME_OPTION
+    @click.option("--json", "as_json", is_flag=True, help="print JSON lines instead of a table")
+    def metrics(run: str, home: str | None, as_json: bool) -> None:
+        import json
+
+        from varro.engine import store
+        from varro.engine.config import require_run
+        from varro.engine.metrics import app_day_metrics, format_metrics
+
+        db = reading_db(home)
+        require_run(db, app.name, run, home)
+        rows = [app_day_metrics(db, app, run, d) for d in store.rollout_days(db, app.name, run)]
+        if as_json:
+            for r in rows:
+                click.echo(json.dumps(r))
+        else:
+            click.echo(format_metrics(rows, list(app.metric_columns)))
+
+    return metrics
+
+
+def cron_command(app: App) -> click.Command:
+    @click.command("cron", help=f"""Print a ready crontab line (and a launchd plist on macOS) for the
+        nightly run.
+
+        The line runs `{app.name} nightly` through scripts/env with this checkout's
+        paths, --home and --quiet, appending to runs/<run>/logs/cron.log.
+
+        Example: {app.name} cron --at 03:15 --install
+        """)
+    @run_option(app)
+    @HOME_OPTION
+    @click.option("--at", "at", default="02:30", show_default=True, help="local time of day, HH:MM")
+    @click.option("--install", is_flag=True, help="install it (crontab, or launchd on macOS) after showing it")
+    def cron(run: str, home: str | None, at: str, install: bool) -> None:
+        from varro.engine.schedule import cron_line, install_cron, install_launchd, is_macos, launchd_plist
+
+        try:
+            hour, minute = (int(x) for x in at.split(":"))
+        except ValueError:
+            raise click.BadParameter(f"{at!r} is not HH:MM", param_hint="--at") from None
+        from varro.engine.config import run_dir
+        from varro.engine.runs import RunIdentityError, read_run, run_file
+
+        stored = read_run(run_dir(run, home))
+        if stored is not None and stored.get("app") != app.name:
+            raise RunIdentityError(f"run {run!r} belongs to {stored.get('app')}: use `{stored.get('app')} cron "
+                                   f"--run {run}`, or another --run for {app.name}")
+        line = cron_line(app.name, run, home, hour, minute)
+        click.echo(line)
+        if stored is not None:
+            click.echo(f"# run {run} exists: {app.name} on {stored['model']}; the nightly uses its settings from "
+                       f"{run_file(run_dir(run, home))} ({len(stored.get('changes', []))} changed since "
+                       f"{stored['created_utc'][:10]})")
+        plist = launchd_plist(app.name, run, home, hour, minute) if is_macos() else None
+        if plist:
+            click.echo(plist)
+        if install:
+            if plist:
+                click.echo(f"installed {install_launchd(app.name, run, plist)}")
+            elif install_cron(line):
+                click.echo("installed in your crontab (crontab -l shows it)")
+            else:
+                click.echo("already in your crontab; nothing changed")
+
+    return cron
+
+
+def panel_context(app: App, run: str, home: str | None, embedder: str | None):
+    """What `compare` and `eval` share: (db, run path, the run's config, its embedder (`embedder` overrides
+    it)); raises NoDatabaseError or UnknownRunError first."""
+    from varro.engine.config import Config, require_run
+    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.panel import run_config
+
+    db = reading_db(home)
+    path = require_run(db, app.name, run, home)
+    cfg = run_config(path, Config())
+    emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app.name).embedder), db)
+    return db, path, cfg, emb
+
+
+def compare_command(app: App) -> click.Command:
+    @click.command("compare", help=f"""Compare two checkpoints of a {app.name} run on its held-out panel with
+        the same seeds and the same reward.
+
+        The prompts are the run's evaluation panel (held-out stories that no
+        update has seen; never training prompts): fewer than --n when fewer can
+        be scored, said plainly. Prints the completions side by side with their
+        rewards, which days' data score them, and the mean reward difference
+        with a 95% bootstrap confidence interval over prompts. --json prints
+        every prompt's id, day, split and both sides' samples and rewards.
+
+        Example: {app.name} compare --before base --after latest --html compare.html
+        """)
+    @click.option("--before", default="base", show_default=True, help="'base' or a checkpoint day")
+    @click.option("--after", default="latest", show_default=True, help="'latest' or a checkpoint day")
+    @click.option("--n", "n", default=8, show_default=True, help="the first N prompts of the run's panel")
+    @click.option("--samples", default=None, type=int, help="completions per prompt and side [default: panel_samples]")
+    @click.option("--seed", default=None, type=int, help="sampling seed, the same for both sides [default: panel_seed]")
+    @click.option("--html", "html_path", default=None, type=click.Path(dir_okay=False), help="also write HTML")
+    @click.option("--json", "as_json", is_flag=True, help="print JSON instead of the side-by-side text")
+    @run_option(app)
+    @HOME_OPTION
+    @click.option("--embedder", default=None, help="override the run's embedder (e.g. 'hash' in tests)")
+    def compare_cmd(before, after, n, samples, seed, html_path, as_json, run, home, embedder):
+        import json
+
+        from varro.engine.compare import compare, format_comparison, held_out_prompts, to_json, write_html
+        from varro.engine.config import caller_path
+
+        db, path, cfg, emb = panel_context(app, run, home, embedder)
+        scorable = lambda p: app.scorable(db, p)  # noqa: E731
+        prompts, note = held_out_prompts(db, app.name, path, n, scorable, cfg, emb)
+        days = sorted({app.targets(p) for p in prompts})
+        note += "; scored against " + (", ".join(days) if len(days) <= 4 else f"{days[0]} ... {days[-1]}")
+        result = compare(db, path, prompts, before, after, app.score_texts, emb, cfg,
+                         samples or cfg.eval.panel_samples, cfg.eval.panel_seed if seed is None else seed, note)
+        if as_json:
+            click.echo(json.dumps(to_json(result, app.targets), indent=2))
+        else:
+            click.echo(format_comparison(result))
+        if html_path:
+            click.echo(f"html: {write_html(result, caller_path(html_path)).resolve()}")
+
+    return compare_cmd
+
+
+def eval_command(app: App) -> click.Command:
+    @click.command("eval", help=f"""Score the base model and every checkpoint of a {app.name} run on the
+        run's held-out panel and print the learning curve.
+
+        The panel is fixed per run: the earliest held-out prompts that can be
+        scored, one per story, up to --panel-size (see `{app.name} compare`). Each
+        prompt is sampled with its own seed, the same for every checkpoint;
+        scores are cached in SQLite (panel_scores), so a re-run computes only
+        new checkpoints or new panel prompts. Each row: mean reward with a 95%
+        bootstrap CI over prompts, and the paired difference from the base.
+
+        Example: {app.name} eval --run {app.demo_run_name()}
+        """)
+    @run_option(app)
+    @HOME_OPTION
+    @click.option("--json", "as_json", is_flag=True, help="print JSON lines, one per checkpoint")
+    @click.option("--embedder", default=None, help="override the run's embedder (e.g. 'hash' in tests)")
+    def eval_cmd(run, home, as_json, embedder):
+        import dataclasses
+        import json
+
+        from varro.engine.panel import evaluate, format_curve
+
+        db, path, cfg, emb = panel_context(app, run, home, embedder)
+        prompts, points = evaluate(db, app.name, path, app.score_texts, emb, cfg, lambda p: app.scorable(db, p))
+        if as_json:
+            for pt in points:
+                click.echo(json.dumps(dataclasses.asdict(pt)))
+            return
+        days = sorted({p["day"] for p in prompts})
+        click.echo(f"panel: {len(prompts)} held-out prompts of {len(prompts)} stories, made on {days[0]} .. "
+                   f"{days[-1]}, {cfg.eval.panel_samples} samples each")
+        click.echo(format_curve(points))
+
+    return eval_cmd
+
+
+def hacks_command(app: App) -> click.Command:
+    @click.command("hacks", help=f"""Red-team {app.name}'s reward: score known hacks beside hand-written honest
+        references, and fail when a hack scores close to honest.
+
+        Each hack of the catalogue ({app.examples}) is built from a prompt and its
+        data and scored by the nightly's reward next to the honest reference for
+        the same prompt. Per hack: prompts (n), mean reward, the honest mean on
+        those prompts, how far below honest it is, the smallest per-prompt gap,
+        and PASS when the mean is at least --margin below honest. Runs on the
+        references whose targets are stored or, with --sample, on the shipped
+        sample in a temporary database. Exits 1 when any hack fails.
+
+        Example: {app.name} hacks --sample
+        """)
+    @click.option("--sample", is_flag=True, help="use the shipped sample, loaded into a temporary database")
+    @click.option("--honest", "honest_path", default=None, type=click.Path(dir_okay=False, exists=True),
+                  help="honest references, JSON lines [default: data/sample/honest.jsonl]")
+    @click.option("--margin", default=0.1, show_default=True, type=float,
+                  help="how far below the honest mean every hack's mean reward must be")
+    @click.option("--json", "as_json", is_flag=True, help="print one JSON object per hack, with its texts")
+    @HOME_OPTION
+    @config_options(app.name)
+    def hacks_cmd(sample: bool, honest_path: str | None, margin: float, as_json: bool, home: str | None,
+                  **kwargs) -> None:
+        import json
+        import tempfile
+
+        from varro.engine import store
+        from varro.engine.embed import CachedEmbedder, load_embedder
+        from varro.engine.hacks import format_results, load_references, run_hacks
+
+        cfg = resolve_config(kwargs)
+        team = app.red_team()
+        refs = load_references(honest_path, app.name)
+        section = getattr(cfg, app.name)
+        with tempfile.TemporaryDirectory(prefix=f"{app.name}-hacks-") as tmp, MissingTargets():
+            db = store.open_db(f"{tmp}/sample.db") if sample else reading_db(home)
+            if sample:
+                team.load_sample(db)
+            emb = CachedEmbedder(load_embedder(section.embedder), db)
+            cases, notes = team.cases(db, refs, emb, cfg)
+            if not cases:
+                raise click.ClickException(
+                    f"none of the {len(refs)} honest {app.name} references has its target stored"
+                    + (f" ({notes[0]})" if notes else "") + "; try --sample, or --honest FILE for your data")
+            results = run_hacks(db, cases, team.catalogue, team.score_texts, emb, cfg, margin)
+        if as_json:
+            for r in results:
+                click.echo(json.dumps(r.to_json()))
+        else:
+            where = "the shipped sample" if sample else "the stored data"
+            click.echo(format_results(results, f"{app.name}: {len(cases)} honest references on {where}, "
+                                               f"{section.embedder}"))
+            for note in notes:
+                click.echo(f"  left out: {note}")
+        failed = [r.name for r in results if r.result == "FAIL"]
+        if failed:
+            click.echo(f"error: {len(failed)} hacks within {margin:g} of honest: {', '.join(failed)}", err=True)
+            sys.exit(1)
+
+    return hacks_cmd
+
+
+def demo_command(app: App) -> click.Command:
+    @click.command("demo", help=f"""Run {app.name}'s daily cycle over its shipped sample on the tiny model,
+        offline.
+
+        Builds the tiny model (and, once, a few minutes' warm-up on the sample
+        text so its samples read as words), runs every sample day as `step`
+        would, and prints the per-day metrics. Any setting can be overridden,
+        e.g. --model or --learning-rate.
+
+        Example: {app.name} demo --days 3
+        """)
+    @click.option("--days", default=None, type=int, help="only the first N sample days [default: all]")
+    @click.option("--run", default=app.demo_run_name(), show_default=True, help="run name under runs/")
+    @click.option("--cold", is_flag=True, help="use the random tiny model without the warm-up")
+    @HOME_OPTION
+    @config_options(app.name)
+    def demo(days: int | None, run: str, cold: bool, home: str | None, **kwargs) -> None:
+        from varro.engine.demo import demo_config, ensure_tiny_model, run_demo
+        from varro.engine.models import check_model
+
+        if kwargs.get("cfg__model__model"):  # a bad --model fails before the tiny model and its warm-up are built
+            check_model(kwargs["cfg__model__model"])
+        base = app.demo_settings(demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo)))
+        run_demo(app, home, run, model_config(kwargs, base=base), days=days, echo=click.echo)
+
+    return demo
+
+
+def app_cli(app: App, module: str, extra: list[click.Command] = ()) -> click.Group:
+    """The command line of `app`: the engine's commands, then the app's own, then `extra` (which replace
+    an engine command of the same name). `module` is what `python -m` runs (for --hosts)."""
+
+    @click.group(app.name, cls=EngineGroup, help=f"{app.title}\n\nExample: {app.name} demo")
+    def cli() -> None:
+        pass
+
+    for make in (step_command, ingest_command, cron_command, demo_command, metrics_command, compare_command,
+                 eval_command):
+        cli.add_command(make(app))
+    cli.add_command(nightly_command(app, module))
+    if app.red_team() is not None:
+        cli.add_command(hacks_command(app))
+    register_inspect(cli, app)
+    for cmd in [*app.commands(), *extra]:
+        cli.add_command(cmd)
+    return cli

@@ -1,0 +1,107 @@
+"""Copying is not writing: a graded copy score of a candidate against the human items it is rewarded by.
+
+The score is in [0, 1], the largest of:
+- the cosine to a historical item, ramped from `copy_cosine_start` to `copy_cosine_full`;
+- the share of the candidate's word 3-grams found in one historical item, ramped;
+- the share of its words found in order in one item (longest common subsequence;
+  dropping every 3rd word leaves no 3-gram but keeps every word in order), ramped;
+- 1 for `copy_ngram` words in a row shared with one item.
+An application subtracts a weight times it from its reward. The knobs come from
+any settings object with the attributes of `CopySettings` (Walter's and tally's
+sections both have them).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from varro.engine.rewards import longest_shared_ngram, ngrams, words
+
+COPY_KEYS = ("copy", "copy_cosine", "copy_containment", "copy_order", "copy_run", "max_cosine",
+             "trigram_containment", "order_containment", "shared_run")
+
+
+class CopySettings(Protocol):
+    """The numbers the copy score needs, by name."""
+    copy_ngram: int
+    copy_cosine_start: float
+    copy_cosine_full: float
+    copy_containment_start: float
+    copy_containment_full: float
+    copy_order_start: float
+    copy_order_full: float
+
+
+def ramp(value: float, start: float, full: float) -> float:
+    """0 at or below `start`, 1 at or above `full`, linear between. Raises ValueError unless start < full."""
+    if not start < full:
+        raise ValueError(f"a ramp needs start < full, got {start}, {full}")
+    return float(np.clip((value - start) / (full - start), 0.0, 1.0))
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Length of the longest common subsequence of two token lists (bit-parallel, Hyyro 2004)."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for i, token in enumerate(a):
+        masks[token] = masks.get(token, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for token in b:
+        u = v & masks.get(token, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
+
+
+def copy_measures(text: str, posts: list[str], min_words: int) -> dict[str, float]:
+    """Raw overlap of a candidate with its closest historical item, each a max over items.
+
+    trigram_containment: share of the candidate's word 3-grams found in one item;
+    order_containment: share of its words found in order in one item (LCS);
+    shared_run: the longest run of words shared with one item. Shares are over at
+    least `min_words` words (3-grams: min_words - 2), so a short candidate is
+    not a copy for having its three words somewhere in a long item.
+    """
+    tokens = [w.lower() for w in words(text)]
+    grams = set(ngrams(tokens, 3))
+    gram_den = max(len(ngrams(tokens, 3)), min_words - 2, 1)
+    word_den = max(len(tokens), min_words, 1)
+    out = {"trigram_containment": 0.0, "order_containment": 0.0, "shared_run": 0.0}
+    for post in posts:
+        post_tokens = [w.lower() for w in words(post)]
+        out["trigram_containment"] = max(out["trigram_containment"],
+                                         len(grams & set(ngrams(post_tokens, 3))) / gram_den)
+        out["order_containment"] = max(out["order_containment"], lcs_length(tokens, post_tokens) / word_den)
+        out["shared_run"] = max(out["shared_run"], float(longest_shared_ngram(text, post)))
+    return out
+
+
+def copy_components(text: str, cosines: np.ndarray, posts: list[str], cfg: CopySettings) -> dict[str, float]:
+    """The graded copy score ("copy", in [0, 1]) with the parts it is the largest of, and their raw measures.
+
+    `cosines` are the candidate's cosines to `posts` (any order: only the max is read).
+    """
+    measures = copy_measures(text, posts, cfg.copy_ngram)
+    max_cos = float(np.max(cosines)) if len(cosines) else 0.0
+    need = min(cfg.copy_ngram, max(4, len(words(text))))  # a short candidate copied whole is still a copy
+    parts = {
+        "copy_cosine": ramp(max_cos, cfg.copy_cosine_start, cfg.copy_cosine_full),
+        "copy_containment": ramp(measures["trigram_containment"], cfg.copy_containment_start,
+                                 cfg.copy_containment_full),
+        "copy_order": ramp(measures["order_containment"], cfg.copy_order_start, cfg.copy_order_full),
+        "copy_run": 1.0 if measures["shared_run"] >= need else 0.0,
+    }
+    return {"copy": max(parts.values()), **parts, "max_cosine": max_cos, **measures}
+
+
+def copy_score(text: str, cosines: np.ndarray, posts: list[str], cfg: CopySettings) -> float:
+    """How much the candidate is a copy of some historical item, in [0, 1] (see the module docstring)."""
+    return copy_components(text, cosines, posts, cfg)["copy"]
+
+
+def no_copy() -> dict[str, float]:
+    """The copy components of a blank candidate: all 0 (nothing to copy, and nothing written)."""
+    return dict.fromkeys(COPY_KEYS, 0.0)

@@ -1,0 +1,209 @@
+"""The daily cycle of any application: `<app> step --date D`, and each day of `<app> nightly`.
+
+1. ingest D's data (`app.ingest`);
+2. score every stored completion of the run whose targets have arrived
+   (`app.scorable`, `app.score_texts`);
+3. sample D's prompts (`app.choose_prompts`) and, when the app scores at once
+   (`reward_delay_days` 0), score them;
+4. take the GSPO updates on the scored training groups of D minus the delay,
+   under the collapse guards, and write checkpoint D;
+5. with a delay (Varro: the next day's headlines score a forecast), sample D's
+   prompts from checkpoint D instead: they are scored on a later night;
+6. the voice: cadence of the day's completions and of the human text they are
+   rewarded against.
+
+Every stage checks what is already done, so running a day twice does no work
+twice: only unscored rollouts are scored, a day with a checkpoint is never
+trained again, and prompts that already have their group are not sampled
+again. Under `mlx.launch` every rank calls `step`; only rank 0 has the
+database and the embedder (see varro.engine.distributed): the others train on
+their share of each minibatch and sample their share of the prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import sqlite_utils
+
+from varro.engine import checkpoints
+from varro.engine import store
+from varro.engine.app import App
+from varro.engine.config import Config
+from varro.engine.distributed import SOLO, World, rollouts_from_json, rollouts_to_json
+from varro.engine.embed import Embedder
+from varro.engine.faults import failpoint
+from varro.engine.gspo import group_advantages
+from varro.engine.guards import guarded_training
+from varro.engine.policy import Policy, open_policy
+from varro.engine.progress import NULL_PROGRESS, Progress
+from varro.engine.records import Rollout
+from varro.engine.voice import voice_stage
+
+
+def shift(day: str, days: int) -> str:
+    """`day` moved by `days` (negative: earlier)."""
+    return (date.fromisoformat(day) + timedelta(days=days)).isoformat()
+
+
+def sample_seed(cfg: Config, day: str) -> int:
+    """The day's sampling seed (rank r of a distributed run adds r)."""
+    return cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal()
+
+
+def set_scores(group: list[Rollout], components: list[dict[str, float]]) -> None:
+    """Give each rollout of a group its reward (popped from its components) and the group's advantages."""
+    for r, comps in zip(group, components, strict=True):
+        comps = dict(comps)
+        r.reward = comps.pop("reward")
+        r.components = comps
+    for r, a in zip(group, group_advantages([r.reward for r in group], len(group))):
+        r.advantage = float(a)
+
+
+def score_groups(app: App, db: sqlite_utils.Database, groups: list[list[Rollout]], embedder: Embedder,
+                 cfg: Config) -> int:
+    """Score the groups that still have unscored rollouts and can be scored now, save them, and return
+    how many rollouts were scored."""
+    prompts = store.prompts_by_id(db, [g[0].prompt_id for g in groups])
+    pending = [g for g in groups if any(r.reward is None for r in g) and app.scorable(db, prompts[g[0].prompt_id])]
+    for g in pending:
+        set_scores(g, app.score_texts(db, prompts[g[0].prompt_id], [r.text for r in g], embedder, cfg))
+    if pending:
+        store.save_scores(db, pending)
+    return sum(len(g) for g in pending)
+
+
+def training_groups(db: sqlite_utils.Database, app: App, run: str, day: str) -> list[list[Rollout]]:
+    """The fully scored groups of `day` whose prompt is in the training split."""
+    train = store.prompt_ids(db, app.name, day, split="train")
+    return [g for g in store.load_groups(db, run, day)
+            if g[0].prompt_id in train and all(r.reward is not None for r in g)]
+
+
+@dataclass
+class StepResult:
+    day: str
+    delay: int = 0
+    ingested: int = 0
+    scored: int = 0
+    steps: int = 0
+    trained: bool = False
+    checkpoint: str = ""
+    sampled: int = 0
+    skipped: bool = False  # a day with no data: nothing trained, sampled or checkpointed
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """The stages' counts in the order they ran."""
+        done = f"steps {self.steps}, checkpoint {self.checkpoint or 'none'}"
+        if self.delay:
+            return f"ingested {self.ingested}, scored {self.scored}, {done}, sampled {self.sampled}"
+        return f"ingested {self.ingested}, sampled {self.sampled}, scored {self.scored}, {done}"
+
+
+def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embedder, progress: Progress,
+            world: World, seed: int | None, notes: list[str]) -> int:
+    """Sample the groups `day`'s prompts still lack (each rank its share); returns the completions stored."""
+    todo = []
+    if world.is_main:
+        prompts = app.choose_prompts(db, run, day, cfg, embedder, policy.trainer.rng)
+        if not prompts:
+            notes.append(f"no prompt could be made for {day} (nothing scorable yet): an empty day")
+        have = store.complete_groups(db, run, day, cfg.sampling.group_size)
+        todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
+    todo = world.broadcast_json(todo)
+    # rank 0's choose_prompts may draw from the trainer's rng (Walter's curriculum): all ranks must shuffle alike
+    policy.trainer.rng.bit_generator.state = world.broadcast_json(policy.trainer.rng.bit_generator.state)
+    if not todo:
+        return 0
+    seed = sample_seed(cfg, day) if seed is None else seed
+    mine = todo[world.rank :: world.size]
+    with progress.stage("sampling", total=len(mine) * cfg.sampling.group_size) as advance:
+        groups = policy.sample(mine, seed=seed + world.rank, on_done=advance) if mine else []
+    gathered = world.gather_json(rollouts_to_json(groups))
+    if not world.is_main:
+        return 0
+    groups = [g for part in gathered for g in rollouts_from_json(part)]
+    store.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
+    return sum(len(g) for g in groups)
+
+
+def _score(app: App, db, run: str, days: list[str], embedder, cfg: Config, progress: Progress) -> int:
+    with progress.stage("scoring") as advance:
+        n = sum(score_groups(app, db, store.load_groups(db, run, d), embedder, cfg) for d in days)
+        advance(n)
+    return n
+
+
+def step(
+    app: App,
+    db: sqlite_utils.Database | None,
+    cfg: Config,
+    run: str,
+    run_path: Path,
+    day: str,
+    embedder: Embedder | None,
+    ingest=None,
+    sample_seed: int | None = None,
+    progress: Progress = NULL_PROGRESS,
+    world: World = SOLO,
+    notices: list[str] = (),
+) -> StepResult:
+    """Run `app`'s whole cycle for `day`. `ingest(db, day) -> new items` stores the day's data (default: the
+    app's shipped sample). `notices` (settings the command line changed, varro.engine.runs) join the
+    day's notes and the checkpoint's metadata."""
+    delay = app.reward_delay_days
+    res = StepResult(day=day, delay=delay, notes=list(notices))
+    main = world.is_main
+    trained_day = shift(day, -delay)
+    if main:
+        with progress.stage("ingest") as advance:
+            res.ingested = (ingest or app.load_sample_day)(db, day)
+            advance(res.ingested)
+        failpoint("step.ingested")
+        if delay:  # yesterday's forecasts meet today's data
+            res.scored = _score(app, db, run, [trained_day], embedder, cfg, progress)
+    why = app.missing_data(db, day, cfg) if main else None
+    if world.broadcast_json(why):
+        res.skipped = True
+        res.notes.append(f"skipped: no data for {day} ({why})")
+        return res
+
+    done = world.broadcast_json(main and checkpoints.is_complete(run_path, day))
+    if done and not delay:  # sampled, scored and trained already
+        res.checkpoint = day
+        res.notes.append(f"checkpoint {day} exists: not sampling or training again")
+        return res
+    if done:
+        policy = open_policy(cfg, run_path, shift(day, 1), world)
+        res.notes.append(f"checkpoint {day} exists: not training again")
+    else:
+        policy = open_policy(cfg, run_path, day, world)
+        if not delay:  # sample from the latest checkpoint before the day, score at once, then train on it
+            res.sampled = _sample(app, db, cfg, run, day, policy, embedder, progress, world, sample_seed, res.notes)
+            if main:
+                res.scored = _score(app, db, run, [day], embedder, cfg, progress)
+        groups = rollouts_from_json(world.broadcast_json(
+            rollouts_to_json(training_groups(db, app, run, trained_day)) if main else None))
+        policy, rows, notes = guarded_training(db, app.name, run, day, policy, groups, cfg, progress,
+                                               lambda: open_policy(cfg, run_path, day, world), world)
+        res.notes.extend(notes)
+        res.steps = len(rows)
+        res.trained = bool(rows)
+        if main:
+            store.insert_steps(db, run, day, rows)
+            policy.save(day, extra={"run": run, "app": app.name, "trained_on": trained_day, "steps": len(rows),
+                                    "notices": list(notices)})
+        policy.checkpoint = day
+    res.checkpoint = day
+    failpoint("step.checkpointed")
+    if delay:
+        res.sampled = _sample(app, db, cfg, run, day, policy, embedder, progress, world, sample_seed, res.notes)
+    if main:  # the voice: the day's completions and the human text they are (or will be) rewarded against
+        with progress.stage("voice") as advance:
+            advance(voice_stage(db, app.name, run, day, policy, lambda db_, d: app.human_items(db_, d, cfg),
+                                embedder, [trained_day])["completions"])
+    return res

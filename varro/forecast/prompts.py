@@ -1,0 +1,190 @@
+"""Varro's prompts and their scoring: what the engine's daily cycle (varro.engine.cycle) asks Varro for.
+
+The day's headlines become prompts, a diverse set split by story (one story in
+`eval_every` is held out); a forecast made on day D is scored against D+1's
+headlines of its own story (`forecast_targets`), so it can only be scored once
+D+1 is ingested: Varro's reward delay is one day.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import date, timedelta
+
+import numpy as np
+import sqlite_utils
+
+from varro.engine import store as dbm
+from varro.engine.config import Config
+from varro.engine.embed import Embedder
+from varro.engine.metrics import mean_or_none
+from varro.engine.stories import Item, assign_stories, is_held_out, too_close
+from varro.forecast.headlines import headlines_for_day
+from varro.forecast.reward import build_prompt, score_forecast
+from varro.engine.errors import UserError
+
+
+APP = "varro"
+
+
+def previous_day(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+
+
+def _rank(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+def headline_text(h: dict) -> str:
+    return f"{h['title']} {h['summary'] or ''}".strip()
+
+
+def headline_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> dict[str, str]:
+    """Headline id -> story id for `day` and the window before it, linking `day`'s new headlines."""
+    start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
+    days = [(start + timedelta(days=k)).isoformat() for k in range(cfg.eval.story_window_days + 1)]
+    items = [Item(h["id"], d, headline_text(h)) for d in days for h in headlines_for_day(db, d)]
+    return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
+
+
+def varro_human_items(db: sqlite_utils.Database, day: str) -> list[tuple[str, str]]:
+    """The human text `day`'s forecasts are rewarded against: the next day's headlines (title and summary)."""
+    return [(h["id"], headline_text(h)) for h in headlines_for_day(db, next_day(day))]
+
+
+def near_held_out(db: sqlite_utils.Database, day: str, heads: list[dict], stories: dict[str, str],
+                  embedder: Embedder, cfg: Config) -> list[bool]:
+    """Per headline of `heads`: is it at least `leak_cosine` from a held-out item (a headline of a held-out
+    story in the story window, or any run's panel prompt)? Such a headline is never trained on."""
+    start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
+    window = [h for k in range(cfg.eval.story_window_days + 1)
+              for h in headlines_for_day(db, (start + timedelta(days=k)).isoformat())]
+    held = [headline_text(h) for h in window if h["id"] in stories and story_split(stories[h["id"]], cfg) == "eval"]
+    held += [f"{s['title']} {s.get('summary') or ''}".strip() for s in dbm.panel_sources(db, APP)]
+    if not held or not heads:
+        return [False] * len(heads)
+    return too_close(embedder.encode([headline_text(h) for h in heads]), embedder.encode(held),
+                     cfg.eval.leak_cosine).tolist()
+
+
+def story_split(story_id: str, cfg: Config) -> str:
+    return "eval" if is_held_out(story_id, cfg.varro.eval_every) else "train"
+
+
+def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> list[dict]:
+    """The day's prompts: a diverse set of headlines, near-duplicates dropped, split by story.
+
+    A headline's story (varro.stories) decides its split: one in `eval_every`
+    stories is held out, so no story is both trained on and evaluated, and a
+    training headline within `leak_cosine` of a held-out item is left out (a
+    story the linking split in two). Chosen once per day and stored; later
+    calls return the stored set.
+    """
+    stored = dbm.day_prompts(db, APP, day)
+    if stored:
+        return stored
+    heads = sorted(headlines_for_day(db, day), key=lambda h: _rank(h["id"]))
+    if not heads:
+        return []
+    stories = headline_stories(db, day, embedder, cfg)
+    heads = [h for h, near in zip(heads, near_held_out(db, day, heads, stories, embedder, cfg))
+             if not (near and story_split(stories[h["id"]], cfg) == "train")]
+    vecs = embedder.encode([h["title"] for h in heads])
+    chosen: list[int] = []
+    for i in range(len(heads)):
+        if all(float(vecs[i] @ vecs[j]) < cfg.varro.dedup_threshold for j in chosen):
+            chosen.append(i)
+        if len(chosen) == cfg.varro.prompts_per_day:
+            break
+    picked = [heads[i] for i in chosen]
+    rows = [
+        {
+            "id": f"{APP}:{day}:{h['id']}",
+            "app": APP,
+            "day": day,
+            "split": story_split(stories[h["id"]], cfg),
+            "text": build_prompt(h["title"], h["summary"]),
+            "source_json": {"headline_id": h["id"], "title": h["title"], "summary": h["summary"],
+                            "source": h["source"], "link": h["link"], "story_id": stories[h["id"]]},
+        }
+        for h in picked
+    ]
+    dbm.upsert_prompts(db, rows)
+    return dbm.day_prompts(db, APP, day)
+
+
+class PromptError(ValueError, UserError):
+    """A prompt row lacks what scoring needs (its source's story id)."""
+
+
+def next_day(day: str) -> str:
+    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
+
+
+def forecast_targets(db: sqlite_utils.Database, prompt: dict, embedder: Embedder,
+                     cfg: Config) -> tuple[list[dict], bool]:
+    """(targets, fallback): the next-day headlines a forecast for `prompt` is scored against.
+
+    The next day's headlines of the prompt's own story (its split's by
+    construction, so a training prompt never targets a held-out story). When
+    the story did not develop: the next-day headlines of the prompt's split at
+    cosine >= `fallback_threshold` to the source, with fallback True; possibly
+    none. Raises LookupError when the next day has no headlines yet, PromptError
+    when the prompt has no story id.
+    """
+    nxt = next_day(prompt["day"])
+    heads = headlines_for_day(db, nxt)
+    if not heads:
+        raise LookupError(f"no headlines for {nxt}: forecasts made on {prompt['day']} cannot be scored yet")
+    s = json.loads(prompt["source_json"]) if isinstance(prompt["source_json"], str) else prompt["source_json"]
+    if not s.get("story_id") or prompt.get("split") not in ("train", "eval"):
+        raise PromptError(f"prompt {prompt.get('id')!r} needs a story_id and a split to be scored, "
+                          f"has story_id={s.get('story_id')!r}, split={prompt.get('split')!r}")
+    stories = headline_stories(db, nxt, embedder, cfg)
+    own = [h for h in heads if stories[h["id"]] == s["story_id"]]
+    if own:
+        return own, False
+    # a training prompt may only fall back on training stories; a held-out one on any
+    same_side = [h for h in heads if prompt["split"] == "eval" or story_split(stories[h["id"]], cfg) == "train"]
+    if not same_side:
+        return [], True
+    sims = embedder.encode([headline_text(h) for h in same_side]) @ embedder.encode([headline_text(s)])[0]
+    return [h for h, c in zip(same_side, sims) if c >= cfg.varro.fallback_threshold], True
+
+
+def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,
+                cfg: Config) -> list[dict]:
+    """Components (with "reward") of `texts` written for `prompt`, against the next-day headlines of
+    its own story (`forecast_targets`; semantic is NULL when there are none and the forecast is paid
+    for staying on its story instead, see varro.forecast).
+
+    Raises LookupError when the next day has no headlines yet (the forecasts
+    cannot be scored), PromptError for a prompt without a story id.
+    """
+    targets, fallback = forecast_targets(db, prompt, embedder, cfg)
+    s = json.loads(prompt["source_json"]) if isinstance(prompt["source_json"], str) else prompt["source_json"]
+    src_vec = embedder.encode([headline_text(s)])[0]
+    none = np.zeros((0, len(src_vec)), dtype=np.float32)
+    target_vecs = embedder.encode([headline_text(h) for h in targets]) if targets else none
+    vecs = embedder.encode(texts) if texts else none
+    return [score_forecast(t, s["title"], s["summary"], v, src_vec, target_vecs, cfg.varro, fallback)
+            for t, v in zip(texts, vecs)]
+
+
+def forecast_metrics(comps: list[dict]) -> dict:
+    """Varro's per-day metrics from the components of the forecasts made on a day (scored with the next
+    day's headlines): semantic, quality (mean format score), zeros (share with format 0), leak (share with
+    any leak), echo, words (mean length)."""
+    return {
+        "semantic": mean_or_none([c["semantic"] for c in comps if c["semantic"] is not None]),
+        "quality": mean_or_none([c["format"] for c in comps]),
+        "zeros": mean_or_none([float(c["format"] == 0.0) for c in comps]),
+        "leak": mean_or_none([float(c["leak"] > 0) for c in comps]),
+        "echo": mean_or_none([c["echo"] for c in comps]),
+        "words": mean_or_none([c["words"] for c in comps]),
+    }
+
+
+VARRO_COLUMNS = ["day", "scored", "reward_mean", "reward_std", "eval_reward", "semantic", "quality", "zeros",
+                 "leak", "echo", "words", "kl", "clip_fraction"]

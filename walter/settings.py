@@ -1,0 +1,52 @@
+"""Walter's settings: the [walter] section (search, engagement weights, the post reward, the curriculum)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from varro.engine.config import opt
+
+
+@dataclass
+class WalterConfig:
+    embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
+    timezone: str = opt("", "IANA timezone that decides a post's day (empty: the machine's)")
+    domains: str = opt(
+        "apnews.com,reuters.com,bbc.co.uk,bbc.com,theguardian.com,nytimes.com,npr.org,arstechnica.com",
+        "comma-separated news domains whose links are searched on Bluesky",
+    )
+    articles_per_day: int = opt(16, "articles turned into prompts each day (eval ones included)")
+    eval_every: int = opt(8, "one in this many articles is held out for eval, never trained on")
+    like_weight: float = opt(1.0, "engagement weight of a like")
+    repost_weight: float = opt(2.0, "engagement weight of a repost")
+    reply_weight: float = opt(1.0, "engagement weight of a reply")
+    quote_weight: float = opt(2.0, "engagement weight of a quote")
+    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns a post the full weight 1")
+    weight_pseudo_count: float = opt(2.0, "engagement added to a post and to its author's usual before their ratio "
+                                          "(the prior's shape), so a tiny account's one lucky post stays modest")
+    engagement_half_life_hours: float = opt(12.0, "assumed growth: by age t a post has 1 - 2^(-t/this) of its "
+                                                  "final engagement; brings baseline posts to the scored post's age")
+    count_age_hours: float = opt(24.0, "posts are compared on counts read at this age")
+    baseline_ttl_hours: float = opt(168.0, "how long an author's baseline is cached")
+    copy_cosine_start: float = opt(0.8, "cosine to a historical post where the copy penalty starts")
+    copy_cosine_full: float = opt(1.0, "cosine to a historical post where the copy penalty is full")
+    copy_containment_start: float = opt(0.3, "share of the candidate's word 3-grams found in one historical post "
+                                             "where the copy penalty starts")
+    copy_containment_full: float = opt(0.7, "share of the candidate's word 3-grams found in one historical post "
+                                            "where the copy penalty is full")
+    copy_order_start: float = opt(0.4, "share of the candidate's words found in order in one historical post "
+                                       "where the copy penalty starts")
+    copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one historical post "
+                                      "where the copy penalty is full")
+    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy")
+    copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)")
+    hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs")
+    hashtag_penalty: float = opt(0.1, "penalty per hashtag past the limit")
+    repeated_hashtag_penalty: float = opt(0.2, "penalty for using a hashtag twice")
+    emoji_run_penalty: float = opt(0.2, "penalty for a run of three or more emoji")
+    bare_url_penalty: float = opt(0.2, "penalty for a bare URL in the text")
+    too_long_penalty: float = opt(0.5, "penalty for a post over Bluesky's 300 graphemes")
+    repeated_ngram_penalty: float = opt(0.5, "penalty weight of the share of word 3-grams that repeat")
+    echo_penalty: float = opt(0.3, "penalty for echoing the instruction ('here is a post', 'as an AI')")
+    curriculum_floor: float = opt(0.1, "minimum pick weight, so every article can be chosen")
+    curriculum_days: int = opt(7, "days of an article's past groups that its regret is read from")
