@@ -23,6 +23,8 @@ class Tally(App):
     settings = TallyConfig
     migrations = MIGRATIONS
     reward_delay_days = 0
+    prompt_settings = ("groups_per_day", "eval_every", "lookback_days", "curriculum_floor", "curriculum_days")
+    run_dependent_prompts = True
     sources = ("file", "sample")
     metric_columns = tuple(task.COLUMNS)
     plotted = ("kl", "clip_fraction", "transfer", "copy_rate", "words")

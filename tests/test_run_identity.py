@@ -123,3 +123,21 @@ def test_cron_names_the_existing_run_it_schedules(varro_home, tiny_model_path, a
     wrong = CliRunner().invoke(walter_cli if app == "varro" else varro_cli, ["cron", "--run", app])
     assert wrong.exit_code == 1 and wrong.output.startswith(f"error: run '{app}' belongs to {app}: use `{app} cron")
     assert other in wrong.output
+
+
+def test_a_run_on_another_runs_prompts_is_told_once_and_how_to_get_its_own(varro_home, tiny_model_path):
+    common = ["--source", "sample", "--model", str(tiny_model_path), "--group-size", "2", "--max-tokens", "4", *TINY]
+    for day in DAYS[:2]:
+        assert varro("step", "--date", day, "--run", "a", "--prompts-per-day", "2", *common).exit_code == 0
+    same = varro("step", "--date", DAYS[0], "--run", "b", "--prompts-per-day", "2", *common)
+    assert same.exit_code == 0 and "were chosen by run" not in same.output  # the same settings choose the same
+    first = varro("step", "--date", DAYS[0], "--run", "c", "--prompts-per-day", "4", *common)
+    assert first.exit_code == 0, first.output
+    [note] = [line for line in first.output.splitlines() if "were chosen by run" in line]
+    assert note == (f"  note: the prompts of {DAYS[0]} were chosen by run a with varro.prompts_per_day=2 (this run: "
+                    "4); prompts are chosen once per app and day in a data folder, so this run samples those (and "
+                    "later days' likewise): give it its own data folder (--home or VARRO_HOME) to have its own")
+    assert len(sampled(DAYS[0], "c")) == 2 * 2  # it did sample the stored two prompts
+    second = varro("step", "--date", DAYS[1], "--run", "c", "--source", "sample")
+    assert second.exit_code == 0, second.output
+    assert "were chosen by run" not in second.output  # said once

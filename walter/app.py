@@ -61,6 +61,8 @@ class Walter(App):
     settings = WalterConfig
     migrations = MIGRATIONS
     reward_delay_days = 0
+    prompt_settings = ("articles_per_day", "eval_every", "curriculum_floor", "curriculum_days")
+    run_dependent_prompts = True
     sources = ("bluesky", "sample")
     metric_columns = ("day", "scored", "reward_mean", "reward_std", "eval_reward", "transfer", "hashtag_rate",
                       "copy_rate", "graphemes", "kl", "clip_fraction")

@@ -66,7 +66,11 @@ class App:
     echo_component: ClassVar[str] = ""
     demo_run: ClassVar[str] = ""  # the run the demo writes [default: <name>-demo]
     examples: ClassVar[str] = ""  # the hacks its red team tries, for `hacks --help`
-    metrics_note: ClassVar[str] = ""  # one line above the demo's metrics table (what a row's day means)
+    metrics_note: ClassVar[str] = ""
+    # settings of the app's section that decide which prompts a day gets (with the engine's story settings),
+    # and whether the choice also depends on the run's own history (a curriculum): see varro.engine.cycle
+    prompt_settings: ClassVar[tuple[str, ...]] = ()
+    run_dependent_prompts: ClassVar[bool] = False  # one line above the demo's metrics table (what a row's day means)
 
     # --- data -----------------------------------------------------------------------------------
     def ingest_options(self) -> list[Callable]:

@@ -112,6 +112,8 @@ def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embed
         prompts = app.choose_prompts(db, run, day, cfg, embedder, policy.trainer.rng)
         if not prompts:
             notes.append(f"no prompt could be made for {day} (nothing scorable yet): an empty day")
+        else:
+            notes.extend(shared_prompts_notice(app, db, cfg, run, day))
         have = store.complete_groups(db, run, day, cfg.sampling.group_size)
         todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
     todo = world.broadcast_json(todo)
@@ -129,6 +131,35 @@ def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embed
     groups = [g for part in gathered for g in rollouts_from_json(part)]
     store.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
     return sum(len(g) for g in groups)
+
+
+STORY_SETTINGS = ("story_threshold", "story_window_days", "leak_cosine")
+
+
+def prompt_settings(app: App, cfg: Config) -> dict:
+    """The settings that decide `app`'s prompts of a day: the app's `prompt_settings` and the story split's."""
+    section = getattr(cfg, app.name)
+    return {**{f"{app.name}.{k}": getattr(section, k) for k in app.prompt_settings},
+            **{f"eval.{k}": getattr(cfg.eval, k) for k in STORY_SETTINGS}}
+
+
+def shared_prompts_notice(app: App, db, cfg: Config, run: str, day: str) -> list[str]:
+    """Prompts are chosen once per app and day in a data folder (so runs compare on the same prompts). When
+    another run chose `day`'s with other settings (or the app's choice follows each run's history), this
+    run samples them anyway: say so, once per run, with how to get its own."""
+    mine = prompt_settings(app, cfg)
+    chosen = store.record_prompt_choice(db, app.name, day, run, mine)
+    if chosen["run"] == run:
+        return []
+    diffs = [f"{k}={v!r} (this run: {mine.get(k)!r})" for k, v in sorted(chosen["settings"].items())
+             if mine.get(k) != v]
+    if not diffs and not app.run_dependent_prompts:
+        return []
+    why = ", ".join(diffs) if diffs else "its own history (the curriculum)"
+    text = (f"the prompts of {day} were chosen by run {chosen['run']} with {why}; prompts are chosen once per "
+            f"app and day in a data folder, so this run samples those (and later days' likewise): give it its "
+            f"own data folder (--home or VARRO_HOME) to have its own")
+    return [text] if store.add_run_notice(db, run, "shared-prompts", day, text) else []
 
 
 def _score(app: App, db, run: str, days: list[str], embedder, cfg: Config, progress: Progress) -> int:

@@ -24,6 +24,7 @@ class Varro(App):
     settings = VarroConfig
     migrations = MIGRATIONS
     reward_delay_days = 1
+    prompt_settings = ("prompts_per_day", "eval_every", "dedup_threshold")
     sources = ("rss", "sample")
     metric_columns = tuple(prompts.VARRO_COLUMNS)
     plotted = ("kl", "clip_fraction", "semantic", "quality", "zeros", "leak", "echo", "words")

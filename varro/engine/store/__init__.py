@@ -25,7 +25,7 @@ from varro.engine.store.clock import utc_now
 from varro.engine.store.embeddings import cached_vectors, insert_vectors
 from varro.engine.store.panel import (add_panel_members, complete_checkpoints, main_panel_draw, panel_cells,
                                       panel_members, panel_sources, scored_panel_prompts, upsert_panel_scores)
-from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, complete_groups, day_completions, day_entropy,
+from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, add_run_notice, record_prompt_choice, complete_groups, day_completions, day_entropy,
                                      day_prompts, day_rollouts, eval_reward_by_day, first_day_entropy,
                                      first_prompt_with_source, insert_rollouts, insert_steps, last_step_outside,
                                      load_groups, prompt_count, prompt_ids, prompts_by_id, record_guard,
@@ -38,6 +38,7 @@ from varro.engine.store.voice import (cadence_keys, cadence_model, day_cadence, 
                                       human_cadence_ids, insert_human_cadence, upsert_cadence, upsert_voice_day)
 
 __all__ = [
+    "add_run_notice", "record_prompt_choice",
     "scored_rewards_with_source", "upsert_curriculum",
     "MIGRATIONS", "Migration", "MigrationError", "all_migrations", "backup", "migrate", "migration", "open_db",
     "utc_now",

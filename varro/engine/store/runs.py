@@ -341,3 +341,21 @@ def upsert_curriculum(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> 
     now = utc_now()
     with db.atomic():
         db["curriculum"].upsert_all([{**r, "created_utc": now} for r in rows], pk=("run", "day", "url_norm"))
+
+
+def record_prompt_choice(db: sqlite_utils.Database, app: str, day: str, run: str,
+                         settings: dict[str, Any]) -> dict[str, Any]:
+    """The run and settings that chose `app`'s prompts of `day`: those stored, else (`run`, `settings`),
+    stored now. Returns {"run", "settings"}."""
+    db["prompt_choices"].insert({"app": app, "day": day, "run": run, "settings_json": json.dumps(settings,
+                                 sort_keys=True), "created_utc": utc_now()}, pk=("app", "day"), ignore=True)
+    row = next(db.query("select run, settings_json from prompt_choices where app = ? and day = ?", [app, day]))
+    return {"run": row["run"], "settings": json.loads(row["settings_json"])}
+
+
+def add_run_notice(db: sqlite_utils.Database, run: str, kind: str, day: str, text: str) -> bool:
+    """Record a notice of `kind` for `run`, once: True when it is new (say it), False when it was given before."""
+    if db.execute("select 1 from run_notices where run = ? and kind = ?", [run, kind]).fetchone():
+        return False
+    db["run_notices"].insert({"run": run, "kind": kind, "day": day, "text": text, "created_utc": utc_now()})
+    return True

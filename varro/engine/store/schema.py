@@ -263,3 +263,13 @@ def m014_engine_curriculum(db: sqlite_utils.Database) -> None:
             },
             pk=("run", "day", "url_norm"),
         )
+
+
+@migration
+def m016_prompt_choices(db: sqlite_utils.Database) -> None:
+    # Prompts are chosen once per app and day in a data folder. Which run chose a day's prompts, with which
+    # of the settings that decide the choice; and the notices a run was given once (kind: what it is about).
+    db["prompt_choices"].create({"app": str, "day": str, "run": str, "settings_json": str, "created_utc": str},
+                                pk=("app", "day"))
+    db["run_notices"].create({"run": str, "kind": str, "day": str, "text": str, "created_utc": str},
+                             pk=("run", "kind"))
