@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from varro.engine.store import Migration
+from varro.engine.store import MigrationSet
 
-MIGRATIONS: list[tuple[str, Migration]] = []
-
-
-def migration(fn: Migration) -> Migration:
-    MIGRATIONS.append((fn.__name__, fn))
-    return fn
+MIGRATIONS = MigrationSet()
+migration = MIGRATIONS.add
 
 
 @migration

@@ -32,12 +32,13 @@ from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, add_run_notice, record_p
                                      rollout_days, rollout_group, rollout_runs, rollout_with_prompt, run_guards,
                                      run_rollouts, save_scores, scored_rewards_with_source, scored_rollouts,
                                      split_prompts, trained_steps, upsert_curriculum, upsert_prompts)
-from varro.engine.store.schema import MIGRATIONS, Migration, migration
+from varro.engine.store.schema import MIGRATIONS, Migration, MigrationSet, migration
 from varro.engine.store.stories import insert_story_links, stored_stories
 from varro.engine.store.voice import (cadence_keys, cadence_model, day_cadence, day_template_share, human_cadence,
                                       human_cadence_ids, insert_human_cadence, upsert_cadence, upsert_voice_day)
 
 __all__ = [
+    "MigrationSet",
     "add_run_notice", "record_prompt_choice",
     "scored_rewards_with_source", "upsert_curriculum",
     "MIGRATIONS", "Migration", "MigrationError", "all_migrations", "backup", "migrate", "migration", "open_db",

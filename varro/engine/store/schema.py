@@ -11,13 +11,19 @@ from typing import Callable
 import sqlite_utils
 
 Migration = Callable[[sqlite_utils.Database], None]
-MIGRATIONS: list[tuple[str, Migration]] = []
 
 
-def migration(fn: Migration) -> Migration:
-    """Append `fn` to MIGRATIONS under its function name; returns it unchanged."""
-    MIGRATIONS.append((fn.__name__, fn))
-    return fn
+class MigrationSet(list):
+    """One concern's migrations, in order, as (name, function); `@set.add` appends a function under its name.
+    The engine has one (MIGRATIONS, here), each app another (its `App.migrations`)."""
+
+    def add(self, fn: Migration) -> Migration:
+        self.append((fn.__name__, fn))
+        return fn
+
+
+MIGRATIONS = MigrationSet()
+migration = MIGRATIONS.add
 
 
 @migration
