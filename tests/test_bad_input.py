@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from test_ingest import RSS, respond, server  # noqa: F401  (server is a fixture)
 from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and db are fixtures)
     NOW,
+    ALICE,
+    BOB,
     NYT,
     T0,
     add,
@@ -34,6 +36,8 @@ from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and d
     rows,
     sleeps,
 )
+from test_walter_ingest_cli import CREATED, server as bsky_server, summary  # noqa: F401  (a fixture)
+from test_walter_ingest_cli import DAY as PAST_DAY
 from varro.engine.checkpoints import list_checkpoints
 from varro.engine.config import run_dir
 from varro.forecast.ingest import DEFAULT_MAX_BYTES
@@ -203,14 +207,14 @@ def without(field: str):
 
 
 SECOND_PAGE_FAULTS = {
-    "malformed json": ([answer(200, b'{"posts": [{"uri": "at://x", ]}')], BlueskyResponseError,
-                       "searchPosts at .* sent an answer that is not valid: "),
-    "truncated json": ([answer(200, json.dumps({"posts": [make_post("t")]}).encode()[:-40])], BlueskyResponseError,
-                       "not valid: EOF while parsing"),
+    # a body that does not parse is retried like a 5xx: these stay bad for the first answer and 3 retries
+    "malformed json": ([answer(200, b'{"posts": [{"uri": "at://x", ]}')] * 4, BlueskyResponseError,
+                       "searchPosts at .* sent an answer that is not valid: .* \\(4 attempts\\)"),
+    "truncated json": ([answer(200, json.dumps({"posts": [make_post("t")]}).encode()[:-40])] * 4,
+                       BlueskyResponseError, "not valid: EOF while parsing"),
     "connection cut mid-answer": ([cut_off] * 4, BlueskyUnavailableError,
                                   "failed 4 times, last with RemoteProtocolError"),
-    "post without author": ([without("author")], BlueskyResponseError, r"not valid: posts\.0\.author: Field required"),
-    "post without record": ([without("record")], BlueskyResponseError, r"not valid: posts\.0\.record: Field required"),
+    "a page without posts": ([answer(200, {"cursor": "c2"})], BlueskyResponseError, "not valid: posts: Field required"),
     "rate-limited past the cap": ([answer(429, {"error": "RateLimitExceeded"},
                                           {"ratelimit-remaining": "0", "ratelimit-reset": str(int(T0) + 3600)})],
                                   BlueskyRateLimitError, "rate-limited for 3600 s more"),
@@ -272,7 +276,7 @@ def test_a_bad_count_refresh_keeps_the_chunks_already_refreshed(fake, make_clien
     ingest_search(db, client, [NYT], "2026-11-01", tz="UTC", now=NOW)
     for p in posts:
         p["likeCount"] = 10
-    fake.faults["app.bsky.feed.getPosts"] = [passthrough, answer(200, b'{"posts": [')]
+    fake.faults["app.bsky.feed.getPosts"] = [passthrough, *[answer(200, b'{"posts": [')] * 4]
     with pytest.raises(BlueskyResponseError, match="getPosts at .* not valid: EOF while parsing"):
         refresh_counts(db, client, now=NOW)
     got = rows(db)
@@ -292,6 +296,122 @@ def test_author_feed_posts_without_a_time_are_left_out_of_the_baseline(fake, mak
     assert update_baselines(db, make_client(), [did], now=NOW) == 1
     cached = json.loads(db["bsky_authors"].get(did)["posts_json"])
     assert [item[0] for item in cached] == [p["uri"] for p in dated]
+
+
+def skips(db) -> list[tuple[str, str, str, str]]:
+    return db.execute("select day, kind, key, reason from walter_skips order by kind, key").fetchall()
+
+
+@pytest.mark.parametrize("field", ["author", "record", "cid"])
+def test_a_malformed_post_in_a_search_page_is_skipped_recorded_and_its_page_kept(fake, make_client, db, field):
+    good = [make_post(f"g{i}") for i in range(3)]
+    broken = make_post("broken")
+    del broken[field]
+    uris = add(fake, good[0], broken, *good[1:])
+    fake.search[(NYT, "")] = (uris, None)
+    summary = ingest_search(db, make_client(), [NYT], DAY, tz="UTC", now=NOW)
+    assert (summary.pages, summary.posts_seen, summary.posts_stored, summary.posts_invalid) == (1, 4, 3, 1)
+    assert set(rows(db)) == {p["uri"] for p in good}
+    [(day, kind, key, reason)] = skips(db)
+    assert (day, kind, key) == (DAY, "post", broken["uri"])
+    assert reason.endswith(f"sent an item that is not valid: posts.1.{field}: Field required")
+    assert db.execute("select finished, pages from bsky_cursors").fetchall() == [(1, 1)]  # the page is done
+    again = ingest_search(db, make_client(), [NYT], DAY, tz="UTC", now=NOW)
+    assert again.queries_done_before == 1 and len(skips(db)) == 1
+
+
+def test_a_post_without_a_time_is_recorded_as_skipped_too(fake, make_client, db):
+    good, no_time = make_post("good"), make_post("no-time")
+    del no_time["record"]["createdAt"]
+    fake.search[(NYT, "")] = (add(fake, good, no_time), None)
+    ingest_search(db, make_client(), [NYT], DAY, tz="UTC", now=NOW)
+    assert skips(db) == [(DAY, "post", no_time["uri"], f"post {no_time['uri']}: createdAt not a datetime: None")]
+
+
+def test_a_malformed_post_in_a_count_refresh_stays_due_and_is_not_marked_deleted(fake, make_client, db):
+    posts = [make_post(f"o{i}", created="2026-11-01T10:00:00Z", counts=(1, 0, 0, 0)) for i in range(3)]
+    fake.search[(NYT, "")] = (add(fake, *posts), None)
+    client = make_client()
+    ingest_search(db, client, [NYT], "2026-11-01", tz="UTC", now=NOW)
+    fake.posts[posts[1]["uri"]] = {k: v for k, v in posts[1].items() if k != "author"}
+    assert refresh_counts(db, client, now=NOW, day=DAY) == 2
+    got = rows(db)
+    assert [(got[p["uri"]]["counts_final"], got[p["uri"]]["deleted"]) for p in posts] == [(1, 0), (0, 0), (1, 0)]
+    assert [s[:3] for s in skips(db)] == [(DAY, "post", posts[1]["uri"])]
+
+
+TRUNCATED_FEED = answer(200, json.dumps({"feed": [feed_item(make_post("x", did="did:plc:bob"))]}).encode()[:-30])
+
+
+def test_an_author_feed_that_stays_truncated_costs_that_authors_baseline_only(fake, make_client, db, sleeps):
+    alice, bob, carol = "did:plc:alice", "did:plc:bob", "did:plc:carol"
+    for did in (alice, bob, carol):
+        fake.feeds[(did, "")] = ([feed_item(make_post(f"{did[8:]}1", did=did, created="2026-11-01T10:00:00Z"))], None)
+    fake.faults["app.bsky.feed.getAuthorFeed"] = [passthrough, *[TRUNCATED_FEED] * 4]  # bob's, and its retries
+    assert update_baselines(db, make_client(), [alice, bob, carol], now=NOW, day=DAY) == 2
+    assert sleeps == [1.0, 2.0, 4.0]
+    assert {r["did"] for r in db.query("select did from bsky_authors")} == {alice, carol}
+    [(day, kind, key, reason)] = skips(db)
+    assert (day, kind, key) == (DAY, "author", bob)
+    assert reason.startswith("BlueskyResponseError: app.bsky.feed.getAuthorFeed at ")
+    assert "sent an answer that is not valid: EOF while parsing" in reason and reason.endswith("(4 attempts)")
+
+    fake.faults.clear()  # the next night bob's feed reads: his baseline comes, and the record goes
+    assert update_baselines(db, make_client(), [alice, bob, carol], now=NOW, day=DAY) == 1
+    assert skips(db) == []
+
+
+def test_a_cut_author_feed_is_retried_and_gives_its_baseline(fake, make_client, db, sleeps):
+    fake.feeds[(BOB, "")] = ([feed_item(make_post("b1", did=BOB, created="2026-11-01T10:00:00Z"))], None)
+    fake.faults["app.bsky.feed.getAuthorFeed"] = [TRUNCATED_FEED]
+    assert update_baselines(db, make_client(), [BOB], now=NOW, day=DAY) == 1
+    assert sleeps == [1.0] and skips(db) == []
+
+
+def two_authors_one_truncated(fake) -> tuple[str, str]:
+    """A search page with alice's and bob's posts; bob's author feed answers truncated JSON every time."""
+    fake.search[(NYT, "")] = (add(fake, make_post("a", created=CREATED), make_post("b", did=BOB, created=CREATED)),
+                              None)
+    fake.feeds[(ALICE, "")] = ([feed_item(make_post("a0", created="2020-01-01T00:00:00Z"))], None)
+    return ALICE, BOB
+
+
+def truncating_bob(fake):
+    def fault(req) -> bool:
+        if "actor=did%3Aplc%3Abob" in req.path or "actor=did:plc:bob" in req.path:
+            return TRUNCATED_FEED(req)
+        return False
+    fake.faults["app.bsky.feed.getAuthorFeed"] = [fault] * 20
+
+
+def test_walter_ingest_with_an_author_feed_that_stays_truncated_exits_0(bsky_server, db):
+    alice, bob = two_authors_one_truncated(bsky_server)
+    truncating_bob(bsky_server)
+    from walter.cli import cli
+
+    out = CliRunner().invoke(cli, [
+        "ingest", "--date", PAST_DAY, "--source", "bluesky", "--timezone", "UTC", "--domains", NYT])
+    assert out.exit_code == 0, out.output
+    _, total = summary(out.stdout)
+    assert total.endswith("2 counts refreshed, 1 author baselines fetched, 1 skipped")
+    [line] = [ln for ln in out.stdout.splitlines() if ln.startswith("  no baseline for ")]
+    assert line.startswith(f"  no baseline for {bob}: BlueskyResponseError: app.bsky.feed.getAuthorFeed at ")
+    assert db.execute("select count(*) from bsky_posts").fetchone()[0] == 2
+    assert [r["did"] for r in db.query("select did from bsky_authors")] == [alice]
+    assert [s[:3] for s in skips(db)] == [(PAST_DAY, "author", bob)]
+
+
+def test_walter_step_with_an_author_feed_that_stays_truncated_exits_0(bsky_server, db, tiny_model_path):
+    from walter.cli import cli
+
+    two_authors_one_truncated(bsky_server)
+    truncating_bob(bsky_server)
+    out = CliRunner().invoke(cli, ["step", "--date", PAST_DAY, "--source", "bluesky", "--model",
+                                   str(tiny_model_path), "--articles-per-day", "2", "--domains", NYT,
+                                   "--timezone", "UTC", *TINY])
+    assert out.exit_code == 0, out.output
+    assert db.execute("select count(*) from bsky_posts").fetchone()[0] == 2
+    assert [s[:3] for s in skips(db)] == [(PAST_DAY, "author", BOB)]
 
 
 # -- empty days and a model that is not there ------------------------------------------------------

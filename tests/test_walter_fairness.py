@@ -195,7 +195,7 @@ class FeedClient:
     def __init__(self, feeds):
         self.feeds = feeds
 
-    def get_author_feed(self, did, cursor=None, limit=100):
+    def get_author_feed(self, did, cursor=None, limit=100, on_invalid=None):
         return self.feeds[did], None
 
 

@@ -411,15 +411,41 @@ def test_timeout_is_retried(fake, make_client, sleeps):
         make_client(timeout_s=0.2, max_retries=1).search_posts(domain=NYT)
 
 
-def test_malformed_json_and_wrong_shape_are_typed_errors_not_retried(fake, make_client, sleeps):
+def test_a_body_that_does_not_parse_is_retried_like_a_5xx_and_stays_a_response_error(fake, make_client, sleeps):
     client = make_client()
-    fake.faults["app.bsky.feed.searchPosts"].append(answer(200, b'{"posts": [{"uri": '))
-    with pytest.raises(BlueskyResponseError, match="searchPosts"):
+    fake.faults["app.bsky.feed.searchPosts"].append(answer(200, b'{"posts": [{"uri": '))  # a cut connection
+    assert client.search_posts(domain=NYT) == ([], None)
+    assert sleeps == [1.0] and fake.count("app.bsky.feed.searchPosts") == 2
+
+    sleeps.clear()
+    fake.faults["app.bsky.feed.searchPosts"].extend([answer(200, b'{"posts": [{"uri": ')] * 4)
+    with pytest.raises(BlueskyResponseError, match=r"searchPosts at .* not valid: EOF while parsing .* \(4 attempts\)"):
         client.search_posts(domain=NYT)
+    assert sleeps == [1.0, 2.0, 4.0] and fake.count("app.bsky.feed.searchPosts") == 6
+
+
+def test_a_page_of_the_wrong_shape_is_a_typed_error_not_retried(fake, make_client, sleeps):
+    client = make_client()
     fake.faults["app.bsky.feed.searchPosts"].append(answer(200, {"cursor": "c1"}))  # no "posts"
-    with pytest.raises(BlueskyResponseError, match="not valid"):
+    with pytest.raises(BlueskyResponseError, match="not valid: posts: Field required"):
+        client.search_posts(domain=NYT)
+    fake.faults["app.bsky.feed.searchPosts"].append(answer(200, {"posts": [], "cursor": 7}))
+    with pytest.raises(BlueskyResponseError, match="not valid: cursor: "):
         client.search_posts(domain=NYT)
     assert sleeps == [] and fake.count("app.bsky.feed.searchPosts") == 2
+
+
+def test_a_malformed_post_goes_to_on_invalid_and_the_rest_of_its_page_comes_back(fake, make_client):
+    good, broken = make_post("good"), make_post("broken")
+    del broken["author"]
+    fake.search[(NYT, "")] = (add(fake, good, broken), "c1")
+    seen: list[tuple[str | None, str]] = []
+    posts, cursor = make_client().search_posts(domain=NYT, on_invalid=lambda uri, why: seen.append((uri, why)))
+    assert ([p["uri"] for p in posts], cursor) == ([good["uri"]], "c1")
+    [(uri, why)] = seen
+    assert uri == broken["uri"] and why.endswith("sent an item that is not valid: posts.1.author: Field required")
+    with pytest.raises(BlueskyResponseError, match=r"not valid: posts\.1\.author: Field required"):
+        make_client().search_posts(domain=NYT)  # without on_invalid the page is an error, as before
 
 
 def store_session(fake: FakeBluesky, access: str, refresh: str) -> None:

@@ -24,7 +24,7 @@ from test_walter_ingest import (  # noqa: F401  (fake and db are fixtures)
     fake,
     make_post,
 )
-from walter.bsky import APPVIEW_URL_ENV, PDS_URL_ENV
+from walter.bsky import APPVIEW_URL_ENV, PDS_URL_ENV, BlueskyConfig
 from walter.ingest import on_domain
 
 BBC = "bbc.com"
@@ -97,6 +97,8 @@ def server(fake, monkeypatch):
     """The fake server as the CLI finds it (handle and password are set by `fake`)."""
     monkeypatch.setenv(PDS_URL_ENV, fake.url + "/pds")
     monkeypatch.setenv(APPVIEW_URL_ENV, fake.url + "/appview")
+    from_env = BlueskyConfig.from_env  # retries without the real backoff's seconds of sleep
+    monkeypatch.setattr(BlueskyConfig, "from_env", lambda **kw: from_env(**{"backoff_s": 0.0, **kw}))
     return fake
 
 
@@ -145,6 +147,7 @@ def test_bluesky_ingest_prints_per_domain_counts_that_equal_the_rows_stored(serv
 
 
 MALFORMED = answer(200, b'{"posts": [')
+STAYS_MALFORMED = [MALFORMED] * 4  # the first answer and its three retries
 
 
 @pytest.mark.parametrize("case", ["every search answers malformed JSON", "the password is rejected"])
@@ -153,7 +156,7 @@ def test_nothing_read_at_all_exits_1_with_one_line_and_no_traceback(server, db, 
     if case == "the password is rejected":
         server.password = "not-the-app-password"
     else:
-        server.faults["app.bsky.feed.searchPosts"] = [MALFORMED, MALFORMED]
+        server.faults["app.bsky.feed.searchPosts"] = STAYS_MALFORMED * 2
     out = ingest()
     assert out.exit_code == 1 and isinstance(out.exception, SystemExit), out.output
     assert out.stdout == "" and "Traceback" not in out.output
@@ -166,13 +169,13 @@ def test_nothing_read_at_all_exits_1_with_one_line_and_no_traceback(server, db, 
         assert line.startswith(f"error: no domain could be searched for {DAY}: {NYT}: BlueskyResponseError: "
                                "app.bsky.feed.searchPosts at ")
         assert f"; {BBC}: BlueskyResponseError: " in line
-        assert server.count("app.bsky.feed.searchPosts") == 2
+        assert server.count("app.bsky.feed.searchPosts") == 8
     assert db.execute("select count(*) from bsky_posts").fetchone()[0] == 0
 
 
 def test_one_domain_failing_exits_0_and_keeps_the_other(server, db):
     uris = two_domains(server)
-    server.faults["app.bsky.feed.searchPosts"] = [lambda req: False, MALFORMED]  # nytimes.com's second page
+    server.faults["app.bsky.feed.searchPosts"] = [lambda req: False, *STAYS_MALFORMED]  # nytimes.com's page 2
     out = ingest()
     assert out.exit_code == 0, out.output
     domains, total = summary(out.stdout)

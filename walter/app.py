@@ -19,13 +19,15 @@ def bluesky_ingest(db: sqlite_utils.Database, day: str, cfg: Any, home: Any, ech
     domains, refresh counts of posts at the fixed age, fetch the authors' baselines; prints a line per
     domain and a total (`walter.ingest.format_summary`) and returns the new posts.
 
-    A failing domain, count refresh or baseline fetch costs that part only, printed beside it; after an
-    error of the account or host nothing more is asked. Raises the error (a UserError, one line) when
+    A failing domain, count refresh or baseline fetch costs that part only, printed beside it; an author
+    whose feed cannot be read costs that author's baseline only (recorded in walter_skips, printed under
+    the total); after an error of the account or host nothing more is asked. Raises the error (a UserError, one line) when
     nothing at all could be read: every domain's search failed, or nothing was searched and the
     refresh and the baselines failed too.
     """
     from .bsky import Bluesky, BlueskyError
-    from .ingest import HOST_ERRORS, format_summary, ingest_search, one_line, refresh_counts, update_baselines
+    from .ingest import (HOST_ERRORS, day_skips, format_summary, ingest_search, one_line, refresh_counts,
+                         update_baselines)
 
     domains = [d.strip() for d in cfg.walter.domains.split(",") if d.strip()]
     refreshed = authors = None
@@ -37,7 +39,7 @@ def bluesky_ingest(db: sqlite_utils.Database, day: str, cfg: Any, home: Any, ech
             notes.append(f"counts and baselines not asked for after {search.stopped_at}'s error")
         else:
             try:
-                refreshed = refresh_counts(db, client, min_age_hours=cfg.walter.count_age_hours)
+                refreshed = refresh_counts(db, client, min_age_hours=cfg.walter.count_age_hours, day=day)
             except BlueskyError as e:
                 failures.append(e)
                 notes.append(f"refreshing counts failed: {one_line(e)}")
@@ -45,13 +47,14 @@ def bluesky_ingest(db: sqlite_utils.Database, day: str, cfg: Any, home: Any, ech
                 dids = [r["author_did"] for r in db.query(
                     "select distinct author_did from bsky_posts where counts_final = 1 or day = ?", [day])]
                 try:
-                    authors = update_baselines(db, client, dids, ttl_hours=cfg.walter.baseline_ttl_hours)
+                    authors = update_baselines(db, client, dids, ttl_hours=cfg.walter.baseline_ttl_hours,
+                                               day=day)
                 except BlueskyError as e:
                     failures.append(e)
                     notes.append(f"fetching baselines failed: {one_line(e)}")
     if failures and not search.pages and refreshed is None and authors is None:
         raise failures[0]  # nothing at all was read
-    echo(format_summary(search, "bluesky", refreshed, authors, notes))
+    echo(format_summary(search, "bluesky", refreshed, authors, notes, day_skips(db, day, "author")))
     return search.posts_new
 
 

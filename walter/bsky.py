@@ -22,8 +22,17 @@ environment when a login needs it and is never stored, logged or put in a
 message.
 
 Every read returns plain JSON-shaped dicts (camelCase keys and `$type` as on
-the wire), validated through the SDK's models first. A field the API left out
+the wire), validated through the SDK's models first, one item at a time: the
+page arrives as raw JSON (`ClientRaw.invoke_query`) and each post or feed item
+is checked with the SDK model of one item, so one malformed post costs that
+post, not its page. A read given `on_invalid` hands it each rejected item's
+at-uri (None when it has none) and a one-line reason and returns the others;
+without it a rejected item is a BlueskyResponseError. A field the API left out
 is absent from the dict, so a missing count reads as None, never 0.
+
+A body that does not parse as JSON is usually a connection cut mid-answer: it
+is retried like a 5xx, and after the retries it is a BlueskyResponseError (the
+answer, not the host, is bad: the next call may well succeed).
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from atproto_client.exceptions import (
     RequestException,
 )
 from atproto_client.models.common import XrpcError
-from atproto_client.models.utils import get_model_as_dict
+from atproto_client.models.utils import get_model_as_dict, get_or_create
 from atproto_client.request import Request
 from atproto_server.auth.jwt import get_jwt_payload
 from atproto_server.exceptions import TokenDecodeError
@@ -71,6 +80,8 @@ AUTH_ERRORS = {"ExpiredToken", "InvalidToken", "AuthenticationRequired", "AuthMi
 REPOST_REASON = "app.bsky.feed.defs#reasonRepost"
 
 T = TypeVar("T")
+# Told of each item a read rejects: (its at-uri, or None when it has none; one line saying why).
+OnInvalid = Callable[[str | None, str], None]
 
 
 class BlueskyError(RuntimeError, UserError):
@@ -188,18 +199,28 @@ def _is_auth_rejection(error: RequestErrorBase) -> bool:
     return status == 401 or (status == 400 and _xrpc_error(error) in AUTH_ERRORS)
 
 
-def _invalid_answer(error: Exception) -> str:
+def _invalid_answer(error: Exception, at: tuple[str | int, ...] = ()) -> str:
     """One line for an answer the SDK could not read: pydantic's 'field.path: problem' pairs, else the message.
 
+    `at` is the path of the validated part inside the answer (('posts', 3) for one post).
     pydantic's own text spans several lines, quotes the input and ends in a help URL;
     the CLI prints errors as one line.
     """
     cause = error.__cause__ if isinstance(error, ModelError) else error
     if callable(getattr(cause, "errors", None)):  # a pydantic ValidationError (the SDK's models are pydantic)
-        problems = [f"{'.'.join(str(part) for part in d['loc']) or 'answer'}: {d['msg']}" for d in cause.errors()]
+        problems = [f"{'.'.join(str(part) for part in (*at, *d['loc'])) or 'answer'}: {d['msg']}"
+                    for d in cause.errors()]
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         return "; ".join(problems[:3]) + more
     return " ".join(str(error).split())
+
+
+def _item_uri(item: Any) -> str | None:
+    """The at-uri of a post view or feed item as sent, when it has a string one."""
+    if isinstance(item, dict):
+        uri = (item.get("post") if isinstance(item.get("post"), dict) else item).get("uri")
+        return uri if isinstance(uri, str) and uri else None
+    return None
 
 
 def _status(error: RequestErrorBase | httpx.TransportError) -> int | None:
@@ -259,53 +280,98 @@ class Bluesky:
         cursor: str | None = None,
         limit: int = 100,
         sort: str = "latest",
+        on_invalid: OnInvalid | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of app.bsky.feed.searchPosts: (post views, next cursor or None when done).
 
         `q` is required by the lexicon; None searches "*" so the url / domain filter decides.
+        A post the lexicon rejects goes to `on_invalid` (see the module docstring).
         """
+        nsid = "app.bsky.feed.searchPosts"
         params = models.AppBskyFeedSearchPosts.Params(
             q=q or "*", url=url, domain=domain, since=since, until=until, cursor=cursor, limit=limit, sort=sort
         )
-        answer = self._read("app.bsky.feed.searchPosts", lambda h: self._appview.app.bsky.feed.search_posts(
-            params, headers=h))
-        return [get_model_as_dict(p) for p in answer.posts], answer.cursor or None
+        page = self._query(nsid, params)
+        return self._items(nsid, page, "posts", models.AppBskyFeedDefs.PostView, on_invalid), self._cursor(nsid, page)
 
-    def get_posts(self, uris: list[str]) -> list[dict[str, Any]]:
-        """Post views of `uris` (any number; sent 25 at a time). A deleted post is simply absent."""
+    def get_posts(self, uris: list[str], on_invalid: OnInvalid | None = None) -> list[dict[str, Any]]:
+        """Post views of `uris` (any number; sent 25 at a time). A deleted post is simply absent; a post the
+        lexicon rejects goes to `on_invalid`."""
+        nsid = "app.bsky.feed.getPosts"
         posts: list[dict[str, Any]] = []
         for start in range(0, len(uris), MAX_URIS_PER_CALL):
             params = models.AppBskyFeedGetPosts.Params(uris=uris[start:start + MAX_URIS_PER_CALL])
-            answer = self._read("app.bsky.feed.getPosts", lambda h: self._appview.app.bsky.feed.get_posts(
-                params, headers=h))
-            posts.extend(get_model_as_dict(p) for p in answer.posts)
+            page = self._query(nsid, params)
+            posts.extend(self._items(nsid, page, "posts", models.AppBskyFeedDefs.PostView, on_invalid))
         return posts
 
     def get_author_feed(
-        self, did: str, cursor: str | None = None, limit: int = 100
+        self, did: str, cursor: str | None = None, limit: int = 100, on_invalid: OnInvalid | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of the author's own posts (filter posts_no_replies, reposts dropped): (feed items, cursor).
 
-        Each item is {"post": post view, ...}; the cursor is None when the feed is exhausted.
+        Each item is {"post": post view, ...}; the cursor is None when the feed is exhausted. An item the
+        lexicon rejects goes to `on_invalid`.
         """
+        nsid = "app.bsky.feed.getAuthorFeed"
         params = models.AppBskyFeedGetAuthorFeed.Params(
             actor=did, cursor=cursor, limit=limit, filter="posts_no_replies"
         )
-        answer = self._read("app.bsky.feed.getAuthorFeed", lambda h: self._appview.app.bsky.feed.get_author_feed(
-            params, headers=h))
-        items = [get_model_as_dict(item) for item in answer.feed]
+        page = self._query(nsid, params)
+        items = self._items(nsid, page, "feed", models.AppBskyFeedDefs.FeedViewPost, on_invalid)
         own = [i for i in items if (i.get("reason") or {}).get("$type") != REPOST_REASON]
-        return own, answer.cursor or None
+        return own, self._cursor(nsid, page)
 
     def get_profiles(self, dids: list[str]) -> list[dict[str, Any]]:
         """Detailed profiles of `dids` (any number; sent 25 at a time). Unknown accounts are absent."""
+        nsid = "app.bsky.actor.getProfiles"
         profiles: list[dict[str, Any]] = []
         for start in range(0, len(dids), MAX_URIS_PER_CALL):
             params = models.AppBskyActorGetProfiles.Params(actors=dids[start:start + MAX_URIS_PER_CALL])
-            answer = self._read("app.bsky.actor.getProfiles", lambda h: self._appview.app.bsky.actor.get_profiles(
-                params, headers=h))
-            profiles.extend(get_model_as_dict(p) for p in answer.profiles)
+            page = self._query(nsid, params)
+            profiles.extend(self._items(nsid, page, "profiles", models.AppBskyActorDefs.ProfileViewDetailed, None))
         return profiles
+
+    # -- one page, item by item ------------------------------------------------------
+
+    def _query(self, nsid: str, params: Any) -> dict[str, Any]:
+        """The JSON object an AppView query answered, unvalidated (the SDK's raw call, through `_read`)."""
+        response = self._read(nsid, lambda h: self._appview.invoke_query(
+            nsid, params=params, output_encoding="application/json", headers=h))
+        if not isinstance(response.content, dict):
+            raise BlueskyResponseError(f"{nsid} at {self.config.appview_url} sent an answer that is not valid: "
+                                       "not a JSON object")
+        return response.content
+
+    def _items(self, nsid: str, page: dict[str, Any], field: str, model: type,
+               on_invalid: OnInvalid | None) -> list[dict[str, Any]]:
+        """`page[field]`'s items that `model` accepts, as dicts; each rejected one goes to `on_invalid`
+        (None: raises BlueskyResponseError). A page without the list is a BlueskyResponseError."""
+        where = f"{nsid} at {self.config.appview_url}"
+        items = page.get(field)
+        if not isinstance(items, list):
+            raise BlueskyResponseError(f"{where} sent an answer that is not valid: {field}: "
+                                       + ("Field required" if items is None else "Input should be a valid list"))
+        kept = []
+        for i, item in enumerate(items):
+            try:
+                if not isinstance(item, dict):
+                    raise ModelError(f"{field}.{i}: Input should be an object")
+                kept.append(get_model_as_dict(get_or_create(item, model, strict=True)))
+            except ModelError as e:
+                problem = f"{where} sent an item that is not valid: {_invalid_answer(e, (field, i))}"
+                if on_invalid is None:
+                    raise BlueskyResponseError(problem.replace("an item", "an answer", 1)) from e
+                log.warning("skipping an item: %s", problem)
+                on_invalid(_item_uri(item), problem)
+        return kept
+
+    def _cursor(self, nsid: str, page: dict[str, Any]) -> str | None:
+        cursor = page.get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise BlueskyResponseError(f"{nsid} at {self.config.appview_url} sent an answer that is not valid: "
+                                       f"cursor: Input should be a valid string, got {type(cursor).__name__}")
+        return cursor or None
 
     # -- the call loop -----------------------------------------------------------
 
@@ -327,7 +393,8 @@ class Bluesky:
                 self._renew(reason=rejected.detail)
 
     def _with_transient_retries(self, nsid: str, host: str, call: Callable[[], T]) -> T:
-        """`call` with bounded retries for 5xx, timeouts, network errors and 429; raises typed errors."""
+        """`call` with bounded retries for 5xx, timeouts, network errors, bodies that do not parse and 429;
+        raises typed errors."""
         retries = self.config.max_retries
         attempt = 0
         while True:
@@ -364,10 +431,19 @@ class Bluesky:
                 if _is_auth_rejection(e):
                     raise _AuthRejected(f"{_status(e)} {_xrpc_error(e) or ''}".strip()) from e
                 raise BlueskyRequestError(f"{nsid} at {host} answered {e}", status=_status(e)) from e
-            except (ModelError, ValueError) as e:  # ValueError: pydantic_core could not parse the JSON
+            except ModelError as e:  # parsed, but not the shape the lexicon gives: asking again will not help
                 raise BlueskyResponseError(
                     f"{nsid} at {host} sent an answer that is not valid: {_invalid_answer(e)}"
                 ) from e
+            except ValueError as e:  # pydantic_core could not parse the JSON: usually a cut connection
+                if attempt >= retries:
+                    raise BlueskyResponseError(
+                        f"{nsid} at {host} sent an answer that is not valid: {_invalid_answer(e)} "
+                        f"({attempt + 1} attempts)"
+                    ) from e
+                wait = self.config.backoff_s * 2**attempt
+                log.warning("%s at %s: a body that does not parse, retrying in %.1f s (attempt %d)",
+                            nsid, host, wait, attempt + 1)
             self._sleep(wait)
             attempt += 1
 

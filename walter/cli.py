@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from varro.engine.app import get_app
-from varro.engine.cli import HOME_OPTION, MissingTargets, app_cli, echo_scores, reading_db
-from varro.engine.cli_options import config_options, resolve_config
+from varro.engine.cli import HOME_OPTION, MissingTargets, app_cli, echo_scores, reading_db, run_option
+from varro.engine.cli_options import config_options, named_settings, resolve_config
 
 
 @click.command("score")
@@ -41,7 +41,63 @@ def score_cmd(url: str, texts: tuple[str, ...], as_json: bool, home: str | None,
     echo_scores(list(texts), comps, head, as_json)
 
 
-COMMANDS = [score_cmd]
+@click.command("draft")
+@click.option("--url", required=True, help="the article's link")
+@click.option("--n", "n", default=8, show_default=True, help="how many posts to draft")
+@click.option("--draft-seed", "seed", default=0, show_default=True, help="the sampling seed of the drafts")
+@run_option(get_app("walter"))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per post instead of the table")
+@HOME_OPTION
+@config_options("walter")
+def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | None, **kwargs) -> None:
+    """Draft N posts for an article with the run's latest checkpoint, best first when they can be scored.
+
+    The article's title and description come from the link card of a stored
+    post linking to it, else from the page's og:title and og:description. The
+    run's base model and settings come from runs/<run>/run.toml (the base
+    model alone when the run has no checkpoint yet, said in one line). When the
+    article has stored history the posts are ranked by the nightly's reward
+    with every component; otherwise they are printed as drawn, with why.
+
+    Example: walter draft --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --n 4
+    """
+    import hashlib
+
+    from varro.engine.config import run_dir
+    from varro.engine.draft import draft, draft_config, echo_ranked, echo_unranked, existing_db
+    from varro.engine.embed import CachedEmbedder, load_embedder
+
+    from .articles import score_texts
+    from .card import fetch_card, stored_card
+    from .hacks import find_article, walter_prompt
+    from .ingest import article_key
+    from .task import build_prompt
+
+    named = named_settings(kwargs)
+    path = run_dir(run, home)
+    cfg = draft_config("walter", path, resolve_config(kwargs), named)
+    db = existing_db(home)
+    url_norm = article_key(url)
+    title, description = stored_card(db, url_norm) or fetch_card(url)
+    pid = f"walter:draft:{hashlib.sha1(url_norm.encode()).hexdigest()[:16]}"
+    texts, label, notes = draft(cfg, path, pid, build_prompt(title, description), n, seed)
+    for note in notes:
+        click.echo(note, err=as_json)
+    try:
+        if db is None:
+            raise LookupError("no database yet")
+        emb = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
+        h = find_article(db, url, cfg)
+        comps = score_texts(db, walter_prompt(db, h, emb, cfg), texts, emb, cfg)
+    except LookupError as e:
+        echo_unranked(texts, f"{e}, so there is nothing to score these against", as_json)
+        return
+    head = (f"{n} drafts for {h.url_norm}: {title}\nfrom run {run} at {label}, best first by the reward against "
+            f"its {len(h.uris)} historical posts")
+    echo_ranked(texts, comps, head, as_json)
+
+
+COMMANDS = [score_cmd, draft_cmd]
 
 cli = app_cli(get_app("walter"), "walter.cli")  # after COMMANDS: the app adds them to the engine's
 

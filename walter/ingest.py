@@ -12,6 +12,11 @@
   author's usual engagement at a scored post's age, with the number of posts
   it rests on and their spread (`author_baseline`: the older bare median).
 
+What a night leaves out is recorded in `walter_skips` (`record_skip`): a post
+the API sent malformed is skipped and the rest of its page kept; an author
+whose feed cannot be read gets no baseline that night, and the next author is
+asked. Only an error of the account or host (HOST_ERRORS) ends a stage.
+
 Posts are the plain dicts `walter.bsky.Bluesky` returns (wire-shaped JSON).
 """
 
@@ -29,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 import sqlite_utils
 
 from varro.engine.errors import UserError
+from varro.engine.faults import failpoint
 from varro.engine import baselines
 from varro.engine.baselines import BaselineStats  # noqa: F401  (re-exported: Walter's callers use this name)
 from varro.engine.sources import normalise_link, resolve_timezone
@@ -75,7 +81,7 @@ class SearchCounts:
     posts_stored: int = 0  # upserted (new or updated)
     posts_new: int = 0
     posts_without_link: int = 0  # no http(s) link to the searched domain
-    posts_invalid: int = 0  # PostDataError: logged and skipped
+    posts_invalid: int = 0  # rejected by the lexicon or PostDataError: logged, recorded in walter_skips, skipped
 
 
 @dataclass
@@ -115,6 +121,24 @@ def one_line(error: BaseException) -> str:
     """`error` as '<class>: <message>' on one line."""
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+_SKIP = ("insert into walter_skips (day, kind, key, reason, created_utc) values (?, ?, ?, ?, ?) "
+         "on conflict(day, kind, key) do update set reason = excluded.reason")
+
+
+def record_skip(db: sqlite_utils.Database, day: str, kind: str, key: str, reason: str, now: datetime) -> None:
+    """Record in walter_skips that the night of `day` left out `key` (a post's uri, an author's did) and why.
+
+    Upserts on (day, kind, key): the same skip recorded again keeps its first created_utc.
+    """
+    db.execute(_SKIP, [day, kind, key, reason, utc_iso(now)])
+
+
+def day_skips(db: sqlite_utils.Database, day: str, kind: str) -> dict[str, str]:
+    """{key: reason} of the `kind` skips recorded for `day`, in key order."""
+    return dict(db.execute("select key, reason from walter_skips where day = ? and kind = ? order by key",
+                           [day, kind]).fetchall())
 
 
 # -- posts to rows -----------------------------------------------------------------
@@ -285,6 +309,7 @@ def store_posts(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> int:
         exists = db.execute("select 1 from bsky_posts where uri = ?", [row["uri"]]).fetchone()
         new += exists is None
         db.execute(_UPSERT, row)
+        failpoint("walter.ingest.row")
     return new
 
 
@@ -391,16 +416,20 @@ def _search_domain(db: sqlite_utils.Database, client: Bluesky, part: DomainSearc
     part.queries += 1
     cursor, pages = (state[0], state[2] or 0) if state else (None, 0)
     for _ in range(max_pages):
+        rejected: list[tuple[str | None, str]] = []
         posts, next_cursor = client.search_posts(q=q, domain=part.domain, since=since, until=until,
-                                                 cursor=cursor, limit=limit)
+                                                 cursor=cursor, limit=limit,
+                                                 on_invalid=lambda uri, why: rejected.append((uri, why)))
         if next_cursor is not None and next_cursor == cursor:
             raise WalterIngestError(f"searchPosts for {key!r} on {day} returned the same cursor {cursor!r}")
         read_at = now or datetime.now(timezone.utc)
-        rows = _rows(posts, zone, read_at, part)
+        rows = _rows(posts, zone, read_at, part, rejected)
         pages += 1
         finished = not next_cursor and parse_time(until) <= read_at
-        with db.atomic():  # the page and the cursor after it, or neither
+        with db.atomic():  # the page, what it left out and the cursor after it, or none of them
             part.posts_new += store_posts(db, rows)
+            for i, (uri, why) in enumerate(rejected):
+                record_skip(db, day, "post", uri or f"{key} page {pages} item {i + 1} (no uri)", why, read_at)
             db.execute(_SAVE_CURSOR, [key, day, next_cursor, int(finished), pages, utc_iso(read_at)])
         part.pages += 1
         part.posts_stored += len(rows)
@@ -411,7 +440,11 @@ def _search_domain(db: sqlite_utils.Database, client: Bluesky, part: DomainSearc
     log.warning("search %r on %s stopped after %d pages; the next run resumes", key, day, max_pages)
 
 
-def _rows(posts: list[dict[str, Any]], zone: tzinfo | None, now: datetime, part: DomainSearch) -> list[dict[str, Any]]:
+def _rows(posts: list[dict[str, Any]], zone: tzinfo | None, now: datetime, part: DomainSearch,
+          rejected: list[tuple[str | None, str]]) -> list[dict[str, Any]]:
+    """The rows of a page's posts; each PostDataError joins `rejected` (the lexicon's rejects are there)."""
+    part.posts_seen += len(rejected)
+    part.posts_invalid += len(rejected)
     rows = []
     for post in posts:
         part.posts_seen += 1
@@ -422,6 +455,7 @@ def _rows(posts: list[dict[str, Any]], zone: tzinfo | None, now: datetime, part:
             rows.append(post_row(post, zone, now, part.domain))
         except PostDataError as e:
             part.posts_invalid += 1
+            rejected.append((post.get("uri"), str(e)))
             log.warning("skipping a post: %s", e)
     return rows
 
@@ -430,9 +464,11 @@ _HEADER = ("queries", "pages", "seen", "new", "stored", "no link", "invalid")
 
 
 def format_summary(search: SearchSummary, source: str, refreshed: int | None, authors: int | None,
-                   notes: Iterable[str] = ()) -> str:
+                   notes: Iterable[str] = (), skipped_authors: Mapping[str, str] | None = None) -> str:
     """The ingest's report: one line per domain (its search counts, and what went wrong), then a total
-    line with the counts refreshed and the author baselines fetched (None: not done, `notes` say why)."""
+    line with the counts refreshed and the author baselines fetched (None: not done, `notes` say why),
+    then a line per author left without a baseline (`skipped_authors`: {did: reason})."""
+    skipped_authors = skipped_authors or {}
     width = max([len("domain")] + [len(d.domain) for d in search.domains])
     lines = [f"{'domain':<{width}}  " + "  ".join(_HEADER) + "  note"]
     for d in search.domains:
@@ -446,10 +482,12 @@ def format_summary(search: SearchSummary, source: str, refreshed: int | None, au
     searched = sum(1 for d in search.domains if d.queries and not d.error)
     counts = "; ".join(
         [(f"{refreshed} counts refreshed" if refreshed is not None else "counts not refreshed") + ", "
-         + (f"{authors} author baselines fetched" if authors is not None else "author baselines not fetched"),
+         + (f"{authors} author baselines fetched" if authors is not None else "author baselines not fetched")
+         + (f", {len(skipped_authors)} skipped" if skipped_authors else ""),
          *notes])
     lines.append(f"{source}: {search.posts_new} new posts, {len(search.domains)} domains ({searched} searched, "
                  f"{search.queries_done_before} done before, {len(search.failed)} failed); {counts}")
+    lines += [f"  no baseline for {did}: {why}" for did, why in skipped_authors.items()]
     return "\n".join(lines)
 
 
@@ -463,15 +501,20 @@ _FINAL_COUNTS = (
 
 
 def refresh_counts(
-    db: sqlite_utils.Database, client: Bluesky, min_age_hours: float = 24.0, now: datetime | None = None
+    db: sqlite_utils.Database, client: Bluesky, min_age_hours: float = 24.0, now: datetime | None = None,
+    day: str | None = None,
 ) -> int:
     """Re-read the counts of posts at least `min_age_hours` old whose counts are not final yet.
 
     getPosts in chunks of 25; counts, counts_read_utc and counts_age_hours are
     updated and counts_final set to 1. A post missing from the answer is marked
-    deleted=1 (its row stays). Returns how many posts got final counts.
+    deleted=1 (its row stays). A post the answer has malformed is recorded in
+    walter_skips under `day` (default: now's UTC date) and stays due; when such a
+    post has no uri, nothing missing from that chunk is marked deleted. Returns
+    how many posts got final counts.
     """
     now = now or datetime.now(timezone.utc)
+    day = day or now.astimezone(timezone.utc).date().isoformat()
     cutoff = utc_iso(now - timedelta(hours=min_age_hours))
     due = list(db.query(
         "select uri, created_utc from bsky_posts where coalesce(counts_final, 0) = 0 "
@@ -479,10 +522,17 @@ def refresh_counts(
     finalised = deleted = 0
     for start in range(0, len(due), 25):
         chunk = due[start:start + 25]
-        answer = {p["uri"]: p for p in client.get_posts([r["uri"] for r in chunk])}
+        rejected: list[tuple[str | None, str]] = []
+        answer = {p["uri"]: p for p in client.get_posts(
+            [r["uri"] for r in chunk], on_invalid=lambda uri, why: rejected.append((uri, why)))}
+        unread = {uri for uri, _ in rejected}
         with db.atomic():
+            for i, (uri, why) in enumerate(rejected):
+                record_skip(db, day, "post", uri or f"getPosts of {chunk[0]['uri']} item {i + 1} (no uri)", why, now)
             for row in chunk:
                 post = answer.get(row["uri"])
+                if post is None and (row["uri"] in unread or None in unread):
+                    continue  # sent, but malformed: due again next night
                 if post is None:
                     db.execute("update bsky_posts set deleted = 1 where uri = ?", [row["uri"]])
                     deleted += 1
@@ -490,6 +540,7 @@ def refresh_counts(
                 age = (now - parse_time(row["created_utc"])).total_seconds() / 3600.0
                 db.execute(_FINAL_COUNTS, [*(_count(post, name) for name in COUNT_FIELDS),
                                            utc_iso(now), age, row["uri"]])
+                failpoint("walter.refresh.row")
                 finalised += 1
     log.info("refreshed counts: %d final, %d deleted, of %d due", finalised, deleted, len(due))
     return finalised
@@ -506,10 +557,15 @@ def update_baselines(
     now: datetime | None = None,
     max_posts: int = 50,
     min_age_hours: float = 24.0,
+    day: str | None = None,
 ) -> int:
     """Cache each author's recent own posts with raw counts in bsky_authors; returns authors fetched.
 
-    An author whose cache has not expired is skipped. Replies (filter) and reposts
+    An author whose cache has not expired is skipped. An author whose feed cannot
+    be read (any Bluesky error but HOST_ERRORS, which propagate) gets no baseline:
+    recorded in walter_skips under `day` (default: now's UTC date), and the next
+    author is asked; a later fetch that works clears that record. A malformed
+    item of a feed is left out and recorded likewise. Replies (filter) and reposts
     are left out, and so are posts younger than `min_age_hours`, whose counts are
     not comparable yet. posts_json is [[uri, likes, reposts, replies, quotes], ...]
     with null for a count the API did not give; post_age_hours_json maps each
@@ -517,15 +573,29 @@ def update_baselines(
     post's counts at its current age only).
     """
     now = now or datetime.now(timezone.utc)
+    day = day or now.astimezone(timezone.utc).date().isoformat()
     young = utc_iso(now - timedelta(hours=min_age_hours))
     fetched = 0
     for did in dict.fromkeys(dids):
         cached = db.execute("select expires_utc from bsky_authors where did = ?", [did]).fetchone()
         if cached and cached[0] and cached[0] > utc_iso(now):
             continue
-        handle, posts, created = _recent_own_posts(client, did, max_posts, young)
+        rejected: list[tuple[str | None, str]] = []
+        try:
+            handle, posts, created = _recent_own_posts(client, did, max_posts, young, rejected)
+        except HOST_ERRORS:
+            raise
+        except BlueskyError as e:
+            log.warning("no baseline for %s tonight: %s", did, one_line(e))
+            with db.atomic():
+                record_skip(db, day, "author", did, one_line(e), now)
+            continue
         ages = {uri: round((now - parse_time(c)).total_seconds() / 3600.0, 4) for uri, c in created.items()}
         with db.atomic():
+            for i, (uri, why) in enumerate(rejected):
+                record_skip(db, day, "post", uri or f"getAuthorFeed of {did} item {i + 1} (no uri)", why, now)
+            db.execute("delete from walter_skips where day = ? and kind = 'author' and key = ?", [day, did])
+            failpoint("walter.baseline.author")
             db["bsky_authors"].upsert({
                 "did": did, "handle": handle, "posts_json": json.dumps(posts),
                 "post_age_hours_json": json.dumps(ages),
@@ -535,11 +605,12 @@ def update_baselines(
     return fetched
 
 
-def _recent_own_posts(client: Bluesky, did: str, max_posts: int,
-                      young: str) -> tuple[str | None, list[list], dict[str, str]]:
+def _recent_own_posts(client: Bluesky, did: str, max_posts: int, young: str,
+                      rejected: list[tuple[str | None, str]]) -> tuple[str | None, list[list], dict[str, str]]:
     handle, posts, created_at, cursor = None, [], {}, None
     for _ in range(BASELINE_MAX_PAGES):
-        items, cursor = client.get_author_feed(did, cursor=cursor, limit=min(100, max_posts))
+        items, cursor = client.get_author_feed(did, cursor=cursor, limit=min(100, max_posts),
+                                               on_invalid=lambda uri, why: rejected.append((uri, why)))
         for item in items:
             post = item.get("post") or {}
             if (item.get("reason") or {}).get("$type") == REPOST_REASON or (post.get("author") or {}).get("did") != did:

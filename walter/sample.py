@@ -18,6 +18,7 @@ import sqlite_utils
 from varro.engine.config import SAMPLE_DIR
 
 from .ingest import (
+    day_skips,
     extract_link,
     format_summary,
     ingest_search,
@@ -46,8 +47,9 @@ class SampleBluesky:
     def _pages(self, path: Path) -> list[dict[str, Any]]:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
+    # `on_invalid` as in walter.bsky.Bluesky: the sample's posts are valid, so it is never called.
     def search_posts(self, q=None, url=None, domain=None, since=None, until=None, cursor=None, limit=100,
-                     sort="latest") -> tuple[list[dict], str | None]:
+                     sort="latest", on_invalid=None) -> tuple[list[dict], str | None]:
         pages = self._pages(self.root / "search" / f"{self._day}.json")
         index = int(cursor) if cursor else 0
         if index >= len(pages):
@@ -56,12 +58,12 @@ class SampleBluesky:
                  if domain is None or ((found := extract_link(p)) and on_domain(found[0], domain))]
         return posts, (str(index + 1) if index + 1 < len(pages) else None)
 
-    def get_posts(self, uris: list[str]) -> list[dict]:
+    def get_posts(self, uris: list[str], on_invalid=None) -> list[dict]:
         wanted = set(uris)
         return [p for p in self._pages(self.root / "refresh.json")["posts"] if p["uri"] in wanted] \
             if (self.root / "refresh.json").is_file() else []
 
-    def get_author_feed(self, did: str, cursor=None, limit=100) -> tuple[list[dict], str | None]:
+    def get_author_feed(self, did: str, cursor=None, limit=100, on_invalid=None) -> tuple[list[dict], str | None]:
         pages = self._pages(self.root / "authors" / f"{did.replace(':', '_')}.json")
         index = int(cursor) if cursor else 0
         if index >= len(pages):
@@ -102,9 +104,9 @@ def ingest_sample_day(db: sqlite_utils.Database, day: str, tz: str | None = "UTC
     now = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0, 30), tzinfo=timezone.utc)
     zone = ZoneInfo(tz) if tz else None
     summary = ingest_search(db, client, sample_domains(root), day, tz=zone, now=now)
-    refreshed = refresh_counts(db, client, min_age_hours=24.0, now=now)
+    refreshed = refresh_counts(db, client, min_age_hours=24.0, now=now, day=day)
     dids = [r["author_did"] for r in db.query("select distinct author_did from bsky_posts where day = ?", [day])]
-    authors = update_baselines(db, client, dids, now=now)
+    authors = update_baselines(db, client, dids, now=now, day=day)
     if echo is not None and (day in sample_days(root) or refreshed or authors):
-        echo(format_summary(summary, "sample", refreshed, authors))
+        echo(format_summary(summary, "sample", refreshed, authors, skipped_authors=day_skips(db, day, "author")))
     return summary.posts_new

@@ -95,3 +95,14 @@ def m010_walter_baseline_stats(db: sqlite_utils.Database) -> None:
     db["bsky_authors"].add_column("post_age_hours_json", str)
     if "first_draw_probability" not in db["curriculum"].columns_dict:  # the engine's m014 has it
         db["curriculum"].add_column("first_draw_probability", float)
+
+
+@migration
+def m017_walter_skips(db: sqlite_utils.Database) -> None:
+    # What a night's ingest left out and why, one row a person can read: a post the API sent malformed
+    # (kind 'post', key its at-uri, or where it sat when it had none) or an author whose feed could not be
+    # read (kind 'author', key the did: no baseline that night).
+    db["walter_skips"].create(
+        {"day": str, "kind": str, "key": str, "reason": str, "created_utc": str},
+        pk=("day", "kind", "key"),
+    )

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import sqlite_utils
 
 from varro.engine import checkpoints
@@ -51,6 +52,13 @@ def shift(day: str, days: int) -> str:
 def sample_seed(cfg: Config, day: str) -> int:
     """The day's sampling seed (rank r of a distributed run adds r)."""
     return cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal()
+
+
+def prompt_rng(cfg: Config, day: str) -> np.random.Generator:
+    """The generator a day's prompt choice draws from (Walter's and tally's curriculum): its own, seeded by
+    the run's seed and the day. Not the trainer's: a re-run after a crash finds the prompts stored and draws
+    nothing, and the trainer's minibatch order must not depend on whether it did."""
+    return np.random.default_rng([cfg.train.seed, date.fromisoformat(day).toordinal()])
 
 
 def set_scores(group: list[Rollout], components: list[dict[str, float]]) -> None:
@@ -109,7 +117,7 @@ def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embed
     """Sample the groups `day`'s prompts still lack (each rank its share); returns the completions stored."""
     todo = []
     if world.is_main:
-        prompts = app.choose_prompts(db, run, day, cfg, embedder, policy.trainer.rng)
+        prompts = app.choose_prompts(db, run, day, cfg, embedder, prompt_rng(cfg, day))
         if not prompts:
             notes.append(f"no prompt could be made for {day} (nothing scorable yet): an empty day")
         else:
@@ -117,8 +125,6 @@ def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embed
         have = store.complete_groups(db, run, day, cfg.sampling.group_size)
         todo = [(p["id"], p["text"]) for p in prompts if p["id"] not in have]
     todo = world.broadcast_json(todo)
-    # rank 0's choose_prompts may draw from the trainer's rng (Walter's curriculum): all ranks must shuffle alike
-    policy.trainer.rng.bit_generator.state = world.broadcast_json(policy.trainer.rng.bit_generator.state)
     if not todo:
         return 0
     seed = sample_seed(cfg, day) if seed is None else seed
