@@ -70,7 +70,7 @@ def state(home):
     import mlx.core as mx
 
     root = Path(home) / "runs" / "c" / "checkpoints"
-    days = sorted(p.name for p in root.iterdir() if not p.name.startswith(".tmp-"))
+    days = sorted(p.name for p in root.iterdir() if not p.name.startswith(".tmp-") and p.name != "latest")
     weights = {d: {k: np.array(v) for k, v in mx.load(str(root / d / "adapters.safetensors")).items()}
                for d in days}
     return {"rollouts": rollouts, "steps": steps, "headlines": heads, "days": days, "weights": weights}

@@ -95,7 +95,8 @@ def test_retention_keeps_the_newest(tiny_model_path, tmp_path):
     (checkpoints.checkpoints_dir(run) / ".tmp-2026-11-06-99").mkdir()
     assert checkpoints.prune(run, keep=2) == ["2026-11-02", "2026-11-03"]
     assert [p.name for p in checkpoints.list_checkpoints(run)] == ["2026-11-04", "2026-11-05"]
-    assert sorted(p.name for p in checkpoints.checkpoints_dir(run).iterdir()) == ["2026-11-04", "2026-11-05"]
+    assert sorted(p.name for p in checkpoints.checkpoints_dir(run).iterdir()) == ["2026-11-04", "2026-11-05", "latest"]
+    assert (checkpoints.checkpoints_dir(run) / "latest").resolve().name == "2026-11-05"
     assert checkpoints.prune(run, keep=5) == []
     with pytest.raises(checkpoints.CheckpointError, match="at least 1"):
         checkpoints.prune(run, keep=0)

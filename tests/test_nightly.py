@@ -57,7 +57,7 @@ def test_killed_backfill_resumes_to_one_checkpoint_per_day(tiny_model_path, varr
     out = run(nightly_cmd(tiny_model_path, "--from", DAYS[0], "--to", DAYS[-1]), varro_home)
     assert out.returncode == 0, out.stderr
     assert [p.name for p in list_checkpoints(run_dir("n"))] == DAYS
-    leftovers = [p.name for p in (run_dir("n") / "checkpoints").iterdir() if p.name not in DAYS]
+    leftovers = [p.name for p in (run_dir("n") / "checkpoints").iterdir() if p.name not in DAYS + ["latest"]]
     assert all(name.startswith(".tmp-") for name in leftovers)
     db = dbm.open_db(db_path())
     per_day = dict(db.execute("select day, count(*) from rollouts where run = 'n' group by day").fetchall())
@@ -100,3 +100,41 @@ else cat > {store}; fi
     assert store.read_text().splitlines() == [line]
     bad = runner.invoke(cli, ["cron", "--at", "25:00"])
     assert bad.exit_code != 0
+
+
+def fake_caffeinate(tmp_path, monkeypatch) -> Path:
+    bin_dir = tmp_path / "awake-bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "caffeinate"
+    tool.write_text("#!/bin/sh\nexec \"$@\"\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return tool
+
+
+def test_on_a_mac_the_nightly_runs_under_caffeinate_and_the_linux_line_is_unchanged(tmp_path, monkeypatch,
+                                                                                    varro_home):
+    from click.testing import CliRunner
+
+    from varro.cli import cli
+    from varro.engine import schedule
+
+    env = str(Path(__file__).resolve().parents[1] / "scripts" / "env")
+    logs = varro_home / "runs" / "n" / "logs"
+    linux = (f"15 3 * * * mkdir -p {logs} && {env} varro nightly --run n --home {varro_home} --quiet "
+             f">> {logs / 'cron.log'} 2>&1  # varro nightly n")
+    tool = fake_caffeinate(tmp_path, monkeypatch)
+    monkeypatch.setattr(schedule, "is_macos", lambda: False)
+    assert schedule.cron_line("varro", "n", None, 3, 15) == linux  # caffeinate on the PATH is not a Mac
+
+    monkeypatch.setattr(schedule, "is_macos", lambda: True)
+    out = CliRunner().invoke(cli, ["cron", "--run", "n", "--at", "03:15"])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines()[0] == linux.replace(f"&& {env}", f"&& {tool} -i -s {env}")
+    plist = out.output[out.output.index("<?xml"):]
+    assert (f"<array>\n    <string>{tool}</string>\n    <string>-i</string>\n    <string>-s</string>\n"
+            f"    <string>{env}</string>\n    <string>varro</string>\n    <string>nightly</string>") in plist
+    assert f"<string>{logs / 'launchd.log'}</string>" in plist
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # a Mac without caffeinate: the plain command
+    assert schedule.nightly_command("varro", "n", None)[0] == env

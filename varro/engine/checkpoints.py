@@ -6,6 +6,13 @@ trainer_state.json (step and RNG states), config.json (the resolved run config) 
 metadata.json, written last. Everything is written into a temporary sibling
 folder, fsynced, and renamed into place, so a dated folder is complete or
 absent; `find_latest` only trusts folders whose metadata.json exists.
+
+`checkpoints/latest` is a relative symlink to the newest complete day folder, for
+`mlx_lm.generate --adapter-path runs/<run>/checkpoints/latest`. It is switched
+atomically (a `latest.tmp` link renamed over it) after a checkpoint's folder is in
+place and after `prune`, so it only ever names a complete checkpoint; a crash
+between the rename and the switch leaves it at the previous one until the next
+save or prune.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from varro.engine.errors import UserError
 
 DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 METADATA = "metadata.json"
+LATEST = "latest"
 
 
 class CheckpointError(RuntimeError, UserError):
@@ -150,7 +158,30 @@ def save_checkpoint(
     finally:
         if not complete:  # a failed write (full disk, kill, bug) leaves nothing that looks like a checkpoint
             shutil.rmtree(tmp, ignore_errors=True)
+    failpoint("checkpoint.latest")
+    point_latest(run_path)
     return final
+
+
+def point_latest(run_path: Path) -> Path | None:
+    """Switch checkpoints/latest atomically to the newest complete checkpoint (removed when there is none);
+    returns the folder it names, or None."""
+    root = checkpoints_dir(run_path)
+    link = root / LATEST
+    found = list_checkpoints(run_path)
+    if not found:
+        if link.is_symlink():
+            link.unlink()
+        return None
+    tmp = root / f"{LATEST}.tmp"
+    if tmp.is_symlink() or tmp.exists():  # left by a crash between these two lines
+        tmp.unlink()
+    os.symlink(found[-1].name, tmp)  # relative: the run folder can move
+    if link.is_dir() and not link.is_symlink():  # a copy that followed the link (cp -r): not a checkpoint
+        shutil.rmtree(link)
+    os.replace(tmp, link)
+    _fsync_dir(root)
+    return found[-1]
 
 
 def _save_arrays(path: Path, arrays: dict) -> None:
@@ -251,4 +282,5 @@ def prune(run_path: Path, keep: int) -> list[str]:
     if root.is_dir():
         for stale in root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
+    point_latest(run_path)  # also repairs a link a crash left one checkpoint behind
     return removed

@@ -10,7 +10,7 @@ Errors leave a command one way: the library raises a `UserError`
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import click
 
@@ -18,6 +18,11 @@ from varro.engine.app import App
 from varro.engine.cli_inspect import register as register_inspect
 from varro.engine.cli_options import config_options, resolve_config
 from varro.engine.errors import UserError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from varro.engine.nightly import Plan
 
 
 class EngineGroup(click.Group):
@@ -191,12 +196,13 @@ def day_ingest(app: App, cfg, source: str, home: str | None, options: dict):
     return lambda db, day: app.ingest(db, day, cfg, source, home, options, click.echo)
 
 
-def resolve_days(day: str | None, first: str | None, last: str | None) -> list[str]:
-    """--date D, or --from D1 --to D2 (inclusive); default: today. Raises FutureDayError for a later day."""
-    from datetime import date
-
+def resolve_days(day: str | None, first: str | None, last: str | None, run_path: Path | None = None,
+                 catch_up: int = 7) -> Plan:
+    """The nightly's days as a `varro.engine.nightly.Plan`: --date D, or --from D1 --to D2 (inclusive);
+    default: catch-up from the run's last finished day to today (`catch_up_plan`), today alone without
+    `run_path`. Raises FutureDayError for a later day."""
     from varro.engine.config import require_past
-    from varro.engine.nightly import day_range
+    from varro.engine.nightly import Plan, catch_up_plan, day_range, today
 
     if (first is None) != (last is None):
         raise click.UsageError("--from and --to go together")
@@ -208,8 +214,10 @@ def resolve_days(day: str | None, first: str | None, last: str | None) -> list[s
         except ValueError as e:
             raise click.UsageError(str(e)) from None
         require_past(days[-1])
-        return days
-    return [require_past(check_day(day)) if day else date.today().isoformat()]
+        return Plan(days)
+    if day is not None:
+        return Plan([require_past(check_day(day))])
+    return catch_up_plan(run_path, today(), catch_up) if run_path is not None else Plan([today()])
 
 
 def nightly_options(app: App) -> list[Callable]:
@@ -220,13 +228,19 @@ def nightly_options(app: App) -> list[Callable]:
     click.option("--quiet", is_flag=True, help="plain log lines only (also what cron gets)"),
     click.option("--keep", default=30, show_default=True,
                  help="keep this many newest checkpoints, delete older ones (never the newest)"),
+    click.option("--catch-up", "catch_up", type=click.IntRange(min=1), default=7, show_default=True,
+                 help="without --date or --from/--to: run at most this many days since the last finished "
+                      "one, the most recent"),
+    click.option("--keep-logs", "keep_logs", type=click.IntRange(min=1), default=30, show_default=True,
+                 help="keep this many newest day logs under runs/<run>/logs"),
     run_option(app),
     HOME_OPTION,
     ]
 
 
-def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, run_day, keep: int = 30) -> None:
-    """The lock, the logs, retention and the exit codes of every app's nightly."""
+def run_nightly_cli(run: str, home: str | None, days, quiet: bool, run_day, keep: int = 30,
+                    keep_logs: int = 30) -> None:
+    """The lock, the logs, retention and the exit codes of every app's nightly (`days`: a list or a Plan)."""
     from varro.engine.checkpoints import prune
     from varro.engine.config import run_dir
     from varro.engine.nightly import RunLocked, run_nightly
@@ -237,7 +251,7 @@ def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, ru
         return f"{result}" + (f"; removed old checkpoints {', '.join(removed)}" if removed else "")
 
     try:
-        run_nightly(run_dir(run, home), days, day_then_prune, quiet=quiet, echo=click.echo)
+        run_nightly(run_dir(run, home), days, day_then_prune, quiet=quiet, echo=click.echo, keep_logs=keep_logs)
     except RunLocked as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(75)  # EX_TEMPFAIL: try again later
@@ -246,11 +260,16 @@ def run_nightly_cli(run: str, home: str | None, days: list[str], quiet: bool, ru
 def nightly_command(app: App, module: str) -> click.Command:
     @click.command("nightly", help=f"""Run {app.name}'s daily step end to end, safe to run from cron.
 
-        A lock keeps two runs of the same --run from overlapping (the second exits
-        at once with status 75); a re-run after a crash continues from the last
-        finished stage and never trains a day twice; --from/--to backfills. Logs go
-        to runs/<run>/logs/<day>.log. Exit status 0 on success, 1 with a one-line
-        reason on failure.
+        Without --date or --from/--to it catches up: every day from the one after
+        the run's last finished day (its newest checkpoint, or a day skipped for no
+        data) to today, at most --catch-up of them, the most recent; a new run runs
+        today. A lock keeps two runs of the same --run from overlapping (the second
+        exits at once with status 75); a re-run after a crash continues from the
+        last finished stage and never trains a day twice; --from/--to backfills.
+        Logs go to runs/<run>/logs/<day>.log (the newest --keep-logs kept); cron.log
+        and launchd.log are rotated at 5 MB (.1 to .3). The last line says which
+        days ran and which were left out. Exit status 0 on success (also when days
+        were left out), 1 with a one-line reason on failure.
 
         With --hosts FILE (or when started by mlx.launch) every process runs this
         command; rank 0 alone writes the database, the checkpoint and the logs.
@@ -263,17 +282,19 @@ def nightly_command(app: App, module: str) -> click.Command:
     @click.option("--hosts", "hostfile", default=None, type=click.Path(dir_okay=False, exists=True),
                   help="an mlx.launch hostfile: run data-parallel over these machines (ring backend)")
     @config_options(app.name)
-    def nightly(day, first, last, quiet, keep, run, home, source, hostfile, **kwargs) -> None:
+    def nightly(day, first, last, quiet, keep, catch_up, keep_logs, run, home, source, hostfile,
+                **kwargs) -> None:
         from varro.engine.config import run_dir
         from varro.engine.cycle import step as run_step
         from varro.engine.distributed import init_world
         from varro.engine.progress import Progress
 
         options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
-        days = resolve_days(day, first, last)
+        plan = resolve_days(day, first, last, run_dir(run, home), catch_up)
         if hostfile:
-            relaunch_distributed(module, hostfile, run, home, days)
+            relaunch_distributed(module, hostfile, run, home, plan.days)
         world = init_world()
+        days = plan.days = world.broadcast_json(plan.days)  # rank 0's run folder decides a catch-up
         cfg, notices, db, embedder = open_step(app, kwargs, run, home, days[0], world, source)
         ingest = day_ingest(app, cfg, source, home, options) if world.is_main else None
 
@@ -284,7 +305,7 @@ def nightly_command(app: App, module: str) -> click.Command:
                     + "".join(f"; {n}" for n in res.notes))
 
         if world.is_main:
-            run_nightly_cli(run, home, days, quiet, run_day, keep)
+            run_nightly_cli(run, home, plan, quiet, run_day, keep, keep_logs)
         else:  # the lock, the logs and retention are rank 0's
             for d in days:
                 run_day(d, Progress(bars=False))
@@ -383,7 +404,9 @@ def cron_command(app: App) -> click.Command:
         nightly run.
 
         The line runs `{app.name} nightly` through scripts/env with this checkout's
-        paths, --home and --quiet, appending to runs/<run>/logs/cron.log.
+        paths, --home and --quiet, appending to runs/<run>/logs/cron.log; on a Mac
+        under `caffeinate -i -s`, so the machine stays awake while it runs. A night
+        the Mac slept through is caught up by the next nightly (--catch-up).
 
         Example: {app.name} cron --at 03:15 --install
         """)

@@ -1,9 +1,16 @@
-"""`varro cron`: a ready crontab line (and a launchd plist on macOS) for the nightly run."""
+"""`varro cron`: a ready crontab line (and a launchd plist on macOS) for the nightly run.
+
+On a Mac the nightly runs under `caffeinate -i -s`, so the machine does not
+idle-sleep (nor, on AC power, system-sleep) in the middle of a night; a Mac
+already asleep at the hour runs nothing then (launchd runs the missed job
+once at wake, cron not at all) and the next nightly catches up.
+"""
 
 from __future__ import annotations
 
 import platform
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -16,10 +23,17 @@ class ScheduleError(RuntimeError, UserError):
     pass
 
 
+def keep_awake() -> list[str]:
+    """`caffeinate -i -s` (its full path: cron's PATH is short) on a Mac that has it, else nothing."""
+    found = shutil.which("caffeinate") if is_macos() else None
+    return [found, "-i", "-s"] if found else []
+
+
 def nightly_command(app: str, run: str, home: str | Path | None) -> list[str]:
-    """The argv cron runs: the project's env wrapper, so .venv and OpenBLAS are used as by hand."""
-    return [str(REPO_ROOT / "scripts" / "env"), app, "nightly", "--run", run, "--home", str(home_dir(home)),
-            "--quiet"]
+    """The argv cron runs: the project's env wrapper, so .venv and OpenBLAS are used as by hand; on a Mac
+    under caffeinate (`keep_awake`)."""
+    return [*keep_awake(), str(REPO_ROOT / "scripts" / "env"), app, "nightly", "--run", run,
+            "--home", str(home_dir(home)), "--quiet"]
 
 
 def cron_line(app: str, run: str, home: str | Path | None, hour: int, minute: int) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
-from varro.engine.cli import HOME_OPTION, MissingTargets, check_day, echo_scores, reading_db
-from varro.engine.cli_options import config_options, resolve_config
+from varro.engine.app import get_app
+from varro.engine.cli import HOME_OPTION, MissingTargets, check_day, echo_scores, reading_db, run_option
+from varro.engine.cli_options import config_options, named_settings, resolve_config
+from varro.engine.draft import existing_db
 
 
 @click.command("score")
@@ -45,4 +47,88 @@ def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: s
     echo_scores(list(texts), comps, head, as_json)
 
 
-COMMANDS = [score_cmd]
+def stored_headline(db, key: str, day: str | None) -> dict:
+    """The stored headline whose id, guid or exact title is `key` (of `day`, else of the latest day that has
+    it). Raises LookupError (HackError) when there is none."""
+    from varro.engine.hacks import HackError
+    from varro.forecast.hacks import find_headline
+
+    if db is None or "headlines" not in db.table_names():
+        raise HackError("the headline is not stored (no database yet)")
+    if day is None:
+        row = db.execute("select max(day) from headlines where id = ? or guid = ? or title = ?",
+                         [key, key, key]).fetchone()
+        if row[0] is None:
+            raise HackError("the headline is not stored")
+        day = row[0]
+    return find_headline(db, day, key)
+
+
+@click.command("forecast")
+@click.option("--headline", "key", required=True, help="the headline (or a stored headline's guid or id)")
+@click.option("--summary", default=None, help="the headline's summary [default: the stored one, if any]")
+@click.option("--date", "day", default=None, help="the headline's day, YYYY-MM-DD [default: the latest storing it]")
+@click.option("--n", "n", default=4, show_default=True, help="how many forecasts to draw")
+@click.option("--draft-seed", "seed", default=0, show_default=True, help="the sampling seed of the drafts")
+@run_option(get_app("varro"))
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per forecast instead of the table")
+@HOME_OPTION
+@config_options("varro")
+def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: int, run: str, as_json: bool,
+                 home: str | None, **kwargs) -> None:
+    """Forecast a headline N times with the run's latest checkpoint, best first when they can be scored.
+
+    The prompt is the nightly's, built from the headline and --summary. The
+    run's base model and settings come from runs/<run>/run.toml (the base model
+    alone when the run has no checkpoint yet, said in one line). When the
+    headline is stored and the next day's headlines are too, the forecasts are
+    ranked by the nightly's reward with every component; otherwise they are
+    printed as drawn, with one line saying why.
+
+    Example: varro forecast --headline "Dockworkers walk out at Calderra, Valdoria's biggest port" --n 4
+    """
+    import hashlib
+    import json
+
+    from varro.engine.config import run_dir
+    from varro.engine.cycle import shift
+    from varro.engine.draft import draft, draft_config, echo_ranked, echo_unranked
+    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.forecast.hacks import varro_prompt
+    from varro.forecast.prompts import score_texts
+    from varro.forecast.reward import build_prompt
+
+    day = check_day(day) if day else None
+    named = named_settings(kwargs)
+    path = run_dir(run, home)
+    cfg = draft_config("varro", path, resolve_config(kwargs), named)
+    db = existing_db(home)
+    headline, comps, why = None, None, ""
+    try:
+        headline = stored_headline(db, key, day)
+    except LookupError as e:
+        why = str(e)
+    title = headline["title"] if headline else key
+    if summary is None and headline:
+        summary = headline["summary"]
+    pid = (f"varro:{headline['day']}:{headline['id']}" if headline
+           else f"varro:forecast:{hashlib.sha1(key.encode()).hexdigest()[:16]}")
+    texts, label, notes = draft(cfg, path, pid, build_prompt(title, summary), n, seed)
+    for note in notes:
+        click.echo(note, err=as_json)
+    if headline is not None:
+        try:
+            emb = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+            prompt = varro_prompt(db, headline, emb, cfg)
+            comps = score_texts(db, prompt, texts, emb, cfg)
+        except LookupError as e:
+            why = str(e)
+    if comps is None:
+        echo_unranked(texts, f"{why}, so there is nothing to score these forecasts against yet", as_json)
+        return
+    head = (f"{n} forecasts for {prompt['id']} ({prompt['split']}): {json.loads(prompt['source_json'])['title']}\n"
+            f"from run {run} at {label}, best first by the reward against the headlines of {shift(headline['day'], 1)}")
+    echo_ranked(texts, comps, head, as_json)
+
+
+COMMANDS = [score_cmd, forecast_cmd]
