@@ -25,6 +25,7 @@ class Tally(App):
     reward_delay_days = 0
     prompt_settings = ("groups_per_day", "eval_every", "lookback_days", "curriculum_floor", "curriculum_days")
     run_dependent_prompts = True
+    skips_table = "tally_rejects"
     sources = ("file", "sample")
     metric_columns = tuple(task.COLUMNS)
     plotted = ("kl", "clip_fraction", "transfer", "copy_rate", "words")
@@ -38,6 +39,12 @@ class Tally(App):
         if source == "sample":
             return self.load_sample_day(db, day)
         return ingest_file(db, cfg.tally.items, day, cfg.tally, echo)
+
+    def skipped_records(self, db, days: list[str]) -> dict[str, int]:
+        marks = ",".join("?" * len(days))
+        return dict(db.execute(f"select substr(first_seen_utc, 1, 10) as day, count(*) from tally_rejects "
+                               f"where substr(first_seen_utc, 1, 10) in ({marks}) group by day",
+                               days).fetchall()) if days else {}
 
     def missing_data(self, db, day, cfg) -> str | None:
         if not self.has_data(db, day, cfg):

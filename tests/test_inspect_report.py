@@ -466,3 +466,24 @@ def test_every_command_has_help_with_an_example(app):
         out = invoke(app, [*args, "--help"])
         assert out.exit_code == 0, out.output
         assert f"Example: {app} {' '.join(args[:1])}" in out.output, args
+
+
+def test_the_report_counts_the_records_an_ingest_skipped(home, tmp_path):
+    from varro.engine.report import format_summary
+
+    db = dbm.open_db(db_path(home))  # its own connection: the rows are rolled back at the end
+    try:
+        with db.conn:
+            db["walter_skips"].insert_all([
+                {"day": DAYS[1], "kind": "post", "key": f"at://x/{i}", "reason": "no author",
+                 "created_utc": "2026-11-03T00:00:00Z"} for i in range(3)])
+        data = report_data(db, "walter", "w")
+        assert [d["skipped"] for d in data["days"]] == [3, 0]
+        assert f"SKIPPED {DAYS[1]}: 3 records its ingest could not use (table walter_skips)" in format_summary(data)
+        page = build_report(db, "walter", "w", tmp_path / "w.html").read_text(encoding="utf-8")
+        assert "3 records the ingest could not use (table walter_skips)" in page
+        assert [d["skipped"] for d in report_data(db, "varro", "v")["days"]] == [0, 0, 0]  # Varro records none
+    finally:
+        with db.conn:
+            db.execute("delete from walter_skips")
+        db.conn.close()

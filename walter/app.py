@@ -66,6 +66,7 @@ class Walter(App):
     reward_delay_days = 0
     prompt_settings = ("articles_per_day", "eval_every", "curriculum_floor", "curriculum_days")
     run_dependent_prompts = True
+    skips_table = "walter_skips"
     sources = ("bluesky", "sample")
     metric_columns = ("day", "scored", "reward_mean", "reward_std", "eval_reward", "transfer", "hashtag_rate",
                       "copy_rate", "graphemes", "kl", "clip_fraction")
@@ -89,6 +90,11 @@ class Walter(App):
             from .bsky import check_credentials
 
             check_credentials(home)
+
+    def skipped_records(self, db, days: list[str]) -> dict[str, int]:
+        marks = ",".join("?" * len(days))
+        return dict(db.execute(f"select day, count(*) from walter_skips where day in ({marks}) group by day",
+                               days).fetchall()) if days else {}
 
     def missing_data(self, db, day, cfg) -> str | None:
         from varro.engine.store import prompt_count

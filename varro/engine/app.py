@@ -70,6 +70,7 @@ class App:
     # settings of the app's section that decide which prompts a day gets (with the engine's story settings),
     # and whether the choice also depends on the run's own history (a curriculum): see varro.engine.cycle
     prompt_settings: ClassVar[tuple[str, ...]] = ()
+    skips_table: ClassVar[str] = ""  # the table where its ingest records what it skipped
     run_dependent_prompts: ClassVar[bool] = False  # one line above the demo's metrics table (what a row's day means)
 
     # --- data -----------------------------------------------------------------------------------
@@ -114,6 +115,11 @@ class App:
     # --- what a person reads ----------------------------------------------------------------------
     def day_metrics(self, comps: list[dict]) -> dict:
         """The app's per-day metrics from the components of a day's scored rollouts."""
+        return {}
+
+    def skipped_records(self, db: "sqlite_utils.Database", days: list[str]) -> dict[str, int]:
+        """{day: how many records its ingest skipped and recorded} (a malformed post, an unreadable row),
+        for the report; the records themselves are in the app's table named by `skips_table`."""
         return {}
 
     def human_items(self, db: "sqlite_utils.Database", day: str, cfg: Any) -> list[tuple[str, str]]:

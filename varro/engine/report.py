@@ -157,8 +157,12 @@ def report_data(db: sqlite_utils.Database, app: App | str, run: str) -> dict[str
     for d in out_days:
         d["flag"] = by_day.get(d["day"])
     guards = store.run_guards(db, name, run)
+    skipped = app.skipped_records(db, days)
+    for d in out_days:
+        d["skipped"] = skipped.get(d["day"], 0)
     return {"app": name, "run": run, "columns": list(app.metric_columns), "monitor_columns": list(MONITOR_LABELS),
             "plotted": list(app.plotted), "flags": flags, "guards": guards, "days": out_days,
+            "skips_table": app.skips_table,
             "panel": panel_curve(db, name, run),
             "voice": voice_data(db, name, run, lambda db_, d: app.human_items(db_, d, cfg))}
 
@@ -293,6 +297,8 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
                          for g in data["guards"])
     else:
         guards = "<p class=\"ok\">No collapse guard acted and no checkpoint was skipped.</p>"
+    guards += "".join(f"<div class=\"guard\">{e(d['day'])}: {d['skipped']} records the ingest could not use "
+                      f"(table {e(data.get('skips_table') or '')})</div>" for d in data["days"] if d.get("skipped"))
     metrics = _table(data["columns"], [[fmt(d["metrics"].get(c)) for c in data["columns"]] for d in days], flagged)
     monitors = _table(["day", *(MONITOR_LABELS[k] for k in data["monitor_columns"])],
                       [[d["day"], *(fmt(d["monitors"][k]) for k in data["monitor_columns"])] for d in days], flagged)
@@ -364,4 +370,6 @@ def format_summary(data: dict[str, Any]) -> str:
     else:
         lines.append("no flags: no day where the training reward rose while the eval reward fell")
     lines += [f"GUARD {g['day']} ({g['kind']}): {g['reason']}" for g in data.get("guards", [])]
+    lines += [f"SKIPPED {d['day']}: {d['skipped']} records its ingest could not use (table {data['skips_table']})"
+              for d in data["days"] if d.get("skipped")]
     return "\n".join(lines)
