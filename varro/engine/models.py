@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 
 from varro.engine.config import SAMPLE_DIR, ModelConfig
 from varro.engine.errors import UserError
@@ -101,11 +101,37 @@ def download_command(model_id: str) -> str:
 
 
 def apply_lora(model: nn.Module, cfg: ModelConfig) -> None:
-    """Freeze the base and add LoRA adapters to the last `cfg.lora_layers` blocks."""
+    """Freeze the base and add float32 LoRA adapters to the last `cfg.lora_layers` blocks.
+
+    The base keeps its own precision (float32, bf16, or quantized: mlx-lm wraps a QuantizedLinear
+    in a LoRALinear over the quantized weights); the adapters, and so the optimizer state, are
+    float32 whatever the base's dtype, so small updates are not rounded away."""
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     model.freeze()
     linear_to_lora_layers(model, cfg.lora_layers, lora_parameters(cfg))
+    model.update(tree_map(lambda a: a.astype(mx.float32), model.trainable_parameters()))
+
+
+def quantized_modules(model: nn.Module) -> list[str]:
+    """The names of the model's quantized layers (QuantizedLinear, QuantizedEmbedding, ...); [] when none."""
+    from mlx_lm.models.switch_layers import QuantizedSwitchLinear
+
+    kinds = (nn.QuantizedLinear, nn.QuantizedEmbedding, QuantizedSwitchLinear)
+    return [name for name, m in model.named_modules() if isinstance(m, kinds)]
+
+
+def base_dtype(model: nn.Module) -> mx.Dtype:
+    """The dtype of the frozen base's floating weights (for a quantized base, its scales'): the
+    most common floating dtype among the non-trainable parameters, or all of them when none is frozen."""
+    from collections import Counter
+
+    trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
+    counts = Counter(a.dtype for k, a in tree_flatten(model.parameters())
+                     if k not in trainable and mx.issubdtype(a.dtype, mx.floating))
+    if not counts:
+        counts = Counter(a.dtype for _, a in tree_flatten(model.parameters()) if mx.issubdtype(a.dtype, mx.floating))
+    return counts.most_common(1)[0][0]
 
 
 def lora_parameters(cfg: ModelConfig) -> dict:

@@ -1,13 +1,20 @@
 """The policy of a run: the base model, its adapters, the trainer, resumed from the latest checkpoint.
 
 `Policy.open` is how every application gets a model for day D: the base is
-loaded through mlx-lm, cast to float32 (so the sampler and the training passes
-run the same weights in the same precision), LoRA layers are added, and the
+loaded through mlx-lm and keeps its own precision (a bf16 base stays bf16, a
+4-bit one stays 4-bit: QLoRA), float32 LoRA layers are added, and the
 newest complete checkpoint dated before D (if any) is restored with its
 optimizer and RNG state; the configured learning rate then replaces the one
 stored in the optimizer state. The trainer is handed its collaborators here:
 AdamW from `make_optimizer(config.train)` and the GSPO loss bound to the
 config's knobs (`gspo_objective(config.train)`).
+
+Precision. The sampler and the trainer run the same weights; whatever the
+base's dtype, the adapters, the optimizer state, the loss and every log-prob
+(the trainer's passes and the sampler's stored log q) are float32. Full
+fine-tuning casts the whole model to float32, since the trained weights are
+then the base and bf16 would round small updates away; it refuses a quantized
+base (its weights cannot take a gradient step).
 
 The sampler draws from the policy at the profile's temperature truncated to its
 top-k / top-p candidates; the trainer's passes take log-probs at that same
@@ -26,12 +33,12 @@ import numpy as np
 
 from varro.engine import checkpoints
 from varro.engine.config import Config
-from varro.engine.models import apply_lora, chat_prompt_tokens, load_model
+from varro.engine.models import apply_lora, chat_prompt_tokens, load_model, quantized_modules
 from varro.engine.distributed import World
 from varro.engine.records import PromptInput, Rollout
 from varro.engine.rollouts import sample_groups
 from varro.engine.gspo import gspo_objective
-from varro.engine.train import Trainer, base_weights_from, make_optimizer
+from varro.engine.train import Trainer, TrainingError, base_weights_from, make_optimizer
 
 
 @dataclass
@@ -53,12 +60,13 @@ class Policy:
         np.random.seed(config.train.seed)
         random.seed(config.train.seed)
         model, tokenizer = load_model(config.model.model)
-        model.set_dtype(mx.float32)
         reference = None
         if config.model.fine_tune == "lora":
-            apply_lora(model, config.model)
+            apply_lora(model, config.model)  # the base keeps its dtype; the adapters are float32
         elif config.model.fine_tune == "full":
             model_id = config.model.model
+            refuse_quantized_full(model, model_id)
+            model.set_dtype(mx.float32)
             reference = lambda: base_weights_from(model, model_id)  # noqa: E731
         else:
             raise ValueError(f"fine_tune must be 'lora' or 'full', got {config.model.fine_tune!r}")
@@ -124,6 +132,15 @@ class Policy:
         )
         self.checkpoint = day
         return path
+
+
+def refuse_quantized_full(model: nn.Module, model_id: str) -> None:
+    """Raise TrainingError when full fine-tuning is asked of a quantized base."""
+    quantized = quantized_modules(model)
+    if quantized:
+        raise TrainingError(f"full fine-tuning cannot train the quantized model {model_id!r} ({len(quantized)} "
+                            "quantized layers): use --fine-tune lora (QLoRA over the quantized base), or a "
+                            "non-quantized (bf16 or float32) base")
 
 
 def open_policy(cfg, run_path, before_day: str | None, world: World):

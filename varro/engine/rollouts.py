@@ -6,7 +6,10 @@ BatchGenerator. The exact sampled token ids are kept, EOS included when the
 completion stopped, so training sees what the policy actually produced, and so
 is each token's log-probability under the distribution it was drawn from
 (`sampler_logprobs`: temperature applied, renormalised over the top-k / top-p
-candidate set), which the trainer compares with its own pi_old pass.
+candidate set), which the trainer compares with its own pi_old pass. The
+sampler's log-softmax runs in float32 on any base (`Float32Logits`), as the
+trainer's passes do, so a bf16 or quantized base adds no rounding of its own
+to that comparison.
 """
 
 from __future__ import annotations
@@ -20,6 +23,23 @@ import mlx.nn as nn
 
 from varro.engine.faults import failpoint
 from varro.engine.records import PromptInput, Rollout
+
+
+class Float32Logits:
+    """`model` with its logits cast to float32 (a no-op on a float32 model), everything else delegated.
+
+    mlx-lm's BatchGenerator normalises the logits in the model's dtype; handed this, it takes the
+    log-softmax the sampler draws from, and the stored log q, in float32 over a bf16 or quantized base.
+    """
+
+    def __init__(self, model: nn.Module):
+        self._base = model
+
+    def __call__(self, *args, **kwargs) -> mx.array:
+        return self._base(*args, **kwargs).astype(mx.float32)
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
 
 
 def prefill(model: nn.Module, tokens: list[int], step_size: int = 512) -> list:
@@ -143,7 +163,7 @@ def sample_groups(
         mx.random.seed(seed)
     total = len(prompts) * group_size
     gen = BatchGenerator(
-        model,
+        Float32Logits(model),
         max_tokens=max_tokens,
         stop_tokens=[[t] for t in tokenizer.eos_token_ids],
         sampler=make_group_sampler(temp, top_p, top_k),
