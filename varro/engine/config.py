@@ -78,6 +78,9 @@ class TrainConfig:
     entropy_min_share: float = opt(0.5, "collapse guard: a day whose policy entropy falls below this share of "
                                         "the first day's is discarded (0: off)")
     eval_drop_max: float = opt(0.2, "collapse guard: no training while the eval reward is this far below its best")
+    memory_fraction: float = opt(0.8, "memory guard: share of the machine's free memory the night may use "
+                                      "(0: no guard)")
+    swap_max_mb: int = opt(512, "swap watchdog: end the night once swap has grown this much (0: off)")
 
 
 @dataclass

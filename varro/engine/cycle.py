@@ -22,6 +22,7 @@ their share of each minibatch and sample their share of the prompts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -38,6 +39,7 @@ from varro.engine.embed import Embedder
 from varro.engine.faults import failpoint
 from varro.engine.gspo import group_advantages
 from varro.engine.guards import guarded_training
+from varro.engine.memory import SwapWatchdog, sampling_plan, training_plan
 from varro.engine.policy import Policy, open_policy
 from varro.engine.progress import NULL_PROGRESS, Progress
 from varro.engine.records import Rollout
@@ -129,14 +131,24 @@ def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embed
         return 0
     seed = sample_seed(cfg, day) if seed is None else seed
     mine = todo[world.rank :: world.size]
+    decode_batch, note = sampling_plan(policy.model, [len(policy.prompt_tokens(text)) for _, text in mine],
+                                       cfg.sampling.group_size, cfg.sampling.max_tokens, cfg.train.memory_fraction)
+    notes.extend([note] if note else [])
     with progress.stage("sampling", total=len(mine) * cfg.sampling.group_size) as advance:
-        groups = policy.sample(mine, seed=seed + world.rank, on_done=advance) if mine else []
+        groups = policy.sample(mine, seed=seed + world.rank, on_done=advance, decode_batch=decode_batch) if mine else []
     gathered = world.gather_json(rollouts_to_json(groups))
     if not world.is_main:
         return 0
     groups = [g for part in gathered for g in rollouts_from_json(part)]
     store.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
     return sum(len(g) for g in groups)
+
+
+def _fitting_micro_batch(policy: Policy, groups: list[list[Rollout]], cfg: Config):
+    """(the trainer's config with the micro-batch that fits the day's groups, a note or None)."""
+    micro_batch, note = training_plan(policy.model, groups, cfg.train.micro_batch, cfg.sampling.max_tokens,
+                                      cfg.train.memory_fraction)
+    return dataclasses.replace(policy.trainer.cfg, micro_batch=micro_batch), note
 
 
 STORY_SETTINGS = ("story_threshold", "story_window_days", "leak_cosine")
@@ -191,7 +203,16 @@ def step(
 ) -> StepResult:
     """Run `app`'s whole cycle for `day`. `ingest(db, day) -> new items` stores the day's data (default: the
     app's shipped sample). `notices` (settings the command line changed, varro.engine.runs) join the
-    day's notes and the checkpoint's metadata."""
+    day's notes and the checkpoint's metadata. Raises MemoryGuardError when the day cannot fit in memory and
+    SwapError when the machine starts swapping (varro.engine.memory): then no checkpoint of the day is written.
+    The swap watchdog runs alone only: ranks would have to agree on when to stop."""
+    swap_max = 0 if world.distributed else cfg.train.swap_max_mb * 2**20
+    with SwapWatchdog(swap_max) as swap:
+        return _step(app, db, cfg, run, run_path, day, embedder, ingest, sample_seed, progress, world, notices, swap)
+
+
+def _step(app: App, db, cfg: Config, run: str, run_path: Path, day: str, embedder, ingest, sample_seed,
+          progress: Progress, world: World, notices, swap: SwapWatchdog) -> StepResult:
     delay = app.reward_delay_days
     res = StepResult(day=day, delay=delay, notes=list(notices))
     main = world.is_main
@@ -220,13 +241,19 @@ def step(
     else:
         policy = open_policy(cfg, run_path, day, world)
         if not delay:  # sample from the latest checkpoint before the day, score at once, then train on it
+            swap.check("before sampling")
             res.sampled = _sample(app, db, cfg, run, day, policy, embedder, progress, world, sample_seed, res.notes)
             if main:
                 res.scored = _score(app, db, run, [day], embedder, cfg, progress)
         groups = rollouts_from_json(world.broadcast_json(
             rollouts_to_json(training_groups(db, app, run, trained_day)) if main else None))
+        swap.check("before training")
+        policy.trainer.cfg, note = _fitting_micro_batch(policy, groups, cfg)
+        res.notes.extend([note] if note else [])
         policy, rows, notes = guarded_training(db, app.name, run, day, policy, groups, cfg, progress,
-                                               lambda: open_policy(cfg, run_path, day, world), world)
+                                               lambda: open_policy(cfg, run_path, day, world), world,
+                                               callbacks=[swap])
+        swap.check(f"after training step {rows[-1]['step'] if rows else 0}, before the checkpoint")
         res.notes.extend(notes)
         res.steps = len(rows)
         res.trained = bool(rows)
@@ -238,6 +265,7 @@ def step(
     res.checkpoint = day
     failpoint("step.checkpointed")
     if delay:
+        swap.check("before sampling")
         res.sampled = _sample(app, db, cfg, run, day, policy, embedder, progress, world, sample_seed, res.notes)
     if main:  # the voice: the day's completions and the human text they are (or will be) rewarded against
         with progress.stage("voice") as advance:

@@ -129,8 +129,9 @@ class ProgressAdvance(TrainingCallback):
 
 
 def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: str, policy, groups: list[list],
-                     cfg, progress, reopen, world=None) -> tuple[object, list[dict], list[str]]:
+                     cfg, progress, reopen, world=None, callbacks=()) -> tuple[object, list[dict], list[str]]:
     """Train the day's groups under the collapse guards; returns (policy to save, step rows, notes).
+    `callbacks` (e.g. the swap watchdog, varro.engine.memory) see every step too and may stop the day.
 
     `reopen()` gives a fresh policy at the previous checkpoint, used when the KL
     guard discards the day's updates. With a distributed `world`, rank 0 reads
@@ -158,7 +159,7 @@ def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: 
     # the KL guard first: when both would trip, the KL is what is recorded (as before the callbacks)
     guards = [KLGuard(cfg.train.kl_max), EntropyGuard(first_entropy, cfg.train.entropy_min_share)]
     with progress.stage("training", total=cfg.train.minibatches if groups else 0) as advance:
-        rows = policy.trainer.train_day(groups, callbacks=[ProgressAdvance(advance), *guards])
+        rows = policy.trainer.train_day(groups, callbacks=[ProgressAdvance(advance), *guards, *callbacks])
     flat = policy.trainer.flat_groups if groups else 0
     if flat:
         note = (f"{flat} of {policy.trainer.groups} groups had a reward std at most flat_std "

@@ -100,8 +100,10 @@ class Policy:
         return {"profile": s.profile, "group_size": s.group_size, "max_tokens": s.max_tokens,
                 **s.sampler_settings()}
 
-    def sample(self, prompts: list[tuple[str, str]], seed: int | None = None, on_done=None) -> list[list[Rollout]]:
-        """G completions for each (prompt_id, text), with the run's sampler profile."""
+    def sample(self, prompts: list[tuple[str, str]], seed: int | None = None, on_done=None,
+               decode_batch: int = 0) -> list[list[Rollout]]:
+        """G completions for each (prompt_id, text), with the run's sampler profile; `decode_batch` prompts'
+        groups decode together (0: all; see rollouts.sample_groups)."""
         s = self.config.sampling
         knobs = s.sampler_settings()
         inputs = [PromptInput(pid, self.prompt_tokens(text)) for pid, text in prompts]
@@ -116,6 +118,7 @@ class Policy:
             top_k=int(knobs["top_k"]),
             seed=seed,
             on_done=on_done,
+            decode_batch=decode_batch,
         )
 
     def save(self, day: str, extra: dict | None = None) -> Path:

@@ -144,11 +144,16 @@ def sample_groups(
     top_k: int = 0,
     seed: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    decode_batch: int = 0,
 ) -> list[list[Rollout]]:
     """Sample `group_size` completions for each prompt; returns one list of Rollouts per prompt.
 
-    `on_done(1)` is called as each completion finishes. Raises ValueError for an
-    empty prompt or non-positive sizes.
+    `on_done(1)` is called as each completion finishes. `decode_batch` > 0 decodes
+    that many prompts' groups together at a time (the memory guard's knob, see
+    varro.engine.memory); 0 decodes all at once. `seed` seeds the call once and
+    the batches draw one after another from that stream, so a seed and a
+    decode batch give the same completions again; another split draws others.
+    Raises ValueError for an empty prompt or non-positive sizes.
     """
     from mlx_lm.generate import BatchGenerator
 
@@ -161,6 +166,10 @@ def sample_groups(
         return []
     if seed is not None:
         mx.random.seed(seed)
+    if 0 < decode_batch < len(prompts):
+        return [g for i in range(0, len(prompts), decode_batch)
+                for g in sample_groups(model, tokenizer, prompts[i : i + decode_batch], group_size, max_tokens,
+                                       temp, top_p, top_k, seed=None, on_done=on_done)]
     total = len(prompts) * group_size
     gen = BatchGenerator(
         Float32Logits(model),

@@ -1,0 +1,99 @@
+"""The memory guard's estimate (varro.engine.memory) against mx.get_peak_memory() on a Qwen3-0.6B shape.
+
+A randomly initialised model with Qwen3-0.6B's hidden size, heads, head dim,
+MLP and vocabulary (float32, as the Policy runs it) and `--layers` blocks
+(fewer than 28 keeps it quick on a CPU; every term but the weights scales with
+the layers; `--bf16` for a bfloat16 base), sampled through `rollouts.sample_groups` and trained one day
+(LoRA on every block, one minibatch) through the Trainer, on random tokens.
+Prints measured peak, estimate and their ratio for each case.
+
+Usage: scripts/env python bench/memory_estimate.py [--layers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.models.qwen3 import Model, ModelArgs
+
+from varro.engine.config import Config
+from varro.engine.gspo import gspo_objective
+from varro.engine.memory import ModelShape, sampling_bytes, training_bytes
+from varro.engine.models import apply_lora
+from varro.engine.records import PromptInput, Rollout
+from varro.engine.rollouts import sample_groups
+from varro.engine.train import Trainer, make_optimizer
+
+VOCAB = 151936
+
+
+DTYPE = mx.float32
+
+
+def qwen3_06b(layers: int):
+    args = ModelArgs(model_type="qwen3", hidden_size=1024, num_hidden_layers=layers, intermediate_size=3072,
+                     num_attention_heads=16, rms_norm_eps=1e-6, vocab_size=VOCAB, num_key_value_heads=8,
+                     max_position_embeddings=4096, head_dim=128, tie_word_embeddings=True, rope_theta=1e6)
+    mx.random.seed(0)
+    model = Model(args)
+    model.set_dtype(DTYPE)
+    mx.eval(model.parameters())
+    return model
+
+
+class Tokenizer:
+    eos_token_ids = [VOCAB - 1]
+
+    @staticmethod
+    def decode(ids):
+        return ""
+
+
+def sampling_case(layers: int, prompts: int, prompt_tokens: int, max_tokens: int, group: int) -> tuple[int, int]:
+    model = qwen3_06b(layers)
+    rng = np.random.default_rng(0)
+    inputs = [PromptInput(str(i), rng.integers(0, VOCAB - 1, prompt_tokens).tolist()) for i in range(prompts)]
+    mx.reset_peak_memory()
+    sample_groups(model, Tokenizer(), inputs, group, max_tokens, temp=0.7, top_p=0.9, top_k=40, seed=0)
+    return mx.get_peak_memory(), sampling_bytes(ModelShape.from_model(model), prompts, group, prompt_tokens,
+                                                 max_tokens)
+
+
+def training_case(layers: int, micro_batch: int, prompt_tokens: int, max_tokens: int, group: int) -> tuple[int, int]:
+    model = qwen3_06b(layers)
+    cfg = Config()
+    cfg.model.lora_layers = layers
+    apply_lora(model, cfg.model)
+    cfg.train.micro_batch, cfg.train.minibatches = micro_batch, 1
+    trainer = Trainer(model, cfg.train, make_optimizer(cfg.train), gspo_objective(cfg.train), temperature=0.7)
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, VOCAB - 1, prompt_tokens).tolist()
+    groups = [[Rollout("p", i, prompt, rng.integers(0, VOCAB - 1, max_tokens).tolist(), "", "length",
+                       reward=float(i)) for i in range(group)]]
+    mx.reset_peak_memory()
+    trainer.train_day(groups)
+    return mx.get_peak_memory(), training_bytes(ModelShape.from_model(model), micro_batch or group, group,
+                                                prompt_tokens, max_tokens)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="a bfloat16 base instead of float32")
+    a = ap.parse_args()
+    global DTYPE
+    DTYPE = mx.bfloat16 if a.bf16 else mx.float32
+    for what, fn, cases in [
+        ("sampling (prompts, P, M, G)", sampling_case, [(2, 100, 40, 8), (4, 100, 40, 8), (1, 400, 40, 4)]),
+        ("training (micro-batch, P, M, G)", training_case, [(1, 100, 150, 2), (2, 100, 150, 2), (1, 300, 150, 2)]),
+    ]:
+        for case in cases:
+            peak, est = fn(a.layers, *case)
+            print(f"{what} {case}, {a.layers} layers: peak {peak / 1e6:.0f} MB, estimate {est / 1e6:.0f} MB "
+                  f"({est / peak:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()

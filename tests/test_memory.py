@@ -1,0 +1,215 @@
+"""The memory guard's estimate, its choices and refusals, and the swap watchdog (varro.engine.memory)."""
+
+from types import SimpleNamespace
+
+import mlx.core as mx
+import pytest
+
+from helpers import PROMPTS, open_policy, scored_groups, tiny_config, varro_step
+from varro.engine import memory
+from varro.engine import store as dbm
+from varro.engine.checkpoints import list_checkpoints
+from varro.engine.embed import HashEmbedder
+from varro.engine.memory import (MemoryGuardError, ModelShape, SwapError, plan_decode_batch, plan_micro_batch,
+                                 sampling_bytes, training_bytes)
+from varro.engine.train import Trainer
+
+QWEN3_06B = SimpleNamespace(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+                            head_dim=128, intermediate_size=3072, vocab_size=151936)
+MiB = 2**20
+
+
+def qwen3_shape(weight_bytes=1_500_000_000, trainable_bytes=40_000_000, dtype_bytes=2):
+    return ModelShape.from_args(QWEN3_06B, weight_bytes, trainable_bytes, dtype_bytes)
+
+
+def test_qwen3_06b_sampling_estimate_by_hand():
+    s = qwen3_shape()
+    # 4 prompts x 8 = 32 rows; 300 + 180 = 480 positions, allocated as 512 (two steps of 256)
+    kv_per_token = 28 * 2 * 8 * 128 * 2  # 114688 bytes: bf16 keys and values of every layer
+    assert kv_per_token == 114_688
+    kv = 2 * 32 * 512 * kv_per_token  # the prefills' copies beside the merged cache
+    logits = 32 * 151936 * (4 * 6 + 2 + 4)  # six float32 copies, the bf16 logits and their float32 cast
+    prefill = 300 * (3 * 3072 + 4 * 1024) * 2
+    assert sampling_bytes(s, 4, 8, 300, 180) == 1_500_000_000 + kv + logits + prefill
+    assert sampling_bytes(s, 4, 8, 300, 180) == 5_411_942_144  # ~5.4 GB, 3.76 GB of it the KV cache
+
+
+def test_qwen3_06b_training_estimate_by_hand():
+    s = qwen3_shape()
+    state = 8 * 40_000_000
+    acts = (2 * 180 + 300) * 1024 * 28 * 32 * 2  # two rows' completions and the prompt, 32 values per unit
+    attn = 2 * 16 * 180 * 480 * 28 * 4
+    logits = 2 * 180 * 151936 * 4 * 3
+    prompt_kv = 2 * 300 * 28 * 2 * 8 * 128 * 4
+    assert training_bytes(s, 2, 8, 300, 180) == 1_500_000_000 + state + acts + attn + logits + prompt_kv
+    # with short completions and large groups the no-gradient pass is the larger: capped at 256 MiB, x2
+    assert training_bytes(s, 1, 64, 10, 100) == 1_500_000_000 + state + 2 * 256 * MiB
+
+
+def test_tiny_model_shape_from_its_parameters(tiny_model_path, tmp_path):
+    policy = open_policy(tiny_model_path, tmp_path / "run")
+    s = ModelShape.from_model(policy.model)
+    v = policy.model.args.vocab_size
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 16 * 2 + 64 * 2 + 64 * 128 * 3  # q o, k v, q/k norms, norms, MLP
+    lora = 2 * 8 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)  # rank 8 on the 7 linears of 2 blocks
+    assert (s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate) == (64, 2, 4, 2, 16, 128)
+    assert s.weight_bytes == 4 * (v * 64 + 2 * per_layer + 64 + lora)  # float32, tied embeddings
+    assert s.trainable_bytes == 4 * lora and s.dtype_bytes == 4
+    assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + 2 * 24 * 256 * 2 * 2 * 2 * 16 * 4 \
+        + 24 * v * (4 * 6 + 4) + 33 * (3 * 128 + 4 * 64) * 4
+
+
+def test_a_bf16_base_is_counted_in_its_own_bytes():
+    from mlx_lm.models.qwen3 import Model, ModelArgs
+
+    args = ModelArgs(model_type="qwen3", hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                     num_attention_heads=4, rms_norm_eps=1e-6, vocab_size=512, num_key_value_heads=2,
+                     max_position_embeddings=256, head_dim=16, tie_word_embeddings=True, rope_theta=1e4)
+    model = Model(args)
+    model.set_dtype(mx.bfloat16)
+    s = ModelShape.from_model(model)
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 16 * 2 + 64 * 2 + 64 * 128 * 3
+    weights = 2 * (512 * 64 + 2 * per_layer + 64)
+    assert (s.weight_bytes, s.trainable_bytes, s.dtype_bytes) == (weights, weights, 2)  # full fine-tuning
+    model.freeze()
+    assert ModelShape.from_model(model).trainable_bytes == 0
+    # its KV cache takes half the float32 one's bytes
+    assert s.kv_bytes_per_token() == 2 * 2 * 2 * 16 * 2
+
+
+def test_guard_picks_a_smaller_decode_batch():
+    s = qwen3_shape()
+    budget = sampling_bytes(s, 3, 8, 300, 180)
+    assert plan_decode_batch(s, 10, 8, 300, 180, budget) == 3
+    assert plan_decode_batch(s, 10, 8, 300, 180, budget - 1) == 2
+    assert plan_decode_batch(s, 2, 8, 300, 180, budget) == 2  # all fit
+    assert plan_decode_batch(s, 10, 8, 300, 180, None) == 10  # no reading: no guard
+
+
+def test_guard_refuses_sampling_with_what_would_fit():
+    s = qwen3_shape()
+    budget = 2_000_000_000
+    with pytest.raises(MemoryGuardError) as e:
+        plan_decode_batch(s, 10, 8, 300, 180, budget)
+    assert str(e.value) == "sampling needs ~2.5 GB, 2.0 GB available: --group-size 4 would fit"
+    # the suggestion is the largest that fits, by the formula; no max_tokens does (300 + 1 already takes
+    # two cache steps of 256 positions)
+    assert sampling_bytes(s, 1, 4, 300, 180) <= budget < sampling_bytes(s, 1, 5, 300, 180)
+    assert sampling_bytes(s, 1, 8, 300, 1) > budget
+    with pytest.raises(MemoryGuardError) as e:  # a shorter prompt: 100 + 156 tokens fit one cache step
+        plan_decode_batch(s, 10, 8, 100, 180, 2_200_000_000)
+    assert str(e.value) == "sampling needs ~2.5 GB, 2.2 GB available: --group-size 5 or --max-tokens 156 would fit"
+    assert sampling_bytes(s, 1, 8, 100, 156) <= 2_200_000_000 < sampling_bytes(s, 1, 8, 100, 157)
+    assert sampling_bytes(s, 1, 5, 100, 180) <= 2_200_000_000 < sampling_bytes(s, 1, 6, 100, 180)
+
+
+def test_guard_shrinks_the_micro_batch_or_refuses():
+    s = qwen3_shape()
+    budget = training_bytes(s, 3, 8, 300, 180)
+    assert plan_micro_batch(s, 0, 8, 300, 180, budget) == 3  # 0 (the whole group of 8) does not fit
+    assert plan_micro_batch(s, 2, 8, 300, 180, budget) == 2
+    with pytest.raises(MemoryGuardError) as e:
+        plan_micro_batch(s, 1, 8, 300, 180, 3_000_000_000)
+    assert str(e.value) == "training needs ~3.3 GB, 3.0 GB available: --max-tokens 111 would fit"
+    assert training_bytes(s, 1, 8, 300, 111) <= 3_000_000_000 < training_bytes(s, 1, 8, 300, 112)
+    with pytest.raises(MemoryGuardError, match="no smaller group or completion fits"):
+        plan_micro_batch(s, 1, 8, 300, 180, 1_000_000_000)
+
+
+def test_cycle_refuses_a_day_that_cannot_fit(tiny_model_path, tmp_path, monkeypatch):
+    db = dbm.open_db(tmp_path / "v.db")
+    cfg = tiny_config(tiny_model_path)
+    cfg.varro.prompts_per_day = 4
+    monkeypatch.setattr(memory, "available_bytes", lambda: 0)
+    monkeypatch.setattr(memory.mx, "get_active_memory", lambda: 1_000_000)  # the weights alone do not fit
+    with pytest.raises(MemoryGuardError, match=r"^sampling needs ~0\.0 GB, 0\.0 GB available: no smaller"):
+        varro_step(db, cfg, "r", tmp_path / "runs" / "r", "2026-11-02", HashEmbedder())
+    assert db["rollouts"].count == 0  # (Varro writes day D's checkpoint before it samples D's prompts)
+
+
+def test_split_decode_is_deterministic_and_complete(tiny_model_path, tmp_path):
+    policy = open_policy(tiny_model_path, tmp_path / "run")
+    a = policy.sample(PROMPTS, seed=3, decode_batch=1)
+    b = policy.sample(PROMPTS, seed=3, decode_batch=1)
+    assert [[r.completion_tokens for r in g] for g in a] == [[r.completion_tokens for r in g] for g in b]
+    assert [g[0].prompt_id for g in a] == [p for p, _ in PROMPTS]
+    assert [[r.group_index for r in g] for g in a] == [list(range(8))] * 3
+    assert all(len(r.sampler_logprobs) == len(r.completion_tokens) for g in a for r in g)
+
+
+class Swap:
+    """A swap reader that reads 0 until `grow` is set, then 4 GB."""
+
+    def __init__(self):
+        self.grown = False
+
+    def __call__(self):
+        return 4 * 2**30 if self.grown else 0
+
+
+def test_watchdog_stops_training_after_the_step_and_writes_no_checkpoint(tiny_model_path, tmp_path, monkeypatch):
+    db = dbm.open_db(tmp_path / "v.db")
+    cfg = tiny_config(tiny_model_path)
+    cfg.varro.prompts_per_day = 4
+    cfg.sampling.max_tokens = 8
+    run_path, emb = tmp_path / "runs" / "r", HashEmbedder()
+    varro_step(db, cfg, "r", run_path, "2026-11-02", emb)  # Varro trains on a day once the next one scores it
+    swap = Swap()
+    monkeypatch.setattr(memory, "swap_bytes", swap)
+    updates = []
+    real_update = Trainer._update
+
+    def update(self, mb, k):
+        updates.append(k)
+        swap.grown = True  # swapping starts during the first step
+        return real_update(self, mb, k)
+
+    monkeypatch.setattr(Trainer, "_update", update)
+    with pytest.raises(SwapError) as e:
+        varro_step(db, cfg, "r", run_path, "2026-11-03", emb)
+    assert str(e.value) == ("the machine started swapping (4096 MB more swap than at the start, over swap_max_mb "
+                            "512): the night stopped after training step 1, before the checkpoint, with nothing "
+                            "half-written; the next night runs the rest of the day again")
+    assert updates == [0]  # stopped after the current step, of 4
+    assert [p.name for p in list_checkpoints(run_path)] == ["2026-11-02"]
+    assert db["steps"].count == 0
+    # the next night, without swapping, trains the day in full
+    swap.grown, updates[:] = False, []
+    monkeypatch.setattr(Trainer, "_update", real_update)
+    res = varro_step(db, cfg, "r", run_path, "2026-11-03", emb)
+    assert res.steps == 4 and [p.name for p in list_checkpoints(run_path)] == ["2026-11-02", "2026-11-03"]
+
+
+def test_watchdog_is_off_without_a_reading():
+    dog = memory.SwapWatchdog(512 * MiB, reader=lambda: None).start()
+    dog.poll()
+    assert dog.tripped is None and dog._thread is None and dog.on_step({}) is False
+    dog.stop()
+
+
+def test_estimate_bounds_the_measured_peak_on_the_tiny_model(tiny_model_path, tmp_path):
+    """Measured: sampling peak / estimate and training peak / estimate, stated in the README. The peak is
+    taken above what MLX held before (earlier tests' arrays may still be alive), plus the weights."""
+    import gc
+
+    policy = open_policy(tiny_model_path, tmp_path / "run", micro_batch=2)
+    s = ModelShape.from_model(policy.model)
+    prompt = max(len(policy.prompt_tokens(t)) for _, t in PROMPTS)
+
+    def peak_of(fn):
+        gc.collect()
+        before = mx.get_active_memory()
+        mx.reset_peak_memory()
+        out = fn()
+        return out, mx.get_peak_memory() - before + s.weight_bytes
+
+    groups, sampled = peak_of(lambda: scored_groups(policy, seed=1))
+    _, trained = peak_of(lambda: policy.trainer.train_day(groups))
+    longest = max(len(r.completion_tokens) for g in groups for r in g)
+    est_sample = sampling_bytes(s, len(PROMPTS), 8, prompt, 12)
+    est_train = training_bytes(s, 2, 8, prompt, longest)
+    print(f"sampling {sampled} <= {est_sample} ({est_sample / sampled:.2f}x); "
+          f"training {trained} <= {est_train} ({est_train / trained:.2f}x)")
+    assert sampled <= est_sample <= 3 * sampled
+    assert trained <= est_train <= 3 * trained

@@ -1,0 +1,341 @@
+"""The memory guard and the swap watchdog: a night that does not fit is refused, one that swaps is ended.
+
+The estimate, from the loaded model's shape (`ModelShape.from_model`: its
+`args` and the bytes of its actual parameters, float32, bf16 or quantized).
+With W the weights' bytes, T the trainable parameters' bytes (LoRA adapters,
+or every weight with full fine-tuning), b the bytes per element of the base's
+dtype (`models.base_dtype`: activations and the KV cache), L layers, h hidden
+size, I the MLP's intermediate size, H query heads, K kv heads, D head dim, V
+vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
+(logits and log-probs are float32, 4 bytes, whatever the base):
+
+    sampling, n prompts decoding together, R = n x G rows:
+        W + 2 x R x ceil256(P + M) x L x 2 x K x D x b      the decode batch's KV cache
+          + R x V x (4 x 6 + b + c)                         one decode step's logits (c: 4 if b < 4, else 0)
+          + min(P, 512) x (3 x I + 4 x h) x b               one prefill chunk's transients in a block
+    training, one micro-batch of m rows, S = P + M:
+        W + 8 x T                                           the trainable parameters' step state (below)
+          + (m x M + P) x h x L x F x b                     saved activations: the micro-batch's, the prompt's
+          + m x H x M x S x L x 4                           the micro-batch's attention probabilities
+          + m x M x V x 4 x 3                               its logits, log-softmax and their gradient
+          + 2 x P x L x 2 x K x D x 4                       the prompt's keys and values and their gradient
+        or the no-gradient pi_old / reference pass, if larger:
+        W + 8 x T + min(G x M x V x 4, 256 MiB) x 2
+
+Where the factors come from: mlx-lm grows a KV cache in steps of 256 positions
+(`ceil256`), and the per-prompt copies (G deep copies of each prefill) live
+next to the merged batch cache while it is assembled, hence 2 x; a decode
+step holds the logits, their log-softmax, the stacked rows of
+`rollouts.sampled_logprobs` and its masked, scaled and normalised copies (6
+float32 rows of V), and the model's own logits (b bytes) with, over a base
+that is not float32, the float32 copy `Float32Logits` casts them to (c). The micro-batch runs its M completion positions on top of
+the prompt's keys and values, and the prompt's own backward (batch 1, P
+positions) follows it; F (`ACTIVATION_FACTOR`) is the values a transformer
+block saves per position per hidden unit for its backward (norm inputs and
+outputs, q, k, v before and after their norms and RoPE, the attention output,
+the MLP's gate, up, activation and product at I/h each). The attention
+probabilities are the term quadratic in length. A step holds, beside the
+trainable parameters, their micro-batch gradient, its running sum, the
+clipped copy, Adam's m and v and the update's new m, v and parameters
+(8 x T). The pass term is the trainer's `PASS_LOGITS_BYTES` cap, twice for
+the log-softmax.
+
+Measured against mx.get_peak_memory() on CPU: 1.15-1.17x the tiny model's
+sampling peak and 1.52x its training day's (tests/test_memory.py); 1.01-1.02x
+and 1.01-1.16x on a float32 base of Qwen3-0.6B's shape with 2 and 6 blocks
+(bench/memory_estimate.py); with a bf16 base the sampling estimate is
+0.98-1.03x the peak (up to 2% under), which `memory_fraction` leaves room for. The estimate is meant as an upper bound; the guard lets the night use `memory_fraction` of what the
+machine has free (`available_bytes`, plus what MLX already holds: the loaded
+weights are counted in the estimate).
+
+The swap watchdog (`SwapWatchdog`) reads the swap in use every few seconds on
+a daemon thread (`swap_bytes`: Linux `/proc/self/status` VmSwap, this process;
+macOS `sysctl vm.swapusage`, the system's). Once it has grown more than
+`swap_max_mb` since the night started, `tripped` says why; the cycle checks it
+between stages and the trainer after every step (`on_step`), and the day ends
+with a `SwapError` before its checkpoint is written, so the next night re-runs
+it. Where no reading exists the watchdog stays off. Each day starts its own
+watchdog, with its own baseline.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from varro.engine.errors import UserError
+from varro.engine.models import base_dtype
+from varro.engine.train import PASS_LOGITS_BYTES, TrainingCallback
+
+GB = 1e9
+PREFILL_STEP = 512  # rollouts.prefill's chunk
+KV_STEP = 256  # mlx-lm's KVCache / BatchKVCache allocation step
+KV_COPIES = 2  # the prefills' G copies beside the merged batch cache; a growing cache's concatenation
+DECODE_LOGIT_COPIES = 6  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised
+ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (see above)
+LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions
+TRAINABLE_COPIES = 8  # beyond the parameters: gradient, running sum, clipped, Adam's m, v, the update's new m, v, p
+
+
+class MemoryGuardError(UserError):
+    """The night would not fit in the memory the machine has; the message says what would."""
+
+
+class SwapError(UserError):
+    """The machine started swapping during the night; the day was stopped before its checkpoint."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs of a model: its `args` and the bytes of its parameters."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    intermediate: int
+    weight_bytes: int
+    trainable_bytes: int = 0
+    dtype_bytes: int = 4  # activations and KV cache
+
+    @classmethod
+    def from_args(cls, args, weight_bytes: int, trainable_bytes: int = 0, dtype_bytes: int = 4) -> "ModelShape":
+        heads = args.num_attention_heads
+        return cls(hidden=args.hidden_size, layers=args.num_hidden_layers, heads=heads,
+                   kv_heads=getattr(args, "num_key_value_heads", None) or heads,
+                   head_dim=getattr(args, "head_dim", None) or args.hidden_size // heads,
+                   vocab=args.vocab_size, intermediate=args.intermediate_size, weight_bytes=weight_bytes, trainable_bytes=trainable_bytes,
+                   dtype_bytes=dtype_bytes)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "ModelShape":
+        """The shape of a loaded mlx-lm model, with the bytes its parameters actually take."""
+        params = [v for _, v in tree_flatten(model.parameters())]
+        trainable = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
+        # activations and the KV cache run in the base's dtype (a quantized base's scales')
+        return cls.from_args(model.args, sum(v.nbytes for v in params), trainable, base_dtype(model).size)
+
+    def kv_bytes_per_token(self) -> int:
+        """One row's keys and values of one position, over all layers."""
+        return self.layers * 2 * self.kv_heads * self.head_dim * self.dtype_bytes
+
+
+def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
+    """The estimated peak of one decode batch of `prompts` prompts x `group_size` (module docstring)."""
+    rows = prompts * group_size
+    positions = math.ceil((prompt_tokens + max_tokens) / KV_STEP) * KV_STEP
+    kv = KV_COPIES * rows * positions * shape.kv_bytes_per_token()
+    cast = 4 if shape.dtype_bytes < 4 else 0  # Float32Logits' copy over a bf16 or quantized base
+    logits = rows * shape.vocab * (4 * DECODE_LOGIT_COPIES + shape.dtype_bytes + cast)
+    prefill = min(prompt_tokens, PREFILL_STEP) * (3 * shape.intermediate + 4 * shape.hidden) * shape.dtype_bytes
+    return shape.weight_bytes + kv + logits + prefill
+
+
+def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_tokens: int,
+                   max_tokens: int) -> int:
+    """The estimated peak of one training step differentiating `micro_batch` rows (module docstring)."""
+    s = shape
+    seq = prompt_tokens + max_tokens
+    base = s.weight_bytes + TRAINABLE_COPIES * s.trainable_bytes
+    grad = ((micro_batch * max_tokens + prompt_tokens) * s.hidden * s.layers * ACTIVATION_FACTOR * s.dtype_bytes
+            + micro_batch * s.heads * max_tokens * seq * s.layers * 4
+            + micro_batch * max_tokens * s.vocab * 4 * LOGIT_COPIES
+            + 2 * prompt_tokens * s.layers * 2 * s.kv_heads * s.head_dim * 4)
+    passes = 2 * min(group_size * max_tokens * s.vocab * 4, PASS_LOGITS_BYTES)
+    return base + max(grad, passes)
+
+
+def available_bytes() -> int | None:
+    """The memory the machine can give without swapping, in bytes (None where there is no reading):
+    Linux MemAvailable; macOS free + inactive + speculative pages (vm_stat)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        m = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.M)
+        return int(m.group(1)) * 1024 if m else None
+    if sys.platform == "darwin":
+        try:
+            text = subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=5, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        page = re.search(r"page size of (\d+) bytes", text)
+        pages = {k: int(v) for k, v in re.findall(r"^Pages (\w+):\s+(\d+)\.", text, re.M)}
+        if not page:
+            return None
+        return int(page.group(1)) * sum(pages.get(k, 0) for k in ("free", "inactive", "speculative"))
+    return None
+
+
+def budget_bytes(fraction: float) -> int | None:
+    """What the night may use: `fraction` of the free memory plus what MLX already holds (the loaded
+    weights, which the estimates count); None without a reading."""
+    free = available_bytes()
+    return None if free is None else int(fraction * free) + mx.get_active_memory()
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def _largest(fits, hi: int) -> int:
+    """The largest k in 1..hi with fits(k) (fits is monotone: true below some k), or 0."""
+    return max((k for k in range(1, hi + 1) if fits(k)), default=0)
+
+
+def plan_decode_batch(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int,
+                      budget: int | None) -> int:
+    """How many prompts to decode together (at most `prompts`): all of them when they fit `budget` (or
+    there is no reading). Raises MemoryGuardError when not even one prompt's group fits, naming a
+    group size or max_tokens that would."""
+    if budget is None or prompts < 1:
+        return max(prompts, 1)
+    n = _largest(lambda k: sampling_bytes(shape, k, group_size, prompt_tokens, max_tokens) <= budget, prompts)
+    if n:
+        return n
+    need = sampling_bytes(shape, 1, group_size, prompt_tokens, max_tokens)
+    g = _largest(lambda k: sampling_bytes(shape, 1, k, prompt_tokens, max_tokens) <= budget, group_size - 1)
+    m = _largest(lambda k: sampling_bytes(shape, 1, group_size, prompt_tokens, k) <= budget, max_tokens - 1)
+    raise MemoryGuardError(f"sampling needs ~{_gb(need)}, {_gb(budget)} available: "
+                           f"{_would_fit(f'--group-size {g}' if g else '', f'--max-tokens {m}' if m else '')}")
+
+
+def plan_micro_batch(shape: ModelShape, micro_batch: int, group_size: int, prompt_tokens: int, max_tokens: int,
+                     budget: int | None) -> int:
+    """The training micro-batch to use: the configured one (0: the whole group) or the largest smaller one
+    that fits `budget`. Raises MemoryGuardError when one row does not fit, naming a max_tokens that would."""
+    wanted = micro_batch if micro_batch > 0 else group_size
+    if budget is None:
+        return micro_batch
+    if training_bytes(shape, wanted, group_size, prompt_tokens, max_tokens) <= budget:
+        return micro_batch
+    n = _largest(lambda k: training_bytes(shape, k, group_size, prompt_tokens, max_tokens) <= budget, wanted - 1)
+    if n:
+        return n
+    need = training_bytes(shape, 1, group_size, prompt_tokens, max_tokens)
+    m = _largest(lambda k: training_bytes(shape, 1, group_size, prompt_tokens, k) <= budget, max_tokens - 1)
+    raise MemoryGuardError(f"training needs ~{_gb(need)}, {_gb(budget)} available: "
+                           f"{_would_fit(f'--max-tokens {m}' if m else '')}")
+
+
+def _would_fit(*options: str) -> str:
+    options = [o for o in options if o]
+    if not options:
+        return "no smaller group or completion fits; close other programs or use a smaller model"
+    return " or ".join(options) + " would fit"
+
+
+def swap_bytes() -> int | None:
+    """The swap in use, in bytes, or None where there is no reading: Linux this process's VmSwap, macOS
+    the system's `vm.swapusage`."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        m = re.search(r"^VmSwap:\s+(\d+) kB", status.read_text(), re.M)
+        return int(m.group(1)) * 1024 if m else None
+    if sys.platform == "darwin":
+        try:
+            text = subprocess.run(["sysctl", "-n", "vm.swapusage"], capture_output=True, text=True, timeout=5,
+                                  check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        m = re.search(r"used = ([\d.]+)([KMG])", text)
+        return int(float(m.group(1)) * {"K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]) if m else None
+    return None
+
+
+class SwapWatchdog(TrainingCallback):
+    """Reads the swap every `interval_s` on a daemon thread (and after every training step); `tripped` is
+    the reason once it has grown by more than `max_bytes` since `start`. As a training callback it stops
+    the day after the current step. Off (never trips) when `max_bytes` <= 0 or the platform gives no
+    reading."""
+
+    def __init__(self, max_bytes: int, interval_s: float = 5.0, reader=None):
+        self.max_bytes = max_bytes
+        self.interval_s = interval_s
+        self.reader = reader or swap_bytes
+        self.tripped: str | None = None
+        self.baseline: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "SwapWatchdog":
+        self.baseline = self.reader() if self.max_bytes > 0 else None
+        if self.baseline is not None:
+            self._thread = threading.Thread(target=self._watch, name="swap-watchdog", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> "SwapWatchdog":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def poll(self) -> None:
+        """One reading: sets `tripped` when the swap has grown past the limit."""
+        now = self.reader()
+        if now is not None and self.baseline is not None and now - self.baseline > self.max_bytes:
+            self.tripped = (f"the machine started swapping ({(now - self.baseline) / 2**20:.0f} MB more swap "
+                            f"than at the start, over swap_max_mb {self.max_bytes / 2**20:.0f})")
+
+    def _watch(self) -> None:
+        while not self.tripped and not self._stop.wait(self.interval_s):
+            self.poll()
+
+    def check(self, where: str) -> None:
+        """Raise SwapError when tripped, naming the stage it stopped before."""
+        if self.tripped:
+            raise SwapError(f"{self.tripped}: the night stopped {where}, with nothing half-written; "
+                            "the next night runs the rest of the day again")
+
+    def on_step(self, row: dict) -> bool:
+        """Stop the day after this step once tripped (a step also takes a reading of its own)."""
+        if self.baseline is not None and not self.tripped:
+            self.poll()
+        return self.tripped is not None
+
+
+def sampling_plan(model: nn.Module, prompt_lengths: list[int], group_size: int, max_tokens: int,
+                  fraction: float) -> tuple[int, str | None]:
+    """(decode batch for `Policy.sample`, a note when it is smaller than all the prompts) under
+    `fraction` of the free memory; 0 decodes all at once. Raises MemoryGuardError when nothing fits."""
+    if fraction <= 0 or not prompt_lengths:
+        return 0, None
+    budget = budget_bytes(fraction)
+    n = plan_decode_batch(ModelShape.from_model(model), len(prompt_lengths), group_size, max(prompt_lengths),
+                          max_tokens, budget)
+    if n >= len(prompt_lengths):
+        return 0, None
+    return n, (f"memory guard: {len(prompt_lengths)} prompts x {group_size} do not fit in {_gb(budget)} at once: "
+               f"decoding {n} prompts at a time")
+
+
+def training_plan(model: nn.Module, groups: list[list], micro_batch: int, max_tokens: int,
+                  fraction: float) -> tuple[int, str | None]:
+    """(micro-batch for the trainer, a note when it is smaller than configured) for the day's `groups` under
+    `fraction` of the free memory. Raises MemoryGuardError when one row does not fit."""
+    if fraction <= 0 or not groups:
+        return micro_batch, None
+    group_size = max(len(g) for g in groups)
+    prompt = max(len(r.prompt_tokens) for g in groups for r in g)
+    longest = max(len(r.completion_tokens) for g in groups for r in g)
+    budget = budget_bytes(fraction)
+    n = plan_micro_batch(ModelShape.from_model(model), micro_batch, group_size, prompt, max(longest, 1), budget)
+    if n == micro_batch:
+        return n, None
+    return n, f"memory guard: micro-batch {micro_batch} does not fit in {_gb(budget)}: training {n} rows at a time"
+
