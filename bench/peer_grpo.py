@@ -51,7 +51,8 @@ class Report(TrainingCallback):
 
 def run(spec: dict) -> dict:
     mx.random.seed(0)
-    lora = {"rank": spec["lora_rank"], "dropout": 0.0, "scale": spec["lora_scale"], "num_layers": -1}
+    lora = {"rank": spec["lora_rank"], "dropout": 0.0, "scale": spec["lora_scale"],
+            "num_layers": spec.get("lora_layers", -1)}
     model, tokenizer, _ = from_pretrained(model=spec["model"], lora_config=lora)
     model.set_dtype(mx.float32)
     no_eos(tokenizer)

@@ -1,0 +1,238 @@
+"""One GSPO iteration of ours against mlx-lm-lora's GRPO on a random model of Qwen3-0.6B's real shape.
+
+Memory does not depend on the device, so it is measured here on the CPU with a
+randomly initialised model of the real shape (hidden 1024, 28 layers, 16 query
+and 8 key-value heads, head dim 128, MLP 3072, vocabulary 151,936, tied
+embeddings) in float32, bfloat16 and 4-bit (`mlx_lm.convert`), built once into
+bench/.models/. The tokenizer is the bench model's byte-level BPE (8,192
+tokens trained on the sample text and pseudo-words) padded with plain
+vocabulary entries (no merges, never produced by encoding, decodable) up to
+151,936 ids, so every id the model can sample decodes.
+
+    scripts/env python bench/real_shape.py --precisions bf16,4bit --batch-sizes 1
+
+Each contender runs in its own process, through bench/gspo.py's `run_ours` and
+bench/peer_grpo.py, with group 8, 180 tokens, LoRA rank 8 (ours on the last 16
+layers, our default; the peer on the same 16), 4 minibatch steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import BENCH_DIR, REPO, SAMPLER, Timer, emit, prompt_tokens, synthetic_corpus
+
+BENCH = "real_shape"
+MODELS = BENCH_DIR / ".models"
+VOCAB = 151_936
+QWEN3_06B = {  # Qwen3-0.6B's config.json, less its weights
+    "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 1024,
+    "num_hidden_layers": 28, "intermediate_size": 3072, "num_attention_heads": 16, "num_key_value_heads": 8,
+    "head_dim": 128, "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 40960,
+    "rope_theta": 1000000.0, "tie_word_embeddings": True, "bos_token_id": None, "torch_dtype": "float32",
+}
+PRECISIONS = ("f32", "bf16", "4bit")
+MAX_TOKENS, LORA_LAYERS = 180, 16
+
+
+def model_dir(precision: str) -> Path:
+    return MODELS / f"qwen3-0.6b-shape-{precision}"
+
+
+def pad_tokenizer(path: Path, vocab_size: int) -> None:
+    """Append plain vocabulary entries to a BPE tokenizer.json until it has `vocab_size` ids."""
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    used = len(vocab) + sum(1 for t in data["added_tokens"] if t["content"] not in vocab)
+    for i in range(vocab_size - used):
+        vocab[f"zzpad{i:06d}"] = used + i
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
+def build_f32() -> Path:
+    """The float32 folder: the bench tokenizer padded to 151,936 ids, Qwen3-0.6B's config, random weights."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models.qwen3 import Model, ModelArgs
+
+    from varro.engine.models import sample_corpus, write_tiny_model
+
+    out = model_dir("f32")
+    if (out / "model.safetensors").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    # The tiny model is only the tokenizer's carrier: its config and weights are replaced below.
+    write_tiny_model(tmp, seed=0, vocab_size=8192, corpus=sample_corpus() + synthetic_corpus())
+    pad_tokenizer(tmp / "tokenizer.json", VOCAB)
+    tiny = json.loads((tmp / "config.json").read_text())
+    config = {**QWEN3_06B, "eos_token_id": tiny["eos_token_id"]}
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    mx.random.seed(0)
+    model = Model(ModelArgs(**{k: config[k] for k in ModelArgs.__dataclass_fields__ if k in config}))
+    weights = dict(tree_flatten(model.parameters()))
+    mx.eval(weights)
+    mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx"})
+    tmp.rename(out)
+    return out
+
+
+def build(precision: str) -> Path:
+    """The model folder of one precision, built once (bf16 and 4-bit by mlx_lm.convert from float32)."""
+    from mlx_lm import convert
+
+    src, out = build_f32(), model_dir(precision)
+    if precision == "f32" or (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    if precision == "bf16":
+        convert(str(src), mlx_path=str(tmp), dtype="bfloat16")
+    else:
+        convert(str(src), mlx_path=str(tmp), dtype="bfloat16", quantize=True, q_bits=4, q_group_size=64)
+    tmp.rename(out)
+    return out
+
+
+def run_ours(precision: str, n_prompts: int) -> dict:
+    """gspo.run_ours on the real-shape model, plus the running peak after each phase (the profile)."""
+    import mlx.core as mx
+
+    import gspo
+    from varro.engine.policy import Policy
+    from varro.engine.train import Trainer
+
+    gspo.bench_model = lambda: model_dir(precision)
+    gspo.MAX_TOKENS = MAX_TOKENS
+    # The padded ids decode to space-less "zzpad012345" pieces, so a random model's completion is one long
+    # word and the distinct-word reward is 1.0 for all 8: the group is flat and no update runs. The share
+    # of one digit varies. (The peer's GRPO computes its update whatever the rewards, so it keeps its reward.)
+    gspo.distinct_word_reward = lambda text: text.count("7") / max(len(text), 1)
+    marks: list[tuple[str, float]] = []  # the measured iteration's are the last ones (after the warm-up's)
+    sample, passes, open_ = Policy.sample, Trainer._pass_logprobs, Policy.open.__func__
+
+    t0 = time.perf_counter()
+
+    def mark(name: str, gb: float) -> None:
+        marks.append((name, gb))
+        print(f"{time.perf_counter() - t0:8.1f} s  {name} {gb:.3f} GB", file=sys.stderr, flush=True)
+
+    def marked_sample(self, *a, **k):
+        mark("before_sampling", mx.get_active_memory() / 1e9)
+        out = sample(self, *a, **k)
+        mark("sampling", mx.get_peak_memory() / 1e9)
+        return out
+
+    def marked_passes(self, *a, **k):
+        out = passes(self, *a, **k)
+        mark("passes", mx.get_peak_memory() / 1e9)
+        return out
+
+    def marked_open(cls, *a, **k):
+        policy = open_(cls, *a, **k)
+        mark("weights_after_open", mx.get_active_memory() / 1e9)
+        marks.append(("base_dtype", str(policy.model.model.embed_tokens.weight.dtype)))
+        return policy
+
+    Policy.sample, Trainer._pass_logprobs, Policy.open = marked_sample, marked_passes, classmethod(marked_open)
+    out = gspo.run_ours(n_prompts)
+    last = max(i for i, (name, _) in enumerate(marks) if name == "before_sampling")
+    out["profile_gb"] = [marks[0]] + marks[last:] + [("iteration", out["peak_memory_gb"])]
+    out["base_dtype"] = dict(marks)["base_dtype"]  # what Policy.open did to the base at the time of the run
+    return out
+
+
+def run_peer(precision: str, n_prompts: int) -> dict:
+    import gspo
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    path = model_dir(precision)
+    tok = load_tokenizer(path)
+    spec = {"model": str(path), "prompts": prompt_tokens(tok, n_prompts), "group": gspo.GROUP,
+            "max_tokens": MAX_TOKENS, "lora_rank": gspo.LORA_RANK, "lora_scale": gspo.LORA_SCALE,
+            "lora_layers": LORA_LAYERS, "beta": 0.02, "eps_low": 3e-4, "eps_high": 4e-4, **SAMPLER}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        proc = subprocess.run([str(gspo.peer_python()), str(BENCH_DIR / "peer_grpo.py"), f.name],
+                              capture_output=True, text=True, cwd=REPO)
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the peer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_child(which: str, precision: str, n_prompts: int) -> dict:
+    """One contender in a fresh process of this file; its wall time is added as process_s."""
+    cmd = [sys.executable, __file__, "--child", which, "--precisions", precision, "--batch-sizes", str(n_prompts)]
+    with Timer() as t:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_s"] = t.s
+    return out
+
+
+def report(precision: str, n: int, ours: dict | None, peer: dict | None) -> None:
+    label = f"{precision}.b{n}"
+    if ours:
+        emit(BENCH, f"{label}.ours_iteration", ours["iteration_s"], "s",
+             f"{n} prompts x 8 x {MAX_TOKENS} tokens ({ours['completion_tokens']} made), {ours['steps']} steps; "
+             f"base after Policy.open: {ours['base_dtype']}; process {ours['process_s']:.0f} s")
+        emit(BENCH, f"{label}.ours_sampling", ours["sampling_s"], "s")
+        emit(BENCH, f"{label}.ours_prepare", ours["prepare_s"], "s", "pi_old and reference passes")
+        emit(BENCH, f"{label}.ours_updates", ours["updates_s"], "s", f"{ours['steps']} minibatch steps")
+        emit(BENCH, f"{label}.ours_peak_memory", ours["peak_memory_gb"], "GB")
+        if "profile_gb" in ours:
+            print(f"{BENCH}.{label}.ours_profile_gb = " + ", ".join(f"{k} {v:.2f}" for k, v in ours["profile_gb"]),
+                  flush=True)
+    if peer:
+        emit(BENCH, f"{label}.peer_iteration", peer["iteration_s"], "s",
+             f"{peer['trainer']}, batch size {n} ({peer['completion_tokens']} tokens made); "
+             f"process {peer['process_s']:.0f} s")
+        emit(BENCH, f"{label}.peer_sampling", peer["sampling_s"], "s")
+        emit(BENCH, f"{label}.peer_loss_grad", peer["iteration_s"] - peer["sampling_s"], "s",
+             "rewards, reference pass, loss and gradient, update")
+        emit(BENCH, f"{label}.peer_peak_memory", peer["peak_memory_gb"], "GB")
+    if ours and peer:
+        emit(BENCH, f"{label}.time_ratio", ours["iteration_s"] / peer["iteration_s"], "x peer", "target <= 0.5")
+        emit(BENCH, f"{label}.memory_ratio", ours["peak_memory_gb"] / peer["peak_memory_gb"], "x peer",
+             "target <= 0.35")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precisions", default="f32,bf16,4bit", help="comma-separated, of f32, bf16, 4bit")
+    ap.add_argument("--batch-sizes", default="1", help="prompts per iteration, comma-separated")
+    ap.add_argument("--contenders", default="ours,peer", help="comma-separated, of ours, peer")
+    ap.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    precisions, sizes = a.precisions.split(","), [int(s) for s in a.batch_sizes.split(",")]
+    if a.child:
+        fn = run_ours if a.child == "ours" else run_peer
+        print(json.dumps(fn(precisions[0], sizes[0])))
+        return
+    for p in precisions:
+        with Timer() as t:
+            build(p)
+        print(f"{BENCH}.{p}: model ready in {t.s:.0f} s", flush=True)
+    for p in precisions:
+        for n in sizes:
+            runs = {}
+            for who in a.contenders.split(","):
+                try:
+                    runs[who] = run_child(who, p, n)
+                except RuntimeError as e:
+                    print(f"{BENCH}.{p}.b{n}.{who} = failed: {e}", flush=True)
+            report(p, n, runs.get("ours"), runs.get("peer"))
+
+
+if __name__ == "__main__":
+    main()
