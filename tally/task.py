@@ -37,7 +37,7 @@ from varro.engine.curriculum import pick_items
 from varro.engine.embed import Embedder
 from varro.engine.metrics import mean_or_none
 from varro.engine.rewards import best_transfer, longest_shared_ngram, words
-from varro.engine.stories import Item, assign_stories, is_held_out, too_close
+from varro.engine.stories import Item, assign_stories, is_held_out, near_any
 
 from .items import TallySettingsError, parse_counts
 from .settings import TallyConfig
@@ -166,10 +166,7 @@ def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], sto
     cards = {g: card for g, (_, card) in group_cards(db, day).items()}
     held = [cards[g] for g, sid in stories.items() if g in cards and is_held_out(sid, cfg.tally.eval_every)]
     held += [f"{s['title']} {s.get('description') or ''}".strip() for s in dbm.panel_sources(db, APP)]
-    if not held or not cands:
-        return [False] * len(cands)
-    mine = embedder.encode([cards.get(h.group, h.group) for h in cands])
-    return too_close(mine, embedder.encode(held), cfg.eval.leak_cosine).tolist()
+    return near_any(embedder, [cards.get(h.group, h.group) for h in cands], held, cfg.eval.leak_cosine)
 
 
 def _rank(key: str) -> str:

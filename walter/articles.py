@@ -21,7 +21,7 @@ import sqlite_utils
 from varro.engine import store as dbm
 from varro.engine.config import Config
 from varro.engine.embed import Embedder
-from varro.engine.stories import Item, assign_stories, is_held_out, too_close
+from varro.engine.stories import Item, assign_stories, is_held_out, near_any
 from varro.engine.metrics import mean_or_none
 
 from .curriculum import pick_articles
@@ -93,10 +93,8 @@ def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], sto
              for r in db.query("select url_norm, title, description from articles")}
     held = [texts[u] for u, sid in stories.items() if u in texts and is_eval_article(sid, cfg.walter.eval_every)]
     held += [f"{s['title']} {s.get('description') or ''}".strip() for s in dbm.panel_sources(db, APP)]
-    if not held or not cands:
-        return [False] * len(cands)
-    mine = embedder.encode([f"{h.title} {h.description or ''}".strip() for h in cands])
-    return too_close(mine, embedder.encode(held), cfg.eval.leak_cosine).tolist()
+    return near_any(embedder, [f"{h.title} {h.description or ''}".strip() for h in cands], held,
+                    cfg.eval.leak_cosine)
 
 
 def is_eval_article(story_id: str, eval_every: int) -> bool:

@@ -56,6 +56,14 @@ def too_close(candidates: np.ndarray, held: np.ndarray, threshold: float) -> np.
     return (candidates @ held.T).max(axis=1) >= threshold
 
 
+def near_any(embedder: Embedder, texts: list[str], held: list[str], threshold: float) -> list[bool]:
+    """Per text: is its cosine to some `held` text at least `threshold`? (Encodes nothing when either is empty.)
+    What every app's guard band asks of its training candidates against the held-out items."""
+    if not texts or not held:
+        return [False] * len(texts)
+    return too_close(embedder.encode(texts), embedder.encode(held), threshold).tolist()
+
+
 def assign_stories(db: sqlite_utils.Database, app: str, items: list[Item], embedder: Embedder,
                    threshold: float, window_days: int) -> dict[str, str]:
     """Link the new ones of `items` into stories (stored in `stories`); returns item id -> story id for all.

@@ -19,7 +19,7 @@ from varro.engine import store as dbm
 from varro.engine.config import Config
 from varro.engine.embed import Embedder
 from varro.engine.metrics import mean_or_none
-from varro.engine.stories import Item, assign_stories, is_held_out, too_close
+from varro.engine.stories import Item, assign_stories, is_held_out, near_any
 from varro.forecast.headlines import headlines_for_day
 from varro.forecast.reward import build_prompt, score_forecast
 from varro.engine.errors import UserError
@@ -62,10 +62,7 @@ def near_held_out(db: sqlite_utils.Database, day: str, heads: list[dict], storie
               for h in headlines_for_day(db, (start + timedelta(days=k)).isoformat())]
     held = [headline_text(h) for h in window if h["id"] in stories and story_split(stories[h["id"]], cfg) == "eval"]
     held += [f"{s['title']} {s.get('summary') or ''}".strip() for s in dbm.panel_sources(db, APP)]
-    if not held or not heads:
-        return [False] * len(heads)
-    return too_close(embedder.encode([headline_text(h) for h in heads]), embedder.encode(held),
-                     cfg.eval.leak_cosine).tolist()
+    return near_any(embedder, [headline_text(h) for h in heads], held, cfg.eval.leak_cosine)
 
 
 def story_split(story_id: str, cfg: Config) -> str:
