@@ -3,11 +3,15 @@
 A randomly initialised model with Qwen3-0.6B's hidden size, heads, head dim,
 MLP and vocabulary (float32, as the Policy runs it) and `--layers` blocks
 (fewer than 28 keeps it quick on a CPU; every term but the weights scales with
-the layers; `--bf16` for a bfloat16 base), sampled through `rollouts.sample_groups` and trained one day
+the layers; `--dtype bf16` for a bfloat16 base, `--dtype 4bit` for one quantized to
+4 bits in groups of 64 with bf16 scales, as mlx_lm.convert -q makes it), sampled through `rollouts.sample_groups` and trained one day
 (LoRA on every block, one minibatch) through the Trainer, on random tokens.
 Prints measured peak, estimate and their ratio for each case.
 
-Usage: scripts/env python bench/memory_estimate.py [--layers 2]
+Usage: scripts/env python bench/memory_estimate.py [--layers 2] [--dtype f32|bf16|4bit] [--only sampling|training]
+
+bf16 and 4-bit matmuls are slow on a CPU (MLX has no BLAS path for them): a 4-bit training case
+at this vocabulary takes tens of minutes here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.qwen3 import Model, ModelArgs
 
@@ -29,7 +34,7 @@ from varro.engine.train import Trainer, make_optimizer
 VOCAB = 151936
 
 
-DTYPE = mx.float32
+DTYPE, QUANTIZED = mx.float32, False
 
 
 def qwen3_06b(layers: int):
@@ -39,6 +44,8 @@ def qwen3_06b(layers: int):
     mx.random.seed(0)
     model = Model(args)
     model.set_dtype(DTYPE)
+    if QUANTIZED:
+        nn.quantize(model, group_size=64, bits=4)
     mx.eval(model.parameters())
     return model
 
@@ -81,18 +88,22 @@ def training_case(layers: int, micro_batch: int, prompt_tokens: int, max_tokens:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--bf16", action="store_true", help="a bfloat16 base instead of float32")
+    ap.add_argument("--dtype", choices=["f32", "bf16", "4bit"], default="f32", help="the base's precision")
+    ap.add_argument("--only", choices=["sampling", "training"], help="one of the two phases")
+    ap.add_argument("--cases", type=int, default=3, help="the first N cases of each phase")
     a = ap.parse_args()
-    global DTYPE
-    DTYPE = mx.bfloat16 if a.bf16 else mx.float32
+    global DTYPE, QUANTIZED
+    DTYPE, QUANTIZED = (mx.float32 if a.dtype == "f32" else mx.bfloat16), a.dtype == "4bit"
     for what, fn, cases in [
         ("sampling (prompts, P, M, G)", sampling_case, [(2, 100, 40, 8), (4, 100, 40, 8), (1, 400, 40, 4)]),
         ("training (micro-batch, P, M, G)", training_case, [(1, 100, 150, 2), (2, 100, 150, 2), (1, 300, 150, 2)]),
     ]:
-        for case in cases:
+        if a.only and not what.startswith(a.only):
+            continue
+        for case in cases[: a.cases]:
             peak, est = fn(a.layers, *case)
-            print(f"{what} {case}, {a.layers} layers: peak {peak / 1e6:.0f} MB, estimate {est / 1e6:.0f} MB "
-                  f"({est / peak:.2f}x)")
+            print(f"{a.dtype} {what} {case}, {a.layers} layers: peak {peak / 1e6:.0f} MB, estimate {est / 1e6:.0f} MB "
+                  f"({est / peak:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

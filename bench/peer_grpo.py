@@ -53,8 +53,7 @@ def run(spec: dict) -> dict:
     mx.random.seed(0)
     lora = {"rank": spec["lora_rank"], "dropout": 0.0, "scale": spec["lora_scale"],
             "num_layers": spec.get("lora_layers", -1)}
-    model, tokenizer, _ = from_pretrained(model=spec["model"], lora_config=lora)
-    model.set_dtype(mx.float32)
+    model, tokenizer, _ = from_pretrained(model=spec["model"], lora_config=lora)  # the base keeps its dtype
     no_eos(tokenizer)
     reference, _ = load(spec["model"])  # mlx_lm_lora.train.load_reference_model: a second full copy
     reference.freeze()

@@ -12,11 +12,19 @@ Metal as on this CPU, which is the weakest link; the "at the bound" column is
 the floor. Reward scoring uses the cold rate measured here as is.
 
     scripts/env python bench/projection.py bench/results/results.jsonl
+    scripts/env python bench/projection.py --real-shape RESULTS.jsonl   # from bench/real_shape.py's fractions
+
+`--real-shape` takes the fractions bench/real_shape.py measured on the real
+Qwen3-0.6B shape (float32 here) instead of the 30M bench model's, and projects
+the night as it now runs: a bf16 base, its KV cache in bf16, 2 prompts decoding
+at a time (the default decode_cache_gb). Training stays at the chip's published
+float32 rate: bf16 is not assumed to compute faster, only to move half the bytes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -44,17 +52,20 @@ def load(path: Path, blas: str) -> dict[str, float]:
 
 
 def nightly_seconds(bw_gbs: float, tflops: float, f_decode: float, f_train: float,
-                    score_rate: float | None) -> dict[str, float]:
-    """Seconds per phase of one night on a chip, at the given fractions of its bound."""
+                    score_rate: float | None, dtype_bytes: float = 4.0,
+                    decode_prompts: int = PROMPTS) -> dict[str, float]:
+    """Seconds per phase of one night on a chip, at the given fractions of its bound: weights and KV
+    cache of `dtype_bytes` per value, `decode_prompts` prompts decoding together."""
     m = QWEN3_06B
     n = PROMPTS * GROUP
-    weight_bytes = 4.0 * m["params"]
+    rows = decode_prompts * GROUP
+    weight_bytes = dtype_bytes * m["params"]
     flops_token = 2.0 * m["params"]
     ctx = PROMPT_TOKENS + COMPLETION_TOKENS / 2
-    kv_bytes = 4.0 * 2 * m["layers"] * m["kv_heads"] * m["head_dim"] * ctx
+    kv_bytes = dtype_bytes * 2 * m["layers"] * m["kv_heads"] * m["head_dim"] * ctx
     attn = 4.0 * m["layers"] * m["heads"] * m["head_dim"] * ctx
-    step = max((weight_bytes + n * kv_bytes) / (bw_gbs * 1e9), n * (flops_token + attn) / (tflops * 1e12))
-    decode = COMPLETION_TOKENS * step / f_decode
+    step = max((weight_bytes + rows * kv_bytes) / (bw_gbs * 1e9), rows * (flops_token + attn) / (tflops * 1e12))
+    decode = math.ceil(PROMPTS / decode_prompts) * COMPLETION_TOKENS * step / f_decode
     prefill = PROMPTS * PROMPT_TOKENS * flops_token / (tflops * 1e12) / f_train
     # pi_old forward + reference forward + forward and backward through the activations (LoRA) = 4 forwards
     positions = n * (PROMPT_TOKENS + COMPLETION_TOKENS)
@@ -63,9 +74,35 @@ def nightly_seconds(bw_gbs: float, tflops: float, f_decode: float, f_train: floa
     return {"sampling": prefill + decode, "training": train, "scoring": score}
 
 
+REAL = "real_shape.f32.b1.t180"
+REAL_DECODE_PROMPTS = 2  # what the default decode_cache_gb (2.0) gives a bf16 Qwen3-0.6B (bench/real_shape.py)
+
+
+def real_shape(path: Path, blas: str) -> None:
+    """The projection from the fractions measured on the real shape (float32 on this CPU), for the
+    night as it now runs: a bf16 base (bases keep their precision), 2 prompts decoding at a time."""
+    r = load(path, blas)
+    f_decode, f_train = r.get(f"{REAL}.ours_sampling_fraction"), r.get(f"{REAL}.ours_train_fraction")
+    if not f_decode or not f_train:
+        sys.exit(f"{path} lacks {REAL}.ours_sampling_fraction or .ours_train_fraction for {blas}")
+    for chip, (bw, tf) in CHIPS.items():
+        at_bound = nightly_seconds(bw, tf, 1.0, 1.0, None, 2.0, REAL_DECODE_PROMPTS)
+        ours = nightly_seconds(bw, tf, f_decode, f_train, None, 2.0, REAL_DECODE_PROMPTS)
+        name = chip.split(" (")[0].replace(" ", "_")
+        emit(BENCH, f"real_shape.{name}.nightly_min", sum(ours.values()) / 60, "min",
+             f"PROJECTION {chip}, {bw} GB/s, {tf} TFLOPS, bf16 base: sampling {ours['sampling'] / 60:.1f}, "
+             f"training {ours['training'] / 60:.1f} min at the real shape's fractions ({f_decode:.3f} decode, "
+             f"{f_train:.3f} training, {blas}); at the bound {sum(at_bound.values()) / 60:.1f} min; scoring "
+             "not included", tag=blas)
+
+
 def main() -> None:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).parent / "results" / "results.jsonl")
-    blas = sys.argv[2] if len(sys.argv) > 2 else "openblas"
+    args = [a for a in sys.argv[1:] if a != "--real-shape"]
+    path = Path(args[0] if args else Path(__file__).parent / "results" / "results.jsonl")
+    blas = args[1] if len(args) > 1 else "openblas"
+    if "--real-shape" in sys.argv:
+        real_shape(path, blas)
+        return
     r = load(path, blas)
     f_decode = r.get("roofline.batch32_fraction")
     f_train = r.get("gspo.b1.ours_train_fraction")

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BENCH_DIR, REPO, SAMPLER, Timer, emit, prompt_tokens, synthetic_corpus
+from common import BENCH_DIR, REPO, SAMPLER, Timer, emit, prompt_texts, prompt_tokens, synthetic_corpus
 
 BENCH = "real_shape"
 MODELS = BENCH_DIR / ".models"
@@ -99,16 +99,17 @@ def build(precision: str) -> Path:
     return out
 
 
-def run_ours(precision: str, n_prompts: int) -> dict:
+def run_ours(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> dict:
     """gspo.run_ours on the real-shape model, plus the running peak after each phase (the profile)."""
     import mlx.core as mx
 
     import gspo
+    from varro.engine.memory import ModelShape, sampling_bytes, training_bytes
     from varro.engine.policy import Policy
     from varro.engine.train import Trainer
 
     gspo.bench_model = lambda: model_dir(precision)
-    gspo.MAX_TOKENS = MAX_TOKENS
+    gspo.MAX_TOKENS = max_tokens
     # The padded ids decode to space-less "zzpad012345" pieces, so a random model's completion is one long
     # word and the distinct-word reward is 1.0 for all 8: the group is flat and no update runs. The share
     # of one digit varies. (The peer's GRPO computes its update whatever the rewards, so it keeps its reward.)
@@ -133,10 +134,13 @@ def run_ours(precision: str, n_prompts: int) -> dict:
         mark("passes", mx.get_peak_memory() / 1e9)
         return out
 
+    shapes = []
+
     def marked_open(cls, *a, **k):
         policy = open_(cls, *a, **k)
         mark("weights_after_open", mx.get_active_memory() / 1e9)
         marks.append(("base_dtype", str(policy.model.model.embed_tokens.weight.dtype)))
+        shapes.append((ModelShape.from_model(policy.model), policy))
         return policy
 
     Policy.sample, Trainer._pass_logprobs, Policy.open = marked_sample, marked_passes, classmethod(marked_open)
@@ -144,17 +148,23 @@ def run_ours(precision: str, n_prompts: int) -> dict:
     last = max(i for i, (name, _) in enumerate(marks) if name == "before_sampling")
     out["profile_gb"] = [marks[0]] + marks[last:] + [("iteration", out["peak_memory_gb"])]
     out["base_dtype"] = dict(marks)["base_dtype"]  # what Policy.open did to the base at the time of the run
+    # The memory guard's estimates for this iteration, against the measured peaks: sampling's is the
+    # running peak at the end of sampling, training's the iteration's (the larger of the two phases).
+    shape, policy = shapes[0]
+    prompt = max(len(policy.prompt_tokens(t)) for t in prompt_texts(n_prompts))  # the guard plans for the longest
+    out["estimate_gb"] = {"sampling": sampling_bytes(shape, n_prompts, gspo.GROUP, prompt, max_tokens) / 1e9,
+                          "training": training_bytes(shape, 1, gspo.GROUP, prompt, max_tokens) / 1e9}
     return out
 
 
-def run_peer(precision: str, n_prompts: int) -> dict:
+def run_peer(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> dict:
     import gspo
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
     path = model_dir(precision)
     tok = load_tokenizer(path)
     spec = {"model": str(path), "prompts": prompt_tokens(tok, n_prompts), "group": gspo.GROUP,
-            "max_tokens": MAX_TOKENS, "lora_rank": gspo.LORA_RANK, "lora_scale": gspo.LORA_SCALE,
+            "max_tokens": max_tokens, "lora_rank": gspo.LORA_RANK, "lora_scale": gspo.LORA_SCALE,
             "lora_layers": LORA_LAYERS, "beta": 0.02, "eps_low": 3e-4, "eps_high": 4e-4, **SAMPLER}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
@@ -168,9 +178,10 @@ def run_peer(precision: str, n_prompts: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_child(which: str, precision: str, n_prompts: int) -> dict:
+def run_child(which: str, precision: str, n_prompts: int, max_tokens: int) -> dict:
     """One contender in a fresh process of this file; its wall time is added as process_s."""
-    cmd = [sys.executable, __file__, "--child", which, "--precisions", precision, "--batch-sizes", str(n_prompts)]
+    cmd = [sys.executable, __file__, "--child", which, "--precisions", precision, "--batch-sizes", str(n_prompts),
+           "--max-tokens", str(max_tokens)]
     with Timer() as t:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
@@ -180,16 +191,100 @@ def run_child(which: str, precision: str, n_prompts: int) -> dict:
     return out
 
 
-def report(precision: str, n: int, ours: dict | None, peer: dict | None) -> None:
-    label = f"{precision}.b{n}"
+def dtype_rates(rows: int = 256) -> None:
+    """GFLOP/s of one (rows x 1024) @ (1024 x 3072) product, Qwen3-0.6B's MLP shape, in each precision on
+    this machine: why the bf16 and 4-bit iterations do not fit a CPU session."""
+    import mlx.core as mx
+
+    mx.random.seed(0)
+    x, w = mx.random.normal((rows, 1024)), mx.random.normal((3072, 1024)) * 0.02
+    flops = 2 * rows * 1024 * 3072
+
+    def rate(fn) -> float:
+        mx.eval(fn())  # warm
+        with Timer() as t:
+            mx.eval(fn())
+        return flops / t.s / 1e9
+
+    for name, dt in (("f32", mx.float32), ("bf16", mx.bfloat16)):
+        xd, wd = x.astype(dt), w.astype(dt)
+        mx.eval(xd, wd)
+        emit(BENCH, f"matmul_{name}", rate(lambda: xd @ wd.T), "GFLOP/s", f"{rows}x1024 @ 1024x3072")
+    for name, dt in (("4bit_f32_scales", mx.float32), ("4bit_bf16_scales", mx.bfloat16)):
+        wq, sc, bi = mx.quantize(w.astype(dt), group_size=64, bits=4)
+        xd = x.astype(dt)
+        mx.eval(wq, sc, bi, xd)
+        emit(BENCH, f"matmul_{name}",
+             rate(lambda: mx.quantized_matmul(xd, wq, sc, bi, transpose=True, group_size=64, bits=4)),
+             "GFLOP/s", f"{rows}x1024 @ 1024x3072, mx.quantized_matmul, activations in the scales' dtype")
+
+
+def nightly_estimate(precision: str, n_prompts: int = 32) -> None:
+    """The default nightly's plan and estimated peak for `n_prompts` sample prompts x 8 x 180 on this base:
+    the decode batch the default decode_cache_gb gives (on a machine with the memory free), and the
+    guard's estimates of one decode batch and one training step at the longest prompt."""
+    from varro.engine.config import Config
+    from varro.engine.memory import ModelShape, sampling_bytes, sampling_plan, training_bytes
+    from varro.engine.policy import Policy
+
+    cfg = Config()
+    cfg.model.model = str(model_dir(precision))
+    with tempfile.TemporaryDirectory() as run_path:
+        policy = Policy.open(cfg, Path(run_path))
+        lengths = [len(policy.prompt_tokens(t)) for t in prompt_texts(n_prompts)]
+        g, m, longest = cfg.sampling.group_size, cfg.sampling.max_tokens, max(lengths)
+        decode, _ = sampling_plan(policy.model, lengths, g, m, 0.0, cfg.train.decode_cache_gb)
+        decode = decode or n_prompts
+        shape = ModelShape.from_model(policy.model)
+    sampling = sampling_bytes(shape, decode, g, longest, m)
+    training = training_bytes(shape, max(cfg.train.micro_batch, 1), g, longest, m)
+    label = f"{precision}.nightly{n_prompts}"
+    note = (f"{n_prompts} prompts x {g} x {m}, longest prompt {longest} tokens, {decode} prompts decoded at a time "
+            f"(decode_cache_gb {cfg.train.decode_cache_gb}), micro-batch {cfg.train.micro_batch}")
+    emit(BENCH, f"{label}.weights", shape.weight_bytes / 1e9, "GB", "the base and the LoRA adapters")
+    emit(BENCH, f"{label}.sampling_estimate", sampling / 1e9, "GB", note)
+    emit(BENCH, f"{label}.training_estimate", training / 1e9, "GB", "one step, the guard's formula")
+    emit(BENCH, f"{label}.peak_estimate", max(sampling, training) / 1e9, "GB", "ESTIMATE: the larger of the two")
+
+
+def sampling_bound_s(ours: dict, rows: int, max_tokens: int, bw_gbs: float, rate_gflops: float) -> float:
+    """The roofline floor of our sampling on this machine: the prompt's prefill at the matmul rate, then
+    `max_tokens` decode steps, each the larger of reading the weights and the rows' KV cache at the
+    memory bandwidth and the rows' matmuls at the matmul rate (float32, context at its mean)."""
+    q = QWEN3_06B
+    prompt = ours["positions"] / rows - max_tokens + 1
+    flops_token = 2 * ours["matmul_params"]
+    kv_token = q["num_hidden_layers"] * 2 * q["num_key_value_heads"] * q["head_dim"] * 4
+    step = max((4 * ours["matmul_params"] + rows * kv_token * (prompt + max_tokens / 2)) / (bw_gbs * 1e9),
+               rows * flops_token / (rate_gflops * 1e9))
+    return (rows // 8) * prompt * flops_token / (rate_gflops * 1e9) + max_tokens * step
+
+
+def report(precision: str, n: int, max_tokens: int, ours: dict | None, peer: dict | None,
+           machine: dict | None = None) -> None:
+    label = f"{precision}.b{n}.t{max_tokens}"
+    if ours and machine and precision == "f32":  # the rates are float32's: fractions only for a float32 base
+        train_gflops = 2 * ours["matmul_params"] * ours["forward_positions"] / (ours["train_s"] * 1e9)
+        emit(BENCH, f"{label}.ours_train_fraction", train_gflops / machine["rate"], "x matmul rate",
+             f"{train_gflops:.1f} GFLOP/s over {ours['forward_positions']} forward-equivalent positions")
+        bound = sampling_bound_s(ours, n * 8, max_tokens, machine["bw"], machine["rate"])
+        emit(BENCH, f"{label}.ours_sampling_fraction", bound / ours["sampling_s"], "x bound",
+             f"roofline floor {bound:.1f} s (prefill at the matmul rate; each decode step bandwidth- or "
+             f"matmul-bound)")
     if ours:
         emit(BENCH, f"{label}.ours_iteration", ours["iteration_s"], "s",
-             f"{n} prompts x 8 x {MAX_TOKENS} tokens ({ours['completion_tokens']} made), {ours['steps']} steps; "
+             f"{n} prompts x 8 x {max_tokens} tokens ({ours['completion_tokens']} made), {ours['steps']} steps; "
              f"base after Policy.open: {ours['base_dtype']}; process {ours['process_s']:.0f} s")
         emit(BENCH, f"{label}.ours_sampling", ours["sampling_s"], "s")
         emit(BENCH, f"{label}.ours_prepare", ours["prepare_s"], "s", "pi_old and reference passes")
         emit(BENCH, f"{label}.ours_updates", ours["updates_s"], "s", f"{ours['steps']} minibatch steps")
         emit(BENCH, f"{label}.ours_peak_memory", ours["peak_memory_gb"], "GB")
+        if "estimate_gb" in ours:
+            profile = dict(ours["profile_gb"])
+            for phase, measured in (("sampling", profile["sampling"]), ("training", ours["peak_memory_gb"])):
+                est = ours["estimate_gb"][phase]
+                emit(BENCH, f"{label}.ours_{phase}_estimate", est, "GB",
+                     f"the memory guard's; measured {measured:.3f} GB, estimate {est / measured:.2f}x")
         if "profile_gb" in ours:
             print(f"{BENCH}.{label}.ours_profile_gb = " + ", ".join(f"{k} {v:.2f}" for k, v in ours["profile_gb"]),
                   flush=True)
@@ -212,26 +307,49 @@ def main() -> None:
     ap.add_argument("--precisions", default="f32,bf16,4bit", help="comma-separated, of f32, bf16, 4bit")
     ap.add_argument("--batch-sizes", default="1", help="prompts per iteration, comma-separated")
     ap.add_argument("--contenders", default="ours,peer", help="comma-separated, of ours, peer")
+    ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                    help=f"completion length (default {MAX_TOKENS}; bf16 and 4-bit matmuls are slow on a CPU)")
+    ap.add_argument("--nightly", action="store_true",
+                    help="only the default nightly's plan and estimated peak for 32 prompts (no training)")
+    ap.add_argument("--rates", action="store_true", help="only the matmul rate of each precision here")
     ap.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     precisions, sizes = a.precisions.split(","), [int(s) for s in a.batch_sizes.split(",")]
     if a.child:
         fn = run_ours if a.child == "ours" else run_peer
-        print(json.dumps(fn(precisions[0], sizes[0])))
+        print(json.dumps(fn(precisions[0], sizes[0], a.max_tokens)))
+        return
+    if a.rates:
+        dtype_rates()
         return
     for p in precisions:
         with Timer() as t:
             build(p)
         print(f"{BENCH}.{p}: model ready in {t.s:.0f} s", flush=True)
+    if a.nightly:
+        for p in precisions:
+            nightly_estimate(p)
+        return
+    machine = None
+    if "f32" in precisions:
+        from roofline import bandwidth_gbs, matmul_gflops
+
+        machine = {"bw": bandwidth_gbs(),
+                   "rate": max(matmul_gflops(1024, 1024, 1024), matmul_gflops(2048, 2048, 2048))}
+        emit(BENCH, "memory_bandwidth", machine["bw"], "GB/s", "as roofline.py")
+        emit(BENCH, "matmul_rate", machine["rate"], "GFLOP/s", "float32 mx.matmul, better of 1024^3 and 2048^3")
     for p in precisions:
         for n in sizes:
             runs = {}
+            label = f"{BENCH}.{p}.b{n}.t{a.max_tokens}"
             for who in a.contenders.split(","):
                 try:
-                    runs[who] = run_child(who, p, n)
+                    runs[who] = run_child(who, p, n, a.max_tokens)
                 except RuntimeError as e:
-                    print(f"{BENCH}.{p}.b{n}.{who} = failed: {e}", flush=True)
-            report(p, n, runs.get("ours"), runs.get("peer"))
+                    print(f"{label}.{who} = failed: {e}", flush=True)
+                    continue
+                print(f"{label}.{who}_raw = {json.dumps(runs[who])}", flush=True)  # every figure the child gave
+            report(p, n, a.max_tokens, runs.get("ours"), runs.get("peer"), machine)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from varro.engine import memory
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
 from varro.engine.embed import HashEmbedder
-from varro.engine.memory import (MemoryGuardError, ModelShape, SwapError, plan_decode_batch, plan_micro_batch,
-                                 sampling_bytes, training_bytes)
+from varro.engine.memory import (MemoryGuardError, ModelShape, SwapError, cache_decode_batch, plan_decode_batch,
+                                 plan_micro_batch, sampling_bytes, training_bytes)
 from varro.engine.train import Trainer
 
 QWEN3_06B = SimpleNamespace(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
@@ -85,6 +85,27 @@ def test_guard_picks_a_smaller_decode_batch():
     assert plan_decode_batch(s, 10, 8, 300, 180, budget - 1) == 2
     assert plan_decode_batch(s, 2, 8, 300, 180, budget) == 2  # all fit
     assert plan_decode_batch(s, 10, 8, 300, 180, None) == 10  # no reading: no guard
+
+
+def test_decode_cache_ceiling_bounds_the_decode_batch():
+    bf16, f32 = qwen3_shape(), qwen3_shape(dtype_bytes=4)
+    per_prompt = 2 * 8 * 512 * 114_688  # 0.94 GB: one group's bf16 cache at 300 + 180 positions, twice
+    assert cache_decode_batch(bf16, 32, 8, 300, 180, 2.0) == 2  # 1.88 GB; 3 would take 2.82
+    assert 2 * per_prompt <= 2.0e9 < 3 * per_prompt
+    assert cache_decode_batch(bf16, 32, 8, 300, 180, 0) == 32  # no ceiling
+    assert cache_decode_batch(bf16, 1, 8, 300, 180, 2.0) == 1
+    assert cache_decode_batch(f32, 32, 8, 300, 180, 2.0) == 1  # 1.88 GB a prompt in float32
+    assert cache_decode_batch(f32, 32, 8, 300, 180, 1.0) == 1  # one prompt always decodes
+
+
+def test_sampling_plan_applies_the_ceiling_without_the_guard(tiny_model_path, tmp_path):
+    policy = open_policy(tiny_model_path, tmp_path)
+    shape = ModelShape.from_model(policy.model)
+    one = memory.kv_cache_bytes(shape, 1, 8, 40, 16)
+    # the tiny model's cache is small: the default ceiling decodes everything at once
+    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 2.0) == (0, None)
+    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 2.5 * one / 1e9) == (2, None)
+    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 0.0) == (0, None)
 
 
 def test_guard_refuses_sampling_with_what_would_fit():

@@ -80,6 +80,8 @@ class TrainConfig:
     eval_drop_max: float = opt(0.2, "collapse guard: no training while the eval reward is this far below its best")
     memory_fraction: float = opt(0.8, "memory guard: share of the machine's free memory the night may use "
                                       "(0: no guard)")
+    decode_cache_gb: float = opt(2.0, "memory guard: fewer prompts decode together when their KV cache "
+                                      "would take more than this many GB (0: no ceiling)")
     swap_max_mb: int = opt(512, "swap watchdog: end the night once swap has grown this much (0: off)")
 
 

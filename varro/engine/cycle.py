@@ -132,7 +132,8 @@ def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embed
     seed = sample_seed(cfg, day) if seed is None else seed
     mine = todo[world.rank :: world.size]
     decode_batch, note = sampling_plan(policy.model, [len(policy.prompt_tokens(text)) for _, text in mine],
-                                       cfg.sampling.group_size, cfg.sampling.max_tokens, cfg.train.memory_fraction)
+                                       cfg.sampling.group_size, cfg.sampling.max_tokens, cfg.train.memory_fraction,
+                                       cfg.train.decode_cache_gb)
     notes.extend([note] if note else [])
     with progress.stage("sampling", total=len(mine) * cfg.sampling.group_size) as advance:
         groups = policy.sample(mine, seed=seed + world.rank, on_done=advance, decode_batch=decode_batch) if mine else []

@@ -131,11 +131,16 @@ class ModelShape:
         return self.layers * 2 * self.kv_heads * self.head_dim * self.dtype_bytes
 
 
+def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
+    """The estimated KV cache of one decode batch, with the prefills' copies beside it (module docstring)."""
+    positions = math.ceil((prompt_tokens + max_tokens) / KV_STEP) * KV_STEP
+    return KV_COPIES * prompts * group_size * positions * shape.kv_bytes_per_token()
+
+
 def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
     """The estimated peak of one decode batch of `prompts` prompts x `group_size` (module docstring)."""
     rows = prompts * group_size
-    positions = math.ceil((prompt_tokens + max_tokens) / KV_STEP) * KV_STEP
-    kv = KV_COPIES * rows * positions * shape.kv_bytes_per_token()
+    kv = kv_cache_bytes(shape, prompts, group_size, prompt_tokens, max_tokens)
     cast = 4 if shape.dtype_bytes < 4 else 0  # Float32Logits' copy over a bf16 or quantized base
     logits = rows * shape.vocab * (4 * DECODE_LOGIT_COPIES + shape.dtype_bytes + cast)
     prefill = min(prompt_tokens, PREFILL_STEP) * (3 * shape.intermediate + 4 * shape.hidden) * shape.dtype_bytes
@@ -309,19 +314,34 @@ class SwapWatchdog(TrainingCallback):
         return self.tripped is not None
 
 
+def cache_decode_batch(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int,
+                       cache_gb: float) -> int:
+    """How many of `prompts` prompts decode together with their KV cache within `cache_gb` (at least one;
+    all of them when `cache_gb` is 0)."""
+    if cache_gb <= 0:
+        return prompts
+    fits = _largest(lambda k: kv_cache_bytes(shape, k, group_size, prompt_tokens, max_tokens) <= cache_gb * GB,
+                    prompts)
+    return max(fits, 1)
+
+
 def sampling_plan(model: nn.Module, prompt_lengths: list[int], group_size: int, max_tokens: int,
-                  fraction: float) -> tuple[int, str | None]:
-    """(decode batch for `Policy.sample`, a note when it is smaller than all the prompts) under
-    `fraction` of the free memory; 0 decodes all at once. Raises MemoryGuardError when nothing fits."""
-    if fraction <= 0 or not prompt_lengths:
+                  fraction: float, cache_gb: float = 0.0) -> tuple[int, str | None]:
+    """(decode batch for `Policy.sample`, a note when free memory made it smaller than all the prompts)
+    under `fraction` of the free memory, with the decode batch's KV cache at most `cache_gb` (0: no
+    ceiling; at least one prompt always decodes); 0 decodes all at once. Raises MemoryGuardError when
+    nothing fits."""
+    if not prompt_lengths:
         return 0, None
-    budget = budget_bytes(fraction)
-    n = plan_decode_batch(ModelShape.from_model(model), len(prompt_lengths), group_size, max(prompt_lengths),
-                          max_tokens, budget)
-    if n >= len(prompt_lengths):
-        return 0, None
-    return n, (f"memory guard: {len(prompt_lengths)} prompts x {group_size} do not fit in {_gb(budget)} at once: "
-               f"decoding {n} prompts at a time")
+    shape, prompts, longest = ModelShape.from_model(model), len(prompt_lengths), max(prompt_lengths)
+    n, note = cache_decode_batch(shape, prompts, group_size, longest, max_tokens, cache_gb), None
+    if fraction > 0:
+        budget = budget_bytes(fraction)
+        fits = plan_decode_batch(shape, n, group_size, longest, max_tokens, budget)
+        if fits < n:
+            n, note = fits, (f"memory guard: {prompts} prompts x {group_size} do not fit in {_gb(budget)} at "
+                             f"once: decoding {fits} prompts at a time")
+    return (0, None) if n >= prompts else (n, note)
 
 
 def training_plan(model: nn.Module, groups: list[list], micro_batch: int, max_tokens: int,
