@@ -9,6 +9,7 @@ the layers; `--dtype bf16` for a bfloat16 base, `--dtype 4bit` for one quantized
 Prints measured peak, estimate and their ratio for each case.
 
 Usage: scripts/env python bench/memory_estimate.py [--layers 2] [--dtype f32|bf16|4bit] [--only sampling|training]
+       [--eos-share 0.01]
 
 bf16 and 4-bit matmuls are slow on a CPU (MLX has no BLAS path for them): a 4-bit training case
 at this vocabulary takes tens of minutes here.
@@ -51,7 +52,7 @@ def qwen3_06b(layers: int):
 
 
 class Tokenizer:
-    eos_token_ids = [VOCAB - 1]
+    eos_token_ids = [VOCAB - 1]  # --eos-share makes the lowest ids EOS too, so rows finish at random
 
     @staticmethod
     def decode(ids):
@@ -61,7 +62,9 @@ class Tokenizer:
 def sampling_case(layers: int, prompts: int, prompt_tokens: int, max_tokens: int, group: int) -> tuple[int, int]:
     model = qwen3_06b(layers)
     rng = np.random.default_rng(0)
-    inputs = [PromptInput(str(i), rng.integers(0, VOCAB - 1, prompt_tokens).tolist()) for i in range(prompts)]
+    eos = Tokenizer.eos_token_ids
+    low = 0 if eos == [VOCAB - 1] else max(eos) + 1  # the prompts hold no EOS id
+    inputs = [PromptInput(str(i), rng.integers(low, VOCAB - 1, prompt_tokens).tolist()) for i in range(prompts)]
     mx.reset_peak_memory()
     sample_groups(model, Tokenizer(), inputs, group, max_tokens, temp=0.7, top_p=0.9, top_k=40, seed=0)
     return mx.get_peak_memory(), sampling_bytes(ModelShape.from_model(model), prompts, group, prompt_tokens,
@@ -90,12 +93,18 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--dtype", choices=["f32", "bf16", "4bit"], default="f32", help="the base's precision")
     ap.add_argument("--only", choices=["sampling", "training"], help="one of the two phases")
-    ap.add_argument("--cases", type=int, default=3, help="the first N cases of each phase")
+    ap.add_argument("--cases", type=int, default=4, help="the first N cases of each phase")
+    ap.add_argument("--eos-share", type=float, default=0.0,
+                    help="share of the vocabulary that ends a completion (0: only one id, which a random model "
+                         "almost never samples): rows then finish at random and leave the decode batch")
     a = ap.parse_args()
+    if a.eos_share > 0:
+        Tokenizer.eos_token_ids = list(range(int(VOCAB * a.eos_share)))
     global DTYPE, QUANTIZED
     DTYPE, QUANTIZED = (mx.float32 if a.dtype == "f32" else mx.bfloat16), a.dtype == "4bit"
     for what, fn, cases in [
-        ("sampling (prompts, P, M, G)", sampling_case, [(2, 100, 40, 8), (4, 100, 40, 8), (1, 400, 40, 4)]),
+        ("sampling (prompts, P, M, G)", sampling_case, [(2, 100, 40, 8), (4, 100, 40, 8), (1, 400, 40, 4),
+                                                        (2, 191, 180, 8)]),
         ("training (micro-batch, P, M, G)", training_case, [(1, 100, 150, 2), (2, 100, 150, 2), (1, 300, 150, 2)]),
     ]:
         if a.only and not what.startswith(a.only):

@@ -25,14 +25,16 @@ def qwen3_shape(weight_bytes=1_500_000_000, trainable_bytes=40_000_000, dtype_by
 
 def test_qwen3_06b_sampling_estimate_by_hand():
     s = qwen3_shape()
-    # 4 prompts x 8 = 32 rows; 300 + 180 = 480 positions, allocated as 512 (two steps of 256)
+    # 4 prompts x 8 = 32 rows; the batch cache is as wide as the prompt, 300, then grows by one step of
+    # 256 positions for the 180 tokens: 556; each prompt's own prefill takes 512 (two steps of 256)
     kv_per_token = 28 * 2 * 8 * 128 * 2  # 114688 bytes: bf16 keys and values of every layer
     assert kv_per_token == 114_688
-    kv = 2 * 32 * 512 * kv_per_token  # the prefills' copies beside the merged cache
+    batch = 32 * 556 * kv_per_token
+    kv = 2 * batch + 4 * 512 * kv_per_token  # the batch cache and a finished row's filtered copy of it
     logits = 32 * 151936 * (4 * 6 + 2 + 4)  # six float32 copies, the bf16 logits and their float32 cast
     prefill = 300 * (3 * 3072 + 4 * 1024) * 2
     assert sampling_bytes(s, 4, 8, 300, 180) == 1_500_000_000 + kv + logits + prefill
-    assert sampling_bytes(s, 4, 8, 300, 180) == 5_411_942_144  # ~5.4 GB, 3.76 GB of it the KV cache
+    assert sampling_bytes(s, 4, 8, 300, 180) == 5_969_784_576  # ~6.0 GB, 4.32 GB of it the KV cache
 
 
 def test_qwen3_06b_training_estimate_by_hand():
@@ -56,8 +58,10 @@ def test_tiny_model_shape_from_its_parameters(tiny_model_path, tmp_path):
     assert (s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate) == (64, 2, 4, 2, 16, 128)
     assert s.weight_bytes == 4 * (v * 64 + 2 * per_layer + 64 + lora)  # float32, tied embeddings
     assert s.trainable_bytes == 4 * lora and s.dtype_bytes == 4
-    assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + 2 * 24 * 256 * 2 * 2 * 2 * 16 * 4 \
-        + 24 * v * (4 * 6 + 4) + 33 * (3 * 128 + 4 * 64) * 4
+    kv_per_token = 2 * 2 * 2 * 16 * 4  # 2 layers, 2 kv heads of 16, float32
+    # 24 rows of 33 + 256 positions and the filtered copy, 3 prefills of 256 positions
+    assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + 2 * 24 * 289 * kv_per_token \
+        + 3 * 256 * kv_per_token + 24 * v * (4 * 6 + 4) + 33 * (3 * 128 + 4 * 64) * 4
 
 
 def test_a_bf16_base_is_counted_in_its_own_bytes():
@@ -89,13 +93,16 @@ def test_guard_picks_a_smaller_decode_batch():
 
 def test_decode_cache_ceiling_bounds_the_decode_batch():
     bf16, f32 = qwen3_shape(), qwen3_shape(dtype_bytes=4)
-    per_prompt = 2 * 8 * 512 * 114_688  # 0.94 GB: one group's bf16 cache at 300 + 180 positions, twice
-    assert cache_decode_batch(bf16, 32, 8, 300, 180, 2.0) == 2  # 1.88 GB; 3 would take 2.82
+    # a night's longest Varro prompt, 210 tokens: one group's bf16 batch cache at 210 + 256 positions, twice
+    # (a finished row's filtered copy), and the prompt's prefill at 256
+    per_prompt = 2 * 8 * 466 * 114_688 + 256 * 114_688  # 0.88 GB
+    assert cache_decode_batch(bf16, 32, 8, 210, 180, 2.0) == 2  # 1.77 GB; 3 would take 2.65
     assert 2 * per_prompt <= 2.0e9 < 3 * per_prompt
-    assert cache_decode_batch(bf16, 32, 8, 300, 180, 0) == 32  # no ceiling
-    assert cache_decode_batch(bf16, 1, 8, 300, 180, 2.0) == 1
-    assert cache_decode_batch(f32, 32, 8, 300, 180, 2.0) == 1  # 1.88 GB a prompt in float32
-    assert cache_decode_batch(f32, 32, 8, 300, 180, 1.0) == 1  # one prompt always decodes
+    assert cache_decode_batch(bf16, 32, 8, 210, 180, 0) == 32  # no ceiling
+    assert cache_decode_batch(bf16, 1, 8, 210, 180, 2.0) == 1
+    assert cache_decode_batch(bf16, 32, 8, 300, 180, 2.0) == 1  # 1.08 GB a prompt at 300 + 256 positions
+    assert cache_decode_batch(f32, 32, 8, 210, 180, 2.0) == 1  # 1.77 GB a prompt in float32
+    assert cache_decode_batch(f32, 32, 8, 210, 180, 1.0) == 1  # one prompt always decodes
 
 
 def test_sampling_plan_applies_the_ceiling_without_the_guard(tiny_model_path, tmp_path):
@@ -110,19 +117,19 @@ def test_sampling_plan_applies_the_ceiling_without_the_guard(tiny_model_path, tm
 
 def test_guard_refuses_sampling_with_what_would_fit():
     s = qwen3_shape()
-    budget = 2_000_000_000
+    budget = 2_200_000_000
     with pytest.raises(MemoryGuardError) as e:
         plan_decode_batch(s, 10, 8, 300, 180, budget)
-    assert str(e.value) == "sampling needs ~2.5 GB, 2.0 GB available: --group-size 4 would fit"
-    # the suggestion is the largest that fits, by the formula; no max_tokens does (300 + 1 already takes
-    # two cache steps of 256 positions)
+    assert str(e.value) == "sampling needs ~2.6 GB, 2.2 GB available: --group-size 4 would fit"
+    # the suggestion is the largest that fits, by the formula; no max_tokens does (1 to 256 tokens all take
+    # the one cache step of 256 positions the batch cache grows by)
     assert sampling_bytes(s, 1, 4, 300, 180) <= budget < sampling_bytes(s, 1, 5, 300, 180)
-    assert sampling_bytes(s, 1, 8, 300, 1) > budget
-    with pytest.raises(MemoryGuardError) as e:  # a shorter prompt: 100 + 156 tokens fit one cache step
-        plan_decode_batch(s, 10, 8, 100, 180, 2_200_000_000)
-    assert str(e.value) == "sampling needs ~2.5 GB, 2.2 GB available: --group-size 5 or --max-tokens 156 would fit"
-    assert sampling_bytes(s, 1, 8, 100, 156) <= 2_200_000_000 < sampling_bytes(s, 1, 8, 100, 157)
-    assert sampling_bytes(s, 1, 5, 100, 180) <= 2_200_000_000 < sampling_bytes(s, 1, 6, 100, 180)
+    assert sampling_bytes(s, 1, 8, 300, 1) == sampling_bytes(s, 1, 8, 300, 256) > budget
+    with pytest.raises(MemoryGuardError) as e:  # 300 tokens take two steps of 256; 256 take one
+        plan_decode_batch(s, 10, 8, 100, 300, 2_600_000_000)
+    assert str(e.value) == "sampling needs ~2.7 GB, 2.6 GB available: --group-size 7 or --max-tokens 256 would fit"
+    assert sampling_bytes(s, 1, 8, 100, 256) <= 2_600_000_000 < sampling_bytes(s, 1, 8, 100, 257)
+    assert sampling_bytes(s, 1, 7, 100, 300) <= 2_600_000_000 < sampling_bytes(s, 1, 8, 100, 300)
 
 
 def test_guard_shrinks_the_micro_batch_or_refuses():

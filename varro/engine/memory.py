@@ -9,8 +9,9 @@ size, I the MLP's intermediate size, H query heads, K kv heads, D head dim, V
 vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
 (logits and log-probs are float32, 4 bytes, whatever the base):
 
-    sampling, n prompts decoding together, R = n x G rows:
-        W + 2 x R x ceil256(P + M) x L x 2 x K x D x b      the decode batch's KV cache
+    sampling, n prompts decoding together, R = n x G rows, C = P + 256 x ceil(M / 256) positions:
+        W + 2 x R x C x L x 2 x K x D x b                   the decode batch's KV cache, and its copy
+          + n x ceil256(P) x L x 2 x K x D x b              the prompts' own prefills, until merged
           + R x V x (4 x 6 + b + c)                         one decode step's logits (c: 4 if b < 4, else 0)
           + min(P, 512) x (3 x I + 4 x h) x b               one prefill chunk's transients in a block
     training, one micro-batch of m rows, S = P + M:
@@ -22,9 +23,16 @@ vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
         or the no-gradient pi_old / reference pass, if larger:
         W + 8 x T + min(G x M x V x 4, 256 MiB) x 2
 
-Where the factors come from: mlx-lm grows a KV cache in steps of 256 positions
-(`ceil256`), and the per-prompt copies (G deep copies of each prefill) live
-next to the merged batch cache while it is assembled, hence 2 x; a decode
+Where the factors come from: each prompt is prefilled once into a one-row
+cache (mlx-lm allocates in steps of 256 positions, `ceil256`); its G copies
+share that buffer (a deep copy of an mx.array copies no data: measured), and
+mlx-lm merges the groups into one batch cache exactly as wide as the longest
+prompt, each row holding its own copy of the prompt, then grows it by 256
+positions whenever decoding runs past the end (C). When a row finishes,
+mlx-lm filters it out of the batch cache, building the smaller cache of every
+layer beside the old one: twice the cache for that step (measured with rows
+finishing at random, bench/memory_estimate.py --eos-share; without finished
+rows the peak is the cache once, one layer growing at a time). A decode
 step holds the logits, their log-softmax, the stacked rows of
 `rollouts.sampled_logprobs` and its masked, scaled and normalised copies (6
 float32 rows of V), and the model's own logits (b bytes) with, over a base
@@ -40,11 +48,10 @@ clipped copy, Adam's m and v and the update's new m, v and parameters
 (8 x T). The pass term is the trainer's `PASS_LOGITS_BYTES` cap, twice for
 the log-softmax.
 
-Measured against mx.get_peak_memory() on CPU: 1.15-1.17x the tiny model's
-sampling peak and 1.52x its training day's (tests/test_memory.py); 1.01-1.02x
-and 1.01-1.16x on a float32 base of Qwen3-0.6B's shape with 2 and 6 blocks
-(bench/memory_estimate.py); with a bf16 base the sampling estimate is
-0.98-1.03x the peak (up to 2% under), which `memory_fraction` leaves room for. The estimate is meant as an upper bound; the guard lets the night use `memory_fraction` of what the
+Measured against mx.get_peak_memory() on CPU: see the README's memory
+paragraph and BENCHMARKS.md (tests/test_memory.py on the tiny model,
+bench/memory_estimate.py and bench/real_shape.py on Qwen3-0.6B's shape).
+The estimate is meant as an upper bound; the guard lets the night use `memory_fraction` of what the
 machine has free (`available_bytes`, plus what MLX already holds: the loaded
 weights are counted in the estimate).
 
@@ -79,7 +86,7 @@ from varro.engine.train import PASS_LOGITS_BYTES, TrainingCallback
 GB = 1e9
 PREFILL_STEP = 512  # rollouts.prefill's chunk
 KV_STEP = 256  # mlx-lm's KVCache / BatchKVCache allocation step
-KV_COPIES = 2  # the prefills' G copies beside the merged batch cache; a growing cache's concatenation
+KV_COPIES = 2  # a finished row's filter builds the batch cache again beside the old one
 DECODE_LOGIT_COPIES = 6  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised
 ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (see above)
 LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions
@@ -132,9 +139,12 @@ class ModelShape:
 
 
 def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
-    """The estimated KV cache of one decode batch, with the prefills' copies beside it (module docstring)."""
-    positions = math.ceil((prompt_tokens + max_tokens) / KV_STEP) * KV_STEP
-    return KV_COPIES * prompts * group_size * positions * shape.kv_bytes_per_token()
+    """The estimated KV cache of one decode batch at its largest: the merged batch cache and the copy a
+    finished row's filter makes of it, and the prompts' own prefills (module docstring)."""
+    positions = prompt_tokens + math.ceil(max_tokens / KV_STEP) * KV_STEP
+    batch = prompts * group_size * positions * shape.kv_bytes_per_token()
+    prefills = prompts * math.ceil(prompt_tokens / KV_STEP) * KV_STEP * shape.kv_bytes_per_token()
+    return KV_COPIES * batch + prefills
 
 
 def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
