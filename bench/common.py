@@ -62,6 +62,24 @@ def bench_model() -> Path:
     return MODEL_DIR
 
 
+def run_spec(python, script: str, spec: dict, who: str) -> dict:
+    """Run bench/`script` under the interpreter `python` with `spec` in a JSON file as its one argument;
+    returns the JSON object on its last stdout line. Raises RuntimeError with its stderr's tail on failure."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        proc = subprocess.run([str(python), str(BENCH_DIR / script), f.name], capture_output=True, text=True,
+                              cwd=REPO)
+    finally:
+        os.unlink(f.name)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{who} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def no_eos(tokenizer):
     """Empty the EOS set of an mlx-lm TokenizerWrapper, so generation always runs to max_tokens."""
     tokenizer.eos_token_ids = []

@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import BENCH_DIR, REPO, SAMPLER, Timer, bench_model, blas, emit, prompt_texts
+from common import BENCH_DIR, REPO, SAMPLER, Timer, bench_model, blas, emit, prompt_texts, run_spec
 
 BENCH = "gspo"
 PEER_ENV = BENCH_DIR / ".venv-peer"
@@ -157,16 +157,7 @@ def run_peer(n_prompts: int) -> dict:
     spec = {"model": str(bench_model()), "prompts": prompt_tokens(tok, n_prompts), "group": GROUP,
             "max_tokens": MAX_TOKENS, "lora_rank": LORA_RANK, "lora_scale": LORA_SCALE, "beta": 0.02,
             "eps_low": 3e-4, "eps_high": 4e-4, **SAMPLER}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        proc = subprocess.run([str(peer_python()), str(BENCH_DIR / "peer_grpo.py"), f.name],
-                              capture_output=True, text=True, cwd=REPO)
-    finally:
-        os.unlink(f.name)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the peer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_spec(peer_python(), "peer_grpo.py", spec, "the peer")
 
 
 def run_child(which: str, n_prompts: int) -> dict:

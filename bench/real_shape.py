@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BENCH_DIR, REPO, SAMPLER, Timer, emit, prompt_texts, prompt_tokens, synthetic_corpus
+from common import BENCH_DIR, REPO, SAMPLER, Timer, emit, prompt_texts, prompt_tokens, run_spec, synthetic_corpus
 
 BENCH = "real_shape"
 MODELS = BENCH_DIR / ".models"
@@ -166,16 +166,48 @@ def run_peer(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> di
     spec = {"model": str(path), "prompts": prompt_tokens(tok, n_prompts), "group": gspo.GROUP,
             "max_tokens": max_tokens, "lora_rank": gspo.LORA_RANK, "lora_scale": gspo.LORA_SCALE,
             "lora_layers": LORA_LAYERS, "beta": 0.02, "eps_low": 3e-4, "eps_high": 4e-4, **SAMPLER}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(spec, f)
-    try:
-        proc = subprocess.run([str(gspo.peer_python()), str(BENCH_DIR / "peer_grpo.py"), f.name],
-                              capture_output=True, text=True, cwd=REPO)
-    finally:
-        os.unlink(f.name)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the peer failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_spec(gspo.peer_python(), "peer_grpo.py", spec, "the peer")
+
+
+MLXRL_ENV = BENCH_DIR / ".venv-mlxrl"
+MLXRL_COMMIT = "137dcb9e906c069c019f4f8e168a9900d88aef5c"  # its main on 2026-08-14, the newest we could fetch
+MLXRL_SOURCE = os.environ.get("MLXRL_SOURCE", f"git+https://github.com/Cargo-Cult-Research/mlx-rl@{MLXRL_COMMIT}")
+MLXRL_MLX_LM = "mlx-lm==0.31.3"  # its pin
+
+
+def mlxrl_python() -> Path:
+    """bench/.venv-mlxrl/bin/python with mlx-rl installed; creates the environment when missing.
+
+    mlx-rl declares Python >= 3.12 and macOS; its code compiles and runs on 3.11 and Linux, so it is
+    installed with --ignore-requires-python, and without mlx-vlm, transformers and pyarrow (--no-deps),
+    which only its multimodal and data-set paths import. mlx is pinned to ours, mlx-lm to its own pin,
+    and scripts/setup gives it our BLAS. MLXRL_SOURCE names another copy (a local checkout where
+    GitHub cannot be reached)."""
+    from importlib.metadata import version
+
+    py = MLXRL_ENV / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import mlx_rl.train"], capture_output=True).returncode == 0:
+        return py
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(MLXRL_ENV)], check=True)
+    mlx = f"mlx[cpu]=={version('mlx')}" if sys.platform == "linux" else f"mlx=={version('mlx')}"
+    pip = [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    print(f"installing mlx-rl from {MLXRL_SOURCE}", file=sys.stderr, flush=True)
+    subprocess.run(pip + [mlx, MLXRL_MLX_LM, "psutil"], check=True)
+    subprocess.run(pip + ["--no-deps", "--ignore-requires-python", MLXRL_SOURCE], check=True)
+    subprocess.run([str(REPO / "scripts" / "setup")], check=True)
+    return py
+
+
+def run_mlxrl(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> dict:
+    """One GRPO iteration of mlx-rl (bench/peer_mlxrl.py) on the same model, prompts, group, length and LoRA."""
+    import gspo
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    path = model_dir(precision)
+    spec = {"model": str(path), "prompts": prompt_tokens(load_tokenizer(path), n_prompts), "group": gspo.GROUP,
+            "max_tokens": max_tokens, "lora_rank": gspo.LORA_RANK, "lora_scale": gspo.LORA_SCALE,
+            "lora_layers": LORA_LAYERS, "mlxrl_commit": MLXRL_COMMIT}
+    return run_spec(mlxrl_python(), "peer_mlxrl.py", spec, "mlx-rl")
 
 
 def run_child(which: str, precision: str, n_prompts: int, max_tokens: int) -> dict:
@@ -261,7 +293,7 @@ def sampling_bound_s(ours: dict, rows: int, max_tokens: int, bw_gbs: float, rate
 
 
 def report(precision: str, n: int, max_tokens: int, ours: dict | None, peer: dict | None,
-           machine: dict | None = None) -> None:
+           machine: dict | None = None, mlxrl: dict | None = None) -> None:
     label = f"{precision}.b{n}.t{max_tokens}"
     if ours and machine and precision == "f32":  # the rates are float32's: fractions only for a float32 base
         train_gflops = 2 * ours["matmul_params"] * ours["forward_positions"] / (ours["train_s"] * 1e9)
@@ -288,35 +320,42 @@ def report(precision: str, n: int, max_tokens: int, ours: dict | None, peer: dic
         if "profile_gb" in ours:
             print(f"{BENCH}.{label}.ours_profile_gb = " + ", ".join(f"{k} {v:.2f}" for k, v in ours["profile_gb"]),
                   flush=True)
-    if peer:
-        emit(BENCH, f"{label}.peer_iteration", peer["iteration_s"], "s",
-             f"{peer['trainer']}, batch size {n} ({peer['completion_tokens']} tokens made); "
-             f"process {peer['process_s']:.0f} s")
-        emit(BENCH, f"{label}.peer_sampling", peer["sampling_s"], "s")
-        emit(BENCH, f"{label}.peer_loss_grad", peer["iteration_s"] - peer["sampling_s"], "s",
-             "rewards, reference pass, loss and gradient, update")
-        emit(BENCH, f"{label}.peer_peak_memory", peer["peak_memory_gb"], "GB")
-    if ours and peer:
-        emit(BENCH, f"{label}.time_ratio", ours["iteration_s"] / peer["iteration_s"], "x peer", "target <= 0.5")
-        emit(BENCH, f"{label}.memory_ratio", ours["peak_memory_gb"] / peer["peak_memory_gb"], "x peer",
-             "target <= 0.35")
+    for key, run, rest, rest_note in (
+            ("peer", peer, "loss_grad", "rewards, reference pass, loss and gradient, update"),
+            ("mlxrl", mlxrl, "update", "rewards, old and reference passes, loss and gradient, update")):
+        if not run:
+            continue
+        rows = f", {run['updated_rows']} rows updated" if "updated_rows" in run else ""
+        emit(BENCH, f"{label}.{key}_iteration", run["iteration_s"], "s",
+             f"{run['trainer']}, batch size {n} ({run['completion_tokens']} tokens made{rows}); "
+             f"process {run['process_s']:.0f} s")
+        emit(BENCH, f"{label}.{key}_sampling", run["sampling_s"], "s")
+        emit(BENCH, f"{label}.{key}_{rest}", run["iteration_s"] - run["sampling_s"], "s", rest_note)
+        emit(BENCH, f"{label}.{key}_peak_memory", run["peak_memory_gb"], "GB")
+    for suffix, run, unit, targets in (("", peer, "x peer", ("target <= 0.5", "target <= 0.35")),
+                                       ("_mlxrl", mlxrl, "x mlx-rl", ("", ""))):
+        if ours and run:
+            emit(BENCH, f"{label}.time_ratio{suffix}", ours["iteration_s"] / run["iteration_s"], unit, targets[0])
+            emit(BENCH, f"{label}.memory_ratio{suffix}", ours["peak_memory_gb"] / run["peak_memory_gb"], unit,
+                 targets[1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--precisions", default="f32,bf16,4bit", help="comma-separated, of f32, bf16, 4bit")
     ap.add_argument("--batch-sizes", default="1", help="prompts per iteration, comma-separated")
-    ap.add_argument("--contenders", default="ours,peer", help="comma-separated, of ours, peer")
+    ap.add_argument("--contenders", default="ours,peer,mlxrl", help="comma-separated, of ours, peer (mlx-lm-lora), "
+                    "mlxrl (mlx-rl)")
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
                     help=f"completion length (default {MAX_TOKENS}; bf16 and 4-bit matmuls are slow on a CPU)")
     ap.add_argument("--nightly", action="store_true",
                     help="only the default nightly's plan and estimated peak for 32 prompts (no training)")
     ap.add_argument("--rates", action="store_true", help="only the matmul rate of each precision here")
-    ap.add_argument("--child", choices=["ours", "peer"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["ours", "peer", "mlxrl"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     precisions, sizes = a.precisions.split(","), [int(s) for s in a.batch_sizes.split(",")]
     if a.child:
-        fn = run_ours if a.child == "ours" else run_peer
+        fn = {"ours": run_ours, "peer": run_peer, "mlxrl": run_mlxrl}[a.child]
         print(json.dumps(fn(precisions[0], sizes[0], a.max_tokens)))
         return
     if a.rates:
@@ -349,7 +388,7 @@ def main() -> None:
                     print(f"{label}.{who} = failed: {e}", flush=True)
                     continue
                 print(f"{label}.{who}_raw = {json.dumps(runs[who])}", flush=True)  # every figure the child gave
-            report(p, n, a.max_tokens, runs.get("ours"), runs.get("peer"), machine)
+            report(p, n, a.max_tokens, runs.get("ours"), runs.get("peer"), machine, runs.get("mlxrl"))
 
 
 if __name__ == "__main__":
