@@ -16,9 +16,9 @@ the floor. Reward scoring uses the cold rate measured here as is.
 
 `--real-shape` takes the fractions bench/real_shape.py measured on the real
 Qwen3-0.6B shape (float32 here) instead of the 30M bench model's, and projects
-the night as it now runs: a bf16 base, its KV cache in bf16, 2 prompts decoding
-at a time (the default decode_cache_gb). Training stays at the chip's published
-float32 rate: bf16 is not assumed to compute faster, only to move half the bytes.
+the night as it now runs: a bf16 base, its KV cache in bf16, as many prompts
+decoding at a time as the default decode_cache_gb allows (2). Training stays at
+the chip's published float32 rate: bf16 is not assumed to compute faster, only to move half the bytes.
 """
 
 from __future__ import annotations
@@ -75,22 +75,41 @@ def nightly_seconds(bw_gbs: float, tflops: float, f_decode: float, f_train: floa
 
 
 REAL = "real_shape.f32.b1.t180"
-REAL_DECODE_PROMPTS = 2  # what the default decode_cache_gb (2.0) gives a bf16 Qwen3-0.6B (bench/real_shape.py)
+
+
+def default_decode_prompts() -> int:
+    """How many prompts the default decode_cache_gb decodes together on a bf16 Qwen3-0.6B (the guard's own
+    choice, varro.engine.memory.cache_decode_batch, at PROMPT_TOKENS + COMPLETION_TOKENS)."""
+    from types import SimpleNamespace
+
+    from varro.engine.config import Config
+    from varro.engine.memory import ModelShape, cache_decode_batch
+
+    m = QWEN3_06B
+    args = SimpleNamespace(hidden_size=1024, num_hidden_layers=m["layers"], num_attention_heads=m["heads"],
+                           num_key_value_heads=m["kv_heads"], head_dim=m["head_dim"], intermediate_size=3072,
+                           vocab_size=m["vocab"])
+    shape = ModelShape.from_args(args, 2 * m["params"], dtype_bytes=2)
+    return cache_decode_batch(shape, PROMPTS, GROUP, PROMPT_TOKENS, COMPLETION_TOKENS,
+                              Config().train.decode_cache_gb)
 
 
 def real_shape(path: Path, blas: str) -> None:
     """The projection from the fractions measured on the real shape (float32 on this CPU), for the
-    night as it now runs: a bf16 base (bases keep their precision), 2 prompts decoding at a time."""
+    night as it now runs: a bf16 base (bases keep their precision), as many prompts decoding at a time as
+    the default decode_cache_gb allows."""
     r = load(path, blas)
     f_decode, f_train = r.get(f"{REAL}.ours_sampling_fraction"), r.get(f"{REAL}.ours_train_fraction")
     if not f_decode or not f_train:
         sys.exit(f"{path} lacks {REAL}.ours_sampling_fraction or .ours_train_fraction for {blas}")
+    decode_prompts = default_decode_prompts()
     for chip, (bw, tf) in CHIPS.items():
-        at_bound = nightly_seconds(bw, tf, 1.0, 1.0, None, 2.0, REAL_DECODE_PROMPTS)
-        ours = nightly_seconds(bw, tf, f_decode, f_train, None, 2.0, REAL_DECODE_PROMPTS)
+        at_bound = nightly_seconds(bw, tf, 1.0, 1.0, None, 2.0, decode_prompts)
+        ours = nightly_seconds(bw, tf, f_decode, f_train, None, 2.0, decode_prompts)
         name = chip.split(" (")[0].replace(" ", "_")
         emit(BENCH, f"real_shape.{name}.nightly_min", sum(ours.values()) / 60, "min",
-             f"PROJECTION {chip}, {bw} GB/s, {tf} TFLOPS, bf16 base: sampling {ours['sampling'] / 60:.1f}, "
+             f"PROJECTION {chip}, {bw} GB/s, {tf} TFLOPS, bf16 base, {decode_prompts} prompts decoding at a "
+             f"time: sampling {ours['sampling'] / 60:.1f}, "
              f"training {ours['training'] / 60:.1f} min at the real shape's fractions ({f_decode:.3f} decode, "
              f"{f_train:.3f} training, {blas}); at the bound {sum(at_bound.values()) / 60:.1f} min; scoring "
              "not included", tag=blas)
