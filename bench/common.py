@@ -29,6 +29,22 @@ MODEL_DIR = BENCH_DIR / ".models" / "qwen3-30m"
 MODEL_SHAPE = dict(vocab_size=8192, hidden_size=384, num_layers=6, num_heads=6, num_kv_heads=2,
                    intermediate_size=3584)
 SAMPLE_HEADLINES = REPO / "data" / "sample" / "headlines.jsonl"
+# Qwen3-0.6B's config.json, less its weights: the real model's shape, for bench/real_shape.py,
+# bench/memory_estimate.py and bench/projection.py.
+QWEN3_06B = {
+    "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 1024,
+    "num_hidden_layers": 28, "intermediate_size": 3072, "num_attention_heads": 16, "num_key_value_heads": 8,
+    "head_dim": 128, "rms_norm_eps": 1e-6, "vocab_size": 151_936, "max_position_embeddings": 40960,
+    "rope_theta": 1000000.0, "tie_word_embeddings": True, "bos_token_id": None, "torch_dtype": "float32",
+}
+
+
+def qwen3_params(c: dict) -> int:
+    """Parameters of a Qwen3 config with tied embeddings: 596,049,920 for Qwen3-0.6B."""
+    h, d, i = c["hidden_size"], c["head_dim"], c["intermediate_size"]
+    q, kv = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
+    block = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h + 2 * d  # projections, MLP, two norms, q/k norms
+    return c["vocab_size"] * h + c["num_hidden_layers"] * block + h
 # Our "tight" sampler profile, used by every contender.
 SAMPLER = {"temp": 0.7, "top_p": 0.9, "top_k": 40}
 

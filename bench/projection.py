@@ -28,12 +28,10 @@ import math
 import sys
 from pathlib import Path
 
-from common import emit
+from common import QWEN3_06B, emit, qwen3_params
 
 BENCH = "projection"
 
-# Qwen3-0.6B (config.json): hidden 1024, 28 layers, 16 query / 8 KV heads of 128, vocab 151936, tied.
-QWEN3_06B = {"params": 596_049_920, "layers": 28, "heads": 16, "kv_heads": 8, "head_dim": 128, "vocab": 151_936}
 PROMPTS, GROUP, COMPLETION_TOKENS = 32, 8, 180
 PROMPT_TOKENS = 200  # Varro's prompt (headline, summary, instruction) in Qwen3's chat template, about
 # Apple's published figures: unified-memory bandwidth (GB/s) and GPU float32 TFLOPS.
@@ -56,14 +54,14 @@ def nightly_seconds(bw_gbs: float, tflops: float, f_decode: float, f_train: floa
                     decode_prompts: int = PROMPTS) -> dict[str, float]:
     """Seconds per phase of one night on a chip, at the given fractions of its bound: weights and KV
     cache of `dtype_bytes` per value, `decode_prompts` prompts decoding together."""
-    m = QWEN3_06B
+    m, params = QWEN3_06B, qwen3_params(QWEN3_06B)
     n = PROMPTS * GROUP
     rows = decode_prompts * GROUP
-    weight_bytes = dtype_bytes * m["params"]
-    flops_token = 2.0 * m["params"]
+    weight_bytes = dtype_bytes * params
+    flops_token = 2.0 * params
     ctx = PROMPT_TOKENS + COMPLETION_TOKENS / 2
-    kv_bytes = dtype_bytes * 2 * m["layers"] * m["kv_heads"] * m["head_dim"] * ctx
-    attn = 4.0 * m["layers"] * m["heads"] * m["head_dim"] * ctx
+    kv_bytes = dtype_bytes * 2 * m["num_hidden_layers"] * m["num_key_value_heads"] * m["head_dim"] * ctx
+    attn = 4.0 * m["num_hidden_layers"] * m["num_attention_heads"] * m["head_dim"] * ctx
     step = max((weight_bytes + rows * kv_bytes) / (bw_gbs * 1e9), rows * (flops_token + attn) / (tflops * 1e12))
     decode = math.ceil(PROMPTS / decode_prompts) * COMPLETION_TOKENS * step / f_decode
     prefill = PROMPTS * PROMPT_TOKENS * flops_token / (tflops * 1e12) / f_train
@@ -85,11 +83,7 @@ def default_decode_prompts() -> int:
     from varro.engine.config import Config
     from varro.engine.memory import ModelShape, cache_decode_batch
 
-    m = QWEN3_06B
-    args = SimpleNamespace(hidden_size=1024, num_hidden_layers=m["layers"], num_attention_heads=m["heads"],
-                           num_key_value_heads=m["kv_heads"], head_dim=m["head_dim"], intermediate_size=3072,
-                           vocab_size=m["vocab"])
-    shape = ModelShape.from_args(args, 2 * m["params"], dtype_bytes=2)
+    shape = ModelShape.from_args(SimpleNamespace(**QWEN3_06B), 2 * qwen3_params(QWEN3_06B), dtype_bytes=2)
     return cache_decode_batch(shape, PROMPTS, GROUP, PROMPT_TOKENS, COMPLETION_TOKENS,
                               Config().train.decode_cache_gb)
 

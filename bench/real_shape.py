@@ -27,17 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import BENCH_DIR, REPO, SAMPLER, Timer, emit, prompt_texts, prompt_tokens, run_spec, synthetic_corpus
+from common import BENCH_DIR, QWEN3_06B, REPO, SAMPLER, Timer, emit, prompt_texts, prompt_tokens, run_spec, synthetic_corpus
 
 BENCH = "real_shape"
 MODELS = BENCH_DIR / ".models"
-VOCAB = 151_936
-QWEN3_06B = {  # Qwen3-0.6B's config.json, less its weights
-    "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "hidden_size": 1024,
-    "num_hidden_layers": 28, "intermediate_size": 3072, "num_attention_heads": 16, "num_key_value_heads": 8,
-    "head_dim": 128, "rms_norm_eps": 1e-6, "vocab_size": VOCAB, "max_position_embeddings": 40960,
-    "rope_theta": 1000000.0, "tie_word_embeddings": True, "bos_token_id": None, "torch_dtype": "float32",
-}
+VOCAB = QWEN3_06B["vocab_size"]
 PRECISIONS = ("f32", "bf16", "4bit")
 MAX_TOKENS, LORA_LAYERS = 180, 16
 
