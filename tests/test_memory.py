@@ -9,9 +9,11 @@ from helpers import PROMPTS, open_policy, scored_groups, tiny_config, varro_step
 from varro.engine import memory
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
+from varro.engine.config import ModelConfig
 from varro.engine.embed import HashEmbedder
 from varro.engine.memory import (MemoryGuardError, ModelShape, SwapError, cache_decode_batch, plan_decode_batch,
                                  plan_micro_batch, sampling_bytes, training_bytes)
+from varro.engine.models import apply_lora
 from varro.engine.train import Trainer
 
 QWEN3_06B = SimpleNamespace(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
@@ -19,8 +21,13 @@ QWEN3_06B = SimpleNamespace(hidden_size=1024, num_hidden_layers=28, num_attentio
 MiB = 2**20
 
 
+ADAPTER_INPUTS = 3 * 1024 + 2048 + 2 * 1024 + 3072  # q, k, v, gate, up take the hidden state; o 16 x 128; down 3072
+
+
 def qwen3_shape(weight_bytes=1_500_000_000, trainable_bytes=40_000_000, dtype_bytes=2):
-    return ModelShape.from_args(QWEN3_06B, weight_bytes, trainable_bytes, dtype_bytes)
+    """Qwen3-0.6B with LoRA on every linear of the last 16 blocks, the default."""
+    return ModelShape.from_args(QWEN3_06B, weight_bytes, trainable_bytes, dtype_bytes, trained_layers=16,
+                                adapter_inputs=ADAPTER_INPUTS)
 
 
 def test_qwen3_06b_sampling_estimate_by_hand():
@@ -40,11 +47,23 @@ def test_qwen3_06b_sampling_estimate_by_hand():
 def test_qwen3_06b_training_estimate_by_hand():
     s = qwen3_shape()
     state = 8 * 40_000_000
-    acts = (2 * 180 + 300) * 1024 * 28 * 32 * 4  # two rows' completions and the prompt, 32 float32 values a unit
-    attn = 2 * 16 * 180 * 480 * 28 * 4
-    logits = 2 * 180 * 151936 * 4 * 3
+    # two rows' completions and the prompt through the 16 trained blocks: 32 bf16 values a hidden unit,
+    # and the float32 copy each adapter's first product makes of its input
+    assert ADAPTER_INPUTS == 10_240
+    acts = (2 * 180 + 300) * 16 * (1024 * 32 * 2 + 10_240 * 4)
+    attn = 2 * 16 * 180 * 480 * 16 * 4
+    logits = 2 * 180 * 151936 * (4 * 3 + 2 * 2)  # float32 logits, log-softmax, gradient; bf16 logits, gradient
     prompt_kv = 2 * 300 * 28 * 2 * 8 * 128 * 4
     assert training_bytes(s, 2, 8, 300, 180) == 1_500_000_000 + state + acts + attn + logits + prompt_kv
+    assert training_bytes(s, 2, 8, 300, 180) == 4_134_321_920
+    # a float32 base makes no copies and casts no logits: its saved values are float32
+    f32 = qwen3_shape(dtype_bytes=4)
+    acts32, logits32 = (2 * 180 + 300) * 16 * 1024 * 32 * 4, 2 * 180 * 151936 * 4 * 3
+    assert training_bytes(f32, 2, 8, 300, 180) == 1_500_000_000 + state + acts32 + attn + logits32 + prompt_kv
+    # full fine-tuning (trained_layers None) runs the backward through all 28 blocks
+    full = ModelShape.from_args(QWEN3_06B, 1_500_000_000, 40_000_000, 4)
+    assert training_bytes(full, 2, 8, 300, 180) - training_bytes(f32, 2, 8, 300, 180) == \
+        (2 * 180 + 300) * 12 * 1024 * 32 * 4 + 2 * 16 * 180 * 480 * 12 * 4
     # with short completions and large groups the no-gradient pass is the larger: capped at 256 MiB, x2
     assert training_bytes(s, 1, 64, 10, 50) == 1_500_000_000 + state + 2 * 256 * MiB
 
@@ -58,6 +77,7 @@ def test_tiny_model_shape_from_its_parameters(tiny_model_path, tmp_path):
     assert (s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate) == (64, 2, 4, 2, 16, 128)
     assert s.weight_bytes == 4 * (v * 64 + 2 * per_layer + 64 + lora)  # float32, tied embeddings
     assert s.trainable_bytes == 4 * lora and s.dtype_bytes == 4
+    assert (s.trained_layers, s.adapter_inputs) == (2, 64 * 3 + 64 + 64 * 2 + 128)  # both blocks, 7 linears
     kv_per_token = 2 * 2 * 2 * 16 * 4  # 2 layers, 2 kv heads of 16, float32
     # 24 rows of 33 + 256 positions and the filtered copy, 3 prefills of 256 positions
     assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + 2 * 24 * 289 * kv_per_token \
@@ -76,8 +96,13 @@ def test_a_bf16_base_is_counted_in_its_own_bytes():
     per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 16 * 2 + 64 * 2 + 64 * 128 * 3
     weights = 2 * (512 * 64 + 2 * per_layer + 64)
     assert (s.weight_bytes, s.trainable_bytes, s.dtype_bytes) == (weights, weights, 2)  # full fine-tuning
+    assert (s.trained_layers, s.adapter_inputs) == (None, 0)  # the embedding trains: every block
     model.freeze()
     assert ModelShape.from_model(model).trainable_bytes == 0
+    apply_lora(model, ModelConfig(lora_layers=1))  # float32 adapters on the top block only
+    lora = ModelShape.from_model(model)
+    assert (lora.trained_layers, lora.adapter_inputs, lora.dtype_bytes) == (1, 64 * 3 + 64 + 64 * 2 + 128, 2)
+    assert lora.trainable_bytes == 4 * 8 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)
     # its KV cache takes half the float32 one's bytes
     assert s.kv_bytes_per_token() == 2 * 2 * 2 * 16 * 2
 
@@ -138,9 +163,9 @@ def test_guard_shrinks_the_micro_batch_or_refuses():
     assert plan_micro_batch(s, 0, 8, 300, 180, budget) == 3  # 0 (the whole group of 8) does not fit
     assert plan_micro_batch(s, 2, 8, 300, 180, budget) == 2
     with pytest.raises(MemoryGuardError) as e:
-        plan_micro_batch(s, 1, 8, 300, 180, 4_000_000_000)
-    assert str(e.value) == "training needs ~4.2 GB, 4.0 GB available: --max-tokens 149 would fit"
-    assert training_bytes(s, 1, 8, 300, 149) <= 4_000_000_000 < training_bytes(s, 1, 8, 300, 150)
+        plan_micro_batch(s, 1, 8, 300, 180, 3_000_000_000)
+    assert str(e.value) == "training needs ~3.3 GB, 3.0 GB available: --max-tokens 116 would fit"
+    assert training_bytes(s, 1, 8, 300, 116) <= 3_000_000_000 < training_bytes(s, 1, 8, 300, 117)
     with pytest.raises(MemoryGuardError, match="no smaller group or completion fits"):
         plan_micro_batch(s, 1, 8, 300, 180, 1_000_000_000)
 

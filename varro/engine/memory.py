@@ -14,11 +14,11 @@ vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
           + n x ceil256(P) x L x 2 x K x D x b              the prompts' own prefills, until merged
           + R x V x (4 x 6 + b + c)                         one decode step's logits (c: 4 if b < 4, else 0)
           + min(P, 512) x (3 x I + 4 x h) x b               one prefill chunk's transients in a block
-    training, one micro-batch of m rows, S = P + M:
+    training, one micro-batch of m rows, S = P + M, Lt trained blocks, A their adapters' inputs, c = [b < 4]:
         W + 8 x T                                           the trainable parameters' step state (below)
-          + (m x M + P) x h x L x F x 4                     saved activations: the micro-batch's, the prompt's
-          + m x H x M x S x L x 4                           the micro-batch's attention probabilities
-          + m x M x V x 4 x 3                               its logits, log-softmax and their gradient
+          + (m x M + P) x Lt x (h x F x b + c x A x 4)      saved activations: the micro-batch's, the prompt's
+          + m x H x M x S x Lt x 4                          the micro-batch's attention probabilities
+          + m x M x V x (4 x 3 + c x 2 x b)                 its logits, log-softmax and their gradient
           + 2 x P x L x 2 x K x D x 4                       the prompt's keys and values and their gradient
         or the no-gradient pi_old / reference pass, if larger:
         W + 8 x T + min(G x M x V x 4, 256 MiB) x 2
@@ -36,10 +36,22 @@ rows the peak is the cache once, one layer growing at a time). A decode
 step holds the logits, their log-softmax, the stacked rows of
 `rollouts.sampled_logprobs` and its masked, scaled and normalised copies (6
 float32 rows of V), and the model's own logits (b bytes) with, over a base
-that is not float32, the float32 copy `Float32Logits` casts them to (c). Training's saved activations are float32 on
-any base: a float32 LoRA adapter's output promotes the bf16 residual stream
-it is added to (measured: with b in their place a bf16 micro-batch of 2 was
-0.90x its peak). The micro-batch runs its M completion positions on top of
+that is not float32, the float32 copy `Float32Logits` casts them to (c).
+
+Training differentiates only the Lt blocks from the lowest one holding a
+trainable parameter to the top (`trained_layers`: the last `lora_layers`;
+every block with full fine-tuning); the blocks below save nothing for the
+backward. Its activations are the base's dtype: mlx-lm's LoRALinear casts the
+adapter's output to its input's dtype, so a bf16 base's residual stream stays
+bf16 (checked: every block's output of a bf16 model with float32 adapters is
+bf16). But each adapter's first product, x @ lora_a, promotes its bf16 input
+to a float32 copy, which the backward keeps for the adapter's gradient
+(measured: 410 MB for a 205 MB bf16 input), one copy per adapted linear: A
+(`adapter_inputs`) sums their input widths in a block, 10,240 for Qwen3-0.6B
+with all seven linears adapted (q, k, v, gate and up take the hidden state,
+each its own copy; o the attention's H x D; down the MLP's I). Over such a
+base the model's logits are bf16, cast to float32 for the loss, and their
+gradient flows back in bf16 (c x 2 x b). The micro-batch runs its M completion positions on top of
 the prompt's keys and values, and the prompt's own backward (batch 1, P
 positions) follows it; F (`ACTIVATION_FACTOR`) is the values a transformer
 block saves per position per hidden unit for its backward (norm inputs and
@@ -81,9 +93,10 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
 from varro.engine.errors import UserError
-from varro.engine.models import base_dtype
+from varro.engine.models import base_dtype, lora_modules
 from varro.engine.train import PASS_LOGITS_BYTES, TrainingCallback
 
 GB = 1e9
@@ -118,23 +131,35 @@ class ModelShape:
     weight_bytes: int
     trainable_bytes: int = 0
     dtype_bytes: int = 4  # activations and KV cache
+    trained_layers: int | None = None  # blocks the backward runs through (None: all of them)
+    adapter_inputs: int = 0  # per trained block: the summed input widths of its LoRA-adapted linears
 
     @classmethod
-    def from_args(cls, args, weight_bytes: int, trainable_bytes: int = 0, dtype_bytes: int = 4) -> "ModelShape":
+    def from_args(cls, args, weight_bytes: int, trainable_bytes: int = 0, dtype_bytes: int = 4,
+                  trained_layers: int | None = None, adapter_inputs: int = 0) -> "ModelShape":
         heads = args.num_attention_heads
         return cls(hidden=args.hidden_size, layers=args.num_hidden_layers, heads=heads,
                    kv_heads=getattr(args, "num_key_value_heads", None) or heads,
                    head_dim=getattr(args, "head_dim", None) or args.hidden_size // heads,
-                   vocab=args.vocab_size, intermediate=args.intermediate_size, weight_bytes=weight_bytes, trainable_bytes=trainable_bytes,
-                   dtype_bytes=dtype_bytes)
+                   vocab=args.vocab_size, intermediate=args.intermediate_size, weight_bytes=weight_bytes,
+                   trainable_bytes=trainable_bytes, dtype_bytes=dtype_bytes, trained_layers=trained_layers,
+                   adapter_inputs=adapter_inputs)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ModelShape":
-        """The shape of a loaded mlx-lm model, with the bytes its parameters actually take."""
+        """The shape of a loaded mlx-lm model, with the bytes its parameters actually take, the blocks
+        holding trainable parameters (the backward starts at the lowest of them) and its adapters' inputs."""
         params = [v for _, v in tree_flatten(model.parameters())]
-        trainable = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
+        trainable = tree_flatten(model.trainable_parameters())
+        blocks = [re.search(r"layers\.(\d+)\.", k) for k, _ in trainable]
+        layers = model.args.num_hidden_layers
+        # from the lowest trained block to the top; every block where anything outside the blocks trains
+        trained = layers - min(int(b.group(1)) for b in blocks) if blocks and all(blocks) else None
+        inputs = sum(m.lora_a.shape[0] if isinstance(m, LoRALinear) else m.lora_a.shape[-1]
+                     for m in lora_modules(model) if isinstance(m, (LoRALinear, LoRASwitchLinear)))
         # activations and the KV cache run in the base's dtype (a quantized base's scales')
-        return cls.from_args(model.args, sum(v.nbytes for v in params), trainable, base_dtype(model).size)
+        return cls.from_args(model.args, sum(v.nbytes for v in params), sum(v.nbytes for _, v in trainable),
+                             base_dtype(model).size, trained, inputs // (trained or layers))
 
     def kv_bytes_per_token(self) -> int:
         """One row's keys and values of one position, over all layers."""
@@ -165,12 +190,13 @@ def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_
     """The estimated peak of one training step differentiating `micro_batch` rows (module docstring)."""
     s = shape
     seq = prompt_tokens + max_tokens
+    trained = s.trained_layers or s.layers
     base = s.weight_bytes + TRAINABLE_COPIES * s.trainable_bytes
-    # float32 whatever the base: the float32 adapters' outputs promote the residual stream (LoRA), or the whole
-    # model is float32 (full fine-tuning)
-    grad = ((micro_batch * max_tokens + prompt_tokens) * s.hidden * s.layers * ACTIVATION_FACTOR * 4
-            + micro_batch * s.heads * max_tokens * seq * s.layers * 4
-            + micro_batch * max_tokens * s.vocab * 4 * LOGIT_COPIES
+    below = s.dtype_bytes < 4  # a bf16 or quantized base: the adapters' float32 copies, the logits' casts
+    per_position = s.hidden * ACTIVATION_FACTOR * s.dtype_bytes + (s.adapter_inputs * 4 if below else 0)
+    grad = ((micro_batch * max_tokens + prompt_tokens) * trained * per_position
+            + micro_batch * s.heads * max_tokens * seq * trained * 4
+            + micro_batch * max_tokens * s.vocab * (4 * LOGIT_COPIES + (2 * s.dtype_bytes if below else 0))
             + 2 * prompt_tokens * s.layers * 2 * s.kv_heads * s.head_dim * 4)
     passes = 2 * min(group_size * max_tokens * s.vocab * 4, PASS_LOGITS_BYTES)
     return base + max(grad, passes)
