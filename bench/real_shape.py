@@ -94,7 +94,8 @@ def build(precision: str) -> Path:
 
 
 def run_ours(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> dict:
-    """gspo.run_ours on the real-shape model, plus the running peak after each phase (the profile)."""
+    """gspo.run_ours on the real-shape model, plus the running peak after each phase (the profile): sampling's
+    from the start of the iteration, the passes' and training's from the end of sampling."""
     import mlx.core as mx
 
     import gspo
@@ -117,10 +118,13 @@ def run_ours(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> di
         marks.append((name, gb))
         print(f"{time.perf_counter() - t0:8.1f} s  {name} {gb:.3f} GB", file=sys.stderr, flush=True)
 
+    reset_peak = mx.reset_peak_memory  # gspo.run_ours stubs it out during the iteration
+
     def marked_sample(self, *a, **k):
         mark("before_sampling", mx.get_active_memory() / 1e9)
         out = sample(self, *a, **k)
         mark("sampling", mx.get_peak_memory() / 1e9)
+        reset_peak()  # from here the peak is training's own (the iteration's is the larger of the two)
         return out
 
     def marked_passes(self, *a, **k):
@@ -140,10 +144,13 @@ def run_ours(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> di
     Policy.sample, Trainer._pass_logprobs, Policy.open = marked_sample, marked_passes, classmethod(marked_open)
     out = gspo.run_ours(n_prompts)
     last = max(i for i, (name, _) in enumerate(marks) if name == "before_sampling")
-    out["profile_gb"] = [marks[0]] + marks[last:] + [("iteration", out["peak_memory_gb"])]
+    out["training_peak_gb"] = out["peak_memory_gb"]  # the peak since sampling ended
+    out["peak_memory_gb"] = max(out["training_peak_gb"], dict(marks[last:])["sampling"])
+    out["profile_gb"] = [marks[0]] + marks[last:] + [("training", out["training_peak_gb"]),
+                                                     ("iteration", out["peak_memory_gb"])]
     out["base_dtype"] = dict(marks)["base_dtype"]  # what Policy.open did to the base at the time of the run
     # The memory guard's estimates for this iteration, against the measured peaks: sampling's is the
-    # running peak at the end of sampling, training's the iteration's (the larger of the two phases).
+    # running peak at the end of sampling, training's the peak from then to the end of the iteration.
     shape, policy = shapes[0]
     prompt = max(len(policy.prompt_tokens(t)) for t in prompt_texts(n_prompts))  # the guard plans for the longest
     out["estimate_gb"] = {"sampling": sampling_bytes(shape, n_prompts, gspo.GROUP, prompt, max_tokens) / 1e9,
@@ -307,7 +314,8 @@ def report(precision: str, n: int, max_tokens: int, ours: dict | None, peer: dic
         emit(BENCH, f"{label}.ours_peak_memory", ours["peak_memory_gb"], "GB")
         if "estimate_gb" in ours:
             profile = dict(ours["profile_gb"])
-            for phase, measured in (("sampling", profile["sampling"]), ("training", ours["peak_memory_gb"])):
+            for phase, measured in (("sampling", profile["sampling"]),
+                                    ("training", ours.get("training_peak_gb", ours["peak_memory_gb"]))):
                 est = ours["estimate_gb"][phase]
                 emit(BENCH, f"{label}.ours_{phase}_estimate", est, "GB",
                      f"the memory guard's; measured {measured:.3f} GB, estimate {est / measured:.2f}x")
