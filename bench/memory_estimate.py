@@ -4,13 +4,13 @@ A randomly initialised model with Qwen3-0.6B's hidden size, heads, head dim,
 MLP and vocabulary (bench/common.py's config) and `--layers` blocks (fewer
 than 28 keeps it quick on a CPU; every term but the weights scales with the
 layers), sampled through `rollouts.sample_groups` and trained one day (LoRA on
-every block, one minibatch) through the Trainer, on random tokens. The base is
+every block or the top `--lora-layers`, one minibatch) through the Trainer, on
+random tokens. The base is
 float32 (`--dtype f32`), bfloat16 (`bf16`), quantized to 4 bits in groups of
 64 with bf16 scales as mlx_lm.convert -q makes it (`4bit`), or the same with
 float32 scales (`4bit-f32`: the same packed weights, about 10x faster on a
-CPU; its activations and KV cache are float32, so it stands in for a 4-bit
-base's training step, whose activations are float32 anyway, not for its
-sampling). Prints measured peak, estimate and their ratio for each case.
+CPU; its activations and KV cache are float32, so it checks the quantized
+weights and their matmuls, not the bf16 activations of a `4bit` base). Prints measured peak, estimate and their ratio for each case.
 
 Usage: scripts/env python bench/memory_estimate.py [--layers 2] [--dtype f32|bf16|4bit|4bit-f32]
        [--lora-layers N] [--only sampling|training] [--cases N] [--eos-share 0.01]

@@ -96,7 +96,7 @@ def test_a_bf16_base_is_counted_in_its_own_bytes():
     per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 16 * 2 + 64 * 2 + 64 * 128 * 3
     weights = 2 * (512 * 64 + 2 * per_layer + 64)
     assert (s.weight_bytes, s.trainable_bytes, s.dtype_bytes) == (weights, weights, 2)  # full fine-tuning
-    assert (s.trained_layers, s.adapter_inputs) == (None, 0)  # the embedding trains: every block
+    assert (s.trained_layers, s.adapter_inputs) == (2, 0)  # the embedding trains: every block
     model.freeze()
     assert ModelShape.from_model(model).trainable_bytes == 0
     apply_lora(model, ModelConfig(lora_layers=1))  # float32 adapters on the top block only

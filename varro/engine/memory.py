@@ -97,7 +97,7 @@ from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
 from varro.engine.errors import UserError
 from varro.engine.models import base_dtype, lora_modules
-from varro.engine.train import PASS_LOGITS_BYTES, TrainingCallback
+from varro.engine.train import PASS_LOGITS_BYTES, TrainingCallback, first_trainable_layer
 
 GB = 1e9
 PREFILL_STEP = 512  # rollouts.prefill's chunk
@@ -131,7 +131,7 @@ class ModelShape:
     weight_bytes: int
     trainable_bytes: int = 0
     dtype_bytes: int = 4  # activations and KV cache
-    trained_layers: int | None = None  # blocks the backward runs through (None: all of them)
+    trained_layers: int | None = None  # blocks the backward runs through (None or 0: all of them)
     adapter_inputs: int = 0  # per trained block: the summed input widths of its LoRA-adapted linears
 
     @classmethod
@@ -151,10 +151,8 @@ class ModelShape:
         holding trainable parameters (the backward starts at the lowest of them) and its adapters' inputs."""
         params = [v for _, v in tree_flatten(model.parameters())]
         trainable = tree_flatten(model.trainable_parameters())
-        blocks = [re.search(r"layers\.(\d+)\.", k) for k, _ in trainable]
         layers = model.args.num_hidden_layers
-        # from the lowest trained block to the top; every block where anything outside the blocks trains
-        trained = layers - min(int(b.group(1)) for b in blocks) if blocks and all(blocks) else None
+        trained = layers - first_trainable_layer(model)  # all of them when the embedding trains
         inputs = sum(m.lora_a.shape[0] if isinstance(m, LoRALinear) else m.lora_a.shape[-1]
                      for m in lora_modules(model) if isinstance(m, (LoRALinear, LoRASwitchLinear)))
         # activations and the KV cache run in the base's dtype (a quantized base's scales')
