@@ -83,7 +83,7 @@ class Tally(App):
 
         return load_sample_day(db, day)
 
-    def demo_settings(self, cfg: Any) -> Any:
+    def demo_settings(self, cfg: Any, tiny: bool = False) -> Any:
         # the sample has 12 groups: 4 a day, one story in 4 held out, short posts
         cfg.tally.groups_per_day = 4
         cfg.tally.eval_every = 4

@@ -10,7 +10,7 @@ from varro.engine.config import db_path, run_dir
 
 def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
     runner = CliRunner()
-    args = ["demo", "--days", "2", "--cold", "--varro-only", "--embedder", "hash", "--max-tokens", "16",
+    args = ["demo", "--days", "2", "--tiny", "--cold", "--varro-only", "--embedder", "hash", "--max-tokens", "16",
             "--prompts-per-day", "4", "--eval-every", "8"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -32,9 +32,31 @@ def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
     assert (db["rollouts"].count, db["steps"].count, db["headlines"].count, db["prompts"].count) == n
 
 
+def test_demo_runs_on_the_real_model_by_default(varro_home):
+    """Without --tiny the demo converts SmolLM2-135M-Instruct into the home's data/models once and trains on
+    it; what it writes is fluent enough to have English words in it."""
+    import json
+
+    runner = CliRunner()
+    args = ["demo", "--days", "2", "--varro-only", "--embedder", "hash", "--max-tokens", "12", "--group-size", "2",
+            "--prompts-per-day", "2", "--eval-every", "8"]
+    out = runner.invoke(cli, args)
+    assert out.exit_code == 0, out.output
+    model = varro_home / "data" / "models" / "smollm2-135m-instruct"
+    assert json.loads((model / "config.json").read_text())["model_type"] == "llama"
+    ckpt = run_dir("demo") / "checkpoints" / "2026-11-03"
+    assert json.loads((ckpt / "adapter_config.json").read_text())["base_model"] == str(model)
+    assert json.loads((ckpt / "adapter_config.json").read_text())["num_layers"] == 8
+    db = dbm.open_db(db_path())
+    assert db.execute("select count(*) from steps where day = '2026-11-03' and skipped = 0").fetchone()[0] >= 1
+    texts = [r[0] for r in db.execute("select completion from rollouts where run = 'demo'")]
+    words = {w.lower().strip(".,") for t in texts for w in t.split()}
+    assert len(texts) == 8 and len(words & {"the", "will", "be", "to", "of", "and", "in", "a"}) >= 3
+
+
 def test_full_demo_writes_reports_and_a_compare(varro_home):
     runner = CliRunner()
-    out = runner.invoke(cli, ["demo", "--days", "2", "--cold", "--embedder", "hash", "--max-tokens", "8",
+    out = runner.invoke(cli, ["demo", "--days", "2", "--tiny", "--cold", "--embedder", "hash", "--max-tokens", "8",
                               "--prompts-per-day", "6", "--eval-every", "2"])
     assert out.exit_code == 0, out.output
     for line in ["== Walter", "== Learning curves on the held-out panels", "varro: ", "held-out prompts made on",

@@ -122,7 +122,7 @@ def test_walter_cli_demo_and_help(varro_home):
     from walter.cli import cli
 
     runner = CliRunner()
-    out = runner.invoke(cli, ["demo", "--days", "2", "--cold", "--embedder", "hash", "--max-tokens", "8",
+    out = runner.invoke(cli, ["demo", "--days", "2", "--tiny", "--cold", "--embedder", "hash", "--max-tokens", "8",
                               "--articles-per-day", "2"])
     assert out.exit_code == 0, out.output
     assert "2026-11-03: ingested 61, sampled 16" in out.output

@@ -22,7 +22,7 @@ names one. It says:
   `human_items` (the human text a day's completions are rewarded against, for
   the voice stage);
 - its sample: `sample_days()` and `load_sample_day(db, day)` for the offline
-  demo, `demo_settings(cfg)`;
+  demo, `demo_settings(cfg, tiny)`;
 - optionally a `red_team()` for `hacks`, and its own `commands()` that join
   the engine's on its command line (`varro.engine.cli.app_cli`).
 
@@ -133,8 +133,9 @@ class App:
     def load_sample_day(self, db: "sqlite_utils.Database", day: str) -> int:
         raise NotImplementedError
 
-    def demo_settings(self, cfg: Any) -> Any:
-        """The demo's settings on top of the tiny model's (smaller days, say); default: unchanged."""
+    def demo_settings(self, cfg: Any, tiny: bool = False) -> Any:
+        """The demo's settings on top of the engine's demo recipe for the real model (or, with `tiny`, the
+        tiny one): smaller days, say; default: unchanged."""
         return cfg
 
     # --- optional -------------------------------------------------------------------------------

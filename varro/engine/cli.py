@@ -609,29 +609,33 @@ def hacks_command(app: App) -> click.Command:
 
 
 def demo_command(app: App) -> click.Command:
-    @click.command("demo", help=f"""Run {app.name}'s daily cycle over its shipped sample on the tiny model,
-        offline.
+    @click.command("demo", help=f"""Run {app.name}'s daily cycle over its shipped sample on
+        SmolLM2-135M-Instruct, offline.
 
-        Builds the tiny model (and, once, a few minutes' warm-up on the sample
-        text so its samples read as words), runs every sample day as `step`
-        would, and prints the per-day metrics. Any setting can be overridden,
-        e.g. --model or --learning-rate.
+        Converts the real model once from the wheel scripts/setup installs,
+        runs every sample day as `step` would, and prints the per-day metrics.
+        --tiny runs the tiny local model instead (a quick tour). Any setting can
+        be overridden, e.g. --model or --learning-rate.
 
         Example: {app.name} demo --days 3
         """)
-    @click.option("--days", default=None, type=int, help="only the first N sample days [default: all]")
+    @click.option("--days", default=None, type=int,
+              help="only the first N sample days [default: 5 on the real model, all with --tiny]")
     @click.option("--run", default=app.demo_run_name(), show_default=True, help="run name under runs/")
-    @click.option("--cold", is_flag=True, help="use the random tiny model without the warm-up")
+    @click.option("--tiny", is_flag=True, help="the quick tour: the tiny local model instead of SmolLM2-135M-Instruct")
+    @click.option("--cold", is_flag=True, help="with --tiny: the random tiny model without the warm-up")
     @HOME_OPTION
     @config_options(app.name)
-    def demo(days: int | None, run: str, cold: bool, home: str | None, **kwargs) -> None:
-        from varro.engine.demo import demo_config, ensure_tiny_model, run_demo
+    def demo(days: int | None, run: str, tiny: bool, cold: bool, home: str | None, **kwargs) -> None:
+        from varro.engine.demo import REAL_DEMO_DAYS, demo_config, demo_model, run_demo
         from varro.engine.models import check_model
 
-        if kwargs.get("cfg__model__model"):  # a bad --model fails before the tiny model and its warm-up are built
+        if kwargs.get("cfg__model__model"):  # a bad --model fails before any demo model is built
             check_model(kwargs["cfg__model__model"])
-        base = app.demo_settings(demo_config(ensure_tiny_model(home, warm=not cold, echo=click.echo)))
-        run_demo(app, home, run, model_config(kwargs, base=base), days=days, echo=click.echo)
+        model = None if kwargs.get("cfg__model__model") else demo_model(home, tiny=tiny, cold=cold, echo=click.echo)
+        base = app.demo_settings(demo_config(model, tiny), tiny)
+        run_demo(app, home, run, model_config(kwargs, base=base), days=days or (None if tiny else REAL_DEMO_DAYS),
+                 echo=click.echo)
 
     return demo
 

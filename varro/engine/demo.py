@@ -1,8 +1,10 @@
-"""The offline demo of any application: its daily cycle over its shipped sample days, on the tiny model.
+"""The offline demo of any application: its daily cycle over its shipped sample days.
 
 Each sample day runs as `step` would (varro.engine.cycle); a re-run does no
-work twice. The tiny model is built, and warmed up once on the sample text, by
-`ensure_tiny_model`.
+work twice. The demo runs on the real SmolLM2-135M-Instruct, converted once
+from the wheel scripts/setup installs (varro.engine.gguf); `--tiny` runs the
+quick tour on the tiny model instead, built and warmed up once on the sample
+text by `ensure_tiny_model`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from varro.engine.app import App
 from varro.engine.config import Config, db_path, home_dir, run_dir
 from varro.engine.cycle import step
 from varro.engine.metrics import app_day_metrics, format_metrics
+from varro.engine.progress import NULL_PROGRESS, Progress
 from varro.engine.embed import CachedEmbedder, load_embedder
 from varro.engine.models import write_tiny_model
 
@@ -46,29 +49,58 @@ def ensure_tiny_model(home: str | Path | None = None, seed: int = 0, warm: bool 
     return hot
 
 
-def demo_config(model_path: Path | None) -> Config:
-    """The demo's recipe: short completions and a learning rate that moves a tiny model (each app adds
-    its own with `App.demo_settings`)."""
+def real_model_dir(home: str | Path | None = None) -> Path:
+    """The real demo model's folder under <home>/data/models, converted from the shipped GGUF on first use."""
+    from varro.engine.gguf import ensure_smollm
+
+    return ensure_smollm(home_dir(home) / "data" / "models")
+
+
+def demo_model(home: str | Path | None, tiny: bool, cold: bool = False, echo=print) -> Path:
+    """The demo's base model: the real SmolLM2-135M-Instruct, or with `tiny` the (warm or `cold`) tiny one."""
+    if tiny:
+        return ensure_tiny_model(home, warm=not cold, echo=echo)
+    return real_model_dir(home)
+
+
+def demo_config(model_path: Path | None, tiny: bool = True) -> Config:
+    """The demo's recipe (each app adds its own with `App.demo_settings`). The tiny model: short completions
+    and a learning rate that moves it. The real model: adapters on its top 8 of 30 blocks, 4 samples a prompt,
+    and the learning rate the learning experiment chose (bench/learning.py, docs/learning.md)."""
     cfg = Config()
     if model_path is not None:
         cfg.model.model = str(model_path)
-    cfg.model.lora_layers = 2
-    cfg.sampling.group_size = 8
-    cfg.sampling.max_tokens = 96
-    cfg.train.learning_rate = 3e-4
+    if tiny:
+        cfg.model.lora_layers = 2
+        cfg.sampling.group_size = 8
+        cfg.sampling.max_tokens = 96
+        cfg.train.learning_rate = 3e-4
+    else:
+        cfg.model.lora_layers = 8
+        cfg.sampling.group_size = 4
+        cfg.sampling.max_tokens = 96
+        cfg.train.learning_rate = 1e-4
+        cfg.eval.panel_size = 6
+        cfg.eval.panel_samples = 2
+        # the eval guard reads each day's mean over that day's one or two held-out prompts: at this size a
+        # different prompt mix moves it by more than any update does, so it would stop training on noise
+        cfg.train.eval_drop_max = 10.0
     return cfg
 
 
+REAL_DEMO_DAYS = 5  # sample days the real model's demo runs by default: about 15 minutes here in all
+
+
 def run_demo(app: App, home: str | Path | None, run: str, cfg: Config, days: int | None = None,
-             echo=print) -> list[dict]:
+             echo=print, progress: Progress = NULL_PROGRESS) -> list[dict]:
     """Run `app`'s cycle over its sample days (the first `days` of them); returns the per-day metrics of the
-    days whose completions are scored."""
+    days whose completions are scored. `progress` sees each day's stages (a timed line each, say)."""
     db = dbm.open_db(db_path(home))
     embedder = CachedEmbedder(load_embedder(getattr(cfg, app.name).embedder), db)
     run_path = run_dir(run, home)
     all_days = app.sample_days()[: days or None]
     for day in all_days:
-        res = step(app, db, cfg, run, run_path, day, embedder)
+        res = step(app, db, cfg, run, run_path, day, embedder, progress=progress)
         echo(f"{day}: {res.summary()}" + "".join(f"\n  note: {n}" for n in res.notes))
     scored = all_days[: len(all_days) - app.reward_delay_days] if app.reward_delay_days else all_days
     metrics = [app_day_metrics(db, app, run, d) for d in scored]
