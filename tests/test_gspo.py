@@ -101,6 +101,14 @@ def test_group_advantages_reference():
     assert informative_groups(r, 4).tolist() == [True, False]
 
 
+def test_group_advantages_without_std_scaling_are_centred_rewards():
+    """advantage_std = false (Turtel et al. 2025): r - group mean, a flat group still 0."""
+    r = [0.1, 0.2, 0.3, 0.6, 5.0, 5.0, 5.0, 5.0]
+    adv = group_advantages(r, 4, scale_std=False)
+    np.testing.assert_allclose(adv[:4], [-0.2, -0.1, 0.0, 0.3], atol=1e-12)
+    assert np.all(adv[4:] == 0)
+
+
 def test_group_advantages_rejects_bad_input():
     with pytest.raises(ValueError, match="groups of 3"):
         group_advantages([1, 2, 3, 4], 3)

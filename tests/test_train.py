@@ -81,6 +81,15 @@ def test_flat_groups_carry_no_signal_and_are_dropped(tiny_model_path, tmp_path):
     assert pol.trainer.train_day(groups) == []
 
 
+def test_advantage_std_off_gives_the_trainer_centred_rewards(tiny_model_path, tmp_path):
+    pol = open_policy(tiny_model_path, tmp_path / "run")
+    groups = scored_groups(pol, seed=4)
+    pol.trainer.cfg.advantage_std = False
+    pol.trainer.prepare(groups)
+    rewards = np.array([r.reward for r in groups[0]])
+    np.testing.assert_allclose([r.advantage for r in groups[0]], rewards - rewards.mean(), atol=1e-12)
+
+
 def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
     from varro.engine.train import make_chunks
 

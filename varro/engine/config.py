@@ -71,6 +71,8 @@ class TrainConfig:
     eps_high: float = opt(4e-4, "GSPO upper clip range of the sequence ratio")
     beta: float = opt(0.02, "weight of the KL leash to the base model (k2 term: the reverse KL's gradient; 0: off)")
     flat_std: float = opt(1e-3, "groups whose reward std is at most this carry no signal and are dropped")
+    advantage_std: bool = opt(True, "divide each group's advantages by its reward std (off: r - mean only, "
+                                    "as Turtel et al. 2025 found better on noisy outcomes)")
     is_cap: float = opt(0.0, "cap C of the truncated importance weight for the sampler's top-k/top-p (0: off)")
     seed: int = opt(0, "seed for MLX, NumPy and Python")
     kl_max: float = opt(1.0, "collapse guard: KL to the base above this (before any step or after the last) "

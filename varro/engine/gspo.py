@@ -25,7 +25,8 @@ it); the optional truncated importance weight w_i for the sampler's
 truncation (off by default: see varro.train for the measurement); the std uses
 the population formula and a group whose reward std is below a tolerance
 (1e-3 by default) gets advantage 0 (the trainer drops such groups: a spread of
-1e-5 would otherwise be blown up to advantages of +-2.6).
+1e-5 would otherwise be blown up to advantages of +-2.6); `advantage_std = false`
+drops the division by std_j r_j (Turtel et al. 2025).
 """
 
 from __future__ import annotations
@@ -117,9 +118,12 @@ def gspo_objective(cfg: "TrainConfig") -> Objective:
     return objective
 
 
-def group_advantages(rewards, group_size: int, eps: float = 1e-6, tol: float = FLAT_STD) -> np.ndarray:
+def group_advantages(rewards, group_size: int, eps: float = 1e-6, tol: float = FLAT_STD,
+                     scale_std: bool = True) -> np.ndarray:
     """(r - group mean) / group std for consecutive groups of `group_size`; groups whose std is at most
-    `tol` get 0 (flat, or so nearly flat that their spread is noise).
+    `tol` get 0 (flat, or so nearly flat that their spread is noise). With `scale_std` False the advantage
+    is r - group mean alone (Turtel et al. 2025: on noisy outcomes, dividing by a small group's std
+    blows a near-tie up to +-1 and the prompt's difficulty decides the step size).
 
     Raises ValueError when len(rewards) is not a multiple of group_size or a reward is not finite.
     """
@@ -131,7 +135,8 @@ def group_advantages(rewards, group_size: int, eps: float = 1e-6, tol: float = F
     g = r.reshape(-1, group_size)
     std = g.std(axis=1, keepdims=True)
     floor = max(eps, tol)
-    adv = np.where(std > floor, (g - g.mean(axis=1, keepdims=True)) / np.maximum(std, floor), 0.0)
+    centred = g - g.mean(axis=1, keepdims=True)
+    adv = np.where(std > floor, centred / np.maximum(std, floor) if scale_std else centred, 0.0)
     return adv.reshape(-1)
 
 

@@ -449,7 +449,8 @@ class Trainer:
             raise TrainingError("every rollout needs a reward before training")
         kept_groups: list[list[Rollout]] = []
         for g in groups:
-            adv = group_advantages([r.reward for r in g], len(g), tol=self.cfg.flat_std)
+            adv = group_advantages([r.reward for r in g], len(g), tol=self.cfg.flat_std,
+                                   scale_std=self.cfg.advantage_std)
             for r, a in zip(g, adv):
                 r.advantage = float(a)
             if np.any(adv != 0.0):
