@@ -165,3 +165,26 @@ def test_compare_and_eval_cli(trained, tmp_path):
     assert "held-out prompts" in ev.output and "2026-11-04" in ev.output and "base" in ev.output
     bad = CliRunner().invoke(cli, ["compare", "--run", "nope", "--embedder", "hash"])
     assert bad.exit_code == 1 and "no checkpoint" in bad.output
+
+
+def test_text_compare_shows_whole_texts_side_by_side_with_a_header():
+    """The text a person reads in the morning: both checkpoints named, every sample whole (wrapped, never cut
+    with an ellipsis), each under its reward."""
+    from varro.engine.compare import Comparison, format_comparison
+    from varro.engine.panel import Cells
+
+    long_before = " ".join(f"before{i}" for i in range(40))
+    after = "Talks resume on Monday; a deal is expected by Friday."
+    c = Comparison(prompts=[{"id": "p1", "text": "Headline: Port strike\nSummary: ..."}],
+                   before=Cells("base", [[long_before]], np.array([[0.125]])),
+                   after=Cells("2026-11-08", [[after]], np.array([[0.5]])), mean_diff=0.375, ci=(0.375, 0.375))
+    out = format_comparison(c, width=40)
+    lines = out.splitlines()
+    assert lines[0].startswith("before: base") and lines[0].endswith("after: 2026-11-08")
+    assert "== p1  Headline: Port strike" in out and "…" not in out
+    body = [line.split("|") for line in lines[3:] if "|" in line]
+    left = " ".join(cells[0].strip() for cells in body)
+    assert long_before in left and "reward +0.125" in left
+    right = " ".join(cells[1].strip() for cells in body)
+    assert after in right and "reward +0.500" in right
+    assert all(len(cells[0]) <= 41 for cells in body)

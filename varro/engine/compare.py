@@ -101,15 +101,25 @@ def side_by_side(c: Comparison):
 
 
 def format_comparison(c: Comparison, width: int = 60) -> str:
-    def short(t: str) -> str:
-        t = " ".join(t.split())
-        return t if len(t) <= width else t[: width - 1] + "…"
+    """Each held-out prompt's headline, then each sample pair side by side, whole, wrapped in two columns of
+    `width` with its reward above it; then the means and the paired difference with its CI."""
+    import textwrap
 
-    lines = []
+    def column(reward: float, text: str) -> list[str]:
+        return [f"reward {reward:+.3f}"] + (textwrap.wrap(" ".join(text.split()), width) or ["(empty)"])
+
+    lines = [f"{'before: ' + c.before.label:<{width}} | after: {c.after.label}"]
     for p, samples in side_by_side(c):
-        lines.append(f"== {p['id']}  {short(p['text'].splitlines()[0])}")
-        for rb, tb, ra, ta in samples:
-            lines.append(f"  {rb:+.3f} {short(tb):<{width}} | {ra:+.3f} {short(ta)}")
+        lines.append("")
+        lines.append(f"== {p['id']}  {' '.join(p['text'].splitlines()[0].split())}")
+        for k, (rb, tb, ra, ta) in enumerate(samples):
+            left, right = column(rb, tb), column(ra, ta)
+            if k:
+                lines.append(f"{'-' * width} | {'-' * width}")
+            for i in range(max(len(left), len(right))):
+                a = left[i] if i < len(left) else ""
+                b = right[i] if i < len(right) else ""
+                lines.append(f"{a:<{width}} | {b}".rstrip())
     lines.append("")
     lines.append(f"mean reward {c.before.label}: {c.before.rewards.mean():.3f}   "
                  f"{c.after.label}: {c.after.rewards.mean():.3f}")
