@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: the 30M bench model, its prompts, the BLAS in use, one line per figure.
+"""Shared pieces of the benchmarks: the 30M bench model (or, with BENCH_MODEL=real, SmolLM2-135M-Instruct),
+its prompts, the BLAS in use, one line per figure.
 
 Every benchmark prints one line per figure (`emit`) and, when $BENCH_RESULTS
 names a file, appends the same figure there as a JSON line, which
@@ -67,7 +68,12 @@ def synthetic_corpus(lines: int = 5000, seed: int = 0) -> list[str]:
 
 
 def bench_model() -> Path:
-    """The benchmark model folder, built once (random Qwen3 architecture, float32, local tokenizer)."""
+    """The benchmark model folder, built once (random Qwen3 architecture, float32, local tokenizer); with
+    BENCH_MODEL=real, SmolLM2-135M-Instruct converted from the shipped GGUF (scripts/setup does it once)."""
+    if os.environ.get("BENCH_MODEL") == "real":
+        from varro.engine.demo import real_model_dir
+
+        return real_model_dir(REPO)
     if (MODEL_DIR / "model.safetensors").exists():
         return MODEL_DIR
     from varro.engine.models import sample_corpus, write_tiny_model

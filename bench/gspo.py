@@ -9,6 +9,7 @@ first use, with mlx and mlx-lm pinned to the versions in .venv, and scripts/setu
 same BLAS as ours.
 
     scripts/env python bench/gspo.py                   # batch sizes 1 and 4 (prompts per iteration)
+    BENCH_MODEL=real scripts/env python bench/gspo.py  # on SmolLM2-135M-Instruct (data/models, from setup)
     VARRO_NO_OPENBLAS=1 scripts/env python bench/gspo.py --batch-sizes 1
 
 Peak memory is mx.get_peak_memory() over the measured iteration, model weights
@@ -182,6 +183,7 @@ def main() -> None:
 
     bench_model()
     peer_python()
+    print(f"{BENCH}.model = {bench_model()}", flush=True)
     rate = max(matmul_gflops(1024, 1024, 1024), matmul_gflops(2048, 2048, 2048))
     emit(BENCH, "matmul_rate", rate, "GFLOP/s", "float32 mx.matmul, better of 1024^3 and 2048^3")
     for n in sizes:

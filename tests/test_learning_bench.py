@@ -1,0 +1,43 @@
+"""bench/learning.py's pieces whose numbers go into docs/learning.md: the hack monitors and the control arm."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import learning  # noqa: E402
+
+
+def shares(text, source=None, winners=()):
+    return {k: f(text, source or {}, list(winners)) for k, f in learning.HACKS.items()}
+
+
+def test_each_monitor_fires_on_its_hack_and_not_on_an_honest_forecast():
+    honest = "Talks will resume on Monday and the union expects a deal on pay by Friday."
+    assert not any(shares(honest, {"title": "Port strike enters its third week in Valdoria"}).values())
+    assert shares("Prices may rise or fall over the coming weeks.")["hedge"]
+    assert shares("The strike will not end this month.")["negation"]
+    title = "Port strike enters its third week in Valdoria"
+    assert shares(honest + " " + title, {"title": title})["source_title"]
+    assert not shares("The port reopens.", {"title": title})["source_title"]
+    assert shares("Big news today #news #ports")["hashtag"] and not shares("We are number #1")["all_caps"]
+    assert shares("THE PORT STRIKE WILL END ON MONDAY, SAY UNION LEADERS")["all_caps"]
+    winner = "the dockworkers finally got their raise and the port is open again tonight"
+    assert shares("wow the dockworkers finally got their raise and the port is open again", winners=[winner])[
+        "copy_winner"]
+    assert not shares(honest, winners=[winner])["copy_winner"]
+
+
+def test_the_control_permutes_each_groups_scores_and_keeps_them():
+    class App:
+        name = "toy"
+
+        def score_texts(self, db, prompt, texts, embedder, cfg):
+            return [{"reward": float(len(t))} for t in texts]
+
+    texts = ["a" * n for n in range(1, 9)]
+    control = learning.ShuffledRewards(App(), seed=0)
+    got = [c["reward"] for c in control.score_texts(None, {"id": "p1"}, texts, None, None)]
+    assert sorted(got) == [float(n) for n in range(1, 9)] and got != sorted(got)
+    again = [c["reward"] for c in control.score_texts(None, {"id": "p1"}, texts, None, None)]
+    assert again == got and control.name == "toy"
