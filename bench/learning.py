@@ -17,6 +17,7 @@ reward distribution, no link to the text. A panel gain that the control also sho
 
     scripts/env python bench/learning.py --out docs/learning            # both apps, both arms
     scripts/env python bench/learning.py --apps varro --arms real --learning-rate 2e-4 --out /tmp/lr
+    scripts/env python bench/learning.py --out docs/learning --fit-check varro-real --panel-samples 2
 
 Writes <out>/<app>-<arm>.json, <out>/learning.md (the tables) and <out>/learning.png (the curves).
 """
@@ -178,6 +179,31 @@ def run_arm(app, arm: str, home: Path, args) -> dict:
     }
 
 
+def fit_check(app, home: Path, run: str, samples: int, seed: int = 1000) -> dict:
+    """Can the updates fit what they trained on at all? The base against the last checkpoint on the very
+    training prompts the run's updates saw (not held out: a diagnostic, never evidence), paired by prompt and
+    sample like the panel, under its own seed so it shares no cached cell with the panel."""
+    from varro.engine import checkpoints, store
+    from varro.engine.config import db_path, run_dir
+    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.panel import curve, ensure_scores, run_config
+
+    db = store.open_db(db_path(home))
+    run_path = run_dir(run, home)
+    cfg = run_config(run_path, None)
+    embedder = CachedEmbedder(load_embedder(getattr(cfg, app.name).embedder), db)
+    ids = [r[0] for r in db.execute("select distinct r.prompt_id from rollouts r join prompts p on p.id = r.prompt_id "
+                                    "where r.run = ? and p.split = 'train' and r.reward is not null "
+                                    "order by r.prompt_id", [run])]
+    prompts = list(store.prompts_by_id(db, ids).values())
+    last = checkpoints.list_checkpoints(run_path)[-1].name
+    for label in ("base", last):
+        ensure_scores(db, run_path, label, prompts, app.score_texts, embedder, cfg, samples, seed)
+    base, after = curve(db, run, ["base", last], prompts, samples, seed)
+    return {"run": run, "prompts": len(prompts), "samples": samples, "checkpoint": last, "base": base.mean,
+            "after": after.mean, "diff": after.diff, "diff_ci": list(after.diff_ci)}
+
+
 def fmt(v, spec="+.3f"):
     return "-" if v is None else format(v, spec)
 
@@ -251,17 +277,25 @@ def main() -> None:
     ap.add_argument("--panel-size", type=int, default=10)
     ap.add_argument("--panel-samples", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fit-check", metavar="RUN", help="only the fit diagnostic on an existing run under --out")
     args = ap.parse_args()
     args.max_tokens = {"varro": 112, "walter": 64, "tally": 64}
     from varro.engine.app import get_app
 
+    if args.fit_check:
+        app = get_app(args.fit_check.split("-")[0])
+        res = fit_check(app, args.out / "home", args.fit_check, args.panel_samples)
+        (args.out / f"fit-{args.fit_check}.json").write_text(json.dumps(res, indent=1))
+        print(json.dumps(res), flush=True)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
-    results = []
     for arm in args.arms.split(","):  # every app's real arm first: the control comes after
         for name in args.apps.split(","):
             res = run_arm(get_app(name), arm, args.out / "home", args)
             (args.out / f"{name}-{arm}.json").write_text(json.dumps(res, indent=1))
-            results.append(res)
+            # the tables and the plot cover every arm in --out, this invocation's and earlier ones'
+            results = [json.loads(f.read_text()) for f in sorted(args.out.glob("*-*.json"))
+                       if not f.name.startswith("fit-")]
             (args.out / "learning.md").write_text(markdown(results))
             plot(results, args.out / "learning.png")
             print(markdown([res]), flush=True)

@@ -55,7 +55,7 @@ def real_model(out_dir: str | None, quantized: bool, home: str | None) -> None:
 
 @click.command()
 @click.option("--days", default=None, type=int,
-              help="only the first N sample days [default: 5 on the real model, all with --tiny]")
+              help="only the first N sample days [default: 4 on the real model, all with --tiny]")
 @click.option("--varro-only", is_flag=True, help="skip Walter, the reports and the compare")
 @click.option("--tiny", is_flag=True, help="the quick tour: the tiny local model instead of SmolLM2-135M-Instruct")
 @click.option("--cold", is_flag=True, help="with --tiny: the random tiny model without the warm-up")
@@ -66,8 +66,8 @@ def demo(days: int | None, varro_only: bool, tiny: bool, cold: bool, home: str |
     held-out panels, reports and a before/after compare.
 
     Converts the real model once from the wheel scripts/setup installs, runs
-    Varro's daily cycle over the first five of its seven sample days (run
-    "demo") and Walter's over the five Bluesky sample days (run
+    Varro's daily cycle over the first four of its seven sample days (run
+    "demo") and Walter's over the first four of its five (run
     "walter-demo"), evaluates the base
     and every checkpoint on held-out prompts, writes both HTML reports, compares
     the base model with the last checkpoint, and prints where everything is.

@@ -149,7 +149,7 @@ class Walter(App):
     def demo_settings(self, cfg: Any, tiny: bool = False) -> Any:
         # fewer articles, shorter posts, one story in 4 held out (the sample has 21 stories: at 1 in 8 the
         # held-out panel would have two or three prompts)
-        cfg.walter.articles_per_day = 8 if tiny else 4
+        cfg.walter.articles_per_day = 8 if tiny else 3
         cfg.walter.eval_every = 4
         cfg.sampling.max_tokens = 64
         return cfg

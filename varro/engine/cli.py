@@ -620,7 +620,7 @@ def demo_command(app: App) -> click.Command:
         Example: {app.name} demo --days 3
         """)
     @click.option("--days", default=None, type=int,
-              help="only the first N sample days [default: 5 on the real model, all with --tiny]")
+              help="only the first N sample days [default: 4 on the real model, all with --tiny]")
     @click.option("--run", default=app.demo_run_name(), show_default=True, help="run name under runs/")
     @click.option("--tiny", is_flag=True, help="the quick tour: the tiny local model instead of SmolLM2-135M-Instruct")
     @click.option("--cold", is_flag=True, help="with --tiny: the random tiny model without the warm-up")
