@@ -77,16 +77,17 @@ def demo(days: int | None, varro_only: bool, tiny: bool, cold: bool, home: str |
     Example: varro demo --days 3
     """
     from varro.demo import SECTIONS, run_full_demo
-    from varro.engine.demo import REAL_DEMO_DAYS, demo_config, demo_model, run_demo
+    from varro.engine.demo import demo_base, demo_days, run_demo
     from varro.engine.models import check_model
 
-    if kwargs.get("cfg__model__model"):  # a bad --model fails before any demo model is built
-        check_model(kwargs["cfg__model__model"])
-    model = None if kwargs.get("cfg__model__model") else demo_model(home, tiny=tiny, cold=cold, echo=click.echo)
-    days = days or (None if tiny else REAL_DEMO_DAYS)
+    given = kwargs.get("cfg__model__model")
+    if given:  # a bad --model fails before any demo model is built
+        check_model(given)
+    days = demo_days(days, tiny)
     names = ["varro"] if varro_only else [name for name, _ in SECTIONS]
     # each app's demo recipe, then what the command line says
-    configs = {name: model_config(dict(kwargs), base=get_app(name).demo_settings(demo_config(model, tiny), tiny))
+    configs = {name: model_config(dict(kwargs), base=demo_base(get_app(name), home, tiny, cold, bool(given),
+                                                                 click.echo))
                for name in names}
     if varro_only:
         app = get_app("varro")

@@ -627,15 +627,14 @@ def demo_command(app: App) -> click.Command:
     @HOME_OPTION
     @config_options(app.name)
     def demo(days: int | None, run: str, tiny: bool, cold: bool, home: str | None, **kwargs) -> None:
-        from varro.engine.demo import REAL_DEMO_DAYS, demo_config, demo_model, run_demo
+        from varro.engine.demo import demo_base, demo_days, run_demo
         from varro.engine.models import check_model
 
-        if kwargs.get("cfg__model__model"):  # a bad --model fails before any demo model is built
-            check_model(kwargs["cfg__model__model"])
-        model = None if kwargs.get("cfg__model__model") else demo_model(home, tiny=tiny, cold=cold, echo=click.echo)
-        base = app.demo_settings(demo_config(model, tiny), tiny)
-        run_demo(app, home, run, model_config(kwargs, base=base), days=days or (None if tiny else REAL_DEMO_DAYS),
-                 echo=click.echo)
+        given = kwargs.get("cfg__model__model")
+        if given:  # a bad --model fails before any demo model is built
+            check_model(given)
+        base = demo_base(app, home, tiny, cold, bool(given), click.echo)
+        run_demo(app, home, run, model_config(kwargs, base=base), days=demo_days(days, tiny), echo=click.echo)
 
     return demo
 

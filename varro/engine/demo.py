@@ -92,6 +92,18 @@ def demo_config(model_path: Path | None, tiny: bool = True) -> Config:
 REAL_DEMO_DAYS = 4  # sample days the real model's demo runs by default, to stay within 20 minutes here
 
 
+def demo_base(app: App, home: str | Path | None, tiny: bool, cold: bool, model_given: bool, echo=print) -> Config:
+    """`app`'s demo recipe on the demo model (the real one, or with `tiny` the tiny one); no demo model is
+    built when the command line names another (`model_given`)."""
+    model = None if model_given else demo_model(home, tiny=tiny, cold=cold, echo=echo)
+    return app.demo_settings(demo_config(model, tiny), tiny)
+
+
+def demo_days(days: int | None, tiny: bool) -> int | None:
+    """The sample days to run: `days` when given, else all on the tiny model and REAL_DEMO_DAYS on the real."""
+    return days or (None if tiny else REAL_DEMO_DAYS)
+
+
 def run_demo(app: App, home: str | Path | None, run: str, cfg: Config, days: int | None = None,
              echo=print, progress: Progress = NULL_PROGRESS) -> list[dict]:
     """Run `app`'s cycle over its sample days (the first `days` of them); returns the per-day metrics of the

@@ -132,6 +132,11 @@ def map_weights(gguf: dict[str, mx.array], config: dict, unpermute: bool = True)
     return out
 
 
+def _bits(weight: mx.array, scales: mx.array, group_size: int) -> int:
+    """A packed quantized weight's bit width, from its uint32 width and its scales' group count."""
+    return weight.shape[-1] * 32 // (scales.shape[-1] * group_size)
+
+
 def dequantize_all(weights: dict[str, mx.array], group_size: int = 32) -> dict[str, mx.array]:
     """Every quantized weight (a uint32 `weight` with `scales` and `biases`) as float32; the rest as float32.
     The bit width of each tensor follows from its packed width and its scales' group count."""
@@ -143,8 +148,7 @@ def dequantize_all(weights: dict[str, mx.array], group_size: int = 32) -> dict[s
         if w.dtype == mx.uint32 and f"{stem}.scales" in weights:
             # in float32: with the GGUF's float16 scales MLX would dequantize to float16 and round
             scales, biases = (weights[f"{stem}.{k}"].astype(mx.float32) for k in ("scales", "biases"))
-            bits = w.shape[-1] * 32 // (scales.shape[-1] * group_size)
-            w = mx.dequantize(w, scales, biases, group_size=group_size, bits=bits)
+            w = mx.dequantize(w, scales, biases, group_size=group_size, bits=_bits(w, scales, group_size))
         out[name] = w.astype(mx.float32)
     return out
 
@@ -156,7 +160,7 @@ def quantization_config(weights: dict[str, mx.array], group_size: int = 32) -> d
     for name, w in weights.items():
         if name.endswith(".weight") and w.dtype == mx.uint32:
             stem = name[: -len(".weight")]
-            widths[stem] = w.shape[-1] * 32 // (weights[f"{stem}.scales"].shape[-1] * group_size)
+            widths[stem] = _bits(w, weights[f"{stem}.scales"], group_size)
     common = max(set(widths.values()), key=list(widths.values()).count)
     q: dict = {"group_size": group_size, "bits": common}
     for stem, bits in widths.items():
