@@ -256,14 +256,16 @@ def test_run_hacks_margins_on_a_tiny_fake():
     low, near, one, never = res["low"], res["near"], res["only-one"], res["never"]
     assert (low.n, low.mean, low.honest_mean) == (2, pytest.approx(0.15), pytest.approx(0.75))
     assert low.below == pytest.approx(0.6) and low.worst == pytest.approx(0.4) and low.result == "PASS"
-    assert near.below == pytest.approx(0.175) and near.worst == pytest.approx(0.05) and near.result == "PASS"
+    # a mean 0.175 below honest, but 0.05 on p2: judged by its worst prompt, within the margin
+    assert near.below == pytest.approx(0.175) and near.worst == pytest.approx(0.05) and near.result == "FAIL"
+    assert near.worst_case["prompt_id"] == "p2" and low.worst_case["prompt_id"] == "p2"
     assert (one.n, one.honest_mean, one.below, one.result) == (1, 1.0, pytest.approx(0.05), "FAIL")
     assert never.n == 0 and never.result == "SKIP"
     strict = {r.name: r.result for r in eh.run_hacks(None, cases, catalogue, fake_score, None, None, margin=0.2)}
     assert strict == {"low": "PASS", "near": "FAIL", "only-one": "FAIL", "never": "SKIP"}
     table = eh.format_results(list(res.values()), "head").splitlines()
-    assert table[0] == "head" and table[2].split() == ["low", "2", "0.150", "0.750", "0.600", "0.400", "PASS"]
-    assert table[-1] == "3 of 4 hacks at least 0.1 below honest; within the margin: only-one"
+    assert table[0] == "head" and table[2].split() == ["low", "2", "0.150", "0.750", "0.600", "0.400", "PASS", "p2"]
+    assert table[-1] == "2 of 4 hacks at least 0.1 below honest on every prompt; within the margin: near, only-one"
     with pytest.raises(eh.HackError):
         eh.run_hacks(None, [], catalogue, fake_score, None, None)
 
@@ -280,8 +282,8 @@ def test_varro_hacks_exits_1_when_a_hack_scores_within_the_margin(monkeypatch):
     out = invoke(varro_cli, "hacks", "--sample")
     assert out.exit_code == 1, out.output
     rows = {line.split()[0]: line.split() for line in out.output.splitlines() if line.split()}
-    assert rows["generic"] == ["generic", "8", "0.950", "1.000", "0.050", "0.050", "FAIL"]
-    assert rows["blank"][-1] == "PASS" and rows["blank"][4] == "1.000"
+    assert rows["generic"][:7] == ["generic", "8", "0.950", "1.000", "0.050", "0.050", "FAIL"]
+    assert rows["blank"][6] == "PASS" and rows["blank"][4] == "1.000"
     assert "error: 1 hacks within 0.1 of honest: generic" in out.output
     assert invoke(varro_cli, "hacks", "--sample", "--margin", "0.04").exit_code == 0
     out = invoke(varro_cli, "hacks", "--sample", "--json")
@@ -310,7 +312,8 @@ def test_walter_hacks_table_lists_every_hack(monkeypatch):
     lines = out.output.splitlines()
     assert lines[0] == "walter: 8 honest references on the shipped sample, hash"
     assert [line.split()[0] for line in lines[2:-1]] == [h.name for h in wh.WALTER_CATALOGUE]
-    assert all(line.split()[1:] == ["8", "0.000", "0.500", "0.500", "0.500", "PASS"] for line in lines[2:-1])
+    assert all(line.split()[1:7] == ["8", "0.000", "0.500", "0.500", "0.500", "PASS"] for line in lines[2:-1])
+    assert lines[-1] == f"{len(wh.WALTER_CATALOGUE)} of {len(wh.WALTER_CATALOGUE)} hacks at least 0.05 below honest on every prompt"
 
 
 @pytest.mark.slow

@@ -75,6 +75,7 @@ class Walter(App):
     echo_component = "pen_echo"
     demo_run = "walter-demo"
     metrics_note = ""
+    hack_margin = 0.05  # a post's reward spans less than a forecast's
     examples = ("the top historical post verbatim or lightly edited, the title, hashtag spam, emoji runs, "
                 "a bare link, generic praise, reply bait")
 

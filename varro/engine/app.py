@@ -67,6 +67,7 @@ class App:
     demo_run: ClassVar[str] = ""  # the run the demo writes [default: <name>-demo]
     examples: ClassVar[str] = ""  # the hacks its red team tries, for `hacks --help`
     metrics_note: ClassVar[str] = ""
+    hack_margin: ClassVar[float] = 0.1  # `hacks`: how far below honest every hack must score on every prompt
     # settings of the app's section that decide which prompts a day gets (with the engine's story settings),
     # and whether the choice also depends on the run's own history (a curriculum): see varro.engine.cycle
     prompt_settings: ClassVar[tuple[str, ...]] = ()

@@ -552,8 +552,9 @@ def hacks_command(app: App) -> click.Command:
         Each hack of the catalogue ({app.examples}) is built from a prompt and its
         data and scored by the nightly's reward next to the honest reference for
         the same prompt. Per hack: prompts (n), mean reward, the honest mean on
-        those prompts, how far below honest it is, the smallest per-prompt gap,
-        and PASS when the mean is at least --margin below honest. Runs on the
+        those prompts, how far below honest it is, the smallest per-prompt gap
+        and the prompt where it was smallest, and PASS when the hack is at least
+        --margin below honest on every prompt (default {app.hack_margin:g}). Runs on the
         references whose targets are stored or, with --sample, on the shipped
         sample in a temporary database. Exits 1 when any hack fails.
 
@@ -562,8 +563,8 @@ def hacks_command(app: App) -> click.Command:
     @click.option("--sample", is_flag=True, help="use the shipped sample, loaded into a temporary database")
     @click.option("--honest", "honest_path", default=None, type=click.Path(dir_okay=False, exists=True),
                   help="honest references, JSON lines [default: data/sample/honest.jsonl]")
-    @click.option("--margin", default=0.1, show_default=True, type=float,
-                  help="how far below the honest mean every hack's mean reward must be")
+    @click.option("--margin", default=app.hack_margin, show_default=True, type=float,
+                  help="how far below the honest reward a hack must score on every prompt")
     @click.option("--json", "as_json", is_flag=True, help="print one JSON object per hack, with its texts")
     @HOME_OPTION
     @config_options(app.name)

@@ -5,8 +5,9 @@ A hack is a text a policy could drift to without doing the task: another
 story's forecast, the headline restated, a list of keywords, nothing at all.
 `run_hacks` scores every hack of an app's catalogue with the app's own
 `score_texts` (the nightly's reward, unchanged) next to the honest reference
-written for the same prompt; a hack passes when its mean reward is at least
-`margin` below the honest mean over the same prompts.
+written for the same prompt; a hack passes when its reward is at least
+`margin` below the honest one on every prompt, the worst prompt included
+(the table names that prompt).
 
 The honest references are JSON lines (data/sample/honest.jsonl for the sample):
     {"app": "varro", "day": "2026-11-02", "headline": "<guid, exact title or id>", "text": "..."}
@@ -105,15 +106,21 @@ class HackResult:
         return min(h - r for h, r in zip(self.honest, self.rewards)) if self.n else float("nan")
 
     @property
+    def worst_case(self) -> dict | None:
+        """The case where the hack came closest to (or went furthest above) honest."""
+        return min(self.cases, key=lambda c: c["honest"] - c["reward"]) if self.cases else None
+
+    @property
     def result(self) -> str:
+        """PASS when the hack is at least `margin` below honest on every prompt, its worst included."""
         if not self.n:
             return "SKIP"
-        return "PASS" if self.below >= self.margin else "FAIL"
+        return "PASS" if self.worst >= self.margin else "FAIL"
 
     def to_json(self) -> dict:
         return {"hack": self.name, "about": self.about, "n": self.n, "mean": self.mean,
                 "honest_mean": self.honest_mean, "below": self.below, "worst": self.worst,
-                "margin": self.margin, "result": self.result, "cases": self.cases}
+                "margin": self.margin, "result": self.result, "worst_case": self.worst_case, "cases": self.cases}
 
 
 def load_references(path: str | Path | None, app: str) -> list[dict]:
@@ -159,8 +166,8 @@ def run_hacks(db: sqlite_utils.Database, cases: list[Case], catalogue: tuple[Hac
             r = results[name]
             r.rewards.append(float(c["reward"]))
             r.honest.append(honest)
-            r.cases.append({"prompt_id": case.prompt["id"], "text": text, "reward": float(c["reward"]),
-                            "honest": honest})
+            r.cases.append({"prompt_id": case.prompt["id"], "about": case.source.get("title", ""), "text": text,
+                            "reward": float(c["reward"]), "honest": honest})
     return list(results.values())
 
 
@@ -168,17 +175,20 @@ def format_results(results: list[HackResult], head: str = "") -> str:
     """The table `varro hacks` prints: per hack n, mean reward, honest mean, margin below honest, result."""
     width = max([len("hack"), *(len(r.name) for r in results)])
     lines = [head] if head else []
-    lines.append(f"{'hack':<{width}}  {'n':>2}  {'reward':>7}  {'honest':>7}  {'below':>7}  {'worst':>7}  result")
+    lines.append(f"{'hack':<{width}}  {'n':>2}  {'reward':>7}  {'honest':>7}  {'below':>7}  {'worst':>7}  result"
+                 "  worst prompt")
 
     def cell(v: float) -> str:
         return f"{'-':>7}" if v != v else f"{v:>7.3f}"
 
     for r in results:
+        about = (r.worst_case or {}).get("about") or (r.worst_case or {}).get("prompt_id", "")
         lines.append(f"{r.name:<{width}}  {r.n:>2}  {cell(r.mean)}  {cell(r.honest_mean)}  {cell(r.below)}  "
-                     f"{cell(r.worst)}  {r.result}")
+                     f"{cell(r.worst)}  {r.result:<6}  {about[:48]}".rstrip())
     failed = [r.name for r in results if r.result == "FAIL"]
     margin = results[0].margin if results else DEFAULT_MARGIN
-    lines.append(f"{len(results) - len(failed)} of {len(results)} hacks at least {margin:g} below honest"
+    lines.append(f"{len(results) - len(failed)} of {len(results)} hacks at least {margin:g} below honest "
+                 "on every prompt"
                  + (f"; within the margin: {', '.join(failed)}" if failed else ""))
     return "\n".join(lines)
 

@@ -165,7 +165,8 @@ def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embed
     none = np.zeros((0, len(src_vec)), dtype=np.float32)
     target_vecs = embedder.encode([headline_text(h) for h in targets]) if targets else none
     vecs = embedder.encode(texts) if texts else none
-    return [score_forecast(t, s["title"], s["summary"], v, src_vec, target_vecs, cfg.varro, fallback)
+    said = [x for h in targets for x in (h["title"], h["summary"] or "") if x.strip()]
+    return [score_forecast(t, s["title"], s["summary"], v, src_vec, target_vecs, cfg.varro, fallback, said)
             for t, v in zip(texts, vecs)]
 
 

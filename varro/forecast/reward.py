@@ -2,6 +2,7 @@
 
 reward = semantic_weight * on_topic_paid          (when there are targets)
          or topic_weight * source_topic_paid       (when there are none)
+         + stance_weight * stance_paid
          + format_weight * format - leak_weight * leak - echo_weight * echo
 
 - targets: the next day's headlines of the prompt's OWN story (chosen by
@@ -20,16 +21,25 @@ reward = semantic_weight * on_topic_paid          (when there are targets)
   on_topic_paid (and source_topic_paid): a positive score times prose and
   the over-length factor (a keyword dump or a padded text cannot buy
   similarity); a negative one in full.
+- stance: does the forecast commit, and did it come true (varro.forecast.stance)?
+  +1 when every claim that meets a next-day headline of the story agrees with
+  it, -1 when they say the opposite or hedge ("may rise or fall"), 0 when no
+  claim meets one; without targets only hedging is charged. stance_paid: a
+  positive stance times prose and the over-length factor, a negative one in full.
 - prose: share of the words in real sentences (ending punctuation, a sane
-  length, enough function words, not on a bullet line).
-- format: the five beats, read from the prose sentences only (object: one of
-  the source's own names; direction with magnitude; timeframe; drivers;
-  verification; word-boundary rules), times a length band (3-5 sentences,
-  60-180 words), times prose.
+  length, enough function words, not on a bullet line); a sentence longer
+  than prose_max_words counts less the longer it is, nothing at twice that.
+- format: the five beats, read from the committed prose sentences only (a
+  hedging clause earns none; object: one of the source's own names;
+  direction with magnitude; timeframe; drivers, which must name something
+  specific, not "markets" or "officials"; verification; word-boundary rules),
+  times a length band (3-5 sentences, 60-180 words), times prose.
 - leak: instruction echo and meta-talk (labels like "Note:", "As an AI",
   the instruction's own phrases, bullet lists, markdown), 0..1.
 - echo: how much the forecast merely restates its own source headline,
-  semantically or word for word, 0..1.
+  semantically or word for word, or carries it inside: the share of one source
+  sentence's word pairs found in the forecast (the title appended or embedded),
+  ramped from containment_start to containment_full; 0..1.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ import re
 import numpy as np
 
 from varro.forecast.settings import VarroConfig
+from varro.forecast.stance import committed_text, stance
+from varro.engine.copying import ramp
 from varro.engine.rewards import (
     BULLET_RE,
     MARKDOWN_RE,
@@ -48,6 +60,7 @@ from varro.engine.rewards import (
     function_word_share,
     longest_shared_ngram,
     max_cosine,
+    ngrams,
     sentence_count,
     split_sentences,
     words,
@@ -145,27 +158,57 @@ def source_entities(source_text: str) -> set[str]:
     return names or set(content_words(source_text))
 
 
-def prose_sentences(text: str, w: VarroConfig) -> list[str]:
-    """The sentences that read as prose: end in . ! or ?, prose_min_words..prose_max_words words,
-    at least prose_function_share function words, not on a bullet line."""
+def sentence_weight(n_words: int, w: VarroConfig) -> float:
+    """How fully a sentence of `n_words` counts as prose by its length: 1 up to prose_max_words, falling
+    linearly to 0 at twice that (one long sentence costs a little, a wall of text everything)."""
+    if n_words < w.prose_min_words:
+        return 0.0
+    return float(np.clip(2.0 - n_words / w.prose_max_words, 0.0, 1.0))
+
+
+def weighted_prose(text: str, w: VarroConfig) -> list[tuple[str, float]]:
+    """(sentence, weight) for the sentences that read as prose: end in . ! or ?, at least prose_min_words
+    words, at least prose_function_share function words, not on a bullet line; weighted by length."""
     keep = []
     for sent, bullet in split_sentences(text):
-        n = len(words(sent))
-        if (not bullet and re.search(r"[.!?][\"'’”)\]]*$", sent) and w.prose_min_words <= n <= w.prose_max_words
+        weight = sentence_weight(len(words(sent)), w)
+        if (weight > 0 and not bullet and re.search(r"[.!?][\"'’”)\]]*$", sent)
                 and function_word_share(sent) >= w.prose_function_share):
-            keep.append(sent)
+            keep.append((sent, weight))
     return keep
 
 
+def prose_sentences(text: str, w: VarroConfig) -> list[str]:
+    """The sentences that count as prose at all (see `weighted_prose`)."""
+    return [s for s, _ in weighted_prose(text, w)]
+
+
 def prose_score(text: str, w: VarroConfig) -> float:
-    """Share of the text's words that sit in prose sentences (0 for an empty text)."""
+    """Share of the text's words in prose sentences, each weighted by its length (0 for an empty text)."""
     total = len(words(text))
-    return sum(len(words(s)) for s in prose_sentences(text, w)) / total if total else 0.0
+    return sum(len(words(s)) * k for s, k in weighted_prose(text, w)) / total if total else 0.0
+
+
+# A driver that names nothing: "driven by pressure from markets, officials and the public".
+GENERIC_DRIVERS = frozenset("""market markets official officials public people pressure pressures news situation
+    factor factors event events thing things uncertainty development developments concern concerns reaction
+    reactions sentiment investor investors trader traders demand forces force shift change changes issue
+    issues circumstance circumstances conditions condition headwinds tailwinds dynamics trend trends""".split())
+
+
+def specific_driver(text: str) -> bool:
+    """A driver phrase followed, within six words, by a content word that names something specific."""
+    for m in BEATS["drivers"].finditer(text):
+        after = [x.lower() for x in words(text[m.end():])[:6]]
+        if any(x not in STOPWORDS and x not in GENERIC_DRIVERS and len(x) > 2 for x in after):
+            return True
+    return False
 
 
 def beat_scores(text: str, source_text: str) -> dict[str, float]:
     """Each of the five beats in [0, 1] by word-boundary rules; the object beat needs one of the
-    source's own names (`source_entities`), not any capitalised word."""
+    source's own names (`source_entities`), not any capitalised word, and the drivers beat a named driver.
+    Callers pass the committed prose (`committed_text`): a hedging clause earns no beat."""
     mine = {_name_key(p) for x in words(text) for p in x.split("-")}
     if not BEATS["direction"].search(text):
         direction = 0.0
@@ -175,7 +218,7 @@ def beat_scores(text: str, source_text: str) -> dict[str, float]:
         "object": 1.0 if source_entities(source_text) & mine else 0.0,
         "direction": direction,
         "timeframe": 1.0 if BEATS["timeframe"].search(text) else 0.0,
-        "drivers": 1.0 if BEATS["drivers"].search(text) else 0.0,
+        "drivers": 1.0 if specific_driver(text) else 0.0,
         "verification": 1.0 if BEATS["verification"].search(text) else 0.0,
     }
 
@@ -206,8 +249,23 @@ def leak_kinds(text: str) -> list[str]:
     return kinds
 
 
-def echo_score(text: str, source_text: str, cosine_to_source: float, w: VarroConfig) -> float:
-    """0 for a forecast that adds to its headline, up to 1 for one that only restates it."""
+def _pairs(text: str) -> set[tuple[str, ...]]:
+    return set(ngrams([x.lower() for x in words(text)], 2))
+
+
+def source_containment(text: str, source_title: str, source_summary: str | None) -> float:
+    """The largest share of one source sentence's word pairs (its title, or a summary sentence of at least
+    four words) found in the forecast: 1 when the title is appended or embedded whole."""
+    mine = _pairs(text)
+    parts = [source_title] + [p for p, _ in split_sentences(source_summary or "") if len(words(p)) >= 4]
+    shares = [len(_pairs(p) & mine) / len(_pairs(p)) for p in parts if _pairs(p)]
+    return max(shares, default=0.0)
+
+
+def echo_score(text: str, source_text: str, cosine_to_source: float, w: VarroConfig,
+               containment: float = 0.0) -> float:
+    """0 for a forecast that adds to its headline, up to 1 for one that only restates it or carries it whole
+    (`containment`, see `source_containment`)."""
     mine = content_words(text)
     if not mine:
         return 0.0
@@ -215,7 +273,8 @@ def echo_score(text: str, source_text: str, cosine_to_source: float, w: VarroCon
     overlap = sum(1 for x in mine if x in source) / len(mine)
     by_overlap = (overlap - w.echo_overlap_floor) / (1.0 - w.echo_overlap_floor)
     by_cosine = (cosine_to_source - w.echo_cosine_floor) / (1.0 - w.echo_cosine_floor)
-    return float(np.clip(max(by_overlap, by_cosine), 0.0, 1.0))
+    by_containment = ramp(containment, w.containment_start, w.containment_full)
+    return float(np.clip(max(by_overlap, by_cosine, by_containment), 0.0, 1.0))
 
 
 def on_topic_components(empty: bool, text_vec: np.ndarray, source_vec: np.ndarray, target_vecs: np.ndarray,
@@ -251,34 +310,41 @@ def score_forecast(
     target_vecs: np.ndarray,
     w: VarroConfig,
     target_fallback: bool = False,
+    target_texts: list[str] = (),
 ) -> dict[str, float | None]:
     """All components and the combined reward of one forecast (vectors are unit rows).
 
     `target_vecs` are the next-day headlines of the prompt's own story, (n, d)
     with n = 0 when it has none: semantic and on_topic are then NULL and
     source_topic (staying on the source's story) takes their place.
-    `target_fallback` only records how the targets were chosen.
+    `target_texts` are those headlines' titles and summaries, one string each,
+    for the stance. `target_fallback` only records how the targets were chosen.
     """
     empty = not text.strip()
     source_text = f"{source_title} {source_summary or ''}".strip()
     source_lines = f"{source_title}\n{source_summary or ''}"  # title and summary as separate sentences
     topic = on_topic_components(empty, text_vec, source_vec, np.asarray(target_vecs).reshape(-1, len(source_vec)), w)
     prose = prose_score(text, w)
-    prose_text = " ".join(prose_sentences(text, w))
+    prose_text = committed_text(" ".join(prose_sentences(text, w)))
     beats = beat_scores(prose_text, source_lines) if prose_text else dict.fromkeys(BEAT_NAMES, 0.0)
     length = length_score(text, w)
     fmt = sum(beats.values()) / len(beats) * length * prose
     kinds = leak_kinds(text)
     leak = min(1.0, len(kinds) / 2)
     cos_src = 0.0 if empty else float(np.dot(text_vec, source_vec))
-    echo = echo_score(text, source_text, cos_src, w)
+    containment = source_containment(text, source_title, source_summary)
+    echo = echo_score(text, source_text, cos_src, w, containment)
+    # what happened, where the story has targets; without them only hedging about the story is charged
+    st = stance(text, list(target_texts) if len(target_vecs) else [], about=frozenset(source_entities(source_text)))
     # Without targets nothing can say whether the forecast came true; it can still stay on its own story.
     stay = None if topic["on_topic"] is not None else (
         w.gain_floor if empty else max(w.gain_floor, min(1.0, cos_src / w.topic_full)))
     over = over_length(text, w)
     paid, stay_paid = (None if x is None else paid_score(x, prose, over) for x in (topic["on_topic"], stay))
+    stance_paid = paid_score(st.score, prose, over)
     reward = ((w.semantic_weight * paid if paid is not None else 0.0)
               + (w.topic_weight * stay_paid if stay_paid is not None else 0.0)
+              + w.stance_weight * stance_paid
               + w.format_weight * fmt - w.leak_weight * leak - w.echo_weight * echo)
     return {
         "reward": reward,
@@ -300,5 +366,11 @@ def score_forecast(
         "leak_bullets": float("bullets" in kinds),
         "leak_markdown": float("markdown" in kinds),
         "echo": echo,
+        "source_containment": containment,
         "cosine_to_source": cos_src,
+        "stance": st.score,
+        "stance_paid": stance_paid,
+        "stance_agree": float(st.agree),
+        "stance_contradict": float(st.contradict),
+        "stance_hedge": float(st.hedge),
     }

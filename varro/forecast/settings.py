@@ -31,10 +31,17 @@ class VarroConfig:
     min_sentences: int = opt(3, "length band: fewest sentences with the full length score")
     max_sentences: int = opt(5, "length band: most sentences with the full length score")
     prose_min_words: int = opt(4, "a prose sentence has at least this many words")
-    prose_max_words: int = opt(40, "a prose sentence has at most this many words")
+    prose_max_words: int = opt(40, "a sentence up to this many words counts fully as prose; longer ones count "
+                                   "less, down to nothing at twice this")
     prose_function_share: float = opt(0.2, "a prose sentence has at least this share of function words")
     leak_weight: float = opt(0.25, "penalty weight for instruction echo and meta-talk")
     echo_weight: float = opt(0.5, "penalty weight for restating the source headline")
     echo_cosine_floor: float = opt(0.9, "cosine to the source headline above which the echo penalty starts "
                                         "(an on-topic forecast sits at 0.7-0.9)")
     echo_overlap_floor: float = opt(0.6, "share of words taken from the source above which the echo penalty starts")
+    containment_start: float = opt(0.5, "share of a source sentence's word pairs found in the forecast above which "
+                                        "the echo penalty starts (honest forecasts on the sample: at most 0.45)")
+    containment_full: float = opt(0.8, "share of a source sentence's word pairs in the forecast that counts as a "
+                                       "full echo (the title appended or embedded)")
+    stance_weight: float = opt(0.25, "weight of the stance: +1 when every claim that meets the next day's "
+                                     "headlines came true, -1 when they were the opposite or hedged")
