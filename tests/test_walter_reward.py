@@ -7,8 +7,8 @@ import pytest
 
 from walter.settings import WalterConfig
 from varro.engine.embed import HashEmbedder, SentenceEmbedder
-from walter.reward import (engagement, graphemes, max_similarity_reward, penalties, post_weight,
-                           score_post)
+from walter.reward import (caps_share, emoji_count, engagement, graphemes, independent_bands,
+                           max_similarity_reward, penalties, post_weight, score_post)
 
 
 def unit_pair(cos):
@@ -70,6 +70,52 @@ def test_penalties_on_hand_written_posts():
     assert penalties("word " * 70, cfg)["pen_too_long"] == 0.5
     assert penalties("the port is open the port is open the port is open", cfg)["pen_repeated_ngrams"] > 0.2
     assert penalties("Here is a Bluesky post about this article: ports reopen.", cfg)["pen_echo"] == 0.3
+
+
+def test_shouting_and_decorative_emoji_cost_and_a_plain_post_does_not():
+    cfg = WalterConfig()
+    post = "Calderra's dockworkers voted 74% to accept the deal; cranes restart Monday with 71 ships waiting."
+    assert penalties(post, cfg)["pen_caps"] == 0.0 and penalties("NASA and the EU agree.", cfg)["pen_caps"] == 0.0
+    assert caps_share(post.upper()) == 1.0 and penalties(post.upper(), cfg)["pen_caps"] == pytest.approx(0.3)
+    half = post[:48].upper() + post[48:]  # about half the letters: part way up the ramp from 0.3 to 0.6
+    assert penalties(half, cfg)["pen_caps"] == pytest.approx(0.3 * (caps_share(half) - 0.3) / 0.3, abs=1e-6)
+    assert 0.45 < caps_share(half) < 0.55
+    assert emoji_count("👩\u200d🔬 and 👍🏽 🔥🔥") == 4  # a ZWJ sequence and a skin tone count once each
+    assert penalties(f"{post} 🚢", cfg)["pen_emoji"] == 0.0  # the first is free
+    assert penalties(f"🔥🔥 {post} 🚀🚀", cfg)["pen_emoji"] == pytest.approx(0.15)
+
+
+def test_the_paraphrase_band_is_what_other_authors_reached_on_their_own():
+    vecs = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.6, 0.0, 0.8], [1.0, 0.0, 0.0]])
+    posts = ["the port is shut today", "dockers walk out at the port", "ships queue offshore now",
+             "the port is shut today"]
+    bands = independent_bands(vecs, posts, ["a", "b", "c", "a"])
+    # post 0: b came to 0.8 and c to 0.6 (post 3 is a's own); post 2: a's posts came to 0.6, b's to 0.48
+    assert bands == pytest.approx([0.8, 0.8, 0.6, 0.8])
+    # when another author shares post 0 word for word (d), the share is no independent take: not 1.0
+    quoted = independent_bands(vecs, posts, ["a", "b", "c", "d"])
+    assert quoted == pytest.approx([0.8, 0.8, 0.6, 0.8])
+    assert np.isnan(independent_bands(vecs[:1], posts[:1], ["a"])[0])
+
+
+def test_closeness_well_above_the_band_is_copying_even_in_other_words():
+    cfg = WalterConfig()
+    top, peer = np.array([1.0, 0.0, 0.0]), np.array([0.7, 0.0, math.sqrt(1 - 0.49)])  # another author: 0.7
+    posts = ["Fourteen thousand dockworkers out, open-ended: expect it in shop prices fast.",
+             "The port strike will hit supermarkets, retailers warn."]
+    vecs = np.stack([top, peer])
+    bands = independent_bands(vecs, posts, ["a", "b"])
+    assert bands == pytest.approx([0.7, 0.7])
+    _, para = unit_pair(0.9)  # 0.2 above the band: a loose paraphrase of the top post (0.63 to the other)
+    _, own = unit_pair(0.68)  # an honest post on the same article, inside the band
+    para_text = "14k dock workers walked out with no end date; you will see it in store prices soon."
+    scored = score_post(para_text, para, vecs, posts, np.array([1.0, 0.2]), cfg, bands)
+    assert scored["idea_margin"] == pytest.approx(0.9 - 0.7) and scored["copy_idea"] == 1.0
+    honest = score_post("Retail chains are already rerouting food imports.", own, vecs, posts,
+                        np.array([1.0, 0.2]), cfg, bands)
+    assert honest["copy"] == 0.0 and honest["reward"] > scored["reward"]
+    # without bands (tally), the paraphrase part stays out
+    assert score_post(para_text, para, vecs, posts, np.array([1.0, 0.2]), cfg)["copy_idea"] == 0.0
 
 
 def test_graphemes_count_what_a_person_sees():

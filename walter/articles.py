@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 import numpy as np
@@ -26,7 +26,7 @@ from varro.engine.metrics import mean_or_none
 
 from .curriculum import pick_articles
 from .ingest import baseline_stats
-from .reward import engagement, fair_weight, score_post
+from .reward import engagement, fair_weight, independent_bands, score_post
 from .task import build_prompt
 
 APP = "walter"
@@ -41,6 +41,7 @@ class History:
     uris: list[str]
     texts: list[str]
     weights: np.ndarray
+    authors: list[str] = field(default_factory=list)  # author DIDs, for the paraphrase band
 
 
 def count_weights(cfg: Config) -> dict[str, float]:
@@ -53,7 +54,7 @@ def article_history(db: sqlite_utils.Database, url_norm: str, cfg: Config) -> Hi
         "select uri, author_did, text, link_title, link_description, like_count, repost_count, reply_count, "
         "quote_count, counts_age_hours from bsky_posts where url_norm = ? and coalesce(deleted, 0) = 0 and counts_final = 1 "
         "order by uri", [url_norm]))
-    uris, texts, weights = [], [], []
+    uris, texts, weights, authors = [], [], [], []
     title = next((r["link_title"] for r in rows if r["link_title"]), "")
     description = next((r["link_description"] for r in rows if r["link_description"]), "")
     for r in rows:
@@ -64,8 +65,9 @@ def article_history(db: sqlite_utils.Database, url_norm: str, cfg: Config) -> Hi
             continue  # unknown counts or no baseline: the post cannot teach
         uris.append(r["uri"])
         texts.append(r["text"])
+        authors.append(r["author_did"])
         weights.append(fair_weight(e, b, cfg.walter))
-    return History(url_norm, title, description, uris, texts, np.array(weights, dtype=np.float64))
+    return History(url_norm, title, description, uris, texts, np.array(weights, dtype=np.float64), authors)
 
 
 def _rank(key: str) -> str:
@@ -158,7 +160,8 @@ def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embed
     if not h.uris:
         raise LookupError(f"article {h.url_norm} has no scorable history")
     post_vecs = embedder.encode(h.texts)
-    return [score_post(t, v, post_vecs, h.texts, h.weights, cfg.walter)
+    bands = independent_bands(post_vecs, h.texts, h.authors)
+    return [score_post(t, v, post_vecs, h.texts, h.weights, cfg.walter, bands)
             for t, v in zip(texts, embedder.encode(texts))]
 
 

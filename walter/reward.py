@@ -15,11 +15,13 @@
    the largest of: cosine to a historical post ramped from `copy_cosine_start`
    to `copy_cosine_full`; the share of the candidate's word 3-grams found in
    one historical post, ramped; the share of its words found in order in one
-   post (longest common subsequence), ramped; and 1 for `copy_ngram` words in
-   a row. The penalty is `copy_weight` times that score.
+   post (longest common subsequence), ramped; 1 for `copy_ngram` words in
+   a row; and how far the cosine to one post rises above the closest any other
+   author's independent post came to it (a loose paraphrase of a winner). The
+   penalty is `copy_weight` times that score.
 4. Small, legible penalties (weights in WalterConfig): hashtags past the
-   limit, repeated hashtags, emoji runs, bare URLs, over 300 graphemes,
-   repeated 3-grams, instruction echo.
+   limit, repeated hashtags, emoji past the first and runs of them, a post in
+   capitals, bare URLs, over 300 graphemes, repeated 3-grams, instruction echo.
 
 The engine's pieces are re-exported here under their old names
 (`walter.reward.max_similarity_reward`, `ramp`, `copy_components`, ...).
@@ -40,6 +42,7 @@ from varro.engine.copying import (  # noqa: F401  (re-exported)
     copy_components,
     copy_measures,
     copy_score,
+    independent_bands,
     lcs_length,
     no_copy,
     ramp,
@@ -58,6 +61,8 @@ if TYPE_CHECKING:
 GRAPHEME_LIMIT = 300
 URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+", re.IGNORECASE)
 EMOJI_RUN_RE = re.compile(r"(?:[\U0001F000-\U0001FAFF\u2600-\u27BF][\uFE0F\u200D\U0001F3FB-\U0001F3FF]*){3,}")
+EMOJI_RE = re.compile(r"[\U0001F000-\U0001FAFF\u2600-\u27BF](?:\uFE0F|[\U0001F3FB-\U0001F3FF])*"
+                      r"(?:\u200D[\U0001F000-\U0001FAFF\u2600-\u27BF](?:\uFE0F|[\U0001F3FB-\U0001F3FF])*)*")
 ASK = "Write a Bluesky post about this article."
 ECHO_RE = re.compile(r"\b(?:bluesky post|write a post|about this article|here(?:'s| is) (?:a|my|the) post|"
                      r"as an ai|article\s*:)", re.IGNORECASE)
@@ -93,10 +98,23 @@ def graphemes(text: str) -> int:
     return n
 
 
+def caps_share(text: str) -> float:
+    """The share of upper-case letters, 0 for a text of under 20 letters (an acronym or two is not shouting)."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isupper() for c in letters) / len(letters) if len(letters) >= 20 else 0.0
+
+
+def emoji_count(text: str) -> int:
+    """Emoji as a person sees them: a ZWJ sequence or a skin-toned emoji counts once."""
+    return len(EMOJI_RE.findall(text))
+
+
 def penalties(text: str, cfg: WalterConfig) -> dict[str, float]:
     """The small penalties, each a legible number of its own (weights from `cfg`)."""
     tags = [t.lower() for t in HASHTAG_RE.findall(text)]
     return {
+        "pen_caps": round(cfg.caps_penalty * ramp(caps_share(text), cfg.caps_start, cfg.caps_full), 6),
+        "pen_emoji": round(cfg.emoji_penalty * max(0, emoji_count(text) - cfg.emoji_free), 6),
         "pen_hashtags": cfg.hashtag_penalty * max(0, len(tags) - cfg.hashtag_limit),
         "pen_repeated_hashtags": cfg.repeated_hashtag_penalty if len(tags) != len(set(tags)) else 0.0,
         "pen_emoji_run": cfg.emoji_run_penalty if EMOJI_RUN_RE.search(text) else 0.0,
@@ -108,7 +126,7 @@ def penalties(text: str, cfg: WalterConfig) -> dict[str, float]:
 
 
 def score_post(text: str, text_vec: np.ndarray, post_vecs: np.ndarray, post_texts: list[str],
-               weights: np.ndarray, cfg: WalterConfig) -> dict[str, float]:
+               weights: np.ndarray, cfg: WalterConfig, bands: np.ndarray | None = None) -> dict[str, float]:
     """All components and the reward of one candidate post against its article's history.
 
     reward = transfer - copy_weight * copy - sum(pen_*); the copy parts and their raw
@@ -119,7 +137,7 @@ def score_post(text: str, text_vec: np.ndarray, post_vecs: np.ndarray, post_text
         copy = no_copy()
     else:
         transfer, best, cos = best_transfer(text_vec, post_vecs, weights)
-        copy = copy_components(text, np.asarray(post_vecs) @ np.asarray(text_vec), post_texts, cfg)
+        copy = copy_components(text, np.asarray(post_vecs) @ np.asarray(text_vec), post_texts, cfg, bands)
     pens = penalties(text, cfg)
     reward = transfer - cfg.copy_weight * copy["copy"] - sum(pens.values())
     return {

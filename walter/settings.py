@@ -38,12 +38,24 @@ class WalterConfig:
                                        "where the copy penalty starts")
     copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one historical post "
                                       "where the copy penalty is full")
+    copy_band_start: float = opt(0.02, "cosine to one historical post above the closest any other author's "
+                                       "independent post came to it, where the paraphrase penalty starts")
+    copy_band_full: float = opt(0.15, "the same margin where the paraphrase penalty is full")
+    copy_band_floor: float = opt(0.65, "the band is at least this (humans on the sample: half come this close to "
+                                       "another author's independent post; a post nobody wrote close to is no trap)")
     copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy")
     copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)")
     hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs")
     hashtag_penalty: float = opt(0.1, "penalty per hashtag past the limit")
     repeated_hashtag_penalty: float = opt(0.2, "penalty for using a hashtag twice")
     emoji_run_penalty: float = opt(0.2, "penalty for a run of three or more emoji")
+    emoji_free: int = opt(1, "emoji a post may carry before each further one costs (humans on the sample: 93% use "
+                             "none, and every post with two or more is 'BREAKING' spam)")
+    emoji_penalty: float = opt(0.05, "penalty per emoji past emoji_free")
+    caps_start: float = opt(0.3, "share of upper-case letters (of 20 or more) where the shouting penalty starts "
+                                 "(humans on the sample: at most 0.15, bar one all-caps spam post)")
+    caps_full: float = opt(0.6, "share of upper-case letters where the shouting penalty is full")
+    caps_penalty: float = opt(0.3, "penalty for a post in capitals, at caps_full and above")
     bare_url_penalty: float = opt(0.2, "penalty for a bare URL in the text")
     too_long_penalty: float = opt(0.5, "penalty for a post over Bluesky's 300 graphemes")
     repeated_ngram_penalty: float = opt(0.5, "penalty weight of the share of word 3-grams that repeat")

@@ -5,7 +5,12 @@ The score is in [0, 1], the largest of:
 - the share of the candidate's word 3-grams found in one historical item, ramped;
 - the share of its words found in order in one item (longest common subsequence;
   dropping every 3rd word leaves no 3-gram but keeps every word in order), ramped;
-- 1 for `copy_ngram` words in a row shared with one item.
+- 1 for `copy_ngram` words in a row shared with one item;
+- with `bands` (`independent_bands`): how far the cosine to one item rises above
+  the closest any other author's independent item came to it, ramped from
+  `copy_band_start` to `copy_band_full` above that band. A loose paraphrase of
+  one winning post sits well above what the other authors, writing about the
+  same article on their own, reached; an honest post about the article does not.
 An application subtracts a weight times it from its reward. The knobs come from
 any settings object with the attributes of `CopySettings` (Walter's and tally's
 sections both have them).
@@ -19,8 +24,8 @@ import numpy as np
 
 from varro.engine.rewards import longest_shared_ngram, ngrams, words
 
-COPY_KEYS = ("copy", "copy_cosine", "copy_containment", "copy_order", "copy_run", "max_cosine",
-             "trigram_containment", "order_containment", "shared_run")
+COPY_KEYS = ("copy", "copy_cosine", "copy_containment", "copy_order", "copy_run", "copy_idea", "max_cosine",
+             "trigram_containment", "order_containment", "shared_run", "idea_margin")
 
 
 class CopySettings(Protocol):
@@ -32,6 +37,9 @@ class CopySettings(Protocol):
     copy_containment_full: float
     copy_order_start: float
     copy_order_full: float
+    copy_band_start: float
+    copy_band_full: float
+    copy_band_floor: float
 
 
 def ramp(value: float, start: float, full: float) -> float:
@@ -79,10 +87,27 @@ def copy_measures(text: str, posts: list[str], min_words: int) -> dict[str, floa
     return out
 
 
-def copy_components(text: str, cosines: np.ndarray, posts: list[str], cfg: CopySettings) -> dict[str, float]:
+def independent_bands(vecs: np.ndarray, posts: list[str], authors: list[str], independent_run: int = 5) -> np.ndarray:
+    """Per item, the highest cosine to it of another author's item that shares no `independent_run` words in a
+    row with it (an independent take on the same article, not a quote or a share of the title); NaN when no
+    other author wrote one."""
+    vecs = np.asarray(vecs)
+    sims = vecs @ vecs.T if len(vecs) else np.zeros((0, 0))
+    out = np.full(len(posts), np.nan)
+    for i in range(len(posts)):
+        peers = [sims[i, j] for j in range(len(posts)) if authors[j] != authors[i]
+                 and longest_shared_ngram(posts[i], posts[j]) < independent_run]
+        if peers:
+            out[i] = max(peers)
+    return out
+
+
+def copy_components(text: str, cosines: np.ndarray, posts: list[str], cfg: CopySettings,
+                    bands: np.ndarray | None = None) -> dict[str, float]:
     """The graded copy score ("copy", in [0, 1]) with the parts it is the largest of, and their raw measures.
 
-    `cosines` are the candidate's cosines to `posts` (any order: only the max is read).
+    `cosines` are the candidate's cosines to `posts`, in the same order as `bands` (`independent_bands`,
+    each floored at copy_band_floor; None: no paraphrase part, as for tally).
     """
     measures = copy_measures(text, posts, cfg.copy_ngram)
     max_cos = float(np.max(cosines)) if len(cosines) else 0.0
@@ -93,8 +118,16 @@ def copy_components(text: str, cosines: np.ndarray, posts: list[str], cfg: CopyS
                                  cfg.copy_containment_full),
         "copy_order": ramp(measures["order_containment"], cfg.copy_order_start, cfg.copy_order_full),
         "copy_run": 1.0 if measures["shared_run"] >= need else 0.0,
+        "copy_idea": 0.0,
     }
-    return {"copy": max(parts.values()), **parts, "max_cosine": max_cos, **measures}
+    margin = 0.0
+    if bands is not None and len(cosines):
+        known = ~np.isnan(bands)
+        if known.any():
+            above = np.asarray(cosines)[known] - np.maximum(bands[known], cfg.copy_band_floor)
+            margin = float(above.max())
+            parts["copy_idea"] = ramp(margin, cfg.copy_band_start, cfg.copy_band_full)
+    return {"copy": max(parts.values()), **parts, "max_cosine": max_cos, **measures, "idea_margin": margin}
 
 
 def copy_score(text: str, cosines: np.ndarray, posts: list[str], cfg: CopySettings) -> float:
