@@ -71,6 +71,31 @@ def test_dropping_a_plan_negates_what_it_would_have_done():
     assert label("Belcany's government will drop its plan to raise the retirement age.", news) == "agree"
 
 
+def test_the_red_teams_cheap_wrong_and_hedged_texts_are_read_for_what_they_are():
+    """Attacks a red team found against the first rules (issue 26's second round)."""
+    launch = ["Vantor-2 lifts off at third attempt, placing Halcyon-3 weather satellite in orbit",
+              "Aurelis rocket finally launches Lusadia's Halcyon-3 satellite after two scrubs"]
+    # the opposite outcome as a second possibility, in another sentence: a hedge
+    two = ("Aurelis could launch Vantor-2 on Friday. Strong winds could just as easily ground the rocket "
+           "for a third time.")
+    assert stance(two, launch).label == "hedge"
+    # a possibility earns nothing; a conditional neither
+    assert stance("Aurelis could launch Vantor-2 on Friday.", launch).score == 0.0
+    assert stance("If the winds ease, Aurelis will launch Vantor-2 on Friday.", launch).score == 0.0
+    assert stance("Aurelis will launch Vantor-2 on Friday.", launch).label == "agree"
+    # "after two scrubs" in the news is background: a forecast of no launch is wrong
+    assert stance("Aurelis will not launch Vantor-2 on Friday.", launch).label == "contradict"
+    assert stance("Whatever happens, Aurelis will confirm the outcome of the Vantor-2 launch.", launch).hedge == 1
+    news = ["Sarnova imposes 2.5 million tonne cap on wheat exports through March"]
+    assert label("Sarnova will decline to impose a cap on wheat exports this week.", news) == "contradict"
+    assert label("Sarnova will impose a cap on wheat exports this week.", news) == "agree"
+    # a comma ends a near negation: "Without a new valve, the rocket will launch" launches
+    assert read("Without a new valve, the rocket will launch on Friday.").claims[0].values == {1}
+    # a verbal negation reaches the first outcome after it, however far
+    far = read("Areval will not, after the manual recount at 412 polling stations, keep his victory.")
+    assert [c.values for c in far.claims if c.axis == "contest"] == [{-1}]
+
+
 def test_committed_text_leaves_out_the_hedging_clauses():
     text = "Rates may rise or fall. The crown will strengthen by 1% on Wednesday."
     assert committed_text(text) == "The crown will strengthen by 1% on Wednesday."

@@ -69,7 +69,9 @@ AXES: dict[str, dict[int, str]] = {
            r"endpoint|expectations)|beat(?:s|ing)? (?:\w+ )?(?:expectations|estimates|forecasts|consensus)",
         -1: r"collaps\w*|fail(?:s|ed|ing|ure)?|reject\w*|stall\w*|break(?:s)? down|broke down|breakdown|"
             r"drag(?:s|ged)? on|deadlock\w*|impasse|adjourn\w*|walk(?:s|ed)? out|veto\w*|refus\w*|"
+            r"fall(?:s)? apart|fell apart|unravel\w*|"
             r"fall(?:s|ing)? short|not enough|insufficient|inadequate|vot(?:e|es|ed|ing) (?:it|them|\w+ \w+) down|"
+            r"vot(?:e|es|ed|ing) down|"
             r"turn(?:s|ed)? down|miss(?:es|ed|ing)? (?:its |the |their )?(?:\w+ )?(?:goal|target|endpoint|"
             r"expectations|estimates|forecasts|consensus)|continu(?:e|es|ed|ing)|persist\w*|"
             r"last(?:s|ed)? (?:through|into|until|beyond)|"
@@ -82,24 +84,32 @@ AXES: dict[str, dict[int, str]] = {
            rf"impos(?:e|es|ed|ing)|introduc\w*|limit(?:s|ed|ing)?|cap(?:s|ped)?|ban(?:s|ned)?|restrict\w*",
         -1: rf"drop(?:s|ped)? (?:its |the |their |his |her |a )?(?:plan|proposal|bill|reform|idea|bid|demand)\w*|"
             rf"abandon\w*|withdr[ae]w\w*|shelv\w*|scrap\w*|back(?:s|ed)? down|climbdown|u-turn|ditch\w*|"
-            rf"scrub(?:s|bed)?|delay\w*|postpon\w*|cancel\w*|call(?:s|ed)? off|push(?:es|ed)? back|"
+            rf"(?:scrub(?:s|bed)?|delay\w*|postpon\w*|cancel\w*|call(?:s|ed)? off|push(?:es|ed)? back)"
+            rf"(?: (?:[\w'’-]+ ){{0,4}}(?:launch\w*|vote|meeting|talks|decision|flight))?|"
+            rf"grounded|ground(?:s)? the|(?:stay|remain)(?:s|ed)? (?:on the )?(?:ground|pad)|"
             rf"slip(?:s|ped)? (?:into|to)",
     },
     "contest": {
         1: r"win(?:s|ning)?|won|victor\w*|elected|re-elected|retain(?:s|ed)?|overtak\w*|finish(?:es|ed)? ahead|"
-           r"lead(?:s)? by|upheld|uphold\w*",
+           r"lead(?:s)? by (?:about |around |some )?\d[\d,.]*|upheld|uphold\w*",
         -1: r"los(?:e|es|ing)|lost|defeat\w*|ousted|unseated",
     },
 }
 _AXIS_RES = {axis: {v: re.compile(rf"\b(?:{pat})\b") for v, pat in values.items()} for axis, values in AXES.items()}
-NEGATION_RE = re.compile(r"\b(?:not|no|never|unlikely|without|against|nor|neither|cannot|"
-                         r"fail(?:s|ed)? to|rule[sd]? out|hold(?:s)? off|stop(?:s)? short of|no longer|"
-                         r"(?:drop|abandon|scrap|shelve|withdr[ae]w|ditch)\w* (?:\w+ ){0,2}plans? to|"
-                         r"\w+n['’]t)\b")
+VERBAL_NEGATION_RE = re.compile(
+    r"\b(?:not|never|unlikely|cannot|hardly|scarcely|far from|fail(?:s|ed)? to|refus(?:e|es|ed|ing) to|"
+    r"declin(?:e|es|ed|ing) to|rule[sd]? out|hold(?:s)? off|stop(?:s)? short of|no longer|no one expects|"
+    r"nobody expects|(?:drop|abandon|scrap|shelve|withdr[ae]w|ditch)\w* (?:\w+ ){0,2}plans? to|\w+n['’]t)\b")
+NOMINAL_NEGATION_RE = re.compile(r"\b(?:no|without|against|nor|neither)\b")
+NEGATION_RE = re.compile(f"{VERBAL_NEGATION_RE.pattern}|{NOMINAL_NEGATION_RE.pattern}")
+NOMINAL_REACH = 3
+POSSIBLE_RE = re.compile(r"\b(?:could|may|might)\b")  # a possibility, not a commitment
+CONDITIONAL_RE = re.compile(r"\b(?:if|unless|in case)\b", re.IGNORECASE)
 HEDGE_RE = re.compile(r"\b(?:may or may not|might or might not|could or could not|either way|whether or not|"
                       r"remains? to be seen|too (?:early|close) to (?:say|tell|call)|hard to (?:say|predict|tell)|"
                       r"could go (?:either|both) ways?|one way or (?:the )?other|or not|either outcome|"
-                      r"both outcomes|either result|anything could happen)\b")
+                      r"both outcomes|either result|anything could happen|whatever happens|whatever the outcome|"
+                      r"whichever way|regardless of (?:the )?(?:outcome|result)|otherwise)\b")
 SENTENCE_CUT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 CLAUSE_CUT_RE = re.compile(r"[;:]|\s(?:but|while|whereas|although|though|however)\s", re.IGNORECASE)
 TOKEN_RE = re.compile(r"[A-Za-z0-9][\w'’.%\-]*[\w%]|[A-Za-z0-9]")
@@ -117,6 +127,7 @@ class Claim:
     values: frozenset  # the outcomes the phrase allows on its axis
     subject: frozenset  # content words near it, stemmed
     names: frozenset = frozenset()  # a contest claim's names just before it
+    committed: bool = True  # False in a clause that says could/may/might or in a conditional sentence
 
 
 @dataclass
@@ -188,26 +199,73 @@ def _either(clause: str, x: tuple, y: tuple) -> bool:
     return (a.axis == b.axis and not a.values & b.values) or _SIGN.get(a.values, 0) * _SIGN.get(b.values, 0) < 0
 
 
-def read(text: str, names: frozenset | None = None) -> Reading:
+def read(text: str, names: frozenset | None = None, news: bool = False) -> Reading:
     """The outcome claims and hedges of `text`'s clauses: one claim per outcome phrase (a bare "deal" or
-    "agreement" only where nothing else in its clause says how the dispute went); a clause that joins
-    outcomes of one axis that exclude each other with "or" hedges and claims nothing. A capitalised word at a
-    clause's start is a name when it is one of `names` (default: the text's own `names_in`)."""
+    "agreement" only where nothing else in its clause says how the dispute went).
+
+    A clause that joins outcomes of one axis that exclude each other with "or" hedges and claims nothing;
+    so do two claims anywhere in the text that exclude each other on the same subject when one is only a
+    possibility ("Areval will win. Korrada could also win it."). A claim in a clause that says could, may or might, or in a sentence with
+    "if" or "unless", is not committed. A capitalised word at a clause's start is a name when it is one of
+    `names` (default: the text's own `names_in`). With `news` (a headline), an outcome right after "after"
+    is background ("lifts off after two scrubs"), not news."""
     names = names_in(text) if names is None else names
     out = Reading([], [])
     for sent in sentences(text):
         first = [_stem(t) for j, t in enumerate(TOKEN_RE.findall(sent[0]))
                  if t[:1].isupper() and _is_content(t) and (j > 0 or _stem(t) in names)][:1]
+        conditional = bool(CONDITIONAL_RE.search(" ".join(sent)))
         for clause in sent:
-            _read_clause(clause, names, frozenset(first), out)
+            _read_clause(clause, names, frozenset(first), out, conditional, news)
+    if not news:
+        _self_conflicts(out)
     return out
 
 
-def _read_clause(clause: str, names: frozenset, lead: frozenset, out: Reading) -> None:
+def _conflict(a: Claim, b: Claim) -> bool:
+    """Two claims of one text that cannot both come true, one of them only a possibility ("could also"): the
+    same axis and subject with no value in common, or rivals both winning. (Two committed claims that
+    contradict each other are judged one by one against the news: one is wrong.)"""
+    if a.axis != b.axis or (a.committed and b.committed):
+        return False
+    if a.axis == "contest" and a.names and b.names and not a.names & b.names:
+        return bool(a.values & b.values) and a.values <= {1} | {0}  # two names, both winning
+    # two possibilities of opposite outcomes are a hedge whatever they name ("could launch ... could just as
+    # easily ground the rocket"); a possibility against a commitment only on the same subject
+    same = not (a.committed or b.committed) or bool(a.subject & b.subject or a.names & b.names)
+    return same and not a.values & b.values
+
+
+def _self_conflicts(out: Reading) -> None:
+    """Claims that contradict another claim of the same text are a hedge spread over two places."""
+    bad = {i for i, a in enumerate(out.claims) for j, b in enumerate(out.claims) if i != j and _conflict(a, b)}
+    for i in sorted(bad):
+        out.hedges.append(out.claims[i].subject)
+    out.claims[:] = [c for i, c in enumerate(out.claims) if i not in bad]
+
+
+def _negated(low: str, start: int, spans: list) -> bool:
+    """Whether the outcome at `start` is negated: a verbal cue ("not", "unlikely", "refuse to") reaches the
+    first outcome after it anywhere in the clause, and others up to NEGATION_REACH words on with no comma
+    between; a nominal one ("no", "without") reaches NOMINAL_REACH words."""
+    seg = low[:start].split(",")[-1].split()
+    if VERBAL_NEGATION_RE.search(" ".join(seg[-NEGATION_REACH:])):
+        return True
+    if NOMINAL_NEGATION_RE.search(" ".join(seg[-NOMINAL_REACH:])):
+        return True
+    cues = list(VERBAL_NEGATION_RE.finditer(low[:start]))
+    return bool(cues) and not any(cues[-1].end() <= s0 < start for s0, *_ in spans)
+
+
+def _read_clause(clause: str, names: frozenset, lead: frozenset, out: Reading, conditional: bool = False,
+                 news: bool = False) -> None:
     """Add one clause's claims (or its hedge) to `out`; `lead`: its sentence's first name, the subject of a
     contest claim with no name of its own ("..., but he should still finish ahead")."""
     low = clause.lower()
     spans = [sp for sp in _spans(low) if sp[0] == 0 or not clause[sp[0]].isupper()]
+    if news:
+        spans = [sp for sp in spans if not re.search(r"\bafter(?: \S+){0,2} $", low[:sp[0]])]
+    committed = not (conditional or POSSIBLE_RE.search(low))
     toks = [(m.start(), m.end(), m.group()) for m in TOKEN_RE.finditer(clause)]
     inside = lambda a, b: any(s[0] <= a and b <= s[1] for s in spans)  # noqa: E731
     content = [(i, _stem(t)) for i, (a, b, t) in enumerate(toks) if not inside(a, b) and _is_content(t)]
@@ -223,10 +281,9 @@ def _read_clause(clause: str, names: frozenset, lead: frozenset, out: Reading) -
         near = [(j, t) for j, (_, _, t) in enumerate(toks[:first]) if j >= first - NAME_REACH]
         who = frozenset(_stem(t) for j, t in near if t[:1].isupper() and _is_content(t)
                         and (j > 0 or _stem(t) in names)) if axis == "contest" else frozenset()
-        window = " ".join(t for _, _, t in toks[max(0, first - NEGATION_REACH):first]).lower()
-        negated = bool(NEGATION_RE.search(window.split(",")[-1]))
-        allowed = ALL_VALUES[axis] - {value} if negated else frozenset({value})
-        claims.append(Claim(axis, frozenset(allowed), subject, who or (lead if axis == "contest" else who)))
+        allowed = ALL_VALUES[axis] - {value} if _negated(low, start, spans) else frozenset({value})
+        claims.append(Claim(axis, frozenset(allowed), subject, who or (lead if axis == "contest" else who),
+                            committed))
         kept.append((start, end, claims[-1]))
     joined = any(_either(low, x, y) for i, x in enumerate(kept) for y in kept[i + 1:])
     if HEDGE_RE.search(low) or joined:
@@ -289,11 +346,11 @@ def stance(forecast: str, targets: list[str], about: frozenset = frozenset()) ->
     A hedging clause counts when it shares a word with a target's claims or with `about` (the source's
     words): hedging about the story is charged, an aside is not."""
     names = names_in(forecast, *targets)
-    facts = [c for t in targets for c in read(t, names).claims]
+    facts = [c for t in targets for c in read(t, names, news=True).claims]
     mine = read(forecast, names)
     story = frozenset().union(*(f.subject for f in facts)) | {_stem(x) for x in about}
     res = Stance(hedge=sum(1 for h in mine.hedges if h & story))
-    for claim in mine.claims:
+    for claim in (c for c in mine.claims if c.committed):
         met = [(len(claim.subject & f.subject) + len(claim.names & f.names), m)
                for f in facts if (m := _meets(claim, f))]
         closest = [m for n, m in met if n == max(met)[0]] if met else []
