@@ -96,6 +96,21 @@ def test_the_red_teams_cheap_wrong_and_hedged_texts_are_read_for_what_they_are()
     assert [c.values for c in far.claims if c.axis == "contest"] == [{-1}]
 
 
+def test_the_second_red_teams_doubts_and_either_or_are_read():
+    assert label("Analysts doubt the Bank of Kestmark will raise its key rate on Wednesday.") == "contradict"
+    assert label("Markets wrongly expect the Bank of Kestmark to raise its key rate.") == "contradict"
+    orinet = ["Belcany regulator says Orinet's remedies fall short of fixing competition concerns"]
+    assert stance("The regulator will either wave Orinet's deal through or say its remedies fall short.",
+                  orinet).label == "hedge"
+
+
+def test_an_instruction_phrase_is_a_whole_phrase():
+    from varro.forecast.reward import leak_kinds
+
+    assert leak_kinds("The objections will be answered by Friday.") == []
+    assert leak_kinds("It names the object and a direction.") == ["instruction"]
+
+
 def test_committed_text_leaves_out_the_hedging_clauses():
     text = "Rates may rise or fall. The crown will strengthen by 1% on Wednesday."
     assert committed_text(text) == "The crown will strengthen by 1% on Wednesday."

@@ -8,7 +8,7 @@ import pytest
 from walter.settings import WalterConfig
 from varro.engine.embed import HashEmbedder, SentenceEmbedder
 from walter.reward import (caps_share, emoji_count, engagement, graphemes, independent_bands,
-                           max_similarity_reward, penalties, post_weight, score_post)
+                           max_similarity_reward, penalties, post_weight, score_post, winner_bands)
 
 
 def unit_pair(cos):
@@ -96,6 +96,14 @@ def test_the_paraphrase_band_is_what_other_authors_reached_on_their_own():
     quoted = independent_bands(vecs, posts, ["a", "b", "c", "d"])
     assert quoted == pytest.approx([0.8, 0.8, 0.6, 0.8])
     assert np.isnan(independent_bands(vecs[:1], posts[:1], ["a"])[0])
+
+
+def test_only_a_post_that_earned_something_has_a_band():
+    """A red team's honest post was charged as a paraphrase of a zero-weight post quoting the article."""
+    vecs = np.array([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8]])
+    posts = ["the quoted description", "a take of my own", "another take"]
+    bands = winner_bands(vecs, posts, ["a", "b", "c"], np.array([0.0, 0.7, 0.0]))
+    assert np.isnan(bands[0]) and np.isnan(bands[2]) and bands[1] == pytest.approx(0.96)
 
 
 def test_closeness_well_above_the_band_is_copying_even_in_other_words():

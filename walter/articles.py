@@ -26,7 +26,7 @@ from varro.engine.metrics import mean_or_none
 
 from .curriculum import pick_articles
 from .ingest import baseline_stats
-from .reward import engagement, fair_weight, independent_bands, score_post
+from .reward import engagement, fair_weight, score_post, winner_bands
 from .task import build_prompt
 
 APP = "walter"
@@ -160,7 +160,7 @@ def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embed
     if not h.uris:
         raise LookupError(f"article {h.url_norm} has no scorable history")
     post_vecs = embedder.encode(h.texts)
-    bands = independent_bands(post_vecs, h.texts, h.authors)
+    bands = winner_bands(post_vecs, h.texts, h.authors, h.weights)
     return [score_post(t, v, post_vecs, h.texts, h.weights, cfg.walter, bands)
             for t, v in zip(texts, embedder.encode(texts))]
 

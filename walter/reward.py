@@ -125,6 +125,15 @@ def penalties(text: str, cfg: WalterConfig) -> dict[str, float]:
     }
 
 
+def winner_bands(post_vecs: np.ndarray, post_texts: list[str], authors: list[str],
+                 weights: np.ndarray) -> np.ndarray:
+    """`independent_bands` of the posts that beat their author's usual (weight > 0); NaN for the rest: a post
+    that earned nothing teaches nothing, so writing close to it (a quote of the article, say) copies no winner."""
+    bands = independent_bands(post_vecs, post_texts, authors)
+    bands[np.asarray(weights) <= 0] = np.nan
+    return bands
+
+
 def score_post(text: str, text_vec: np.ndarray, post_vecs: np.ndarray, post_texts: list[str],
                weights: np.ndarray, cfg: WalterConfig, bands: np.ndarray | None = None) -> dict[str, float]:
     """All components and the reward of one candidate post against its article's history.

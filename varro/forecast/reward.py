@@ -120,7 +120,7 @@ BEAT_NAMES = ("object", "direction", "timeframe", "drivers", "verification")
 INSTRUCTION_PHRASES = re.compile(
     r"\b(?:five beats|the object|a direction|tight timeframe|named drivers|way to verify|"
     r"short paragraph|three to five sentences|what happens next|how we will know|by roughly how much|"
-    r"forecast\s*:|headline\s*:|summary\s*:)",
+    r"forecast\s*:|headline\s*:|summary\s*:)(?!\w)",  # whole phrases: "the objections" is no echo
     re.IGNORECASE,
 )
 

@@ -99,7 +99,8 @@ _AXIS_RES = {axis: {v: re.compile(rf"\b(?:{pat})\b") for v, pat in values.items(
 VERBAL_NEGATION_RE = re.compile(
     r"\b(?:not|never|unlikely|cannot|hardly|scarcely|far from|fail(?:s|ed)? to|refus(?:e|es|ed|ing) to|"
     r"declin(?:e|es|ed|ing) to|rule[sd]? out|hold(?:s)? off|stop(?:s)? short of|no longer|no one expects|"
-    r"nobody expects|(?:drop|abandon|scrap|shelve|withdr[ae]w|ditch)\w* (?:\w+ ){0,2}plans? to|\w+n['’]t)\b")
+    r"nobody expects|(?:drop|abandon|scrap|shelve|withdr[ae]w|ditch)\w* (?:\w+ ){0,2}plans? to|\w+n['’]t|"
+    r"doubt(?:s|ed|ful)?|wrongly|mistakenly|no (?:reason|sign) to (?:expect|think)|little chance|no chance)\b")
 NOMINAL_NEGATION_RE = re.compile(r"\b(?:no|without|against|nor|neither)\b")
 NEGATION_RE = re.compile(f"{VERBAL_NEGATION_RE.pattern}|{NOMINAL_NEGATION_RE.pattern}")
 NOMINAL_REACH = 3
@@ -109,7 +110,7 @@ HEDGE_RE = re.compile(r"\b(?:may or may not|might or might not|could or could no
                       r"remains? to be seen|too (?:early|close) to (?:say|tell|call)|hard to (?:say|predict|tell)|"
                       r"could go (?:either|both) ways?|one way or (?:the )?other|or not|either outcome|"
                       r"both outcomes|either result|anything could happen|whatever happens|whatever the outcome|"
-                      r"whichever way|regardless of (?:the )?(?:outcome|result)|otherwise)\b")
+                      r"whichever way|regardless of (?:the )?(?:outcome|result)|otherwise|either\b.{0,80}?\bor)\b")
 SENTENCE_CUT_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 CLAUSE_CUT_RE = re.compile(r"[;:]|\s(?:but|while|whereas|although|though|however)\s", re.IGNORECASE)
 TOKEN_RE = re.compile(r"[A-Za-z0-9][\w'’.%\-]*[\w%]|[A-Za-z0-9]")
