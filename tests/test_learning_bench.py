@@ -41,3 +41,30 @@ def test_the_control_permutes_each_groups_scores_and_keeps_them():
     assert sorted(got) == [float(n) for n in range(1, 9)] and got != sorted(got)
     again = [c["reward"] for c in control.score_texts(None, {"id": "p1"}, texts, None, None)]
     assert again == got and control.name == "toy"
+
+
+def test_fit_arms_change_one_knob_each_and_pair_by_cell():
+    import argparse
+
+    import numpy as np
+    import fit
+
+    from varro.engine.app import get_app
+
+    args = argparse.Namespace(learning_rate=2e-4, max_tokens=96)
+    app = get_app("varro")
+    base = fit.arm_config(app, Path("m"), fit.ARMS["base"], args)
+    for name, change in fit.ARMS.items():
+        cfg = fit.arm_config(app, Path("m"), change, args)
+        got = {"learning_rate": cfg.train.learning_rate, "advantage_std": cfg.train.advantage_std,
+               "minibatches": cfg.train.minibatches, "lora_rank": cfg.model.lora_rank,
+               "lora_layers": cfg.model.lora_layers, "group_size": cfg.sampling.group_size}
+        want = {"learning_rate": 2e-4, "advantage_std": True, "minibatches": 4, "lora_rank": 8, "lora_layers": 8,
+                "group_size": 4, **{k: v for k, v in change.items() if k != "shuffled"}}
+        assert got == want, name
+    assert base.sampling.max_tokens == 96 and base.train.micro_batch == 0
+    before = np.array([[0.0, 0.2], [0.4, 0.4], [-0.2, 0.0]])
+    after = before + np.array([[0.1, 0.1], [0.0, 0.2], [0.3, 0.1]])
+    p = fit.paired(before, after)
+    assert p["diff"] == np.mean(after - before) and p["base"] == before.mean()
+    assert p["ci"][0] <= p["diff"] <= p["ci"][1] and p["ci"][1] <= 0.2 + 1e-9  # per-prompt means 0.1, 0.1, 0.2
