@@ -25,6 +25,9 @@ def cycle_config(model_path):
     cfg.sampling.max_tokens = 16
     cfg.varro.prompts_per_day = 4
     cfg.varro.eval_every = 4
+    # the eval guard reads one day's mean over that day's one held-out prompt, which for the tiny model's word
+    # salad moves by more than 0.2 from day to day (issue 27); these tests are about the cycle, not the guard
+    cfg.train.eval_drop_max = 10.0
     return cfg
 
 
