@@ -3,6 +3,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
+from pathlib import Path
 from mlx.utils import tree_flatten
 from mlx_lm import load
 
@@ -84,6 +85,24 @@ def test_failed_write_leaves_nothing_behind(tiny_model_path, tmp_path, monkeypat
 
     monkeypatch.setattr(mx, "save_safetensors", failing)
     with pytest.raises(CheckpointError, match="No space left on device"):
+        pol.save("2026-11-02")
+    assert list(checkpoints.checkpoints_dir(run).iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["adapter_config.json", "trainer_state.json", "config.json"])
+def test_a_full_disk_on_any_file_of_a_checkpoint_is_one_clear_error(tiny_model_path, tmp_path, monkeypatch, name):
+    """The JSON files, not only the arrays: a full disk there raised a bare OSError with a traceback."""
+    run = tmp_path / "run"
+    pol = open_policy(tiny_model_path, run)
+    real = Path.write_text
+
+    def failing(self, *a, **k):
+        if self.name == name:
+            raise OSError(28, "No space left on device", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", failing)
+    with pytest.raises(CheckpointError, match=f"could not write {name} of checkpoint 2026-11-02: .*MB free"):
         pol.save("2026-11-02")
     assert list(checkpoints.checkpoints_dir(run).iterdir()) == []
 

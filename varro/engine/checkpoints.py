@@ -155,6 +155,10 @@ def save_checkpoint(
         complete = True
         failpoint("checkpoint.renamed")
         _fsync_dir(root)
+    except OSError as e:  # any other file of the checkpoint on a full disk: the same message as the weights'
+        if complete:
+            raise
+        raise _write_failed(tmp / Path(e.filename or "a file").name, e, day) from e
     finally:
         if not complete:  # a failed write (full disk, kill, bug) leaves nothing that looks like a checkpoint
             shutil.rmtree(tmp, ignore_errors=True)
@@ -189,9 +193,14 @@ def _save_arrays(path: Path, arrays: dict) -> None:
     try:
         mx.save_safetensors(str(path), arrays)
     except (RuntimeError, OSError) as e:  # MLX reports a short write as RuntimeError without an errno
-        free = shutil.disk_usage(path.parent).free / 1e6
-        raise CheckpointError(f"could not write {path.name} of checkpoint {path.parent.name}: {e} "
-                              f"({free:.1f} MB free on that disk); the previous checkpoint is untouched") from e
+        raise _write_failed(path, e) from e
+
+
+def _write_failed(path: Path, e: Exception, day: str | None = None) -> "CheckpointError":
+    """The error of a checkpoint file that could not be written, with the room left on its disk."""
+    free = shutil.disk_usage(path.parent).free / 1e6
+    return CheckpointError(f"could not write {path.name} of checkpoint {day or path.parent.name}: {e} "
+                           f"({free:.1f} MB free on that disk); the previous checkpoint is untouched")
 
 
 def _python_rng_state() -> list:
