@@ -48,6 +48,8 @@ from varro.engine.copying import (  # noqa: F401  (re-exported)
     ramp,
 )
 from varro.engine.rewards import (  # noqa: F401  (re-exported)
+    EMOJI_CHAR,
+    EMOJI_RE,
     HASHTAG_RE,
     best_transfer,
     max_similarity_reward,
@@ -60,9 +62,7 @@ if TYPE_CHECKING:
 
 GRAPHEME_LIMIT = 300
 URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+", re.IGNORECASE)
-EMOJI_RUN_RE = re.compile(r"(?:[\U0001F000-\U0001FAFF\u2600-\u27BF][\uFE0F\u200D\U0001F3FB-\U0001F3FF]*){3,}")
-EMOJI_RE = re.compile(r"[\U0001F000-\U0001FAFF\u2600-\u27BF](?:\uFE0F|[\U0001F3FB-\U0001F3FF])*"
-                      r"(?:\u200D[\U0001F000-\U0001FAFF\u2600-\u27BF](?:\uFE0F|[\U0001F3FB-\U0001F3FF])*)*")
+EMOJI_RUN_RE = re.compile(rf"(?:{EMOJI_CHAR}[\uFE0F\u200D\U0001F3FB-\U0001F3FF]*){{3,}}")
 ASK = "Write a Bluesky post about this article."
 ECHO_RE = re.compile(r"\b(?:bluesky post|write a post|about this article|here(?:'s| is) (?:a|my|the) post|"
                      r"as an ai|article\s*:)", re.IGNORECASE)

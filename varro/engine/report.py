@@ -28,11 +28,9 @@ from varro.engine.app import App, get_app
 from varro.engine.cadence import FEATURES as CADENCE_FEATURES
 from varro.engine.metrics import mean_or_none
 from varro.engine.voice import voice_data
-from varro.engine.rewards import HASHTAG_RE, ngrams, repeated_ngram_rate, words
+from varro.engine.rewards import EMOJI_RE, HASHTAG_RE, ngrams, repeated_ngram_rate, words
 from varro.engine.errors import UserError
 
-# Any emoji, over the same code-point ranges as Walter's emoji-run penalty (walter.reward).
-EMOJI_RE = re.compile(r"[\U0001F000-\U0001FAFF\u2600-\u27BF]")
 
 MONITOR_LABELS = {
     "len_words": "mean length (words)",

@@ -25,6 +25,9 @@ STOPWORDS = frozenset(
 
 # A hashtag: "#" then word characters, not inside a word or after another "#".
 HASHTAG_RE = re.compile(r"(?<![\w#])#(\w+)")
+EMOJI_CHAR = r"[\U0001F000-\U0001FAFF\u2600-\u27BF]"  # the emoji code points every count here reads
+# one emoji as a person sees it: a skin tone, a variation selector or a ZWJ sequence joins the character before
+EMOJI_RE = re.compile(rf"{EMOJI_CHAR}(?:\uFE0F|[\U0001F3FB-\U0001F3FF])*(?:\u200D{EMOJI_CHAR}(?:\uFE0F|[\U0001F3FB-\U0001F3FF])*)*")
 
 
 def words(text: str) -> list[str]:
