@@ -236,3 +236,19 @@ def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tm
     from mlx_lm import load
     base, _ = load(str(tiny_model_path))
     np.testing.assert_allclose(np.array(c.ref_logp) * np.array(c.mask), np.array(full_pass(base, c)), atol=2e-5)
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_accumulator_keeps_a_metric_only_some_pieces_report_at_their_weight(order):
+    """A metric one piece leaves out is the mean over the pieces that reported it: neither dropped (when
+    the last piece lacks it) nor halved (when the first one does)."""
+    from varro.engine.train import Accumulator
+
+    pieces = [({"kl": mx.array(1.0), "clip_fraction": mx.array(0.4)}, 0.25),
+              ({"kl": mx.array(3.0)}, 0.75)]
+    acc = Accumulator()
+    for i in order:
+        metrics, frac = pieces[i]
+        acc.add(mx.array(0.0), metrics, frac, {"w": mx.zeros(1)})
+    got = {k: v.item() for k, v in acc.metrics.items()}
+    assert got == pytest.approx({"kl": 0.25 * 1.0 + 0.75 * 3.0, "clip_fraction": 0.4})

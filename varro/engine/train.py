@@ -276,20 +276,31 @@ def first_trainable_layer(model: nn.Module) -> int:
 
 
 class Accumulator:
-    """One step's running sums: the weighted loss, the row-weighted metrics and the gradient."""
+    """One step's running sums: the weighted loss, the row-weighted metrics and the gradient.
+
+    Each metric is the weighted mean over the pieces that reported it (its sum over the weight of those
+    pieces), so a metric one piece leaves out is neither dropped nor diluted by the others.
+    """
 
     def __init__(self):
         self.loss = mx.array(0.0)
-        self.metrics: dict[str, mx.array] = {}
+        self.sums: dict[str, mx.array] = {}
+        self.weights: dict[str, float] = {}
         self.grads = None
 
     def add(self, loss: mx.array, metrics: dict[str, mx.array], frac: float, grads) -> None:
         self.loss = self.loss + loss
-        self.metrics = {k: self.metrics.get(k, 0.0) + v * frac for k, v in metrics.items()}
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v * frac
+            self.weights[k] = self.weights.get(k, 0.0) + frac
         self.grads = grads if self.grads is None else tree_map(mx.add, self.grads, grads)
 
+    @property
+    def metrics(self) -> dict[str, mx.array]:
+        return {k: s / self.weights[k] if self.weights[k] > 0 else s for k, s in self.sums.items()}
+
     def state(self) -> list:
-        return [self.loss, self.metrics, self.grads]
+        return [self.loss, self.sums, self.grads]
 
 
 @contextlib.contextmanager
