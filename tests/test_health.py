@@ -82,7 +82,8 @@ def test_corrupt_checkpoint_falls_back_loudly(tiny_model_path, tmp_path):
     res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
     assert any("WARNING: checkpoint 2026-11-03 is unusable" in n for n in res.notes)
     assert any("resumed from 2026-11-02" in n for n in res.notes)
-    assert db.execute("select kind from guards where day = '2026-11-04'").fetchone()[0] == "checkpoint"
+    kinds = {r[0] for r in db.execute("select kind from guards where day = '2026-11-04'")}
+    assert "checkpoint" in kinds and "sampled" in kinds  # 2026-11-03 sampled the rollouts: not trained on
 
 
 def test_retention_keeps_the_newest(tiny_model_path, tmp_path):
@@ -157,3 +158,32 @@ def test_guards_show_in_the_report(tiny_model_path, tmp_path):
     assert "GUARD 2026-11-03 (kl)" in format_summary(data)
     page = build_report(db, "varro", "r", tmp_path / "r.html").read_text()
     assert "Training health" in page and "kl guard" in page
+
+
+def test_training_refuses_rollouts_another_checkpoint_sampled(tiny_model_path, tmp_path):
+    """Varro trains on 2026-11-04 on the forecasts checkpoint 2026-11-03 sampled; with the checkpoints folder
+    gone, training would start from the base weights on them: the day says so in one line, records it and
+    trains nothing (its checkpoint holds the weights it started from)."""
+    import shutil
+
+    from varro.engine.cycle import sampled_elsewhere
+
+    db = dbm.open_db(tmp_path / "v.db")
+    cfg = cfg_for(tiny_model_path, learning_rate=2e-2)
+    run = tmp_path / "runs" / "r"
+    for d in ["2026-11-02", "2026-11-03"]:
+        step(db, cfg, "r", run, d, HashEmbedder())
+    assert {r[0] for r in db.execute("select checkpoint from rollouts where day = '2026-11-03'")} == {"2026-11-03"}
+    shutil.rmtree(run / "checkpoints")
+    res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
+    note = [n for n in res.notes if "sampled by checkpoint 2026-11-03" in n]
+    assert len(note) == 1 and "\n" not in note[0] and "start from base" in note[0]
+    assert res.steps == 0 and not db.execute("select count(*) from steps where day = '2026-11-04'").fetchone()[0]
+    guard = db.execute("select reason from guards where day = '2026-11-04' and kind = 'sampled'").fetchall()
+    assert guard == [(note[0],)]
+    from varro.engine.policy import Policy
+
+    base = Policy.open(cfg, tmp_path / "runs" / "fresh", before_day="0000-01-01")
+    kept = adapters(run / "checkpoints" / "2026-11-04")
+    assert all(np.array_equal(np.array(v), kept[k]) for k, v in tree_flatten(base.model.trainable_parameters()))
+    assert sampled_elsewhere(dbm.load_groups(db, "r", "2026-11-03"), "2026-11-03", "2026-11-03") is None

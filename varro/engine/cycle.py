@@ -93,6 +93,17 @@ def training_groups(db: sqlite_utils.Database, app: App, run: str, day: str) -> 
             if g[0].prompt_id in train and all(r.reward is not None for r in g)]
 
 
+def sampled_elsewhere(groups: list[list[Rollout]], checkpoint: str, day: str) -> str | None:
+    """Why not to train on `groups`, or None: some rollout was not sampled by `checkpoint`, the weights the
+    day's training starts from (GSPO's importance ratio and its clip assume it was)."""
+    others = sorted({str(r.checkpoint) for g in groups for r in g if r.checkpoint != checkpoint})
+    if not others:
+        return None
+    return (f"not training on {day}'s rollouts: they were sampled by checkpoint {', '.join(others)}, but "
+            f"training would start from {checkpoint} (a checkpoint removed, or skipped as corrupt); the day "
+            "keeps these weights")
+
+
 @dataclass
 class StepResult:
     day: str
@@ -248,6 +259,12 @@ def _step(app: App, db, cfg: Config, run: str, run_path: Path, day: str, embedde
                 res.scored = _score(app, db, run, [day], embedder, cfg, progress)
         groups = rollouts_from_json(world.broadcast_json(
             rollouts_to_json(training_groups(db, app, run, trained_day)) if main else None))
+        elsewhere = world.broadcast_json(sampled_elsewhere(groups, policy.checkpoint, trained_day) if main else None)
+        if elsewhere:
+            groups = []
+            res.notes.append(elsewhere)
+            if main:
+                store.record_guard(db, run, day, app.name, "sampled", elsewhere)
         swap.check("before training")
         policy.trainer.cfg, note = _fitting_micro_batch(policy, groups, cfg)
         res.notes.extend([note] if note else [])

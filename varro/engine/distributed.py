@@ -80,7 +80,8 @@ SOLO = World(None)
 def rollouts_to_json(groups: list[list]) -> list[list[dict]]:
     return [[{"prompt_id": r.prompt_id, "group_index": r.group_index, "prompt_tokens": r.prompt_tokens,
               "completion_tokens": r.completion_tokens, "text": r.text, "finish_reason": r.finish_reason,
-              "reward": r.reward, "sampler_logprobs": r.sampler_logprobs} for r in g] for g in groups]
+              "reward": r.reward, "sampler_logprobs": r.sampler_logprobs, "checkpoint": r.checkpoint}
+             for r in g] for g in groups]
 
 
 def rollouts_from_json(data: list[list[dict]]) -> list[list]:

@@ -18,6 +18,7 @@ class Rollout:
     advantage: float | None = None
     id: int | None = None  # the rollouts row, once stored
     sampler_logprobs: list[float] | None = None  # log q(token) per completion token, as the sampler drew it
+    checkpoint: str | None = None  # the checkpoint that sampled it ("base" or a day), once stored
 
 
 @dataclass

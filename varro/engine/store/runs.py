@@ -165,6 +165,7 @@ def load_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
                 advantage=row["advantage"],
                 sampler_logprobs=(json.loads(row["sampler_logprobs_json"])
                                   if row.get("sampler_logprobs_json") else None),
+                checkpoint=row["checkpoint"],
             )
         )
     return list(groups.values())
