@@ -10,7 +10,7 @@ steps on it, as a night would but on the same prompts every round.
 Per arm it reports the training prompts' mean reward round by round (the policy's own fresh samples: a
 learning curve with the prompt mix held still), the KL and entropy of the last round, and the base against
 the final weights, paired by prompt and sample under one seed, on the training prompts (does it fit?) and on
-the held-out ones (does what it learned carry over?), with 95% bootstrap intervals over prompts.
+the held-out ones (does what it learned carry over?), with 95% Student-t intervals over prompts.
 
 The arms change one knob each from the experiment's settings (learning rate 2e-4, group 4, advantages divided
 by the group std, 4 steps a round, LoRA rank 8 on the top 8 blocks): `shuffled` trains on the same rewards
@@ -99,10 +99,10 @@ def sample_rewards(policy, app, db, prompts, embedder, cfg, samples: int, seed: 
 
 
 def paired(before: np.ndarray, after: np.ndarray) -> dict:
-    from varro.engine.panel import bootstrap_ci
+    from varro.engine.panel import mean_ci
 
     d = after - before
-    lo, hi = bootstrap_ci(d, seed=0)
+    lo, hi = mean_ci(d)
     return {"base": float(before.mean()), "after": float(after.mean()), "diff": float(d.mean()), "ci": [lo, hi]}
 
 

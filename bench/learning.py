@@ -6,8 +6,8 @@ For each app and each arm, a fresh home runs the app's sample days as the nightl
 saw; varro.engine.panel) and writes, per night:
 
 - trained reward: the mean reward of the training rollouts the night's updates trained on;
-- panel: the checkpoint's mean held-out reward, its paired difference from the base and the 95% bootstrap
-  interval of that difference over prompts;
+- panel: the checkpoint's mean held-out reward, its paired difference from the base and the 95%
+  t-interval of that difference over prompts;
 - kl, entropy: the mean of the night's steps (k3 KL to the base; policy entropy at the sampling temperature);
 - voice: the cadence distance of those trained rollouts from the human text (varro.engine.voice);
 - hacks: the share of the checkpoint's held-out panel samples that show each known hack (`HACKS` below).

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from helpers import tiny_config
 from varro.engine import store as dbm
-from varro.engine.compare import CompareError, bootstrap_ci, compare, held_out_prompts
+from varro.engine.compare import CompareError, compare, held_out_prompts, mean_ci
 from varro.engine.config import db_path, run_dir
 from helpers import varro_step as step
 from varro.forecast.prompts import score_texts
@@ -39,16 +39,16 @@ def trained(tiny_model_path, varro_home):
     return db, cfg
 
 
-def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_agreement():
+def test_mean_ci_brackets_the_mean_and_shrinks_with_agreement():
     rng = np.random.default_rng(0)
     diffs = rng.normal(0.2, 0.1, size=(40, 4))
-    lo, hi = bootstrap_ci(diffs, seed=1)
+    lo, hi = mean_ci(diffs)
     assert lo < diffs.mean() < hi
     assert hi - lo < 0.1
-    # the CI is of the mean over prompts: resampling prompts, with a textbook-normal check
-    se = diffs.mean(axis=1).std(ddof=1) / np.sqrt(40)
-    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.2)
-    assert bootstrap_ci(np.zeros((5, 3)), seed=0) == (0.0, 0.0)
+    # the CI is of the mean over prompts: half as spread prompts, half as wide an interval
+    lo2, hi2 = mean_ci(0.2 + (diffs - 0.2) / 2)
+    assert (hi2 - lo2) == pytest.approx((hi - lo) / 2)
+    assert mean_ci(np.zeros((5, 3))) == (0.0, 0.0)
 
 
 def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
@@ -149,10 +149,11 @@ def test_compare_and_eval_cli(trained, tmp_path):
     out = CliRunner().invoke(cli, ["compare", "--run", "r", "--n", "2", "--samples", "2", "--embedder", "hash",
                                    "--html", str(tmp_path / "c.html")])
     assert out.exit_code == 0, out.output
-    assert "95% bootstrap CI" in out.output and "mean reward base" in out.output
+    assert "95% CI" in out.output and "mean reward base" in out.output
+    assert "panel of 2 prompts: under 10, too small to conclude from" in out.output
     assert "held-out prompts" in out.output and "scored against headlines of 2026-11-0" in out.output
     page = (tmp_path / "c.html").read_text()
-    assert page.startswith("<!doctype html>") and "bootstrap CI" in page
+    assert page.startswith("<!doctype html>") and "95% CI" in page
     js = CliRunner().invoke(cli, ["compare", "--run", "r", "--n", "2", "--samples", "2", "--embedder", "hash",
                                   "--json"])
     assert js.exit_code == 0, js.output

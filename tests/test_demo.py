@@ -60,7 +60,7 @@ def test_full_demo_writes_reports_and_a_compare(varro_home):
                               "--prompts-per-day", "6", "--eval-every", "2"])
     assert out.exit_code == 0, out.output
     for line in ["== Walter", "== Learning curves on the held-out panels", "varro: ", "held-out prompts made on",
-                 "95% bootstrap CI", "report (Varro):", "report (Walter):", "compare:", "before: base",
+                 "95% CI", "report (Varro):", "report (Walter):", "compare:", "before: base",
                  "after: 2026-11-03", "reward "]:
         assert line in out.output
     for path in [run_dir("demo") / "report.html", run_dir("walter-demo") / "report.html",

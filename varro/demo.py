@@ -74,9 +74,10 @@ def run_full_demo(home: str | Path | None, configs: dict[str, Config], days: int
                          samples=cfg.eval.panel_samples, seed=cfg.eval.panel_seed, note=note)
         lines = format_comparison(result).splitlines()
         heads = [i for i, line in enumerate(lines) if line.startswith("== ")]
-        shown = lines[: heads[1] if len(heads) > 1 else len(lines) - 3]  # the header and the first prompt whole
+        tail = next(i for i, line in enumerate(lines) if line.startswith("mean reward"))  # the summary lines
+        shown = lines[: heads[1] if len(heads) > 1 else tail]  # the header and the first prompt whole
         for line in shown + ([f"... {len(heads) - 1} more held-out prompts: `varro compare --run "
-                               f"{first.demo_run_name()}` or compare.html", ""] if len(heads) > 1 else []) + lines[-3:]:
+                               f"{first.demo_run_name()}` or compare.html", ""] if len(heads) > 1 else []) + lines[tail:]:
             echo(line)
         compare_html = write_html(result, run_path / "compare.html")
     else:

@@ -470,7 +470,8 @@ def compare_command(app: App) -> click.Command:
         update has seen; never training prompts): fewer than --n when fewer can
         be scored, said plainly. Prints the completions side by side with their
         rewards, which days' data score them, and the mean reward difference
-        with a 95% bootstrap confidence interval over prompts. --json prints
+        with a 95% t-interval over prompts (a panel under 10 prompts is
+        labelled too small to conclude from). --json prints
         every prompt's id, day, split and both sides' samples and rewards.
 
         Example: {app.name} compare --before base --after latest --html compare.html
@@ -517,7 +518,7 @@ def eval_command(app: App) -> click.Command:
         prompt is sampled with its own seed, the same for every checkpoint;
         scores are cached in SQLite (panel_scores), so a re-run computes only
         new checkpoints or new panel prompts. Each row: mean reward with a 95%
-        bootstrap CI over prompts, and the paired difference from the base.
+        t-interval over prompts, and the paired difference from the base.
 
         Example: {app.name} eval --run {app.demo_run_name()}
         """)

@@ -4,9 +4,10 @@ The prompts are the run's evaluation panel (varro.panel): held-out prompts of
 stories that no update has seen as a prompt or a reward target, never topped
 up with training prompts. Both sides' completions come from the panel cache,
 so a compare after `eval` samples nothing. The mean reward difference (after
-minus before) comes with a paired bootstrap confidence interval: prompts are
-resampled with replacement (the completions of one prompt stay together, since
-they share the prompt's difficulty).
+minus before) comes with a paired Student-t interval over prompts (each
+prompt's completions are averaged first, since they share the prompt's
+difficulty), and a panel under MIN_PANEL prompts is labelled too small to
+conclude from.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import sqlite_utils
 
 from varro.engine.config import Config
 from varro.engine.embed import Embedder
-from varro.engine.panel import (Cells, PanelError, ScoreTexts, bootstrap_ci, ensure_scores, open_at, panel_prompts,
-                    read_scores, resolve_checkpoint, run_config)
+from varro.engine.panel import (Cells, PanelError, ScoreTexts, ensure_scores, format_ci, mean_ci, open_at,
+                                panel_prompts, read_scores, resolve_checkpoint, run_config, small_panel_warning)
 
-__all__ = ["CompareError", "Comparison", "Side", "bootstrap_ci", "compare", "held_out_prompts", "open_at",
+__all__ = ["CompareError", "Comparison", "Side", "compare", "held_out_prompts", "mean_ci", "open_at",
            "resolve_checkpoint", "ScoreTexts"]
 
 CompareError = PanelError
@@ -78,7 +79,7 @@ def compare(
         ensure_scores(db, run_path, label, prompts, score_texts, embedder, config, samples, seed)
         sides.append(read_scores(db, run, label, prompts, samples, seed))
     diffs = sides[1].rewards - sides[0].rewards
-    return Comparison(prompts, sides[0], sides[1], float(diffs.mean()), bootstrap_ci(diffs, seed), note)
+    return Comparison(prompts, sides[0], sides[1], float(diffs.mean()), mean_ci(diffs), note)
 
 
 def to_json(c: Comparison, targets: Callable[[dict], str]) -> dict:
@@ -102,7 +103,8 @@ def side_by_side(c: Comparison):
 
 def format_comparison(c: Comparison, width: int = 60) -> str:
     """Each held-out prompt's headline, then each sample pair side by side, whole, wrapped in two columns of
-    `width` with its reward above it; then the means and the paired difference with its CI."""
+    `width` with its reward above it; then the means, the paired difference with its CI, and a warning line
+    when the panel is under MIN_PANEL prompts."""
     import textwrap
 
     def column(reward: float, text: str) -> list[str]:
@@ -123,8 +125,11 @@ def format_comparison(c: Comparison, width: int = 60) -> str:
     lines.append("")
     lines.append(f"mean reward {c.before.label}: {c.before.rewards.mean():.3f}   "
                  f"{c.after.label}: {c.after.rewards.mean():.3f}")
-    lines.append(f"difference (after - before): {c.mean_diff:+.3f}   95% bootstrap CI "
-                 f"[{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] over {len(c.prompts)} prompts")
+    lines.append(f"difference (after - before): {c.mean_diff:+.3f}   95% CI {format_ci(c.ci)} "
+                 f"over {len(c.prompts)} prompts")
+    warning = small_panel_warning(len(c.prompts))
+    if warning:
+        lines.append(warning)
     if c.note:
         lines.append(c.note)
     return "\n".join(lines)
@@ -142,8 +147,8 @@ def write_html(c: Comparison, path: Path) -> Path:
 th{{background:#f4f4f4}} table{{border-collapse:collapse}}</style>
 <h1>{esc(c.before.label)} vs {esc(c.after.label)}</h1>
 <p>Mean reward {esc(c.before.label)}: {c.before.rewards.mean():.3f}; {esc(c.after.label)}: {c.after.rewards.mean():.3f}.
-Difference {c.mean_diff:+.3f}, 95% bootstrap CI [{c.ci[0]:+.3f}, {c.ci[1]:+.3f}] over {len(c.prompts)} prompts.
-{esc(c.note)}</p>
+Difference {c.mean_diff:+.3f}, 95% CI {format_ci(c.ci)} over {len(c.prompts)} prompts.
+{esc(small_panel_warning(len(c.prompts)) or '')} {esc(c.note)}</p>
 <table><tr><th>reward</th><th>{esc(c.before.label)}</th><th>reward</th><th>{esc(c.after.label)}</th></tr>
 {''.join(rows)}</table>"""
     path = Path(path)

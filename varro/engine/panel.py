@@ -11,14 +11,16 @@ the panel. Every completion's reward and components are cached in
 `panel_scores` (keyed by run, checkpoint, prompt, seed, samples and sample
 index): re-running computes nothing twice.
 
-The curve is each checkpoint's mean panel reward with a 95% bootstrap CI over
-prompts, and its paired difference from the base.
+The curve is each checkpoint's mean panel reward with a 95% Student-t interval
+over prompts, and its paired difference from the base. A panel of fewer than
+MIN_PANEL prompts is labelled too small to conclude from.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -76,14 +78,45 @@ def open_at(run_path: Path, label: str, fallback: Config):
     return policy
 
 
-def bootstrap_ci(diffs: np.ndarray, seed: int, resamples: int = 2000, level: float = 0.95) -> tuple[float, float]:
-    """Percentile CI of the mean of per-prompt values `diffs` (prompts, samples), resampling prompts."""
-    per_prompt = np.asarray(diffs, dtype=np.float64).mean(axis=1)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(per_prompt), size=(resamples, len(per_prompt)))
-    means = per_prompt[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+MIN_PANEL = 10  # fewer prompts than this: an interval too wide and too fragile to conclude from
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The Student-t interval of the mean over prompts of `values` (prompts, samples), at `level`.
+
+    Each prompt's samples are averaged first (they share the prompt's difficulty), and the prompt means are
+    the independent draws: mean +- t(n-1) * sd / sqrt(n). It replaced a percentile bootstrap over prompts that
+    was too narrow on small panels (86.5% coverage at 6 prompts). One prompt gives (nan, nan), since it has no
+    spread to measure; prompts whose means all agree give (mean, mean). Raises ValueError when `values` is
+    not (prompts, samples) with at least one of each.
+    """
+    from scipy import stats  # imported here: scipy.stats takes about a second to import
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or 0 in values.shape:
+        raise ValueError(f"mean_ci needs a (prompts, samples) array with at least one of each, "
+                         f"got shape {values.shape}")
+    per_prompt = values.mean(axis=1)  # (prompts,)
+    n = len(per_prompt)
+    mean = float(per_prompt.mean())
+    if n == 1:
+        return math.nan, math.nan
+    if np.all(per_prompt == per_prompt[0]):
+        return mean, mean
+    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * float(per_prompt.std(ddof=1)) / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def format_ci(ci: tuple[float, float]) -> str:
+    """'[lo, hi]' with signs, or 'n/a' when the interval is undefined (a one-prompt panel)."""
+    return "n/a" if any(math.isnan(x) for x in ci) else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def small_panel_warning(prompts: int) -> str | None:
+    """The line that says a panel of `prompts` is too small to conclude from, or None when it is not."""
+    if prompts >= MIN_PANEL:
+        return None
+    return f"panel of {prompts} prompts: under {MIN_PANEL}, too small to conclude from"
 
 
 def story_of(prompt: dict) -> str:
@@ -195,17 +228,19 @@ def curve(db: sqlite_utils.Database, run: str, labels: list[str], prompts: list[
     """Each label's mean panel reward with CIs; `labels[0]` is the baseline of the differences."""
     cells = [read_scores(db, run, label, prompts, samples, seed) for label in labels]
     base = cells[0].rewards
-    return [CurvePoint(c.label, float(c.rewards.mean()), bootstrap_ci(c.rewards, seed),
-                       float((c.rewards - base).mean()), bootstrap_ci(c.rewards - base, seed), len(prompts))
+    return [CurvePoint(c.label, float(c.rewards.mean()), mean_ci(c.rewards),
+                       float((c.rewards - base).mean()), mean_ci(c.rewards - base), len(prompts))
             for c in cells]
 
 
 def format_curve(points: list[CurvePoint]) -> str:
+    """The curve as a table, one checkpoint a row, then a warning line when the panel is under MIN_PANEL."""
     lines = [f"{'checkpoint':>12}  {'reward':>7}  {'95% CI':>17}  {'vs base':>8}  {'95% CI':>17}"]
     for p in points:
-        lines.append(f"{p.label:>12}  {p.mean:>7.3f}  [{p.ci[0]:+.3f}, {p.ci[1]:+.3f}]  {p.diff:>+8.3f}  "
-                     f"[{p.diff_ci[0]:+.3f}, {p.diff_ci[1]:+.3f}]")
-    return "\n".join(lines)
+        lines.append(f"{p.label:>12}  {p.mean:>7.3f}  {format_ci(p.ci):>17}  {p.diff:>+8.3f}  "
+                     f"{format_ci(p.diff_ci):>17}")
+    warning = small_panel_warning(points[0].prompts) if points else None
+    return "\n".join(lines + ([warning] if warning else []))
 
 
 def evaluate(db: sqlite_utils.Database, app: str, run_path: Path, score_texts: ScoreTexts, embedder: Embedder,
