@@ -43,6 +43,14 @@ def test_entropy_guard_fires_on_a_collapse_and_not_on_a_healthy_day():
     assert entropy_collapsed([{"entropy": 0.1, "skipped": 1}], 3.4, 0.5) is None  # a skipped step moved nothing
 
 
+def test_entropy_guard_judges_the_weights_the_day_keeps():
+    """The steps measure the weights before each update; a collapse made by the day's last update shows only
+    in `entropy_after`, and that is what the guard reads (and a recovery by then keeps the day)."""
+    steps = [{"entropy": 3.3}, {"entropy": 3.2}]
+    assert entropy_collapsed(steps + [{"entropy": 3.1, "entropy_after": 1.0}], 3.4, 0.5) is not None
+    assert entropy_collapsed([{"entropy": 1.0}, {"entropy": 1.2, "entropy_after": 3.0}], 3.4, 0.5) is None
+
+
 def test_a_collapsing_run_is_stopped_and_recorded(tiny_model_path, tmp_path):
     from varro.engine.guards import guarded_training
     from varro.engine.progress import NULL_PROGRESS

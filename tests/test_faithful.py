@@ -184,22 +184,34 @@ def test_kl_guard_fires_when_only_the_last_update_crosses(tiny_model_path, tmp_p
     assert kl_tripped(rows, 2 * rows[0]["kl_after"]) is None
 
 
-def test_final_kl_is_the_k3_kl_of_the_final_weights(tiny_model_path, tmp_path):
-    pol = open_policy(tiny_model_path, tmp_path / "run", minibatches=2, learning_rate=2e-3)
+def test_end_of_day_health_is_the_exact_kl_and_entropy_of_the_final_weights(tiny_model_path, tmp_path):
+    """kl_after is sum_v pi(v) (log pi(v) - log ref(v)) at each completion position (the full vocabulary,
+    not the sampled token), averaged per sequence then over the kept rows; kl_after_k3 its k3 estimate on the
+    completion tokens; entropy_after the final policy's entropy. Reference: plain full passes in NumPy."""
+    pol = open_policy(tiny_model_path, tmp_path / "run", minibatches=2, learning_rate=2e-2)
     groups = scored_groups(pol, seed=6)
     rows = pol.trainer.train_day(groups)
-    kls = []
+    temp = pol.trainer.temperature
+    exact, k3, ent = [], [], []
     for g in (g for g in groups if any(r.advantage != 0.0 for r in g)):  # the kept groups
         for r in g:
             tokens = mx.array([r.prompt_tokens + r.completion_tokens[:-1]])
-            tgt = mx.array([r.prompt_tokens[1:] + r.completion_tokens])
             n = len(r.completion_tokens)
-            lp = np.array(token_logprobs(pol.model, tokens, tgt))[0, -n:]
+            logits = np.array(pol.model(tokens).astype(mx.float32), dtype=np.float64)[0, -n:] / temp
             with pol.trainer.reference():
-                ref = np.array(token_logprobs(pol.model, tokens, tgt))[0, -n:]
-            d = ref.astype(np.float64) - lp
-            kls.append(np.mean(np.exp(d) - d - 1))
-    assert rows[-1]["kl_after"] == pytest.approx(np.mean(kls), rel=1e-3, abs=1e-7)
+                ref = np.array(pol.model(tokens).astype(mx.float32), dtype=np.float64)[0, -n:] / temp
+            lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            lr = ref - np.log(np.exp(ref).sum(-1, keepdims=True))
+            exact.append(np.mean((np.exp(lp) * (lp - lr)).sum(-1)))
+            idx = np.arange(n), np.array(r.completion_tokens)
+            d = lr[idx] - lp[idx]
+            k3.append(np.mean(np.exp(d) - d - 1))
+            ent.append(np.mean(-(np.exp(lp) * lp).sum(-1)))
+    last = rows[-1]
+    assert last["kl_after"] == pytest.approx(np.mean(exact), rel=1e-3, abs=1e-7)
+    assert last["kl_after_k3"] == pytest.approx(np.mean(k3), rel=1e-3, abs=1e-7)
+    assert last["entropy_after"] == pytest.approx(np.mean(ent), rel=1e-4)
+    assert abs(last["kl_after"] - last["kl_after_k3"]) > 1e-3 * last["kl_after"]  # two different measures
 
 
 def test_near_flat_groups_are_dropped_and_counted(tiny_model_path, tmp_path):

@@ -43,12 +43,35 @@ def test_kl_guard_discards_the_day_and_keeps_the_previous_weights(tiny_model_pat
     a, b = adapters(run / "checkpoints" / "2026-11-02"), adapters(run / "checkpoints" / "2026-11-03")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     guard = db.execute("select kind, reason from guards where day = '2026-11-03' and kind = 'kl'").fetchall()
-    assert len(guard) == 1 and "kl_max" in guard[0][1]
+    assert len(guard) == 1 and "kl_max" in guard[0][1] and "also tripped" not in guard[0][1]
+    skipped = db.execute("select skipped, skip_reason from steps where day = '2026-11-03'").fetchall()
+    assert skipped == [(1, "discarded by the kl guard")] * 2  # the updates went with the day's weights
+    # the next day starts from the kept weights and trips on its own update again: it says the run is stuck
+    res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
+    stuck = [n for n in res.notes if "also tripped on 2026-11-03" in n]
+    assert len(stuck) == 1 and "stuck on checkpoint 2026-11-03" in stuck[0]
+    day4 = list(db.query("select step, minibatch, kl from steps where day = '2026-11-04' order by step"))
+    assert len(day4) == 2
     # the next day continues the step numbers and trains normally with a sane limit
     cfg.train.kl_max = 100.0
-    step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
-    nxt = [r["step"] for r in db.query("select step from steps where day = '2026-11-04' order by step")]
-    assert nxt[0] == rows[-1]["step"] + 1
+    step(db, cfg, "r", run, "2026-11-05", HashEmbedder())
+    nxt = [r["step"] for r in db.query("select step from steps where day = '2026-11-05' order by step")]
+    assert nxt[0] == day4[-1]["step"] + 1
+    assert not db.execute("select count(*) from guards where day = '2026-11-05' and kind = 'kl'").fetchone()[0]
+
+
+def test_kl_of_the_weights_a_day_starts_from_does_not_trip_it():
+    """Only KLs of weights the day made count: the first step's (measured before any update) is the KL of
+    the weights a trip would keep, so tripping on it would revert to them and trip again the next day."""
+    from varro.engine.guards import kl_tripped
+
+    rows = [{"step": 7, "minibatch": 0, "kl": 0.5, "kl_after": None},
+            {"step": 8, "minibatch": 1, "kl": 0.05, "kl_after": 0.06}]
+    assert kl_tripped(rows, 0.1) is None
+    rows[1]["kl_after"] = 0.2
+    assert "after the day's last step 8" in kl_tripped(rows, 0.1)
+    rows[1]["kl_after"], rows[1]["kl"] = 0.06, 0.3
+    assert "step 8 KL 0.300" in kl_tripped(rows, 0.1)
 
 
 def test_eval_guard_skips_training_after_a_drop(tiny_model_path, tmp_path):

@@ -46,10 +46,12 @@ def eval_guard(db: sqlite_utils.Database, app: str, run: str, before_day: str, d
 
 
 def kl_tripped(rows: list[dict], kl_max: float) -> str | None:
-    """The reason to discard the day's updates, or None: a step's KL (measured before it) or the KL
-    after the last step (`kl_after`) above `kl_max`."""
+    """The reason to discard the day's updates, or None: the KL of weights the day made above `kl_max`,
+    measured before a later step (a step's `kl`, the first step's excepted) or after the last one
+    (`kl_after`). The first step's KL measures the weights the day started from, which a trip would keep:
+    tripping on it would revert to the very weights it measured, day after day."""
     for r in rows:
-        if r["kl"] is not None and r["kl"] > kl_max:
+        if r.get("minibatch", 1) > 0 and r["kl"] is not None and r["kl"] > kl_max:
             return (f"step {r['step']} KL {r['kl']:.3f} exceeded kl_max {kl_max}: "
                     "the day's updates were discarded and the previous weights kept")
         after = r.get("kl_after")
@@ -60,9 +62,11 @@ def kl_tripped(rows: list[dict], kl_max: float) -> str | None:
 
 
 def entropy_collapsed(rows: list[dict], first: float | None, min_share: float) -> str | None:
-    """The reason to discard the day's updates, or None: the day's mean step entropy below `min_share`
-    of the first day's (the policy is collapsing onto fewer and fewer ways of writing)."""
-    values = [r["entropy"] for r in rows if r.get("entropy") is not None and not r.get("skipped")]
+    """The reason to discard the day's updates, or None: the entropy of the weights the day would keep
+    (`entropy_after` of its last row; without it, the mean of its steps') below `min_share` of the first
+    day's (the policy is collapsing onto fewer and fewer ways of writing)."""
+    after = [r["entropy_after"] for r in rows if r.get("entropy_after") is not None]
+    values = after[-1:] or [r["entropy"] for r in rows if r.get("entropy") is not None and not r.get("skipped")]
     if not values or first is None or min_share <= 0:
         return None
     today = sum(values) / len(values)
@@ -170,8 +174,15 @@ def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: 
     # the same on every rank: the metrics are all-reduced
     kind, tripped = next(((g.kind, g.reason) for g in guards if g.reason), (None, None))
     if tripped:
+        for r in rows:  # their updates are thrown away with the day's weights
+            r["skipped"], r["skip_reason"] = 1, r.get("skip_reason") or f"discarded by the {kind} guard"
         if world.is_main:
+            again = store.guard_before(db, run, day, ("kl", "entropy"))
+            if again is not None:
+                tripped += (f"; a collapse guard also tripped on {again}: the run is stuck on checkpoint "
+                            f"{policy.checkpoint}: lower the learning rate, or raise kl_max / lower entropy_min_share")
             store.record_guard(db, run, day, app, kind, tripped)
+        tripped = world.broadcast_json(tripped)
         notes.append(tripped)
         step = policy.trainer.step
         policy = reopen()

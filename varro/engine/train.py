@@ -34,11 +34,12 @@ How a day's update runs:
    moves away from 1 and the clip acts (the clip fraction is logged per step).
 5. A non-finite loss or gradient norm skips that step, keeps the weights, and is
    recorded in the step row.
-6. After the last step one more pass measures the KL of the final weights to
-   the base on every kept row (`kl_after` of the day's last step row), so the
-   KL guard sees where the day ended, not only where each step started.
-   Each step also logs the policy's mean per-token entropy at T on its rows
-   (`entropy`, from the same forward as the update), for the entropy guard.
+6. After the last step one more pass measures the final weights on every kept
+   row (the day's last step row): `kl_after`, the exact per-token KL to the
+   base over the whole vocabulary (`kl_after_k3` beside it), and
+   `entropy_after`, so the guards judge the weights the day would keep, not
+   those each step started from. Each step also logs the k3 KL and the mean
+   per-token entropy at T of the weights before it, from the update's forward.
 
 The sampler and pi_old. Rollouts are drawn from q: the policy at temperature T,
 truncated to the top-k / top-p candidates and renormalised; each token's log q
@@ -506,20 +507,52 @@ class Trainer:
                     c.ref_logp = ref
         return batches
 
-    def final_kl(self, batches: list[Minibatch]) -> float | None:
-        """The k3 KL(pi || ref) of the current weights on every row of `batches`, averaged over sequences
-        (over all ranks); None without a reference."""
+    def final_health(self, batches: list[Minibatch]) -> dict[str, float | None]:
+        """The current weights on every row of `batches`, averaged per sequence then over sequences (over all
+        ranks): `kl_after`, the exact per-token KL(pi || ref) summed over the vocabulary at each completion
+        position; `kl_after_k3`, its k3 estimate from the completion tokens alone; `entropy_after`, the
+        policy's entropy at the sampling temperature. The KLs are None without a reference.
+
+        These are the weights the day would keep, so the guards judge them (the steps' own `kl` and `entropy`
+        measure the weights before each step). Each piece holds its policy and reference distributions at
+        once, so pieces take half the rows of the other passes; the reference is switched on per piece.
+        """
         chunks = [c for mb in batches for c in mb.chunks]
-        if not chunks or any(c.ref_logp is None for c in chunks):
-            return None
-        passes = make_chunks([r for c in chunks for r in c.source], self.pad_id)
-        total, rows = mx.array(0.0), 0
-        for c, logp in zip(chunks, self._pass_logprobs(chunks, passes)):
-            d = mx.where(c.mask > 0, c.ref_logp - logp, 0.0)
-            total = total + sequence_mean(mx.exp(d) - d - 1.0, c.mask).sum()
-            rows += c.rows
-        sums = np.array(self.world.all_sum(mx.array([total.item(), float(rows)])))
-        return float(sums[0] / sums[1])
+        if not chunks:
+            return {"kl_after": None, "kl_after_k3": None, "entropy_after": None}
+        ref = self.reference
+        sums = mx.zeros(4)  # exact KL, k3 KL, entropy, sequences
+        for p in make_chunks([r for c in chunks for r in c.source], self.pad_id):
+            kv = prefix_kv(self.model, p.head)
+            if ref is not None:
+                with ref():
+                    kv_ref = prefix_kv(self.model, p.head)
+                    mx.eval(kv_ref)
+            rows = max(1, PASS_LOGITS_BYTES // (8 * self.model.args.vocab_size * int(p.inputs.shape[1])))
+            for piece in p.pieces(rows):
+                lp = self._log_softmax(kv, piece)
+                mask = piece.mask
+                entropy = sequence_mean(-(mx.exp(lp) * lp).sum(axis=-1), mask)
+                kl = k3 = mx.zeros_like(entropy)
+                if ref is not None:
+                    with ref():
+                        lr = self._log_softmax(kv_ref, piece)
+                    kl = sequence_mean((mx.exp(lp) * (lp - lr)).sum(axis=-1), mask)
+                    pick = lambda a: mx.take_along_axis(a, piece.targets[..., None], axis=-1).squeeze(-1)  # noqa: E731
+                    d = mx.where(mask > 0, pick(lr) - pick(lp), 0.0)
+                    k3 = sequence_mean(mx.exp(d) - d - 1.0, mask)
+                sums = sums + mx.stack([kl.sum(), k3.sum(), entropy.sum(), mx.array(float(piece.rows))])
+                mx.eval(sums)
+        kl_sum, k3_sum, ent_sum, n = np.array(self.world.all_sum(sums)).tolist()
+        has_ref = ref is not None
+        return {"kl_after": kl_sum / n if has_ref else None, "kl_after_k3": k3_sum / n if has_ref else None,
+                "entropy_after": ent_sum / n}
+
+    def _log_softmax(self, kv: list[mx.array], piece: Chunk) -> mx.array:
+        """log pi_T over the whole vocabulary at each of `piece`'s positions, (n, T, V), without gradient."""
+        cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
+        logits = self.model(piece.inputs, cache=cache).astype(mx.float32) * (1.0 / self.temperature)
+        return mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
     def _pass_logprobs(self, chunks: list[Chunk], passes: list[Chunk]) -> list[mx.array]:
         """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows
@@ -550,7 +583,7 @@ class Trainer:
         Every callback sees every step's row (`on_step`), in order; the day stops
         after the first step for which any of them returns True (the KL guard's
         way: see varro.engine.guards). The last row carries `kl_after`, the KL of
-        the final weights (see final_kl); every row carries the day's group
+        the final weights (see final_health); every row carries the day's group
         counts. Then each callback's `on_day_end` gets the finished rows.
         """
         rows = []
@@ -563,7 +596,7 @@ class Trainer:
             if any(s is True for s in stops):
                 break
         if rows:
-            rows[-1]["kl_after"] = self.final_kl(batches)
+            rows[-1].update(self.final_health(batches))
         for cb in callbacks:
             cb.on_day_end(rows)
         return rows
@@ -608,6 +641,8 @@ class Trainer:
             "loss": loss_v if math.isfinite(loss_v) else None,
             "kl": metrics["kl"].item(),
             "kl_after": None,
+            "kl_after_k3": None,
+            "entropy_after": None,
             "entropy": metrics["entropy"].item(),
             "sampler_gap": optional("sampler_gap"),
             "clip_fraction": optional("clip_fraction"),

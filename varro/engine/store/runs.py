@@ -323,6 +323,17 @@ def record_guard(db: sqlite_utils.Database, run: str, day: str, app: str, kind: 
                              "created_utc": utc_now()}, pk=("run", "day", "kind"))
 
 
+def guard_before(db: sqlite_utils.Database, run: str, day: str, kinds: tuple[str, ...]) -> str | None:
+    """The day `run` last took steps before `day` when a guard of one of `kinds` acted on it, else None."""
+    prev = db.execute("select max(day) from steps where run = ? and day < ?", [run, day]).fetchone()[0]
+    if prev is None:
+        return None
+    marks = ",".join("?" * len(kinds))
+    hit = db.execute(f"select 1 from guards where run = ? and day = ? and kind in ({marks})",
+                     [run, prev, *kinds]).fetchone()
+    return prev if hit else None
+
+
 def run_guards(db: sqlite_utils.Database, app: str, run: str) -> list[dict]:
     """Every guard event of `app`'s `run` as {"day", "kind", "reason"}, by day then kind."""
     return [dict(r) for r in db.query(

@@ -279,3 +279,11 @@ def m016_prompt_choices(db: sqlite_utils.Database) -> None:
                                 pk=("app", "day"))
     db["run_notices"].create({"run": str, "kind": str, "day": str, "text": str, "created_utc": str},
                              pk=("run", "kind"))
+
+
+@migration
+def m017_end_of_day_health(db: sqlite_utils.Database) -> None:
+    # The weights a day keeps, measured after its last step on every row of the day: kl_after is now the
+    # exact per-token KL (summed over the vocabulary); its k3 estimate and the policy entropy beside it.
+    db["steps"].add_column("kl_after_k3", float)
+    db["steps"].add_column("entropy_after", float)
