@@ -239,8 +239,9 @@ def nightly_options(app: App) -> list[Callable]:
 
 
 def run_nightly_cli(run: str, home: str | None, days, quiet: bool, run_day, keep: int = 30,
-                    keep_logs: int = 30) -> None:
-    """The lock, the logs, retention and the exit codes of every app's nightly (`days`: a list or a Plan)."""
+                    keep_logs: int = 30, night_note=None) -> None:
+    """The lock, the logs, retention and the exit codes of every app's nightly (`days`: a list or a Plan);
+    `night_note(newest day)` may add a note to the last line (see `run_nightly`)."""
     from varro.engine.checkpoints import prune
     from varro.engine.config import run_dir
     from varro.engine.nightly import RunLocked, run_nightly
@@ -251,7 +252,8 @@ def run_nightly_cli(run: str, home: str | None, days, quiet: bool, run_day, keep
         return f"{result}" + (f"; removed old checkpoints {', '.join(removed)}" if removed else "")
 
     try:
-        run_nightly(run_dir(run, home), days, day_then_prune, quiet=quiet, echo=click.echo, keep_logs=keep_logs)
+        run_nightly(run_dir(run, home), days, day_then_prune, quiet=quiet, echo=click.echo, keep_logs=keep_logs,
+                    night_note=night_note)
     except RunLocked as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(75)  # EX_TEMPFAIL: try again later
@@ -288,6 +290,7 @@ def nightly_command(app: App, module: str) -> click.Command:
         from varro.engine.cycle import step as run_step
         from varro.engine.distributed import init_world
         from varro.engine.progress import Progress
+        from varro.engine.voice import drift_note, voice_data
 
         options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
         plan = resolve_days(day, first, last, run_dir(run, home), catch_up)
@@ -304,8 +307,12 @@ def nightly_command(app: App, module: str) -> click.Command:
             return (res.summary() + (f", {world.size} ranks" if world.distributed else "")
                     + "".join(f"; {n}" for n in res.notes))
 
+        def voice_note(newest):
+            rows = voice_data(db, app.name, run, lambda db_, d: app.human_items(db_, d, cfg))
+            return drift_note(rows, cfg.eval.voice_drift_max, newest)
+
         if world.is_main:
-            run_nightly_cli(run, home, plan, quiet, run_day, keep, keep_logs)
+            run_nightly_cli(run, home, plan, quiet, run_day, keep, keep_logs, voice_note)
         else:  # the lock, the logs and retention are rank 0's
             for d in days:
                 run_day(d, Progress(bars=False))

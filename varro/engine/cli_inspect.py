@@ -163,17 +163,22 @@ def report_command(app: App) -> click.Command:
         application's metrics, reward-hacking monitors (length, repeated
         3-grams, hashtags, emoji, instruction echo, distinct 2-grams), plots and
         the best and worst sample. A day whose training reward rose while its
-        eval reward fell is flagged. The page embeds its plots; the PNGs are
-        also written to <name>_files/ beside it.
+        eval reward fell is flagged, and so is a day whose cadence distance from
+        the humans grew more than --voice-drift-max over the first measured
+        day's (the run's own, as its latest checkpoint was trained with). The
+        page embeds its plots; the PNGs are also written to <name>_files/
+        beside it.
 
         Example: {app} report --run demo
         """
-        from varro.engine.config import caller_path, require_run
+        from varro.engine.config import Config, caller_path, require_run
+        from varro.engine.panel import run_config
         from varro.engine.report import format_summary, report_data, write_report
 
         db = _open(home)
         path = require_run(db, app.name, run, home)
-        data = report_data(db, app, run)
+        # the run's own limit: the config its latest checkpoint was trained with
+        data = report_data(db, app, run, run_config(path, Config()).eval.voice_drift_max)
         out = caller_path(html_path) if html_path else path / "report.html"
         write_report(data, out)
         if as_json:

@@ -96,6 +96,8 @@ class EvalConfig:
     story_window_days: int = opt(7, "days back an item can be linked to its story")
     leak_cosine: float = opt(0.5, "a training prompt this similar to a held-out item (or a panel prompt to a "
                                   "training prompt) is left out: a story the linking split in two")
+    voice_drift_max: float = opt(0.3, "voice drift flag: a day whose cadence distance from the humans is more than "
+                                      "this share over the first measured day's is flagged (0: off)")
 
 
 @dataclass

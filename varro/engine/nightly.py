@@ -216,10 +216,12 @@ def run_nightly(
     echo: Callable[[str], None],
     bars: bool | None = None,
     keep_logs: int = DEFAULT_KEEP_LOGS,
+    night_note: Callable[[str], str | None] | None = None,
 ) -> None:
     """Run `run_day(day, progress)` for each day of the plan under the run's lock, logging to runs/<run>/logs;
     each day that returns is recorded as finished. Ends with the plan's summary line, echoed even when
-    quiet (cron.log then shows one line a night).
+    quiet (cron.log then shows one line a night); when every day ran, `night_note(newest day)` may add a
+    note to it (the voice drift, say).
 
     Stops at the first failing day (its exception propagates, logged first).
     """
@@ -249,4 +251,7 @@ def run_nightly(
         finally:
             prune_day_logs(logs, keep_logs, spare=tuple(plan.days))
             failed = [d for d in plan.days if d not in ran][:1]
-            echo(f"nightly {run_path.name}: {plan.summary(ran)}" + (f"; {failed[0]} FAILED" if failed else ""))
+            # never called after a failure: its own error would replace the day's
+            note = night_note(ran[-1]) if night_note is not None and ran and not failed else None
+            echo(f"nightly {run_path.name}: {plan.summary(ran)}" + (f"; {failed[0]} FAILED" if failed else "")
+                 + (f"; {note}" if note else ""))

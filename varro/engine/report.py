@@ -1,8 +1,9 @@
 """A run's report: per-day metrics, reward-hacking monitors, plots and samples in one HTML page.
 
 `report_data` gathers every number (the application's `day_metrics`, monitors
-computed from the completions' text, each day's best and worst sample, and the
-days whose training reward rose while the eval reward fell); `build_report`
+computed from the completions' text, each day's best and worst sample, the
+days whose training reward rose while the eval reward fell, and the days whose
+voice drifted from the humans'); `build_report`
 draws one PNG per metric into `<name>_files/` next to the page and embeds the
 same bytes as data URIs, so the HTML is self-contained. Model output is
 untrusted: every prompt and completion is HTML-escaped.
@@ -25,8 +26,10 @@ import sqlite_utils
 from varro.engine import store
 from varro.engine.app import App, get_app
 from varro.engine.cadence import FEATURES as CADENCE_FEATURES
+from varro.engine.config import Config, EvalConfig
 from varro.engine.metrics import mean_or_none
-from varro.engine.voice import voice_data
+from varro.engine.panel import format_ci, small_panel_warning
+from varro.engine.voice import voice_data, voice_drift
 from varro.engine.rewards import EMOJI_RE, HASHTAG_RE, ngrams, repeated_ngram_rate, words
 from varro.engine.errors import UserError
 
@@ -122,14 +125,15 @@ def panel_curve(db: sqlite_utils.Database, app: str, run: str) -> list[dict[str,
     return [asdict(pt) for pt in curve(db, run, labels, prompts, samples, seed)]
 
 
-def report_data(db: sqlite_utils.Database, app: App | str, run: str) -> dict[str, Any]:
+def report_data(db: sqlite_utils.Database, app: App | str, run: str,
+                voice_drift_max: float = EvalConfig.voice_drift_max) -> dict[str, Any]:
     """Every number of the report, JSON-ready.
 
     {"app", "run", "columns", "monitor_columns", "flags": [...], "days": [{"day",
     "metrics": day_metrics(...), "monitors": day_monitors(...), "best", "worst",
-    "flag": reason or None}]}. Raises ReportError for a run without rollouts.
+    "flag": reason or None}], "voice": voice_data(...), "voice_flags": voice_drift(voice, voice_drift_max),
+    "voice_drift_max"}. Raises ReportError for a run without rollouts.
     """
-    from varro.engine.config import Config
     from varro.engine.metrics import app_day_metrics
     app = get_app(app) if isinstance(app, str) else app
     cfg = Config()
@@ -157,11 +161,12 @@ def report_data(db: sqlite_utils.Database, app: App | str, run: str) -> dict[str
     skipped = app.skipped_records(db, days)
     for d in out_days:
         d["skipped"] = skipped.get(d["day"], 0)
+    voice = voice_data(db, name, run, lambda db_, d: app.human_items(db_, d, cfg))
     return {"app": name, "run": run, "columns": list(app.metric_columns), "monitor_columns": list(MONITOR_LABELS),
             "plotted": list(app.plotted), "flags": flags, "guards": guards, "days": out_days,
             "skips_table": app.skips_table,
             "panel": panel_curve(db, name, run),
-            "voice": voice_data(db, name, run, lambda db_, d: app.human_items(db_, d, cfg))}
+            "voice": voice, "voice_flags": voice_drift(voice, voice_drift_max), "voice_drift_max": voice_drift_max}
 
 
 def _values(xs: list[float | None]) -> np.ndarray:
@@ -219,7 +224,8 @@ def report_plots(data: dict[str, Any]) -> dict[str, tuple[str, bytes]]:
         vdays = [v["day"] for v in voice]
         plots["voice_distance"] = ("cadence distance from the humans (RMS of human z-scores; lower = closer)",
                                    plot_png(vdays, {"distance": [v["distance"] for v in voice]},
-                                            "cadence distance from the human text"))
+                                            "cadence distance from the human text",
+                                            flagged={f["day"] for f in data["voice_flags"]}))
         plots["voice_sameness"] = ("sameness: template share across prompts, policy entropy of the updates",
                                    plot_png(vdays, {"template share": [v["template_share"] for v in voice],
                                                     "entropy (nats/token)": [v["entropy"] for v in voice]},
@@ -280,6 +286,19 @@ def _sample_html(kind: str, s: dict[str, Any] | None) -> str:
             f"<pre class=\"completion\">{e(s['completion'] or '')}</pre>")
 
 
+def _voice_flags_html(data: dict[str, Any]) -> str:
+    """A flag box per voice drift flag; else a line saying none fired, or that the flag is off."""
+    e = html.escape
+    limit = data["voice_drift_max"]
+    if data["voice_flags"]:
+        return "".join(f"<div class=\"flag voice\">⚠ {e(f['day'])}: {e(f['reason'])}</div>"
+                       for f in data["voice_flags"])
+    if limit == 0:
+        return "<p>Voice drift flag off (eval.voice_drift_max is 0).</p>"
+    return (f"<p class=\"ok\">No day whose cadence distance from the humans is more than {limit:+.0%} over the "
+            "first measured day's.</p>")
+
+
 def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> str:
     """The self-contained page: flags, per-day tables, embedded plots, best and worst samples."""
     e = html.escape
@@ -306,6 +325,7 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
         f"<h3>{e(d['day'])}</h3>" + _sample_html("best", d["best"]) + _sample_html("worst", d["worst"])
         for d in days)
     voice = [v for v in data.get("voice") or [] if v["model"]]
+    drifted = {f["day"] for f in data["voice_flags"]}
     if voice:
         voice_html = ("<p>The model's cadence under the base model (as plain text), against the human text it is "
                       "rewarded by that day; distance is the RMS of the model's mean in the humans' z-scores; "
@@ -313,16 +333,20 @@ def render_html(data: dict[str, Any], plots: dict[str, tuple[str, bytes]]) -> st
                       "completions is above cosine 0.9.</p>" + _table(
                           ["day", "humans", "distance", "template share", "entropy", *CADENCE_FEATURES],
                           [[v["day"], str(v["humans"]), fmt(v["distance"]), fmt(v["template_share"]), fmt(v["entropy"]),
-                            *(fmt(v["model"].get(k)) for k in CADENCE_FEATURES)] for v in voice], set()))
+                            *(fmt(v["model"].get(k)) for k in CADENCE_FEATURES)] for v in voice],
+                          {i for i, v in enumerate(voice) if v["day"] in drifted}))
+        voice_html += _voice_flags_html(data)
     else:
         voice_html = "<p>No cadence stored yet.</p>"
     if data.get("panel"):
         pts = data["panel"]
+        small = small_panel_warning(pts[0]["prompts"])
         panel = (f"<p>{pts[0]['prompts']} held-out prompts (stories no update has seen), the same prompts and "
-                 "seeds for every checkpoint; base is day 0.</p>" + _table(
+                 "seeds for every checkpoint; base is day 0.</p>"
+                 + (f"<div class=\"flag small\">{e(small)}</div>" if small else "") + _table(
                      ["checkpoint", "mean reward", "95% CI", "vs base", "95% CI"],
-                     [[p["label"], fmt(p["mean"]), f"[{p['ci'][0]:+.3f}, {p['ci'][1]:+.3f}]", f"{p['diff']:+.3f}",
-                       f"[{p['diff_ci'][0]:+.3f}, {p['diff_ci'][1]:+.3f}]"] for p in pts], set()))
+                     [[p["label"], fmt(p["mean"]), format_ci(p["ci"]), f"{p['diff']:+.3f}", format_ci(p["diff_ci"])]
+                      for p in pts], set()))
     else:
         panel = f"<p>No panel scores yet: run <code>{e(data['app'])} eval --run {e(data['run'])}</code>.</p>"
     title = f"{data['app']} run {data['run']}"
@@ -356,7 +380,8 @@ def build_report(db: sqlite_utils.Database, app: App | str, run: str, out_html: 
 
 
 def format_summary(data: dict[str, Any]) -> str:
-    """The per-day metrics and monitors as text tables, then the flags, each on a line of its own."""
+    """The per-day metrics and monitors as text tables, then the flags (voice drift ones too), each on a line
+    of its own."""
     from varro.engine.metrics import format_metrics
 
     lines = [format_metrics([d["metrics"] for d in data["days"]], data["columns"]), "",
@@ -366,6 +391,7 @@ def format_summary(data: dict[str, Any]) -> str:
         lines += [f"FLAG {f['day']}: {f['reason']}" for f in data["flags"]]
     else:
         lines.append("no flags: no day where the training reward rose while the eval reward fell")
+    lines += [f"VOICE {f['day']}: {f['reason']}" for f in data["voice_flags"]]
     lines += [f"GUARD {g['day']} ({g['kind']}): {g['reason']}" for g in data.get("guards", [])]
     lines += [f"SKIPPED {d['day']}: {d['skipped']} records its ingest could not use (table {data['skips_table']})"
               for d in data["days"] if d.get("skipped")]

@@ -11,7 +11,8 @@ Each night, after sampling, `voice_stage` stores
 `voice_data` reads them back per day: the model's mean features, the human
 band (mean and std per feature), the distance between the two (the RMS of the
 model's mean in human z-scores), the template share, and the policy entropy
-of the day's updates. Nothing here loads a model except the stage itself.
+of the day's updates. `voice_drift` flags the days whose distance grew too far
+over the first measured day's. Nothing here loads a model except the stage itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sqlite_utils
 
 from varro.engine.cadence import FEATURES, cadence_distance, mean_features, score_cadence, template_share
 from varro.engine import store
+from varro.engine.config import ConfigError
 from varro.engine.embed import Embedder
 
 HumanItems = Callable[[sqlite_utils.Database, str], list[tuple[str, str]]]  # (db, day) -> [(item id, text)]
@@ -104,3 +106,41 @@ def voice_data(db: sqlite_utils.Database, app: str, run: str, human_items: Human
             "entropy": store.day_entropy(db, run, day),
         })
     return out
+
+
+def voice_drift(rows: list[dict], max_growth: float) -> list[dict]:
+    """The days of `rows` (voice_data's, in day order) whose cadence distance exceeds the first measured
+    day's by more than the share `max_growth` (eval.voice_drift_max; 0 turns the flag off).
+
+    The reference is the first day with a positive distance (a zero one has no share to grow by); days
+    without a distance are skipped. Each flag: {"day", "first_day", "distance", "first_distance", "growth"
+    (the share, 0.667 for +67%), "reason"}. Raises ConfigError for a negative `max_growth`.
+    """
+    if max_growth < 0:
+        raise ConfigError(f"eval.voice_drift_max must be 0 (off) or a positive share, got {max_growth}")
+    measured = [r for r in rows if r["distance"] is not None]
+    first = next((r for r in measured if r["distance"] > 0), None)
+    if max_growth == 0 or first is None:
+        return []
+    ref, flags = first["distance"], []
+    for r in measured:
+        if r["day"] <= first["day"] or r["distance"] <= ref * (1 + max_growth):
+            continue
+        growth = r["distance"] / ref - 1
+        flags.append({"day": r["day"], "first_day": first["day"], "distance": r["distance"], "first_distance": ref,
+                      "growth": growth,
+                      "reason": (f"voice drift: cadence distance from the humans {r['distance']:.2f} is {growth:+.0%} "
+                                 f"over {ref:.2f} on {first['day']} (limit {max_growth:+.0%})")})
+    return flags
+
+
+def drift_note(rows: list[dict], max_growth: float, day: str) -> str | None:
+    """'voice drift +67% since 2026-11-02' when the newest day up to `day` with a distance is flagged by
+    `voice_drift`, else None: the nightly's last line. The newest measured day, not `day` itself, because a
+    day's distance can wait for later human text (Varro's forecasts are compared with the next day's
+    headlines)."""
+    measured = [r for r in rows if r["day"] <= day and r["distance"] is not None]
+    flags = voice_drift(measured, max_growth)
+    if not flags or flags[-1]["day"] != measured[-1]["day"]:
+        return None
+    return f"voice drift {flags[-1]['growth']:+.0%} since {flags[-1]['first_day']}"
