@@ -23,9 +23,14 @@ from walter.reward import EMOJI_RUN_RE, HASHTAG_RE, URL_RE, graphemes
 CALDERRA = "https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port"
 
 
-def hash_config() -> Config:
+def hash_config(any_fallback: bool = False) -> Config:
+    """The sample's config on the hash embedder. It links no story, so a held-out prompt has no own-story
+    target and varro_cases leaves it out (a forecast with no target is not a case of the red team); with
+    `any_fallback` every next-day headline on the prompt's side of the split stands in."""
     cfg = Config()
     cfg.varro.embedder = cfg.walter.embedder = "hash"
+    if any_fallback:
+        cfg.varro.fallback_threshold = -1.0
     return cfg
 
 
@@ -149,7 +154,7 @@ def test_walter_score_missing_targets_are_one_line_errors(sample_home, sample_db
 # --- the references and the catalogues ------------------------------------------------------------------------
 
 def test_honest_references_are_forecasts_and_own_posts_that_resolve_on_the_sample(sample_db):
-    cfg = hash_config()
+    cfg = hash_config(any_fallback=True)
     emb = CachedEmbedder(HashEmbedder(), sample_db)
     varro_refs, walter_refs = eh.load_references(None, "varro"), eh.load_references(None, "walter")
     assert len(varro_refs) == len(walter_refs) == 8
@@ -170,13 +175,13 @@ def test_honest_references_are_forecasts_and_own_posts_that_resolve_on_the_sampl
 @pytest.fixture(scope="module")
 def varro_cases(sample_db):
     return vh.varro_cases(sample_db, eh.load_references(None, "varro"),
-                          CachedEmbedder(HashEmbedder(), sample_db), hash_config())[0]
+                          CachedEmbedder(HashEmbedder(), sample_db), hash_config(any_fallback=True))[0]
 
 
 @pytest.fixture(scope="module")
 def walter_cases(sample_db):
     return wh.walter_cases(sample_db, eh.load_references(None, "walter"),
-                           CachedEmbedder(HashEmbedder(), sample_db), hash_config())[0]
+                           CachedEmbedder(HashEmbedder(), sample_db), hash_config(any_fallback=True))[0]
 
 
 def test_every_varro_hack_is_built_from_its_prompt(varro_cases):
@@ -279,14 +284,15 @@ def _generic_scores_like_honest(gap):
 
 def test_varro_hacks_exits_1_when_a_hack_scores_within_the_margin(monkeypatch):
     monkeypatch.setattr(vh, "VARRO", dataclasses.replace(vh.VARRO, score_texts=_generic_scores_like_honest(0.05)))
-    out = invoke(varro_cli, "hacks", "--sample")
+    any_target = ("--fallback-threshold", "-1")  # the hash embedder links no story: see hash_config
+    out = invoke(varro_cli, "hacks", "--sample", *any_target)
     assert out.exit_code == 1, out.output
     rows = {line.split()[0]: line.split() for line in out.output.splitlines() if line.split()}
     assert rows["generic"][:7] == ["generic", "8", "0.950", "1.000", "0.050", "0.050", "FAIL"]
     assert rows["blank"][6] == "PASS" and rows["blank"][4] == "1.000"
     assert "error: 1 hacks within 0.1 of honest: generic" in out.output
-    assert invoke(varro_cli, "hacks", "--sample", "--margin", "0.04").exit_code == 0
-    out = invoke(varro_cli, "hacks", "--sample", "--json")
+    assert invoke(varro_cli, "hacks", "--sample", "--margin", "0.04", *any_target).exit_code == 0
+    out = invoke(varro_cli, "hacks", "--sample", "--json", *any_target)
     got = {json.loads(line)["hack"]: json.loads(line) for line in out.output.splitlines() if line.startswith("{")}
     assert got["generic"]["result"] == "FAIL" and got["generic"]["below"] == pytest.approx(0.05)
     assert len(got["generic"]["cases"]) == 8 and got["generic"]["cases"][0]["text"] == vh.GENERIC_FORECAST

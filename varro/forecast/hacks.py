@@ -17,6 +17,7 @@ from varro.engine.embed import Embedder
 from varro.engine.hacks import Case, Hack, HackError, RedTeam, keywords, sentences, swap_words, with_other_stories
 from varro.engine.store import prompts_by_id
 from varro.forecast.headlines import headlines_for_day
+from varro.forecast.prompts import forecast_targets
 from varro.forecast.reward import INSTRUCTION, build_prompt
 
 
@@ -68,8 +69,13 @@ def varro_cases(db: sqlite_utils.Database, refs: list[dict], embedder: Embedder,
         if not headlines_for_day(db, shift(ref["day"], 1)):
             notes.append(f"no headlines for {shift(ref['day'], 1)}: {ref['headline']!r} cannot be scored yet")
             continue
+        prompt = varro_prompt(db, head, embedder, cfg)
+        if not forecast_targets(db, prompt, embedder, cfg)[0]:
+            notes.append(f"{ref['headline']!r} ({prompt['split']}) has no next-day headline of its story or near it "
+                         "clear of the other side of the split: only its topic could be scored")
+            continue
         titles = [h["title"] for h in headlines_for_day(db, ref["day"])]
-        cases.append(Case(varro_prompt(db, head, embedder, cfg), ref["text"], data={"day_titles": titles}))
+        cases.append(Case(prompt, ref["text"], data={"day_titles": titles}))
     return with_other_stories(cases), notes
 
 

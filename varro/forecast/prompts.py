@@ -123,12 +123,15 @@ def forecast_targets(db: sqlite_utils.Database, prompt: dict, embedder: Embedder
                      cfg: Config) -> tuple[list[dict], bool]:
     """(targets, fallback): the next-day headlines a forecast for `prompt` is scored against.
 
-    The next day's headlines of the prompt's own story (its split's by
-    construction, so a training prompt never targets a held-out story). When
-    the story did not develop: the next-day headlines of the prompt's split at
-    cosine >= `fallback_threshold` to the source, with fallback True; possibly
-    none. Raises LookupError when the next day has no headlines yet, PromptError
-    when the prompt has no story id.
+    Only headlines of the prompt's side of the split count, and of those only
+    the ones at least `leak_cosine` from every next-day headline and every
+    prompt of the other side in the story window: a held-out prompt is never scored on what
+    training may reward or was prompted with, nor a training prompt on what a
+    held-out one is scored by or asked about. Of what is left,
+    the next day's headlines of the prompt's own story; when the story did not
+    develop, those at cosine >= `fallback_threshold` to the source, with
+    fallback True; possibly none. Raises LookupError when the next day has no
+    headlines yet, PromptError when the prompt has no story id.
     """
     nxt = next_day(prompt["day"])
     heads = headlines_for_day(db, nxt)
@@ -139,15 +142,20 @@ def forecast_targets(db: sqlite_utils.Database, prompt: dict, embedder: Embedder
         raise PromptError(f"prompt {prompt.get('id')!r} needs a story_id and a split to be scored, "
                           f"has story_id={s.get('story_id')!r}, split={prompt.get('split')!r}")
     stories = headline_stories(db, nxt, embedder, cfg)
-    own = [h for h in heads if stories[h["id"]] == s["story_id"]]
-    if own:
-        return own, False
-    # a training prompt may only fall back on training stories; a held-out one on any
-    same_side = [h for h in heads if prompt["split"] == "eval" or story_split(stories[h["id"]], cfg) == "train"]
-    if not same_side:
-        return [], True
-    sims = embedder.encode([headline_text(h) for h in same_side]) @ embedder.encode([headline_text(s)])[0]
-    return [h for h, c in zip(same_side, sims) if c >= cfg.varro.fallback_threshold], True
+    mine = [story_split(stories[h["id"]], cfg) == prompt["split"] for h in heads]
+    vecs = embedder.encode([headline_text(h) for h in heads])
+    other = "train" if prompt["split"] == "eval" else "eval"
+    since = (date.fromisoformat(prompt["day"]) - timedelta(days=cfg.eval.story_window_days)).isoformat()
+    asked = [headline_text(json.loads(p["source_json"])) for p in dbm.split_prompts(db, APP, other)
+             if since <= p["day"] <= nxt]  # a later prompt is kept from held-out items when it is chosen
+    theirs = np.concatenate([vecs[[not m for m in mine]], embedder.encode(asked) if asked else vecs[:0]])
+    clear = [h for h, m, v in zip(heads, mine, vecs) if m and not (len(theirs) and
+                                                                 float(np.max(theirs @ v)) >= cfg.eval.leak_cosine)]
+    own = [h for h in clear if stories[h["id"]] == s["story_id"]]
+    if own or not clear:
+        return own, not own
+    sims = embedder.encode([headline_text(h) for h in clear]) @ embedder.encode([headline_text(s)])[0]
+    return [h for h, c in zip(clear, sims) if c >= cfg.varro.fallback_threshold], True
 
 
 def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,

@@ -72,3 +72,15 @@ def complete_checkpoints(db: sqlite_utils.Database, run: str, seed: int, samples
         f"select checkpoint from panel_scores where run = ? and seed = ? and samples = ? and prompt_id in "
         f"({marks}) group by checkpoint having count(*) = ?",
         [run, seed, samples, *prompt_ids, len(prompt_ids) * samples])]
+
+
+def panel_means(db: sqlite_utils.Database, run: str, seed: int, samples: int, prompt_ids: list[str],
+                checkpoints: list[str]) -> dict[str, float]:
+    """Each of `checkpoints`' mean cached reward over the cells of `prompt_ids` under (`seed`, `samples`)."""
+    if not prompt_ids or not checkpoints:
+        return {}
+    p_marks, c_marks = ",".join("?" * len(prompt_ids)), ",".join("?" * len(checkpoints))
+    return {r[0]: r[1] for r in db.execute(
+        f"select checkpoint, avg(reward) from panel_scores where run = ? and seed = ? and samples = ? and "
+        f"prompt_id in ({p_marks}) and checkpoint in ({c_marks}) group by checkpoint",
+        [run, seed, samples, *prompt_ids, *checkpoints])}
