@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from varro.engine.config import opt
+from varro.engine.config import AT_LEAST_ONE, COSINE, NON_NEGATIVE, POSITIVE, SHARE, opt
 
 
 @dataclass
@@ -23,26 +23,30 @@ class TallyConfig:
     timezone: str = opt("UTC", "IANA timezone that decides an item's day (empty: the machine's)")
     prompt: str = opt("Write a short post about: {title}\n{description}",
                       "the prompt of a group; {title}, {description} and {group} are filled in")
-    groups_per_day: int = opt(8, "groups turned into prompts each day (eval ones included)")
-    eval_every: int = opt(8, "one in this many stories of groups is held out for eval, never trained on")
-    lookback_days: int = opt(7, "a group is a candidate while it has an item this many days before the day")
-    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns an item the full weight 1")
+    groups_per_day: int = opt(8, "groups turned into prompts each day (eval ones included)", AT_LEAST_ONE)
+    eval_every: int = opt(8, "one in this many stories of groups is held out for eval, never trained on",
+                          AT_LEAST_ONE)
+    lookback_days: int = opt(7, "a group is a candidate while it has an item this many days before the day",
+                             NON_NEGATIVE)
+    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns an item the full weight 1",
+                                   POSITIVE)
     weight_pseudo_count: float = opt(2.0, "engagement added to an item and to its author's usual before their "
-                                          "ratio, so a small author's one lucky item stays modest")
+                                          "ratio, so a small author's one lucky item stays modest", NON_NEGATIVE)
     engagement_half_life_hours: float = opt(12.0, "assumed growth: by age t an item has 1 - 2^(-t/this) of its "
-                                                  "final engagement (used with age_column)")
-    copy_cosine_start: float = opt(0.8, "cosine to a prior item where the copy penalty starts")
-    copy_cosine_full: float = opt(1.0, "cosine to a prior item where the copy penalty is full")
+                                                  "final engagement (used with age_column)", POSITIVE)
+    copy_cosine_start: float = opt(0.8, "cosine to a prior item where the copy penalty starts", COSINE)
+    copy_cosine_full: float = opt(1.0, "cosine to a prior item where the copy penalty is full", COSINE)
     copy_containment_start: float = opt(0.3, "share of the candidate's word 3-grams found in one prior item "
-                                             "where the copy penalty starts")
+                                             "where the copy penalty starts", SHARE)
     copy_containment_full: float = opt(0.7, "share of the candidate's word 3-grams found in one prior item "
-                                            "where the copy penalty is full")
+                                            "where the copy penalty is full", SHARE)
     copy_order_start: float = opt(0.4, "share of the candidate's words found in order in one prior item "
-                                       "where the copy penalty starts")
+                                       "where the copy penalty starts", SHARE)
     copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one prior item "
-                                      "where the copy penalty is full")
-    copy_ngram: int = opt(8, "shared words in a row with a prior item that make a full copy")
-    copy_weight: float = opt(1.0, "penalty weight for copying a prior item (times the graded copy score)")
-    echo_penalty: float = opt(0.3, "penalty for repeating the prompt's instruction words")
-    curriculum_floor: float = opt(0.1, "minimum pick weight, so every group can be chosen")
-    curriculum_days: int = opt(7, "days of a group's past rollouts that its regret is read from")
+                                      "where the copy penalty is full", SHARE)
+    copy_ngram: int = opt(8, "shared words in a row with a prior item that make a full copy", AT_LEAST_ONE)
+    copy_weight: float = opt(1.0, "penalty weight for copying a prior item (times the graded copy score)",
+                             NON_NEGATIVE)
+    echo_penalty: float = opt(0.3, "penalty for repeating the prompt's instruction words", NON_NEGATIVE)
+    curriculum_floor: float = opt(0.1, "minimum pick weight, so every group can be chosen", SHARE)
+    curriculum_days: int = opt(7, "days of a group's past rollouts that its regret is read from", AT_LEAST_ONE)

@@ -74,25 +74,44 @@ def test_kl_of_the_weights_a_day_starts_from_does_not_trip_it():
     assert "step 8 KL 0.300" in kl_tripped(rows, 0.1)
 
 
-def test_eval_guard_skips_training_after_a_drop(tiny_model_path, tmp_path):
+def cache_panel(db, run, prompt_ids, rewards: dict[str, float], seed=0, samples=2):
+    """Panel members `prompt_ids` of `run` with every checkpoint's cells cached at one reward each."""
+    db["panel"].insert_all([{"run": run, "position": i, "prompt_id": p, "story_id": p, "added_utc": "x"}
+                            for i, p in enumerate(prompt_ids)])
+    db["panel_scores"].insert_all([{"run": run, "checkpoint": c, "prompt_id": p, "seed": seed, "samples": samples,
+                                    "sample_index": k, "completion": "", "reward": r, "components_json": "{}",
+                                    "created_utc": "x"}
+                                   for c, r in rewards.items() for p in prompt_ids for k in range(samples)])
+
+
+def test_eval_guard_reads_the_fixed_panel_not_the_days_mix(tiny_model_path, tmp_path):
     db = dbm.open_db(tmp_path / "v.db")
     cfg = cfg_for(tiny_model_path)
     cfg.varro.prompts_per_day, cfg.varro.eval_every = 8, 4  # both days get eval and training prompts
     run = tmp_path / "runs" / "r"
     for d in ["2026-11-02", "2026-11-03"]:
         step(db, cfg, "r", run, d, HashEmbedder())
-    # make day 2's held-out forecasts look far worse than day 1's
+    # day 2's held-out forecasts look far worse than day 1's: other prompts, not a worse model
     db.execute("update rollouts set reward = 0.0, components_json = '{}' where day = '2026-11-03'")
     db.execute("update rollouts set reward = -5.0 where day = '2026-11-03' and prompt_id in "
                "(select id from prompts where split = 'eval')")
-    db.conn.commit()
     db.execute("update rollouts set reward = group_index where day = '2026-11-03' and prompt_id in "
                "(select id from prompts where split = 'train')")  # groups with signal: it would train
     db.conn.commit()
+    panel = [r[0] for r in db.execute("select id from prompts where split = 'eval' order by id limit 3")]
+    cache_panel(db, "r", panel, {"base": 0.30, "2026-11-02": 0.32, "2026-11-03": 0.29})  # steady on the panel
     res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
-    assert res.steps == 0 and any("not training today" in n for n in res.notes)
-    assert db.execute("select kind from guards where day = '2026-11-04'").fetchone()[0] == "eval"
-    assert (run / "checkpoints" / "2026-11-04" / "metadata.json").is_file()
+    assert res.steps > 0 and not any("not training today" in n for n in res.notes)
+    # the panel itself drops: checkpoint 2026-11-04 far below the best, so 2026-11-05 does not train
+    db["panel_scores"].insert_all([{"run": "r", "checkpoint": "2026-11-04", "prompt_id": p, "seed": 0, "samples": 2,
+                                    "sample_index": k, "completion": "", "reward": 0.0, "components_json": "{}",
+                                    "created_utc": "x"} for p in panel for k in range(2)])
+    res = step(db, cfg, "r", run, "2026-11-05", HashEmbedder())
+    reason = [n for n in res.notes if "not training today" in n]
+    assert res.steps == 0 and len(reason) == 1
+    assert "checkpoint 2026-11-04 is 0.320 below the best 0.320 (2026-11-02)" in reason[0]
+    assert db.execute("select kind from guards where day = '2026-11-05' and kind = 'eval'").fetchone()[0] == "eval"
+    assert (run / "checkpoints" / "2026-11-05" / "metadata.json").is_file()
 
 
 def test_corrupt_checkpoint_falls_back_loudly(tiny_model_path, tmp_path):

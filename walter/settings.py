@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from varro.engine.config import opt
+from varro.engine.config import AT_LEAST_ONE, COSINE, NON_NEGATIVE, POSITIVE, SHARE, opt
 
 
 @dataclass
@@ -15,50 +15,56 @@ class WalterConfig:
         "apnews.com,reuters.com,bbc.co.uk,bbc.com,theguardian.com,nytimes.com,npr.org,arstechnica.com",
         "comma-separated news domains whose links are searched on Bluesky",
     )
-    articles_per_day: int = opt(16, "articles turned into prompts each day (eval ones included)")
-    eval_every: int = opt(8, "one in this many articles is held out for eval, never trained on")
-    like_weight: float = opt(1.0, "engagement weight of a like")
-    repost_weight: float = opt(2.0, "engagement weight of a repost")
-    reply_weight: float = opt(1.0, "engagement weight of a reply")
-    quote_weight: float = opt(2.0, "engagement weight of a quote")
-    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns a post the full weight 1")
+    articles_per_day: int = opt(16, "articles turned into prompts each day (eval ones included)", AT_LEAST_ONE)
+    eval_every: int = opt(8, "one in this many articles is held out for eval, never trained on", AT_LEAST_ONE)
+    like_weight: float = opt(1.0, "engagement weight of a like", NON_NEGATIVE)
+    repost_weight: float = opt(2.0, "engagement weight of a repost", NON_NEGATIVE)
+    reply_weight: float = opt(1.0, "engagement weight of a reply", NON_NEGATIVE)
+    quote_weight: float = opt(2.0, "engagement weight of a quote", NON_NEGATIVE)
+    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns a post the full weight 1",
+                                   POSITIVE)
     weight_pseudo_count: float = opt(2.0, "engagement added to a post and to its author's usual before their ratio "
-                                          "(the prior's shape), so a tiny account's one lucky post stays modest")
+                                          "(the prior's shape), so a tiny account's one lucky post stays modest",
+                                     NON_NEGATIVE)
     engagement_half_life_hours: float = opt(12.0, "assumed growth: by age t a post has 1 - 2^(-t/this) of its "
-                                                  "final engagement; brings baseline posts to the scored post's age")
-    count_age_hours: float = opt(24.0, "posts are compared on counts read at this age")
-    baseline_ttl_hours: float = opt(168.0, "how long an author's baseline is cached")
-    copy_cosine_start: float = opt(0.8, "cosine to a historical post where the copy penalty starts")
-    copy_cosine_full: float = opt(1.0, "cosine to a historical post where the copy penalty is full")
+                                                  "final engagement; brings baseline posts to the scored post's age",
+                                            POSITIVE)
+    count_age_hours: float = opt(24.0, "posts are compared on counts read at this age", NON_NEGATIVE)
+    baseline_ttl_hours: float = opt(168.0, "how long an author's baseline is cached", NON_NEGATIVE)
+    copy_cosine_start: float = opt(0.8, "cosine to a historical post where the copy penalty starts", COSINE)
+    copy_cosine_full: float = opt(1.0, "cosine to a historical post where the copy penalty is full", COSINE)
     copy_containment_start: float = opt(0.3, "share of the candidate's word 3-grams found in one historical post "
-                                             "where the copy penalty starts")
+                                             "where the copy penalty starts", SHARE)
     copy_containment_full: float = opt(0.7, "share of the candidate's word 3-grams found in one historical post "
-                                            "where the copy penalty is full")
+                                            "where the copy penalty is full", SHARE)
     copy_order_start: float = opt(0.4, "share of the candidate's words found in order in one historical post "
-                                       "where the copy penalty starts")
+                                       "where the copy penalty starts", SHARE)
     copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one historical post "
-                                      "where the copy penalty is full")
+                                      "where the copy penalty is full", SHARE)
     copy_band_start: float = opt(0.02, "cosine to one historical post above the closest any other author's "
-                                       "independent post came to it, where the paraphrase penalty starts")
-    copy_band_full: float = opt(0.15, "the same margin where the paraphrase penalty is full")
+                                       "independent post came to it, where the paraphrase penalty starts",
+                                 NON_NEGATIVE)
+    copy_band_full: float = opt(0.15, "the same margin where the paraphrase penalty is full", NON_NEGATIVE)
     copy_band_floor: float = opt(0.65, "the band is at least this (humans on the sample: half come this close to "
-                                       "another author's independent post; a post nobody wrote close to is no trap)")
-    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy")
-    copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)")
-    hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs")
-    hashtag_penalty: float = opt(0.1, "penalty per hashtag past the limit")
-    repeated_hashtag_penalty: float = opt(0.2, "penalty for using a hashtag twice")
-    emoji_run_penalty: float = opt(0.2, "penalty for a run of three or more emoji")
+                                       "another author's independent post; a post nobody wrote close to is no trap)",
+                                 COSINE)
+    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy", AT_LEAST_ONE)
+    copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)",
+                             NON_NEGATIVE)
+    hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs", NON_NEGATIVE)
+    hashtag_penalty: float = opt(0.1, "penalty per hashtag past the limit", NON_NEGATIVE)
+    repeated_hashtag_penalty: float = opt(0.2, "penalty for using a hashtag twice", NON_NEGATIVE)
+    emoji_run_penalty: float = opt(0.2, "penalty for a run of three or more emoji", NON_NEGATIVE)
     emoji_free: int = opt(1, "emoji a post may carry before each further one costs (humans on the sample: 93% use "
-                             "none, and every post with two or more is 'BREAKING' spam)")
-    emoji_penalty: float = opt(0.05, "penalty per emoji past emoji_free")
+                             "none, and every post with two or more is 'BREAKING' spam)", NON_NEGATIVE)
+    emoji_penalty: float = opt(0.05, "penalty per emoji past emoji_free", NON_NEGATIVE)
     caps_start: float = opt(0.3, "share of upper-case letters (of 20 or more) where the shouting penalty starts "
-                                 "(humans on the sample: at most 0.15, bar one all-caps spam post)")
-    caps_full: float = opt(0.6, "share of upper-case letters where the shouting penalty is full")
-    caps_penalty: float = opt(0.3, "penalty for a post in capitals, at caps_full and above")
-    bare_url_penalty: float = opt(0.2, "penalty for a bare URL in the text")
-    too_long_penalty: float = opt(0.5, "penalty for a post over Bluesky's 300 graphemes")
-    repeated_ngram_penalty: float = opt(0.5, "penalty weight of the share of word 3-grams that repeat")
-    echo_penalty: float = opt(0.3, "penalty for echoing the instruction ('here is a post', 'as an AI')")
-    curriculum_floor: float = opt(0.1, "minimum pick weight, so every article can be chosen")
-    curriculum_days: int = opt(7, "days of an article's past groups that its regret is read from")
+                                 "(humans on the sample: at most 0.15, bar one all-caps spam post)", SHARE)
+    caps_full: float = opt(0.6, "share of upper-case letters where the shouting penalty is full", SHARE)
+    caps_penalty: float = opt(0.3, "penalty for a post in capitals, at caps_full and above", NON_NEGATIVE)
+    bare_url_penalty: float = opt(0.2, "penalty for a bare URL in the text", NON_NEGATIVE)
+    too_long_penalty: float = opt(0.5, "penalty for a post over Bluesky's 300 graphemes", NON_NEGATIVE)
+    repeated_ngram_penalty: float = opt(0.5, "penalty weight of the share of word 3-grams that repeat", NON_NEGATIVE)
+    echo_penalty: float = opt(0.3, "penalty for echoing the instruction ('here is a post', 'as an AI')", NON_NEGATIVE)
+    curriculum_floor: float = opt(0.1, "minimum pick weight, so every article can be chosen", SHARE)
+    curriculum_days: int = opt(7, "days of an article's past groups that its regret is read from", AT_LEAST_ONE)

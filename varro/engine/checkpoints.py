@@ -65,6 +65,33 @@ def list_checkpoints(run_path: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if DAY_RE.match(p.name) and (p / METADATA).is_file())
 
 
+class LostCheckpointsError(CheckpointError):
+    """A run whose history records checkpoints has none left on disk."""
+
+
+def require_not_lost(run_path: Path, before_day: str | None) -> None:
+    """Raise LostCheckpointsError when runs/<run>/checkpoints holds no checkpoint dated before `before_day`
+    but the database of the same home (data/varro.db beside runs/) records that the run wrote some (see
+    `store.checkpointed_days`): going on from the base weights would silently throw the run away."""
+    from varro.engine import store
+    from varro.engine.config import db_path
+
+    run_path = Path(run_path)
+    database = db_path(run_path.parents[1])
+    if before_day is None or not database.is_file() or find_latest(run_path, before_day) is not None:
+        return
+    db = store.open_db(database)
+    try:
+        days = store.checkpointed_days(db, run_path.name, before_day)
+    finally:
+        db.conn.close()
+    if days:
+        raise LostCheckpointsError(
+            f"run {run_path.name} has {len(days)} days of checkpoints in its history (last {days[-1]}, in "
+            f"{database}) but none under {checkpoints_dir(run_path)}: restore that folder, or start over "
+            "under a new --run NAME")
+
+
 def is_complete(run_path: Path, day: str) -> bool:
     """Whether checkpoint `day` of the run exists and is complete (its metadata is written last)."""
     return (checkpoints_dir(run_path) / day / METADATA).is_file()
@@ -102,13 +129,17 @@ def save_checkpoint(
     config: Config,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint `day` atomically; returns its folder. Raises CheckpointError if it exists."""
+    """Write checkpoint `day` atomically; returns its folder. Raises CheckpointError if it exists or if a
+    weight is NaN or infinite (nothing is written then)."""
     if not DAY_RE.match(day):
         raise CheckpointError(f"checkpoint day must be YYYY-MM-DD, got {day!r}")
     root = checkpoints_dir(run_path)
     final = root / day
     if final.exists():
         raise CheckpointError(f"checkpoint {final} already exists; a day is never trained twice")
+    full = config.model.fine_tune == "full"
+    weights = dict(tree_flatten(model.parameters() if full else model.trainable_parameters()))
+    refuse_non_finite(weights, day)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{day}-{os.getpid()}"
     if tmp.exists():
@@ -116,8 +147,6 @@ def save_checkpoint(
     tmp.mkdir()
     complete = False
     try:
-        full = config.model.fine_tune == "full"
-        weights = dict(tree_flatten(model.parameters() if full else model.trainable_parameters()))
         _save_arrays(tmp / "adapters.safetensors", weights)
         adapter_config = {
             "fine_tune_type": "full" if full else "lora",
@@ -165,6 +194,15 @@ def save_checkpoint(
     failpoint("checkpoint.latest")
     point_latest(run_path)
     return final
+
+
+def refuse_non_finite(weights: dict[str, mx.array], day: str) -> None:
+    """Raise CheckpointError when any weight is NaN or infinite: such weights would be resumed from every
+    later night, so the checkpoint is not written and the previous one stays the run's latest."""
+    bad = [name for name, w in weights.items() if not mx.all(mx.isfinite(w)).item()]
+    if bad:
+        raise CheckpointError(f"checkpoint {day} not written: {len(bad)} of {len(weights)} weight arrays hold NaN "
+                              f"or infinite values (first: {bad[0]}); the previous checkpoint is kept")
 
 
 def point_latest(run_path: Path) -> Path | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -24,9 +25,35 @@ class ConfigError(ValueError, UserError):
     """A configuration value or file is invalid."""
 
 
-def opt(default: Any, help: str) -> Any:
-    """A dataclass field with a one-line help text for the CLI."""
-    return field(default=default, metadata={"help": help})
+@dataclass(frozen=True)
+class Allowed:
+    """The values a numeric setting may take: from `low` (excluded when `open_low`) up to `high`."""
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.open_low else '>='} {self.low:g}"
+        high = "" if self.high is None else f"<= {self.high:g}"
+        return " and ".join(p for p in (low, high) if p) or "any finite number"
+
+
+POSITIVE = Allowed(0, open_low=True)  # a rate, a scale, a ceiling: 0 would make the setting meaningless
+AT_LEAST_ONE = Allowed(1)  # a count of things the night needs at least one of
+NON_NEGATIVE = Allowed(0)  # a weight, a count or a limit where 0 means none (or off)
+SHARE = Allowed(0, 1)  # a share or probability (0: off, where the help says so)
+COSINE = Allowed(-1, 1)
+
+
+def opt(default: Any, help: str, allowed: Allowed | None = None) -> Any:
+    """A dataclass field with a one-line help text for the CLI and, for a number, the values it allows
+    (every float must be finite besides)."""
+    return field(default=default, metadata={"help": help, "allowed": allowed})
 
 
 @dataclass
@@ -34,9 +61,9 @@ class ModelConfig:
     model: str = opt("Qwen/Qwen3-0.6B", "mlx-lm model id or local path of the base model")
     enable_thinking: bool = opt(False, "render Qwen3's chat template with thinking on")
     fine_tune: str = opt("lora", "'lora' (adapters on a frozen base) or 'full'")
-    lora_rank: int = opt(8, "LoRA rank")
-    lora_layers: int = opt(16, "number of final transformer blocks that get LoRA adapters")
-    lora_scale: float = opt(20.0, "LoRA scale (mlx-lm's 'scale', not alpha)")
+    lora_rank: int = opt(8, "LoRA rank", AT_LEAST_ONE)
+    lora_layers: int = opt(16, "number of final transformer blocks that get LoRA adapters", AT_LEAST_ONE)
+    lora_scale: float = opt(20.0, "LoRA scale (mlx-lm's 'scale', not alpha)", POSITIVE)
 
 
 SAMPLER_PROFILES: dict[str, dict[str, float | int]] = {
@@ -48,9 +75,9 @@ SAMPLER_PROFILES: dict[str, dict[str, float | int]] = {
 
 @dataclass
 class SamplingConfig:
-    group_size: int = opt(8, "completions sampled per prompt (the GSPO group)")
+    group_size: int = opt(8, "completions sampled per prompt (the GSPO group)", Allowed(2))
     profile: str = opt("tight", "sampler profile: tight, default or loose")
-    max_tokens: int = opt(180, "maximum completion tokens")
+    max_tokens: int = opt(180, "maximum completion tokens", AT_LEAST_ONE)
 
     def sampler_settings(self) -> dict[str, float | int]:
         if self.profile not in SAMPLER_PROFILES:
@@ -62,42 +89,48 @@ class SamplingConfig:
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = opt(1e-5, "AdamW learning rate")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    grad_clip: float = opt(1.0, "clip the global gradient norm to this value")
-    minibatches: int = opt(4, "optimizer steps per rollout batch (later ones are off-policy)")
-    micro_batch: int = opt(1, "completions differentiated at once on top of their prompt (0: all of the prompt's)")
-    eps_low: float = opt(3e-4, "GSPO lower clip range of the sequence ratio")
-    eps_high: float = opt(4e-4, "GSPO upper clip range of the sequence ratio")
-    beta: float = opt(0.02, "weight of the KL leash to the base model (k2 term: the reverse KL's gradient; 0: off)")
-    flat_std: float = opt(1e-3, "groups whose reward std is at most this carry no signal and are dropped")
+    learning_rate: float = opt(1e-5, "AdamW learning rate", POSITIVE)
+    weight_decay: float = opt(0.0, "AdamW weight decay", NON_NEGATIVE)
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this value", POSITIVE)
+    minibatches: int = opt(4, "optimizer steps per rollout batch (later ones are off-policy)", AT_LEAST_ONE)
+    micro_batch: int = opt(1, "completions differentiated at once on top of their prompt (0: all of the prompt's)",
+                           NON_NEGATIVE)
+    eps_low: float = opt(3e-4, "GSPO lower clip range of the sequence ratio", SHARE)
+    eps_high: float = opt(4e-4, "GSPO upper clip range of the sequence ratio", NON_NEGATIVE)
+    beta: float = opt(0.02, "weight of the KL leash to the base model (k2 term: the reverse KL's gradient; 0: off)",
+                      NON_NEGATIVE)
+    flat_std: float = opt(1e-3, "groups whose reward std is at most this carry no signal and are dropped",
+                          NON_NEGATIVE)
     advantage_std: bool = opt(True, "divide each group's advantages by its reward std (off: r - mean only, "
                                     "as Turtel et al. 2025 found better on noisy outcomes)")
-    is_cap: float = opt(0.0, "cap C of the truncated importance weight for the sampler's top-k/top-p (0: off)")
-    seed: int = opt(0, "seed for MLX, NumPy and Python")
+    is_cap: float = opt(0.0, "cap C of the truncated importance weight for the sampler's top-k/top-p (0: off)",
+                        NON_NEGATIVE)
+    seed: int = opt(0, "seed for MLX, NumPy and Python", NON_NEGATIVE)
     kl_max: float = opt(1.0, "collapse guard: KL to the base above this (before any step or after the last) "
-                             "discards the day's updates")
+                             "discards the day's updates", POSITIVE)
     entropy_min_share: float = opt(0.5, "collapse guard: a day whose policy entropy falls below this share of "
-                                        "the first day's is discarded (0: off)")
-    eval_drop_max: float = opt(0.2, "collapse guard: no training while the eval reward is this far below its best")
+                                        "the first day's is discarded (0: off)", SHARE)
+    eval_drop_max: float = opt(0.2, "collapse guard: no training while the eval reward is this far below its best",
+                               NON_NEGATIVE)
     memory_fraction: float = opt(0.8, "memory guard: share of the machine's free memory the night may use "
-                                      "(0: no guard)")
+                                      "(0: no guard)", SHARE)
     decode_cache_gb: float = opt(2.0, "memory guard: fewer prompts decode together when their KV cache "
-                                      "would take more than this many GB (0: no ceiling)")
-    swap_max_mb: int = opt(512, "swap watchdog: end the night once swap has grown this much (0: off)")
+                                      "would take more than this many GB (0: no ceiling)", NON_NEGATIVE)
+    swap_max_mb: int = opt(512, "swap watchdog: end the night once swap has grown this much (0: off)", NON_NEGATIVE)
 
 
 @dataclass
 class EvalConfig:
-    panel_size: int = opt(32, "held-out prompts in a run's fixed evaluation panel (the earliest eval prompts)")
-    panel_samples: int = opt(4, "completions per panel prompt and checkpoint")
-    panel_seed: int = opt(0, "sampling seed of the panel, the same for every checkpoint")
-    story_threshold: float = opt(0.55, "cosine at which an item joins the story of an earlier one")
-    story_window_days: int = opt(7, "days back an item can be linked to its story")
+    panel_size: int = opt(32, "held-out prompts in a run's fixed evaluation panel (the earliest eval prompts)",
+                          AT_LEAST_ONE)
+    panel_samples: int = opt(4, "completions per panel prompt and checkpoint", AT_LEAST_ONE)
+    panel_seed: int = opt(0, "sampling seed of the panel, the same for every checkpoint", NON_NEGATIVE)
+    story_threshold: float = opt(0.55, "cosine at which an item joins the story of an earlier one", COSINE)
+    story_window_days: int = opt(7, "days back an item can be linked to its story", NON_NEGATIVE)
     leak_cosine: float = opt(0.5, "a training prompt this similar to a held-out item (or a panel prompt to a "
-                                  "training prompt) is left out: a story the linking split in two")
+                                  "training prompt) is left out: a story the linking split in two", COSINE)
     voice_drift_max: float = opt(0.3, "voice drift flag: a day whose cadence distance from the humans is more than "
-                                      "this share over the first measured day's is flagged (0: off)")
+                                      "this share over the first measured day's is flagged (0: off)", NON_NEGATIVE)
 
 
 @dataclass
@@ -147,7 +180,9 @@ class Config:
                     raise ConfigError(
                         f"{origin}: unknown setting {section}.{name}; known: {sorted(known)}"
                     )
-                setattr(target, name, _coerce(value, type(known[name].default), f"{section}.{name}"))
+                value = _coerce(value, type(known[name].default), f"{section}.{name}")
+                check_allowed(value, known[name], f"{section}.{name}", origin)
+                setattr(target, name, value)
 
 
 def app_sections() -> dict[str, Any]:
@@ -165,6 +200,33 @@ def _coerce(value: Any, kind: type, name: str) -> Any:
     return value
 
 
+def check_allowed(value: Any, setting: dataclasses.Field, name: str, origin: str) -> None:
+    """Refuse a number the night cannot use (NaN, infinity, or outside the setting's `Allowed` range)
+    before anything runs or is saved; raises ConfigError naming the setting, the value and the rule."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{origin}: {name} must be a finite number, got {value}")
+    allowed = setting.metadata.get("allowed")
+    if allowed is not None and not allowed.admits(value):
+        raise ConfigError(f"{origin}: {name} must be {allowed}, got {value!r}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The tables of the TOML config file at `path`; raises ConfigError for a missing file, one that is not
+    UTF-8 (naming the byte offset) or not valid TOML."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text: byte {e.start} is {e.object[e.start:e.end]!r}; "
+                          "save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
+
+
 def load_config(
     path: str | Path | None,
     overrides: dict[str, dict[str, Any]] | None = None,
@@ -176,14 +238,7 @@ def load_config(
     """
     cfg = base if base is not None else Config()
     if path is not None:
-        p = Path(path)
-        try:
-            data = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {p}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {p} is not valid TOML: {e}") from None
-        cfg.update(data, origin=str(p))
+        cfg.update(read_config_file(path), origin=str(path))
     if overrides:
         cfg.update({k: v for k, v in overrides.items() if v}, origin="command line")
     absolute_model(cfg)

@@ -9,8 +9,9 @@
   KL trip: the policy is collapsing onto one way of writing.
 - Flat groups: a day's groups dropped for a reward std below `flat_std` are
   counted in every step row and recorded here.
-- Eval guard: while the latest held-out eval reward is more than
-  `eval_drop_max` below the run's best, the day does not train at all.
+- Eval guard: while the newest checkpoint scored on the run's fixed held-out
+  panel is more than `eval_drop_max` below the best scored before it, the day
+  does not train at all.
 - Checkpoint fallback: a corrupt checkpoint is skipped for the last good one.
 
 Each event is a row in `guards` (shown in the report and the step's notes).
@@ -23,25 +24,39 @@ verdicts, records them and reopens the previous checkpoint on a trip.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import sqlite_utils
 
 from varro.engine import store
+from varro.engine.store import panel as panel_store
 from varro.engine.store import first_day_entropy
 from varro.engine.train import TrainingCallback
 
 
 def eval_guard(db: sqlite_utils.Database, app: str, run: str, before_day: str, drop_max: float) -> str | None:
-    """The reason not to train today, or None: compares the latest eval day with the best before it."""
-    rows = store.eval_reward_by_day(db, app, run, before_day)
-    if len(rows) < 2:
+    """The reason not to train today, or None: the newest checkpoint scored on the run's fixed held-out
+    panel (cached by `eval`) against the best scored before it, the base included, on the same prompts
+    and seeds. Only checkpoints dated before `before_day` with every panel cell cached count; with fewer
+    than two there is nothing to compare and the guard does not act. (The day's own eval rollouts are not
+    used: their prompts change every day, which moved their mean by more than `drop_max` in the demo.)"""
+    draw = panel_store.main_panel_draw(db, run)
+    members = [m["id"] for m in store.panel_members(db, app, run)]
+    if draw is None or not members:
         return None
-    best_day, best = max(rows[:-1], key=lambda r: r[1])
-    day, last = rows[-1]
-    if last < best - drop_max:
-        return (f"eval reward {last:.3f} on {day} is {best - last:.3f} below the best {best:.3f} ({best_day}), "
-                f"more than eval_drop_max {drop_max}: not training today")
+    labels = [c for c in panel_store.complete_checkpoints(db, run, *draw, members)
+              if c == "base" or c < before_day]
+    means = panel_store.panel_means(db, run, *draw, members, labels)
+    order = sorted(means, key=lambda c: "" if c == "base" else c)
+    if len(order) < 2:
+        return None
+    best = max(order[:-1], key=means.get)
+    last = order[-1]
+    if means[last] < means[best] - drop_max:
+        return (f"panel reward {means[last]:.3f} of checkpoint {last} is {means[best] - means[last]:.3f} below "
+                f"the best {means[best]:.3f} ({best}) on the same {len(members)} held-out prompts, more than "
+                f"eval_drop_max {drop_max}: not training today")
     return None
 
 
@@ -49,16 +64,22 @@ def kl_tripped(rows: list[dict], kl_max: float) -> str | None:
     """The reason to discard the day's updates, or None: the KL of weights the day made above `kl_max`,
     measured before a later step (a step's `kl`, the first step's excepted) or after the last one
     (`kl_after`). The first step's KL measures the weights the day started from, which a trip would keep:
-    tripping on it would revert to the very weights it measured, day after day."""
+    tripping on it would revert to the very weights it measured, day after day. A KL of None was not
+    measured and passes; a NaN or infinite one trips (NaN > kl_max is False, so it is tested apart)."""
     for r in rows:
-        if r.get("minibatch", 1) > 0 and r["kl"] is not None and r["kl"] > kl_max:
+        if r.get("minibatch", 1) > 0 and _kl_over(r["kl"], kl_max):
             return (f"step {r['step']} KL {r['kl']:.3f} exceeded kl_max {kl_max}: "
                     "the day's updates were discarded and the previous weights kept")
         after = r.get("kl_after")
-        if after is not None and after > kl_max:
+        if _kl_over(after, kl_max):
             return (f"KL {after:.3f} after the day's last step {r['step']} exceeded kl_max {kl_max}: "
                     "the day's updates were discarded and the previous weights kept")
     return None
+
+
+def _kl_over(kl: float | None, kl_max: float) -> bool:
+    """A measured KL that is not finite or above `kl_max`; None (not measured) never is."""
+    return kl is not None and (not math.isfinite(kl) or kl > kl_max)
 
 
 def entropy_collapsed(rows: list[dict], first: float | None, min_share: float) -> str | None:

@@ -53,9 +53,11 @@ class Policy:
 
     @classmethod
     def open(cls, config: Config, run_path: Path, before_day: str | None = None) -> "Policy":
-        """Load the base model and restore the latest checkpoint dated before `before_day`."""
+        """Load the base model and restore the latest checkpoint dated before `before_day`. Raises
+        LostCheckpointsError when there is none but the run's history says it wrote some."""
         import random
 
+        checkpoints.require_not_lost(run_path, before_day)  # before the model loads: a deleted folder is no new run
         mx.random.seed(config.train.seed)
         np.random.seed(config.train.seed)
         random.seed(config.train.seed)
