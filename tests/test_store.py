@@ -125,7 +125,7 @@ def test_panel_sources_are_the_apps_panel_prompts_of_every_run_in_run_and_positi
     assert store.panel_sources(db, "tally") == []
 
 
-def test_eval_reward_by_day_averages_scored_eval_rollouts_before_the_day(db):
+def test_rollout_days_and_runs_are_per_app(db):
     store.upsert_prompts(db, [_prompt("e1", "varro", "2026-11-01", "eval"), _prompt("e2", "varro", "2026-11-01", "eval"),
                               _prompt("t1", "varro", "2026-11-01", "train"),
                               _prompt("w", "walter", "2026-11-01", "eval")])
@@ -137,9 +137,6 @@ def test_eval_reward_by_day_averages_scored_eval_rollouts_before_the_day(db):
         store.insert_rollouts(db, "r", day, "base", groups, {})
         store.save_scores(db, groups)
     store.insert_rollouts(db, "other", "2026-11-01", "base", [[_rollout("e1", 0)]], {})
-    got = store.eval_reward_by_day(db, "varro", "r", "2026-11-03")
-    assert [d for d, _ in got] == ["2026-11-01", "2026-11-02"]
-    assert [m for _, m in got] == pytest.approx([0.5, 0.1])  # (0.2 + 0.4 + 0.9) / 3; the NULL left out
     assert store.rollout_days(db, "varro", "r") == ["2026-11-01", "2026-11-02", "2026-11-03"]
     assert store.rollout_runs(db, "varro") == {"r", "other"}
     assert store.rollout_runs(db, "walter") == {"r"}

@@ -110,8 +110,8 @@ class TrainConfig:
                              "discards the day's updates", POSITIVE)
     entropy_min_share: float = opt(0.5, "collapse guard: a day whose policy entropy falls below this share of "
                                         "the first day's is discarded (0: off)", SHARE)
-    eval_drop_max: float = opt(0.2, "collapse guard: no training while the eval reward is this far below its best",
-                               NON_NEGATIVE)
+    eval_drop_max: float = opt(0.2, "collapse guard: no training while the newest checkpoint scored on the held-out "
+                                    "panel (by `eval`) is this far below the best scored before it", NON_NEGATIVE)
     memory_fraction: float = opt(0.8, "memory guard: share of the machine's free memory the night may use "
                                       "(0: no guard)", SHARE)
     decode_cache_gb: float = opt(2.0, "memory guard: fewer prompts decode together when their KV cache "

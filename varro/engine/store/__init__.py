@@ -29,7 +29,7 @@ from varro.engine.store.panel import (add_panel_members, complete_checkpoints, m
                                       panel_means, panel_members, panel_sources, scored_panel_prompts,
                                       upsert_panel_scores)
 from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, add_run_notice, record_prompt_choice, complete_groups, day_completions, day_entropy,
-                                     day_prompts, day_rollouts, eval_reward_by_day, first_day_entropy,
+                                     day_prompts, day_rollouts, first_day_entropy,
                                      first_prompt_with_source, guard_before, insert_rollouts, insert_steps, last_step_outside,
                                      load_groups, prompt_count, prompt_ids, prompts_by_id, record_guard,
                                      rollout_days, rollout_group, rollout_runs, rollout_with_prompt, run_guards,
@@ -49,7 +49,7 @@ __all__ = [
     "utc_now",
     # runs
     "ROLLOUT_SORT_KEYS", "complete_groups", "day_completions", "day_entropy", "day_prompts", "day_rollouts",
-    "eval_reward_by_day", "first_day_entropy", "first_prompt_with_source", "guard_before", "insert_rollouts",
+    "first_day_entropy", "first_prompt_with_source", "guard_before", "insert_rollouts",
     "insert_steps",
     "last_step_outside", "load_groups", "prompt_count", "prompt_ids", "prompts_by_id", "record_guard",
     "rollout_days", "rollout_group", "rollout_runs", "rollout_with_prompt", "run_guards", "run_rollouts",

@@ -214,14 +214,6 @@ def scored_rollouts(db: sqlite_utils.Database, app: str, run: str, day: str) -> 
         "where p.app = ? and r.run = ? and r.day = ? and r.reward is not null order by r.id", [app, run, day]))
 
 
-def eval_reward_by_day(db: sqlite_utils.Database, app: str, run: str, before_day: str) -> list[tuple[str, float]]:
-    """(day, mean reward) of `run`'s scored eval rollouts of `app`, per day before `before_day`, in day order."""
-    return [(r[0], r[1]) for r in db.execute(
-        "select r.day, avg(r.reward) from rollouts r join prompts p on p.id = r.prompt_id "
-        "where p.app = ? and r.run = ? and p.split = 'eval' and r.reward is not null and r.day < ? "
-        "group by r.day order by r.day", [app, run, before_day])]
-
-
 ROLLOUT_SORT_KEYS = ("reward", "advantage")
 _WITH_PROMPT = """r.id, r.run, p.app, r.day, p.split, r.prompt_id, p.text as prompt, r.checkpoint, r.group_index,
     r.completion, r.finish_reason, r.completion_tokens, r.reward, r.advantage, r.components_json"""
