@@ -4,9 +4,10 @@ Which column is what comes from the [tally] settings (`Columns`). Each row
 becomes an item with a natural key (the file's id column, or a hash of its
 group, author, created time and text), so reading the file again changes only
 what changed in it (counts grow; a new export adds rows). A row that cannot be
-read as an item (bad JSON, a missing text, a time that is not a time, a count
-that is not a number) costs that row only: it is skipped and kept with its
-reason in `tally_rejects`. A file that cannot be read at all raises
+read as an item (bad JSON, bytes that are not UTF-8, a lone surrogate escape
+such as "\\ud800", a missing text, a time that is not a time or has no UTC
+date, a count that is not a number) costs that row only: it is skipped and kept
+with its reason in `tally_rejects`. A file that cannot be read at all raises
 TallyFileError and changes nothing.
 
 An item's day is its created time's day in `timezone`. Ingesting day D stores
@@ -21,6 +22,7 @@ import hashlib
 import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, timezone, tzinfo
 from pathlib import Path
@@ -36,6 +38,8 @@ from varro.engine.store import utc_now
 from .settings import TallyConfig
 
 SUFFIXES = (".jsonl", ".csv")
+# Lone surrogates: a JSON "\ud800" escape, or (from the surrogateescape decoding) a byte that is not UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 class TallySettingsError(ValueError, UserError):
@@ -99,17 +103,19 @@ def _records(path: Path, cols: Columns) -> Iterator[tuple[int, dict | None, str,
         raise TallyFileError(f"{path}: an items file is .jsonl (JSON lines) or .csv, not "
                              f"{path.suffix or 'no suffix'!r}")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        # Bytes that are not UTF-8 become lone surrogates, so they cost their own row (see _bad_bytes).
+        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     except FileNotFoundError:
         raise TallyFileError(f"no items file at {path}") from None
     except IsADirectoryError:
         raise TallyFileError(f"{path} is a folder, not an items file") from None
-    except UnicodeDecodeError as e:
-        raise TallyFileError(f"{path} is not UTF-8 text (byte {e.start}): export it as UTF-8") from None
     lines = text.splitlines()
     if path.suffix.lower() == ".jsonl":
         for n, line in enumerate(lines, 1):
             if not line.strip():
+                continue
+            if _SURROGATE.search(line):
+                yield n, None, printable(line), _bad_bytes(line)
                 continue
             try:
                 record = json.loads(line)
@@ -130,7 +136,19 @@ def _records(path: Path, cols: Columns) -> Iterator[tuple[int, dict | None, str,
     for record in reader:
         start, end = end, reader.line_num
         raw = "\n".join(lines[start:end])
-        yield end, record, raw, "more fields than the header" if None in record else ""
+        bad = _bad_bytes(raw) if _SURROGATE.search(raw) else "more fields than the header" if None in record else ""
+        yield end, record, printable(raw), bad
+
+
+def _bad_bytes(line: str) -> str:
+    """Why a row holding undecodable bytes (surrogate-escaped) is not an item, naming the first byte."""
+    first = _SURROGATE.search(line)
+    return f"not UTF-8 text (byte 0x{ord(first.group()) - 0xDC00:02x} at character {first.start()})"
+
+
+def printable(text: str) -> str:
+    """`text` with its lone surrogates as U+FFFD, so SQLite can store it (a raw row kept in tally_rejects)."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _text(record: dict, column: str, required: bool) -> str:
@@ -143,6 +161,8 @@ def _text(record: dict, column: str, required: bool) -> str:
         return ""
     if not isinstance(value, str):
         raise RowError(f"{column!r} is {type(value).__name__}, not text")
+    if _SURROGATE.search(value):  # SQLite cannot store it: the whole file's transaction would roll back
+        raise RowError(f"{column!r} holds a lone surrogate escape (like \\ud800), not text")
     return value.strip()
 
 
@@ -164,19 +184,22 @@ def _number(record: dict, column: str) -> float | None:
 
 def parse_created(value: str, zone: tzinfo | None) -> tuple[str, str]:
     """(created_utc, local day) of an ISO 8601 time; a date alone is that day (at midnight). A time without
-    an offset is in `zone`. Raises RowError."""
+    an offset is in `zone`. Raises RowError, also for a time whose UTC or local date is outside years 1-9999."""
     try:
         if len(value) == 10:
             d = date.fromisoformat(value)
             moment = datetime(d.year, d.month, d.day, tzinfo=zone) if zone else datetime(d.year, d.month, d.day)
             return _utc(moment), d.isoformat()
         moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=zone) if zone else moment.astimezone()
+        local = moment.astimezone(zone) if zone else moment.astimezone()
+        return _utc(moment), local.date().isoformat()
     except ValueError:
         raise RowError(f"created time {value!r} is not ISO 8601 (like 2026-11-02T09:30:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone) if zone else moment.astimezone()
-    local = moment.astimezone(zone) if zone else moment.astimezone()
-    return _utc(moment), local.date().isoformat()
+    except OverflowError:  # 9999-12-31T23:00-14:00 is in year 10000 in UTC
+        raise RowError(f"created time {value!r} is out of range: its UTC or local date is outside years "
+                       "1-9999") from None
 
 
 def _utc(moment: datetime) -> str:
@@ -208,8 +231,8 @@ class FileRead:
 
 
 def read_items(path: str | Path, cols: Columns, zone: tzinfo | None) -> FileRead:
-    """Every item of the file and every row that is not one. Raises TallyFileError when no row is an
-    item, or a count column appears in no row (a misnamed column would silently zero the weights)."""
+    """Every item of the file and every row that is not one. Raises TallyFileError when the file is empty, no
+    row is an item, or a count column appears in no row (a misnamed column would silently zero the weights)."""
     path = Path(path).expanduser().resolve()
     rows, rejects, seen = [], [], {}
     for line, record, raw, bad in _records(path, cols):
@@ -224,7 +247,10 @@ def read_items(path: str | Path, cols: Columns, zone: tzinfo | None) -> FileRead
             continue
         seen[row["id"]] = line
         rows.append(row)
-    if not rows and rejects:
+    if not rows and not rejects:
+        raise TallyFileError(f"{path} holds no items: an items file has one item a line (JSONL) or a header and a "
+                             "row per item (CSV)")
+    if not rows:
         first = "; ".join(f"line {r['line']}: {r['reason']}" for r in rejects[:3])
         raise TallyFileError(f"{path}: none of its {len(rejects)} rows is an item ({first})")
     for name, _ in cols.counts:

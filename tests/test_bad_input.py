@@ -91,12 +91,16 @@ BAD_FEEDS = {
     "xml, not a feed": (("/note.xml", b'<?xml version="1.0"?><note>hi</note>', "application/xml"), 1, None,
                         "is not a readable feed (application/xml): no RSS or Atom root element", {}),
     "latin-1 declared utf-8": (("/latin1.xml", LATIN1_FEED, "application/rss+xml"), 0, "Caf\u00e9 Gazette",
-                               "(malformed, kept what parsed: document declared as utf-8, but parsed as "
-                               "windows-1252)",
+                               # Latin-1 throughout: too few valid UTF-8 characters to re-read it as declared,
+                               # so feedparser's windows-1252 reading is kept, and with it every accent
+                               "(malformed, kept what parsed: not utf-8 as declared; read as windows-1252; "
+                               "document declared as utf-8, but parsed as windows-1252)",
                                {"cafe-1": "Caf\u00e9 cr\u00e8me prices rise",
                                 "cafe-2": "Na\u00efve forecasts, \u00a3 and \u00e9t\u00e9"}),
     "bogus encoding": (("/bogus.xml", BOGUS_ENCODING_FEED, "application/rss+xml"), 0, "Bogus Encoding",
-                       "(malformed, kept what parsed: document declared as x-bogus-42, but parsed as utf-8)",
+                       # an encoding Python does not know: feedparser's UTF-8 reading is all there is
+                       "(malformed, kept what parsed: not x-bogus-42 as declared; read as utf-8; "
+                       "document declared as x-bogus-42, but parsed as utf-8)",
                        {"bogus-1": "Z\u00fcrich na\u00efve r\u00e9sum\u00e9"}),
     "duplicate guids": (("/dupes.xml", DUPLICATES_FEED, "application/rss+xml"), 0, "Stutter News",
                         "(49 of 50 items repeat an earlier item's guid or link; the first is kept)",
@@ -287,15 +291,40 @@ def test_a_bad_count_refresh_keeps_the_chunks_already_refreshed(fake, make_clien
     assert {(r["like_count"], r["counts_final"]) for r in rows(db).values()} == {(10, 1)}
 
 
-def test_author_feed_posts_without_a_time_are_left_out_of_the_baseline(fake, make_client, db):
+# A baseline post's age runs from indexedAt (createdAt only when indexedAt is empty): without
+# either there is no telling whether its counts are settled. The lexicon's postView requires
+# indexedAt, so a post without one is refused by the client and recorded as a skip; a string
+# that is empty or not a time passes the lexicon and must be left out here.
+@pytest.mark.parametrize("indexed_at", [None, "", "yesterday"], ids=["no indexedAt", "empty", "not a time"])
+def test_author_feed_posts_without_a_time_are_left_out_of_the_baseline(fake, make_client, db, indexed_at):
     did = "did:plc:alice"
     dated = [make_post(f"a{i}", did=did, created="2026-11-01T10:00:00Z", counts=(2 * i, 0, 0, 0)) for i in range(3)]
     undated = make_post("a-undated", did=did, counts=(99, 0, 0, 0))
     del undated["record"]["createdAt"]
+    if indexed_at is None:
+        del undated["indexedAt"]
+    else:
+        undated["indexedAt"] = indexed_at
     fake.feeds[(did, "")] = ([feed_item(p) for p in [undated, *dated]], None)
     assert update_baselines(db, make_client(), [did], now=NOW) == 1
-    cached = json.loads(db["bsky_authors"].get(did)["posts_json"])
-    assert [item[0] for item in cached] == [p["uri"] for p in dated]
+    author = db["bsky_authors"].get(did)
+    assert [item[0] for item in json.loads(author["posts_json"])] == [p["uri"] for p in dated]
+    assert json.loads(author["post_age_hours_json"]) == {p["uri"]: 50.0 for p in dated}
+    refused = [(kind, key) for _, kind, key, reason in skips(db) if reason.endswith("post.indexedAt: Field required")]
+    assert refused == ([("post", undated["uri"])] if indexed_at is None else [])
+
+
+def test_author_feed_posts_are_aged_from_indexed_at_so_one_without_created_at_counts(fake, make_client, db):
+    did = "did:plc:alice"
+    backdated = make_post("a-backdated", did=did, created="2013-11-01T10:00:00Z", counts=(5, 0, 0, 0))
+    backdated["indexedAt"] = "2026-11-03T06:00:00Z"  # an import: 6 hours old, too young for a baseline
+    no_created = make_post("a-no-created", did=did, created="2026-11-02T10:00:00Z", counts=(99, 0, 0, 0))
+    del no_created["record"]["createdAt"]  # the AppView still says when it indexed the post
+    fake.feeds[(did, "")] = ([feed_item(p) for p in [backdated, no_created]], None)
+    assert update_baselines(db, make_client(), [did], now=NOW) == 1
+    author = db["bsky_authors"].get(did)
+    assert json.loads(author["posts_json"]) == [[no_created["uri"], 99, 0, 0, 0]]
+    assert json.loads(author["post_age_hours_json"]) == {no_created["uri"]: 26.0}
 
 
 def skips(db) -> list[tuple[str, str, str, str]]:

@@ -327,7 +327,7 @@ def test_post_row_normalises_times_keeps_missing_counts_null_and_uses_local_day(
     assert row["created_utc"] == "2026-11-03T01:30:00.123456Z"
     assert row["indexed_utc"] == "2026-11-03T01:30:01.000000Z"
     assert (row["like_count"], row["repost_count"], row["reply_count"], row["quote_count"]) == (5, None, 2, None)
-    assert row["counts_age_hours"] == pytest.approx(24.0)
+    assert row["counts_age_hours"] == pytest.approx(24.0 - 0.876544 / 3600)  # from indexedAt, not createdAt
     assert row["counts_read_utc"] == "2026-11-04T01:30:00.123456Z"
     assert row["day"] == "2026-11-02"  # evening in New York, already the 3rd in UTC
     assert post_row(post, ZoneInfo("UTC"), now)["day"] == "2026-11-03"

@@ -28,7 +28,10 @@ is checked with the SDK model of one item, so one malformed post costs that
 post, not its page. A read given `on_invalid` hands it each rejected item's
 at-uri (None when it has none) and a one-line reason and returns the others;
 without it a rejected item is a BlueskyResponseError. A field the API left out
-is absent from the dict, so a missing count reads as None, never 0.
+is absent from the dict, so a missing count reads as None, never 0. A post that
+lacks only what Walter can do without (its author's handle, a link card's title
+or description) is kept: those required strings are filled in to validate it
+(`with_lexicon_defaults`), and a filled-in handle is left out of the result.
 
 A body that does not parse as JSON is usually a connection cut mid-answer: it
 is retried like a 5xx, and after the retries it is a BlueskyResponseError (the
@@ -215,6 +218,40 @@ def _invalid_answer(error: Exception, at: tuple[str | int, ...] = ()) -> str:
     return " ".join(str(error).split())
 
 
+UNKNOWN_HANDLE = "handle.invalid"  # the AppView's own handle for an account whose handle it cannot verify
+
+
+def with_lexicon_defaults(value: Any) -> Any:
+    """A copy of `value` where an author without a handle gets UNKNOWN_HANDLE and an external card
+    without a title or description gets "", so the lexicon's validation keeps a post still usable."""
+    if isinstance(value, list):
+        return [with_lexicon_defaults(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: with_lexicon_defaults(v) for k, v in value.items()}
+    if isinstance(out.get("author"), dict) and "did" in out["author"]:
+        out["author"].setdefault("handle", UNKNOWN_HANDLE)
+    if isinstance(out.get("external"), dict) and "uri" in out["external"]:
+        out["external"].setdefault("title", "")
+        out["external"].setdefault("description", "")
+    return out
+
+
+def without_unknown_handles(value: Any) -> Any:
+    """`value` (a validated item, changed in place) with every author's UNKNOWN_HANDLE removed: no handle is
+    known, and none is invented."""
+    if isinstance(value, list):
+        for v in value:
+            without_unknown_handles(v)
+    elif isinstance(value, dict):
+        author = value.get("author")
+        if isinstance(author, dict) and author.get("handle") == UNKNOWN_HANDLE:
+            del author["handle"]
+        for v in value.values():
+            without_unknown_handles(v)
+    return value
+
+
 def _item_uri(item: Any) -> str | None:
     """The at-uri of a post view or feed item as sent, when it has a string one."""
     if isinstance(item, dict):
@@ -357,7 +394,8 @@ class Bluesky:
             try:
                 if not isinstance(item, dict):
                     raise ModelError(f"{field}.{i}: Input should be an object")
-                kept.append(get_model_as_dict(get_or_create(item, model, strict=True)))
+                checked = get_or_create(with_lexicon_defaults(item), model, strict=True)
+                kept.append(without_unknown_handles(get_model_as_dict(checked)))
             except ModelError as e:
                 problem = f"{where} sent an item that is not valid: {_invalid_answer(e, (field, i))}"
                 if on_invalid is None:

@@ -55,6 +55,7 @@ EXTERNAL_VIEW = "app.bsky.embed.external#view"
 EXTERNAL_RECORD = "app.bsky.embed.external"
 RECORD_WITH_MEDIA_VIEW = "app.bsky.embed.recordWithMedia#view"
 RECORD_WITH_MEDIA_RECORD = "app.bsky.embed.recordWithMedia"
+RECORD_VIEW = "app.bsky.embed.record#view"  # a quote post's view: the quoted post, with its own embeds
 LINK_FACET = "app.bsky.richtext.facet#link"
 COUNT_FIELDS = ("like", "repost", "reply", "quote")  # order of the counts in bsky_authors.posts_json items
 DEFAULT_QUERY = "*"  # searchPosts needs a q; the domain filter does the selecting
@@ -144,12 +145,15 @@ def day_skips(db: sqlite_utils.Database, day: str, kind: str) -> dict[str, str]:
 # -- posts to rows -----------------------------------------------------------------
 
 
-def _https_link(uri: Any) -> bool:
-    return isinstance(uri, str) and uri.lower().startswith(("http://", "https://"))
+def _http_link(uri: Any) -> str | None:
+    """`uri` without surrounding whitespace (some clients send " https://..."), when it is http(s)."""
+    link = uri.strip() if isinstance(uri, str) else ""
+    return link if link.lower().startswith(("http://", "https://")) else None
 
 
 def _external(embed: Any, view: bool) -> dict[str, Any] | None:
-    """The external card of an embed (directly, or as a record-with-media's media); None otherwise."""
+    """The external card of an embed (directly, or as a record-with-media's media), its uri stripped;
+    None otherwise."""
     if not isinstance(embed, dict):
         return None
     kind = embed.get("$type")
@@ -157,19 +161,34 @@ def _external(embed: Any, view: bool) -> dict[str, Any] | None:
         return _external(embed.get("media"), view)
     if kind == (EXTERNAL_VIEW if view else EXTERNAL_RECORD):
         card = embed.get("external")
-        return card if isinstance(card, dict) and _https_link(card.get("uri")) else None
+        link = _http_link(card.get("uri")) if isinstance(card, dict) else None
+        return {**card, "uri": link} if link else None
     return None
 
 
+def _quoted_cards(embed: Any) -> list[dict[str, Any]]:
+    """The external cards of the post a quote post quotes (a record view, alone or with media)."""
+    if not isinstance(embed, dict):
+        return []
+    if embed.get("$type") == RECORD_WITH_MEDIA_VIEW:
+        return _quoted_cards(embed.get("record"))
+    quoted = embed.get("record") if embed.get("$type") == RECORD_VIEW else None
+    embeds = quoted.get("embeds") if isinstance(quoted, dict) else None
+    return [card for inner in embeds or [] if (card := _external(inner, view=True))]
+
+
 def _candidates(post: dict[str, Any]) -> Iterable[tuple[str, str | None, str | None]]:
+    """The post's links, best first: its own card, its text's link facets, then the quoted post's card."""
     record = post.get("record") or {}
     for card in (_external(post.get("embed"), view=True), _external(record.get("embed"), view=False)):
         if card:
             yield card["uri"], card.get("title") or None, card.get("description") or None
     for facet in record.get("facets") or []:
         for feature in facet.get("features") or []:
-            if feature.get("$type") == LINK_FACET and _https_link(feature.get("uri")):
-                yield feature["uri"], None, None
+            if feature.get("$type") == LINK_FACET and (link := _http_link(feature.get("uri"))):
+                yield link, None, None
+    for card in _quoted_cards(post.get("embed")):
+        yield card["uri"], card.get("title") or None, card.get("description") or None
 
 
 def link_host(url: str) -> str:
@@ -188,7 +207,8 @@ def extract_link(post: dict[str, Any], domain: str | None = None) -> tuple[str, 
     """The article link of a post view: (link, title, description), or None when it has none.
 
     Looked for in the external embed's card (view, then record), a record-with-media
-    whose media is external, then the text's link facets (no title there). With
+    whose media is external, the text's link facets (no title there), then the card of
+    the post it quotes. With
     `domain`, only links to that domain (or a subdomain) count.
     """
     for link, title, description in _candidates(post):
@@ -240,8 +260,12 @@ def _count(post: dict[str, Any], name: str) -> int | None:
 def post_row(post: dict[str, Any], tz: tzinfo | None, now: datetime, domain: str | None = None) -> dict[str, Any]:
     """The `bsky_posts` row of a post view, counts as read at `now` (NULL where the API said nothing).
 
-    `tz` decides the local day (None: the machine's zone). Raises PostDataError when
-    the post lacks uri, cid, author did or a parseable createdAt, or has no article link.
+    createdAt is set by the posting client: a post dated 2030 or a backdated import would be
+    filed under the wrong day and its counts aged wrongly. So the day is the local date (in
+    `tz`; None: the machine's zone) of the earlier of createdAt and indexedAt (the AppView's
+    own sort time), and the counts' age runs from indexedAt (createdAt when there is none).
+    Raises PostDataError when the post lacks uri, cid, author did or a parseable createdAt,
+    has an unparseable indexedAt, or has no article link.
     """
     record = post.get("record") or {}
     author = post.get("author") or {}
@@ -256,7 +280,10 @@ def post_row(post: dict[str, Any], tz: tzinfo | None, now: datetime, domain: str
         created = parse_time(record.get("createdAt"))
     except PostDataError as e:
         raise PostDataError(f"post {uri}: createdAt {e}") from None
-    indexed = parse_time(post["indexedAt"]) if post.get("indexedAt") else None
+    try:
+        indexed = parse_time(post["indexedAt"]) if post.get("indexedAt") else None
+    except PostDataError as e:
+        raise PostDataError(f"post {uri}: indexedAt {e}") from None
     return {
         "uri": uri,
         "cid": cid,
@@ -274,10 +301,10 @@ def post_row(post: dict[str, Any], tz: tzinfo | None, now: datetime, domain: str
         "reply_count": _count(post, "reply"),
         "quote_count": _count(post, "quote"),
         "counts_read_utc": utc_iso(now),
-        "counts_age_hours": (now - created).total_seconds() / 3600.0,
+        "counts_age_hours": (now - (indexed or created)).total_seconds() / 3600.0,
         "counts_final": 0,
         "deleted": 0,
-        "day": _local_day(created, tz),
+        "day": _local_day(min(created, indexed or created), tz),
         "first_seen_utc": utc_iso(now),
     }
 
@@ -504,7 +531,7 @@ def refresh_counts(
     db: sqlite_utils.Database, client: Bluesky, min_age_hours: float = 24.0, now: datetime | None = None,
     day: str | None = None,
 ) -> int:
-    """Re-read the counts of posts at least `min_age_hours` old whose counts are not final yet.
+    """Re-read the counts of posts at least `min_age_hours` old (from indexedAt) whose counts are not final.
 
     getPosts in chunks of 25; counts, counts_read_utc and counts_age_hours are
     updated and counts_final set to 1. A post missing from the answer is marked
@@ -516,9 +543,11 @@ def refresh_counts(
     now = now or datetime.now(timezone.utc)
     day = day or now.astimezone(timezone.utc).date().isoformat()
     cutoff = utc_iso(now - timedelta(hours=min_age_hours))
+    # Age from indexedAt, not the client-set createdAt: a post dated 2030 would never be due.
     due = list(db.query(
-        "select uri, created_utc from bsky_posts where coalesce(counts_final, 0) = 0 "
-        "and coalesce(deleted, 0) = 0 and created_utc <= ? order by created_utc, uri", [cutoff]))
+        "select uri, coalesce(indexed_utc, created_utc) as since_utc from bsky_posts "
+        "where coalesce(counts_final, 0) = 0 and coalesce(deleted, 0) = 0 "
+        "and coalesce(indexed_utc, created_utc) <= ? order by since_utc, uri", [cutoff]))
     finalised = deleted = 0
     for start in range(0, len(due), 25):
         chunk = due[start:start + 25]
@@ -537,7 +566,7 @@ def refresh_counts(
                     db.execute("update bsky_posts set deleted = 1 where uri = ?", [row["uri"]])
                     deleted += 1
                     continue
-                age = (now - parse_time(row["created_utc"])).total_seconds() / 3600.0
+                age = (now - parse_time(row["since_utc"])).total_seconds() / 3600.0
                 db.execute(_FINAL_COUNTS, [*(_count(post, name) for name in COUNT_FIELDS),
                                            utc_iso(now), age, row["uri"]])
                 failpoint("walter.refresh.row")
@@ -616,8 +645,8 @@ def _recent_own_posts(client: Bluesky, did: str, max_posts: int, young: str,
             if (item.get("reason") or {}).get("$type") == REPOST_REASON or (post.get("author") or {}).get("did") != did:
                 continue
             handle = handle or post["author"].get("handle")
-            try:
-                created = utc_iso(parse_time((post.get("record") or {}).get("createdAt")))
+            try:  # indexedAt, as for a scored post: a backdated createdAt would make its counts look settled
+                created = utc_iso(parse_time(post.get("indexedAt") or (post.get("record") or {}).get("createdAt")))
             except PostDataError:
                 continue  # without a time we cannot tell whether its counts are settled
             if created <= young:

@@ -5,11 +5,21 @@ deadline) and only the bytes are handed to feedparser, whose own fetching has no
 timeout. One feed's failure (network, HTTP status, oversized body, not a feed)
 is recorded in its `feeds` row and never stops the others; headlines are written
 only through `varro.headlines.store_headlines`, so re-running a day adds nothing.
+
+Bad input costs its own entry, never the feed or the night: an entry without a
+title, without a guid and a link, or with a link that is not a URL is dropped
+and its reason kept in the feed's summary line; an entry whose date cannot be
+read (a localised "Seg, 24 Set 2018", a year-9999 time that has no local day)
+is kept as undated, filed under the ingest day and counted. Stored text is
+cleaned (control characters and ANSI escapes removed, twice-escaped HTML
+unescaped and stripped) and bounded (TITLE_CHARS, SUMMARY_CHARS).
 """
 
 from __future__ import annotations
 
+import codecs
 import io
+import re
 import time
 import tomllib
 from dataclasses import dataclass
@@ -24,7 +34,7 @@ import httpx
 import sqlite_utils
 
 from varro.engine.config import REPO_ROOT, home_dir
-from varro.engine.sources import TimezoneError, resolve_timezone
+from varro.engine.sources import TimezoneError, normalise_link, resolve_timezone
 from varro.engine.store import utc_now
 from varro.forecast.headlines import headline_id, store_headlines
 from varro.engine.errors import UserError
@@ -33,13 +43,19 @@ DEFAULT_FEEDS_PATH = REPO_ROOT / "data" / "feeds.toml"
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=10.0)  # seconds per connect / read / write
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024  # decoded body size at which a fetch is abandoned
 DEFAULT_DEADLINE_S = 120.0  # a whole fetch, so a server trickling bytes cannot stall the night
-SUMMARY_CHARS = 500
+SUMMARY_CHARS = 500  # a stored summary is cut to this many characters
+TITLE_CHARS = 300  # a stored title is cut to this many: a 1 MB title would become a 400,000-token prompt
+MAX_LISTED_DROPS = 3  # the reasons of dropped entries a summary line names; the rest are counted
 USER_AGENT = "varro-ingest/0.1 (nightly news headline reader)"
 FEED_KEYS = {"name", "url"}
 
 
 class IngestError(ValueError, UserError):
     """The feeds file or an argument of the ingest is invalid."""
+
+
+class EntryError(ValueError):
+    """One entry of a feed cannot be stored as a headline; it is dropped and its reason reported."""
 
 
 class FetchError(IngestError):
@@ -67,6 +83,9 @@ class FeedResult:
     bozo_message: str | None = None
     items: int = 0  # headlines found in the body, new or not
     repeated: int = 0  # items whose guid (else link) an earlier item of the same body already had
+    dropped: tuple[str, ...] = ()  # one reason per entry that could not be stored
+    undated: int = 0  # items whose date could not be read, filed under the ingest day
+    titles_cut: int = 0  # items whose title was cut to TITLE_CHARS
 
     @property
     def ok(self) -> bool:
@@ -190,13 +209,75 @@ def fetch_feed(
     return Fetched(status=status, url=final_url, headers=response.headers, body=b"".join(chunks))
 
 
-def parse_body(fetched: Fetched) -> feedparser.FeedParserDict:
-    """feedparser's reading of a fetched body; never lets feedparser fetch or open anything itself."""
+_CHARREF = re.compile(rb"&#([xX][0-9a-fA-F]+|[0-9]+);")
+_XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*\bencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""")
+REPLACEMENT_REF = b"&#xFFFD;"
+
+
+def _no_surrogate_refs(body: bytes) -> bytes:
+    """`body` with character references to surrogates or past U+10FFFF replaced by U+FFFD's.
+
+    feedparser's loose parser raises UnicodeEncodeError on `&#xD800;`, losing the whole feed.
+    """
+    def fix(match: re.Match[bytes]) -> bytes:
+        ref = match.group(1)
+        code = int(ref[1:], 16) if ref[:1] in b"xX" else int(ref)
+        return REPLACEMENT_REF if 0xD800 <= code <= 0xDFFF or code > 0x10FFFF else match.group(0)
+
+    return _CHARREF.sub(fix, body)
+
+
+def declared_encoding(fetched: Fetched) -> str:
+    """The charset of the Content-Type header, else of the XML declaration, else UTF-8 (XML's default)."""
+    charset = fetched.headers.get("content-type", "").partition("charset=")[2].split(";")[0].strip(" \"'")
+    match = _XML_ENCODING.match(fetched.body[:200])
+    return charset or (match.group(1).decode("ascii") if match else "utf-8")
+
+
+def redecoded(body: bytes, declared: str) -> str | None:
+    """`body` read as its `declared` encoding with each undecodable byte replaced, or None to keep
+    feedparser's own fallback reading.
+
+    For UTF-8, only when its well-formed multi-byte characters outnumber the bad bytes: one
+    Latin-1 byte in a UTF-8 feed then costs one character, where feedparser's fallback would
+    read the whole document as windows-1252 ("crème" as "crÃ¨me"); a feed that is Latin-1
+    throughout keeps feedparser's windows-1252 reading instead of losing every accent.
+    """
+    try:
+        codec = codecs.lookup(declared).name
+    except LookupError:
+        return None  # an encoding Python does not know: feedparser's guess is all there is
+    text = body.decode(codec, errors="replace")
+    if codec != "utf-8":
+        return text
+    bad = text.count("\ufffd")
+    good = sum(1 for ch in text if ord(ch) > 0x7F) - bad
+    return text if good > bad else None
+
+
+def parse_body(fetched: Fetched) -> tuple[feedparser.FeedParserDict, str | None]:
+    """feedparser's reading of a fetched body, and a note when its encoding had to be repaired.
+
+    Never lets feedparser fetch or open anything itself. When feedparser overrode the
+    declared encoding (a stray byte the encoding does not allow), the body is read again
+    as declared, bad bytes replaced (see `redecoded`).
+    """
     # A stream, not bytes: feedparser tries to open() a bytes argument as a local file name.
     # Only the decoding headers, not Content-Location: feedparser would resolve entry ids
     # against it, making a guid depend on the URL the feed was fetched from.
     headers = {k: fetched.headers[k] for k in ("content-type", "content-language") if k in fetched.headers}
-    return feedparser.parse(io.BytesIO(fetched.body), response_headers=headers)
+    body = _no_surrogate_refs(fetched.body)
+    parsed = feedparser.parse(io.BytesIO(body), response_headers=headers)
+    if not isinstance(parsed.get("bozo_exception"), feedparser.CharacterEncodingOverride):
+        return parsed, None
+    declared = declared_encoding(fetched)
+    text = redecoded(body, declared)
+    if text is None:
+        return parsed, f"not {declared} as declared; read as {parsed.get('encoding')}"
+    media_type = headers.get("content-type", "application/xml").split(";")[0]
+    utf8 = {**headers, "content-type": f"{media_type}; charset=utf-8"}  # the HTTP charset wins over the XML one
+    reparsed = feedparser.parse(io.BytesIO(text.encode("utf-8")), response_headers=utf8)
+    return reparsed, f"{text.count(chr(0xFFFD))} bytes not valid {declared} replaced"
 
 
 # ---------------------------------------------------------------- entries to headlines
@@ -250,11 +331,30 @@ def truncate(text: str, limit: int = SUMMARY_CHARS) -> str:
     return cut.rstrip() + "…"
 
 
+# CSI sequences (colours, cursor moves: ESC [ or the C1 CSI), then the two-character escapes
+_ANSI_ESCAPE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b[@-_]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newlines
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?/?>")
+
+
+def clean_text(text: str) -> str:
+    """`text` safe to store and print: ANSI escapes and control characters removed, lone surrogates
+    (which SQLite cannot encode) replaced by U+FFFD."""
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub("", _ANSI_ESCAPE.sub("", text)))
+
+
 def _detail_text(value: str, detail: dict[str, Any] | None) -> str:
-    """Plain text of a feedparser text construct: HTML stripped unless it is declared plain text."""
+    """Plain, clean text of a feedparser text construct: HTML stripped unless it is declared plain text.
+
+    HTML escaped twice (`&amp;lt;b&amp;gt;`) still has tags after one unescape; those are stripped too.
+    """
     if (detail or {}).get("type") == "text/plain":
-        return " ".join(value.split())
-    return html_to_text(value)
+        return " ".join(clean_text(value).split())
+    text = html_to_text(value)
+    if _TAG.search(text):
+        text = html_to_text(text)
+    return " ".join(clean_text(text).split())
 
 
 def published_time(entry: dict[str, Any]) -> datetime | None:
@@ -269,34 +369,66 @@ def published_time(entry: dict[str, Any]) -> datetime | None:
     return None
 
 
-def entry_to_item(
-    entry: dict[str, Any], *, source: str, feed_url: str, base_url: str, zone: tzinfo | None, ingest_day: str
-) -> dict[str, Any] | None:
-    """The headline item for `store_headlines`, or None for an entry without a title or without guid and link.
-
-    Relative links are made absolute against `base_url`; `day` is the local date of the
-    published time in `zone` (None: the machine's zone), else `ingest_day`.
-    """
-    title = _detail_text(entry.get("title") or "", entry.get("title_detail"))
-    guid = (entry.get("id") or "").strip() or None
-    link = (entry.get("link") or "").strip()
-    link = urljoin(base_url, link) if link else None
-    if not title or not (guid or link):
+def local_day(moment: datetime, zone: tzinfo | None) -> str | None:
+    """The date of `moment` in `zone` (None: the machine's), or None when it has none (past year 9999 there)."""
+    try:
+        return moment.astimezone(zone).date().isoformat()
+    except OverflowError:
         return None
+
+
+def _link(entry: dict[str, Any], base_url: str) -> str | None:
+    """The entry's link made absolute against `base_url`, None when it has none. Raises EntryError."""
+    link = clean_text(entry.get("link") or "").strip()
+    if not link:
+        return None
+    try:
+        return urljoin(base_url, link)
+    except ValueError as e:
+        raise EntryError(f"link {link[:80]!r} is not a URL ({e})") from None
+
+
+def entry_to_item(
+    entry: dict[str, Any], *, source: str, feed_url: str, base_url: str, zone: tzinfo | None, ingest_day: str,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """The headline item for `store_headlines`, with two flags it does not store: `undated` and `title_cut`.
+
+    Relative links are made absolute against `base_url`. `day` is the local date of the
+    published time in `zone` (None: the machine's zone); an entry without a time, or whose
+    time cannot be read (a localised date feedparser does not know, a year-9999 time that
+    has no local date) is undated: no published_utc, filed under `ingest_day`, the day it was
+    first seen, and flagged `undated` when it did give a date. The title is cut to
+    TITLE_CHARS, the summary to SUMMARY_CHARS. `key` is the feed's identity in the
+    headline's id (default: `source`). Raises EntryError for an entry without a title,
+    without guid and link, or whose link is not a URL.
+    """
+    full_title = _detail_text(entry.get("title") or "", entry.get("title_detail"))
+    guid = clean_text(entry.get("id") or "").strip() or None
+    link = _link(entry, base_url)
+    if not full_title:
+        raise EntryError(f"no title ({guid or link})")
+    if not (guid or link):
+        raise EntryError(f"no guid and no link ({full_title[:80]!r})")
     summary = entry.get("summary")
     summary_detail = entry.get("summary_detail")
     if not summary and entry.get("content"):
         summary, summary_detail = entry["content"][0].get("value"), entry["content"][0]
     published = published_time(entry)
+    day = local_day(published, zone) if published else None
+    title = truncate(full_title, TITLE_CHARS)
     return {
         "source": source,
+        "key": key or source,
         "feed_url": feed_url,
         "guid": guid,
         "link": link,
         "title": title,
         "summary": truncate(_detail_text(summary or "", summary_detail)),
-        "published_utc": published.strftime("%Y-%m-%dT%H:%M:%SZ") if published else None,
-        "day": published.astimezone(zone).date().isoformat() if published else ingest_day,
+        "published_utc": published.strftime("%Y-%m-%dT%H:%M:%SZ") if day else None,
+        "day": day or ingest_day,
+        "undated": day is None and bool(entry.get("published") or entry.get("updated")),
+        "title_cut": title != full_title,
     }
 
 
@@ -376,27 +508,39 @@ def ingest_feed(
     if not fetched.body.strip():  # feedparser reads an empty body as a valid, empty feed
         error = f"{fetched.url} sent an empty body, not a feed"
         return _record(db, FeedResult(feed.url, name, fetched.status, error, 0, False))
-    parsed = parse_body(fetched)
+    parsed, recoded = parse_body(fetched)
     bozo_message = (str(parsed.get("bozo_exception", "")) or "malformed") if parsed.bozo else None
+    bozo_message = "; ".join(m for m in (recoded, bozo_message) if m) or None
     if not parsed.entries and (parsed.bozo or not parsed.get("version")):  # no version: XML, but not RSS/Atom
         kind = fetched.headers.get("content-type", "no Content-Type").split(";")[0].strip()  # e.g. text/html
         error = f"{fetched.url} is not a readable feed ({kind}): {bozo_message or 'no RSS or Atom root element'}"
         return _record(db, FeedResult(feed.url, name, fetched.status, error, 0, bool(parsed.bozo), bozo_message),
                        parsed=True)
 
-    feed_title = _detail_text(parsed.feed.get("title") or "", parsed.feed.get("title_detail"))
+    feed_title = truncate(_detail_text(parsed.feed.get("title") or "", parsed.feed.get("title_detail")), TITLE_CHARS)
     source = feed.name or feed_title or feed.url
-    items = [
-        item
-        for entry in parsed.entries
-        if (item := entry_to_item(entry, source=source, feed_url=feed.url, base_url=fetched.url,
-                                  zone=zone, ingest_day=day)) is not None
-    ]
-    new = store_headlines(db, items)
-    keys = {headline_id(i["source"], i["guid"], i["link"]) for i in items}
-    result = FeedResult(feed.url, source, fetched.status, None, new, bool(parsed.bozo), bozo_message, len(items),
-                        repeated=len(items) - len(keys))
+    items, dropped = [], []
+    for entry in parsed.entries:
+        try:
+            items.append(entry_to_item(entry, source=source, feed_url=feed.url, base_url=fetched.url, zone=zone,
+                                       ingest_day=day, key=feed_key(feed)))
+        except EntryError as e:
+            dropped.append(str(e))
+    new = store_headlines(db, items, legacy_key=None if feed.name else source)
+    keys = {headline_id(i["key"], i["guid"], i["link"]) for i in items}
+    result = FeedResult(feed.url, source, fetched.status, None, new, bool(parsed.bozo) or recoded is not None,
+                        bozo_message, len(items), repeated=len(items) - len(keys), dropped=tuple(dropped),
+                        undated=sum(i["undated"] for i in items), titles_cut=sum(i["title_cut"] for i in items))
     return _record(db, result, validators, parsed=True)
+
+
+def feed_key(feed: Feed) -> str:
+    """A feed's identity in its headlines' ids: its configured name, else its normalised URL.
+
+    Never its title: two unnamed feeds with the same title would share ids, and one
+    feed's items would vanish behind the other's.
+    """
+    return feed.name or normalise_link(feed.url)
 
 
 def _feed_row(db: sqlite_utils.Database, url: str) -> dict[str, Any]:
@@ -456,6 +600,13 @@ def _note(r: FeedResult) -> str:
         notes.append("the feed has no items")
     if r.repeated:
         notes.append(f"{r.repeated} of {r.items} items repeat an earlier item's guid or link; the first is kept")
+    if r.dropped:
+        more = f"; and {len(r.dropped) - MAX_LISTED_DROPS} more" if len(r.dropped) > MAX_LISTED_DROPS else ""
+        notes.append(f"{len(r.dropped)} items dropped: {'; '.join(r.dropped[:MAX_LISTED_DROPS])}{more}")
+    if r.undated:
+        notes.append(f"{r.undated} items with an unreadable date filed under the ingest day")
+    if r.titles_cut:
+        notes.append(f"{r.titles_cut} titles cut to {TITLE_CHARS} characters")
     return f"({'; '.join(notes)})" if notes else ""
 
 
