@@ -48,7 +48,9 @@ class Tally(App):
 
     def missing_data(self, db, day, cfg) -> str | None:
         if not self.has_data(db, day, cfg):
-            return f"no group has an item before {day} that beat its author's usual; no checkpoint written"
+            days = cfg.tally.lookback_days
+            window = f"in the {days} days before {day} (lookback_days = {days})" if days else f"before {day}"
+            return f"no group has an item {window} that beat its author's usual; no checkpoint written"
         return None
 
     def has_data(self, db, day, cfg) -> bool:

@@ -70,13 +70,15 @@ def demo(days: int | None, varro_only: bool, tiny: bool, cold: bool, home: str |
     "demo") and Walter's over the first four of its five (run
     "walter-demo"), evaluates the base
     and every checkpoint on held-out prompts, writes both HTML reports, compares
-    the base model with the last checkpoint, and prints where everything is.
+    the base model with the last checkpoint, and prints where everything is and three commands to try next.
     --tiny runs the same on the tiny local model (a quick tour; it writes word
     salad). Any setting can be overridden, e.g. --model or --learning-rate.
 
     Example: varro demo --days 3
     """
-    from varro.demo import SECTIONS, run_full_demo
+    from varro.demo import SECTIONS, run_full_demo, try_next
+    from varro.engine import store
+    from varro.engine.config import db_path
     from varro.engine.demo import demo_base, demo_days, run_demo
     from varro.engine.models import check_model
 
@@ -92,6 +94,9 @@ def demo(days: int | None, varro_only: bool, tiny: bool, cold: bool, home: str |
     if varro_only:
         app = get_app("varro")
         run_demo(app, home, app.demo_run_name(), configs["varro"], days=days, echo=click.echo)
+        click.echo("")
+        for line in try_next(store.open_db(db_path(home)), home, walter=False):
+            click.echo(line)
     else:
         run_full_demo(home, configs, days=days, echo=click.echo)
 

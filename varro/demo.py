@@ -7,16 +7,18 @@ neither imports it.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from varro.engine import store
 from varro.engine.app import get_app
 from varro.engine.compare import compare, format_comparison, held_out_prompts, write_html
-from varro.engine.config import Config, db_path, run_dir
+from varro.engine.config import Config, db_path, home_dir, run_dir
 from varro.engine.demo import format_voice, run_demo
 from varro.engine.embed import CachedEmbedder, load_embedder
 from varro.engine.panel import PanelError, evaluate, format_curve
 from varro.engine.report import build_report
+from varro.engine.rollout_log import list_rollouts
 from varro.engine.voice import voice_data
 
 SECTIONS = (("varro", "Varro: forecasts from the sample headlines"),
@@ -89,4 +91,28 @@ def run_full_demo(home: str | Path | None, configs: dict[str, Config], days: int
     echo(f"report (Walter): {reports['walter']}")
     if compare_html:
         echo(f"compare:         {compare_html}")
+    echo("")
+    for line in try_next(db, home, walter=True):
+        echo(line)
     return {**metrics, "reports": reports, "compare": result, "curves": curves, "voice": voices}
+
+
+def try_next(db, home: str | Path | None, walter: bool) -> list[str]:
+    """The demo's last lines: the names of its runs and three commands to try on them, each of which runs as
+    printed from the checkout (with --home when the demo was given one)."""
+    varro_run, walter_run = get_app("varro").demo_run_name(), get_app("walter").demo_run_name()
+    where = f" --home {shlex.quote(str(home_dir(home)))}" if home else ""
+    best = list_rollouts(db, "varro", varro_run, best=1)
+    lines = [f"runs: {varro_run} (Varro)" + (f" and {walter_run} (Walter)" if walter else "")
+             + f" in {home_dir(home) / 'runs'}; pass --run to the commands (without it they read your own run, "
+             "varro or walter)", "try next:",
+             f"  scripts/env varro rollouts --run {varro_run} --best 5{where}    # the best forecasts, every reward "
+             "component"]
+    if best:
+        lines.append(f"  scripts/env varro rollouts show {best[0]['id']} --run {varro_run}{where}    # the best one "
+                     "whole, with its group")
+    if walter:
+        lines.append(f"  scripts/env walter rollouts --run {walter_run} --worst 3{where}    # Walter's weakest posts")
+    else:
+        lines.append(f"  scripts/env varro metrics --run {varro_run}{where}    # the per-day metrics again")
+    return lines

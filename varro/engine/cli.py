@@ -9,13 +9,14 @@ Errors leave a command one way: the library raises a `UserError`
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import TYPE_CHECKING, Callable
 
 import click
 
 from varro.engine.app import App
-from varro.engine.cli_inspect import register as register_inspect
+from varro.engine.cli_inspect import register as register_inspect, require_app_run, run_owner
 from varro.engine.cli_options import config_options, resolve_config
 from varro.engine.errors import UserError
 
@@ -25,8 +26,12 @@ if TYPE_CHECKING:
     from varro.engine.nightly import Plan
 
 
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
+
+
 class EngineGroup(click.Group):
-    """Turns the library's expected errors into one line on stderr and exit status 1."""
+    """Turns the library's expected errors into one line on stderr and exit status 1, and Ctrl-C into one
+    line and exit status 130 (click's own is "Aborted!" and 1)."""
 
     def invoke(self, ctx):
         try:
@@ -34,6 +39,9 @@ class EngineGroup(click.Group):
         except (UserError, FileNotFoundError) as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("interrupted; re-running resumes", err=True)
+            sys.exit(INTERRUPTED)
 
 
 HOME_OPTION = click.option("--home", default=None, help="folder for data/ and runs/ (default $VARRO_HOME or the repo)")
@@ -257,6 +265,8 @@ def run_nightly_cli(run: str, home: str | None, days, quiet: bool, run_day, keep
     except RunLocked as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(75)  # EX_TEMPFAIL: try again later
+    except KeyboardInterrupt:  # run_nightly has said where in one line
+        sys.exit(INTERRUPTED)
 
 
 def nightly_command(app: App, module: str) -> click.Command:
@@ -391,11 +401,10 @@ def metrics_command(app: App) -> click.Command:
         import json
 
         from varro.engine import store
-        from varro.engine.config import require_run
         from varro.engine.metrics import app_day_metrics, format_metrics
 
         db = reading_db(home)
-        require_run(db, app.name, run, home)
+        require_app_run(db, app, run, home)
         rows = [app_day_metrics(db, app, run, d) for d in store.rollout_days(db, app.name, run)]
         if as_json:
             for r in rows:
@@ -404,6 +413,26 @@ def metrics_command(app: App) -> click.Command:
             click.echo(format_metrics(rows, list(app.metric_columns)))
 
     return metrics
+
+
+def cron_run_note(app: App, run: str, home: str | None) -> str:
+    """The comment under the crontab line: the run it schedules, its app, its home and what settings its
+    nightly will use."""
+    from varro.engine.checkpoints import list_checkpoints
+    from varro.engine.config import home_dir, run_dir
+    from varro.engine.runs import read_run, run_file
+
+    path = run_dir(run, home)
+    stored = read_run(path)
+    if stored is not None:
+        return (f"# run {run} exists: {app.name} on {stored['model']}; the nightly uses its settings from "
+                f"{run_file(path)} ({len(stored.get('changes', []))} changed since {stored['created_utc'][:10]})")
+    where = f"# run {run} ({app.name}) in {home_dir(home)}"
+    found = list_checkpoints(path)
+    if found:
+        return (f"{where}: {len(found)} checkpoints (latest {found[-1].name}) and no run.toml yet; the first "
+                f"nightly writes {run_file(path)} from the latest checkpoint's settings")
+    return f"{where}: a new run; its first nightly writes {run_file(path)}"
 
 
 def cron_command(app: App) -> click.Command:
@@ -429,24 +458,24 @@ def cron_command(app: App) -> click.Command:
         except ValueError:
             raise click.BadParameter(f"{at!r} is not HH:MM", param_hint="--at") from None
         from varro.engine.config import run_dir
-        from varro.engine.runs import RunIdentityError, read_run, run_file
+        from varro.engine.runs import RunIdentityError
 
-        stored = read_run(run_dir(run, home))
-        if stored is not None and stored.get("app") != app.name:
-            raise RunIdentityError(f"run {run!r} belongs to {stored.get('app')}: use `{stored.get('app')} cron "
-                                   f"--run {run}`, or another --run for {app.name}")
+        owner = run_owner(run_dir(run, home))
+        if owner is not None and owner != app.name:
+            raise RunIdentityError(f"run {run!r} belongs to {owner}: use `{owner} cron --run {run}`, or another "
+                                   f"--run for {app.name}")
         line = cron_line(app.name, run, home, hour, minute)
         click.echo(line)
-        if stored is not None:
-            click.echo(f"# run {run} exists: {app.name} on {stored['model']}; the nightly uses its settings from "
-                       f"{run_file(run_dir(run, home))} ({len(stored.get('changes', []))} changed since "
-                       f"{stored['created_utc'][:10]})")
+        click.echo(cron_run_note(app, run, home))
         plist = launchd_plist(app.name, run, home, hour, minute) if is_macos() else None
         if plist:
             click.echo(plist)
         if install:
             if plist:
                 click.echo(f"installed {install_launchd(app.name, run, plist)}")
+            elif shutil.which("crontab") is None:
+                raise UserError("there is no `crontab` program on this machine: install cron (Debian: apt install "
+                                "cron), or give the line above to your scheduler")
             elif install_cron(line):
                 click.echo("installed in your crontab (crontab -l shows it)")
             else:
@@ -458,12 +487,12 @@ def cron_command(app: App) -> click.Command:
 def panel_context(app: App, run: str, home: str | None, embedder: str | None):
     """What `compare` and `eval` share: (db, run path, the run's config, its embedder (`embedder` overrides
     it)); raises NoDatabaseError or UnknownRunError first."""
-    from varro.engine.config import Config, require_run
+    from varro.engine.config import Config
     from varro.engine.embed import CachedEmbedder, load_embedder
     from varro.engine.panel import run_config
 
     db = reading_db(home)
-    path = require_run(db, app.name, run, home)
+    path = require_app_run(db, app, run, home)
     cfg = run_config(path, Config())
     emb = CachedEmbedder(load_embedder(embedder or getattr(cfg, app.name).embedder), db)
     return db, path, cfg, emb

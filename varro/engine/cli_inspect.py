@@ -15,6 +15,7 @@ from typing import Any, Callable
 import click
 
 from varro.engine.app import App
+from varro.engine.errors import UserError
 from varro.engine.rollout_log import SORT_KEYS
 
 def _for_app(app: App) -> Callable[[Callable], Callable]:
@@ -44,7 +45,36 @@ def _open(home: str | None):
     return open_db(require_db(home))
 
 
-RUN_HELP = "run name under runs/ [default: default]"
+def run_owner(run_path: Path) -> str | None:
+    """The app a run belongs to, as `nightly` reads it: run.toml's app, else its latest checkpoint's (see
+    varro.engine.checkpoints.check_run_owner); None for a run that has neither."""
+    from varro.engine.checkpoints import METADATA, list_checkpoints
+    from varro.engine.runs import read_run
+
+    stored = read_run(run_path)
+    if stored is not None:
+        return stored.get("app")
+    found = list_checkpoints(run_path)
+    return json.loads((found[-1] / METADATA).read_text()).get("app") if found else None
+
+
+def require_app_run(db, app: App, run: str, home: str | None) -> Path:
+    """runs/<run> of an existing `app` run (varro.engine.config.require_run). A run of another app is refused
+    naming that app and the command to use instead (RunIdentityError), not reported as missing."""
+    from varro.engine.config import UnknownRunError, require_run, run_dir
+    from varro.engine.runs import RunIdentityError
+
+    try:
+        return require_run(db, app.name, run, home)
+    except UnknownRunError:
+        owner = run_owner(run_dir(run, home))
+        if owner is None or owner == app.name:
+            raise
+        verb = click.get_current_context().command_path.split(" ", 1)[-1]
+        raise RunIdentityError(f"run {run!r} is a {owner} run, not a {app.name} one: use "
+                               f"`{owner} {verb} --run {run}`") from None
+
+
 HOME_HELP = "folder for data/ and runs/ (default $VARRO_HOME or the repo)"
 LIST_OPTIONS = [
     click.option("--date", "day", default=None, callback=_check_day, help="only this day, YYYY-MM-DD"),
@@ -53,16 +83,25 @@ LIST_OPTIONS = [
                  "[default: reward]"),
     click.option("--best", type=click.IntRange(min=1), default=None, help="only the N highest by the sort key"),
     click.option("--worst", type=click.IntRange(min=1), default=None, help="only the N lowest, lowest first"),
-    click.option("--run", default=None, help=RUN_HELP),
-    click.option("--home", default=None, help=HOME_HELP),
     click.option("--json", "as_json", is_flag=True, default=False, help="print a JSON array instead of a table"),
 ]
 
 
-def _list_options(fn: Callable) -> Callable:
-    for option in reversed(LIST_OPTIONS):
-        fn = option(fn)
-    return fn
+def _run_options(app: App) -> list[Callable]:
+    """--run and --home, taken before or after the `rollouts` subcommand alike."""
+    return [click.option("--run", default=None, help=f"run name under runs/ [default: {app.default_run}]"),
+            click.option("--home", default=None, help=HOME_HELP)]
+
+
+def _options(options: list[Callable]) -> Callable[[Callable], Callable]:
+    """Apply click `options` in order, the first shown first in --help."""
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def _with_group_options(ctx: click.Context, own: dict[str, Any]) -> dict[str, Any]:
@@ -77,11 +116,9 @@ def _list(app: App, day: str | None, prompt: str | None, sort: str | None, best:
 
     if best is not None and worst is not None:
         raise click.UsageError("give --best or --worst, not both")
-    from varro.engine.config import require_run
-
     run = run or app.default_run
     db = _open(home)
-    require_run(db, app.name, run, home)
+    require_app_run(db, app, run, home)
     rows = list_rollouts(db, app.name, run, day=day, prompt=prompt, sort=sort or "reward", best=best,
                          worst=worst)
     if as_json:
@@ -98,7 +135,7 @@ def rollouts_group(app: App) -> click.Group:
     """The `rollouts` group for `app`: lists when called without a subcommand."""
 
     @click.group("rollouts", invoke_without_command=True)
-    @_list_options
+    @_options(LIST_OPTIONS + _run_options(app))
     @click.pass_context
     @_for_app(app)
     def rollouts(ctx: click.Context, **opts: Any) -> None:
@@ -113,7 +150,7 @@ def rollouts_group(app: App) -> click.Group:
             _list(app, **opts)
 
     @rollouts.command("list")
-    @_list_options
+    @_options(LIST_OPTIONS + _run_options(app))
     @click.pass_context
     @_for_app(app)
     def list_cmd(ctx: click.Context, **opts: Any) -> None:
@@ -125,19 +162,23 @@ def rollouts_group(app: App) -> click.Group:
 
     @rollouts.command("show")
     @click.argument("rollout_id", type=int)
-    @click.option("--home", default=None, help=HOME_HELP)
+    @_options(_run_options(app))
     @click.option("--json", "as_json", is_flag=True, default=False, help="print JSON instead of text")
     @click.pass_context
     @_for_app(app)
-    def show(ctx: click.Context, rollout_id: int, home: str | None, as_json: bool) -> None:
+    def show(ctx: click.Context, rollout_id: int, run: str | None, home: str | None, as_json: bool) -> None:
         """Show one completion: prompt, text, every reward component, and its whole group.
 
-        Example: {app} rollouts show 42
+        With --run, a completion of another run is refused.
+
+        Example: {app} rollouts show 42 --run demo
         """
         from varro.engine.rollout_log import format_detail, rollout_detail
 
-        opts = _with_group_options(ctx, {"home": home, "as_json": as_json})
+        opts = _with_group_options(ctx, {"run": run, "home": home, "as_json": as_json})
         d = rollout_detail(_open(opts["home"]), rollout_id)
+        if opts["run"] and d["run"] != opts["run"]:
+            raise UserError(f"rollout {rollout_id} is of run {d['run']!r}, not {opts['run']!r}")
         if opts["as_json"]:
             click.echo(json.dumps(d, indent=2))
         else:
@@ -171,12 +212,12 @@ def report_command(app: App) -> click.Command:
 
         Example: {app} report --run demo
         """
-        from varro.engine.config import Config, caller_path, require_run
+        from varro.engine.config import Config, caller_path
         from varro.engine.panel import run_config
         from varro.engine.report import format_summary, report_data, write_report
 
         db = _open(home)
-        path = require_run(db, app.name, run, home)
+        path = require_app_run(db, app, run, home)
         # the run's own limit: the config its latest checkpoint was trained with
         data = report_data(db, app, run, run_config(path, Config()).eval.voice_drift_max)
         out = caller_path(html_path) if html_path else path / "report.html"

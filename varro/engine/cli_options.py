@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from varro.engine.config import Config, ConfigError, load_config
+from varro.engine.config import Config, ConfigError, caller_path, load_config, read_config_file
 
 ENGINE_SECTIONS_BY_NAME = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "apps"}
 
@@ -60,21 +61,28 @@ def _add_options(fn: Callable, sections: list) -> Callable:
     return fn
 
 
+def config_file(kwargs: dict[str, Any]) -> Path | None:
+    """The command's --config file, a relative path taken from the folder the command was run in (as
+    --model and --html are), not from the checkout scripts/env runs in."""
+    path = kwargs.get("config_file")
+    return caller_path(path) if path else None
+
+
 def named_settings(kwargs: dict[str, Any]) -> dict[str, set[str]]:
     """{section: {names}} of the settings a command's kwargs name explicitly: its options that were given,
     and every setting of its --config file. Leaves kwargs as they are; raises click.UsageError for a bad file."""
-    import tomllib
-
     named: dict[str, set[str]] = {}
     for key, value in kwargs.items():
         if key.startswith("cfg__") and value is not None:
             _, section, name = key.split("__")
             named.setdefault(section, set()).add(name)
-    path = kwargs.get("config_file")
+    path = config_file(kwargs)
     if path:
         try:
-            data = tomllib.loads(open(path, encoding="utf-8").read())
-        except (OSError, tomllib.TOMLDecodeError) as e:
+            data = read_config_file(path)
+        except ConfigError as e:
+            raise click.UsageError(str(e)) from None
+        except OSError as e:
             raise click.UsageError(f"config file {path}: {e}") from None
         for section, values in data.items():
             if isinstance(values, dict):
@@ -91,6 +99,8 @@ def resolve_config(kwargs: dict[str, Any], base: Config | None = None) -> Config
         if value is not None:
             overrides.setdefault(section, {})[name] = value
     try:
-        return load_config(kwargs.pop("config_file", None), overrides, base=base)
+        path = config_file(kwargs)
+        kwargs.pop("config_file", None)
+        return load_config(path, overrides, base=base)
     except ConfigError as e:
         raise click.UsageError(str(e)) from e

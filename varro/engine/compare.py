@@ -139,7 +139,8 @@ def write_html(c: Comparison, path: Path) -> Path:
     esc = html.escape
     rows = []
     for p, samples in side_by_side(c):
-        rows.append(f"<tr><th colspan=4>{esc(p['text'])}</th></tr>")
+        prompt = "<br>".join(esc(line) for line in p["text"].splitlines())  # the headline, then its summary
+        rows.append(f"<tr><th colspan=4>{prompt}</th></tr>")
         for rb, tb, ra, ta in samples:
             rows.append(f"<tr><td>{rb:+.3f}</td><td>{esc(tb)}</td><td>{ra:+.3f}</td><td>{esc(ta)}</td></tr>")
     page = f"""<!doctype html><meta charset="utf-8"><title>compare {esc(c.before.label)} vs {esc(c.after.label)}</title>

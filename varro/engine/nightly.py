@@ -243,7 +243,9 @@ def run_nightly(
                     result = run_day(day, progress)
                 finally:
                     failure = sys.exc_info()[1]
-                    if failure is not None:  # logged here, raised on to the caller
+                    if isinstance(failure, KeyboardInterrupt):  # Ctrl-C: the night's one line below says it
+                        DayLog(log.path, None)(f"nightly {run_path.name} {day}: interrupted")
+                    elif failure is not None:  # logged here, raised on to the caller
                         log(f"nightly {run_path.name} {day}: FAILED: {failure.__class__.__name__}: {failure}")
                 log(f"nightly {run_path.name} {day}: done: {result}")
                 record_finished(run_path, day)
@@ -253,5 +255,9 @@ def run_nightly(
             failed = [d for d in plan.days if d not in ran][:1]
             # never called after a failure: its own error would replace the day's
             note = night_note(ran[-1]) if night_note is not None and ran and not failed else None
+            if isinstance(sys.exc_info()[1], KeyboardInterrupt):  # Ctrl-C: this line instead of the summary
+                echo(f"nightly {run_path.name}: interrupted at {failed[0] if failed else 'the end'}; "
+                     "re-running resumes")
+                raise  # on to the caller, which exits 130
             echo(f"nightly {run_path.name}: {plan.summary(ran)}" + (f"; {failed[0]} FAILED" if failed else "")
                  + (f"; {note}" if note else ""))

@@ -85,7 +85,7 @@ def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: i
     ranked by the nightly's reward with every component; otherwise they are
     printed as drawn, with one line saying why.
 
-    Example: varro forecast --headline "Dockworkers walk out at Calderra, Valdoria's biggest port" --n 4
+    Example: varro forecast --headline "Dockworkers walk out at Calderra as Valdoria's biggest port grinds to a halt" --n 4
     """
     import hashlib
     import json
