@@ -93,14 +93,12 @@ BAD_FEEDS = {
     "latin-1 declared utf-8": (("/latin1.xml", LATIN1_FEED, "application/rss+xml"), 0, "Caf\u00e9 Gazette",
                                # Latin-1 throughout: too few valid UTF-8 characters to re-read it as declared,
                                # so feedparser's windows-1252 reading is kept, and with it every accent
-                               "(malformed, kept what parsed: not utf-8 as declared; read as windows-1252; "
-                               "document declared as utf-8, but parsed as windows-1252)",
+                               "(malformed, kept what parsed: not utf-8 as declared; read as windows-1252)",
                                {"cafe-1": "Caf\u00e9 cr\u00e8me prices rise",
                                 "cafe-2": "Na\u00efve forecasts, \u00a3 and \u00e9t\u00e9"}),
     "bogus encoding": (("/bogus.xml", BOGUS_ENCODING_FEED, "application/rss+xml"), 0, "Bogus Encoding",
                        # an encoding Python does not know: feedparser's UTF-8 reading is all there is
-                       "(malformed, kept what parsed: not x-bogus-42 as declared; read as utf-8; "
-                       "document declared as x-bogus-42, but parsed as utf-8)",
+                       "(malformed, kept what parsed: not x-bogus-42 as declared; read as utf-8)",
                        {"bogus-1": "Z\u00fcrich na\u00efve r\u00e9sum\u00e9"}),
     "duplicate guids": (("/dupes.xml", DUPLICATES_FEED, "application/rss+xml"), 0, "Stutter News",
                         "(49 of 50 items repeat an earlier item's guid or link; the first is kept)",

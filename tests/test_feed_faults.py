@@ -160,6 +160,27 @@ def test_a_feed_whose_http_charset_is_latin1_is_read_as_such(server, db):
     assert titles(db) == ["Crème"]
 
 
+def test_a_koi8r_feed_declaring_nothing_is_read_as_koi8r_not_windows_1252(server, db):
+    # Regression: with no charset detector, feedparser fell back to windows-1252 ("íÏÓË×Á" for "Москва").
+    russian = ["Москва: новости дня и погода на завтра", "Правительство обсудило новый бюджет на следующий год",
+               "Цены на бензин снова выросли в регионах"]
+    body = ('<?xml version="1.0"?><rss version="2.0"><channel><title>Новости</title>'
+            + "".join(item(t, f"ru-{k}", "<description>Подробности в материале.</description>")
+                      for k, t in enumerate(russian)) + "</channel></rss>").encode("koi8-r")
+    result = read(server, db, body)
+    assert sorted(titles(db)) == sorted(russian)
+    assert "no encoding declared; read as koi8-r" in result.bozo_message
+
+
+def test_an_atom_plain_text_title_escaped_twice_is_unescaped(server, db):
+    # Regression: a type="text" title kept "&lt;b&gt;Bold&lt;/b&gt;" as its text.
+    body = (b'<?xml version="1.0"?><feed xmlns="http://www.w3.org/2005/Atom"><title>A</title>'
+            b"<entry><title>&amp;lt;b&amp;gt;Bold&amp;lt;/b&amp;gt; claim</title><id>urn:a:1</id></entry>"
+            b"<entry><title>AT&amp;T &amp;amp; 3 &lt; 4</title><id>urn:a:2</id></entry></feed>")
+    read(server, db, body, content_type="application/atom+xml")
+    assert titles(db) == ["Bold claim", "AT&T &amp; 3 < 4"]  # plain text with no escaped tag stays literal
+
+
 # ---------------------------------------------------------------- feed identity
 
 
@@ -319,3 +340,66 @@ def test_a_year_9999_time_past_the_last_utc_day_costs_its_row(db, tmp_path):
     texts, rejects = stored_tally(db, path)
     assert texts == ["ok"]
     assert set(rejects) == {2, 3} and all("out of range" in why for why in rejects.values())
+
+
+# ---------------------------------------------------------------- a corpus of ugly feeds through the CLI
+
+
+def test_one_ingest_over_a_corpus_of_ugly_feeds_stores_every_readable_item_and_reports_the_rest(server, tmp_path):
+    """Issue 30's "done when": over 100 ugly files served locally, one `varro ingest` over them all."""
+    from click.testing import CliRunner
+
+    from fixtures.ugly_feeds import write_corpus
+    from varro.cli import cli
+
+    files = write_corpus(tmp_path / "corpus")
+    assert len(files) >= 100
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    url = {}
+    with open(home / "data" / "feeds.toml", "w") as toml:
+        for case, path in files:
+            server.routes[f"/{path.name}"] = respond(path.read_bytes(), content_type=case.content_type,
+                                                     headers=case.headers)
+            url[case.name] = server.url(f"/{path.name}")
+            toml.write(f'[[feed]]\nname = "{case.name}"\nurl = "{url[case.name]}"\n')
+    readable = [c for c, _ in files if c.items is not None]
+    unreadable = [c for c, _ in files if c.items is None]
+    args = ["ingest", "--home", str(home), "--date", DAY, "--timezone", "Pacific/Kiritimati"]
+
+    out = CliRunner().invoke(cli, args)
+
+    assert out.exit_code == 0, out.output  # some feeds were read
+    assert "Traceback" not in out.output
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 + len(files) + 1  # header, one line per feed, total
+    db = open_db(home / "data" / "varro.db")
+    wrong = []
+    for (case, _), line in zip(files, lines[1:]):
+        assert line.split()[0] == case.name, line
+        rows = db.query("select title from headlines where feed_url = ?", [url[case.name]])
+        stored = sorted(r["title"] for r in rows)
+        error = db["feeds"].get(url[case.name])["last_error"]
+        if case.items is None:
+            if not (error and error in line and not stored):
+                wrong.append((case.name, "not reported as unreadable", line))
+        elif error or len(stored) != case.items or line.split()[2] != str(case.items):
+            wrong.append((case.name, f"{len(stored)} stored, {case.items} expected", line[:300]))
+        elif case.titles is not None and tuple(stored) != case.titles:
+            wrong.append((case.name, stored, case.titles))
+    assert wrong == [], "\n".join(map(repr, wrong))
+    assert [sum(ln.split()[0] == c.name for ln in lines) for c in unreadable] == [1] * len(unreadable)
+    total = sum(c.items for c in readable)
+    assert lines[-1] == (f"total: {len(files)} feeds, {len(readable)} read, {len(unreadable)} failed, "
+                         f"{total} new headlines")
+    undated = list(db.query("select day, published_utc from headlines where source like '%year-9999'"))
+    assert undated and all((r["day"], r["published_utc"]) == (DAY, None) for r in undated)
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and again.stdout.splitlines()[-1].endswith(", 0 new headlines"), again.output
+    assert count(db, "headlines") == total
+
+    # nothing readable at all is the one failure of the night
+    only_bad = CliRunner().invoke(cli, args + [f for c in unreadable[:3] for f in ("--feed", url[c.name])])
+    assert only_bad.exit_code == 1 and "no feed could be read" in only_bad.output
+    assert "Traceback" not in only_bad.output

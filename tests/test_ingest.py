@@ -552,3 +552,27 @@ def test_cli_ingest_prints_summary_and_fails_only_when_nothing_was_read(server, 
                                "--feed", server.url("/rss.xml")])
     assert good.exit_code == 0, good.output
     assert "404" in good.output
+
+
+def test_cli_ingest_reads_the_feeds_file_of_home_not_of_varro_home(server, varro_home, tmp_path):
+    """Regression (issue 30): `--home H` read $VARRO_HOME's (else the repository's) feeds.toml, not H's."""
+    from click.testing import CliRunner
+
+    from varro.cli import cli
+
+    def feeds_file(home, path: str) -> None:
+        (home / "data").mkdir(parents=True, exist_ok=True)
+        (home / "data" / "feeds.toml").write_text(f'[[feed]]\nname = "Own"\nurl = "{server.url(path)}"\n')
+
+    own = tmp_path / "own-home"
+    feeds_file(own, "/rss.xml")
+    feeds_file(varro_home, "/atom.xml")
+    out = CliRunner().invoke(cli, ["ingest", "--date", DAY, "--timezone", "UTC", "--home", str(own)])
+    assert out.exit_code == 0, out.output
+    assert [p for p, _ in server.requests] == ["/rss.xml"]
+    assert [r["guid"] for r in open_db(own / "data" / "varro.db").query("select guid from headlines order by guid")] \
+        == ["herald-001", "herald-002", "herald-003"]
+
+    out = CliRunner().invoke(cli, ["ingest", "--date", DAY, "--timezone", "UTC"])  # no --home: $VARRO_HOME's
+    assert out.exit_code == 0, out.output
+    assert [p for p, _ in server.requests] == ["/rss.xml", "/atom.xml"]

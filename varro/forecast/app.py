@@ -43,7 +43,7 @@ class Varro(App):
         if source == "sample":
             return load_sample_day(db, day)
         urls = options.get("feed_urls") or ()
-        feeds = [Feed(None, u) for u in urls] if urls else load_feeds()
+        feeds = [Feed(None, u) for u in urls] if urls else load_feeds(home=home)
         results = ingest(db, feeds, day, tz=cfg.varro.timezone or None)
         echo(format_summary(results))
         if all_failed(results):

@@ -103,20 +103,22 @@ class Fetched:
 # ---------------------------------------------------------------- feeds file
 
 
-def default_feeds_path() -> Path:
-    """`$VARRO_HOME/data/feeds.toml` when that file exists, else the list shipped in the repository."""
-    own = home_dir() / "data" / "feeds.toml"
+def default_feeds_path(home: str | Path | None = None) -> Path:
+    """`data/feeds.toml` of the home folder (`home`, else $VARRO_HOME) when that file exists,
+    else the list shipped in the repository."""
+    own = home_dir(home) / "data" / "feeds.toml"
     return own if own.is_file() else DEFAULT_FEEDS_PATH
 
 
-def load_feeds(path: str | Path | None = None) -> list[Feed]:
-    """The feeds listed as `[[feed]]` tables (`url`, optional `name`) in the TOML file at `path`.
+def load_feeds(path: str | Path | None = None, home: str | Path | None = None) -> list[Feed]:
+    """The feeds listed as `[[feed]]` tables (`url`, optional `name`) in the TOML file at `path`
+    (default: `default_feeds_path(home)`).
 
     Raises IngestError, naming the file, when it is missing, unreadable, not
     TOML, lists no feed, or has a feed without a valid http(s) url, an unknown
     key or a url listed twice.
     """
-    p = Path(path) if path is not None else default_feeds_path()
+    p = Path(path) if path is not None else default_feeds_path(home)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -227,11 +229,28 @@ def _no_surrogate_refs(body: bytes) -> bytes:
     return _CHARREF.sub(fix, body)
 
 
-def declared_encoding(fetched: Fetched) -> str:
-    """The charset of the Content-Type header, else of the XML declaration, else UTF-8 (XML's default)."""
+def declared_charset(fetched: Fetched) -> str | None:
+    """The charset of the Content-Type header, else of the XML declaration, else None."""
     charset = fetched.headers.get("content-type", "").partition("charset=")[2].split(";")[0].strip(" \"'")
     match = _XML_ENCODING.match(fetched.body[:200])
-    return charset or (match.group(1).decode("ascii") if match else "utf-8")
+    return charset or (match.group(1).decode("ascii") if match else None)
+
+
+def declared_encoding(fetched: Fetched) -> str:
+    """The declared charset (see `declared_charset`), else UTF-8 (XML's default)."""
+    return declared_charset(fetched) or "utf-8"
+
+
+def detected_encoding(body: bytes) -> str | None:
+    """The codec charset-normalizer finds most likely for `body` (e.g. "koi8-r"), or None when it finds none.
+
+    A short body says little: a few words of KOI8-R can pass for Shift-JIS, so this is
+    asked only about a feed that declares nothing and is not UTF-8.
+    """
+    from charset_normalizer import from_bytes  # imported here: only undeclared, non-UTF-8 feeds need it
+
+    best = from_bytes(body).best()
+    return codecs.lookup(best.encoding).name if best is not None else None
 
 
 def redecoded(body: bytes, declared: str) -> str | None:
@@ -260,7 +279,8 @@ def parse_body(fetched: Fetched) -> tuple[feedparser.FeedParserDict, str | None]
 
     Never lets feedparser fetch or open anything itself. When feedparser overrode the
     declared encoding (a stray byte the encoding does not allow), the body is read again
-    as declared, bad bytes replaced (see `redecoded`).
+    as declared, bad bytes replaced (see `redecoded`); a body that declares nothing and is
+    not UTF-8 is read as the detected encoding (a KOI8-R feed), when that is not feedparser's.
     """
     # A stream, not bytes: feedparser tries to open() a bytes argument as a local file name.
     # Only the decoding headers, not Content-Location: feedparser would resolve entry ids
@@ -272,12 +292,16 @@ def parse_body(fetched: Fetched) -> tuple[feedparser.FeedParserDict, str | None]
         return parsed, None
     declared = declared_encoding(fetched)
     text = redecoded(body, declared)
+    note = f"{text.count(chr(0xFFFD))} bytes not valid {declared} replaced" if text is not None else None
+    if text is None and declared_charset(fetched) is None:  # nothing declared, and not UTF-8
+        detected = detected_encoding(body)
+        if detected and detected != codecs.lookup(parsed.get("encoding") or "utf-8").name:
+            text, note = body.decode(detected, errors="replace"), f"no encoding declared; read as {detected}"
     if text is None:
         return parsed, f"not {declared} as declared; read as {parsed.get('encoding')}"
     media_type = headers.get("content-type", "application/xml").split(";")[0]
     utf8 = {**headers, "content-type": f"{media_type}; charset=utf-8"}  # the HTTP charset wins over the XML one
-    reparsed = feedparser.parse(io.BytesIO(text.encode("utf-8")), response_headers=utf8)
-    return reparsed, f"{text.count(chr(0xFFFD))} bytes not valid {declared} replaced"
+    return feedparser.parse(io.BytesIO(text.encode("utf-8")), response_headers=utf8), note
 
 
 # ---------------------------------------------------------------- entries to headlines
@@ -336,6 +360,7 @@ _ANSI_ESCAPE = re.compile(r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]|\x1b[@-_]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # C0 and C1 controls but tab and newlines
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(\s[^<>]*)?/?>")
+_ESCAPED_TAG = re.compile(r"&lt;/?[A-Za-z][A-Za-z0-9]*(\s[^<>&]*)?/?&gt;")
 
 
 def clean_text(text: str) -> str:
@@ -347,9 +372,10 @@ def clean_text(text: str) -> str:
 def _detail_text(value: str, detail: dict[str, Any] | None) -> str:
     """Plain, clean text of a feedparser text construct: HTML stripped unless it is declared plain text.
 
-    HTML escaped twice (`&amp;lt;b&amp;gt;`) still has tags after one unescape; those are stripped too.
+    HTML escaped twice (`&amp;lt;b&amp;gt;`) still has tags after one unescape; those are stripped too,
+    also from declared plain text, where it shows as an escaped tag (`&lt;b&gt;`).
     """
-    if (detail or {}).get("type") == "text/plain":
+    if (detail or {}).get("type") == "text/plain" and not _ESCAPED_TAG.search(value):
         return " ".join(clean_text(value).split())
     text = html_to_text(value)
     if _TAG.search(text):
@@ -510,6 +536,8 @@ def ingest_feed(
         return _record(db, FeedResult(feed.url, name, fetched.status, error, 0, False))
     parsed, recoded = parse_body(fetched)
     bozo_message = (str(parsed.get("bozo_exception", "")) or "malformed") if parsed.bozo else None
+    if recoded and isinstance(parsed.get("bozo_exception"), feedparser.CharacterEncodingOverride):
+        bozo_message = None  # feedparser's "declared as X, but parsed as Y" would repeat the repair note
     bozo_message = "; ".join(m for m in (recoded, bozo_message) if m) or None
     if not parsed.entries and (parsed.bozo or not parsed.get("version")):  # no version: XML, but not RSS/Atom
         kind = fetched.headers.get("content-type", "no Content-Type").split(";")[0].strip()  # e.g. text/html
