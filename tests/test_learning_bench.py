@@ -3,6 +3,8 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import learning  # noqa: E402
@@ -67,4 +69,5 @@ def test_fit_arms_change_one_knob_each_and_pair_by_cell():
     after = before + np.array([[0.1, 0.1], [0.0, 0.2], [0.3, 0.1]])
     p = fit.paired(before, after)
     assert p["diff"] == np.mean(after - before) and p["base"] == before.mean()
-    assert p["ci"][0] <= p["diff"] <= p["ci"][1] and p["ci"][1] <= 0.2 + 1e-9  # per-prompt means 0.1, 0.1, 0.2
+    half = 4.302652729911275 * np.std([0.1, 0.1, 0.2], ddof=1) / np.sqrt(3)  # t(0.975, 2 df) x sd / sqrt(n)
+    assert p["ci"] == pytest.approx((p["diff"] - half, p["diff"] + half))  # per-prompt means 0.1, 0.1, 0.2

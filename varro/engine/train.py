@@ -97,6 +97,7 @@ LossFn = Callable[[mx.array, mx.array, mx.array | None, mx.array, mx.array, mx.a
 REQUIRED_METRICS = ("kl",)  # the KL guard reads it from every step row
 OPTIONAL_METRICS = ("clip_fraction", "ratio_mean", "sampler_gap")  # None in the row when the loss has none
 PASS_LOGITS_BYTES = 256 * 2**20  # a no-gradient pass takes as many rows as keep its float32 logits under this
+HEALTH_COPIES = 6  # (rows, T, V) arrays the end-of-day health pass holds: both log-softmaxes, exp, the products
 SHARED_PREFIX_MODELS = {"qwen3", "qwen2", "llama"}  # full causal attention: PrefixCache's mask is exact
 
 
@@ -528,15 +529,16 @@ class Trainer:
                 with ref():
                     kv_ref = prefix_kv(self.model, p.head)
                     mx.eval(kv_ref)
-            rows = max(1, PASS_LOGITS_BYTES // (8 * self.model.args.vocab_size * int(p.inputs.shape[1])))
-            for piece in p.pieces(rows):
+            for piece in p.pieces(self._health_rows(p)):
                 lp = self._log_softmax(kv, piece)
                 mask = piece.mask
                 entropy = sequence_mean(-(mx.exp(lp) * lp).sum(axis=-1), mask)
+                mx.eval(lp, entropy)
                 kl = k3 = mx.zeros_like(entropy)
                 if ref is not None:
                     with ref():
                         lr = self._log_softmax(kv_ref, piece)
+                        mx.eval(lr)
                     kl = sequence_mean((mx.exp(lp) * (lp - lr)).sum(axis=-1), mask)
                     pick = lambda a: mx.take_along_axis(a, piece.targets[..., None], axis=-1).squeeze(-1)  # noqa: E731
                     d = mx.where(mask > 0, pick(lr) - pick(lp), 0.0)
@@ -547,6 +549,13 @@ class Trainer:
         has_ref = ref is not None
         return {"kl_after": kl_sum / n if has_ref else None, "kl_after_k3": k3_sum / n if has_ref else None,
                 "entropy_after": ent_sum / n}
+
+    def _health_rows(self, p: Chunk) -> int:
+        """Rows per piece of the health pass: it holds about HEALTH_COPIES (rows, T, V) float32 arrays where
+        the other passes hold 2, so a piece takes 2 / HEALTH_COPIES of the rows they would take (and of the
+        prompt's rows, the memory estimate's unit), keeping its peak within theirs (varro.engine.memory)."""
+        width = int(p.inputs.shape[1])
+        return max(1, min(p.rows, PASS_LOGITS_BYTES // (4 * self.model.args.vocab_size * width)) * 2 // HEALTH_COPIES)
 
     def _log_softmax(self, kv: list[mx.array], piece: Chunk) -> mx.array:
         """log pi_T over the whole vocabulary at each of `piece`'s positions, (n, T, V), without gradient."""
