@@ -44,18 +44,22 @@ def main() -> None:
         emb = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
         for path in args.files:
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            conf, by_prompt = Counter(), defaultdict(dict)
+            conf, by_prompt, unjudged = Counter(), defaultdict(dict), 0
             for r in rows:
                 prompt = varro_prompt(db, find_headline(db, r["day"], r["headline"]), emb, cfg)
                 targets, _ = forecast_targets(db, prompt, emb, cfg)
+                if not targets:  # nothing on its side of the split says what happened: no label can be checked
+                    unjudged += 1
+                    continue
                 said = [x for h in targets for x in (h["title"], h["summary"] or "") if x]
                 got = stance(r["text"], said)
                 conf[r["label"], got.label] += 1
                 by_prompt[r["day"], r["headline"]][r["label"]] = (prompt, r["text"])
                 if args.verbose and got.label != r["label"]:
                     print(f"  {r['headline']}: {r['label']} read as {got.label} ({got})")
-            right = sum(conf[k, k] for k in LABELS)
-            print(f"\n{path.name}: {len(rows)} forecasts, {right} read as labelled ({right / len(rows):.0%})")
+            right, n = sum(conf[k, k] for k in LABELS), sum(conf.values())
+            print(f"\n{path.name}: {len(rows)} forecasts, {unjudged} on prompts without a target left out; "
+                  f"{right} of {n} read as labelled ({right / n:.0%})")
             print(f"| labelled \\ read | {' | '.join(LABELS)} |\n|---|{'---|' * len(LABELS)}")
             for a in LABELS:
                 print(f"| {a} | " + " | ".join(str(conf[a, b]) for b in LABELS) + " |")

@@ -130,15 +130,21 @@ def labelled(name: str) -> list[dict]:
     return [json.loads(line) for line in (SAMPLE_DIR / name).read_text().splitlines() if line.strip()]
 
 
-def confusion(sample, rows) -> Counter:
+def judged(sample, rows) -> list[tuple[dict, list[str]]]:
+    """The labelled rows whose prompt has targets, each with what its targets say. A prompt whose story's
+    next headlines sit on the other side of the split has none: nothing can say it was right or wrong."""
     db, cfg, emb = sample
-    out = Counter()
+    out = []
     for r in rows:
         prompt = varro_prompt(db, find_headline(db, r["day"], r["headline"]), emb, cfg)
         targets, _ = forecast_targets(db, prompt, emb, cfg)
-        said = [x for h in targets for x in (h["title"], h["summary"] or "") if x]
-        out[r["label"], stance(r["text"], said).label] += 1
+        if targets:
+            out.append((r, [x for h in targets for x in (h["title"], h["summary"] or "") if x]))
     return out
+
+
+def confusion(sample, rows) -> Counter:
+    return Counter((r["label"], stance(r["text"], said).label) for r, said in judged(sample, rows))
 
 
 @pytest.mark.parametrize("name, accuracy", [("stance.jsonl", 0.95), ("stance_heldout.jsonl", 0.85)])
@@ -148,7 +154,9 @@ def test_labelled_forecasts_are_read_as_labelled(sample, name, accuracy):
     rows = labelled(name)
     conf = confusion(sample, rows)
     assert len(rows) >= (40 if name == "stance.jsonl" else 28) and set(r["label"] for r in rows) == set(LABELS)
-    assert sum(conf[k, k] for k in LABELS) / len(rows) >= accuracy, conf
+    n = sum(conf.values())
+    assert n >= 0.75 * len(rows), (n, len(rows))  # the rest have no target on their side of the split
+    assert sum(conf[k, k] for k in LABELS) / n >= accuracy, conf
     assert conf["agree", "contradict"] == conf["contradict", "agree"] == 0, conf
 
 
@@ -160,9 +168,11 @@ def test_a_correct_forecast_outscores_the_wrong_and_the_hedged_one_on_every_labe
     gaps = []
     for (day, key), texts in by_prompt.items():
         prompt = varro_prompt(db, find_headline(db, day, key), emb, cfg)
+        if not forecast_targets(db, prompt, emb, cfg)[0]:  # nothing on its side of the split says what happened
+            continue
         got = dict(zip(LABELS, score_texts(db, prompt, [texts[k] for k in LABELS], emb, cfg)))
         gaps.append(min(got["agree"]["reward"] - got[k]["reward"] for k in ("contradict", "hedge")))
-    assert len(gaps) == 20 and min(gaps) >= 0.1, gaps
+    assert len(gaps) >= 16 and min(gaps) >= 0.1, gaps
 
 
 def test_the_title_appended_costs_and_a_long_sentence_costs_little(sample):
