@@ -253,7 +253,8 @@ def test_every_command_ran_and_did_its_job(world):
     for name in ("varro rollouts", "varro report"):
         assert r[name].returncode == 1 and r[name].stdout == ""
         [line] = r[name].stderr.splitlines()
-        assert line.startswith("error: no varro rollouts for run 'walter'") and "no varro runs" in line
+        verb = name.split()[1]
+        assert line == f"error: run 'walter' is a walter run, not a varro one: use `walter {verb} --run walter`"
     # one login for the whole data folder (the nightly reused the stored session), with the password
     logins = [c.body["password"] for c in world.fake.calls if c.nsid == "com.atproto.server.createSession"]
     assert logins == [PASSWORD, WRONG_PASSWORD, WRONG_PASSWORD]
@@ -285,8 +286,8 @@ def test_varro_metrics_ignores_walter_rollouts_of_the_same_run(world):
     # regression: `varro metrics` read Walter's rollouts of the same run and failed on KeyError 'semantic'
     out = world.ran["varro metrics"]
     assert (out.returncode, out.stdout) == (1, "") and "KeyError" not in out.stderr
-    [line] = out.stderr.splitlines()  # the run has no Varro rollouts: one line naming that, no crash
-    assert line.startswith("error: no varro rollouts for run 'walter'")
+    [line] = out.stderr.splitlines()  # the run is Walter's: one line naming that, no crash
+    assert line.startswith("error: run 'walter' is a walter run, not a varro one")
 
 
 # -- the secrets --------------------------------------------------------------------------------

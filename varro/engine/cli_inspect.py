@@ -70,9 +70,18 @@ def require_app_run(db, app: App, run: str, home: str | None) -> Path:
         owner = run_owner(run_dir(run, home))
         if owner is None or owner == app.name:
             raise
-        verb = click.get_current_context().command_path.split(" ", 1)[-1]
         raise RunIdentityError(f"run {run!r} is a {owner} run, not a {app.name} one: use "
-                               f"`{owner} {verb} --run {run}`") from None
+                               f"`{owner} {subcommand_path()} --run {run}`") from None
+
+
+def subcommand_path() -> str:
+    """The running command's words after the program's name ("rollouts list"), however it was started
+    (`varro`, `scripts/env varro` or `python -m varro.cli`)."""
+    ctx, names = click.get_current_context(), []
+    while ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(reversed(names))
 
 
 HOME_HELP = "folder for data/ and runs/ (default $VARRO_HOME or the repo)"
