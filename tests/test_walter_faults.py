@@ -2,19 +2,19 @@
 two sample days at a failpoint, re-run it, and compare with an uninterrupted run.
 
 The kill points: inside the post upsert of each day's search, inside the count refresh and the
-baselines (day 2 refreshes day 1's posts), then sampling, scoring, training and the checkpoint of
-day 2 (day 1 has no scorable history, so it only ingests and writes its checkpoint).
+baselines (day 2 refreshes day 1's posts), then sampling, scoring, training, the checkpoint and the
+voice of day 2, and between each of its stages' output and its record (day 1 has no scorable history,
+so it only ingests, writes its checkpoint and its voice). The comparison is test_crash's: every table
+and every file of the run.
 """
 
-import os
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from test_crash import checkpoint_hashes, state as engine_state
+from test_crash import assert_same_state, checkpoint_hashes, nightly_env, state
 
 DAYS = ("2026-11-02", "2026-11-03")
 KILL_POINTS = [
@@ -27,32 +27,24 @@ KILL_POINTS = [
     "db.save_scores#2",  # inside the score update transaction
     "train.step#1",  # after day 2's first optimizer step
     "checkpoint.weights#2",  # adapters written, optimizer state not
+    "step.sampled#2",  # day 2 sampled, not recorded
+    "step.scored#2",  # day 2 scored, not recorded
     "step.checkpointed#2",  # checkpoint 2 done, the voice not written
+    "voice.cadence#2",  # inside day 2's voice: the completions' cadence stored, the human text's not
+    "step.voiced#2",  # day 2's voice stored, not recorded; the day not recorded as finished
 ]
 
 
-def nightly(model, home, failpoint=None):
-    env = {**os.environ, "VARRO_HOME": str(home)}
-    env.pop("VARRO_FAILPOINT", None)
-    if failpoint:
-        env["VARRO_FAILPOINT"] = failpoint
-    cmd = [sys.executable, "-m", "walter.cli", "nightly", "--run", "c", "--source", "sample", "--quiet",
-           "--from", DAYS[0], "--to", DAYS[-1], "--model", str(model), "--embedder", "hash", "--max-tokens", "8",
-           "--articles-per-day", "2", "--lora-layers", "2", "--group-size", "4"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+def command(model, days=DAYS):
+    """Walter's nightly backfill of `days` (first and last) on the sample, as run by the crash tests."""
+    return [sys.executable, "-m", "walter.cli", "nightly", "--run", "c", "--source", "sample", "--quiet",
+            "--from", days[0], "--to", days[-1], "--model", str(model), "--embedder", "hash", "--max-tokens", "8",
+            "--articles-per-day", "2", "--lora-layers", "2", "--group-size", "4"]
 
 
-def state(home):
-    got = engine_state(home)  # rollouts, steps, checkpoint days and weights; integrity and no duplicates
-    db = sqlite3.connect(Path(home) / "data" / "varro.db")
-    got["posts"] = db.execute("select uri, like_count, repost_count, reply_count, quote_count, counts_final, "
-                              "deleted, day from bsky_posts order by uri").fetchall()
-    got["authors"] = db.execute("select did, handle, posts_json, post_age_hours_json from bsky_authors "
-                                "order by did").fetchall()
-    got["cursors"] = db.execute("select query, day, cursor, finished, pages from bsky_cursors order by 1, 2").fetchall()
-    got["skips"] = db.execute("select day, kind, key from walter_skips order by 1, 2, 3").fetchall()
-    db.close()
-    return got
+def nightly(model, home, failpoint=None, days=DAYS):
+    return subprocess.run(command(model, days), env=nightly_env(home, failpoint), capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +64,25 @@ def test_killed_walter_nightly_resumes_to_the_uninterrupted_state(point, tiny_mo
     again = nightly(tiny_model_path, tmp_path)
     assert again.returncode == 0, again.stderr
     assert {k: v for k, v in checkpoint_hashes(tmp_path).items() if k in before} == before
-    got = state(tmp_path)
-    assert got["days"] == list(DAYS)
-    for name in ("rollouts", "steps", "posts", "authors", "cursors", "skips"):
-        assert got[name] == reference[name], name
-    import numpy as np
+    assert_same_state(state(tmp_path), reference)
 
-    for day in DAYS:
-        for k, v in reference["weights"][day].items():
-            np.testing.assert_allclose(got["weights"][day][k], v, atol=1e-6)
+
+THREE_DAYS = ("2026-11-02", "2026-11-04")
+
+
+@pytest.mark.slow
+def test_voice_of_a_day_killed_after_its_checkpoint_is_not_lost(tiny_model_path, tmp_path, tmp_path_factory):
+    """Issue 34: killed after checkpoint 2 of a three-day backfill, the re-run skipped day 2 as done, and its
+    voice (voice_days, cadence) was lost for good. Now it resumes day 2 at the voice and says so."""
+    clean = tmp_path_factory.mktemp("walter-three")
+    assert nightly(tiny_model_path, clean, days=THREE_DAYS).returncode == 0
+    killed = nightly(tiny_model_path, tmp_path, "step.checkpointed#2", days=THREE_DAYS)
+    assert killed.returncode == -9, killed.stderr[-500:]
+    again = nightly(tiny_model_path, tmp_path, days=THREE_DAYS)
+    assert again.returncode == 0, again.stderr
+    db = sqlite3.connect(tmp_path / "data" / "varro.db")
+    assert [r[0] for r in db.execute("select day from voice_days order by day")] == [
+        "2026-11-02", "2026-11-03", "2026-11-04"]
+    assert_same_state(state(tmp_path), state(clean))
+    last = again.stdout.strip().splitlines()[-1]
+    assert last == "nightly c: ran 2026-11-02..04 (3 days); resumed 2026-11-03 at voice"

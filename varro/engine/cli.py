@@ -255,9 +255,11 @@ def run_nightly_cli(run: str, home: str | None, days, quiet: bool, run_day, keep
     from varro.engine.nightly import RunLocked, run_nightly
 
     def day_then_prune(d, progress):
-        result = run_day(d, progress)
+        done = run_day(d, progress)
         removed = prune(run_dir(run, home), keep)
-        return f"{result}" + (f"; removed old checkpoints {', '.join(removed)}" if removed else "")
+        if removed:
+            done.summary += f"; removed old checkpoints {', '.join(removed)}"
+        return done
 
     try:
         run_nightly(run_dir(run, home), days, day_then_prune, quiet=quiet, echo=click.echo, keep_logs=keep_logs,
@@ -280,7 +282,8 @@ def nightly_command(app: App, module: str) -> click.Command:
         last finished stage and never trains a day twice; --from/--to backfills.
         Logs go to runs/<run>/logs/<day>.log (the newest --keep-logs kept); cron.log
         and launchd.log are rotated at 5 MB (.1 to .3). The last line says which
-        days ran and which were left out. Exit status 0 on success (also when days
+        days ran, which were left out, and the stage each half-finished day
+        resumed at ("resumed 2026-11-03 at voice"). Exit status 0 on success (also when days
         were left out), 1 with a one-line reason on failure.
 
         With --hosts FILE (or when started by mlx.launch) every process runs this
@@ -299,6 +302,7 @@ def nightly_command(app: App, module: str) -> click.Command:
         from varro.engine.config import run_dir
         from varro.engine.cycle import step as run_step
         from varro.engine.distributed import init_world
+        from varro.engine.nightly import DayDone
         from varro.engine.progress import Progress
         from varro.engine.voice import drift_note, voice_data
 
@@ -314,8 +318,8 @@ def nightly_command(app: App, module: str) -> click.Command:
         def run_day(d, progress):
             res = run_step(app, db, cfg, run, run_dir(run, home), d, embedder, ingest=ingest, progress=progress,
                            world=world, notices=notices if d == days[0] else [])
-            return (res.summary() + (f", {world.size} ranks" if world.distributed else "")
-                    + "".join(f"; {n}" for n in res.notes))
+            return DayDone(res.summary() + (f", {world.size} ranks" if world.distributed else "")
+                           + "".join(f"; {n}" for n in res.notes), res.resumed)
 
         def voice_note(newest):
             rows = voice_data(db, app.name, run, lambda db_, d: app.human_items(db_, d, cfg))

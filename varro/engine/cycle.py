@@ -12,21 +12,27 @@
 6. the voice: cadence of the day's completions and of the human text they are
    rewarded against.
 
-Every stage checks what is already done, so running a day twice does no work
-twice: only unscored rollouts are scored, a day with a checkpoint is never
-trained again, and prompts that already have their group are not sampled
-again. Under `mlx.launch` every rank calls `step`; only rank 0 has the
-database and the embedder (see varro.engine.distributed): the others train on
-their share of each minibatch and sample their share of the prompts.
+Each stage is recorded when it finishes (table `stages`; training by its
+checkpoint), so a re-run resumes a day at its first unfinished stage and does no
+work twice: a day with a checkpoint is never trained (nor sampled for) again,
+only unscored rollouts are scored, and prompts that already have their group
+are not sampled again. A day is finished when its last stage, the voice, is.
+
+Under `mlx.launch` every rank calls `step`; only rank 0 has the database and
+the embedder (see varro.engine.distributed), so it decides which stages run and
+broadcasts them: the others train on their share of each minibatch and sample
+their share of the prompts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
 
+import mlx.core as mx
 import numpy as np
 import sqlite_utils
 
@@ -115,6 +121,8 @@ class StepResult:
     checkpoint: str = ""
     sampled: int = 0
     skipped: bool = False  # a day with no data: nothing trained, sampled or checkpointed
+    resumed: str | None = None  # the stage a half-finished day was resumed at
+    notices: list[str] = field(default_factory=list)  # settings the command line changed (the checkpoint's)
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -223,70 +231,156 @@ def step(
         return _step(app, db, cfg, run, run_path, day, embedder, ingest, sample_seed, progress, world, notices, swap)
 
 
+@contextlib.contextmanager
+def kept_random_state():
+    """Leave MLX's global generator as it was: sampling reseeds it with the day's sampling seed, and the trainer
+    draws the checkpoint's seed from it, so a day resumed after its sampling checkpoints exactly as one that
+    sampled in the same process."""
+    hi, lo = (int(x) for x in mx.random.state[0].tolist())
+    try:
+        yield
+    finally:
+        mx.random.seed((hi << 32) | lo)
+
+
+AT_ONCE_STAGES = ("sample", "score", "train", "voice")  # reward_delay_days 0: the day's own samples train it
+DELAYED_STAGES = ("train", "sample", "voice")  # a late reward: train on D minus the delay, sample from checkpoint D
+STAGE_POINTS = {"sample": "step.sampled", "score": "step.scored", "train": "step.checkpointed",
+                "voice": "step.voiced"}  # the failpoint after each stage's output, before its record
+
+
+def day_stages(app: App) -> tuple[str, ...]:
+    """The stages after ingest of one of `app`'s days, in order."""
+    return DELAYED_STAGES if app.reward_delay_days else AT_ONCE_STAGES
+
+
+def finished_stages(app: App, db, cfg: Config, run: str, run_path: Path, day: str) -> set[str]:
+    """The stages of `day` that are done: recorded (store.record_stage), sampling and scoring only while their
+    rows still say so (every prompt's group stored, every rollout scored), and training exactly when the day's
+    checkpoint is complete (its own output, the metadata written last)."""
+    done = store.done_stages(db, run, day)
+    if not store.prompt_ids(db, app.name, day) <= store.complete_groups(db, run, day, cfg.sampling.group_size):
+        done.discard("sample")
+    if any(r.reward is None for g in store.load_groups(db, run, day) for r in g):
+        done.discard("score")
+    return done | ({"train"} if checkpoints.is_complete(run_path, day) else set())
+
+
+def stages_to_run(stages: tuple[str, ...], done: set[str]) -> list[str]:
+    """The stages to run: from the first unfinished one on (a later stage reads an earlier one's output), but
+    none up to and including a finished training: a day is never trained twice, nor sampled again for it."""
+    first = next((k for k, s in enumerate(stages) if s not in done), len(stages))
+    after = stages.index("train") + 1 if "train" in done else 0
+    return list(stages[max(first, after):]) if first < len(stages) else []
+
+
+@dataclass
+class DayStages:
+    """What the stages of one day after ingest share: the policy (opened once, before the first stage; training
+    replaces it with its own), and the result they fill in."""
+
+    app: App
+    db: sqlite_utils.Database | None
+    cfg: Config
+    run: str
+    run_path: Path
+    day: str
+    embedder: Embedder | None
+    progress: Progress
+    world: World
+    seed: int | None
+    swap: SwapWatchdog
+    res: StepResult
+    policy: Policy
+
+    def run_stage(self, stage: str) -> None:
+        """Run `stage`, then record it (rank 0, after the stage's output is committed); training's record is
+        its checkpoint, written last."""
+        {"sample": self.sample, "score": self.score, "train": self.train, "voice": self.voice}[stage]()
+        failpoint(STAGE_POINTS[stage])
+        if self.world.is_main and stage != "train":
+            store.record_stage(self.db, self.run, self.day, stage)
+
+    def sample(self) -> None:
+        self.swap.check("before sampling")
+        with kept_random_state():
+            self.res.sampled = _sample(self.app, self.db, self.cfg, self.run, self.day, self.policy, self.embedder,
+                                       self.progress, self.world, self.seed, self.res.notes)
+
+    def score(self) -> None:
+        if self.world.is_main:
+            self.res.scored += _score(self.app, self.db, self.run, [self.day], self.embedder, self.cfg, self.progress)
+
+    def train(self) -> None:
+        """GSPO on the day's scored training groups (the day minus the reward's delay), then checkpoint `day`."""
+        app, db, cfg, world, day, res = self.app, self.db, self.cfg, self.world, self.day, self.res
+        main, trained_day = world.is_main, shift(day, -app.reward_delay_days)
+        groups = rollouts_from_json(world.broadcast_json(
+            rollouts_to_json(training_groups(db, app, self.run, trained_day)) if main else None))
+        elsewhere = world.broadcast_json(sampled_elsewhere(groups, self.policy.checkpoint, trained_day)
+                                         if main else None)
+        if elsewhere:
+            groups = []
+            res.notes.append(elsewhere)
+            if main:
+                store.record_guard(db, self.run, day, app.name, "sampled", elsewhere)
+        self.swap.check("before training")
+        self.policy.trainer.cfg, note = _fitting_micro_batch(self.policy, groups, cfg)
+        res.notes.extend([note] if note else [])
+        self.policy, rows, notes = guarded_training(db, app.name, self.run, day, self.policy, groups, cfg,
+                                                    self.progress, lambda: open_policy(cfg, self.run_path, day, world),
+                                                    world, callbacks=[self.swap])
+        self.swap.check(f"after training step {rows[-1]['step'] if rows else 0}, before the checkpoint")
+        res.notes.extend(notes)
+        res.steps, res.trained = len(rows), bool(rows)
+        if main:
+            store.insert_steps(db, self.run, day, rows)
+            self.policy.save(day, extra={"run": self.run, "app": app.name, "trained_on": trained_day,
+                                         "steps": len(rows), "notices": list(res.notices)})
+        self.policy.checkpoint = res.checkpoint = day
+
+    def voice(self) -> None:
+        """The voice (rank 0): the day's completions and the human text they are (or will be) rewarded against."""
+        if not self.world.is_main:
+            return
+        human = shift(self.day, -self.app.reward_delay_days)
+        with self.progress.stage("voice") as advance:
+            advance(voice_stage(self.db, self.app.name, self.run, self.day, self.policy,
+                                lambda db_, d: self.app.human_items(db_, d, self.cfg), self.embedder, [human])
+                    ["completions"])
+
+
 def _step(app: App, db, cfg: Config, run: str, run_path: Path, day: str, embedder, ingest, sample_seed,
           progress: Progress, world: World, notices, swap: SwapWatchdog) -> StepResult:
     delay = app.reward_delay_days
-    res = StepResult(day=day, delay=delay, notes=list(notices))
+    res = StepResult(day=day, delay=delay, notes=list(notices), notices=list(notices))
     main = world.is_main
-    trained_day = shift(day, -delay)
     if main:
         with progress.stage("ingest") as advance:
             res.ingested = (ingest or app.load_sample_day)(db, day)
             advance(res.ingested)
         failpoint("step.ingested")
         if delay:  # yesterday's forecasts meet today's data
-            res.scored = _score(app, db, run, [trained_day], embedder, cfg, progress)
+            res.scored = _score(app, db, run, [shift(day, -delay)], embedder, cfg, progress)
     why = app.missing_data(db, day, cfg) if main else None
     if world.broadcast_json(why):
         res.skipped = True
         res.notes.append(f"skipped: no data for {day} ({why})")
         return res
 
-    done = world.broadcast_json(main and checkpoints.is_complete(run_path, day))
-    if done and not delay:  # sampled, scored and trained already
+    stages = day_stages(app)
+    done = set(world.broadcast_json(sorted(finished_stages(app, db, cfg, run, run_path, day)) if main else None))
+    todo = stages_to_run(stages, done)
+    res.resumed = todo[0] if todo and done else None
+    if "train" in done:
         res.checkpoint = day
-        res.notes.append(f"checkpoint {day} exists: not sampling or training again")
-        return res
-    if done:
-        policy = open_policy(cfg, run_path, shift(day, 1), world)
         res.notes.append(f"checkpoint {day} exists: not training again")
-    else:
-        policy = open_policy(cfg, run_path, day, world)
-        if not delay:  # sample from the latest checkpoint before the day, score at once, then train on it
-            swap.check("before sampling")
-            res.sampled = _sample(app, db, cfg, run, day, policy, embedder, progress, world, sample_seed, res.notes)
-            if main:
-                res.scored = _score(app, db, run, [day], embedder, cfg, progress)
-        groups = rollouts_from_json(world.broadcast_json(
-            rollouts_to_json(training_groups(db, app, run, trained_day)) if main else None))
-        elsewhere = world.broadcast_json(sampled_elsewhere(groups, policy.checkpoint, trained_day) if main else None)
-        if elsewhere:
-            groups = []
-            res.notes.append(elsewhere)
-            if main:
-                store.record_guard(db, run, day, app.name, "sampled", elsewhere)
-        swap.check("before training")
-        policy.trainer.cfg, note = _fitting_micro_batch(policy, groups, cfg)
-        res.notes.extend([note] if note else [])
-        policy, rows, notes = guarded_training(db, app.name, run, day, policy, groups, cfg, progress,
-                                               lambda: open_policy(cfg, run_path, day, world), world,
-                                               callbacks=[swap])
-        swap.check(f"after training step {rows[-1]['step'] if rows else 0}, before the checkpoint")
-        res.notes.extend(notes)
-        res.steps = len(rows)
-        res.trained = bool(rows)
-        if main:
-            store.insert_steps(db, run, day, rows)
-            policy.save(day, extra={"run": run, "app": app.name, "trained_on": trained_day, "steps": len(rows),
-                                    "notices": list(notices)})
-        policy.checkpoint = day
-    res.checkpoint = day
-    failpoint("step.checkpointed")
-    if delay:
-        swap.check("before sampling")
-        res.sampled = _sample(app, db, cfg, run, day, policy, embedder, progress, world, sample_seed, res.notes)
-    if main:  # the voice: the day's completions and the human text they are (or will be) rewarded against
-        with progress.stage("voice") as advance:
-            advance(voice_stage(db, app.name, run, day, policy, lambda db_, d: app.human_items(db_, d, cfg),
-                                embedder, [trained_day])["completions"])
+    if not todo:
+        res.notes.append(f"every stage of {day} is done: nothing to run again")
+        return res
+    policy = open_policy(cfg, run_path, shift(day, 1) if "train" in done else day, world)
+    day_run = DayStages(app, db, cfg, run, run_path, day, embedder, progress, world, sample_seed, swap, res,
+                        policy)
+    for stage in todo:
+        day_run.run_stage(stage)
     return res

@@ -3,8 +3,9 @@
 - A lock per run (flock on runs/<run>/nightly.lock): a second nightly of the
   same run exits at once with a clear message; the OS drops the lock when a
   process dies, so a crash never leaves a stale lock.
-- Idempotent per day: each stage of the step checks what is already done, so
-  a re-run after a crash continues from the last finished stage.
+- Idempotent per day: each stage of the step is recorded when it finishes, so
+  a re-run after a crash resumes a day at its first unfinished stage (the
+  last line names it); a day is finished only when all its stages are.
 - A log per day under runs/<run>/logs/<day>.log, appended to on every run;
   the newest --keep-logs days are kept, and cron.log / launchd.log (which the
   scheduler appends to) are rotated by renaming at the start of a night.
@@ -123,6 +124,18 @@ def first_unfinished(newest_checkpoint: str | None, recorded: str | None) -> str
 
 
 @dataclass
+class DayDone:
+    """What a day's run may return to `run_nightly`: its log line, and the stage it resumed a half-finished
+    day at (None for a day run from its start)."""
+
+    summary: str
+    resumed: str | None = None
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+@dataclass
 class Plan:
     """The days a night runs, in order; `behind`: older unfinished days left out by --catch-up."""
 
@@ -220,14 +233,16 @@ def run_nightly(
 ) -> None:
     """Run `run_day(day, progress)` for each day of the plan under the run's lock, logging to runs/<run>/logs;
     each day that returns is recorded as finished. Ends with the plan's summary line, echoed even when
-    quiet (cron.log then shows one line a night); when every day ran, `night_note(newest day)` may add a
-    note to it (the voice drift, say).
+    quiet (cron.log then shows one line a night), naming the stage each half-finished day resumed at (a
+    `DayDone` result's); when every day ran, `night_note(newest day)` may add a note to it (the voice
+    drift, say).
 
     Stops at the first failing day (its exception propagates, logged first).
     """
     plan = days if isinstance(days, Plan) else Plan(list(days))
     logs = run_path / "logs"
     ran: list[str] = []
+    resumed: list[str] = []
     with run_lock(run_path):
         for name in SCHEDULER_LOGS:
             rotate_log(logs / name)
@@ -250,6 +265,8 @@ def run_nightly(
                 log(f"nightly {run_path.name} {day}: done: {result}")
                 record_finished(run_path, day)
                 ran.append(day)
+                if isinstance(result, DayDone) and result.resumed:
+                    resumed.append(f"resumed {day} at {result.resumed}")
         finally:
             prune_day_logs(logs, keep_logs, spare=tuple(plan.days))
             failed = [d for d in plan.days if d not in ran][:1]
@@ -259,5 +276,5 @@ def run_nightly(
                 echo(f"nightly {run_path.name}: interrupted at {failed[0] if failed else 'the end'}; "
                      "re-running resumes")
                 raise  # on to the caller, which exits 130
-            echo(f"nightly {run_path.name}: {plan.summary(ran)}" + (f"; {failed[0]} FAILED" if failed else "")
-                 + (f"; {note}" if note else ""))
+            echo(f"nightly {run_path.name}: {plan.summary(ran)}" + "".join(f"; {r}" for r in resumed)
+                 + (f"; {failed[0]} FAILED" if failed else "") + (f"; {note}" if note else ""))

@@ -27,6 +27,7 @@ from varro.engine.cadence import FEATURES, cadence_distance, mean_features, scor
 from varro.engine import store
 from varro.engine.config import ConfigError
 from varro.engine.embed import Embedder
+from varro.engine.faults import failpoint
 
 HumanItems = Callable[[sqlite_utils.Database, str], list[tuple[str, str]]]  # (db, day) -> [(item id, text)]
 TEMPLATE_COSINE = 0.9
@@ -69,6 +70,7 @@ def voice_stage(db: sqlite_utils.Database, app: str, run: str, day: str, policy,
     rows = store.day_completions(db, run, day)
     n = store_rollout_cadence(db, policy.model, policy.tokenizer, model_id, [(r["id"], r["completion"] or "")
                                                                             for r in rows])
+    failpoint("voice.cadence")  # the completions' cadence stored, the human text's and the day's share not
     h = sum(store_human_cadence(db, app, policy.model, policy.tokenizer, model_id, human_items(db, d))
             for d in human_days)
     texts = [r["completion"] or "" for r in rows]

@@ -28,7 +28,7 @@ from varro.engine.store.embeddings import cached_vectors, insert_vectors
 from varro.engine.store.panel import (add_panel_members, complete_checkpoints, main_panel_draw, panel_cells,
                                       panel_means, panel_members, panel_sources, scored_panel_prompts,
                                       upsert_panel_scores)
-from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, add_run_notice, record_prompt_choice, complete_groups, day_completions, day_entropy,
+from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, add_run_notice, done_stages, record_stage, record_prompt_choice, complete_groups, day_completions, day_entropy,
                                      day_prompts, day_rollouts, first_day_entropy,
                                      first_prompt_with_source, guard_before, insert_rollouts, insert_steps, last_step_outside,
                                      load_groups, prompt_count, prompt_ids, prompts_by_id, record_guard,
@@ -50,7 +50,7 @@ __all__ = [
     # runs
     "ROLLOUT_SORT_KEYS", "complete_groups", "day_completions", "day_entropy", "day_prompts", "day_rollouts",
     "first_day_entropy", "first_prompt_with_source", "guard_before", "insert_rollouts",
-    "insert_steps",
+    "insert_steps", "done_stages", "record_stage",
     "last_step_outside", "load_groups", "prompt_count", "prompt_ids", "prompts_by_id", "record_guard",
     "rollout_days", "rollout_group", "rollout_runs", "rollout_with_prompt", "run_guards", "run_rollouts",
     "save_scores", "scored_rollouts", "split_prompts", "trained_steps", "upsert_prompts",

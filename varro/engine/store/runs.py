@@ -363,3 +363,19 @@ def add_run_notice(db: sqlite_utils.Database, run: str, kind: str, day: str, tex
         return False
     db["run_notices"].insert({"run": run, "kind": kind, "day": day, "text": text, "created_utc": utc_now()})
     return True
+
+
+# --- stages -----------------------------------------------------------------------------------------------
+
+
+def record_stage(db: sqlite_utils.Database, run: str, day: str, stage: str) -> None:
+    """Record that `stage` of `run`'s `day` finished (varro.engine.cycle); call it after the stage's output
+    is committed. Recording a stage again keeps its first time."""
+    with db.atomic():
+        db["stages"].insert({"run": run, "day": day, "stage": stage, "done_utc": utc_now()},
+                            pk=("run", "day", "stage"), ignore=True)
+
+
+def done_stages(db: sqlite_utils.Database, run: str, day: str) -> set[str]:
+    """The stages of `run`'s `day` recorded as finished."""
+    return {r[0] for r in db.execute("select stage from stages where run = ? and day = ?", [run, day])}

@@ -287,3 +287,10 @@ def m017_end_of_day_health(db: sqlite_utils.Database) -> None:
     # exact per-token KL (summed over the vocabulary); its k3 estimate and the policy entropy beside it.
     db["steps"].add_column("kl_after_k3", float)
     db["steps"].add_column("entropy_after", float)
+
+
+@migration
+def m018_stages(db: sqlite_utils.Database) -> None:
+    # Each stage of a run's day that finished (varro.engine.cycle: sample, score, voice; training's record is
+    # its checkpoint), written after the stage's output: a re-run resumes the day at its first unfinished stage.
+    db["stages"].create({"run": str, "day": str, "stage": str, "done_utc": str}, pk=("run", "day", "stage"))
