@@ -141,3 +141,20 @@ def test_a_run_on_another_runs_prompts_is_told_once_and_how_to_get_its_own(varro
     second = varro("step", "--date", DAYS[1], "--run", "c", "--source", "sample")
     assert second.exit_code == 0, second.output
     assert "were chosen by run" not in second.output  # said once
+
+
+def test_a_run_from_before_run_toml_is_told_when_its_settings_are_written(tmp_path):
+    """The demo's runs have checkpoints and no run.toml: the first nightly writes it from the newest
+    checkpoint's settings, and says so once (issue 31: it used to write it silently)."""
+    from varro.engine.config import Config
+    from varro.engine.runs import read_run, settle
+
+    legacy = Config()
+    legacy.train.learning_rate = 1e-4
+    run_path = tmp_path / "runs" / "demo"
+    run_path.mkdir(parents=True)
+    cfg, notices = settle("varro", "demo", run_path, Config(), {}, "2026-11-06", "now", legacy)
+    assert notices == ["wrote runs/demo/run.toml from its newest checkpoint's settings (the run had none): later "
+                       "nights keep them unless a setting is given again"]
+    assert cfg.train.learning_rate == 1e-4 and read_run(run_path)["settings"]["train"]["learning_rate"] == 1e-4
+    assert settle("varro", "demo", run_path, Config(), {}, "2026-11-07", "now")[1] == []

@@ -107,6 +107,10 @@ def settle(app: str, run: str, run_path: Path, cfg: Config, given: dict[str, dic
         write_run(run_path, stored)
         if legacy is None:
             return cfg, []
+        wrote = [f"wrote runs/{run}/run.toml from its newest checkpoint's settings (the run had none): later "
+                 "nights keep them unless a setting is given again"]
+    else:
+        wrote = []
     if stored.get("app") != app:
         raise RunIdentityError(f"run {run!r} belongs to {stored.get('app')} (runs/{run}/run.toml); {app} will not "
                                f"train it: use another --run, e.g. --run {app}")
@@ -131,4 +135,4 @@ def settle(app: str, run: str, run_path: Path, cfg: Config, given: dict[str, dic
                 changes.append({"day": day, "setting": f"{section}.{name}", "old": old, "new": value})
     if changes:
         write_run(run_path, {**stored, "settings": base.to_dict(), "changes": [*stored.get("changes", []), *changes]})
-    return base, notices
+    return base, wrote + notices
