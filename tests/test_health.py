@@ -74,14 +74,19 @@ def test_kl_of_the_weights_a_day_starts_from_does_not_trip_it():
     assert "step 8 KL 0.300" in kl_tripped(rows, 0.1)
 
 
-def cache_panel(db, run, prompt_ids, rewards: dict[str, float], seed=0, samples=2):
-    """Panel members `prompt_ids` of `run` with every checkpoint's cells cached at one reward each."""
-    db["panel"].insert_all([{"run": run, "position": i, "prompt_id": p, "story_id": p, "added_utc": "x"}
-                            for i, p in enumerate(prompt_ids)])
+def cache_cells(db, run, prompt_ids, rewards: dict[str, float], seed=0, samples=2):
+    """Every cell of `prompt_ids` cached for each checkpoint of `rewards`, at its one reward."""
     db["panel_scores"].insert_all([{"run": run, "checkpoint": c, "prompt_id": p, "seed": seed, "samples": samples,
                                     "sample_index": k, "completion": "", "reward": r, "components_json": "{}",
                                     "created_utc": "x"}
                                    for c, r in rewards.items() for p in prompt_ids for k in range(samples)])
+
+
+def cache_panel(db, run, prompt_ids, rewards: dict[str, float]):
+    """Panel members `prompt_ids` of `run` with every checkpoint's cells cached at one reward each."""
+    db["panel"].insert_all([{"run": run, "position": i, "prompt_id": p, "story_id": p, "added_utc": "x"}
+                            for i, p in enumerate(prompt_ids)])
+    cache_cells(db, run, prompt_ids, rewards)
 
 
 def test_eval_guard_reads_the_fixed_panel_not_the_days_mix(tiny_model_path, tmp_path):
@@ -103,9 +108,7 @@ def test_eval_guard_reads_the_fixed_panel_not_the_days_mix(tiny_model_path, tmp_
     res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
     assert res.steps > 0 and not any("not training today" in n for n in res.notes)
     # the panel itself drops: checkpoint 2026-11-04 far below the best, so 2026-11-05 does not train
-    db["panel_scores"].insert_all([{"run": "r", "checkpoint": "2026-11-04", "prompt_id": p, "seed": 0, "samples": 2,
-                                    "sample_index": k, "completion": "", "reward": 0.0, "components_json": "{}",
-                                    "created_utc": "x"} for p in panel for k in range(2)])
+    cache_cells(db, "r", panel, {"2026-11-04": 0.0})
     res = step(db, cfg, "r", run, "2026-11-05", HashEmbedder())
     reason = [n for n in res.notes if "not training today" in n]
     assert res.steps == 0 and len(reason) == 1

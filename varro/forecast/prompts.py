@@ -19,6 +19,7 @@ from varro.engine import store as dbm
 from varro.engine.config import Config
 from varro.engine.embed import Embedder
 from varro.engine.metrics import mean_or_none
+from varro.engine.panel import prompt_text
 from varro.engine.stories import Item, assign_stories, is_held_out, near_any
 from varro.forecast.headlines import headlines_for_day
 from varro.forecast.reward import build_prompt, score_forecast
@@ -146,7 +147,7 @@ def forecast_targets(db: sqlite_utils.Database, prompt: dict, embedder: Embedder
     vecs = embedder.encode([headline_text(h) for h in heads])
     other = "train" if prompt["split"] == "eval" else "eval"
     since = (date.fromisoformat(prompt["day"]) - timedelta(days=cfg.eval.story_window_days)).isoformat()
-    asked = [headline_text(json.loads(p["source_json"])) for p in dbm.split_prompts(db, APP, other)
+    asked = [prompt_text(p) for p in dbm.split_prompts(db, APP, other)
              if since <= p["day"] <= nxt]  # a later prompt is kept from held-out items when it is chosen
     theirs = np.concatenate([vecs[[not m for m in mine]], embedder.encode(asked) if asked else vecs[:0]])
     clear = [h for h, m, v in zip(heads, mine, vecs) if m and not (len(theirs) and

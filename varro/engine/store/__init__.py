@@ -28,13 +28,14 @@ from varro.engine.store.embeddings import cached_vectors, insert_vectors
 from varro.engine.store.panel import (add_panel_members, complete_checkpoints, main_panel_draw, panel_cells,
                                       panel_means, panel_members, panel_sources, scored_panel_prompts,
                                       upsert_panel_scores)
-from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, add_run_notice, done_stages, record_stage, record_prompt_choice, complete_groups, day_completions, day_entropy,
-                                     day_prompts, day_rollouts, first_day_entropy,
-                                     first_prompt_with_source, guard_before, insert_rollouts, insert_steps, last_step_outside,
-                                     load_groups, prompt_count, prompt_ids, prompts_by_id, record_guard,
-                                     rollout_days, rollout_group, rollout_runs, rollout_with_prompt, run_guards,
-                                     run_rollouts, save_scores, scored_rewards_with_source, scored_rollouts,
-                                     split_prompts, trained_steps, upsert_curriculum, upsert_prompts)
+from varro.engine.store.runs import (ROLLOUT_SORT_KEYS, add_run_notice, checkpointed_days, complete_groups,
+                                     day_completions, day_entropy, day_prompts, day_rollouts, done_stages,
+                                     first_day_entropy, first_prompt_with_source, guard_before, insert_rollouts,
+                                     insert_steps, last_step_outside, load_groups, prompt_count, prompt_ids,
+                                     prompts_by_id, record_guard, record_prompt_choice, record_stage, rollout_days,
+                                     rollout_group, rollout_runs, rollout_with_prompt, run_guards, run_rollouts,
+                                     save_scores, scored_rewards_with_source, scored_rollouts, split_prompts,
+                                     trained_steps, upsert_curriculum, upsert_prompts)
 from varro.engine.store.schema import MIGRATIONS, Migration, MigrationSet, migration
 from varro.engine.store.stories import insert_story_links, stored_stories
 from varro.engine.store.voice import (cadence_keys, cadence_model, day_cadence, day_template_share, human_cadence,
@@ -218,16 +219,6 @@ def _open_read_only(path: Path) -> sqlite_utils.Database:
         raise StoreError(f"database {path} is read-only and needs {len(pending)} migrations this version "
                          f"applies (first {pending[0]}); nothing was changed; run once where it is writable")
     return db
-
-
-def checkpointed_days(db: sqlite_utils.Database, run: str, before_day: str) -> list[str]:
-    """The days before `before_day` whose checkpoint `run`'s history proves was written, in order: days
-    it trained on (a step row; the checkpoint is saved right after) and checkpoints that sampled its
-    rollouts. (Belongs with the other run queries in `runs`; kept here while that module is being edited.)"""
-    return [r[0] for r in db.execute(
-        "select day from steps where run = ? and day < ? union "
-        "select checkpoint from rollouts where run = ? and checkpoint != 'base' and checkpoint < ? order by 1",
-        [run, before_day, run, before_day])]
 
 
 def migrate(db: sqlite_utils.Database) -> list[str]:

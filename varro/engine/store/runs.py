@@ -280,6 +280,16 @@ def insert_steps(db: sqlite_utils.Database, run: str, day: str, rows: list[dict]
         failpoint("db.insert_steps")
 
 
+def checkpointed_days(db: sqlite_utils.Database, run: str, before_day: str) -> list[str]:
+    """The days before `before_day` whose checkpoint `run`'s history proves was written, in order: days
+    it trained on (a step row; the checkpoint is saved right after) and checkpoints that sampled its
+    rollouts."""
+    return [r[0] for r in db.execute(
+        "select day from steps where run = ? and day < ? union "
+        "select checkpoint from rollouts where run = ? and checkpoint != 'base' and checkpoint < ? order by 1",
+        [run, before_day, run, before_day])]
+
+
 def last_step_outside(db: sqlite_utils.Database, run: str, day: str) -> int:
     """The highest step number `run` recorded on days other than `day`; 0 when none."""
     return db.execute("select max(step) from steps where run = ? and day != ?", [run, day]).fetchone()[0] or 0
