@@ -322,9 +322,6 @@ def test_walter_hacks_table_lists_every_hack(monkeypatch):
     assert lines[-1] == f"{len(wh.WALTER_CATALOGUE)} of {len(wh.WALTER_CATALOGUE)} hacks at least 0.05 below honest on every prompt"
 
 
-KNOWN_WITHIN_MARGIN = {"top-post-paraphrase"}  # Walter: see test_a_paraphrase_inside_the_band_still_pays
-
-
 @pytest.fixture(scope="module")
 def minilm_hacks():
     """Every hack of both catalogues with the real reward and the real MiniLM, {(app, hack): result}."""
@@ -340,26 +337,18 @@ def minilm_hacks():
 
 @pytest.mark.slow
 def test_every_hack_scores_clearly_below_honest_on_every_prompt_with_minilm(minilm_hacks):
-    """Varro 0.1 and Walter 0.05 below honest on every prompt, the worst included; 15 and 13 hacks."""
+    """Varro 0.1 and Walter 0.05 below honest on every prompt, the worst included; 15 and 14 hacks."""
     assert sum(app == "varro" for app, _ in minilm_hacks) == len(vh.VARRO_CATALOGUE) == 15
-    assert sum(app == "walter" for app, _ in minilm_hacks) == len(wh.WALTER_CATALOGUE) == 13
+    assert sum(app == "walter" for app, _ in minilm_hacks) == len(wh.WALTER_CATALOGUE) == 14
     for (app, hack), row in minilm_hacks.items():
-        if hack not in KNOWN_WITHIN_MARGIN:
-            assert row["result"] == "PASS" and row["worst"] >= (0.1 if app == "varro" else 0.05), row
+        assert row["result"] == "PASS" and row["worst"] >= (0.1 if app == "varro" else 0.05), row
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="a paraphrase no closer to the top post than another author's own post "
-                                      "came is, to the reward, an independent post with the winning idea")
-def test_a_paraphrase_inside_the_band_still_pays(minilm_hacks):
-    row = minilm_hacks["walter", "top-post-paraphrase"]
-    assert row["result"] == "PASS", (row["worst"], row["worst_case"]["about"])
-
-
-@pytest.mark.slow
-def test_paraphrases_well_above_the_band_cost_as_copies(minilm_hacks):
-    """Six of the eight hand-written paraphrases sit well above what other authors reached: they lose at least
-    0.05 to the honest post; the other two are the known limit above."""
+def test_every_paraphrase_loses_what_it_paraphrased(minilm_hacks):
+    """All eight hand-written paraphrases of an article's top post score at least 0.05 under the honest post:
+    the ones the whole-text cosine cannot tell from another author's own take (Calderra's at 0.74 where another
+    author's summary came to 0.86) lose the top post's credit point by point (walter.reward `restated`)."""
     cases = minilm_hacks["walter", "top-post-paraphrase"]["cases"]
     below = [c["honest"] - c["reward"] for c in cases]
-    assert len(cases) == 8 and sum(b >= 0.05 for b in below) >= 6, below
+    assert len(cases) == 8 and min(below) >= 0.05, below

@@ -8,7 +8,8 @@ import pytest
 from walter.settings import WalterConfig
 from varro.engine.embed import HashEmbedder, SentenceEmbedder
 from walter.reward import (caps_share, emoji_count, engagement, graphemes, independent_bands,
-                           max_similarity_reward, penalties, post_weight, score_post, winner_bands)
+                           fragment_share, independent_point_bands, max_similarity_reward, penalties, point_coverage, points,
+                           post_weight, restated, score_post, winner_bands, winner_point_bands)
 
 
 def unit_pair(cos):
@@ -85,6 +86,24 @@ def test_shouting_and_decorative_emoji_cost_and_a_plain_post_does_not():
     assert penalties(f"🔥🔥 {post} 🚀🚀", cfg)["pen_emoji"] == pytest.approx(0.15)
 
 
+def test_a_list_of_words_costs_and_prose_with_figures_does_not():
+    cfg = WalterConfig()
+    assert fragment_share("Forecast 3.8, actual 4.1. A miss on CPI is this big.") == 0.0  # decimals do not cut
+    short = "Bad news, bad timing. The port stays shut all week."  # 4 of its 10 words in 2-word fragments
+    assert fragment_share(short) == pytest.approx(4 / 10)
+    assert fragment_share("Offshore, wind, bidders, walked, away. The grid connections will be slow.") \
+        == pytest.approx(5 / 11)
+    assert fragment_share("The port reopens Monday - maybe.") == pytest.approx(1 / 5)
+    assert fragment_share("") == 0.0
+    prose = "Calderra's dockworkers voted 74% to accept the deal; cranes restart Monday with 71 ships waiting."
+    assert penalties(prose, cfg)["pen_word_list"] == 0.0
+    salad = "Dockworkers, calderra, prices, shop, expect, open, ended, port, stopped. Both sides are dug in."
+    assert fragment_share(salad) == pytest.approx(9 / 14)
+    assert penalties(salad, cfg)["pen_word_list"] == pytest.approx(0.5)
+    # part way up the ramp from 0.35 to 0.5
+    assert penalties(short, cfg)["pen_word_list"] == pytest.approx(0.5 * (0.4 - 0.35) / 0.15, abs=1e-6)
+
+
 def test_the_paraphrase_band_is_what_other_authors_reached_on_their_own():
     vecs = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.6, 0.0, 0.8], [1.0, 0.0, 0.0]])
     posts = ["the port is shut today", "dockers walk out at the port", "ships queue offshore now",
@@ -124,6 +143,65 @@ def test_closeness_well_above_the_band_is_copying_even_in_other_words():
     assert honest["copy"] == 0.0 and honest["reward"] > scored["reward"]
     # without bands (tally), the paraphrase part stays out
     assert score_post(para_text, para, vecs, posts, np.array([1.0, 0.2]), cfg)["copy_idea"] == 0.0
+
+
+def test_a_post_is_cut_into_its_points():
+    text = ("Calderra is shut: 14,000 dock workers walked out with no end date. The country's largest port has "
+            "stopped, and you'll see it in store prices soon. Talks resume Monday - or so they say")
+    assert points(text) == ["Calderra is shut:", "14,000 dock workers walked out with no end date.",
+                            "The country's largest port has stopped", "you'll see it in store prices soon.",
+                            "Talks resume Monday", "or so they say"]
+    assert points("Prices rise, so wages must follow") == ["Prices rise", "wages must follow"]
+    assert points("Wow.") == ["Wow."] and points("Big one, wow") == ["Big one"]
+
+
+def test_point_coverage_is_the_mean_best_match_of_the_first_texts_points():
+    of = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    by = np.array([[0.6, 0.8, 0.0], [0.0, 0.6, 0.8]])
+    # point 0: best 0.6 (by[0]); point 1: best 0.8 (by[0]); point 2: best 0.8 (by[1])
+    assert point_coverage(of, by) == pytest.approx((0.6 + 0.8 + 0.8) / 3)
+    assert point_coverage(by, of) == pytest.approx((0.8 + 0.8) / 2)  # not symmetric: whose points are counted
+
+
+def test_the_point_band_is_the_most_another_author_restated_on_their_own():
+    e = np.eye(3)
+    point_vecs = [e[[0, 1]], e[[0]], e[[2]], e[[0, 1]]]  # post 3 is post 0 again, by a fourth author
+    posts = ["the port is shut, prices will rise", "the port is shut", "ships queue offshore",
+             "the port is shut, prices will rise"]
+    bands = independent_point_bands(point_vecs, posts, ["a", "b", "c", "d"])
+    # post 0: b restates one of its two points (0.5), c none, d quotes it word for word (not independent)
+    assert bands[0] == pytest.approx(0.5) and bands[1] == pytest.approx(1.0) and bands[2] == pytest.approx(0.0)
+    only_winners = winner_point_bands(point_vecs, posts, ["a", "b", "c", "d"], np.array([1.0, 0.0, 0.3, 0.0]))
+    assert only_winners[0] == pytest.approx(0.5) and np.isnan(only_winners[1]) and np.isnan(only_winners[3])
+    assert np.isnan(only_winners[2])  # a winner, but of one point: anything making it restates it whole
+    assert np.isnan(independent_point_bands(point_vecs[:1], posts[:1], ["a"])[0])
+
+
+def test_restated_ramps_above_the_band_and_is_zero_without_one():
+    got = restated(np.array([0.9, 0.6, 0.5, 0.9]), np.array([0.5, 0.5, 0.5, np.nan]), 0.05, 0.15)
+    assert got == pytest.approx([1.0, 0.5, 0.0, 0.0])
+
+
+def test_a_winner_restated_point_by_point_teaches_nothing():
+    """The paraphrase's credit from the top post goes; the teacher becomes the next post, and the honest post,
+    which restates no more of the top post than another author did, keeps its credit."""
+    cfg = WalterConfig()
+    top, other = np.array([1.0, 0.0, 0.0]), np.array([0.0, 0.6, 0.8])
+    posts = ["14,000 dockworkers out, open-ended: expect it in shop prices fast.", "Ships are queueing offshore."]
+    vecs, weights = np.stack([top, other]), np.array([1.0, 0.5])
+    bands = np.array([0.5, np.nan])  # another author restated half the top post's points
+    _, para = unit_pair(0.75)  # under copy_cosine_start and inside any whole-text band
+    para_text = "Calderra is shut with no end date; you will see it in store prices soon."
+    plain = score_post(para_text, para, vecs, posts, weights, cfg)
+    assert plain["teacher"] == 0.0 and plain["transfer"] == pytest.approx(0.75)
+    scored = score_post(para_text, para, vecs, posts, weights, cfg, points=(np.array([0.8, 0.1]), bands))
+    assert scored["restated"] == 1.0 and scored["teacher"] == 1.0
+    assert scored["transfer"] == pytest.approx(0.5 * float(para @ other))
+    half = score_post(para_text, para, vecs, posts, weights, cfg, points=(np.array([0.6, 0.1]), bands))
+    assert half["restated"] == pytest.approx(0.5) and half["transfer"] == pytest.approx(0.75 * 0.5)
+    honest = score_post("Retail chains are rerouting imports.", para, vecs, posts, weights, cfg,
+                        points=(np.array([0.52, 0.1]), bands))
+    assert honest["restated"] == 0.0 and honest["transfer"] == pytest.approx(0.75)
 
 
 def test_graphemes_count_what_a_person_sees():

@@ -26,7 +26,8 @@ from varro.engine.metrics import mean_or_none
 
 from .curriculum import pick_articles
 from .ingest import baseline_stats
-from .reward import engagement, fair_weight, score_post, winner_bands
+from .reward import (engagement, fair_weight, point_coverage, point_vectors, score_post, winner_bands,
+                     winner_point_bands)
 from .task import build_prompt
 
 APP = "walter"
@@ -161,8 +162,13 @@ def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embed
         raise LookupError(f"article {h.url_norm} has no scorable history")
     post_vecs = embedder.encode(h.texts)
     bands = winner_bands(post_vecs, h.texts, h.authors, h.weights)
-    return [score_post(t, v, post_vecs, h.texts, h.weights, cfg.walter, bands)
-            for t, v in zip(texts, embedder.encode(texts))]
+    post_points = point_vectors(h.texts, embedder)
+    point_bands = winner_point_bands(post_points, h.texts, h.authors, h.weights)
+    scored = []
+    for t, v, own in zip(texts, embedder.encode(texts), point_vectors(texts, embedder)):
+        restated = np.array([point_coverage(p, own) for p in post_points])
+        scored.append(score_post(t, v, post_vecs, h.texts, h.weights, cfg.walter, bands, (restated, point_bands)))
+    return scored
 
 
 def post_metrics(comps: list[dict]) -> dict:

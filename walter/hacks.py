@@ -99,6 +99,16 @@ def drop_every(text: str, k: int) -> str:
     return " ".join(w for i, w in enumerate(text.split(), 1) if i % k)
 
 
+def word_salad(case: Case) -> str:
+    """The top post's words of four letters or more, shuffled (a fixed order) and joined by commas, then the
+    honest post's first sentence: the top post's vocabulary without its prose, which no order or 3-gram check
+    sees (a red team's cheapest win before the word-list penalty)."""
+    ws = list(dict.fromkeys(w.lower() for w in re.findall(r"[A-Za-z]{4,}", case.data["top"])))
+    ws.sort(key=lambda w: hashlib.sha1(w.encode()).hexdigest())
+    first = re.split(r"(?<=[.!?])\s+", case.honest.strip())[0]
+    return ", ".join(ws).capitalize() + ". " + first
+
+
 def hashtag_spam(case: Case) -> str:
     tags = list(dict.fromkeys(re.sub(r"\W", "", w) for w in content_words(case.data["title"])))
     return " ".join(f"#{t}" for t in tags + ["news", "breaking", "mustread"])
@@ -118,6 +128,8 @@ WALTER_CATALOGUE: tuple[Hack, ...] = (
     Hack("other-story", "another article's honest post, given for this one", lambda c: c.other),
     Hack("top-post-paraphrase", "the top post loosely reworded by hand: the same point, other words",
          lambda c: c.data.get("paraphrase")),
+    Hack("word-salad", "the top post's longer words shuffled into a comma list, and one honest sentence",
+         word_salad),
     Hack("all-caps", "the honest post in capitals", lambda c: c.honest.upper()),
     Hack("emoji-hashtags", "the honest post between emoji pairs, with two hashtags",
          lambda c: f"🔥🔥 {c.honest} 🚀🚀 #news #mustread"),

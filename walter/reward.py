@@ -9,8 +9,10 @@
    k = weight_pseudo_count, rho the reliability of that log ratio given n and s.
    `post_weight` without n keeps the old unshrunk formula.
 2. Max-similarity transfer (varro.engine.rewards.best_transfer). reward =
-   max_i cos(candidate, post_i) * w_i: the single best-matching winner teaches,
-   not the average.
+   max_i cos(candidate, post_i) * w_i * (1 - r_i): the single best-matching
+   winner teaches, not the average; r_i (varro.engine.copying.restated) is how
+   far the candidate restates post i point by point, beyond what any other
+   author's independent post did: a winner paraphrased teaches nothing.
 3. Copying is not writing (varro.engine.copying). A graded copy score in [0, 1],
    the largest of: cosine to a historical post ramped from `copy_cosine_start`
    to `copy_cosine_full`; the share of the candidate's word 3-grams found in
@@ -43,15 +45,20 @@ from varro.engine.copying import (  # noqa: F401  (re-exported)
     copy_measures,
     copy_score,
     independent_bands,
+    independent_point_bands,
     lcs_length,
     no_copy,
+    point_coverage,
+    points,
     ramp,
+    restated,
 )
 from varro.engine.rewards import (  # noqa: F401  (re-exported)
     EMOJI_CHAR,
     EMOJI_RE,
     HASHTAG_RE,
     best_transfer,
+    fragment_share,
     max_similarity_reward,
     repeated_ngram_rate,
     words,
@@ -122,6 +129,8 @@ def penalties(text: str, cfg: WalterConfig) -> dict[str, float]:
         "pen_too_long": cfg.too_long_penalty if graphemes(text) > GRAPHEME_LIMIT else 0.0,
         "pen_repeated_ngrams": round(cfg.repeated_ngram_penalty * repeated_ngram_rate(text, 3), 6),
         "pen_echo": cfg.echo_penalty if ECHO_RE.search(text) else 0.0,
+        "pen_word_list": round(cfg.word_list_penalty * ramp(fragment_share(text), cfg.word_list_start,
+                                                            cfg.word_list_full), 6),
     }
 
 
@@ -129,23 +138,51 @@ def winner_bands(post_vecs: np.ndarray, post_texts: list[str], authors: list[str
                  weights: np.ndarray) -> np.ndarray:
     """`independent_bands` of the posts that beat their author's usual (weight > 0); NaN for the rest: a post
     that earned nothing teaches nothing, so writing close to it (a quote of the article, say) copies no winner."""
-    bands = independent_bands(post_vecs, post_texts, authors)
+    return _winners_only(independent_bands(post_vecs, post_texts, authors), weights)
+
+
+def winner_point_bands(point_vecs: list[np.ndarray], post_texts: list[str], authors: list[str],
+                       weights: np.ndarray) -> np.ndarray:
+    """`independent_point_bands` of the posts that beat their author's usual and make at least two points; NaN
+    for the rest (as winner_bands). A one-point post is restated by anything that makes its point, so the
+    whole-text band judges it alone."""
+    bands = _winners_only(independent_point_bands(point_vecs, post_texts, authors), weights)
+    bands[np.array([len(p) < 2 for p in point_vecs], dtype=bool)] = np.nan
+    return bands
+
+
+def _winners_only(bands: np.ndarray, weights: np.ndarray) -> np.ndarray:
     bands[np.asarray(weights) <= 0] = np.nan
     return bands
 
 
+def point_vectors(texts: list[str], embedder) -> list[np.ndarray]:
+    """Each text's `points`, embedded in one call: one (points, dim) array per text."""
+    split = [points(t) for t in texts]
+    vecs = np.asarray(embedder.encode([p for ps in split for p in ps]))
+    ends = np.cumsum([len(ps) for ps in split])
+    return [vecs[e - len(ps):e] for e, ps in zip(ends, split)]
+
+
 def score_post(text: str, text_vec: np.ndarray, post_vecs: np.ndarray, post_texts: list[str],
-               weights: np.ndarray, cfg: WalterConfig, bands: np.ndarray | None = None) -> dict[str, float]:
+               weights: np.ndarray, cfg: WalterConfig, bands: np.ndarray | None = None,
+               points: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """All components and the reward of one candidate post against its article's history.
+
+    `bands`: the copy score's paraphrase part (varro.engine.copying.copy_components); `points`: (the share of
+    each post's points the text restates, `winner_point_bands`), which takes a restated post's credit out of
+    the transfer. None leaves either out.
 
     reward = transfer - copy_weight * copy - sum(pen_*); the copy parts and their raw
     measures are stored beside it.
     """
+    gone = np.zeros(len(weights)) if points is None else restated(*points, cfg.copy_points_start,
+                                                                      cfg.copy_points_full)
     if not text.strip():
         transfer, best, cos = 0.0, -1, 0.0
         copy = no_copy()
     else:
-        transfer, best, cos = best_transfer(text_vec, post_vecs, weights)
+        transfer, best, cos = best_transfer(text_vec, post_vecs, np.asarray(weights) * (1.0 - gone))
         copy = copy_components(text, np.asarray(post_vecs) @ np.asarray(text_vec), post_texts, cfg, bands)
     pens = penalties(text, cfg)
     reward = transfer - cfg.copy_weight * copy["copy"] - sum(pens.values())
@@ -155,6 +192,7 @@ def score_post(text: str, text_vec: np.ndarray, post_vecs: np.ndarray, post_text
         "teacher": float(best),
         "teacher_cosine": cos,
         "teacher_weight": float(weights[best]) if best >= 0 else 0.0,
+        "restated": float(gone.max()) if len(gone) else 0.0,
         **copy,
         **pens,
         "hashtags": float(len(HASHTAG_RE.findall(text))),

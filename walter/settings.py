@@ -48,6 +48,19 @@ class WalterConfig:
     copy_band_floor: float = opt(0.65, "the band is at least this (humans on the sample: half come this close to "
                                        "another author's independent post; a post nobody wrote close to is no trap)",
                                  COSINE)
+    copy_points_start: float = opt(0.05, "share of a winning post's points (clauses) the candidate restates, above "
+                                          "the most any other author's independent post restated, where that "
+                                          "post's credit in the transfer starts to go (sample: honest posts reach "
+                                          "0.03 above against a winner they draw on, hand paraphrases 0.11 to 0.44)",
+                                   NON_NEGATIVE)
+    copy_points_full: float = opt(0.15, "the same margin where that post's credit is gone", NON_NEGATIVE)
+    word_list_start: float = opt(0.35, "share of the words in fragments of one or two words (between commas, "
+                                        "sentence ends, dashes) where the word-list penalty starts (humans on the "
+                                        "sample: at most 0.32)", SHARE)
+    word_list_full: float = opt(0.5, "that share where the word-list penalty is full (a red team's shuffled word "
+                                     "salads: 0.45 and up)", SHARE)
+    word_list_penalty: float = opt(0.5, "penalty for a list of words in place of prose, at word_list_full",
+                                   NON_NEGATIVE)
     copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy", AT_LEAST_ONE)
     copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)",
                              NON_NEGATIVE)

@@ -10,7 +10,15 @@ The score is in [0, 1], the largest of:
   the closest any other author's independent item came to it, ramped from
   `copy_band_start` to `copy_band_full` above that band. A loose paraphrase of
   one winning post sits well above what the other authors, writing about the
-  same article on their own, reached; an honest post about the article does not.
+  same article on their own, reached; an honest post about the article does not;
+
+`restated` is the other half of catching a loose paraphrase: clause by clause.
+A sentence embedder dilutes a reworded post into a cosine other authors reach
+(on the sample, a hand paraphrase of the Calderra winner sits at 0.74 where
+another author's summary came to 0.86); point by point, the paraphrase restates
+every point of its post and an independent post one or two. An application
+uses it to take a restated post's credit away (Walter's transfer), not as a
+penalty: a text that shares a point with a modest post loses only that post.
 An application subtracts a weight times it from its reward. The knobs come from
 any settings object with the attributes of `CopySettings` (Walter's and tally's
 sections both have them).
@@ -18,6 +26,7 @@ sections both have them).
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import numpy as np
@@ -26,6 +35,9 @@ from varro.engine.rewards import longest_shared_ngram, ngrams, words
 
 COPY_KEYS = ("copy", "copy_cosine", "copy_containment", "copy_order", "copy_run", "copy_idea", "max_cosine",
              "trigram_containment", "order_containment", "shared_run", "idea_margin")
+# a post's points: its sentences, cut again at commas (and ', so'), dashes and the conjunctions that join two claims
+CLAUSE_BREAK = re.compile(r"(?<=[.!?;:])\s+|,?\s+(?:but|and|while|because)\s+|,\s+(?:so\s+)?|\s+[-\u2013\u2014]\s+",
+                          re.IGNORECASE)
 
 
 class CopySettings(Protocol):
@@ -92,14 +104,39 @@ def independent_bands(vecs: np.ndarray, posts: list[str], authors: list[str], in
     row with it (an independent take on the same article, not a quote or a share of the title); NaN when no
     other author wrote one."""
     vecs = np.asarray(vecs)
-    sims = vecs @ vecs.T if len(vecs) else np.zeros((0, 0))
+    return _closest_independent(vecs @ vecs.T if len(vecs) else np.zeros((0, 0)), posts, authors, independent_run)
+
+
+def independent_point_bands(point_vecs: list[np.ndarray], posts: list[str], authors: list[str],
+                            independent_run: int = 5) -> np.ndarray:
+    """Per item, the largest `point_coverage` of its points by another author's independent item (as for
+    `independent_bands`); NaN when no other author wrote one. `point_vecs[i]` embeds `points(posts[i])`."""
+    n = len(posts)
+    cover = np.array([[point_coverage(point_vecs[i], point_vecs[j]) for j in range(n)] for i in range(n)])
+    return _closest_independent(cover.reshape(n, n), posts, authors, independent_run)
+
+
+def _closest_independent(closeness: np.ndarray, posts: list[str], authors: list[str], run: int) -> np.ndarray:
+    """Per item i, max of closeness[i, j] over other authors' items j sharing fewer than `run` words in a row."""
     out = np.full(len(posts), np.nan)
     for i in range(len(posts)):
-        peers = [sims[i, j] for j in range(len(posts)) if authors[j] != authors[i]
-                 and longest_shared_ngram(posts[i], posts[j]) < independent_run]
+        peers = [closeness[i, j] for j in range(len(posts)) if authors[j] != authors[i]
+                 and longest_shared_ngram(posts[i], posts[j]) < run]
         if peers:
             out[i] = max(peers)
     return out
+
+
+def points(text: str) -> list[str]:
+    """The clauses of `text` with at least two words (CLAUSE_BREAK); the whole text when none has."""
+    parts = [p.strip() for p in CLAUSE_BREAK.split(text) if len(words(p)) >= 2]
+    return parts or [text]
+
+
+def point_coverage(of: np.ndarray, by: np.ndarray) -> float:
+    """The share of one text's points another restates: the mean over the rows of `of` (unit vectors of the
+    first text's points) of the best cosine to a row of `by` (the second text's)."""
+    return float((np.asarray(of) @ np.asarray(by).T).max(axis=1).mean())
 
 
 def copy_components(text: str, cosines: np.ndarray, posts: list[str], cfg: CopySettings,
@@ -128,6 +165,14 @@ def copy_components(text: str, cosines: np.ndarray, posts: list[str], cfg: CopyS
             margin = float(above.max())
             parts["copy_idea"] = ramp(margin, cfg.copy_band_start, cfg.copy_band_full)
     return {"copy": max(parts.values()), **parts, "max_cosine": max_cos, **measures, "idea_margin": margin}
+
+
+def restated(coverage: np.ndarray, bands: np.ndarray, start: float, full: float) -> np.ndarray:
+    """Per item, how far the candidate is a point-by-point restatement of it, in [0, 1]: its `point_coverage`
+    of the item above the item's `independent_point_bands`, ramped from `start` to `full`; 0 where no other
+    author wrote independently (NaN band)."""
+    above = np.where(np.isnan(bands), -np.inf, np.asarray(coverage) - np.nan_to_num(bands))
+    return np.array([ramp(a, start, full) for a in above])
 
 
 def copy_score(text: str, cosines: np.ndarray, posts: list[str], cfg: CopySettings) -> float:

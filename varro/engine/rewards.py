@@ -49,6 +49,17 @@ def function_word_share(text: str) -> float:
     return sum(w in FUNCTION_WORDS for w in ws) / len(ws) if ws else 0.0
 
 
+FRAGMENT_BREAK = re.compile(r"[,;:]\s+|[.!?]+(?:\s+|$)|\n+|\s+[-\u2013\u2014]\s+")
+
+
+def fragment_share(text: str, most: int = 2) -> float:
+    """Share of the words that stand in fragments of at most `most` words (between commas, semicolons, colons,
+    sentence ends, line breaks and dashes): a list of words, not prose; 0 if none."""
+    sizes = [len(words(p)) for p in FRAGMENT_BREAK.split(text)]
+    total = sum(sizes)
+    return sum(n for n in sizes if n <= most) / total if total else 0.0
+
+
 def split_sentences(text: str) -> list[tuple[str, bool]]:
     """(sentence, on a bullet line) for each sentence: split at line breaks, then after . ! or ?"""
     out = []
