@@ -52,8 +52,9 @@ def test_kl_guard_discards_the_day_and_keeps_the_previous_weights(tiny_model_pat
     assert len(stuck) == 1 and "stuck on checkpoint 2026-11-03" in stuck[0]
     day4 = list(db.query("select step, minibatch, kl from steps where day = '2026-11-04' order by step"))
     assert len(day4) == 2
-    # the next day continues the step numbers and trains normally with a sane limit
-    cfg.train.kl_max = 100.0
+    # the next day continues the step numbers and trains normally under a limit it cannot reach (at this
+    # learning rate a day's KL runs from about 3 to 270 depending on the draws)
+    cfg.train.kl_max = 1e6
     step(db, cfg, "r", run, "2026-11-05", HashEmbedder())
     nxt = [r["step"] for r in db.query("select step from steps where day = '2026-11-05' order by step")]
     assert nxt[0] == day4[-1]["step"] + 1

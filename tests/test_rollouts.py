@@ -9,7 +9,8 @@ import mlx.core as mx
 
 from varro.engine.config import SamplingConfig
 from varro.engine.models import chat_prompt_tokens
-from varro.engine.rollouts import PromptInput, group_candidates, make_group_sampler, sample_groups
+from varro.engine.rollouts import (PromptInput, group_candidates, make_group_sampler, make_keyed_sampler,
+                                   sample_groups)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,29 @@ def test_sampling_is_seeded_and_keeps_exact_ids(loaded):
         if r.finish_reason == "stop":
             assert r.completion_tokens[-1] in eos
         assert r.text == tok.decode(body)
+
+
+@pytest.mark.parametrize("profile", ["tight", "default"])  # top-k with top-p, and top-p alone
+def test_a_prompts_group_does_not_depend_on_the_prompts_decoded_beside_it(loaded, profile):
+    # Regression: one seeded stream fed the whole batch, so a prompt's completions changed with the other
+    # prompts of the call and the decode batch, and two ranks sharing a day's prompts sampled another day
+    model, tok = loaded
+    texts = {"a": "Write about markets.", "b": "What will the central bank do next week about rates?",
+             "c": "Oil.", "d": "Write about the port."}
+    prompts = [PromptInput(pid, chat_prompt_tokens(tok, t)) for pid, t in texts.items()]
+    knobs = SamplingConfig(profile=profile).sampler_settings()
+
+    def completions(ps, seed=7, decode_batch=0):
+        groups = sample_groups(model, tok, ps, group_size=4, max_tokens=12, seed=seed, decode_batch=decode_batch,
+                               **knobs)
+        return {(r.prompt_id, r.group_index): r.completion_tokens for g in groups for r in g}
+
+    together = completions(prompts)
+    assert completions(prompts[3:] + prompts[:1]) == {k: v for k, v in together.items() if k[0] in "da"}
+    assert completions(prompts[::-1], decode_batch=1) == together
+    assert {**completions(prompts[0::2]), **completions(prompts[1::2])} == together  # two ranks' halves
+    assert completions(prompts, seed=8) != together
+    assert all(len({tuple(together[pid, g]) for g in range(4)}) > 1 for pid in texts)  # each row its own key
 
 
 def test_rejects_empty_prompt(loaded):
@@ -192,14 +216,18 @@ def test_nucleus_boundary_and_ties_on_exact_probabilities():
         np.testing.assert_array_equal(mlx_lm_mask(lp, top_p, top_k), expected, err_msg=f"{top_p=} {top_k=}")
 
 
-def test_group_sampler_draws_follow_the_kept_distribution():
+@pytest.mark.parametrize("keyed", [False, True])  # MLX's global generator, or an explicit key (sample_groups')
+def test_group_sampler_draws_follow_the_kept_distribution(keyed):
     temp, top_p, top_k, n = 0.7, 0.9, 10, 20_000
     lp = random_logprobs(2, 5, 50)[mx.array([0, 3])]
     rows = np.array(lp)
     # row 0 is flat enough that top_k cuts first, row 1 peaked enough that top_p cuts inside the top 10
     assert nucleus_size(rows[0], top_p) > top_k > nucleus_size(rows[1], top_p) > 1
     mx.random.seed(11)
-    draws = np.array(make_group_sampler(temp, top_p, top_k)(mx.repeat(lp, n, axis=0))).reshape(2, n)
+    many = mx.repeat(lp, n, axis=0)
+    got = make_keyed_sampler(temp, top_p, top_k)(many, mx.random.key(11)) if keyed else \
+        make_group_sampler(temp, top_p, top_k)(many)
+    draws = np.array(got).reshape(2, n)
     assert draws.dtype == np.uint32
     for row, got, keep in zip(rows, draws, nucleus_then_top_k(rows, top_p, top_k)):
         counts = np.bincount(got, minlength=row.size)

@@ -2,11 +2,13 @@
 
 Walter scores a post at once (reward delay 0): one step samples the day's
 prompts, scores them and trains on them. The two ranks sample their halves of
-the prompts with seeds seed + rank (varro.engine.cycle._sample), so their
-rollouts, and with them the checkpoint, are not a one-process day's (the xfail
-below). What must hold is the training and the scoring: one process, handed
-the rollouts the two ranks sampled with their rewards wiped, scores them to the
-same rewards and writes the same checkpoint within test_distributed's ATOL.
+the prompts, each completion with its own key from the day's seed, its
+prompt's id and its group index (varro.engine.rollouts.row_key), so a
+two-rank day is a one-process day: the same rollouts token for token, and the
+same checkpoint within test_distributed's ATOL. The training and the scoring
+are also checked apart from the sampling: one process, handed the rollouts the
+two ranks sampled with their rewards wiped, scores them to the same rewards
+and writes the same checkpoint.
 """
 
 import shutil
@@ -126,8 +128,8 @@ def fresh(start, tiny_model_path, tmp_path_factory) -> Path:
     return home
 
 
-@pytest.mark.xfail(strict=True, reason="cycle._sample gives each rank half the prompts and seed + rank, so a "
-                                       "delay-0 day's rollouts (its training data) depend on the number of ranks")
 def test_a_two_rank_day_is_a_one_process_day(pair, fresh):
+    # Regression: cycle._sample seeded rank r with the day's seed + r and each batch drew from one stream, so
+    # a delay-0 day's rollouts (its training data) depended on the number of ranks
     assert [r[:4] for r in rollouts(fresh)] == [r[:4] for r in rollouts(pair)]
     same_checkpoint(pair, fresh)

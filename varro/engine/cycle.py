@@ -58,7 +58,8 @@ def shift(day: str, days: int) -> str:
 
 
 def sample_seed(cfg: Config, day: str) -> int:
-    """The day's sampling seed (rank r of a distributed run adds r)."""
+    """The day's sampling seed: each prompt's group draws with keys from it and the prompt's id
+    (rollouts.row_key), so the day's rollouts are the same whichever rank samples a prompt."""
     return cfg.train.seed * 1_000_003 + date.fromisoformat(day).toordinal()
 
 
@@ -135,7 +136,8 @@ class StepResult:
 
 def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embedder, progress: Progress,
             world: World, seed: int | None, notes: list[str]) -> int:
-    """Sample the groups `day`'s prompts still lack (each rank its share); returns the completions stored."""
+    """Sample the groups `day`'s prompts still lack (each rank its share, every one with the day's seed: a
+    prompt's group does not depend on the rank or the batch that samples it); returns the completions stored."""
     todo = []
     if world.is_main:
         prompts = app.choose_prompts(db, run, day, cfg, embedder, prompt_rng(cfg, day))
@@ -155,11 +157,12 @@ def _sample(app: App, db, cfg: Config, run: str, day: str, policy: Policy, embed
                                        cfg.train.decode_cache_gb)
     notes.extend([note] if note else [])
     with progress.stage("sampling", total=len(mine) * cfg.sampling.group_size) as advance:
-        groups = policy.sample(mine, seed=seed + world.rank, on_done=advance, decode_batch=decode_batch) if mine else []
+        groups = policy.sample(mine, seed=seed, on_done=advance, decode_batch=decode_batch) if mine else []
     gathered = world.gather_json(rollouts_to_json(groups))
     if not world.is_main:
         return 0
-    groups = [g for part in gathered for g in rollouts_from_json(part)]
+    order = {pid: i for i, (pid, _) in enumerate(todo)}  # the ranks' shares back in the order one process samples
+    groups = sorted((g for part in gathered for g in rollouts_from_json(part)), key=lambda g: order[g[0].prompt_id])
     store.insert_rollouts(db, run, day, policy.checkpoint, groups, policy.sampling_settings())
     return sum(len(g) for g in groups)
 
@@ -233,9 +236,9 @@ def step(
 
 @contextlib.contextmanager
 def kept_random_state():
-    """Leave MLX's global generator as it was: sampling reseeds it with the day's sampling seed, and the trainer
-    draws the checkpoint's seed from it, so a day resumed after its sampling checkpoints exactly as one that
-    sampled in the same process."""
+    """Leave MLX's global generator as it was whatever sampling draws from it (with a seed, nothing: each
+    completion draws with its own key, rollouts.row_key): the trainer draws the checkpoint's seed from it, so a
+    day resumed after its sampling must checkpoint exactly as one that sampled in the same process."""
     hi, lo = (int(x) for x in mx.random.state[0].tolist())
     try:
         yield

@@ -2,9 +2,16 @@
 
 Each prompt is prefilled once (a batch-1 forward pass that fills a KV cache);
 the cache is copied G times and all groups decode together through mlx-lm's
-BatchGenerator. The exact sampled token ids are kept, EOS included when the
-completion stopped, so training sees what the policy actually produced, and so
-is each token's log-probability under the distribution it was drawn from
+BatchGenerator. Each completion draws its tokens with its own random key,
+derived from the call's seed, its prompt's id and its place in the group
+(`row_key`), so a completion does not depend on which other prompts decode
+beside it: not on the decode batch, on how many ranks share a day's prompts,
+nor on a resumed day sampling only the prompts left (up to the last-bit
+rounding of a batched forward pass, see `sample_groups`).
+
+The exact sampled token ids are kept, EOS included when the completion
+stopped, so training sees what the policy actually produced, and so is each
+token's log-probability under the distribution it was drawn from
 (`sampler_logprobs`: temperature applied, renormalised over the top-k / top-p
 candidate set), which the trainer compares with its own pi_old pass. The
 sampler's log-softmax runs in float32 on any base (`Float32Logits`), as the
@@ -15,6 +22,7 @@ to that comparison.
 from __future__ import annotations
 
 import copy
+import hashlib
 from functools import partial
 from typing import Callable
 
@@ -79,27 +87,89 @@ def group_candidates(logprobs: mx.array, top_p: float, top_k: int) -> tuple[mx.a
     return ids, kept
 
 
+def draw_tokens(logprobs: mx.array, key: mx.array | None, temp: float, top_p: float, top_k: int) -> mx.array:
+    """One token per row of `logprobs` (..., V) from mlx-lm's distribution at `temp` > 0, drawn with `key`
+    (None: MLX's global generator): (...,) token ids.
+
+    With `top_k` > 0 the candidates are `group_candidates`', put in token-id order
+    before the draw: the order argpartition leaves them in changes when two
+    log-probs swap places over a last-bit difference (a batched forward pass
+    rounds with the batch's rows), and the key's noise goes by position, so
+    that order would change the token drawn. Otherwise mlx-lm's top-p alone
+    (`make_sampler`'s ops, so the same key draws the same token).
+    """
+    from mlx_lm.sample_utils import apply_top_p
+
+    if top_k > 0:
+        ids, kept = group_candidates(logprobs, top_p, top_k)
+        by_id = mx.argsort(ids, axis=-1)
+        ids, kept = mx.take_along_axis(ids, by_id, axis=-1), mx.take_along_axis(kept, by_id, axis=-1)  # (..., k)
+        choice = mx.random.categorical(kept * (1.0 / temp), key=key)  # (...,) an index into the k
+        return mx.take_along_axis(ids, choice[..., None], axis=-1).squeeze(-1)
+    if 0 < top_p < 1:
+        logprobs = apply_top_p(logprobs, top_p)
+    return mx.random.categorical(logprobs * (1.0 / temp), key=key)
+
+
 def make_group_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Callable[[mx.array], mx.array]:
-    """A sampler for BatchGenerator with mlx-lm's distribution, cheaper when `top_k` > 0.
+    """A batched sampler drawing from MLX's global generator, with mlx-lm's distribution, cheaper when `top_k` > 0.
 
     mlx-lm's `apply_top_p` sorts the whole vocabulary of every row each step (42% of
-    a 32-row CPU decode step); this one partitions out the `top_k` largest and sorts
-    only those. It keeps the same candidate set (`group_candidates`), so the
-    distribution equals mlx-lm's; only the random draws differ. Greedy (`temp` 0)
-    and top-p without top-k stay mlx-lm's `make_sampler`.
+    a 32-row CPU decode step); with `top_k` > 0 this one partitions out the `top_k`
+    largest and sorts only those. It keeps the same candidate set (`group_candidates`),
+    so the distribution equals mlx-lm's; only the random draws differ. Greedy (`temp`
+    0) is mlx-lm's `make_sampler`. `sample_groups` draws through `RowSampler`s instead,
+    the same distribution with a key per completion.
     """
     from mlx_lm.sample_utils import make_sampler
 
-    if temp == 0 or top_k <= 0:
-        return make_sampler(temp=temp, top_p=top_p, top_k=top_k)
+    if temp == 0:
+        return make_sampler(temp=0.0)
 
     @partial(mx.compile, inputs=mx.random.state, outputs=mx.random.state)
     def sampler(logprobs: mx.array) -> mx.array:
-        ids, kept = group_candidates(logprobs, top_p, top_k)
-        choice = mx.random.categorical(kept * (1.0 / temp))  # (...,) an index into the k
-        return mx.take_along_axis(ids, choice[..., None], axis=-1).squeeze(-1)
+        return draw_tokens(logprobs, None, temp, top_p, top_k)
 
     return sampler
+
+
+def make_keyed_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Callable[[mx.array, mx.array], mx.array]:
+    """`draw(logprobs, key)`: `draw_tokens` at these settings (`temp` > 0), compiled, with an explicit key."""
+    if temp <= 0:
+        raise ValueError(f"a keyed sampler needs a positive temperature, got {temp}")
+    return mx.compile(lambda logprobs, key: draw_tokens(logprobs, key, temp, top_p, top_k))
+
+
+def row_key(seed: int, prompt_id: str, group_index: int) -> mx.array:
+    """The random key of completion `group_index` of prompt `prompt_id` under `seed`: a stable hash of the
+    three (not Python's salted `hash`), so any process, rank or batch that samples it draws the same tokens."""
+    digest = hashlib.blake2b(f"{seed}\0{prompt_id}\0{group_index}".encode(), digest_size=8).digest()
+    return mx.random.key(int.from_bytes(digest, "little"))
+
+
+class RowSampler:
+    """One completion's sampler for BatchGenerator: each call draws the row's next token with the next key
+    of the completion's own stream (split off `key`), so its draws depend on nothing else in the batch.
+
+    BatchGenerator calls it once per decode step with the row's (1, V) log-probs.
+    """
+
+    def __init__(self, draw: Callable[[mx.array, mx.array], mx.array], key: mx.array):
+        self._draw = draw
+        self._key = key
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        self._key, step_key = mx.random.split(self._key)
+        return self._draw(logprobs, step_key)
+
+
+def group_samplers(draw: Callable[[mx.array, mx.array], mx.array] | None, seed: int, prompt_id: str,
+                   group_size: int) -> list[RowSampler] | None:
+    """A `RowSampler` for each completion of `prompt_id`'s group (BatchGenerator's `samplers`) drawing with
+    `draw` (`make_keyed_sampler`); None when `draw` is (greedy: every row takes its argmax, no key needed)."""
+    if draw is None:
+        return None
+    return [RowSampler(draw, row_key(seed, prompt_id, gi)) for gi in range(group_size)]
 
 
 def candidate_logprobs(logprobs: mx.array, temp: float, top_p: float = 1.0, top_k: int = 0) -> mx.array:
@@ -150,9 +220,12 @@ def sample_groups(
 
     `on_done(1)` is called as each completion finishes. `decode_batch` > 0 decodes
     that many prompts' groups together at a time (the memory guard's knob, see
-    varro.engine.memory); 0 decodes all at once. `seed` seeds the call once and
-    the batches draw one after another from that stream, so a seed and a
-    decode batch give the same completions again; another split draws others.
+    varro.engine.memory); 0 decodes all at once. Each completion draws with its
+    own key from (`seed`, its prompt's id, its group index) (`row_key`; `seed`
+    None: one drawn from MLX's global generator), so a seed gives the same
+    completions for a prompt whatever the decode batch or the other prompts of
+    the call, up to the float32 rounding of a batched forward pass (which can
+    differ in the last bits with the batch's rows and so, rarely, flip a draw).
     Raises ValueError for an empty prompt or non-positive sizes.
     """
     from mlx_lm.generate import BatchGenerator
@@ -164,21 +237,22 @@ def sample_groups(
             raise ValueError(f"prompt {p.prompt_id!r} has no tokens")
     if not prompts:
         return []
-    if seed is not None:
-        mx.random.seed(seed)
+    if seed is None:
+        seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
     if 0 < decode_batch < len(prompts):
         return [g for i in range(0, len(prompts), decode_batch)
                 for g in sample_groups(model, tokenizer, prompts[i : i + decode_batch], group_size, max_tokens,
-                                       temp, top_p, top_k, seed=None, on_done=on_done)]
+                                       temp, top_p, top_k, seed=seed, on_done=on_done)]
     total = len(prompts) * group_size
     gen = BatchGenerator(
         Float32Logits(model),
         max_tokens=max_tokens,
         stop_tokens=[[t] for t in tokenizer.eos_token_ids],
-        sampler=make_group_sampler(temp, top_p, top_k),
+        # no batch-wide sampler: greedy (mlx-lm's default) or each row's RowSampler
         completion_batch_size=total,
         prefill_batch_size=total,
     )
+    draw = make_keyed_sampler(temp, top_p, top_k) if temp > 0 else None
     owner: dict[int, tuple[int, int]] = {}
     try:
         for pi, p in enumerate(prompts):
@@ -187,7 +261,8 @@ def sample_groups(
             if head:
                 cache = prefill(model, head)
                 caches = [copy.deepcopy(cache) for _ in range(group_size)]
-            uids = gen.insert([last] * group_size, caches=caches)
+            uids = gen.insert([last] * group_size, caches=caches,
+                              samplers=group_samplers(draw, seed, p.prompt_id, group_size))
             for gi, uid in enumerate(uids):
                 owner[uid] = (pi, gi)
         tokens: dict[int, list[int]] = {uid: [] for uid in owner}
