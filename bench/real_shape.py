@@ -13,7 +13,8 @@ vocabulary entries (no merges, never produced by encoding, decodable) up to
 
 Each contender runs in its own process, through bench/gspo.py's `run_ours` and
 bench/peer_grpo.py, with group 8, 180 tokens, LoRA rank 8 (ours on the last 16
-layers, our default; the peer on the same 16), 4 minibatch steps.
+layers, our default; the peer on the same 16), 4 minibatch steps. `--contenders mlxtune` (not in the
+default) adds mlx-tune 0.6.0's GRPOTrainer (bench/peer_mlxtune.py, in bench/.venv-mlxtune, made on first use).
 """
 
 from __future__ import annotations
@@ -211,6 +212,43 @@ def run_mlxrl(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> d
     return run_spec(mlxrl_python(), "peer_mlxrl.py", spec, "mlx-rl")
 
 
+MLXTUNE_ENV = BENCH_DIR / ".venv-mlxtune"
+MLXTUNE = "mlx-tune==0.6.0"
+
+
+def mlxtune_python() -> Path:
+    """bench/.venv-mlxtune/bin/python with mlx-tune installed; creates the environment when missing.
+
+    mlx-tune and all its declared needs (mlx-lm, mlx-vlm, mlx-embeddings, transformers, datasets < 4, ...)
+    are installed as pip resolves them, with mlx pinned to ours; then scripts/setup gives it our BLAS (MLX's
+    bundled BLAS multiplies some 40x slower here)."""
+    from importlib.metadata import version
+
+    py = MLXTUNE_ENV / "bin" / "python"
+    if not (py.exists() and subprocess.run([str(py), "-c", "import mlx_tune.rl_trainers"],
+                                           capture_output=True).returncode == 0):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(MLXTUNE_ENV)], check=True)
+        mlx = f"mlx[cpu]=={version('mlx')}" if sys.platform == "linux" else f"mlx=={version('mlx')}"
+        print(f"installing {MLXTUNE}", file=sys.stderr, flush=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", mlx, MLXTUNE],
+                       check=True)
+        subprocess.run([str(REPO / "scripts" / "setup")], check=True)
+    return py
+
+
+def run_mlxtune(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> dict:
+    """One GRPO iteration of mlx-tune (bench/peer_mlxtune.py) on the same model, prompts, group, length and LoRA:
+    `n_prompts` of its steps, as it takes one prompt a step."""
+    import gspo
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    path = model_dir(precision)
+    spec = {"model": str(path), "prompts": prompt_tokens(load_tokenizer(path), n_prompts), "group": gspo.GROUP,
+            "max_tokens": max_tokens, "lora_rank": gspo.LORA_RANK, "lora_scale": gspo.LORA_SCALE,
+            "lora_layers": LORA_LAYERS, "beta": 0.02, **SAMPLER}
+    return run_spec(mlxtune_python(), "peer_mlxtune.py", spec, "mlx-tune")
+
+
 def run_child(which: str, precision: str, n_prompts: int, max_tokens: int) -> dict:
     """One contender in a fresh process of this file; its wall time is added as process_s."""
     cmd = [sys.executable, __file__, "--child", which, "--precisions", precision, "--batch-sizes", str(n_prompts),
@@ -294,7 +332,7 @@ def sampling_bound_s(ours: dict, rows: int, max_tokens: int, bw_gbs: float, rate
 
 
 def report(precision: str, n: int, max_tokens: int, ours: dict | None, peer: dict | None,
-           machine: dict | None = None, mlxrl: dict | None = None) -> None:
+           machine: dict | None = None, mlxrl: dict | None = None, mlxtune: dict | None = None) -> None:
     label = f"{precision}.b{n}.t{max_tokens}"
     if ours and machine and precision == "f32":  # the rates are float32's: fractions only for a float32 base
         train_gflops = 2 * ours["matmul_params"] * ours["forward_positions"] / (ours["train_s"] * 1e9)
@@ -324,7 +362,8 @@ def report(precision: str, n: int, max_tokens: int, ours: dict | None, peer: dic
                   flush=True)
     for key, run, rest, rest_note in (
             ("peer", peer, "loss_grad", "rewards, reference pass, loss and gradient, update"),
-            ("mlxrl", mlxrl, "update", "rewards, old and reference passes, loss and gradient, update")):
+            ("mlxrl", mlxrl, "update", "rewards, old and reference passes, loss and gradient, update"),
+            ("mlxtune", mlxtune, "update", "rewards, one policy-gradient step per prompt (no other passes)")):
         if not run:
             continue
         rows = f", {run['updated_rows']} rows updated" if "updated_rows" in run else ""
@@ -335,7 +374,8 @@ def report(precision: str, n: int, max_tokens: int, ours: dict | None, peer: dic
         emit(BENCH, f"{label}.{key}_{rest}", run["iteration_s"] - run["sampling_s"], "s", rest_note)
         emit(BENCH, f"{label}.{key}_peak_memory", run["peak_memory_gb"], "GB")
     for suffix, run, unit, targets in (("", peer, "x peer", ("target <= 0.5", "target <= 0.35")),
-                                       ("_mlxrl", mlxrl, "x mlx-rl", ("", ""))):
+                                       ("_mlxrl", mlxrl, "x mlx-rl", ("", "")),
+                                       ("_mlxtune", mlxtune, "x mlx-tune", ("", ""))):
         if ours and run:
             emit(BENCH, f"{label}.time_ratio{suffix}", ours["iteration_s"] / run["iteration_s"], unit, targets[0])
             emit(BENCH, f"{label}.memory_ratio{suffix}", ours["peak_memory_gb"] / run["peak_memory_gb"], unit,
@@ -347,17 +387,17 @@ def main() -> None:
     ap.add_argument("--precisions", default="f32,bf16,4bit", help="comma-separated, of f32, bf16, 4bit")
     ap.add_argument("--batch-sizes", default="1", help="prompts per iteration, comma-separated")
     ap.add_argument("--contenders", default="ours,peer,mlxrl", help="comma-separated, of ours, peer (mlx-lm-lora), "
-                    "mlxrl (mlx-rl)")
+                    "mlxrl (mlx-rl), mlxtune (mlx-tune; not in the default)")
     ap.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
                     help=f"completion length (default {MAX_TOKENS}; bf16 and 4-bit matmuls are slow on a CPU)")
     ap.add_argument("--nightly", action="store_true",
                     help="only the default nightly's plan and estimated peak for 32 prompts (no training)")
     ap.add_argument("--rates", action="store_true", help="only the matmul rate of each precision here")
-    ap.add_argument("--child", choices=["ours", "peer", "mlxrl"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["ours", "peer", "mlxrl", "mlxtune"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     precisions, sizes = a.precisions.split(","), [int(s) for s in a.batch_sizes.split(",")]
     if a.child:
-        fn = {"ours": run_ours, "peer": run_peer, "mlxrl": run_mlxrl}[a.child]
+        fn = {"ours": run_ours, "peer": run_peer, "mlxrl": run_mlxrl, "mlxtune": run_mlxtune}[a.child]
         print(json.dumps(fn(precisions[0], sizes[0], a.max_tokens)))
         return
     if a.rates:
@@ -390,7 +430,8 @@ def main() -> None:
                     print(f"{label}.{who} = failed: {e}", flush=True)
                     continue
                 print(f"{label}.{who}_raw = {json.dumps(runs[who])}", flush=True)  # every figure the child gave
-            report(p, n, a.max_tokens, runs.get("ours"), runs.get("peer"), machine, runs.get("mlxrl"))
+            report(p, n, a.max_tokens, runs.get("ours"), runs.get("peer"), machine, runs.get("mlxrl"),
+                   runs.get("mlxtune"))
 
 
 if __name__ == "__main__":
