@@ -52,20 +52,33 @@ def test_qwen3_06b_training_estimate_by_hand():
     assert ADAPTER_INPUTS == 10_240
     acts = (2 * 180 + 300) * 16 * (1024 * 32 * 2 + 10_240 * 4)
     attn = 2 * 16 * 180 * 480 * 16 * 4
-    logits = 2 * 180 * 151936 * (4 * 3 + 2 * 2)  # float32 logits, log-softmax, gradient; bf16 logits, gradient
+    # the output head 4096 vocabulary rows at a time: 10 float32 arrays of its chunk, a bf16 one's cast and gradient
+    logits = 2 * 180 * 4096 * (4 * 10 + 2 * 2)
     prompt_kv = 2 * 300 * 28 * 2 * 8 * 128 * 4
     assert training_bytes(s, 2, 8, 300, 180) == 1_500_000_000 + state + acts + attn + logits + prompt_kv
-    assert training_bytes(s, 2, 8, 300, 180) == 4_134_321_920
+    assert training_bytes(s, 2, 8, 300, 180) == 3_324_051_200
+    # without a chunked head (one it cannot chunk): the whole vocabulary's logits, log-softmax, gradient
+    whole = ModelShape.from_args(QWEN3_06B, 1_500_000_000, 40_000_000, 2, trained_layers=16,
+                                 adapter_inputs=ADAPTER_INPUTS, head_chunk=0)
+    assert training_bytes(whole, 2, 8, 300, 180) - training_bytes(s, 2, 8, 300, 180) == \
+        2 * 180 * 151936 * (4 * 3 + 2 * 2) - logits
     # a float32 base makes no copies and casts no logits: its saved values are float32
     f32 = qwen3_shape(dtype_bytes=4)
-    acts32, logits32 = (2 * 180 + 300) * 16 * 1024 * 32 * 4, 2 * 180 * 151936 * 4 * 3
+    acts32, logits32 = (2 * 180 + 300) * 16 * 1024 * 32 * 4, 2 * 180 * 4096 * 4 * 10
     assert training_bytes(f32, 2, 8, 300, 180) == 1_500_000_000 + state + acts32 + attn + logits32 + prompt_kv
     # full fine-tuning (trained_layers None) runs the backward through all 28 blocks
     full = ModelShape.from_args(QWEN3_06B, 1_500_000_000, 40_000_000, 4)
     assert training_bytes(full, 2, 8, 300, 180) - training_bytes(f32, 2, 8, 300, 180) == \
         (2 * 180 + 300) * 12 * 1024 * 32 * 4 + 2 * 16 * 180 * 480 * 12 * 4
-    # with short completions and large groups the no-gradient pass is the larger: capped at 256 MiB, x2
-    assert training_bytes(s, 1, 64, 10, 50) == 1_500_000_000 + state + 2 * 256 * MiB
+    # with short completions and large groups the no-gradient passes are the larger: the pi_old pass takes
+    # all 64 rows at once (its head 4096 vocabulary rows at a time, 6 float32 arrays of them and the bf16
+    # logits' cast); the health pass, 12 arrays of two heads' chunks, only the 44 rows whose transients fit 512 MiB
+    block = (3 * 3072 + 4 * 1024) * 2 + 16 * 60 * 4  # the MLP's values and the attention scores, per position
+    pi_old = 64 * 50 * (4096 * (4 * 6 + 2 * 2) + block)
+    health = 44 * 50 * (4096 * (4 * 12 + 2 * 2) + block)
+    assert 45 * 50 * (4096 * (4 * 12 + 2 * 2) + block) > 512 * MiB >= health > pi_old
+    assert memory.pass_bytes(s, 64, 10, 50) == health
+    assert training_bytes(s, 1, 64, 10, 50) == 1_500_000_000 + state + health
 
 
 def test_tiny_model_shape_from_its_parameters(tiny_model_path, tmp_path):
@@ -163,9 +176,9 @@ def test_guard_shrinks_the_micro_batch_or_refuses():
     assert plan_micro_batch(s, 0, 8, 300, 180, budget) == 3  # 0 (the whole group of 8) does not fit
     assert plan_micro_batch(s, 2, 8, 300, 180, budget) == 2
     with pytest.raises(MemoryGuardError) as e:
-        plan_micro_batch(s, 1, 8, 300, 180, 3_000_000_000)
-    assert str(e.value) == "training needs ~3.3 GB, 3.0 GB available: --max-tokens 116 would fit"
-    assert training_bytes(s, 1, 8, 300, 116) <= 3_000_000_000 < training_bytes(s, 1, 8, 300, 117)
+        plan_micro_batch(s, 1, 8, 300, 180, 2_700_000_000)
+    assert str(e.value) == "training needs ~2.9 GB, 2.7 GB available: --max-tokens 100 would fit"
+    assert training_bytes(s, 1, 8, 300, 100) <= 2_700_000_000 < training_bytes(s, 1, 8, 300, 101)
     with pytest.raises(MemoryGuardError, match="no smaller group or completion fits"):
         plan_micro_batch(s, 1, 8, 300, 180, 1_000_000_000)
 

@@ -18,10 +18,11 @@ vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
         W + 8 x T                                           the trainable parameters' step state (below)
           + (m x M + P) x Lt x (h x F x b + c x A x 4)      saved activations: the micro-batch's, the prompt's
           + m x H x M x S x Lt x 4                          the micro-batch's attention probabilities
-          + m x M x V x (4 x 3 + c x 2 x b)                 its logits, log-softmax and their gradient
+          + m x M x Vc x (4 x 10 + c x 2 x b)               its output head's logits, Vc = min(4096, V) rows at a time
           + 2 x P x L x 2 x K x D x 4                       the prompt's keys and values and their gradient
-        or the no-gradient pi_old / reference pass, if larger:
-        W + 8 x T + min(G x M x V x 4, 256 MiB) x 2
+        or a no-gradient pass, if larger (pi_old / reference: k = 6; the end-of-day health pass: k = 12):
+        W + 8 x T + g x M x (Vc x (4 x k + c x 2 x b) + (3 x I + 4 x h) x b + H x S x 4)
+        with g = min(G, 512 MiB / (M x the bracket)) rows through the blocks at once (at least 1)
 
 Where the factors come from: each prompt is prefilled once into a one-row
 cache (mlx-lm allocates in steps of 256 positions, `ceil256`); its G copies
@@ -60,8 +61,20 @@ the MLP's gate, up, activation and product at I/h each). The attention
 probabilities are the term quadratic in length. A step holds, beside the
 trainable parameters, their micro-batch gradient, its running sum, the
 clipped copy, Adam's m and v and the update's new m, v and parameters
-(8 x T). The pass term is the trainer's `PASS_LOGITS_BYTES` cap, twice for
-the log-softmax.
+(8 x T). The output head runs `HEAD_CHUNK` (4096) vocabulary rows at a time
+(varro.engine.logprob_head), so only (rows, M, Vc) logits exist at once; at
+its peak about GRAD_COPIES (10) such float32 arrays are alive in a
+differentiated step (the forward's sweep with the entropy, the backward's
+recomputed logits, softmax and gradient, MLX allocating a few operations
+ahead), SWEEP_COPIES (6) in a pass without gradient (measured, bench/passes.py;
+without a chunked head, a LoRA-adapted one say, the whole vocabulary's 3 and 2).
+A no-gradient pass runs g of a prompt's rows through the blocks at once
+(`train.pass_rows`: all of them unless their transients would pass
+PASS_BYTES): per position the head's chunks and one block's transients, the
+MLP's and the attention scores over the S positions. The end-of-day health
+pass sweeps the policy's and the reference's heads together for the exact KL
+(`logprob_head.chunked_kl`), KL_COPIES (12) chunks; without a chunked head it
+holds HEALTH_COPIES (6) whole-vocabulary arrays, and the pi_old pass 2.
 
 Measured against mx.get_peak_memory() on CPU: see the README's memory
 paragraph and BENCHMARKS.md (tests/test_memory.py on the tiny model,
@@ -97,7 +110,8 @@ from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
 from varro.engine.errors import UserError
 from varro.engine.models import base_dtype, lora_modules
-from varro.engine.train import PASS_LOGITS_BYTES, TrainingCallback, first_trainable_layer
+from varro.engine.logprob_head import GRAD_COPIES, HEAD_CHUNK, output_head
+from varro.engine.train import TrainingCallback, first_trainable_layer, pass_position_bytes, pass_rows
 
 GB = 1e9
 PREFILL_STEP = 512  # rollouts.prefill's chunk
@@ -105,7 +119,7 @@ KV_STEP = 256  # mlx-lm's KVCache / BatchKVCache allocation step
 KV_COPIES = 2  # a finished row's filter builds the batch cache again beside the old one
 DECODE_LOGIT_COPIES = 6  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised
 ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (see above)
-LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions
+LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions, without vocabulary chunks
 TRAINABLE_COPIES = 8  # beyond the parameters: gradient, running sum, clipped, Adam's m, v, the update's new m, v, p
 
 
@@ -133,17 +147,19 @@ class ModelShape:
     dtype_bytes: int = 4  # activations and KV cache
     trained_layers: int | None = None  # blocks the backward runs through (None or 0: all of them)
     adapter_inputs: int = 0  # per trained block: the summed input widths of its LoRA-adapted linears
+    head_chunk: int = HEAD_CHUNK  # vocabulary rows the trainer's output head takes at a time (0: all of them)
 
     @classmethod
     def from_args(cls, args, weight_bytes: int, trainable_bytes: int = 0, dtype_bytes: int = 4,
-                  trained_layers: int | None = None, adapter_inputs: int = 0) -> "ModelShape":
+                  trained_layers: int | None = None, adapter_inputs: int = 0,
+                  head_chunk: int = HEAD_CHUNK) -> "ModelShape":
         heads = args.num_attention_heads
         return cls(hidden=args.hidden_size, layers=args.num_hidden_layers, heads=heads,
                    kv_heads=getattr(args, "num_key_value_heads", None) or heads,
                    head_dim=getattr(args, "head_dim", None) or args.hidden_size // heads,
                    vocab=args.vocab_size, intermediate=args.intermediate_size, weight_bytes=weight_bytes,
                    trainable_bytes=trainable_bytes, dtype_bytes=dtype_bytes, trained_layers=trained_layers,
-                   adapter_inputs=adapter_inputs)
+                   adapter_inputs=adapter_inputs, head_chunk=head_chunk)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ModelShape":
@@ -157,7 +173,8 @@ class ModelShape:
                      for m in lora_modules(model) if isinstance(m, (LoRALinear, LoRASwitchLinear)))
         # activations and the KV cache run in the base's dtype (a quantized base's scales')
         return cls.from_args(model.args, sum(v.nbytes for v in params), sum(v.nbytes for _, v in trainable),
-                             base_dtype(model).size, trained, inputs // (trained or layers))
+                             base_dtype(model).size, trained, inputs // (trained or layers),
+                             HEAD_CHUNK if output_head(model) is not None else 0)
 
     def kv_bytes_per_token(self) -> int:
         """One row's keys and values of one position, over all layers."""
@@ -192,12 +209,26 @@ def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_
     base = s.weight_bytes + TRAINABLE_COPIES * s.trainable_bytes
     below = s.dtype_bytes < 4  # a bf16 or quantized base: the adapters' float32 copies, the logits' casts
     per_position = s.hidden * ACTIVATION_FACTOR * s.dtype_bytes + (s.adapter_inputs * 4 if below else 0)
+    head_rows, copies = (min(s.head_chunk, s.vocab), GRAD_COPIES) if s.head_chunk > 0 else (s.vocab, LOGIT_COPIES)
     grad = ((micro_batch * max_tokens + prompt_tokens) * trained * per_position
             + micro_batch * s.heads * max_tokens * seq * trained * 4
-            + micro_batch * max_tokens * s.vocab * (4 * LOGIT_COPIES + (2 * s.dtype_bytes if below else 0))
+            + micro_batch * max_tokens * head_rows * (4 * copies + (2 * s.dtype_bytes if below else 0))
             + 2 * prompt_tokens * s.layers * 2 * s.kv_heads * s.head_dim * 4)
-    passes = 2 * min(group_size * max_tokens * s.vocab * 4, PASS_LOGITS_BYTES)
-    return base + max(grad, passes)
+    return base + max(grad, pass_bytes(shape, group_size, prompt_tokens, max_tokens))
+
+
+def pass_bytes(shape: ModelShape, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
+    """The estimated peak of the no-gradient passes above the weights and the step state: a pi_old /
+    reference pass or the end-of-day health pass, whichever is larger, each over as many of a group's rows
+    as the trainer takes at once (module docstring)."""
+    s = shape
+
+    def one(health: bool) -> int:
+        per = pass_position_bytes(s.hidden, s.intermediate, s.heads, s.vocab, prompt_tokens + max_tokens,
+                                  s.dtype_bytes, s.head_chunk, health)
+        return pass_rows(per, max_tokens, group_size) * max_tokens * per
+
+    return max(one(False), one(True))
 
 
 def available_bytes() -> int | None:

@@ -15,8 +15,11 @@ How a day's update runs:
    into `minibatches` parts. Within a part, the rows that share a prompt form
    one chunk: the prompt runs once at batch 1 and the completions run on top of
    its keys and values, with the output head and log-softmax taken at
-   completion positions only.
-3. pi_old: one float32 pass per prompt over its kept rows, before any update,
+   completion positions only, `head_chunk` vocabulary rows at a time
+   (varro.engine.logprob_head: an online log-sum-exp with a custom gradient),
+   so the (rows, T, V) logits never exist at once.
+3. pi_old: one float32 pass per prompt over all its kept rows at once (fewer
+   only when their activations would pass PASS_BYTES), before any update,
    with the weights at the start of the day's update (the latest checkpoint,
    which sampled them); the first minibatch's rows skip it, as that step starts
    from those very weights, and take their own forward (gradient stopped). The reference
@@ -86,7 +89,8 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from varro.engine.config import TrainConfig
 from varro.engine.faults import failpoint
 from varro.engine.gspo import group_advantages, sequence_mean
-from varro.engine.models import adapters_off, lora_modules
+from varro.engine.logprob_head import HEAD_CHUNK, KL_COPIES, SWEEP_COPIES, chunked_kl, chunked_logprobs, output_head
+from varro.engine.models import adapters_off, base_dtype, lora_modules
 from varro.engine.distributed import SOLO, World
 from varro.engine.records import Rollout
 from varro.engine.errors import UserError
@@ -96,9 +100,31 @@ LossFn = Callable[[mx.array, mx.array, mx.array | None, mx.array, mx.array, mx.a
                   tuple[mx.array, dict[str, mx.array]]]
 REQUIRED_METRICS = ("kl",)  # the KL guard reads it from every step row
 OPTIONAL_METRICS = ("clip_fraction", "ratio_mean", "sampler_gap")  # None in the row when the loss has none
-PASS_LOGITS_BYTES = 256 * 2**20  # a no-gradient pass takes as many rows as keep its float32 logits under this
-HEALTH_COPIES = 6  # (rows, T, V) arrays the end-of-day health pass holds: both log-softmaxes, exp, the products
+PASS_BYTES = 512 * 2**20  # a no-gradient pass takes as many of a prompt's rows as keep its transients under this
+HEALTH_COPIES = 6  # (rows, T, V) arrays the health pass holds without a chunked head: both log-softmaxes, exp, ...
 SHARED_PREFIX_MODELS = {"qwen3", "qwen2", "llama"}  # full causal attention: PrefixCache's mask is exact
+
+
+def pass_position_bytes(hidden: int, intermediate: int, heads: int, vocab: int, context: int, dtype_bytes: int,
+                        head_chunk: int, health: bool = False) -> int:
+    """The bytes a no-gradient pass holds per completion position at its peak (an upper bound, checked in
+    bench/passes.py): the output head's float32 logits, SWEEP_COPIES chunks of `head_chunk` vocabulary rows
+    (KL_COPIES for the `health` pass, which sweeps the policy's and the reference's heads together; without
+    chunks, 2 or HEALTH_COPIES x the whole vocabulary), with the base's own logits beside them below
+    float32; and one block's transients, the MLP's and norms' (3 x intermediate + 4 x hidden) values in
+    the base's dtype and the float32 attention scores of each head over `context` positions."""
+    if head_chunk > 0:
+        rows, copies = min(head_chunk, vocab), KL_COPIES if health else SWEEP_COPIES
+    else:
+        rows, copies = vocab, HEALTH_COPIES if health else 2
+    head = rows * (4 * copies + (2 * dtype_bytes if dtype_bytes < 4 else 0))
+    return head + (3 * intermediate + 4 * hidden) * dtype_bytes + heads * context * 4
+
+
+def pass_rows(position_bytes: int, width: int, rows: int) -> int:
+    """How many of a prompt's `rows` (each `width` completion positions) one no-gradient pass takes: all of
+    them when their transients fit PASS_BYTES, and at least one."""
+    return max(1, min(rows, PASS_BYTES // (width * position_bytes)))
 
 
 class TrainingError(RuntimeError, UserError):
@@ -253,11 +279,18 @@ def prefix_kv(model: nn.Module, head: mx.array) -> list[mx.array]:
 
 
 def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array,
-                        temperature: float = 1.0, with_entropy: bool = False):
+                        temperature: float = 1.0, with_entropy: bool = False, head_chunk: int = HEAD_CHUNK,
+                        for_grad: bool = False):
     """log pi_T(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv (and the
-    per-position entropy of pi_T with `with_entropy`)."""
+    per-position entropy of pi_T with `with_entropy`). The output head runs `head_chunk` vocabulary rows
+    at a time (varro.engine.logprob_head; `for_grad`: a gradient will be taken, see chunked_logprobs); 0,
+    or a head it cannot chunk, takes the whole vocabulary's logits."""
     cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-    return _picked(model(inputs, cache=cache), targets, temperature, with_entropy)
+    head = output_head(model) if head_chunk > 0 else None
+    if head is None:
+        return _picked(model(inputs, cache=cache), targets, temperature, with_entropy)
+    hidden = model.model(inputs, cache=cache)  # (n, T, D), after the final norm
+    return chunked_logprobs(hidden, head, targets, temperature, head_chunk, with_entropy, for_grad)
 
 
 def chunk_logprobs(model: nn.Module, chunk: Chunk, temperature: float = 1.0) -> mx.array:
@@ -348,6 +381,10 @@ class Trainer:
     it raises TrainingError before any weight moves); `clip_fraction`,
     `ratio_mean` and `sampler_gap` are optional and None in the row when absent.
     The trainer adds `entropy` itself. Other metrics are accumulated and ignored.
+
+    `head_chunk` is the vocabulary rows the output head takes at a time in every
+    pass and step (varro.engine.logprob_head); 0 takes the whole vocabulary's
+    logits at once, the plain path tests/test_logprob_head.py compares against.
     """
 
     def __init__(
@@ -360,6 +397,7 @@ class Trainer:
         reference: Callable[[], contextlib.AbstractContextManager] | None = None,
         world: World = SOLO,
         temperature: float = 1.0,
+        head_chunk: int = HEAD_CHUNK,
     ):
         model_type = getattr(getattr(model, "args", None), "model_type", None)
         if model_type not in SHARED_PREFIX_MODELS:
@@ -381,6 +419,7 @@ class Trainer:
         if not temperature > 0:
             raise TrainingError(f"training needs a sampling temperature above 0, got {temperature}")
         self.temperature = float(temperature)  # every pass's log-probs are at the sampler's temperature
+        self.head_chunk = head_chunk  # vocabulary rows the output head takes at a time (0: all at once)
         self.optimizer = optimizer
         self.optimizer.init(model.trainable_parameters())
         self.step = 0
@@ -440,7 +479,7 @@ class Trainer:
 
     def _loss_on(self, c: Chunk, kv: list[mx.array], weight: float):
         logp, entropy = completion_logprobs(self.model, kv, c.inputs, c.targets, self.temperature,
-                                            with_entropy=True)
+                                            with_entropy=True, head_chunk=self.head_chunk, for_grad=True)
         loss, metrics = self.loss(
             logp,
             mx.stop_gradient(logp) if c.old_logp is None else c.old_logp,  # None: on-policy, see prepare
@@ -515,33 +554,29 @@ class Trainer:
         policy's entropy at the sampling temperature. The KLs are None without a reference.
 
         These are the weights the day would keep, so the guards judge them (the steps' own `kl` and `entropy`
-        measure the weights before each step). Each piece holds its policy and reference distributions at
-        once, so pieces take half the rows of the other passes; the reference is switched on per piece.
+        measure the weights before each step). Each piece sweeps its policy and reference heads together
+        (see _health_stats); the reference is switched on per piece.
         """
         chunks = [c for mb in batches for c in mb.chunks]
         if not chunks:
             return {"kl_after": None, "kl_after_k3": None, "entropy_after": None}
         ref = self.reference
+        dtype_bytes = base_dtype(self.model).size
         sums = mx.zeros(4)  # exact KL, k3 KL, entropy, sequences
         for p in make_chunks([r for c in chunks for r in c.source], self.pad_id):
-            kv = prefix_kv(self.model, p.head)
+            kv, kv_ref = prefix_kv(self.model, p.head), None
             if ref is not None:
                 with ref():
                     kv_ref = prefix_kv(self.model, p.head)
                     mx.eval(kv_ref)
-            for piece in p.pieces(self._health_rows(p)):
-                lp = self._log_softmax(kv, piece)
+            for piece in p.pieces(self._pass_rows(p, dtype_bytes, health=True)):
+                stats = self._health_stats(kv, kv_ref, piece)  # each (n, T)
                 mask = piece.mask
-                entropy = sequence_mean(-(mx.exp(lp) * lp).sum(axis=-1), mask)
-                mx.eval(lp, entropy)
+                entropy = sequence_mean(stats["entropy"], mask)
                 kl = k3 = mx.zeros_like(entropy)
                 if ref is not None:
-                    with ref():
-                        lr = self._log_softmax(kv_ref, piece)
-                        mx.eval(lr)
-                    kl = sequence_mean((mx.exp(lp) * (lp - lr)).sum(axis=-1), mask)
-                    pick = lambda a: mx.take_along_axis(a, piece.targets[..., None], axis=-1).squeeze(-1)  # noqa: E731
-                    d = mx.where(mask > 0, pick(lr) - pick(lp), 0.0)
+                    kl = sequence_mean(stats["kl"], mask)
+                    d = mx.where(mask > 0, stats["ref_logp"] - stats["logp"], 0.0)
                     k3 = sequence_mean(mx.exp(d) - d - 1.0, mask)
                 sums = sums + mx.stack([kl.sum(), k3.sum(), entropy.sum(), mx.array(float(piece.rows))])
                 mx.eval(sums)
@@ -550,12 +585,41 @@ class Trainer:
         return {"kl_after": kl_sum / n if has_ref else None, "kl_after_k3": k3_sum / n if has_ref else None,
                 "entropy_after": ent_sum / n}
 
-    def _health_rows(self, p: Chunk) -> int:
-        """Rows per piece of the health pass: it holds about HEALTH_COPIES (rows, T, V) float32 arrays where
-        the other passes hold 2, so a piece takes 2 / HEALTH_COPIES of the rows they would take (and of the
-        prompt's rows, the memory estimate's unit), keeping its peak within theirs (varro.engine.memory)."""
-        width = int(p.inputs.shape[1])
-        return max(1, min(p.rows, PASS_LOGITS_BYTES // (4 * self.model.args.vocab_size * width)) * 2 // HEALTH_COPIES)
+    def _health_stats(self, kv: list[mx.array], kv_ref: list[mx.array] | None, piece: Chunk) -> dict[str, mx.array]:
+        """`piece`'s per-position entropy and log-probs at the targets under the policy and, with `kv_ref`,
+        the reference's log-probs and the exact KL: (n, T) arrays, without gradient. The heads are swept a
+        vocabulary chunk at a time (chunked_kl); without a chunked head, over the whole vocabulary."""
+        head = output_head(self.model) if self.head_chunk > 0 else None
+        if head is None:
+            return self._whole_vocabulary_stats(kv, kv_ref, piece)
+        hidden = self._hidden(kv, piece)
+        if kv_ref is None:
+            logp, entropy = chunked_logprobs(hidden, head, piece.targets, self.temperature, self.head_chunk,
+                                             with_entropy=True)
+            return {"entropy": entropy, "logp": mx.stop_gradient(logp)}
+        with self.reference():
+            ref_hidden, ref_head = self._hidden(kv_ref, piece), output_head(self.model)
+            mx.eval(ref_hidden, ref_head.arrays)  # the reference's weights are only in place here
+        return chunked_kl(hidden, head, ref_hidden, ref_head, piece.targets, self.temperature, self.head_chunk)
+
+    def _whole_vocabulary_stats(self, kv: list[mx.array], kv_ref: list[mx.array] | None,
+                                piece: Chunk) -> dict[str, mx.array]:
+        """_health_stats from the whole vocabulary's log-softmax of each model."""
+        pick = lambda a: mx.take_along_axis(a, piece.targets[..., None], axis=-1).squeeze(-1)  # noqa: E731
+        lp = self._log_softmax(kv, piece)
+        out = {"entropy": -(mx.exp(lp) * lp).sum(axis=-1), "logp": pick(lp)}
+        mx.eval(lp, out)
+        if kv_ref is None:
+            return out
+        with self.reference():
+            lr = self._log_softmax(kv_ref, piece)
+            mx.eval(lr)
+        return {**out, "kl": (mx.exp(lp) * (lp - lr)).sum(axis=-1), "ref_logp": pick(lr)}
+
+    def _hidden(self, kv: list[mx.array], piece: Chunk) -> mx.array:
+        """The final (normed) hidden states at `piece`'s positions on top of the prompt's `kv`, (n, T, D)."""
+        cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
+        return mx.stop_gradient(self.model.model(piece.inputs, cache=cache))
 
     def _log_softmax(self, kv: list[mx.array], piece: Chunk) -> mx.array:
         """log pi_T over the whole vocabulary at each of `piece`'s positions, (n, T, V), without gradient."""
@@ -563,17 +627,27 @@ class Trainer:
         logits = self.model(piece.inputs, cache=cache).astype(mx.float32) * (1.0 / self.temperature)
         return mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
 
+    def _pass_rows(self, p: Chunk, dtype_bytes: int, health: bool = False) -> int:
+        """Rows per piece of a no-gradient pass over the prompt `p` (see pass_rows); `health`: the end-of-day
+        pass, which sweeps two heads."""
+        a, width = self.model.args, int(p.inputs.shape[1])
+        chunk = self.head_chunk if output_head(self.model) is not None else 0
+        per = pass_position_bytes(a.hidden_size, a.intermediate_size, a.num_attention_heads, a.vocab_size,
+                                  int(p.head.shape[1]) + 1 + width, dtype_bytes, chunk, health)
+        return pass_rows(per, width, p.rows)
+
     def _pass_logprobs(self, chunks: list[Chunk], passes: list[Chunk]) -> list[mx.array]:
         """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows
-        grouped by prompt), without gradients: one (n, T) array per chunk."""
+        grouped by prompt), without gradients: one (n, T) array per chunk. Each prompt's rows run through
+        the blocks together (all of them unless their transients pass PASS_BYTES); only the output head
+        is cut, into vocabulary chunks."""
         by_row = {}
-        vocab = self.model.args.vocab_size
+        dtype_bytes = base_dtype(self.model).size
         for p in passes:
             kv = prefix_kv(self.model, p.head)
-            rows = max(1, PASS_LOGITS_BYTES // (4 * vocab * int(p.inputs.shape[1])))
-            for piece in p.pieces(rows):
+            for piece in p.pieces(self._pass_rows(p, dtype_bytes)):
                 logp = mx.stop_gradient(completion_logprobs(self.model, kv, piece.inputs, piece.targets,
-                                                            self.temperature))
+                                                            self.temperature, head_chunk=self.head_chunk))
                 mx.eval(logp)
                 for i, r in enumerate(piece.source):
                     by_row[id(r)] = logp[i, : len(r.completion_tokens)]
