@@ -1,6 +1,10 @@
-"""Shared test helpers: a policy on the tiny model and toy-scored groups."""
+"""Shared test helpers: a policy on the tiny model, toy-scored groups, and homes built once and copied."""
 
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from varro.engine.config import Config
 from varro.engine.policy import Policy
@@ -87,3 +91,19 @@ def varro_human_items(db, day):
 
 def varro_sample_days():
     return varro_app().sample_days()
+
+
+@contextmanager
+def building_home(home: Path):
+    """VARRO_HOME set to `home` while a module- or session-scoped fixture fills it: the autouse per-test home
+    is not set yet when such a fixture runs, and without this the build would write into the checkout."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VARRO_HOME", str(home))
+        yield home
+
+
+def copy_home(built: Path, home: Path) -> Path:
+    """A test's own copy of a home built once (its database, runs and links), so a test that writes to it
+    cannot change what the next test reads. Copying a tiny model's home takes well under a second."""
+    shutil.copytree(built, home, symlinks=True, dirs_exist_ok=True)
+    return home

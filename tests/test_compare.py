@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import tiny_config
+from helpers import building_home, copy_home, tiny_config
 from varro.engine import store as dbm
 from varro.engine.compare import CompareError, compare, held_out_prompts, mean_ci
 from varro.engine.config import db_path, run_dir
@@ -26,17 +26,33 @@ def scorable(db):
     return lambda p: bool(headlines_for_day(db, (date.fromisoformat(p["day"]) + timedelta(days=1)).isoformat()))
 
 
-@pytest.fixture
-def trained(tiny_model_path, varro_home):
-    db = dbm.open_db(db_path())
-    cfg = tiny_config(tiny_model_path, learning_rate=2e-2)
+def trained_config(model_path):
+    cfg = tiny_config(model_path, learning_rate=2e-2)
     cfg.sampling.max_tokens = 12
     cfg.varro.prompts_per_day = 8
     cfg.varro.eval_every = 4
     cfg.eval.panel_samples = 2
-    for d in DAYS:
-        step(db, cfg, "r", run_dir("r"), d, HashEmbedder())
-    return db, cfg
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def trained_home(tiny_model_path, tmp_path_factory):
+    """Run "r" trained over DAYS, built once for the module (training is seeded, so every test's copy is what
+    training it afresh would give)."""
+    with building_home(tmp_path_factory.mktemp("compare") / "home") as home:
+        db = dbm.open_db(db_path(home))
+        cfg = trained_config(tiny_model_path)
+        for d in DAYS:
+            step(db, cfg, "r", run_dir("r", home), d, HashEmbedder())
+        db.conn.close()
+    return home
+
+
+@pytest.fixture
+def trained(trained_home, tiny_model_path, varro_home):
+    """The trained run, copied into this test's own home: the tests write panel scores and compares."""
+    copy_home(trained_home, varro_home)
+    return dbm.open_db(db_path()), trained_config(tiny_model_path)
 
 
 def test_mean_ci_brackets_the_mean_and_shrinks_with_agreement():

@@ -4,7 +4,9 @@ Each kill point is a failpoint (varro/engine/faults.py) that SIGKILLs the proces
 mid-stage: during ingest, sampling, scoring, an optimizer step, the checkpoint
 write, the voice, inside database transactions, and between every stage's output
 and its record. The comparison (`state`) is everything the night writes: every
-table's rows and every file under the run's folder, less what names the time.
+table's rows and every file under the run's folder, less what names the time. The nights run as
+processes forked from preloaded servers (tests/preloaded.py: torch and transformers imported once), the
+reference, the killed night and its re-run each from its own, with its own string hash seed.
 """
 
 import hashlib
@@ -17,6 +19,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from preloaded import run as run_preloaded
 
 DAYS = ("2026-11-02", "2026-11-03")
 # (failpoint, the day it fires on); "#k" = the k-th time the point is reached
@@ -71,7 +75,11 @@ def nightly_env(home, failpoint=None):
     return env
 
 
-def nightly(model, home, failpoint=None, days=DAYS):
+def nightly(model, home, failpoint=None, days=DAYS, server=None):
+    """The nightly of `command` on `home` as a finished process; forked from `server` (tests/preloaded.py)
+    when given, its output kept in the folder beside `home`."""
+    if server is not None:
+        return run_preloaded(server, command(model, days), nightly_env(home, failpoint), Path(f"{home}.out"))
     return subprocess.run(command(model, days), env=nightly_env(home, failpoint), capture_output=True, text=True,
                           timeout=300)
 
@@ -157,19 +165,19 @@ def assert_same_state(got, want):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model_path, tmp_path_factory):
+def reference(tiny_model_path, tmp_path_factory, preloaded):
     home = tmp_path_factory.mktemp("ref")
-    out = nightly(tiny_model_path, home)
+    out = nightly(tiny_model_path, home, server=preloaded("reference"))
     assert out.returncode == 0, out.stderr
     return state(home)
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_killed_nightly_resumes_to_the_uninterrupted_state(point, tiny_model_path, tmp_path, reference):
-    killed = nightly(tiny_model_path, tmp_path, point)
+def test_killed_nightly_resumes_to_the_uninterrupted_state(point, tiny_model_path, tmp_path, reference, preloaded):
+    killed = nightly(tiny_model_path, tmp_path, point, server=preloaded("killed"))
     assert killed.returncode == -9, f"{point} was never reached: {killed.stderr[-500:]}"
     before = checkpoint_hashes(tmp_path)
-    again = nightly(tiny_model_path, tmp_path)
+    again = nightly(tiny_model_path, tmp_path, server=preloaded("rerun"))
     assert again.returncode == 0, again.stderr
     after = checkpoint_hashes(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before  # finished checkpoints untouched

@@ -2,10 +2,10 @@
 
 import json
 import os
-import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from mlx.utils import tree_flatten, tree_map
 
 from helpers import open_policy
+from preloaded import run as run_preloaded
 from varro.cli import cli as varro_cli
 from varro.engine import checkpoints, store
 from varro.engine.config import Config, db_path, run_dir
@@ -56,25 +57,26 @@ def test_latest_names_the_newest_checkpoint_and_mlx_lm_loads_its_adapters(tiny_m
         np.testing.assert_array_equal(np.array(loaded[k]), np.array(ours[k]))
 
 
-def nightly(model, home, failpoint=None):
+def nightly(server, model, home, failpoint=None):
+    """The nightly as a process forked from `server` (tests/preloaded.py), as the crash tests run it."""
     env = {**os.environ, "VARRO_HOME": str(home)}
     env.pop("VARRO_FAILPOINT", None)
     if failpoint:
         env["VARRO_FAILPOINT"] = failpoint
     cmd = [sys.executable, "-m", "varro.cli", "nightly", "--run", "c", "--source", "sample", "--quiet",
            "--from", DAYS[0], "--to", DAYS[1], "--model", str(model), "--prompts-per-day", "2", *TINY]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return run_preloaded(server, cmd, env, Path(f"{home}.out"))
 
 
 def test_a_kill_between_the_rename_and_the_switch_leaves_latest_at_the_previous_checkpoint(tiny_model_path,
-                                                                                           tmp_path):
+                                                                                           tmp_path, preloaded):
     run = tmp_path / "runs" / "c"
-    killed = nightly(tiny_model_path, tmp_path, "checkpoint.latest#2")
+    killed = nightly(preloaded("killed"), tiny_model_path, tmp_path, "checkpoint.latest#2")
     assert killed.returncode == -9, killed.stderr[-500:]
     assert [p.name for p in checkpoints.list_checkpoints(run)] == DAYS  # day 2 is complete ...
     assert latest_of(run) == (DAYS[0], DAYS[0])  # ... but latest still names day 1, which is complete too
     assert (run / "checkpoints" / "latest" / "metadata.json").is_file()
-    again = nightly(tiny_model_path, tmp_path)
+    again = nightly(preloaded("rerun"), tiny_model_path, tmp_path)
     assert again.returncode == 0, again.stderr
     assert latest_of(run) == (DAYS[1], DAYS[1])
 

@@ -1,5 +1,7 @@
 """The README's main command: Varro's cycle over the sample days, re-runnable without duplicates."""
 
+from pathlib import Path
+
 from click.testing import CliRunner
 
 from varro.engine import store as dbm
@@ -32,17 +34,31 @@ def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
     assert (db["rollouts"].count, db["steps"].count, db["headlines"].count, db["prompts"].count) == n
 
 
-def test_demo_runs_on_the_real_model_by_default(varro_home):
+def test_demo_runs_on_the_real_model_by_default(varro_home, smollm_f32, monkeypatch):
     """Without --tiny the demo converts SmolLM2-135M-Instruct into the home's data/models once and trains on
     it; what it writes is fluent enough to have English words in it."""
     import json
+    import shutil
 
+    from varro.engine import gguf
+
+    # The conversion itself is tests/test_gguf.py's (against transformers); here the demo's call of it is
+    # checked, answered by a copy of the session's folder, the same convert_gguf's output for the same file.
+    conversions = []
+
+    def convert_gguf(gguf_path, out_dir, quantized=False, unpermute=True):
+        conversions.append((Path(gguf_path), Path(out_dir), quantized, unpermute))
+        shutil.copytree(smollm_f32, out_dir)
+        return Path(out_dir)
+
+    monkeypatch.setattr(gguf, "convert_gguf", convert_gguf)
     runner = CliRunner()
     args = ["demo", "--days", "2", "--varro-only", "--embedder", "hash", "--max-tokens", "12", "--group-size", "2",
             "--prompts-per-day", "2", "--eval-every", "8"]
     out = runner.invoke(cli, args)
     assert out.exit_code == 0, out.output
     model = varro_home / "data" / "models" / "smollm2-135m-instruct"
+    assert conversions == [(gguf.shipped_gguf(), model, False, True)]  # into the home, once, float32
     assert json.loads((model / "config.json").read_text())["model_type"] == "llama"
     ckpt = run_dir("demo") / "checkpoints" / "2026-11-03"
     assert json.loads((ckpt / "adapter_config.json").read_text())["base_model"] == str(model)
@@ -54,19 +70,18 @@ def test_demo_runs_on_the_real_model_by_default(varro_home):
     assert len(texts) == 8 and len(words & {"the", "will", "be", "to", "of", "and", "in", "a"}) >= 3
 
 
-def test_full_demo_writes_reports_and_a_compare(varro_home):
-    runner = CliRunner()
-    out = runner.invoke(cli, ["demo", "--days", "2", "--tiny", "--cold", "--embedder", "hash", "--max-tokens", "8",
-                              "--prompts-per-day", "6", "--eval-every", "2"])
-    assert out.exit_code == 0, out.output
+def test_full_demo_writes_reports_and_a_compare(tiny_demo):
+    """conftest's tiny demo (both apps, two days), made once per session; tests/test_readme_commands.py runs the
+    README's commands on the same home."""
+    home, output = tiny_demo
     for line in ["== Walter", "== Learning curves on the held-out panels", "varro: ", "held-out prompts made on",
                  "95% CI", "report (Varro):", "report (Walter):", "compare:", "before: base",
                  "after: 2026-11-03", "reward "]:
-        assert line in out.output
-    for path in [run_dir("demo") / "report.html", run_dir("walter-demo") / "report.html",
-                 run_dir("demo") / "compare.html"]:
+        assert line in output
+    for path in [run_dir("demo", home) / "report.html", run_dir("walter-demo", home) / "report.html",
+                 run_dir("demo", home) / "compare.html"]:
         assert path.is_file() and path.stat().st_size > 1000
-    assert [p.name for p in list_checkpoints(run_dir("walter-demo"))] == ["2026-11-02", "2026-11-03"]
+    assert [p.name for p in list_checkpoints(run_dir("walter-demo", home))] == ["2026-11-02", "2026-11-03"]
 
 
 def test_every_command_has_help_with_an_example():

@@ -16,6 +16,8 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from preloaded import run as run_preloaded
+
 # float32 sums taken in a different order on two ranks. One minibatch a day keeps every sequence on-policy
 # (ratio exactly 1): with several, a sequence whose ratio sits at the clip edge can fall on either side
 # after a 1e-7 difference, and then the two runs differ by design, not by a bug.
@@ -30,19 +32,23 @@ def nightly_args(model, day):
             "--minibatches", "1"]
 
 
-def run(cmd, home):
+def run(cmd, home, server=None):
+    """`cmd` run to its end on data folder `home`: forked from `server` (tests/preloaded.py) when given, as the
+    crash tests run the one-process nightlies; mlx.launch's ranks are always fresh processes."""
     env = {**os.environ, "VARRO_HOME": str(home)}
+    if server is not None:
+        return run_preloaded(server, cmd, env, Path(f"{home}.out"))
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
-def homes(tiny_model_path, tmp_path_factory):
+def homes(tiny_model_path, tmp_path_factory, preloaded):
     one = tmp_path_factory.mktemp("one")
-    first = run([sys.executable, *nightly_args(tiny_model_path, "2026-11-02")], one)
+    first = run([sys.executable, *nightly_args(tiny_model_path, "2026-11-02")], one, preloaded("reference"))
     assert first.returncode == 0, first.stderr
     two = tmp_path_factory.mktemp("two")
     shutil.copytree(one, two, dirs_exist_ok=True)
-    solo = run([sys.executable, *nightly_args(tiny_model_path, "2026-11-03")], one)
+    solo = run([sys.executable, *nightly_args(tiny_model_path, "2026-11-03")], one, preloaded("rerun"))
     assert solo.returncode == 0, solo.stderr
     pair = run([str(LAUNCH), "-n", "2", "--backend", "ring", "--", sys.executable,
                 *nightly_args(tiny_model_path, "2026-11-03")], two)
@@ -85,7 +91,7 @@ def test_rank_zero_holds_every_rollout_exactly_once(homes):
     assert len(list((Path(two) / "runs" / "d" / "checkpoints").glob("20*"))) == 2
 
 
-def test_a_dying_rank_fails_the_step_cleanly_and_the_rerun_resumes(tiny_model_path, tmp_path):
+def test_a_dying_rank_fails_the_step_cleanly_and_the_rerun_resumes(tiny_model_path, tmp_path, preloaded):
     import json
 
     hostfile = tmp_path / "hosts.json"
@@ -94,7 +100,8 @@ def test_a_dying_rank_fails_the_step_cleanly_and_the_rerun_resumes(tiny_model_pa
     i = args.index("--date")
     args[i:i + 2] = ["--from", "2026-11-02", "--to", "2026-11-03"]
     env = {**os.environ, "VARRO_HOME": str(tmp_path), "VARRO_FAILPOINT": "train.step", "VARRO_FAILPOINT_RANK": "1"}
-    died = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    # the command that relaunches itself through mlx.launch is forked from a preloaded Python; its ranks are not
+    died = run_preloaded(preloaded("killed"), args, env, tmp_path.with_name(f"{tmp_path.name}.out"))
     assert died.returncode == 1
     assert "did not finish 2026-11-03" in died.stderr
     ckpts = Path(tmp_path) / "runs" / "d" / "checkpoints"
@@ -104,6 +111,6 @@ def test_a_dying_rank_fails_the_step_cleanly_and_the_rerun_resumes(tiny_model_pa
     assert db.execute("select count(*) from steps").fetchone()[0] == 0
     db.close()
     env.pop("VARRO_FAILPOINT")
-    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    again = run_preloaded(preloaded("rerun"), args, env, tmp_path.with_name(f"{tmp_path.name}.out"))
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".tmp-")) == ["2026-11-02", "2026-11-03", "latest"]

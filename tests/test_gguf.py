@@ -43,8 +43,9 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    return convert_gguf(shipped_gguf(), tmp_path_factory.mktemp("smollm") / "f32")
+def converted(smollm_f32):
+    """The float32 folder, converted once per session (conftest; the real demo's test starts from it too)."""
+    return smollm_f32
 
 
 def logprob_gap(folder, reference) -> float:

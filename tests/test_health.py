@@ -5,12 +5,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import tiny_config
+from helpers import building_home, copy_home, tiny_config
+from preloaded import run as run_preloaded
 from varro.engine import checkpoints
 from varro.engine import store as dbm
 from helpers import varro_step as step
@@ -118,12 +120,28 @@ def test_eval_guard_reads_the_fixed_panel_not_the_days_mix(tiny_model_path, tmp_
     assert (run / "checkpoints" / "2026-11-05" / "metadata.json").is_file()
 
 
-def test_corrupt_checkpoint_falls_back_loudly(tiny_model_path, tmp_path):
-    db = dbm.open_db(tmp_path / "v.db")
-    cfg = cfg_for(tiny_model_path, learning_rate=2e-2)
-    run = tmp_path / "runs" / "r"
-    for d in ["2026-11-02", "2026-11-03"]:
-        step(db, cfg, "r", run, d, HashEmbedder())
+@pytest.fixture(scope="module")
+def two_days_once(tiny_model_path, tmp_path_factory):
+    """Run "r" over 2026-11-02 and 03 at learning rate 2e-2, run once for the module (seeded: each test's
+    copy is what running the two days afresh would give)."""
+    folder = tmp_path_factory.mktemp("two-days")
+    with building_home(folder):
+        db = dbm.open_db(folder / "v.db")
+        for d in ["2026-11-02", "2026-11-03"]:
+            step(db, cfg_for(tiny_model_path, learning_rate=2e-2), "r", folder / "runs" / "r", d, HashEmbedder())
+        db.conn.close()
+    return folder
+
+
+@pytest.fixture
+def two_days(two_days_once, tiny_model_path, tmp_path):
+    """(db, cfg, run path) of the two days, copied into this test's folder: the tests break a checkpoint."""
+    copy_home(two_days_once, tmp_path)
+    return dbm.open_db(tmp_path / "v.db"), cfg_for(tiny_model_path, learning_rate=2e-2), tmp_path / "runs" / "r"
+
+
+def test_corrupt_checkpoint_falls_back_loudly(two_days):
+    db, cfg, run = two_days
     (run / "checkpoints" / "2026-11-03" / "adapters.safetensors").write_bytes(b"\0" * 100)
     res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())
     assert any("WARNING: checkpoint 2026-11-03 is unusable" in n for n in res.notes)
@@ -149,15 +167,17 @@ def test_retention_keeps_the_newest(tiny_model_path, tmp_path):
         checkpoints.prune(run, keep=0)
 
 
-def nightly(model, home, day):
+def nightly(server, model, home, day):
+    """The nightly as a process forked from `server` (tests/preloaded.py), as the crash tests run it."""
     env = {**os.environ, "VARRO_HOME": str(home)}
     cmd = [sys.executable, "-m", "varro.cli", "nightly", "--run", "r", "--source", "sample", "--quiet",
            "--date", day, "--model", str(model), "--embedder", "hash", "--max-tokens", "10",
            "--prompts-per-day", "3", "--lora-layers", "2", "--group-size", "4"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return run_preloaded(server, cmd, env, Path(f"{home}.out"))
 
 
-def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_the_database(tiny_model_path, tmp_path):
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_the_database(tiny_model_path, tmp_path,
+                                                                              preloaded):
     home = tmp_path / "home"
     runs = home / "runs"
     runs.mkdir(parents=True)
@@ -165,14 +185,15 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_the_database(t
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        assert nightly(tiny_model_path, home, "2026-11-02").returncode == 0
+        server = preloaded("reference")
+        assert nightly(server, tiny_model_path, home, "2026-11-02").returncode == 0
         first = runs / "r" / "checkpoints" / "2026-11-02"
         before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in first.iterdir()}
         size = sum(f.stat().st_size for f in first.iterdir())
         free = os.statvfs(runs).f_bavail * os.statvfs(runs).f_frsize
         filler = runs / "filler"
         filler.write_bytes(b"\0" * max(0, free - size // 3))  # room for a third of a checkpoint
-        failed = nightly(tiny_model_path, home, "2026-11-03")
+        failed = nightly(server, tiny_model_path, home, "2026-11-03")
         assert failed.returncode != 0
         assert "could not write" in failed.stderr and "MB free on that disk" in failed.stderr
         assert "Traceback" not in failed.stderr
@@ -184,7 +205,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_the_database(t
         assert con.execute("select count(*) from rollouts where day = '2026-11-02'").fetchone()[0] == 12
         con.close()
         filler.unlink()
-        again = nightly(tiny_model_path, home, "2026-11-03")
+        again = nightly(server, tiny_model_path, home, "2026-11-03")
         assert again.returncode == 0, again.stderr
         assert [p.name for p in checkpoints.list_checkpoints(runs / "r")] == ["2026-11-02", "2026-11-03"]
     finally:
@@ -206,7 +227,7 @@ def test_guards_show_in_the_report(tiny_model_path, tmp_path):
     assert "Training health" in page and "kl guard" in page
 
 
-def test_training_refuses_rollouts_another_checkpoint_sampled(tiny_model_path, tmp_path):
+def test_training_refuses_rollouts_another_checkpoint_sampled(two_days, tmp_path):
     """Varro trains on 2026-11-04 on the forecasts checkpoint 2026-11-03 sampled; with the checkpoints folder
     gone, training would start from the base weights on them: the day says so in one line, records it and
     trains nothing (its checkpoint holds the weights it started from)."""
@@ -214,11 +235,7 @@ def test_training_refuses_rollouts_another_checkpoint_sampled(tiny_model_path, t
 
     from varro.engine.cycle import sampled_elsewhere
 
-    db = dbm.open_db(tmp_path / "v.db")
-    cfg = cfg_for(tiny_model_path, learning_rate=2e-2)
-    run = tmp_path / "runs" / "r"
-    for d in ["2026-11-02", "2026-11-03"]:
-        step(db, cfg, "r", run, d, HashEmbedder())
+    db, cfg, run = two_days
     assert {r[0] for r in db.execute("select checkpoint from rollouts where day = '2026-11-03'")} == {"2026-11-03"}
     shutil.rmtree(run / "checkpoints")
     res = step(db, cfg, "r", run, "2026-11-04", HashEmbedder())

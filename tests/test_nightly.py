@@ -1,14 +1,15 @@
-"""The nightly command in a subprocess: the lock, a kill part-way, backfill, logs and cron."""
+"""The nightly command in a subprocess: the lock, a kill part-way, backfill, logs and cron. The nightly
+processes are forked from preloaded servers (tests/preloaded.py), as the crash tests' are."""
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from preloaded import run as run_preloaded
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
 from varro.engine.config import db_path, run_dir
@@ -23,28 +24,30 @@ def nightly_cmd(model, *extra):
             "--lora-layers", "2", *extra]
 
 
-def run(cmd, home, **kw):
-    env = {**os.environ, "VARRO_HOME": str(home)}
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, **kw)
+def run(server, cmd, home):
+    """`cmd` run to its end on data folder `home`, as a process forked from `server` (tests/preloaded.py)."""
+    return run_preloaded(server, cmd, {**os.environ, "VARRO_HOME": str(home)}, Path(f"{home}.out"))
 
 
-def test_second_concurrent_nightly_is_refused(tiny_model_path, varro_home):
+def test_second_concurrent_nightly_is_refused(tiny_model_path, varro_home, preloaded):
     with run_lock(run_dir("n")):
         with pytest.raises(RunLocked):
             with run_lock(run_dir("n")):
                 pass
-        out = run(nightly_cmd(tiny_model_path, "--date", DAYS[0]), varro_home)
+        out = run(preloaded("killed"), nightly_cmd(tiny_model_path, "--date", DAYS[0]), varro_home)
     assert out.returncode == 75
     assert "another nightly run of n is in progress" in out.stderr
     assert list_checkpoints(run_dir("n")) == []
-    ok = run(nightly_cmd(tiny_model_path, "--date", DAYS[0]), varro_home)  # the lock is free again
+    ok = run(preloaded("rerun"), nightly_cmd(tiny_model_path, "--date", DAYS[0]), varro_home)  # free again
     assert ok.returncode == 0, ok.stderr
 
 
-def test_killed_backfill_resumes_to_one_checkpoint_per_day(tiny_model_path, varro_home):
+def test_killed_backfill_resumes_to_one_checkpoint_per_day(tiny_model_path, varro_home, preloaded):
     env = {**os.environ, "VARRO_HOME": str(varro_home)}
-    proc = subprocess.Popen(nightly_cmd(tiny_model_path, "--from", DAYS[0], "--to", DAYS[-1]), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    logs = Path(f"{varro_home}.out")
+    logs.mkdir()
+    proc = preloaded("killed").start(nightly_cmd(tiny_model_path, "--from", DAYS[0], "--to", DAYS[-1]), env,
+                                     logs / "killed.stdout", logs / "killed.stderr")
     target = run_dir("n") / "checkpoints" / DAYS[1] / "metadata.json"
     deadline = time.time() + 240
     while not target.exists() and proc.poll() is None and time.time() < deadline:
@@ -54,7 +57,7 @@ def test_killed_backfill_resumes_to_one_checkpoint_per_day(tiny_model_path, varr
     done_before = [p.name for p in list_checkpoints(run_dir("n"))]
     assert DAYS[1] in done_before and DAYS[-1] not in done_before  # it really died part-way
 
-    out = run(nightly_cmd(tiny_model_path, "--from", DAYS[0], "--to", DAYS[-1]), varro_home)
+    out = run(preloaded("rerun"), nightly_cmd(tiny_model_path, "--from", DAYS[0], "--to", DAYS[-1]), varro_home)
     assert out.returncode == 0, out.stderr
     assert [p.name for p in list_checkpoints(run_dir("n"))] == DAYS
     leftovers = [p.name for p in (run_dir("n") / "checkpoints").iterdir() if p.name not in DAYS + ["latest"]]

@@ -7,7 +7,9 @@ commands that talk to Bluesky (so httpx, httpcore and SDK logs are included).
 Then every captured stdout / stderr and every file under VARRO_HOME is searched
 for the password (plain and base64) and for the session's JWTs, which may only
 be in the 0600 session file. A wrong password (401) and a server that answers
-500 are run too, each in a data folder of its own.
+500 are run too, each in a data folder of its own. The reading commands, which
+never log in, are forked from a preloaded Python (tests/preloaded.py); the ones
+that log in are each a fresh Python.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Iterator
 import pytest
 from atproto import Session
 
+from preloaded import run as run_preloaded
 from test_walter_ingest import FakeBluesky, _Handler, _Server, add, answer, feed_item, make_post
 from walter.bsky import APPVIEW_URL_ENV, HANDLE_ENV, PASSWORD_ENV, PDS_URL_ENV, SESSION_FILE
 
@@ -121,27 +124,36 @@ class World:
     ran: dict[str, Ran] = field(default_factory=dict)
     failure_homes: list[Path] = field(default_factory=list)
     failing_calls: list = field(default_factory=list)  # what the 500 server was asked
+    outputs: Path | None = None  # where the preloaded children's output files go (outside every home)
 
 
 def run(world: World, name: str, app: str, args: list[str], debug: bool = False, env=None,
-        timeout: float = 300) -> Ran:
-    out = subprocess.run(argv(app, args, debug), env=env or env_for(world.home, world.fake, PASSWORD),
-                         capture_output=True, text=True, timeout=timeout)
+        timeout: float = 300, server=None) -> Ran:
+    """Run the command as a new Python, or forked from `server` (tests/preloaded.py) when given: only the
+    reading commands, which never log in. The commands that log in start a fresh Python with the password in
+    their environment before anything is imported, so a library that leaked it at import would show there."""
+    env = env or env_for(world.home, world.fake, PASSWORD)
+    if server is not None:
+        assert not debug, name
+        out = run_preloaded(server, argv(app, args, debug), env, world.outputs / name.replace(" ", "-"), timeout)
+    else:
+        out = subprocess.run(argv(app, args, debug), env=env, capture_output=True, text=True, timeout=timeout)
     world.ran[name] = Ran(name, out.returncode, out.stdout, out.stderr)
     return world.ran[name]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_model_path) -> Iterator[World]:
+def world(tmp_path_factory, tiny_model_path, preloaded) -> Iterator[World]:
     model = tiny_model_path  # vocab_size=512, built once per session (conftest)
     home = tmp_path_factory.mktemp("home")
+    reader = preloaded("reference")  # the reading commands: forked from a Python with torch imported
     good = start_server(news_server())
     failing = FakeBluesky()  # answers 500 to everything; the client retries 3 times with backoff
     failing.password = PASSWORD
     failing_server = start_server(failing)
     failing.faults["com.atproto.server.createSession"] = [answer(500, {"error": "InternalServerError",
                                                                         "message": "boom"})] * 50
-    world = World(home, good.fake)
+    world = World(home, good.fake, outputs=tmp_path_factory.mktemp("outputs"))
     slow = None
     try:
         # The 500 path sleeps through its backoff (about 14 s): started first, collected last.
@@ -156,19 +168,19 @@ def world(tmp_path_factory, tiny_model_path) -> Iterator[World]:
         run(world, "step", "walter", ["step", "--date", STEP_DAY, "--source", "bluesky", *model_args], debug=True)
         run(world, "nightly", "walter", ["nightly", "--date", NIGHTLY_DAY, "--source", "bluesky", "--quiet",
                                          *model_args], debug=True)
-        listed = run(world, "rollouts", "walter", ["rollouts", "--json"])
+        listed = run(world, "rollouts", "walter", ["rollouts", "--json"], server=reader)
         first_id = json.loads(listed.stdout)[0]["id"]
-        run(world, "show", "walter", ["rollouts", "show", str(first_id), "--json"])
-        run(world, "report", "walter", ["report", "--json"])
-        run(world, "metrics", "walter", ["metrics", "--json"])
+        run(world, "show", "walter", ["rollouts", "show", str(first_id), "--json"], server=reader)
+        run(world, "report", "walter", ["report", "--json"], server=reader)
+        run(world, "metrics", "walter", ["metrics", "--json"], server=reader)
         run(world, "compare", "walter", ["compare", "--embedder", "hash", "--n", "2", "--samples", "2",
-                                         "--html", str(home / "compare.html")])
-        run(world, "cron", "walter", ["cron"])
+                                         "--html", str(home / "compare.html")], server=reader)
+        run(world, "cron", "walter", ["cron"], server=reader)
         # Walter's run named to Varro's reading commands (each app has its own default run)
-        run(world, "varro rollouts", "varro", ["rollouts", "--json", "--run", "walter"])
-        run(world, "varro report", "varro", ["report", "--json", "--run", "walter"])
-        run(world, "varro cron", "varro", ["cron"])
-        run(world, "varro metrics", "varro", ["metrics", "--json", "--run", "walter"])
+        run(world, "varro rollouts", "varro", ["rollouts", "--json", "--run", "walter"], server=reader)
+        run(world, "varro report", "varro", ["report", "--json", "--run", "walter"], server=reader)
+        run(world, "varro cron", "varro", ["cron"], server=reader)
+        run(world, "varro metrics", "varro", ["metrics", "--json", "--run", "walter"], server=reader)
 
         home_401 = tmp_path_factory.mktemp("home401")
         world.failure_homes.append(home_401)

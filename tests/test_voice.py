@@ -5,22 +5,38 @@ import json
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from helpers import building_home, copy_home, tiny_config
 from varro.engine import store as dbm
 from helpers import varro_human_items, varro_step as step
 from varro.engine.embed import HashEmbedder
 from varro.engine.voice import voice_data
 
 
-@pytest.fixture
-def ran(tiny_model_path, tmp_path):
-    db = dbm.open_db(tmp_path / "v.db")
-    cfg = tiny_config(tiny_model_path)
+def voice_config(model_path):
+    cfg = tiny_config(model_path)
     cfg.sampling.max_tokens, cfg.sampling.group_size, cfg.varro.prompts_per_day = 12, 4, 4
-    run = tmp_path / "runs" / "r"
-    for d in ["2026-11-02", "2026-11-03", "2026-11-04"]:
-        step(db, cfg, "r", run, d, HashEmbedder())
-    return db, cfg, run
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ran_once(tiny_model_path, tmp_path_factory):
+    """Three nights of run "r", run once for the module (seeded, so each test's copy is what running them
+    afresh would give)."""
+    folder = tmp_path_factory.mktemp("voice")
+    with building_home(folder):
+        db = dbm.open_db(folder / "v.db")
+        cfg = voice_config(tiny_model_path)
+        for d in ["2026-11-02", "2026-11-03", "2026-11-04"]:
+            step(db, cfg, "r", folder / "runs" / "r", d, HashEmbedder())
+        db.conn.close()
+    return folder
+
+
+@pytest.fixture
+def ran(ran_once, tiny_model_path, tmp_path):
+    """The three nights copied into this test's folder: the tests re-run a night and rewrite completions."""
+    copy_home(ran_once, tmp_path)
+    return dbm.open_db(tmp_path / "v.db"), voice_config(tiny_model_path), tmp_path / "runs" / "r"
 
 
 def test_every_completion_and_the_human_text_get_a_cadence_once(ran):

@@ -5,15 +5,17 @@ The kill points: inside the post upsert of each day's search, inside the count r
 baselines (day 2 refreshes day 1's posts), then sampling, scoring, training, the checkpoint and the
 voice of day 2, and between each of its stages' output and its record (day 1 has no scorable history,
 so it only ingests, writes its checkpoint and its voice). The comparison is test_crash's: every table
-and every file of the run.
+and every file of the run, and so are the preloaded servers the nights are forked from.
 """
 
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from preloaded import run as run_preloaded
 from test_crash import assert_same_state, checkpoint_hashes, nightly_env, state
 
 DAYS = ("2026-11-02", "2026-11-03")
@@ -42,26 +44,30 @@ def command(model, days=DAYS):
             "--articles-per-day", "2", "--lora-layers", "2", "--group-size", "4"]
 
 
-def nightly(model, home, failpoint=None, days=DAYS):
+def nightly(model, home, failpoint=None, days=DAYS, server=None):
+    """As test_crash's `nightly`: forked from `server` (tests/preloaded.py) when given."""
+    if server is not None:
+        return run_preloaded(server, command(model, days), nightly_env(home, failpoint), Path(f"{home}.out"))
     return subprocess.run(command(model, days), env=nightly_env(home, failpoint), capture_output=True, text=True,
                           timeout=300)
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_model_path, tmp_path_factory):
+def reference(tiny_model_path, tmp_path_factory, preloaded):
     home = tmp_path_factory.mktemp("walter-ref")
-    out = nightly(tiny_model_path, home)
+    out = nightly(tiny_model_path, home, server=preloaded("reference"))
     assert out.returncode == 0, out.stderr
     return state(home)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_killed_walter_nightly_resumes_to_the_uninterrupted_state(point, tiny_model_path, tmp_path, reference):
-    killed = nightly(tiny_model_path, tmp_path, point)
+def test_killed_walter_nightly_resumes_to_the_uninterrupted_state(point, tiny_model_path, tmp_path, reference,
+                                                                  preloaded):
+    killed = nightly(tiny_model_path, tmp_path, point, server=preloaded("killed"))
     assert killed.returncode == -9, f"{point} was never reached: {killed.stderr[-500:]}"
     before = checkpoint_hashes(tmp_path)
-    again = nightly(tiny_model_path, tmp_path)
+    again = nightly(tiny_model_path, tmp_path, server=preloaded("rerun"))
     assert again.returncode == 0, again.stderr
     assert {k: v for k, v in checkpoint_hashes(tmp_path).items() if k in before} == before
     assert_same_state(state(tmp_path), reference)
@@ -71,14 +77,14 @@ THREE_DAYS = ("2026-11-02", "2026-11-04")
 
 
 @pytest.mark.slow
-def test_voice_of_a_day_killed_after_its_checkpoint_is_not_lost(tiny_model_path, tmp_path, tmp_path_factory):
+def test_voice_of_a_day_killed_after_its_checkpoint_is_not_lost(tiny_model_path, tmp_path, clean_nightly,
+                                                                preloaded):
     """Issue 34: killed after checkpoint 2 of a three-day backfill, the re-run skipped day 2 as done, and its
     voice (voice_days, cadence) was lost for good. Now it resumes day 2 at the voice and says so."""
-    clean = tmp_path_factory.mktemp("walter-three")
-    assert nightly(tiny_model_path, clean, days=THREE_DAYS).returncode == 0
-    killed = nightly(tiny_model_path, tmp_path, "step.checkpointed#2", days=THREE_DAYS)
+    clean, _ = clean_nightly(command(tiny_model_path, THREE_DAYS))  # shared with tests/test_kills.py
+    killed = nightly(tiny_model_path, tmp_path, "step.checkpointed#2", days=THREE_DAYS, server=preloaded("killed"))
     assert killed.returncode == -9, killed.stderr[-500:]
-    again = nightly(tiny_model_path, tmp_path, days=THREE_DAYS)
+    again = nightly(tiny_model_path, tmp_path, days=THREE_DAYS, server=preloaded("rerun"))
     assert again.returncode == 0, again.stderr
     db = sqlite3.connect(tmp_path / "data" / "varro.db")
     assert [r[0] for r in db.execute("select day from voice_days order by day")] == [
