@@ -31,8 +31,8 @@ TINY_DEMO = ["demo", "--tiny", "--cold", "--days", "2", "--embedder", "hash", "-
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """(home, output) of one tiny demo (runs `demo` and `walter-demo`, two days each), made once per session.
-    The tests that read it must not change its runs; test_readme_commands.py runs the README's reading
-    commands on it, which add nothing the others check."""
+    The tests that read it must not change its runs; test_readme_commands.py runs the reading
+    commands of the README and docs/ on it, which add nothing the others check."""
     from click.testing import CliRunner
 
     from varro.cli import cli

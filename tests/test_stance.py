@@ -149,7 +149,7 @@ def confusion(sample, rows) -> Counter:
 
 @pytest.mark.parametrize("name, accuracy", [("stance.jsonl", 0.95), ("stance_heldout.jsonl", 0.85)])
 def test_labelled_forecasts_are_read_as_labelled(sample, name, accuracy):
-    """The confusion table docs/rewards.md reports: 52 forecasts the rules were made on, 28 written after.
+    """The confusion table docs/varro.md reports: 52 forecasts the rules were made on, 28 written after.
     A correct forecast is never read as wrong, nor a wrong one as correct."""
     rows = labelled(name)
     conf = confusion(sample, rows)

@@ -4,7 +4,7 @@ It holds the app, the base model (an absolute path or a hub id) and every
 resolved setting. A later night starts from it, not from the defaults, so a
 run keeps its recipe when a cron line or a person leaves the options out.
 
-What a later command line may do (the rule the README states):
+What a later command line may do (the rule docs/configuration.md states):
 - the app and the base model are the run's: another app or another `--model`
   is refused (`RunIdentityError`), with the command that starts a new run;
 - any other setting given on the command line (or in `--config`) that differs
