@@ -245,3 +245,18 @@ def test_greedy_and_top_p_only_keep_mlx_lm_sampler():
     ours = make_group_sampler(1.0, 0.9, 0)(lp)
     mx.random.seed(4)
     np.testing.assert_array_equal(np.array(ours), np.array(make_sampler(temp=1.0, top_p=0.9)(lp)))
+
+
+def test_untruncated_logprobs_are_the_whole_vocabularys_log_softmax_at_the_temperature():
+    from varro.engine.rollouts import untruncated_logprobs
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4, 50))
+    lp1 = logits - np.log(np.exp(logits).sum(-1, keepdims=True))  # what BatchGenerator hands over (T = 1)
+    tokens = np.array([0, 7, 49, 3])
+    for temp in (0.7, 1.0, 1.3):
+        scaled = lp1 / temp
+        want = (scaled - np.log(np.exp(scaled).sum(-1, keepdims=True)))[np.arange(4), tokens]
+        got = untruncated_logprobs(mx.array(lp1, dtype=mx.float32), mx.array(tokens), temp)
+        np.testing.assert_allclose(np.array(got), want, atol=1e-5)
+    assert untruncated_logprobs(mx.array(lp1, dtype=mx.float32), mx.array(tokens), 0.0) is None  # greedy

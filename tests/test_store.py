@@ -171,3 +171,35 @@ def test_record_guard_keeps_one_row_per_kind_and_run_guards_lists_them_by_day(db
         {"day": "2026-11-01", "kind": "flat", "reason": "flat groups"},
         {"day": "2026-11-02", "kind": "kl", "reason": "second"},
     ]
+
+
+def test_policy_logprobs_and_the_days_pi_old_source_round_trip(db):
+    store.upsert_prompts(db, [_prompt("p", "varro", "2026-11-01", "train")])
+    with_values, without = _rollout("p", 0), _rollout("p", 1)
+    with_values.completion_tokens = [2, 3, 4]
+    with_values.policy_logprobs = [-0.125, -1e-7, -12.3456789012345]
+    with_values.sampler_logprobs = [-0.1, 0.0, -9.0]
+    store.insert_rollouts(db, "r", "2026-11-01", "base", [[with_values, without]], {})
+    (loaded,) = store.load_groups(db, "r", "2026-11-01")
+    assert loaded[0].policy_logprobs == [-0.125, -1e-7, -12.3456789012345]  # exact: JSON keeps every bit
+    assert loaded[0].sampler_logprobs == [-0.1, 0.0, -9.0]
+    assert loaded[1].policy_logprobs is None
+    store.insert_steps(db, "r", "2026-11-01", [{"step": 1, "pi_old_source": "sampler", "pi_old_gap": 2.5e-7},
+                                               {"step": 2, "pi_old_source": None, "pi_old_gap": None}])
+    assert [(r["pi_old_source"], r["pi_old_gap"]) for r in db.query("select * from steps order by step")] == \
+        [("sampler", 2.5e-7), (None, None)]
+
+
+def test_an_old_database_gains_the_columns_and_its_rows_load_without_policy_logprobs(tmp_path):
+    import shutil
+
+    path = tmp_path / "varro.db"
+    shutil.copy(ROOT / "tests" / "fixtures" / "varro-m002.db", path)
+    db = store.open_db(path)
+    assert "m019_pi_old_from_sampler" in {r["name"] for r in db["_migrations"].rows}
+    assert {"policy_logprobs_json"} <= set(db["rollouts"].columns_dict)
+    assert {"pi_old_source", "pi_old_gap"} <= set(db["steps"].columns_dict)
+    (group,) = store.load_groups(db, "old", "2026-11-02")
+    assert len(group) == 3 and all(r.policy_logprobs is None and r.sampler_logprobs is None for r in group)
+    store.insert_steps(db, "old", "2026-11-03", [{"step": 9, "pi_old_source": "pass", "pi_old_gap": None}])
+    assert db.execute("select pi_old_source from steps where step = 9").fetchone()[0] == "pass"

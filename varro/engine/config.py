@@ -105,6 +105,15 @@ class TrainConfig:
                                     "as Turtel et al. 2025 found better on noisy outcomes)")
     is_cap: float = opt(0.0, "cap C of the truncated importance weight for the sampler's top-k/top-p (0: off)",
                         NON_NEGATIVE)
+    pi_old: str = opt("auto", "pi_old of the off-policy minibatches: 'pass' (the trainer's own pass over every row) "
+                              "or 'auto' (the sampler's stored log-probs when a pass on a few prompts agrees with "
+                              "them within pi_old_tolerance, else the pass)")
+    pi_old_check_prompts: int = opt(2, "'auto' pi_old: prompts (each with its rows) the agreement check passes over",
+                                    AT_LEAST_ONE)
+    pi_old_tolerance: float = opt(1e-5, "'auto' pi_old: the largest gap in a sequence's mean log-prob between the "
+                                        "sampler and the check's pass that still takes the sampler's", NON_NEGATIVE)
+    kl_prompts: int = opt(2, "at beta 0 (the KL only logged, for the KL guard): prompts per minibatch whose rows "
+                             "take the reference pass, the largest (0: every prompt)", NON_NEGATIVE)
     seed: int = opt(0, "seed for MLX, NumPy and Python", NON_NEGATIVE)
     kl_max: float = opt(1.0, "collapse guard: KL to the base above this (before any step or after the last) "
                              "discards the day's updates", POSITIVE)

@@ -39,6 +39,9 @@ class World:
     def all_sum(self, x: mx.array) -> mx.array:
         return mx.distributed.all_sum(x, group=self.group) if self.distributed else x
 
+    def all_max(self, x: mx.array) -> mx.array:
+        return mx.distributed.all_max(x, group=self.group) if self.distributed else x
+
     def gather_json(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order, on every rank."""
         if not self.distributed:
@@ -80,7 +83,8 @@ SOLO = World(None)
 def rollouts_to_json(groups: list[list]) -> list[list[dict]]:
     return [[{"prompt_id": r.prompt_id, "group_index": r.group_index, "prompt_tokens": r.prompt_tokens,
               "completion_tokens": r.completion_tokens, "text": r.text, "finish_reason": r.finish_reason,
-              "reward": r.reward, "sampler_logprobs": r.sampler_logprobs, "checkpoint": r.checkpoint}
+              "reward": r.reward, "sampler_logprobs": r.sampler_logprobs,
+              "policy_logprobs": r.policy_logprobs, "checkpoint": r.checkpoint}
              for r in g] for g in groups]
 
 

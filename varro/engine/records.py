@@ -18,6 +18,9 @@ class Rollout:
     advantage: float | None = None
     id: int | None = None  # the rollouts row, once stored
     sampler_logprobs: list[float] | None = None  # log q(token) per completion token, as the sampler drew it
+    # log pi_T(token) per completion token: the untruncated policy at the sampling temperature, from the
+    # sampler's own forward (the trainer's pi_old when it agrees with a pass); None when greedy or not stored
+    policy_logprobs: list[float] | None = None
     checkpoint: str | None = None  # the checkpoint that sampled it ("base" or a day), once stored
 
 

@@ -13,7 +13,12 @@ The exact sampled token ids are kept, EOS included when the completion
 stopped, so training sees what the policy actually produced, and so is each
 token's log-probability under the distribution it was drawn from
 (`sampler_logprobs`: temperature applied, renormalised over the top-k / top-p
-candidate set), which the trainer compares with its own pi_old pass. The
+candidate set), which the trainer compares with its own pi_old pass; beside
+it, the token's log-probability under the whole vocabulary at that
+temperature (`policy_logprobs`, log_softmax(logits / T)[token]: pi_old
+itself, which the trainer takes instead of its own pass when a check on a
+few prompts finds the two agree; None for greedy decoding, temperature 0,
+where the trainer refuses to train). The
 sampler's log-softmax runs in float32 on any base (`Float32Logits`), as the
 trainer's passes do, so a bf16 or quantized base adds no rounding of its own
 to that comparison.
@@ -203,6 +208,17 @@ def sampled_logprobs(logprobs: mx.array, tokens: mx.array, temp: float, top_p: f
     return mx.take_along_axis(q, tokens[:, None], axis=-1).squeeze(-1)
 
 
+def untruncated_logprobs(logprobs: mx.array, tokens: mx.array, temp: float) -> mx.array | None:
+    """log pi_T(token) of each row's sampled token under the whole vocabulary at temperature `temp`,
+    log_softmax(logprobs / temp)[token], what the trainer's pi_old pass computes: (B, V), (B,) -> (B,).
+    None when greedy (`temp` 0): the trainer refuses that temperature, and no finite value is pi_0."""
+    if temp == 0:
+        return None
+    scaled = logprobs.astype(mx.float32) * (1.0 / temp)
+    picked = mx.take_along_axis(scaled, tokens[:, None], axis=-1).squeeze(-1)
+    return picked - mx.logsumexp(scaled, axis=-1)
+
+
 def sample_groups(
     model: nn.Module,
     tokenizer,
@@ -267,14 +283,21 @@ def sample_groups(
                 owner[uid] = (pi, gi)
         tokens: dict[int, list[int]] = {uid: [] for uid in owner}
         logq: dict[int, list[float]] = {uid: [] for uid in owner}
+        logpi: dict[int, list[float]] = {uid: [] for uid in owner}
         finish: dict[int, str] = {}
         while responses := gen.next_generated():
-            # one batched op per step: each row's log q(token) from the log-probs it was drawn from
-            lq = sampled_logprobs(mx.stack([r.logprobs for r in responses]),
-                                  mx.array([r.token for r in responses]), temp, top_p, top_k).tolist()
-            for r, q in zip(responses, lq):
+            # one batched op per step: each row's log q(token) and log pi_T(token) from the log-probs it
+            # was drawn from
+            step_logprobs = mx.stack([r.logprobs for r in responses])  # (B, V)
+            step_tokens = mx.array([r.token for r in responses])  # (B,)
+            lq = sampled_logprobs(step_logprobs, step_tokens, temp, top_p, top_k)
+            lp = untruncated_logprobs(step_logprobs, step_tokens, temp)
+            mx.eval(lq, lp)
+            lq, lp = lq.tolist(), [None] * len(responses) if lp is None else lp.tolist()
+            for r, q, p in zip(responses, lq, lp):
                 tokens[r.uid].append(r.token)
                 logq[r.uid].append(q)
+                logpi[r.uid].append(p)
                 if r.finish_reason is not None:
                     finish[r.uid] = r.finish_reason
                     failpoint("sample.finished")
@@ -296,5 +319,6 @@ def sample_groups(
             text=tokenizer.decode(text_ids),
             finish_reason=finish.get(uid, "length"),
             sampler_logprobs=logq[uid],
+            policy_logprobs=None if temp == 0 else logpi[uid],
         )
     return groups

@@ -119,6 +119,8 @@ def insert_rollouts(
                         "sampling_json": sampling_json,
                         "sampler_logprobs_json": (None if r.sampler_logprobs is None
                                                   else json.dumps(r.sampler_logprobs)),
+                        "policy_logprobs_json": (None if r.policy_logprobs is None
+                                                 else json.dumps(r.policy_logprobs)),
                         "sampled_utc": now,
                     }
                 ).last_pk
@@ -165,6 +167,8 @@ def load_groups(db: sqlite_utils.Database, run: str, day: str) -> list[list]:
                 advantage=row["advantage"],
                 sampler_logprobs=(json.loads(row["sampler_logprobs_json"])
                                   if row.get("sampler_logprobs_json") else None),
+                policy_logprobs=(json.loads(row["policy_logprobs_json"])
+                                 if row.get("policy_logprobs_json") else None),
                 checkpoint=row["checkpoint"],
             )
         )

@@ -294,3 +294,14 @@ def m018_stages(db: sqlite_utils.Database) -> None:
     # Each stage of a run's day that finished (varro.engine.cycle: sample, score, voice; training's record is
     # its checkpoint), written after the stage's output: a re-run resumes the day at its first unfinished stage.
     db["stages"].create({"run": str, "day": str, "stage": str, "done_utc": str}, pk=("run", "day", "stage"))
+
+
+@migration
+def m019_pi_old_from_sampler(db: sqlite_utils.Database) -> None:
+    # log pi_T(token) per completion token, the untruncated policy at the sampling temperature as the sampler
+    # computed it (the trainer's pi_old when a check agrees); NULL for rows sampled before this migration or
+    # greedily. Per step, where that day's pi_old came from ("sampler" or "pass"; NULL: no step needed one)
+    # and the largest per-sequence gap in mean log-prob between the sampler and the trainer's pass it measured.
+    db["rollouts"].add_column("policy_logprobs_json", str)
+    db["steps"].add_column("pi_old_source", str)
+    db["steps"].add_column("pi_old_gap", float)
