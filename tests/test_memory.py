@@ -1,5 +1,6 @@
 """The memory guard's estimate, its choices and refusals, and the swap watchdog (varro.engine.memory)."""
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import mlx.core as mx
@@ -32,16 +33,21 @@ def qwen3_shape(weight_bytes=1_500_000_000, trainable_bytes=40_000_000, dtype_by
 
 def test_qwen3_06b_sampling_estimate_by_hand():
     s = qwen3_shape()
-    # 4 prompts x 8 = 32 rows; the batch cache is as wide as the prompt, 300, then grows by one step of
-    # 256 positions for the 180 tokens: 556; each prompt's own prefill takes 512 (two steps of 256)
+    # 4 prompts x 8 = 32 rows: each prompt's 300 positions once, each row's 181 completion positions (mlx-lm
+    # decodes one step ahead), one layer's gathered prompts and concatenation (2 x 32 x 481), the last
+    # prompt's prefill at 512 (2 x 256)
     kv_per_token = 28 * 2 * 8 * 128 * 2  # 114688 bytes: bf16 keys and values of every layer
     assert kv_per_token == 114_688
-    batch = 32 * 556 * kv_per_token
-    kv = 2 * batch + 4 * 512 * kv_per_token  # the batch cache and a finished row's filtered copy of it
-    logits = 32 * 151936 * (4 * 6 + 2 + 4)  # six float32 copies, the bf16 logits and their float32 cast
+    kv = (4 * 300 + 32 * 181) * kv_per_token + 2 * 32 * 481 * kv_per_token // 28 + 512 * kv_per_token
+    logits = 32 * 151936 * (4 * 7 + 2 + 4)  # seven float32 copies, the bf16 logits and their float32 cast
     prefill = 300 * (3 * 3072 + 4 * 1024) * 2
     assert sampling_bytes(s, 4, 8, 300, 180) == 1_500_000_000 + kv + logits + prefill
-    assert sampling_bytes(s, 4, 8, 300, 180) == 5_969_784_576  # ~6.0 GB, 4.32 GB of it the KV cache
+    assert sampling_bytes(s, 4, 8, 300, 180) == 2_660_003_584  # ~2.7 GB, 0.99 GB of it the KV cache
+    # mlx-lm's batch cache (a model whose layers are not all plain KVCache): 556 positions a row (300, then
+    # one 256-position step), twice (a finished row's filtered copy), every prompt's prefill
+    mlx_lm = replace(s, shared_prefix=False)
+    assert sampling_bytes(mlx_lm, 4, 8, 300, 180) - sampling_bytes(s, 4, 8, 300, 180) \
+        == 2 * 32 * 556 * kv_per_token + 4 * 512 * kv_per_token - kv
 
 
 def test_qwen3_06b_training_estimate_by_hand():
@@ -92,9 +98,11 @@ def test_tiny_model_shape_from_its_parameters(tiny_model_path, tmp_path):
     assert s.trainable_bytes == 4 * lora and s.dtype_bytes == 4
     assert (s.trained_layers, s.adapter_inputs) == (2, 64 * 3 + 64 + 64 * 2 + 128)  # both blocks, 7 linears
     kv_per_token = 2 * 2 * 2 * 16 * 4  # 2 layers, 2 kv heads of 16, float32
-    # 24 rows of 33 + 256 positions and the filtered copy, 3 prefills of 256 positions
-    assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + 2 * 24 * 289 * kv_per_token \
-        + 3 * 256 * kv_per_token + 24 * v * (4 * 6 + 4) + 33 * (3 * 128 + 4 * 64) * 4
+    assert s.shared_prefix  # plain KVCache layers: each prompt held once
+    # 3 prompts of 33 positions, 24 rows of 12 + 1, one layer's 2 x 24 x 46, the last prefill at 256 positions
+    assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + (3 * 33 + 24 * 13) * kv_per_token \
+        + 2 * 24 * 46 * kv_per_token // 2 + 256 * kv_per_token + 24 * v * (4 * 7 + 4) \
+        + 33 * (3 * 128 + 4 * 64) * 4
 
 
 def test_a_bf16_base_is_counted_in_its_own_bytes():
@@ -131,43 +139,43 @@ def test_guard_picks_a_smaller_decode_batch():
 
 def test_decode_cache_ceiling_bounds_the_decode_batch():
     bf16, f32 = qwen3_shape(), qwen3_shape(dtype_bytes=4)
-    # a night's longest Varro prompt, 210 tokens: one group's bf16 batch cache at 210 + 256 positions, twice
-    # (a finished row's filtered copy), and the prompt's prefill at 256
-    per_prompt = 2 * 8 * 466 * 114_688 + 256 * 114_688  # 0.88 GB
-    assert cache_decode_batch(bf16, 32, 8, 210, 180, 2.0) == 2  # 1.77 GB; 3 would take 2.65
-    assert 2 * per_prompt <= 2.0e9 < 3 * per_prompt
+    # a night's longest Varro prompt, 210 tokens: a group's bf16 cache holds it once and 8 completions of
+    # 180 (+ 1), with one layer's attention inputs; the last prompt's prefill (256) comes once
+    per_prompt = (210 + 8 * 181) * 114_688 + 2 * 8 * 391 * 114_688 // 28  # 0.21 GB
+    prefill = 256 * 114_688
+    assert cache_decode_batch(bf16, 32, 8, 210, 180, 2.0) == 9  # 1.95 GB; 10 would take 2.17
+    assert 9 * per_prompt + prefill <= 2.0e9 < 10 * per_prompt + prefill
     assert cache_decode_batch(bf16, 32, 8, 210, 180, 0) == 32  # no ceiling
     assert cache_decode_batch(bf16, 1, 8, 210, 180, 2.0) == 1
-    assert cache_decode_batch(bf16, 32, 8, 300, 180, 2.0) == 1  # 1.08 GB a prompt at 300 + 256 positions
-    assert cache_decode_batch(f32, 32, 8, 210, 180, 2.0) == 1  # 1.77 GB a prompt in float32
-    assert cache_decode_batch(f32, 32, 8, 210, 180, 1.0) == 1  # one prompt always decodes
+    assert cache_decode_batch(bf16, 32, 8, 300, 180, 2.0) == 8  # 0.23 GB a prompt at 300
+    assert cache_decode_batch(f32, 32, 8, 210, 180, 2.0) == 4  # 0.43 GB a prompt in float32
+    assert cache_decode_batch(f32, 32, 8, 210, 180, 0.1) == 1  # one prompt always decodes
 
 
 def test_sampling_plan_applies_the_ceiling_without_the_guard(tiny_model_path, tmp_path):
     policy = open_policy(tiny_model_path, tmp_path)
     shape = ModelShape.from_model(policy.model)
-    one = memory.kv_cache_bytes(shape, 1, 8, 40, 16)
+    two = memory.kv_cache_bytes(shape, 2, 8, 40, 16)
+    assert memory.kv_cache_bytes(shape, 3, 8, 40, 16) > two
     # the tiny model's cache is small: the default ceiling decodes everything at once
     assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 2.0) == (0, None)
-    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 2.5 * one / 1e9) == (2, None)
+    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, two / 1e9) == (2, None)
     assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 0.0) == (0, None)
 
 
 def test_guard_refuses_sampling_with_what_would_fit():
     s = qwen3_shape()
-    budget = 2_200_000_000
+    budget = 1_700_000_000
     with pytest.raises(MemoryGuardError) as e:
         plan_decode_batch(s, 10, 8, 300, 180, budget)
-    assert str(e.value) == "sampling needs ~2.6 GB, 2.2 GB available: --group-size 4 would fit"
-    # the suggestion is the largest that fits, by the formula; no max_tokens does (1 to 256 tokens all take
-    # the one cache step of 256 positions the batch cache grows by)
-    assert sampling_bytes(s, 1, 4, 300, 180) <= budget < sampling_bytes(s, 1, 5, 300, 180)
-    assert sampling_bytes(s, 1, 8, 300, 1) == sampling_bytes(s, 1, 8, 300, 256) > budget
-    with pytest.raises(MemoryGuardError) as e:  # 300 tokens take two steps of 256; 256 take one
-        plan_decode_batch(s, 10, 8, 100, 300, 2_600_000_000)
-    assert str(e.value) == "sampling needs ~2.7 GB, 2.6 GB available: --group-size 7 or --max-tokens 256 would fit"
-    assert sampling_bytes(s, 1, 8, 100, 256) <= 2_600_000_000 < sampling_bytes(s, 1, 8, 100, 257)
-    assert sampling_bytes(s, 1, 7, 100, 300) <= 2_600_000_000 < sampling_bytes(s, 1, 8, 100, 300)
+    assert str(e.value) == "sampling needs ~1.8 GB, 1.7 GB available: --group-size 3 or --max-tokens 37 would fit"
+    # each suggestion is the largest that fits, by the formula: the completions take M positions, not
+    # 256-position steps, so every token less is less cache
+    assert sampling_bytes(s, 1, 3, 300, 180) <= budget < sampling_bytes(s, 1, 4, 300, 180)
+    assert sampling_bytes(s, 1, 8, 300, 37) <= budget < sampling_bytes(s, 1, 8, 300, 38)
+    with pytest.raises(MemoryGuardError) as e:
+        plan_decode_batch(s, 10, 8, 300, 180, 1_600_000_000)
+    assert "no smaller group or completion fits" in str(e.value)
 
 
 def test_guard_shrinks_the_micro_batch_or_refuses():
@@ -255,7 +263,7 @@ def test_watchdog_is_off_without_a_reading():
 
 
 def test_estimate_bounds_the_measured_peak_on_the_tiny_model(tiny_model_path, tmp_path):
-    """Measured: sampling peak / estimate and training peak / estimate, stated in the README. The peak is
+    """Measured: sampling peak / estimate and training peak / estimate, stated in docs/reliability.md. The peak is
     taken above what MLX held before (earlier tests' arrays may still be alive), plus the weights."""
     import gc
 

@@ -260,3 +260,71 @@ def test_untruncated_logprobs_are_the_whole_vocabularys_log_softmax_at_the_tempe
         got = untruncated_logprobs(mx.array(lp1, dtype=mx.float32), mx.array(tokens), temp)
         np.testing.assert_allclose(np.array(got), want, atol=1e-5)
     assert untruncated_logprobs(mx.array(lp1, dtype=mx.float32), mx.array(tokens), 0.0) is None  # greedy
+
+
+class ManyStops:
+    """`tok` with a quarter of the vocabulary ending a completion, so rows finish at different steps and
+    leave the decode batch (its filter) while the others decode on."""
+
+    def __init__(self, tok, vocab: int):
+        self._tok = tok
+        self.eos_token_ids = sorted(set(tok.eos_token_ids) | set(range(vocab // 4, vocab // 2)))
+
+    def decode(self, ids):
+        return self._tok.decode(ids)
+
+
+def mlx_lm_batch_cache(monkeypatch):
+    """sample_groups with mlx-lm's own BatchKVCache: every row its own copy of its prompt."""
+    from varro.engine import rollouts
+
+    monkeypatch.setattr(rollouts, "prompt_caches", lambda cache, *args: cache)
+
+
+def test_shared_prefix_cache_samples_what_mlx_lm_cache_samples(loaded, monkeypatch):
+    """Prompts of different lengths (left padding), rows finishing early (filter, padding trimmed): each
+    prompt held once gives the same token ids and log-probs, bit for bit, as mlx-lm's cache."""
+    model, tok = loaded
+    stops = ManyStops(tok, model.args.vocab_size)
+    texts = ["Forecast the port strike.", "What will the central bank do next week about rates and the currency?",
+             "Oil.", "x"]
+    prompts = [PromptInput(f"p{i}", chat_prompt_tokens(tok, t)) for i, t in enumerate(texts)]
+
+    def run(**kw):
+        groups = sample_groups(model, stops, prompts, group_size=4, max_tokens=24, temp=1.0, top_k=20, seed=3,
+                               **kw)
+        return [(r.completion_tokens, r.sampler_logprobs, r.policy_logprobs, r.finish_reason)
+                for g in groups for r in g]
+
+    shared, sized = run(), run(share_prefix=False)
+    mlx_lm_batch_cache(monkeypatch)
+    theirs = run()
+    lengths = sorted({len(t) for t, *_ in theirs})
+    assert len(lengths) > 3 and lengths[-1] == 24  # rows left the batch at several steps, some ran to the end
+    assert shared == theirs
+    assert sized == theirs
+
+
+def test_shared_prefix_cache_holds_each_prompt_once(loaded, monkeypatch):
+    """Regression (issue 28): mlx-lm's batch cache held each prompt once per row, 256 positions at a time,
+    and a finished row's filter copied it; the shared cache holds a group's long prompt once."""
+    import gc
+
+    model, tok = loaded
+    stops = ManyStops(tok, model.args.vocab_size)
+    rng = np.random.default_rng(0)
+    prompts = [PromptInput(f"p{i}", rng.integers(0, stops.eos_token_ids[0] - 1, 300).tolist()) for i in range(3)]
+
+    def peak(**kw):
+        gc.collect()
+        before = mx.get_active_memory()
+        mx.reset_peak_memory()
+        sample_groups(model, stops, prompts, group_size=8, max_tokens=20, temp=1.0, top_k=20, seed=0, **kw)
+        return mx.get_peak_memory() - before
+
+    ours = peak()
+    mlx_lm_batch_cache(monkeypatch)
+    theirs = peak()
+    per_position = 2 * 2 * 2 * 16 * 4  # 2 layers, keys and values, 2 kv heads of 16, float32
+    assert theirs >= 24 * (299 + 256) * per_position  # every row its prompt and one 256-position step
+    assert ours < 0.5 * theirs

@@ -123,7 +123,7 @@ class TrainConfig:
                                     "panel (by `eval`) is this far below the best scored before it", NON_NEGATIVE)
     memory_fraction: float = opt(0.8, "memory guard: share of the machine's free memory the night may use "
                                       "(0: no guard)", SHARE)
-    decode_cache_gb: float = opt(2.0, "memory guard: fewer prompts decode together when their KV cache "
+    decode_cache_gb: float = opt(1.0, "memory guard: fewer prompts decode together when their KV cache "
                                       "would take more than this many GB (0: no ceiling)", NON_NEGATIVE)
     swap_max_mb: int = opt(512, "swap watchdog: end the night once swap has grown this much (0: off)", NON_NEGATIVE)
 

@@ -9,10 +9,12 @@ size, I the MLP's intermediate size, H query heads, K kv heads, D head dim, V
 vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
 (logits and log-probs are float32, 4 bytes, whatever the base):
 
-    sampling, n prompts decoding together, R = n x G rows, C = P + 256 x ceil(M / 256) positions:
-        W + 2 x R x C x L x 2 x K x D x b                   the decode batch's KV cache, and its copy
-          + n x ceil256(P) x L x 2 x K x D x b              the prompts' own prefills, until merged
-          + R x V x (4 x 6 + b + c)                         one decode step's logits (c: 4 if b < 4, else 0)
+    sampling, n prompts decoding together, R = n x G rows:
+        W + (n x P + R x (M + 1)) x L x 2 x K x D x b       the decode batch's KV cache: each prompt once,
+                                                            each row's completion (varro.engine.kvcache)
+          + 2 x R x (P + M + 1) x 2 x K x D x b             one layer's attention inputs (prompt + completion)
+          + ceil256(P) x L x 2 x K x D x b                  the last prompt's own prefill
+          + R x V x (4 x 7 + b + c)                         one decode step's logits (c: 4 if b < 4, else 0)
           + min(P, 512) x (3 x I + 4 x h) x b               one prefill chunk's transients in a block
     training, one micro-batch of m rows, S = P + M, Lt trained blocks, A their adapters' inputs, c = [b < 4]:
         W + 8 x T                                           the trainable parameters' step state (below)
@@ -27,16 +29,30 @@ vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
 Where the factors come from: each prompt is prefilled once into a one-row
 cache (mlx-lm allocates in steps of 256 positions, `ceil256`); its G copies
 share that buffer (a deep copy of an mx.array copies no data: measured), and
-mlx-lm merges the groups into one batch cache exactly as wide as the longest
-prompt, each row holding its own copy of the prompt, then grows it by 256
-positions whenever decoding runs past the end (C). When a row finishes,
-mlx-lm filters it out of the batch cache, building the smaller cache of every
-layer beside the old one: twice the cache for that step (measured with rows
-finishing at random, bench/memory_estimate.py --eos-share; without finished
-rows the peak is the cache once, one layer growing at a time). A decode
+merge into varro.engine.kvcache's `SharedPrefixBatchCache`: per layer each
+prompt's keys and values once (left-padded to the longest, P), and one
+completion buffer of exactly M + 1 positions per row (mlx-lm decodes one step
+ahead, feeding a row's last token before it sees the row finish), allocated
+at the first step; the prompts' own prefills are gone by then but the last one's (merging
+evaluates the shared keys, and the sampler holds its last prefill; while the
+prompts are prefilled and merged, n prefills and the shared prompts, less than
+the decode's peak). A decode step hands each layer's attention every row's
+prompt and completion, gathered and concatenated: that layer's copy, and the
+gathered prompt beside it, exist only while the layer runs (2 x R x (P + M + 1)).
+A finished row leaves the batch by index, copying nothing.
+
+A model whose cache is not mlx-lm's plain `KVCache` in every layer (sliding
+windows, state-space layers; `ModelShape.shared_prefix` False) decodes as
+mlx-lm merges it: one batch cache of C = P + 256 x ceil(M / 256) positions
+per row, each row holding its own copy of the prompt, and a finished row's
+filter builds the smaller cache of every layer beside the old one (measured
+with rows finishing at random, bench/memory_estimate.py --eos-share --kv
+mlx-lm): for those the KV term is 2 x R x C x L x 2 x K x D x b, in place of
+the first two lines, plus n x ceil256(P) x L x 2 x K x D x b for the
+prompts' prefills, alive until the merged cache is first evaluated. A decode
 step holds the logits, their log-softmax, the stacked rows of
-`rollouts.sampled_logprobs` and its masked, scaled and normalised copies (6
-float32 rows of V), and the model's own logits (b bytes) with, over a base
+`rollouts.sampled_logprobs` and its masked, scaled and normalised copies, and
+`untruncated_logprobs`' scaled copy, evaluated together (7 float32 rows of V), and the model's own logits (b bytes) with, over a base
 that is not float32, the float32 copy `Float32Logits` casts them to (c).
 
 Training differentiates only the Lt blocks from the lowest one holding a
@@ -106,6 +122,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.models.cache import KVCache
 from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
 from varro.engine.errors import UserError
@@ -116,8 +133,9 @@ from varro.engine.train import TrainingCallback, first_trainable_layer, pass_pos
 GB = 1e9
 PREFILL_STEP = 512  # rollouts.prefill's chunk
 KV_STEP = 256  # mlx-lm's KVCache / BatchKVCache allocation step
-KV_COPIES = 2  # a finished row's filter builds the batch cache again beside the old one
-DECODE_LOGIT_COPIES = 6  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised
+KV_COPIES = 2  # mlx-lm's batch cache: a finished row's filter builds it again beside the old one
+FETCH_COPIES = 2  # a shared-prefix layer's attention inputs: the rows' gathered prompts and the concatenation
+DECODE_LOGIT_COPIES = 7  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised, pi_T's scaled
 ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (see above)
 LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions, without vocabulary chunks
 TRAINABLE_COPIES = 8  # beyond the parameters: gradient, running sum, clipped, Adam's m, v, the update's new m, v, p
@@ -148,18 +166,19 @@ class ModelShape:
     trained_layers: int | None = None  # blocks the backward runs through (None or 0: all of them)
     adapter_inputs: int = 0  # per trained block: the summed input widths of its LoRA-adapted linears
     head_chunk: int = HEAD_CHUNK  # vocabulary rows the trainer's output head takes at a time (0: all of them)
+    shared_prefix: bool = True  # the decode batch holds each prompt once (plain KVCache layers, kvcache.py)
 
     @classmethod
     def from_args(cls, args, weight_bytes: int, trainable_bytes: int = 0, dtype_bytes: int = 4,
                   trained_layers: int | None = None, adapter_inputs: int = 0,
-                  head_chunk: int = HEAD_CHUNK) -> "ModelShape":
+                  head_chunk: int = HEAD_CHUNK, shared_prefix: bool = True) -> "ModelShape":
         heads = args.num_attention_heads
         return cls(hidden=args.hidden_size, layers=args.num_hidden_layers, heads=heads,
                    kv_heads=getattr(args, "num_key_value_heads", None) or heads,
                    head_dim=getattr(args, "head_dim", None) or args.hidden_size // heads,
                    vocab=args.vocab_size, intermediate=args.intermediate_size, weight_bytes=weight_bytes,
                    trainable_bytes=trainable_bytes, dtype_bytes=dtype_bytes, trained_layers=trained_layers,
-                   adapter_inputs=adapter_inputs, head_chunk=head_chunk)
+                   adapter_inputs=adapter_inputs, head_chunk=head_chunk, shared_prefix=shared_prefix)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ModelShape":
@@ -174,20 +193,35 @@ class ModelShape:
         # activations and the KV cache run in the base's dtype (a quantized base's scales')
         return cls.from_args(model.args, sum(v.nbytes for v in params), sum(v.nbytes for _, v in trainable),
                              base_dtype(model).size, trained, inputs // (trained or layers),
-                             HEAD_CHUNK if output_head(model) is not None else 0)
+                             HEAD_CHUNK if output_head(model) is not None else 0, plain_kv_cache(model))
 
     def kv_bytes_per_token(self) -> int:
         """One row's keys and values of one position, over all layers."""
         return self.layers * 2 * self.kv_heads * self.head_dim * self.dtype_bytes
 
 
+def plain_kv_cache(model: nn.Module) -> bool:
+    """Whether every layer of `model`'s cache is mlx-lm's plain KVCache, which sampling shares across a
+    group (varro.engine.kvcache); a model without `make_cache` gets mlx-lm's default, plain layers."""
+    make = getattr(model, "make_cache", None)
+    return make is None or all(type(c) is KVCache for c in make())
+
+
 def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
-    """The estimated KV cache of one decode batch at its largest: the merged batch cache and the copy a
-    finished row's filter makes of it, and the prompts' own prefills (module docstring)."""
+    """The estimated KV cache of one decode batch at its largest, with the prompts' own prefills (module
+    docstring): each prompt once, the rows' completions, one layer's attention inputs and the last prompt's
+    prefill; or, for a model that decodes as mlx-lm merges it, the batch cache, the copy a finished row's
+    filter makes of it and every prompt's prefill."""
+    per_position = shape.kv_bytes_per_token()
+    rows = prompts * group_size
+    prefill = math.ceil(prompt_tokens / KV_STEP) * KV_STEP * per_position
+    if shape.shared_prefix:
+        held = (prompts * prompt_tokens + rows * (max_tokens + 1)) * per_position  # one step ahead: M + 1
+        layer = FETCH_COPIES * rows * (prompt_tokens + max_tokens + 1) * per_position // shape.layers
+        return held + layer + prefill
+    prefills = prompts * prefill
     positions = prompt_tokens + math.ceil(max_tokens / KV_STEP) * KV_STEP
-    batch = prompts * group_size * positions * shape.kv_bytes_per_token()
-    prefills = prompts * math.ceil(prompt_tokens / KV_STEP) * KV_STEP * shape.kv_bytes_per_token()
-    return KV_COPIES * batch + prefills
+    return KV_COPIES * rows * positions * per_position + prefills
 
 
 def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:

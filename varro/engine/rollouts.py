@@ -2,7 +2,8 @@
 
 Each prompt is prefilled once (a batch-1 forward pass that fills a KV cache);
 the cache is copied G times and all groups decode together through mlx-lm's
-BatchGenerator. Each completion draws its tokens with its own random key,
+BatchGenerator, into a batch cache that holds each prompt once and each row's
+completion beside it (varro.engine.kvcache). Each completion draws its tokens with its own random key,
 derived from the call's seed, its prompt's id and its place in the group
 (`row_key`), so a completion does not depend on which other prompts decode
 beside it: not on the decode batch, on how many ranks share a day's prompts,
@@ -35,6 +36,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from varro.engine.faults import failpoint
+from varro.engine.kvcache import prompt_caches
 from varro.engine.records import PromptInput, Rollout
 
 
@@ -231,6 +233,7 @@ def sample_groups(
     seed: int | None = None,
     on_done: Callable[[int], None] | None = None,
     decode_batch: int = 0,
+    share_prefix: bool = True,
 ) -> list[list[Rollout]]:
     """Sample `group_size` completions for each prompt; returns one list of Rollouts per prompt.
 
@@ -242,6 +245,8 @@ def sample_groups(
     completions for a prompt whatever the decode batch or the other prompts of
     the call, up to the float32 rounding of a batched forward pass (which can
     differ in the last bits with the batch's rows and so, rarely, flip a draw).
+    `share_prefix` False decodes into mlx-lm's BatchKVCache (each row its own copy of
+    its prompt), grown once to the work: the same tokens, more memory (kvcache.py).
     Raises ValueError for an empty prompt or non-positive sizes.
     """
     from mlx_lm.generate import BatchGenerator
@@ -258,7 +263,8 @@ def sample_groups(
     if 0 < decode_batch < len(prompts):
         return [g for i in range(0, len(prompts), decode_batch)
                 for g in sample_groups(model, tokenizer, prompts[i : i + decode_batch], group_size, max_tokens,
-                                       temp, top_p, top_k, seed=seed, on_done=on_done)]
+                                       temp, top_p, top_k, seed=seed, on_done=on_done,
+                                       share_prefix=share_prefix)]
     total = len(prompts) * group_size
     gen = BatchGenerator(
         Float32Logits(model),
@@ -275,7 +281,7 @@ def sample_groups(
             head, last = p.tokens[:-1], p.tokens[-1:]
             caches = None
             if head:
-                cache = prefill(model, head)
+                cache = prompt_caches(prefill(model, head), pi, max_tokens, share_prefix)
                 caches = [copy.deepcopy(cache) for _ in range(group_size)]
             uids = gen.insert([last] * group_size, caches=caches,
                               samplers=group_samplers(draw, seed, p.prompt_id, group_size))

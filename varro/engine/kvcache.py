@@ -1,0 +1,192 @@
+"""The decode batch's KV cache: each prompt's keys and values held once, the rows' completions sized to the work.
+
+mlx-lm's BatchGenerator merges the rows' prompt caches into one `BatchKVCache`
+in which every row holds its own copy of its prompt's keys and values, and
+grows it 256 positions at a time: a group of G rows keeps its prompt G times,
+and 180 completion tokens take 256 positions. `SharedPrefixBatchCache` keeps,
+per layer, each prompt's prefilled keys and values once (left-padded to the
+longest prompt, as mlx-lm pads them) and beside them one completion buffer of
+exactly the positions decoding writes per row (`max_tokens` + 1: BatchGenerator
+runs one step ahead), allocated once. Each decode step
+hands attention the concatenation of a row's prompt and its completion so
+far, which is what `BatchKVCache` would have handed it, position for
+position and padding for padding: the one-layer transient of that
+concatenation replaces a cache of every layer.
+
+A finished row leaves the batch by its index (`rows`), not by copying the
+completion buffer without it: mlx-lm's filter builds the whole smaller cache
+beside the old one. A finished row's `extract` gives nothing back (the sampler
+never reuses it): a lazy slice of the buffers, held by the finished row's
+response into the next step, would make that step's writes copy them.
+
+BatchGenerator reaches the batch cache only through the rows' own caches:
+`PromptKVCache` is a prompt's prefilled `KVCache` whose `merge` builds the
+shared batch cache (or, with `share_prefix` False, mlx-lm's `BatchKVCache`
+grown once by `max_tokens` instead of in 256-position steps).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+from mlx_lm.models.base import create_causal_mask
+from mlx_lm.models.cache import BatchKVCache, KVCache, _BaseCache
+
+
+class PromptKVCache(KVCache):
+    """One layer of prompt `prompt`'s prefilled cache (batch 1); its copies, one per row of the group, merge
+    into a `SharedPrefixBatchCache` (or a `BatchKVCache` sized to the work, `share_prefix` False)."""
+
+    def __init__(self, prompt: int, completion_tokens: int, share_prefix: bool = True):
+        super().__init__()
+        self.prompt = prompt
+        self.completion_tokens = completion_tokens
+        self.share_prefix = share_prefix
+
+    @classmethod
+    def of(cls, cache: KVCache, prompt: int, completion_tokens: int, share_prefix: bool = True) -> "PromptKVCache":
+        """`cache`'s keys and values (no copy), tagged with its prompt."""
+        out = cls(prompt, completion_tokens, share_prefix)
+        out.keys, out.values, out.offset = cache.keys, cache.values, cache.offset
+        return out
+
+    @classmethod
+    def merge(cls, caches: list) -> _BaseCache:
+        first = caches[0]
+        # BatchGenerator decodes one step ahead: a row's last token is fed before it is seen to finish, so
+        # decoding writes max_tokens + 1 positions
+        if first.share_prefix:
+            return SharedPrefixBatchCache.merge(caches, first.completion_tokens + 1)
+        batch = BatchKVCache.merge(caches)
+        batch.step = first.completion_tokens + 1  # one growth, by exactly the positions decoding writes
+        return batch
+
+
+def prompt_caches(cache: list, prompt: int, completion_tokens: int, share_prefix: bool = True) -> list:
+    """A prompt's prefilled cache (`rollouts.prefill`) as `PromptKVCache` layers, or `cache` unchanged when a
+    layer is not a plain `KVCache` (sliding-window or state-space layers merge as mlx-lm merges them)."""
+    if not all(type(c) is KVCache for c in cache):
+        return cache
+    return [PromptKVCache.of(c, prompt, completion_tokens, share_prefix) for c in cache]
+
+
+def _prompt_key(cache) -> object:
+    return getattr(cache, "prompt", None) if isinstance(cache, PromptKVCache) else id(cache)
+
+
+class SharedPrefixBatchCache(_BaseCache):
+    """One layer's decode-batch cache: each prompt's keys and values once, each row's completion apart.
+
+    For row r of prompt j, positions [0, width) are prompt j's prefix, left-padded by
+    `left_padding[r]`, and positions [width, width + c) the row's completion so far;
+    `offset[r]` is the position of the row's next token (its RoPE offset). `rows` are
+    the live rows' indices into the completion buffer.
+    """
+
+    def __init__(self, prefix_keys: mx.array, prefix_values: mx.array, prompt_of_row: mx.array,
+                 left_padding: list[int], completion_tokens: int):
+        n, heads, width, dim = prefix_keys.shape
+        batch = len(left_padding)
+        self.prefix_keys, self.prefix_values = prefix_keys, prefix_values  # (n, K, width, D)
+        self.prompt_of_row = prompt_of_row  # (B,)
+        self.left_padding = mx.array(left_padding)  # (B,)
+        self.offset = width - self.left_padding  # (B,)
+        self.keys = mx.zeros((batch, heads, completion_tokens, dim), prefix_keys.dtype)  # (B0, K, M, D)
+        self.values = mx.zeros((batch, heads, completion_tokens, prefix_values.shape[3]), prefix_values.dtype)
+        self.rows: mx.array | None = None  # None: every row of the buffer is live, in order
+        self.written = 0  # completion positions written
+
+    @classmethod
+    def merge(cls, caches: list, completion_tokens: int) -> "SharedPrefixBatchCache":
+        """The batch cache of `caches`, one per row; rows whose caches come from the same prompt share its keys
+        and values (`PromptKVCache.prompt`); every other cache is a prompt of its own."""
+        firsts: dict[object, int] = {}
+        prefixes: list = []
+        prompt_of_row = []
+        for c in caches:
+            key = _prompt_key(c)
+            if key not in firsts:
+                firsts[key] = len(prefixes)
+                prefixes.append(c)
+            prompt_of_row.append(firsts[key])
+        width = max(c.size() for c in prefixes)
+        shaped = next((c for c in prefixes if c.keys is not None), None)
+        if shaped is None:
+            raise ValueError("a shared-prefix batch needs at least one prefilled prompt")
+        _, heads, _, dim = shaped.keys.shape
+        vdim, dtype = shaped.values.shape[3], shaped.keys.dtype
+        keys = mx.zeros((len(prefixes), heads, width, dim), dtype)
+        values = mx.zeros((len(prefixes), heads, width, vdim), dtype)
+        for j, c in enumerate(prefixes):
+            if c.size():
+                keys[j : j + 1, :, width - c.offset :] = c.keys[..., : c.offset, :]
+                values[j : j + 1, :, width - c.offset :] = c.values[..., : c.offset, :]
+        mx.eval(keys, values)  # now, so each prompt's own prefill can go before the completions are allocated
+        padding = [width - prefixes[j].size() for j in prompt_of_row]
+        return cls(keys, values, mx.array(prompt_of_row), padding, completion_tokens)
+
+    @property
+    def width(self) -> int:
+        return self.prefix_keys.shape[2]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        """Write the live rows' new keys and values (B, K, N, D); return every row's prefix and completion."""
+        n = keys.shape[2]
+        start, end = self.written, self.written + n
+        if end > self.keys.shape[2]:  # more than the positions it was sized for: grow (never in sample_groups)
+            grow = [(0, 0), (0, 0), (0, end - self.keys.shape[2]), (0, 0)]
+            self.keys, self.values = mx.pad(self.keys, grow), mx.pad(self.values, grow)
+        if self.rows is None:
+            self.keys[:, :, start:end] = keys
+            self.values[:, :, start:end] = values
+            own_k, own_v = self.keys[:, :, :end], self.values[:, :, :end]
+        else:
+            self.keys[self.rows, :, start:end] = keys
+            self.values[self.rows, :, start:end] = values
+            own_k, own_v = self.keys[self.rows, :, :end], self.values[self.rows, :, :end]
+        self.written = end
+        self.offset = self.offset + n
+        return (mx.concatenate([self.prefix_keys[self.prompt_of_row], own_k], axis=2),  # (B, K, width + end, D)
+                mx.concatenate([self.prefix_values[self.prompt_of_row], own_v], axis=2))
+
+    def make_mask(self, N: int, return_array: bool = False, **kwargs) -> mx.array:
+        return create_causal_mask(N, offset=self.width + self.written, left_padding=self.left_padding, **kwargs)
+
+    def filter(self, batch_indices: list[int]) -> None:
+        """Keep only the rows at `batch_indices` (of the live rows); no key or value is copied. Drops the
+        prefix columns every remaining row pads, as mlx-lm's filter does."""
+        if self.rows is None and list(batch_indices) == list(range(self.left_padding.shape[0])):
+            return  # BatchGenerator's split keeps every row: writes stay slices, not scatters
+        idx = mx.array(batch_indices)
+        self.rows = idx if self.rows is None else self.rows[idx]
+        self.prompt_of_row = self.prompt_of_row[idx]
+        self.offset = self.offset[idx]
+        self.left_padding = self.left_padding[idx]
+        trim = min(self.left_padding.tolist())
+        if trim > 0:
+            self.prefix_keys = self.prefix_keys[:, :, trim:]
+            self.prefix_values = self.prefix_values[:, :, trim:]
+            self.left_padding = self.left_padding - trim
+
+    def extend(self, other) -> None:
+        raise NotImplementedError("a shared-prefix batch is built once from all its rows (BatchGenerator.insert "
+                                  "before the first step)")
+
+    def extract(self, idx: int) -> KVCache:
+        """An empty cache: BatchGenerator extracts every finished row's cache, which the sampler never uses,
+        and a lazy slice of the batch's buffers would keep them referenced into the next step, so that its
+        writes could not update them in place and would copy every layer's completions."""
+        return KVCache()
+
+    @property
+    def state(self):
+        return self.prefix_keys, self.prefix_values, self.keys, self.values, self.offset
+
+    def size(self) -> int:
+        return self.width + self.written
+
+    def empty(self) -> bool:
+        return False
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.prefix_keys, self.prefix_values, self.keys, self.values))
