@@ -76,7 +76,7 @@ def bench_model() -> Path:
         return real_model_dir(REPO)
     if (MODEL_DIR / "model.safetensors").exists():
         return MODEL_DIR
-    from varro.engine.models import sample_corpus, write_tiny_model
+    from varro.engine.tiny import sample_corpus, write_tiny_model
 
     tmp = MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")
     write_tiny_model(tmp, seed=0, corpus=sample_corpus() + synthetic_corpus(), **MODEL_SHAPE)

@@ -62,9 +62,9 @@ def arm_config(app, model: Path, arm: dict, args):
 def fixed_prompts(app, home: Path, cfg, n: int) -> tuple[list[dict], list[dict]]:
     """(training prompts, held-out prompts): the first `n` scorable prompts of each split, day by day."""
     from varro.engine import store
-    from varro.engine.config import db_path
     from varro.engine.cycle import prompt_rng
     from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.paths import db_path
 
     db = store.open_db(db_path(home))
     embedder = CachedEmbedder(load_embedder(getattr(cfg, app.name).embedder), db)
@@ -108,11 +108,12 @@ def paired(before: np.ndarray, after: np.ndarray) -> dict:
 
 def run_arm(app, name: str, home: Path, args, base_eval: dict | None) -> tuple[dict, dict]:
     from varro.engine import store
-    from varro.engine.config import db_path, run_dir
     from varro.engine.cycle import set_scores
     from varro.engine.demo import real_model_dir
     from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.paths import db_path
     from varro.engine.policy import Policy
+    from varro.engine.runs import run_dir
 
     sys_path = Path(__file__).resolve().parent
     import sys

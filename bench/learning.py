@@ -152,10 +152,11 @@ def night_rows(db, app, run: str, run_path: Path, cfg, prompts: list[dict], poin
 
 def run_arm(app, arm: str, home: Path, args) -> dict:
     from varro.engine import store
-    from varro.engine.config import db_path, run_dir
     from varro.engine.demo import real_model_dir, run_demo
     from varro.engine.embed import CachedEmbedder, load_embedder
     from varro.engine.panel import evaluate
+    from varro.engine.paths import db_path
+    from varro.engine.runs import run_dir
 
     model = real_model_dir(home)
     cfg = experiment_config(app, model, args)
@@ -184,9 +185,10 @@ def fit_check(app, home: Path, run: str, samples: int, seed: int = 1000) -> dict
     training prompts the run's updates saw (not held out: a diagnostic, never evidence), paired by prompt and
     sample like the panel, under its own seed so it shares no cached cell with the panel."""
     from varro.engine import checkpoints, store
-    from varro.engine.config import db_path, run_dir
     from varro.engine.embed import CachedEmbedder, load_embedder
     from varro.engine.panel import curve, ensure_scores, run_config
+    from varro.engine.paths import db_path
+    from varro.engine.runs import run_dir
 
     db = store.open_db(db_path(home))
     run_path = run_dir(run, home)

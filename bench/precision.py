@@ -28,7 +28,7 @@ def copies(root: Path) -> dict[str, Path]:
     """The tiny model and its bf16 and 4-bit copies under `root`."""
     from mlx_lm import convert
 
-    from varro.engine.models import write_tiny_model
+    from varro.engine.tiny import write_tiny_model
 
     tiny = write_tiny_model(root / "float32", seed=0, vocab_size=512)
     convert(hf_path=str(tiny), mlx_path=str(root / "bf16"), dtype="bfloat16")

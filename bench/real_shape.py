@@ -57,7 +57,7 @@ def build_f32() -> Path:
     from mlx.utils import tree_flatten
     from mlx_lm.models.qwen3 import Model, ModelArgs
 
-    from varro.engine.models import sample_corpus, write_tiny_model
+    from varro.engine.tiny import sample_corpus, write_tiny_model
 
     out = model_dir("f32")
     if (out / "model.safetensors").exists():

@@ -20,8 +20,8 @@ import numpy as np
 
 
 def main() -> None:
-    from varro.engine.config import SAMPLE_DIR
     from varro.engine.demo import demo_config, tiny_model_dir
+    from varro.engine.paths import SAMPLE_DIR
     from varro.forecast.reward import build_prompt
     from varro.engine.policy import Policy
     from varro.engine.train import make_chunks

@@ -17,8 +17,8 @@ import sqlite_utils
 from varro.engine.config import Config
 from varro.engine.embed import Embedder
 from varro.engine.hacks import Case, Hack, HackError, RedTeam, load_references, with_other_stories
-from varro.engine.stories import is_held_out
 from varro.engine.store import first_prompt_with_source
+from varro.engine.stories import split_of
 
 from .items import ingest_file
 from .sample import SAMPLE_FILE, SAMPLE_HONEST, sample_days
@@ -44,7 +44,7 @@ def tally_prompt(db: sqlite_utils.Database, h: History, embedder: Embedder, cfg:
     if stored:
         return stored
     story = group_stories(db, h.day, embedder, cfg).get(h.group, h.group)
-    row = prompt_row(h, h.day, story, "eval" if is_held_out(story, cfg.tally.eval_every) else "train", cfg.tally)
+    row = prompt_row(h, h.day, story, split_of(story, cfg.tally.eval_every), cfg.tally)
     return {**row, "source_json": json.dumps(row["source_json"])}
 
 

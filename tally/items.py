@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
-from varro.engine.config import caller_path
 from varro.engine.errors import UserError
+from varro.engine.paths import caller_path
 from varro.engine.sources import resolve_timezone
 from varro.engine.store import utc_now
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from varro.engine.config import SAMPLE_DIR
+from varro.engine.paths import SAMPLE_DIR
 from varro.engine.sources import resolve_timezone
 
 from .items import Columns, ingest_file, read_items

@@ -18,7 +18,6 @@ instruction.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -37,7 +36,7 @@ from varro.engine.curriculum import pick_items
 from varro.engine.embed import Embedder
 from varro.engine.metrics import mean_or_none
 from varro.engine.rewards import best_transfer, longest_shared_ngram, words
-from varro.engine.stories import Item, assign_stories, is_held_out, near_any
+from varro.engine.stories import Item, assign_stories, in_guard_band, split_candidates, stable_rank
 
 from .items import TallySettingsError, parse_counts
 from .settings import TallyConfig
@@ -161,20 +160,16 @@ def group_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: 
 
 def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], stories: dict[str, str],
                   embedder: Embedder, cfg: Config) -> list[bool]:
-    """Per candidate: is its card at least `leak_cosine` from a held-out group's or a tally panel prompt's?
-    Such a group is never trained on (a story the linking split in two)."""
+    """Per candidate: is its card at least `leak_cosine` from a held-out group's or a tally panel prompt's
+    (varro.engine.stories.in_guard_band)? Such a group is never trained on (a story the linking split in two)."""
     cards = {g: card for g, (_, card) in group_cards(db, day).items()}
-    held = [cards[g] for g, sid in stories.items() if g in cards and is_held_out(sid, cfg.tally.eval_every)]
-    held += [f"{s['title']} {s.get('description') or ''}".strip() for s in dbm.panel_sources(db, APP)]
-    return near_any(embedder, [cards.get(h.group, h.group) for h in cands], held, cfg.eval.leak_cosine)
-
-
-def _rank(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()
+    items = [(sid, cards[g]) for g, sid in stories.items() if g in cards]
+    return in_guard_band(db, APP, embedder, [cards.get(h.group, h.group) for h in cands], items,
+                         cfg.tally.eval_every, cfg.eval.leak_cosine, "description")
 
 
 def prompt_row(h: History, day: str, story_id: str, split: str, s: TallyConfig) -> dict[str, Any]:
-    return {"id": f"{APP}:{day}:{_rank(h.group)[:16]}", "app": APP, "day": day, "split": split,
+    return {"id": f"{APP}:{day}:{stable_rank(h.group)[:16]}", "app": APP, "day": day, "split": split,
             "text": build_prompt(s.prompt, h),
             "source_json": {KEY: h.group, "title": h.title, "description": h.description, "items": len(h.ids),
                             "story_id": story_id}}
@@ -193,15 +188,14 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
         return stored
     cands = candidate_groups(db, day, cfg)
     stories = group_stories(db, day, embedder, cfg)
-    held = {h.group for h in cands if is_held_out(stories[h.group], s.eval_every)}
-    evals = sorted([h for h in cands if h.group in held], key=lambda h: _rank(day + h.group))
-    evals = evals[: max(1, s.groups_per_day // s.eval_every)]
-    train_pool = [h for h, near in zip(cands, near_held_out(db, day, cands, stories, embedder, cfg))
-                  if h.group not in held and not near]
-    picked = set(pick_items(db, APP, run, day, [h.group for h in train_pool], s.groups_per_day - len(evals),
+    near = near_held_out(db, day, cands, stories, embedder, cfg)
+    evals, train_pool = split_candidates([h.group for h in cands], stories, s.eval_every, s.groups_per_day, day,
+                                         near)
+    picked = set(pick_items(db, APP, run, day, train_pool, s.groups_per_day - len(evals),
                             s.curriculum_floor, s.curriculum_days, rng, KEY))
-    rows = [prompt_row(h, day, stories[h.group], "eval", s) for h in evals]
-    rows += [prompt_row(h, day, stories[h.group], "train", s) for h in train_pool if h.group in picked]
+    by_group = {h.group: h for h in cands}
+    rows = [prompt_row(by_group[g], day, stories[g], "eval", s) for g in evals]
+    rows += [prompt_row(by_group[g], day, stories[g], "train", s) for g in train_pool if g in picked]
     dbm.upsert_prompts(db, rows)
     return dbm.day_prompts(db, APP, day)
 

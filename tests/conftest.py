@@ -18,7 +18,7 @@ def varro_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """The tiny Qwen3 model written once per test session, through the real writer."""
-    from varro.engine.models import write_tiny_model
+    from varro.engine.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0, vocab_size=512)
 

@@ -87,8 +87,10 @@ def test_a_user_error_is_one_line_and_exit_1_anything_else_keeps_its_traceback(m
 
 def test_every_library_error_the_cli_reports_is_a_user_error():
     from varro.engine.checkpoints import CheckpointError
-    from varro.engine.config import ConfigError, FutureDayError, NoDatabaseError, UnknownRunError
+    from varro.engine.config import ConfigError
+    from varro.engine.dates import FutureDayError
     from varro.engine.models import ModelLoadError
+    from varro.engine.runs import NoDatabaseError, UnknownRunError
     from varro.engine.train import TrainingError
     from varro.forecast.ingest import IngestError
     from walter.bsky import BlueskyError

@@ -18,8 +18,8 @@ from varro.engine.nightly import (
     record_finished,
     rotate_log,
     run_nightly,
-    span,
 )
+from varro.engine.dates import span
 
 TINY = ["--source", "sample", "--quiet", "--embedder", "hash", "--max-tokens", "8", "--lora-layers", "2",
         "--group-size", "2", "--prompts-per-day", "2"]

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from helpers import building_home, copy_home, tiny_config
 from varro.engine import store as dbm
 from varro.engine.compare import CompareError, compare, held_out_prompts, mean_ci
-from varro.engine.config import db_path, run_dir
+from varro.engine.paths import db_path
+from varro.engine.runs import run_dir
 from helpers import varro_step as step
 from varro.forecast.prompts import score_texts
 from varro.engine.embed import HashEmbedder
@@ -84,11 +85,12 @@ def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
 
 def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
     db, cfg = trained
-    from varro.forecast.prompts import forecast_targets, headline_stories, next_day, story_split
+    from varro.engine.dates import shift
+    from varro.forecast.prompts import forecast_targets, headline_stories, story_split
 
     checked = 0
     for p in db.query("select * from prompts where app = 'varro' and split = 'train' and day < ?", [DAYS[-1]]):
-        stories = headline_stories(db, next_day(p["day"]), HashEmbedder(), cfg)
+        stories = headline_stories(db, shift(p["day"], 1), HashEmbedder(), cfg)
         targets, _ = forecast_targets(db, p, HashEmbedder(), cfg)
         assert all(story_split(stories[h["id"]], cfg) == "train" for h in targets)
         checked += 1

@@ -17,9 +17,11 @@ from helpers import open_policy
 from preloaded import run as run_preloaded
 from varro.cli import cli as varro_cli
 from varro.engine import checkpoints, store
-from varro.engine.config import Config, db_path, run_dir
+from varro.engine.config import Config
 from varro.engine.draft import draft_config
 from varro.engine.embed import CachedEmbedder, load_embedder
+from varro.engine.paths import db_path
+from varro.engine.runs import run_dir
 from walter.cli import cli as walter_cli
 
 DAYS = ["2026-11-02", "2026-11-03"]

@@ -7,7 +7,8 @@ from click.testing import CliRunner
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
 from varro.cli import cli
-from varro.engine.config import db_path, run_dir
+from varro.engine.paths import db_path
+from varro.engine.runs import run_dir
 
 
 def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):

@@ -18,7 +18,9 @@ from varro.engine import store as dbm
 from varro.engine.app import get_app
 from varro.engine.checkpoints import METADATA
 from varro.engine.cli_options import resolve_config
-from varro.engine.config import Config, db_path, run_dir
+from varro.engine.config import Config
+from varro.engine.paths import db_path
+from varro.engine.runs import run_dir
 from walter.cli import cli as walter_cli
 
 ROOT = Path(__file__).resolve().parents[1]

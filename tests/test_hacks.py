@@ -11,8 +11,9 @@ from varro.engine import store as dbm
 from varro.engine import hacks as eh
 from varro.forecast import hacks as vh
 from varro.cli import cli as varro_cli
-from varro.engine.config import Config, db_path
+from varro.engine.config import Config
 from varro.engine.embed import CachedEmbedder, HashEmbedder
+from varro.engine.paths import db_path
 from varro.forecast.reward import INSTRUCTION
 from varro.forecast.headlines import headlines_for_day
 from varro.engine.rewards import content_words, longest_shared_ngram, sentence_count, words

@@ -19,10 +19,11 @@ from helpers import tiny_config
 from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
 from varro.engine.cli_inspect import register
-from varro.engine.config import db_path, run_dir
 from varro.engine.embed import HashEmbedder
+from varro.engine.paths import db_path
 from varro.engine.report import build_report, day_monitors, report_data, train_up_eval_down
 from varro.engine.rewards import words
+from varro.engine.runs import run_dir
 from varro.engine.rollout_log import (
     RolloutNotFound,
     SortKeyError,

@@ -1,4 +1,5 @@
-"""The memory guard's estimate, its choices and refusals, and the swap watchdog (varro.engine.memory)."""
+"""The memory guard's estimate, its choices and refusals (varro.engine.memory), and the swap watchdog
+(varro.engine.watchdog)."""
 
 from dataclasses import replace
 from types import SimpleNamespace
@@ -9,13 +10,15 @@ import pytest
 from helpers import PROMPTS, open_policy, scored_groups, tiny_config, varro_step
 from varro.engine import memory
 from varro.engine import store as dbm
+from varro.engine import watchdog
 from varro.engine.checkpoints import list_checkpoints
 from varro.engine.config import ModelConfig
 from varro.engine.embed import HashEmbedder
-from varro.engine.memory import (MemoryGuardError, ModelShape, SwapError, cache_decode_batch, plan_decode_batch,
-                                 plan_micro_batch, sampling_bytes, training_bytes)
+from varro.engine.memory import (MemoryGuardError, ModelShape, cache_decode_batch, plan_decode_batch, plan_micro_batch,
+                                 sampling_bytes, training_bytes)
 from varro.engine.models import apply_lora
 from varro.engine.train import Trainer
+from varro.engine.watchdog import SwapError
 
 QWEN3_06B = SimpleNamespace(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                             head_dim=128, intermediate_size=3072, vocab_size=151936)
@@ -230,7 +233,7 @@ def test_watchdog_stops_training_after_the_step_and_writes_no_checkpoint(tiny_mo
     run_path, emb = tmp_path / "runs" / "r", HashEmbedder()
     varro_step(db, cfg, "r", run_path, "2026-11-02", emb)  # Varro trains on a day once the next one scores it
     swap = Swap()
-    monkeypatch.setattr(memory, "swap_bytes", swap)
+    monkeypatch.setattr(watchdog, "swap_bytes", swap)
     updates = []
     real_update = Trainer._update
 
@@ -256,7 +259,7 @@ def test_watchdog_stops_training_after_the_step_and_writes_no_checkpoint(tiny_mo
 
 
 def test_watchdog_is_off_without_a_reading():
-    dog = memory.SwapWatchdog(512 * MiB, reader=lambda: None).start()
+    dog = watchdog.SwapWatchdog(512 * MiB, reader=lambda: None).start()
     dog.poll()
     assert dog.tripped is None and dog._thread is None and dog.on_step({}) is False
     dog.stop()

@@ -4,7 +4,8 @@ import hashlib
 
 from mlx_lm import load
 
-from varro.engine.models import chat_prompt_tokens, write_tiny_model
+from varro.engine.models import chat_prompt_tokens
+from varro.engine.tiny import write_tiny_model
 
 
 def digest(path):

@@ -12,8 +12,9 @@ import pytest
 from preloaded import run as run_preloaded
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
-from varro.engine.config import db_path, run_dir
 from varro.engine.nightly import RunLocked, run_lock
+from varro.engine.paths import db_path
+from varro.engine.runs import run_dir
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
 

@@ -8,8 +8,10 @@ from helpers import tiny_config
 from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
 from varro.cli import cli as varro_cli
-from varro.engine.config import db_path, load_config, run_dir
+from varro.engine.config import load_config
 from varro.engine.embed import HashEmbedder
+from varro.engine.paths import db_path
+from varro.engine.runs import run_dir
 from walter.cli import cli as walter_cli
 from walter.sample import ingest_sample_day
 
@@ -201,7 +203,7 @@ def test_a_run_from_before_run_toml_is_still_refused_to_another_app(varro_home, 
 def test_another_apps_run_and_another_base_model_are_refused(varro_home, tiny_model_path, tmp_path):
     """Regression: `walter step` on a run holding a Varro checkpoint printed 'checkpoint exists' and exited 0."""
     from varro.engine.checkpoints import list_checkpoints
-    from varro.engine.models import write_tiny_model
+    from varro.engine.tiny import write_tiny_model
 
     model = ["--model", str(tiny_model_path), "--prompts-per-day", "2", *TINY]
     first = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-02", "--source", "sample", "--run", "r", *model])

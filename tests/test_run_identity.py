@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from varro.cli import cli as varro_cli
 from varro.engine.checkpoints import list_checkpoints
-from varro.engine.config import db_path, run_dir
-from varro.engine.runs import read_run
+from varro.engine.paths import db_path
+from varro.engine.runs import read_run, run_dir
 from walter.cli import cli as walter_cli
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]

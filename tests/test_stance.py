@@ -12,8 +12,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from varro.engine.config import SAMPLE_DIR, Config
+from varro.engine.config import Config
 from varro.engine.embed import CachedEmbedder, SentenceEmbedder
+from varro.engine.paths import SAMPLE_DIR
 from varro.engine.rewards import split_sentences, words
 from varro.engine.store import open_db
 from varro.forecast.hacks import find_headline, load_varro_sample, varro_prompt

@@ -16,8 +16,9 @@ from tally.cli import cli
 from tally.sample import SAMPLE_FILE
 from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
-from varro.engine.config import db_path, run_dir
 from varro.engine.embed import HashEmbedder
+from varro.engine.paths import db_path
+from varro.engine.runs import run_dir
 
 TINY = ["--embedder", "hash", "--max-tokens", "8", "--lora-layers", "2", "--group-size", "2",
         "--groups-per-day", "2"]

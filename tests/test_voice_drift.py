@@ -14,9 +14,11 @@ from click.testing import CliRunner
 from test_inspect_report import handmade
 from varro.engine import store as dbm
 from varro.engine.app import get_app
-from varro.engine.config import ConfigError, db_path, run_dir
+from varro.engine.config import ConfigError
 from varro.engine.nightly import run_nightly
+from varro.engine.paths import db_path
 from varro.engine.report import build_report, format_summary, render_html, report_data
+from varro.engine.runs import run_dir
 from varro.engine.voice import drift_note, voice_drift
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]

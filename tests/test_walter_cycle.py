@@ -10,7 +10,8 @@ from varro.engine import store as dbm
 from varro.engine.checkpoints import list_checkpoints
 from varro.engine.embed import CachedEmbedder, HashEmbedder
 from helpers import walter_day_metrics as day_metrics, walter_step as step
-from walter.articles import article_history, candidate_articles, is_eval_article
+from varro.engine.stories import is_held_out
+from walter.articles import article_history, candidate_articles
 from walter.sample import ingest_sample_day, sample_days
 
 
@@ -85,7 +86,7 @@ def test_full_walter_cycle_over_the_sample(tiny_model_path, tmp_path):
     for p in prompts:  # split by story: an article is held out exactly when its story is
         src = json.loads(p["source_json"])
         assert src["story_id"] == stories[src["url_norm"]]
-        assert (p["split"] == "eval") == is_eval_article(src["story_id"], 4)
+        assert (p["split"] == "eval") == is_held_out(src["story_id"], 4)
         sides.setdefault(src["story_id"], set()).add(p["split"])
     assert all(len(s) == 1 for s in sides.values())
     assert any(p["split"] == "eval" for p in prompts)

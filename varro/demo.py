@@ -13,12 +13,14 @@ from pathlib import Path
 from varro.engine import store
 from varro.engine.app import get_app
 from varro.engine.compare import compare, format_comparison, held_out_prompts, write_html
-from varro.engine.config import Config, db_path, home_dir, run_dir
+from varro.engine.config import Config
 from varro.engine.demo import format_voice, run_demo
 from varro.engine.embed import CachedEmbedder, load_embedder
 from varro.engine.panel import PanelError, evaluate, format_curve
+from varro.engine.paths import db_path, home_dir
 from varro.engine.report import build_report
 from varro.engine.rollout_log import list_rollouts
+from varro.engine.runs import run_dir
 from varro.engine.voice import voice_data
 
 SECTIONS = (("varro", "Varro: forecasts from the sample headlines"),

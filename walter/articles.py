@@ -10,7 +10,6 @@ that post beat its author's usual, minus the copy and style penalties.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import date
@@ -21,8 +20,8 @@ import sqlite_utils
 from varro.engine import store as dbm
 from varro.engine.config import Config
 from varro.engine.embed import Embedder
-from varro.engine.stories import Item, assign_stories, is_held_out, near_any
 from varro.engine.metrics import mean_or_none
+from varro.engine.stories import Item, assign_stories, in_guard_band, split_candidates, stable_rank
 
 from .curriculum import pick_articles
 from .ingest import baseline_stats
@@ -71,10 +70,6 @@ def article_history(db: sqlite_utils.Database, url_norm: str, cfg: Config) -> Hi
     return History(url_norm, title, description, uris, texts, np.array(weights, dtype=np.float64), authors)
 
 
-def _rank(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()
-
-
 def article_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config,
                     lookback_days: int = 7) -> dict[str, str]:
     """url_norm -> story id for the articles first posted before `day` within the lookback and the story
@@ -91,18 +86,13 @@ def article_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg
 def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], stories: dict[str, str],
                   embedder: Embedder, cfg: Config) -> list[bool]:
     """Per candidate article: is its card at least `leak_cosine` from a held-out article of the window or any
-    run's Walter panel prompt? Such an article is never trained on (a story the linking split in two)."""
+    run's Walter panel prompt (varro.engine.stories.in_guard_band)? Such an article is never trained on (a
+    story the linking split in two)."""
     texts = {r["url_norm"]: f"{r['title'] or ''} {r['description'] or ''}".strip()
              for r in db.query("select url_norm, title, description from articles")}
-    held = [texts[u] for u, sid in stories.items() if u in texts and is_eval_article(sid, cfg.walter.eval_every)]
-    held += [f"{s['title']} {s.get('description') or ''}".strip() for s in dbm.panel_sources(db, APP)]
-    return near_any(embedder, [f"{h.title} {h.description or ''}".strip() for h in cands], held,
-                    cfg.eval.leak_cosine)
-
-
-def is_eval_article(story_id: str, eval_every: int) -> bool:
-    """A fixed 1 in `eval_every` of all stories (varro.stories), by hash: never trained on."""
-    return is_held_out(story_id, eval_every)
+    items = [(sid, texts[u]) for u, sid in stories.items() if u in texts]
+    return in_guard_band(db, APP, embedder, [f"{h.title} {h.description or ''}".strip() for h in cands], items,
+                         cfg.walter.eval_every, cfg.eval.leak_cosine, "description")
 
 
 def candidate_articles(db: sqlite_utils.Database, day: str, cfg: Config, lookback_days: int = 7) -> list[History]:
@@ -130,20 +120,17 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
     stored = dbm.day_prompts(db, APP, day)
     if stored:
         return stored
+    w = cfg.walter
     cands = candidate_articles(db, day, cfg)
     stories = article_stories(db, day, embedder, cfg)
-    held = {h.url_norm for h in cands if is_eval_article(stories[h.url_norm], cfg.walter.eval_every)}
-    evals = [h for h in cands if h.url_norm in held]
-    evals = sorted(evals, key=lambda h: _rank(day + h.url_norm))[: max(1, cfg.walter.articles_per_day
-                                                                       // cfg.walter.eval_every)]
-    eval_urls = {h.url_norm for h in evals}
-    train_pool = [h for h, near in zip(cands, near_held_out(db, day, cands, stories, embedder, cfg))
-                  if h.url_norm not in held and not near]
-    k = cfg.walter.articles_per_day - len(evals)
-    picked = set(pick_articles(db, run, day, [h.url_norm for h in train_pool], k, cfg.walter.curriculum_floor,
-                               cfg.walter.curriculum_days, rng))
+    near = near_held_out(db, day, cands, stories, embedder, cfg)
+    evals, train_pool = split_candidates([h.url_norm for h in cands], stories, w.eval_every, w.articles_per_day,
+                                         day, near)
+    eval_urls = set(evals)
+    picked = set(pick_articles(db, run, day, train_pool, w.articles_per_day - len(evals), w.curriculum_floor,
+                               w.curriculum_days, rng))
     rows = [
-        {"id": f"{APP}:{day}:{_rank(h.url_norm)[:16]}", "app": APP, "day": day,
+        {"id": f"{APP}:{day}:{stable_rank(h.url_norm)[:16]}", "app": APP, "day": day,
          "split": "eval" if h.url_norm in eval_urls else "train",
          "text": build_prompt(h.title, h.description),
          "source_json": {"url_norm": h.url_norm, "title": h.title, "description": h.description,

@@ -61,11 +61,10 @@ def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | 
 
     Example: walter draft --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --n 4
     """
-    import hashlib
-
-    from varro.engine.config import run_dir
     from varro.engine.draft import draft, draft_config, echo_ranked, echo_unranked, existing_db
     from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.runs import run_dir
+    from varro.engine.stories import stable_rank
 
     from .articles import score_texts
     from .card import fetch_card, stored_card
@@ -79,7 +78,7 @@ def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | 
     db = existing_db(home)
     url_norm = article_key(url)
     title, description = stored_card(db, url_norm) or fetch_card(url)
-    pid = f"walter:draft:{hashlib.sha1(url_norm.encode()).hexdigest()[:16]}"
+    pid = f"walter:draft:{stable_rank(url_norm)[:16]}"
     texts, label, notes = draft(cfg, path, pid, build_prompt(title, description), n, seed)
     for note in notes:
         click.echo(note, err=as_json)

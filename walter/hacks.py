@@ -6,7 +6,6 @@ and its stored history by a small function.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import date, timedelta
@@ -14,13 +13,15 @@ from datetime import date, timedelta
 import numpy as np
 import sqlite_utils
 
-from varro.engine.config import SAMPLE_DIR, Config
+from varro.engine.config import Config
 from varro.engine.embed import Embedder
 from varro.engine.hacks import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
+from varro.engine.paths import SAMPLE_DIR
 from varro.engine.rewards import content_words
 from varro.engine.store import first_prompt_with_source
+from varro.engine.stories import split_of, stable_rank
 
-from .articles import APP, History, article_history, article_stories, is_eval_article
+from .articles import APP, History, article_history, article_stories
 from .ingest import article_key
 from .task import build_prompt
 
@@ -51,8 +52,8 @@ def walter_prompt(db: sqlite_utils.Database, h: History, embedder: Embedder, cfg
     story = article_stories(db, day, embedder, cfg).get(h.url_norm, h.url_norm)
     source = {"url_norm": h.url_norm, "title": h.title, "description": h.description, "posts": len(h.uris),
               "story_id": story}
-    return {"id": f"{APP}:{day}:{hashlib.sha1(h.url_norm.encode()).hexdigest()[:16]}", "app": APP, "day": day,
-            "split": "eval" if is_eval_article(story, cfg.walter.eval_every) else "train",
+    return {"id": f"{APP}:{day}:{stable_rank(h.url_norm)[:16]}", "app": APP, "day": day,
+            "split": split_of(story, cfg.walter.eval_every),
             "text": build_prompt(h.title, h.description), "source_json": json.dumps(source)}
 
 
@@ -104,7 +105,7 @@ def word_salad(case: Case) -> str:
     honest post's first sentence: the top post's vocabulary without its prose, which no order or 3-gram check
     sees (a red team's cheapest win before the word-list penalty)."""
     ws = list(dict.fromkeys(w.lower() for w in re.findall(r"[A-Za-z]{4,}", case.data["top"])))
-    ws.sort(key=lambda w: hashlib.sha1(w.encode()).hexdigest())
+    ws.sort(key=stable_rank)
     first = re.split(r"(?<=[.!?])\s+", case.honest.strip())[0]
     return ", ".join(ws).capitalize() + ". " + first
 

@@ -74,7 +74,7 @@ def require_not_lost(run_path: Path, before_day: str | None) -> None:
     but the database of the same home (data/varro.db beside runs/) records that the run wrote some (see
     `store.checkpointed_days`): going on from the base weights would silently throw the run away."""
     from varro.engine import store
-    from varro.engine.config import db_path
+    from varro.engine.paths import db_path
 
     run_path = Path(run_path)
     database = db_path(run_path.parents[1])

@@ -74,7 +74,7 @@ def model_config(kwargs: dict, base=None):
 def reading_db(home: str | None):
     """The existing database of a reading command; raises NoDatabaseError rather than creating one."""
     from varro.engine import store
-    from varro.engine.config import require_db
+    from varro.engine.runs import require_db
 
     return store.open_db(require_db(home))
 
@@ -125,10 +125,11 @@ def open_step(app: App, kwargs: dict, run: str, home: str | None, day: str, worl
     from varro.engine import store
     from varro.engine.checkpoints import check_run_owner, list_checkpoints
     from varro.engine.cli_options import named_settings
-    from varro.engine.config import Config, db_path, run_dir
+    from varro.engine.config import Config
     from varro.engine.embed import CachedEmbedder, load_embedder
     from varro.engine.panel import run_config
-    from varro.engine.runs import read_run, settle
+    from varro.engine.paths import db_path
+    from varro.engine.runs import read_run, run_dir, settle
 
     from varro.engine.models import check_model
 
@@ -184,8 +185,9 @@ def step_command(app: App) -> click.Command:
     @HOME_OPTION
     @config_options(app.name)
     def step(day: str, source: str, run: str, home: str | None, **kwargs) -> None:
-        from varro.engine.config import require_past, run_dir
         from varro.engine.cycle import step as run_step
+        from varro.engine.dates import require_past
+        from varro.engine.runs import run_dir
 
         options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
         day = require_past(check_day(day))
@@ -209,8 +211,8 @@ def resolve_days(day: str | None, first: str | None, last: str | None, run_path:
     """The nightly's days as a `varro.engine.nightly.Plan`: --date D, or --from D1 --to D2 (inclusive);
     default: catch-up from the run's last finished day to today (`catch_up_plan`), today alone without
     `run_path`. Raises FutureDayError for a later day."""
-    from varro.engine.config import require_past
-    from varro.engine.nightly import Plan, catch_up_plan, day_range, today
+    from varro.engine.dates import day_range, require_past
+    from varro.engine.nightly import Plan, catch_up_plan, today
 
     if (first is None) != (last is None):
         raise click.UsageError("--from and --to go together")
@@ -251,8 +253,8 @@ def run_nightly_cli(run: str, home: str | None, days, quiet: bool, run_day, keep
     """The lock, the logs, retention and the exit codes of every app's nightly (`days`: a list or a Plan);
     `night_note(newest day)` may add a note to the last line (see `run_nightly`)."""
     from varro.engine.checkpoints import prune
-    from varro.engine.config import run_dir
     from varro.engine.nightly import RunLocked, run_nightly
+    from varro.engine.runs import run_dir
 
     def day_then_prune(d, progress):
         done = run_day(d, progress)
@@ -299,11 +301,11 @@ def nightly_command(app: App, module: str) -> click.Command:
     @config_options(app.name)
     def nightly(day, first, last, quiet, keep, catch_up, keep_logs, run, home, source, hostfile,
                 **kwargs) -> None:
-        from varro.engine.config import run_dir
         from varro.engine.cycle import step as run_step
         from varro.engine.distributed import init_world
         from varro.engine.nightly import DayDone
         from varro.engine.progress import Progress
+        from varro.engine.runs import run_dir
         from varro.engine.voice import drift_note, voice_data
 
         options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
@@ -345,7 +347,7 @@ def relaunch_distributed(module: str, hostfile: str, run: str, home: str | None,
     import subprocess
 
     from varro.engine.checkpoints import list_checkpoints
-    from varro.engine.config import run_dir
+    from varro.engine.runs import run_dir
 
     args = sys.argv[1:]
     i = args.index("--hosts")
@@ -380,7 +382,7 @@ def ingest_command(app: App) -> click.Command:
         from datetime import date
 
         from varro.engine import store
-        from varro.engine.config import db_path
+        from varro.engine.paths import db_path
 
         options = {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
         cfg = resolve_config(kwargs)
@@ -423,8 +425,8 @@ def cron_run_note(app: App, run: str, home: str | None) -> str:
     """The comment under the crontab line: the run it schedules, its app, its home and what settings its
     nightly will use."""
     from varro.engine.checkpoints import list_checkpoints
-    from varro.engine.config import home_dir, run_dir
-    from varro.engine.runs import read_run, run_file
+    from varro.engine.paths import home_dir
+    from varro.engine.runs import read_run, run_dir, run_file
 
     path = run_dir(run, home)
     stored = read_run(path)
@@ -461,8 +463,7 @@ def cron_command(app: App) -> click.Command:
             hour, minute = (int(x) for x in at.split(":"))
         except ValueError:
             raise click.BadParameter(f"{at!r} is not HH:MM", param_hint="--at") from None
-        from varro.engine.config import run_dir
-        from varro.engine.runs import RunIdentityError
+        from varro.engine.runs import RunIdentityError, run_dir
 
         owner = run_owner(run_dir(run, home))
         if owner is not None and owner != app.name:
@@ -530,7 +531,7 @@ def compare_command(app: App) -> click.Command:
         import json
 
         from varro.engine.compare import compare, format_comparison, held_out_prompts, to_json, write_html
-        from varro.engine.config import caller_path
+        from varro.engine.paths import caller_path
 
         db, path, cfg, emb = panel_context(app, run, home, embedder)
         scorable = lambda p: app.scorable(db, p)  # noqa: E731

@@ -39,7 +39,7 @@ def _check_day(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 def _open(home: str | None):
     """The existing database; raises NoDatabaseError (a ConfigError) rather than creating one."""
-    from varro.engine.config import require_db
+    from varro.engine.runs import require_db
     from varro.engine.store import open_db
 
     return open_db(require_db(home))
@@ -59,10 +59,9 @@ def run_owner(run_path: Path) -> str | None:
 
 
 def require_app_run(db, app: App, run: str, home: str | None) -> Path:
-    """runs/<run> of an existing `app` run (varro.engine.config.require_run). A run of another app is refused
+    """runs/<run> of an existing `app` run (varro.engine.runs.require_run). A run of another app is refused
     naming that app and the command to use instead (RunIdentityError), not reported as missing."""
-    from varro.engine.config import UnknownRunError, require_run, run_dir
-    from varro.engine.runs import RunIdentityError
+    from varro.engine.runs import RunIdentityError, UnknownRunError, require_run, run_dir
 
     try:
         return require_run(db, app.name, run, home)
@@ -221,8 +220,9 @@ def report_command(app: App) -> click.Command:
 
         Example: {app} report --run demo
         """
-        from varro.engine.config import Config, caller_path
+        from varro.engine.config import Config
         from varro.engine.panel import run_config
+        from varro.engine.paths import caller_path
         from varro.engine.report import format_summary, report_data, write_report
 
         db = _open(home)

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 import click
 
-from varro.engine.config import Config, ConfigError, caller_path, load_config, read_config_file
+from varro.engine.config import Config, ConfigError, load_config, read_config_file
+from varro.engine.paths import caller_path
 
 ENGINE_SECTIONS_BY_NAME = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "apps"}
 

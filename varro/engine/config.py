@@ -1,7 +1,7 @@
 """Configuration: one dataclass per concern, each field with its default and help.
 
 The defaults are the recipe we stand behind. The CLI builds its options from
-these fields (see `varro.cli_options`), so the help text lives here only.
+these fields (see `varro.engine.cli_options`), so the help text lives here only.
 Precedence: command line, then a TOML config file, then these defaults.
 """
 
@@ -10,15 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from varro.engine.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_DIR = REPO_ROOT / "data" / "sample"
+from varro.engine.errors import UserError
+from varro.engine.paths import caller_path, looks_local
 
 
 class ConfigError(ValueError, UserError):
@@ -252,100 +250,6 @@ def load_config(
         cfg.update({k: v for k, v in overrides.items() if v}, origin="command line")
     absolute_model(cfg)
     return cfg
-
-
-def home_dir(home: str | Path | None = None) -> Path:
-    """The folder holding data/ and runs/: --home, else $VARRO_HOME, else the repository."""
-    if home:
-        return Path(home).expanduser().resolve()
-    env = os.environ.get("VARRO_HOME")
-    if env:
-        return Path(env).expanduser().resolve()
-    return REPO_ROOT
-
-
-def db_path(home: str | Path | None = None) -> Path:
-    return home_dir(home) / "data" / "varro.db"
-
-
-def run_dir(run: str, home: str | Path | None = None) -> Path:
-    if not run or "/" in run or run.startswith("."):
-        raise ConfigError(f"invalid run name {run!r}: use a plain folder name")
-    return home_dir(home) / "runs" / run
-
-
-class UnknownRunError(ConfigError):
-    """A reading command was given a run name that has neither rows in the database nor checkpoints."""
-
-
-class NoDatabaseError(ConfigError):
-    """A reading command found no database in the data folder (it never creates one)."""
-
-
-def require_db(home: str | Path | None = None) -> Path:
-    """The database path of `home` for a reading command; raises NoDatabaseError when it does not exist."""
-    path = db_path(home)
-    if not path.is_file():
-        raise NoDatabaseError(f"no database at {path}: run `varro nightly` or `varro demo` first, "
-                              "or check VARRO_HOME")
-    return path
-
-
-def known_runs(db: Any, app: str, home: str | Path | None = None) -> list[str]:
-    """The runs of `app`: those with `app` rollouts in the database, and those whose runs/<run>/checkpoints/
-    holds a complete checkpoint written by `app` (or by no app named)."""
-    from varro.engine.store import rollout_runs
-
-    names = rollout_runs(db, app)
-    root = home_dir(home) / "runs"
-    for meta in root.glob("*/checkpoints/*/metadata.json") if root.is_dir() else []:
-        try:
-            written_by = json.loads(meta.read_text()).get("app", app)
-        except (OSError, ValueError):
-            continue  # a half-written or foreign file says nothing about the run
-        if written_by == app:
-            names.add(meta.parents[2].name)
-    return sorted(names)
-
-
-def require_run(db: Any, app: str, run: str, home: str | Path | None = None) -> Path:
-    """runs/<run> of an existing `app` run (see `known_runs`); raises UnknownRunError naming the runs that exist."""
-    path = run_dir(run, home)
-    runs = known_runs(db, app, home)
-    if run not in runs:
-        have = f"the {app} runs are: {', '.join(runs)}" if runs else f"there are no {app} runs in {home_dir(home)} yet"
-        raise UnknownRunError(f"no {app} rollouts for run {run!r} and no checkpoint in {path / 'checkpoints'}; "
-                              f"{have}")
-    return path
-
-
-class FutureDayError(ConfigError):
-    """step or nightly was asked for a day that has not begun."""
-
-
-def require_past(day: str) -> str:
-    """`day` (YYYY-MM-DD) when it is today or earlier; raises FutureDayError for a later day."""
-    from datetime import date
-
-    today = date.today().isoformat()
-    if day > today:
-        raise FutureDayError(f"{day} is in the future (today is {today}): a day is run once it has begun")
-    return day
-
-
-def caller_path(path: str | Path) -> Path:
-    """`path` as the user meant it: a relative one is taken from the folder the command was started in
-    ($VARRO_CALLER_CWD, which scripts/env sets before it changes folder; else the current folder)."""
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = Path(os.environ.get("VARRO_CALLER_CWD") or os.getcwd()) / p
-    return p.resolve()
-
-
-def looks_local(model: str) -> bool:
-    """Whether a --model value names a folder rather than a hub id ('owner/name')."""
-    return (model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
-            or caller_path(model).exists())
 
 
 def absolute_model(cfg: "Config") -> None:

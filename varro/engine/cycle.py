@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import mlx.core as mx
@@ -40,21 +40,18 @@ from varro.engine import checkpoints
 from varro.engine import store
 from varro.engine.app import App
 from varro.engine.config import Config
+from varro.engine.dates import shift
 from varro.engine.distributed import SOLO, World, rollouts_from_json, rollouts_to_json
 from varro.engine.embed import Embedder
 from varro.engine.faults import failpoint
 from varro.engine.gspo import group_advantages
 from varro.engine.guards import guarded_training
-from varro.engine.memory import SwapWatchdog, sampling_plan, training_plan
+from varro.engine.memory import sampling_plan, training_plan
 from varro.engine.policy import Policy, open_policy
 from varro.engine.progress import NULL_PROGRESS, Progress
 from varro.engine.records import Rollout
 from varro.engine.voice import voice_stage
-
-
-def shift(day: str, days: int) -> str:
-    """`day` moved by `days` (negative: earlier)."""
-    return (date.fromisoformat(day) + timedelta(days=days)).isoformat()
+from varro.engine.watchdog import SwapWatchdog
 
 
 def sample_seed(cfg: Config, day: str) -> int:
@@ -227,7 +224,7 @@ def step(
     """Run `app`'s whole cycle for `day`. `ingest(db, day) -> new items` stores the day's data (default: the
     app's shipped sample). `notices` (settings the command line changed, varro.engine.runs) join the
     day's notes and the checkpoint's metadata. Raises MemoryGuardError when the day cannot fit in memory and
-    SwapError when the machine starts swapping (varro.engine.memory): then no checkpoint of the day is written.
+    SwapError when the machine starts swapping (varro.engine.watchdog): then no checkpoint of the day is written.
     The swap watchdog runs alone only: ranks would have to agree on when to stop."""
     swap_max = 0 if world.distributed else cfg.train.swap_max_mb * 2**20
     with SwapWatchdog(swap_max) as swap:

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from varro.engine import store as dbm
 from varro.engine.app import App
-from varro.engine.config import Config, db_path, home_dir, run_dir
+from varro.engine.config import Config
+from varro.engine.paths import db_path, home_dir
+from varro.engine.runs import run_dir
 from varro.engine.cycle import step
 from varro.engine.metrics import app_day_metrics, format_metrics
 from varro.engine.progress import NULL_PROGRESS, Progress
 from varro.engine.embed import CachedEmbedder, load_embedder
-from varro.engine.models import write_tiny_model
+from varro.engine.tiny import write_tiny_model
 
 
 DEMO_MODEL = {"vocab_size": 4096, "hidden_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,

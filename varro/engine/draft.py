@@ -19,7 +19,7 @@ class DraftError(ValueError, UserError):
 def existing_db(home: str | None):
     """The data folder's database, or None when there is none yet (drafting needs none)."""
     from varro.engine import store
-    from varro.engine.config import db_path
+    from varro.engine.paths import db_path
 
     return store.open_db(db_path(home)) if db_path(home).is_file() else None
 

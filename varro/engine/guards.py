@@ -156,7 +156,7 @@ class ProgressAdvance(TrainingCallback):
 def guarded_training(db: sqlite_utils.Database | None, app: str, run: str, day: str, policy, groups: list[list],
                      cfg, progress, reopen, world=None, callbacks=()) -> tuple[object, list[dict], list[str]]:
     """Train the day's groups under the collapse guards; returns (policy to save, step rows, notes).
-    `callbacks` (e.g. the swap watchdog, varro.engine.memory) see every step too and may stop the day.
+    `callbacks` (e.g. the swap watchdog, varro.engine.watchdog) see every step too and may stop the day.
 
     `reopen()` gives a fresh policy at the previous checkpoint, used when the KL
     guard discards the day's updates. With a distributed `world`, rank 0 reads

@@ -29,7 +29,8 @@ from typing import Callable
 
 import sqlite_utils
 
-from varro.engine.config import SAMPLE_DIR, Config
+from varro.engine.config import Config
+from varro.engine.paths import SAMPLE_DIR
 from varro.engine.embed import Embedder
 from varro.engine.rewards import SENTENCE_END_RE, content_words
 from varro.engine.errors import UserError

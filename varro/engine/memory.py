@@ -1,4 +1,4 @@
-"""The memory guard and the swap watchdog: a night that does not fit is refused, one that swaps is ended.
+"""The memory guard: a night that does not fit is refused (the swap watchdog is varro.engine.watchdog).
 
 The estimate, from the loaded model's shape (`ModelShape.from_model`: its
 `args` and the bytes of its actual parameters, float32, bf16 or quantized).
@@ -98,15 +98,6 @@ bench/memory_estimate.py and bench/real_shape.py on Qwen3-0.6B's shape).
 The estimate is meant as an upper bound; the guard lets the night use `memory_fraction` of what the
 machine has free (`available_bytes`, plus what MLX already holds: the loaded
 weights are counted in the estimate).
-
-The swap watchdog (`SwapWatchdog`) reads the swap in use every few seconds on
-a daemon thread (`swap_bytes`: Linux `/proc/self/status` VmSwap, this process;
-macOS `sysctl vm.swapusage`, the system's). Once it has grown more than
-`swap_max_mb` since the night started, `tripped` says why; the cycle checks it
-between stages and the trainer after every step (`on_step`), and the day ends
-with a `SwapError` before its checkpoint is written, so the next night re-runs
-it. Where no reading exists the watchdog stays off. Each day starts its own
-watchdog, with its own baseline.
 """
 
 from __future__ import annotations
@@ -115,7 +106,6 @@ import math
 import re
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +118,7 @@ from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 from varro.engine.errors import UserError
 from varro.engine.models import base_dtype, lora_modules
 from varro.engine.logprob_head import GRAD_COPIES, HEAD_CHUNK, output_head
-from varro.engine.train import TrainingCallback, first_trainable_layer, pass_position_bytes, pass_rows
+from varro.engine.train import first_trainable_layer, pass_position_bytes, pass_rows
 
 GB = 1e9
 PREFILL_STEP = 512  # rollouts.prefill's chunk
@@ -143,10 +133,6 @@ TRAINABLE_COPIES = 8  # beyond the parameters: gradient, running sum, clipped, A
 
 class MemoryGuardError(UserError):
     """The night would not fit in the memory the machine has; the message says what would."""
-
-
-class SwapError(UserError):
-    """The machine started swapping during the night; the day was stopped before its checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -341,81 +327,6 @@ def _would_fit(*options: str) -> str:
     if not options:
         return "no smaller group or completion fits; close other programs or use a smaller model"
     return " or ".join(options) + " would fit"
-
-
-def swap_bytes() -> int | None:
-    """The swap in use, in bytes, or None where there is no reading: Linux this process's VmSwap, macOS
-    the system's `vm.swapusage`."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        m = re.search(r"^VmSwap:\s+(\d+) kB", status.read_text(), re.M)
-        return int(m.group(1)) * 1024 if m else None
-    if sys.platform == "darwin":
-        try:
-            text = subprocess.run(["sysctl", "-n", "vm.swapusage"], capture_output=True, text=True, timeout=5,
-                                  check=True).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        m = re.search(r"used = ([\d.]+)([KMG])", text)
-        return int(float(m.group(1)) * {"K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]) if m else None
-    return None
-
-
-class SwapWatchdog(TrainingCallback):
-    """Reads the swap every `interval_s` on a daemon thread (and after every training step); `tripped` is
-    the reason once it has grown by more than `max_bytes` since `start`. As a training callback it stops
-    the day after the current step. Off (never trips) when `max_bytes` <= 0 or the platform gives no
-    reading."""
-
-    def __init__(self, max_bytes: int, interval_s: float = 5.0, reader=None):
-        self.max_bytes = max_bytes
-        self.interval_s = interval_s
-        self.reader = reader or swap_bytes
-        self.tripped: str | None = None
-        self.baseline: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> "SwapWatchdog":
-        self.baseline = self.reader() if self.max_bytes > 0 else None
-        if self.baseline is not None:
-            self._thread = threading.Thread(target=self._watch, name="swap-watchdog", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def __enter__(self) -> "SwapWatchdog":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def poll(self) -> None:
-        """One reading: sets `tripped` when the swap has grown past the limit."""
-        now = self.reader()
-        if now is not None and self.baseline is not None and now - self.baseline > self.max_bytes:
-            self.tripped = (f"the machine started swapping ({(now - self.baseline) / 2**20:.0f} MB more swap "
-                            f"than at the start, over swap_max_mb {self.max_bytes / 2**20:.0f})")
-
-    def _watch(self) -> None:
-        while not self.tripped and not self._stop.wait(self.interval_s):
-            self.poll()
-
-    def check(self, where: str) -> None:
-        """Raise SwapError when tripped, naming the stage it stopped before."""
-        if self.tripped:
-            raise SwapError(f"{self.tripped}: the night stopped {where}, with nothing half-written; "
-                            "the next night runs the rest of the day again")
-
-    def on_step(self, row: dict) -> bool:
-        """Stop the day after this step once tripped (a step also takes a reading of its own)."""
-        if self.baseline is not None and not self.tripped:
-            self.poll()
-        return self.tripped is not None
 
 
 def cache_decode_batch(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int,

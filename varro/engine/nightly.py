@@ -23,10 +23,11 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Callable, Iterator
 
+from varro.engine.dates import day_range, shift, span
 from varro.engine.store import utc_now
 from varro.engine.progress import Progress
 from varro.engine.errors import UserError
@@ -70,27 +71,6 @@ def run_lock(run_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the flock
-
-
-def day_range(first: str, last: str) -> list[str]:
-    """Every day from `first` to `last` inclusive; raises ValueError when last < first."""
-    a, b = date.fromisoformat(first), date.fromisoformat(last)
-    if b < a:
-        raise ValueError(f"--to {last} is before --from {first}")
-    return [(a + timedelta(days=k)).isoformat() for k in range((b - a).days + 1)]
-
-
-def shift(day: str, days: int) -> str:
-    return (date.fromisoformat(day) + timedelta(days=days)).isoformat()
-
-
-def span(days: list[str]) -> str:
-    """'2026-11-24..30' (same month), '2026-11-24..12-02' (same year), else both days in full; one day as is."""
-    first, last = days[0], days[-1]
-    if first == last:
-        return first
-    cut = 8 if first[:8] == last[:8] else 5 if first[:5] == last[:5] else 0
-    return f"{first}..{last[cut:]}"
 
 
 # ---------------------------------------------------------------- which days a night runs

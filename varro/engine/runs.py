@@ -1,6 +1,8 @@
-"""A run's identity: runs/<run>/run.toml, written by its first night and read by every later one.
+"""A run: its folder (`run_dir`), the runs of an app that exist (`known_runs`, `require_run`; `require_db`
+for a reading command's database), and its identity, runs/<run>/run.toml.
 
-It holds the app, the base model (an absolute path or a hub id) and every
+run.toml is written by a run's first night and read by every later one. It
+holds the app, the base model (an absolute path or a hub id) and every
 resolved setting. A later night starts from it, not from the defaults, so a
 run keeps its recipe when a cron line or a person leaves the options out.
 
@@ -20,10 +22,62 @@ import os
 from pathlib import Path
 from typing import Any
 
-from varro.engine.config import Config, ConfigError, looks_local
+from varro.engine.config import Config, ConfigError
 from varro.engine.errors import UserError
+from varro.engine.paths import db_path, home_dir, looks_local
 
 RUN_FILE = "run.toml"
+
+
+def run_dir(run: str, home: str | Path | None = None) -> Path:
+    if not run or "/" in run or run.startswith("."):
+        raise ConfigError(f"invalid run name {run!r}: use a plain folder name")
+    return home_dir(home) / "runs" / run
+
+
+class UnknownRunError(ConfigError):
+    """A reading command was given a run name that has neither rows in the database nor checkpoints."""
+
+
+class NoDatabaseError(ConfigError):
+    """A reading command found no database in the data folder (it never creates one)."""
+
+
+def require_db(home: str | Path | None = None) -> Path:
+    """The database path of `home` for a reading command; raises NoDatabaseError when it does not exist."""
+    path = db_path(home)
+    if not path.is_file():
+        raise NoDatabaseError(f"no database at {path}: run `varro nightly` or `varro demo` first, "
+                              "or check VARRO_HOME")
+    return path
+
+
+def known_runs(db: Any, app: str, home: str | Path | None = None) -> list[str]:
+    """The runs of `app`: those with `app` rollouts in the database, and those whose runs/<run>/checkpoints/
+    holds a complete checkpoint written by `app` (or by no app named)."""
+    from varro.engine.store import rollout_runs
+
+    names = rollout_runs(db, app)
+    root = home_dir(home) / "runs"
+    for meta in root.glob("*/checkpoints/*/metadata.json") if root.is_dir() else []:
+        try:
+            written_by = json.loads(meta.read_text()).get("app", app)
+        except (OSError, ValueError):
+            continue  # a half-written or foreign file says nothing about the run
+        if written_by == app:
+            names.add(meta.parents[2].name)
+    return sorted(names)
+
+
+def require_run(db: Any, app: str, run: str, home: str | Path | None = None) -> Path:
+    """runs/<run> of an existing `app` run (see `known_runs`); raises UnknownRunError naming the runs that exist."""
+    path = run_dir(run, home)
+    runs = known_runs(db, app, home)
+    if run not in runs:
+        have = f"the {app} runs are: {', '.join(runs)}" if runs else f"there are no {app} runs in {home_dir(home)} yet"
+        raise UnknownRunError(f"no {app} rollouts for run {run!r} and no checkpoint in {path / 'checkpoints'}; "
+                              f"{have}")
+    return path
 
 
 class RunIdentityError(ConfigError, UserError):

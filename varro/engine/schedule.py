@@ -15,8 +15,8 @@ import subprocess
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from varro.engine.config import REPO_ROOT, home_dir
 from varro.engine.errors import UserError
+from varro.engine.paths import REPO_ROOT, home_dir
 
 
 class ScheduleError(RuntimeError, UserError):

@@ -22,8 +22,8 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from varro.engine.config import SAMPLE_DIR
 from varro.engine.models import load_model
+from varro.engine.paths import SAMPLE_DIR
 
 URL_RE = re.compile(r"\S*https?://\S+|\S+\.example\S*")
 

@@ -30,7 +30,7 @@ def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: s
     """
     import json
 
-    from varro.engine.cycle import shift
+    from varro.engine.dates import shift
     from varro.engine.embed import CachedEmbedder, load_embedder
     from varro.forecast.hacks import find_headline, varro_prompt
     from varro.forecast.prompts import score_texts
@@ -87,13 +87,13 @@ def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: i
 
     Example: varro forecast --headline "Dockworkers walk out at Calderra as Valdoria's biggest port grinds to a halt" --n 4
     """
-    import hashlib
     import json
 
-    from varro.engine.config import run_dir
-    from varro.engine.cycle import shift
+    from varro.engine.dates import shift
     from varro.engine.draft import draft, draft_config, echo_ranked, echo_unranked
     from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.runs import run_dir
+    from varro.engine.stories import stable_rank
     from varro.forecast.hacks import varro_prompt
     from varro.forecast.prompts import score_texts
     from varro.forecast.reward import build_prompt
@@ -112,7 +112,7 @@ def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: i
     if summary is None and headline:
         summary = headline["summary"]
     pid = (f"varro:{headline['day']}:{headline['id']}" if headline
-           else f"varro:forecast:{hashlib.sha1(key.encode()).hexdigest()[:16]}")
+           else f"varro:forecast:{stable_rank(key)[:16]}")
     texts, label, notes = draft(cfg, path, pid, build_prompt(title, summary), n, seed)
     for note in notes:
         click.echo(note, err=as_json)

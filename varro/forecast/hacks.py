@@ -12,7 +12,7 @@ import re
 import sqlite_utils
 
 from varro.engine.config import Config
-from varro.engine.cycle import shift
+from varro.engine.dates import shift
 from varro.engine.embed import Embedder
 from varro.engine.hacks import Case, Hack, HackError, RedTeam, keywords, sentences, swap_words, with_other_stories
 from varro.engine.store import prompts_by_id

@@ -74,7 +74,7 @@ def load_sample_day(db: sqlite_utils.Database, day: str, path=None) -> int:
     import json
     from pathlib import Path
 
-    from varro.engine.config import SAMPLE_DIR
+    from varro.engine.paths import SAMPLE_DIR
 
     path = Path(path) if path else SAMPLE_DIR / "headlines.jsonl"
     items = []

@@ -33,7 +33,7 @@ import feedparser
 import httpx
 import sqlite_utils
 
-from varro.engine.config import REPO_ROOT, home_dir
+from varro.engine.paths import REPO_ROOT, home_dir
 from varro.engine.sources import TimezoneError, normalise_link, resolve_timezone
 from varro.engine.store import utc_now
 from varro.forecast.headlines import headline_id, store_headlines

@@ -8,7 +8,6 @@ D+1 is ingested: Varro's reward delay is one day.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import date, timedelta
 
@@ -17,24 +16,17 @@ import sqlite_utils
 
 from varro.engine import store as dbm
 from varro.engine.config import Config
+from varro.engine.dates import shift
 from varro.engine.embed import Embedder
 from varro.engine.metrics import mean_or_none
 from varro.engine.panel import prompt_text
-from varro.engine.stories import Item, assign_stories, is_held_out, near_any
+from varro.engine.stories import Item, assign_stories, in_guard_band, split_of, stable_rank
 from varro.forecast.headlines import headlines_for_day
 from varro.forecast.reward import build_prompt, score_forecast
 from varro.engine.errors import UserError
 
 
 APP = "varro"
-
-
-def previous_day(day: str) -> str:
-    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-
-
-def _rank(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()
 
 
 def headline_text(h: dict) -> str:
@@ -51,23 +43,24 @@ def headline_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cf
 
 def varro_human_items(db: sqlite_utils.Database, day: str) -> list[tuple[str, str]]:
     """The human text `day`'s forecasts are rewarded against: the next day's headlines (title and summary)."""
-    return [(h["id"], headline_text(h)) for h in headlines_for_day(db, next_day(day))]
+    return [(h["id"], headline_text(h)) for h in headlines_for_day(db, shift(day, 1))]
 
 
 def near_held_out(db: sqlite_utils.Database, day: str, heads: list[dict], stories: dict[str, str],
                   embedder: Embedder, cfg: Config) -> list[bool]:
     """Per headline of `heads`: is it at least `leak_cosine` from a held-out item (a headline of a held-out
-    story in the story window, or any run's panel prompt)? Such a headline is never trained on."""
+    story in the story window, or any run's panel prompt; varro.engine.stories.in_guard_band)? Such a
+    headline is never trained on."""
     start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
     window = [h for k in range(cfg.eval.story_window_days + 1)
               for h in headlines_for_day(db, (start + timedelta(days=k)).isoformat())]
-    held = [headline_text(h) for h in window if h["id"] in stories and story_split(stories[h["id"]], cfg) == "eval"]
-    held += [f"{s['title']} {s.get('summary') or ''}".strip() for s in dbm.panel_sources(db, APP)]
-    return near_any(embedder, [headline_text(h) for h in heads], held, cfg.eval.leak_cosine)
+    items = [(stories[h["id"]], headline_text(h)) for h in window if h["id"] in stories]
+    return in_guard_band(db, APP, embedder, [headline_text(h) for h in heads], items, cfg.varro.eval_every,
+                         cfg.eval.leak_cosine, "summary")
 
 
 def story_split(story_id: str, cfg: Config) -> str:
-    return "eval" if is_held_out(story_id, cfg.varro.eval_every) else "train"
+    return split_of(story_id, cfg.varro.eval_every)
 
 
 def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> list[dict]:
@@ -82,7 +75,7 @@ def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg:
     stored = dbm.day_prompts(db, APP, day)
     if stored:
         return stored
-    heads = sorted(headlines_for_day(db, day), key=lambda h: _rank(h["id"]))
+    heads = sorted(headlines_for_day(db, day), key=lambda h: stable_rank(h["id"]))
     if not heads:
         return []
     stories = headline_stories(db, day, embedder, cfg)
@@ -116,10 +109,6 @@ class PromptError(ValueError, UserError):
     """A prompt row lacks what scoring needs (its source's story id)."""
 
 
-def next_day(day: str) -> str:
-    return (date.fromisoformat(day) + timedelta(days=1)).isoformat()
-
-
 def forecast_targets(db: sqlite_utils.Database, prompt: dict, embedder: Embedder,
                      cfg: Config) -> tuple[list[dict], bool]:
     """(targets, fallback): the next-day headlines a forecast for `prompt` is scored against.
@@ -134,7 +123,7 @@ def forecast_targets(db: sqlite_utils.Database, prompt: dict, embedder: Embedder
     fallback True; possibly none. Raises LookupError when the next day has no
     headlines yet, PromptError when the prompt has no story id.
     """
-    nxt = next_day(prompt["day"])
+    nxt = shift(prompt["day"], 1)
     heads = headlines_for_day(db, nxt)
     if not heads:
         raise LookupError(f"no headlines for {nxt}: forecasts made on {prompt['day']} cannot be scored yet")
