@@ -224,3 +224,60 @@ def test_beta_above_zero_takes_the_reference_on_every_row(tiny_model_path, tmp_p
     batches = pol.trainer.prepare(scored_groups(pol, seed=8, prompts=MORE_PROMPTS))
     assert any(c.ref_logp is None for mb in batches for c in mb.chunks)
     assert all(sum(c.ref_logp is not None for c in mb.chunks) == 1 for mb in batches)
+
+
+# --- the sampler's normaliser on a real vocabulary (SmolLM2-135M, float32) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm_policy(smollm_f32, tmp_path_factory):
+    cfg = tiny_config(smollm_f32)
+    cfg.sampling.profile, cfg.sampling.group_size, cfg.sampling.max_tokens = "tight", 4, 40
+    return Policy.open(cfg, tmp_path_factory.mktemp("smollm") / "run")
+
+
+def test_sampler_normaliser_is_the_pass_heads_not_a_whole_row_float32_sum(smollm_policy):
+    """Regression: the sampler took log pi_T's log-sum-exp with one float32 mx.logsumexp over the row,
+    which on the CPU adds the exps in order and so drops each tail term's rounding against a total near
+    the top token's: on SmolLM2 at T 0.7 its per-sequence mean log-prob was 2e-5 off the pass's, whose
+    head folds the vocabulary 4096 ids at a time, and the pi_old check always failed. Checked on
+    teacher-forced text, against the pass's head and a float64 log-softmax of the same logits."""
+    from varro.engine.logprob_head import chunked_logprobs, output_head
+    from varro.engine.rollouts import untruncated_logprobs
+
+    pol = smollm_policy
+    text = ("The port strike entered its third day as dock workers rejected the latest offer, and shipping "
+            "firms warned that delays would spread to rail and road freight within the week.")
+    tokens = pol.prompt_tokens("Write about the port strike.") + pol.tokenizer.encode(text, add_special_tokens=False)
+    x, targets = mx.array([tokens[:-1]]), mx.array(tokens[1:])
+    hidden = pol.model.model(x)
+    logits = pol.model(x)[0].astype(mx.float32)  # (L, V)
+    normalised = logits - mx.logsumexp(logits, axis=-1, keepdims=True)  # what BatchGenerator hands the sampler
+    sampler = np.array(untruncated_logprobs(normalised, targets, 0.7), dtype=np.float64)
+    pass_head = np.array(chunked_logprobs(hidden, output_head(pol.model), targets[None], 0.7)[0], dtype=np.float64)
+    exact = np_log_softmax(np.array(logits, dtype=np.float64) / 0.7)[np.arange(len(tokens) - 1), tokens[1:]]
+    assert len(exact) > 60
+    assert abs(sampler.mean() - pass_head.mean()) < 1e-6  # was 2.7e-5
+    assert np.abs(sampler - pass_head).max() < 1e-5  # was 1.3e-4
+    # both 3.6e-6 from it, the 4096-id chunks' own float32 sums (was 3.1e-5)
+    assert abs(sampler.mean() - exact.mean()) < 1e-5
+
+
+def test_smollm2_sampler_pi_old_is_within_the_tolerance_of_the_pass(smollm_policy):
+    """The check the trainer makes (`pi_old_gap`), on a real model's decode: within `pi_old_tolerance`,
+    at the pass's own float32 floor (1.6e-6 between two batchings of it, bench/pi_old_gap.py)."""
+    from varro.engine.train import make_chunks, pi_old_gap
+
+    pol = smollm_policy
+    prompts = [("a", "Write about the port strike and what it means for shipping."),
+               ("b", "Write a short note about the central bank's decision on interest rates today.")]
+    rows = [r for g in pol.sample(prompts, seed=0) for r in g]
+    for r in rows:
+        r.advantage = 0.0
+    passes = make_chunks(rows)
+    by_row = pol.trainer._rows_logprobs(passes)
+    seq = [abs(float(np.mean(np.array(by_row[id(r)], dtype=np.float64))) - float(np.mean(r.policy_logprobs)))
+           for r in rows]
+    assert sum(len(r.completion_tokens) for r in rows) > 150
+    assert np.median(seq) < 2e-6  # was 2e-5
+    assert pi_old_gap(passes, by_row) < pol.trainer.cfg.pi_old_tolerance

@@ -34,10 +34,13 @@ How a day's update runs:
    decodes differently) the pass runs on them too. A row without stored
    values makes the day take the pass. Each step row logs `pi_old_source`
    ("sampler" or "pass") and `pi_old_gap`, the largest gap measured.
-   Measured (float32, tight profile, 32 rows of ~60 tokens): the tiny model's
-   gap is 2.3e-7 (1.9e-7 between two batchings of the pass itself); SmolLM2-135M's
-   is 3.7e-5, median 1.6e-5 (pass batchings: 1.8e-6), so there the check fails
-   and the pass runs. The tolerance, 1e-5, is 1/70 of the clip's width.
+   The sampler normalises as the pass's head does, 4096 ids at a time
+   (logprob_head.chunked_logsumexp): one float32 log-sum-exp over the whole row,
+   which MLX's CPU sums in order, made SmolLM2-135M's gap 4.2e-5 (median 2.7e-5),
+   and the check always failed. Measured (bench/pi_old_gap.py: float32, tight
+   profile, 32 rows of ~60 tokens): SmolLM2-135M's gap is 1.3e-6, median 4.6e-7
+   (1.6e-6 between two batchings of the pass itself); the tiny model's 2.3e-7
+   (1.9e-7). The tolerance, 1e-5, is 1/70 of the clip's width.
    The reference log-probs come from the same weights with the LoRA adapters
    switched off (scale 0), so no second model is held in memory. With full
    fine-tuning the base weights are read back from disk for that pass. The
