@@ -4,7 +4,7 @@ Before: the pi_old pass cut each prompt's group into pieces of as many rows as
 keep their float32 logits over the whole vocabulary under 256 MiB (2 rows at
 151,936 ids and 180 tokens), and every pass and step took the whole
 vocabulary's logits (`head_chunk` 0, the plain head). After: the blocks run
-over the whole group at once (`train.pass_rows`) and the head takes
+over the whole group at once (`memory.pass_rows`) and the head takes
 `HEAD_CHUNK` vocabulary rows at a time (varro.engine.logprob_head).
 
 The model is bench/memory_estimate.py's: randomly initialised, Qwen3-0.6B's

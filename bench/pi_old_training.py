@@ -49,7 +49,7 @@ def adapters(model) -> np.ndarray:
 
 def train(cfg, run: Path, groups, pi_old: str, reorder: bool = False):
     """One day from the checkpoint's weights: (step rows, final adapters, start adapters)."""
-    from varro.engine import train as train_module
+    from varro.engine import memory as memory_module
     from varro.engine.policy import Policy
 
     cfg = copy.deepcopy(cfg)
@@ -61,11 +61,11 @@ def train(cfg, run: Path, groups, pi_old: str, reorder: bool = False):
         inner = pol.trainer._rows_logprobs
 
         def one_row_at_a_time(passes):
-            saved, train_module.PASS_BYTES = train_module.PASS_BYTES, 1
+            saved, memory_module.PASS_BYTES = memory_module.PASS_BYTES, 1
             try:
                 return inner(passes)
             finally:
-                train_module.PASS_BYTES = saved
+                memory_module.PASS_BYTES = saved
 
         pol.trainer._rows_logprobs = one_row_at_a_time
     rows = pol.trainer.train_day(copy.deepcopy(groups))

@@ -163,7 +163,7 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
 
     from helpers import tiny_config
     from varro.engine.policy import Policy
-    from varro.engine.train import first_trainable_layer
+    from varro.engine.models import first_trainable_layer
 
     cfg = tiny_config(tiny_model_path, minibatches=1, micro_batch=micro_batch, beta=0.05)
     cfg.model.lora_layers = lora_layers  # 1 of 2: the first layer's keys and values are constants

@@ -85,7 +85,7 @@ recomputed logits, softmax and gradient, MLX allocating a few operations
 ahead), SWEEP_COPIES (6) in a pass without gradient (measured, bench/passes.py;
 without a chunked head, a LoRA-adapted one say, the whole vocabulary's 3 and 2).
 A no-gradient pass runs g of a prompt's rows through the blocks at once
-(`train.pass_rows`: all of them unless their transients would pass
+(`pass_rows` below: all of them unless their transients would pass
 PASS_BYTES): per position the head's chunks and one block's transients, the
 MLP's and the attention scores over the S positions. The end-of-day health
 pass sweeps the policy's and the reference's heads together for the exact KL
@@ -116,13 +116,14 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
 from varro.engine.errors import UserError
-from varro.engine.models import base_dtype, lora_modules
-from varro.engine.logprob_head import GRAD_COPIES, HEAD_CHUNK, output_head
-from varro.engine.train import first_trainable_layer, pass_position_bytes, pass_rows
+from varro.engine.models import base_dtype, first_trainable_layer, lora_modules
+from varro.engine.logprob_head import GRAD_COPIES, HEAD_CHUNK, KL_COPIES, SWEEP_COPIES, output_head
 
 GB = 1e9
 PREFILL_STEP = 512  # rollouts.prefill's chunk
 KV_STEP = 256  # mlx-lm's KVCache / BatchKVCache allocation step
+PASS_BYTES = 512 * 2**20  # a no-gradient pass takes as many of a prompt's rows as keep its transients under this
+HEALTH_COPIES = 6  # (rows, T, V) arrays the health pass holds without a chunked head: both log-softmaxes, exp, ...
 KV_COPIES = 2  # mlx-lm's batch cache: a finished row's filter builds it again beside the old one
 FETCH_COPIES = 2  # a shared-prefix layer's attention inputs: the rows' gathered prompts and the concatenation
 DECODE_LOGIT_COPIES = 7  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised, pi_T's scaled
@@ -184,6 +185,28 @@ class ModelShape:
     def kv_bytes_per_token(self) -> int:
         """One row's keys and values of one position, over all layers."""
         return self.layers * 2 * self.kv_heads * self.head_dim * self.dtype_bytes
+
+
+def pass_position_bytes(hidden: int, intermediate: int, heads: int, vocab: int, context: int, dtype_bytes: int,
+                        head_chunk: int, health: bool = False) -> int:
+    """The bytes a no-gradient pass holds per completion position at its peak (an upper bound, checked in
+    bench/passes.py): the output head's float32 logits, SWEEP_COPIES chunks of `head_chunk` vocabulary rows
+    (KL_COPIES for the `health` pass, which sweeps the policy's and the reference's heads together; without
+    chunks, 2 or HEALTH_COPIES x the whole vocabulary), with the base's own logits beside them below
+    float32; and one block's transients, the MLP's and norms' (3 x intermediate + 4 x hidden) values in
+    the base's dtype and the float32 attention scores of each head over `context` positions."""
+    if head_chunk > 0:
+        rows, copies = min(head_chunk, vocab), KL_COPIES if health else SWEEP_COPIES
+    else:
+        rows, copies = vocab, HEALTH_COPIES if health else 2
+    head = rows * (4 * copies + (2 * dtype_bytes if dtype_bytes < 4 else 0))
+    return head + (3 * intermediate + 4 * hidden) * dtype_bytes + heads * context * 4
+
+
+def pass_rows(position_bytes: int, width: int, rows: int) -> int:
+    """How many of a prompt's `rows` (each `width` completion positions) one no-gradient pass takes: all of
+    them when their transients fit PASS_BYTES, and at least one."""
+    return max(1, min(rows, PASS_BYTES // (width * position_bytes)))
 
 
 def plain_kv_cache(model: nn.Module) -> bool:

@@ -146,3 +146,15 @@ def chat_prompt_tokens(tokenizer, user_text: str, enable_thinking: bool = False)
         enable_thinking=enable_thinking,
     )
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def first_trainable_layer(model: nn.Module) -> int:
+    """The index of the first layer whose keys and values depend on a trainable weight (0 when the
+    embedding trains; the number of layers when none does)."""
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if embed is not None and tree_flatten(embed.trainable_parameters()):
+        return 0
+    for i, layer in enumerate(model.layers):
+        if tree_flatten(layer.trainable_parameters()):
+            return i
+    return len(model.layers)

@@ -118,8 +118,9 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from varro.engine.config import TrainConfig
 from varro.engine.faults import failpoint
 from varro.engine.gspo import group_advantages, sequence_mean
-from varro.engine.logprob_head import HEAD_CHUNK, KL_COPIES, SWEEP_COPIES, chunked_kl, chunked_logprobs, output_head
-from varro.engine.models import adapters_off, base_dtype, lora_modules
+from varro.engine.logprob_head import HEAD_CHUNK, chunked_kl, chunked_logprobs, output_head
+from varro.engine.memory import pass_position_bytes, pass_rows
+from varro.engine.models import adapters_off, base_dtype, first_trainable_layer, lora_modules
 from varro.engine.distributed import SOLO, World
 from varro.engine.records import Rollout
 from varro.engine.errors import UserError
@@ -131,31 +132,7 @@ PI_OLD_SOURCES = ("auto", "pass")  # TrainConfig.pi_old
 REQUIRED_METRICS = ("kl",)  # the KL guard reads it from every step row
 KL_METRICS = ("kl", "kl_penalty")  # the loss's metrics from the reference log-probs
 OPTIONAL_METRICS = ("clip_fraction", "ratio_mean", "sampler_gap")  # None in the row when the loss has none
-PASS_BYTES = 512 * 2**20  # a no-gradient pass takes as many of a prompt's rows as keep its transients under this
-HEALTH_COPIES = 6  # (rows, T, V) arrays the health pass holds without a chunked head: both log-softmaxes, exp, ...
 SHARED_PREFIX_MODELS = {"qwen3", "qwen2", "llama"}  # full causal attention: PrefixCache's mask is exact
-
-
-def pass_position_bytes(hidden: int, intermediate: int, heads: int, vocab: int, context: int, dtype_bytes: int,
-                        head_chunk: int, health: bool = False) -> int:
-    """The bytes a no-gradient pass holds per completion position at its peak (an upper bound, checked in
-    bench/passes.py): the output head's float32 logits, SWEEP_COPIES chunks of `head_chunk` vocabulary rows
-    (KL_COPIES for the `health` pass, which sweeps the policy's and the reference's heads together; without
-    chunks, 2 or HEALTH_COPIES x the whole vocabulary), with the base's own logits beside them below
-    float32; and one block's transients, the MLP's and norms' (3 x intermediate + 4 x hidden) values in
-    the base's dtype and the float32 attention scores of each head over `context` positions."""
-    if head_chunk > 0:
-        rows, copies = min(head_chunk, vocab), KL_COPIES if health else SWEEP_COPIES
-    else:
-        rows, copies = vocab, HEALTH_COPIES if health else 2
-    head = rows * (4 * copies + (2 * dtype_bytes if dtype_bytes < 4 else 0))
-    return head + (3 * intermediate + 4 * hidden) * dtype_bytes + heads * context * 4
-
-
-def pass_rows(position_bytes: int, width: int, rows: int) -> int:
-    """How many of a prompt's `rows` (each `width` completion positions) one no-gradient pass takes: all of
-    them when their transients fit PASS_BYTES, and at least one."""
-    return max(1, min(rows, PASS_BYTES // (width * position_bytes)))
 
 
 class TrainingError(RuntimeError, UserError):
@@ -354,18 +331,6 @@ def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, 
 def chunk_logprobs(model: nn.Module, chunk: Chunk, temperature: float = 1.0) -> mx.array:
     """log pi_T(completion tokens) of a Chunk, (n, T): the prompt runs once, the completions on top of it."""
     return completion_logprobs(model, prefix_kv(model, chunk.head), chunk.inputs, chunk.targets, temperature)
-
-
-def first_trainable_layer(model: nn.Module) -> int:
-    """The index of the first layer whose keys and values depend on a trainable weight (0 when the
-    embedding trains; the number of layers when none does)."""
-    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
-    if embed is not None and tree_flatten(embed.trainable_parameters()):
-        return 0
-    for i, layer in enumerate(model.layers):
-        if tree_flatten(layer.trainable_parameters()):
-            return i
-    return len(model.layers)
 
 
 class Accumulator:
