@@ -164,4 +164,4 @@ def test_readme_documents_tally_hacks_and_the_suite_time():
     tally = DOCS["tally.md"]
     assert tally.startswith("# tally:")
     assert "tally hacks --sample" in tally
-    assert "about 15 minutes on a 2-core x86 laptop-class machine (CPU MLX)" in " ".join(README.split())
+    assert "about 8 minutes on a 2-core x86 laptop-class machine (CPU MLX)" in " ".join(README.split())
