@@ -71,12 +71,12 @@ def bench_model() -> Path:
     """The benchmark model folder, built once (random Qwen3 architecture, float32, local tokenizer); with
     BENCH_MODEL=real, SmolLM2-135M-Instruct converted from the shipped GGUF (scripts/setup does it once)."""
     if os.environ.get("BENCH_MODEL") == "real":
-        from varro.engine.demo import real_model_dir
+        from varro.engine.loop.demo import real_model_dir
 
         return real_model_dir(REPO)
     if (MODEL_DIR / "model.safetensors").exists():
         return MODEL_DIR
-    from varro.engine.tiny import sample_corpus, write_tiny_model
+    from varro.engine.model.tiny import sample_corpus, write_tiny_model
 
     tmp = MODEL_DIR.with_name(MODEL_DIR.name + ".tmp")
     write_tiny_model(tmp, seed=0, corpus=sample_corpus() + synthetic_corpus(), **MODEL_SHAPE)
@@ -138,7 +138,7 @@ def prompt_texts(n: int) -> list[str]:
 
 
 def prompt_tokens(tokenizer, n: int) -> list[list[int]]:
-    from varro.engine.models import chat_prompt_tokens
+    from varro.engine.model.loading import chat_prompt_tokens
 
     return [chat_prompt_tokens(tokenizer, t) for t in prompt_texts(n)]
 

@@ -25,8 +25,8 @@ def phase() -> None:
     import mlx.core as mx
 
     from common import Timer, load_bench_model, prompt_tokens
-    from varro.engine.distributed import init_world, rollouts_to_json
-    from varro.engine.rollouts import PromptInput, sample_groups
+    from varro.engine.model.distributed import init_world, rollouts_to_json
+    from varro.engine.sampling.rollouts import PromptInput, sample_groups
 
     world = init_world()
     model, tokenizer = load_bench_model()

@@ -45,7 +45,7 @@ EVAL_SEED = 7
 
 
 def arm_config(app, model: Path, arm: dict, args):
-    from varro.engine.demo import demo_config
+    from varro.engine.loop.demo import demo_config
 
     cfg = app.demo_settings(demo_config(model, tiny=False), tiny=False)
     cfg.train.learning_rate = arm.get("learning_rate", args.learning_rate)
@@ -62,9 +62,9 @@ def arm_config(app, model: Path, arm: dict, args):
 def fixed_prompts(app, home: Path, cfg, n: int) -> tuple[list[dict], list[dict]]:
     """(training prompts, held-out prompts): the first `n` scorable prompts of each split, day by day."""
     from varro.engine import store
-    from varro.engine.cycle import prompt_rng
-    from varro.engine.embed import CachedEmbedder, load_embedder
-    from varro.engine.paths import db_path
+    from varro.engine.loop.cycle import prompt_rng
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+    from varro.engine.core.paths import db_path
 
     db = store.open_db(db_path(home))
     embedder = CachedEmbedder(load_embedder(getattr(cfg, app.name).embedder), db)
@@ -99,7 +99,7 @@ def sample_rewards(policy, app, db, prompts, embedder, cfg, samples: int, seed: 
 
 
 def paired(before: np.ndarray, after: np.ndarray) -> dict:
-    from varro.engine.panel import mean_ci
+    from varro.engine.eval.panel import mean_ci
 
     d = after - before
     lo, hi = mean_ci(d)
@@ -108,12 +108,12 @@ def paired(before: np.ndarray, after: np.ndarray) -> dict:
 
 def run_arm(app, name: str, home: Path, args, base_eval: dict | None) -> tuple[dict, dict]:
     from varro.engine import store
-    from varro.engine.cycle import set_scores
-    from varro.engine.demo import real_model_dir
-    from varro.engine.embed import CachedEmbedder, load_embedder
-    from varro.engine.paths import db_path
-    from varro.engine.policy import Policy
-    from varro.engine.runs import run_dir
+    from varro.engine.loop.cycle import set_scores
+    from varro.engine.loop.demo import real_model_dir
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+    from varro.engine.core.paths import db_path
+    from varro.engine.run.policy import Policy
+    from varro.engine.core.paths import run_dir
 
     sys_path = Path(__file__).resolve().parent
     import sys
@@ -202,7 +202,7 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=2e-4)
     ap.add_argument("--max-tokens", type=int, default=None, help="[default: varro 96, walter 64]")
     args = ap.parse_args()
-    from varro.engine.app import get_app
+    from varro.engine.core.app import get_app
 
     app = get_app(args.app)
     args.max_tokens = args.max_tokens or {"varro": 96}.get(app.name, 64)

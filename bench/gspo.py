@@ -65,8 +65,8 @@ def run_ours(n_prompts: int) -> dict:
     import mlx.core as mx
 
     from common import no_eos
-    from varro.engine.config import Config
-    from varro.engine.policy import Policy
+    from varro.engine.core.config import Config
+    from varro.engine.run.policy import Policy
 
     cfg = Config()
     cfg.model.model = str(bench_model())

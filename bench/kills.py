@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the cr
 from test_crash import assert_same_state, state  # noqa: E402
 from test_kills import APPS, SEED, THREE_DAYS, clean_run, kill_and_resume, kill_delays  # noqa: E402
 
-from varro.engine.tiny import write_tiny_model  # noqa: E402
+from varro.engine.model.tiny import write_tiny_model  # noqa: E402
 
 
 def survived(cmd, home: Path, delay: float, want) -> tuple[bool, bool, str]:

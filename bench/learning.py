@@ -1,15 +1,15 @@
 """Does a night of training help the real model? N nights per app on the shipped sample, on
 SmolLM2-135M-Instruct, scored on held-out prompts, beside a control trained on shuffled rewards.
 
-For each app and each arm, a fresh home runs the app's sample days as the nightly would (varro.engine.demo's
+For each app and each arm, a fresh home runs the app's sample days as the nightly would (varro.engine.loop.demo's
 `run_demo`), then samples the base and every checkpoint on the run's fixed held-out panel (stories no update
-saw; varro.engine.panel) and writes, per night:
+saw; varro.engine.eval.panel) and writes, per night:
 
 - trained reward: the mean reward of the training rollouts the night's updates trained on;
 - panel: the checkpoint's mean held-out reward, its paired difference from the base and the 95%
   t-interval of that difference over prompts;
 - kl, entropy: the mean of the night's steps (k3 KL to the base; policy entropy at the sampling temperature);
-- voice: the cadence distance of those trained rollouts from the human text (varro.engine.voice);
+- voice: the cadence distance of those trained rollouts from the human text (varro.engine.eval.voice);
 - hacks: the share of the checkpoint's held-out panel samples that show each known hack (`HACKS` below).
 
 The control arm ("shuffled") trains on the same rollouts' rewards permuted within each group: the same
@@ -91,7 +91,7 @@ class ShuffledRewards:
 
 
 def experiment_config(app, model: Path, args):
-    from varro.engine.demo import demo_config
+    from varro.engine.loop.demo import demo_config
 
     cfg = app.demo_settings(demo_config(model, tiny=False), tiny=False)
     cfg.train.learning_rate = args.learning_rate
@@ -124,9 +124,9 @@ def night_rows(db, app, run: str, run_path: Path, cfg, prompts: list[dict], poin
     from datetime import date, timedelta
 
     from varro.engine import store
-    from varro.engine.metrics import app_day_metrics
-    from varro.engine.panel import read_scores
-    from varro.engine.voice import voice_data
+    from varro.engine.eval.metrics import app_day_metrics
+    from varro.engine.eval.panel import read_scores
+    from varro.engine.eval.voice import voice_data
 
     voice = {v["day"]: v for v in voice_data(db, app.name, run, lambda db_, d: app.human_items(db_, d, cfg))}
     sources = [json.loads(p["source_json"]) for p in prompts]
@@ -152,18 +152,18 @@ def night_rows(db, app, run: str, run_path: Path, cfg, prompts: list[dict], poin
 
 def run_arm(app, arm: str, home: Path, args) -> dict:
     from varro.engine import store
-    from varro.engine.demo import real_model_dir, run_demo
-    from varro.engine.embed import CachedEmbedder, load_embedder
-    from varro.engine.panel import evaluate
-    from varro.engine.paths import db_path
-    from varro.engine.runs import run_dir
+    from varro.engine.loop.demo import real_model_dir, run_demo
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+    from varro.engine.eval.panel import evaluate
+    from varro.engine.core.paths import db_path
+    from varro.engine.core.paths import run_dir
 
     model = real_model_dir(home)
     cfg = experiment_config(app, model, args)
     run = f"{app.name}-{arm}"
     trained = ShuffledRewards(app, seed=args.seed) if arm == "shuffled" else app
     t0 = time.time()
-    from varro.engine.progress import Progress
+    from varro.engine.core.progress import Progress
 
     say = lambda s: print(f"[{run}] {s}", flush=True)  # noqa: E731
     run_demo(trained, home, run, cfg, days=args.nights, echo=say, progress=Progress(log=say, bars=False))
@@ -184,11 +184,12 @@ def fit_check(app, home: Path, run: str, samples: int, seed: int = 1000) -> dict
     """Can the updates fit what they trained on at all? The base against the last checkpoint on the very
     training prompts the run's updates saw (not held out: a diagnostic, never evidence), paired by prompt and
     sample like the panel, under its own seed so it shares no cached cell with the panel."""
-    from varro.engine import checkpoints, store
-    from varro.engine.embed import CachedEmbedder, load_embedder
-    from varro.engine.panel import curve, ensure_scores, run_config
-    from varro.engine.paths import db_path
-    from varro.engine.runs import run_dir
+    from varro.engine import store
+    from varro.engine.run import checkpoints
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+    from varro.engine.eval.panel import curve, ensure_scores, run_config
+    from varro.engine.core.paths import db_path
+    from varro.engine.core.paths import run_dir
 
     db = store.open_db(db_path(home))
     run_path = run_dir(run, home)
@@ -282,7 +283,7 @@ def main() -> None:
     ap.add_argument("--fit-check", metavar="RUN", help="only the fit diagnostic on an existing run under --out")
     args = ap.parse_args()
     args.max_tokens = {"varro": 112, "walter": 64, "tally": 64}
-    from varro.engine.app import get_app
+    from varro.engine.core.app import get_app
 
     if args.fit_check:
         app = get_app(args.fit_check.split("-")[0])

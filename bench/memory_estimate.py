@@ -1,4 +1,4 @@
-"""The memory guard's estimate (varro.engine.memory) against mx.get_peak_memory() on a Qwen3-0.6B shape.
+"""The memory guard's estimate (varro.engine.model.memory) against mx.get_peak_memory() on a Qwen3-0.6B shape.
 
 A randomly initialised model with Qwen3-0.6B's hidden size, heads, head dim,
 MLP and vocabulary (bench/common.py's config) and `--layers` blocks (fewer
@@ -16,7 +16,7 @@ Usage: scripts/env python bench/memory_estimate.py [--layers 2] [--dtype f32|bf1
        [--lora-layers N] [--only sampling|training] [--cases N | --case n,P,M,G] [--eos-share 0.01]
        [--kv shared|sized|mlx-lm]
 
-A sampling case also prints its time; `--kv` picks the decode batch's cache (varro.engine.kvcache:
+A sampling case also prints its time; `--kv` picks the decode batch's cache (varro.engine.sampling.kvcache:
 ours, mlx-lm's grown once to the work, or mlx-lm's as it comes) to compare them.
 
 bf16 and 4-bit matmuls are slow on a CPU (MLX has no BLAS path for them): a 4-bit training case
@@ -34,14 +34,14 @@ import numpy as np
 from common import QWEN3_06B
 from mlx_lm.models.qwen3 import Model, ModelArgs
 
-from varro.engine.config import Config
-from varro.engine.gspo import gspo_objective
-from varro.engine.memory import ModelShape, sampling_bytes, training_bytes
-from varro.engine.models import apply_lora
-from varro.engine.records import PromptInput, Rollout
-from varro.engine import rollouts
-from varro.engine.rollouts import sample_groups
-from varro.engine.train import Trainer, make_optimizer
+from varro.engine.core.config import Config
+from varro.engine.train.gspo import gspo_objective
+from varro.engine.model.memory import ModelShape, sampling_bytes, training_bytes
+from varro.engine.model.loading import apply_lora
+from varro.engine.core.records import PromptInput, Rollout
+from varro.engine.sampling import rollouts
+from varro.engine.sampling.rollouts import sample_groups
+from varro.engine.train.trainer import Trainer, make_optimizer
 
 VOCAB = QWEN3_06B["vocab_size"]
 # --dtype: the dtype the model is cast to, and whether it is then quantized (its scales keep that dtype)

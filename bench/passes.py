@@ -5,7 +5,7 @@ keep their float32 logits over the whole vocabulary under 256 MiB (2 rows at
 151,936 ids and 180 tokens), and every pass and step took the whole
 vocabulary's logits (`head_chunk` 0, the plain head). After: the blocks run
 over the whole group at once (`memory.pass_rows`) and the head takes
-`HEAD_CHUNK` vocabulary rows at a time (varro.engine.logprob_head).
+`HEAD_CHUNK` vocabulary rows at a time (varro.engine.model.head).
 
 The model is bench/memory_estimate.py's: randomly initialised, Qwen3-0.6B's
 widths and vocabulary (hidden 1024, 16 query and 8 key-value heads, MLP 3072,
@@ -55,13 +55,13 @@ import numpy as np
 from common import emit
 from memory_estimate import VOCAB, qwen3_06b
 
-from varro.engine.config import Config
-from varro.engine.gspo import gspo_objective
-from varro.engine.logprob_head import HEAD_CHUNK
-from varro.engine.memory import ModelShape, pass_bytes
-from varro.engine.models import apply_lora
-from varro.engine.records import Rollout
-from varro.engine.train import Trainer, make_chunks, make_optimizer
+from varro.engine.core.config import Config
+from varro.engine.train.gspo import gspo_objective
+from varro.engine.model.head import HEAD_CHUNK
+from varro.engine.model.memory import ModelShape, pass_bytes
+from varro.engine.model.loading import apply_lora
+from varro.engine.core.records import Rollout
+from varro.engine.train.trainer import Trainer, make_chunks, make_optimizer
 
 BENCH = "passes"
 OLD_PASS_LOGITS_BYTES = 256 * 2**20  # before: a pass's piece took the rows whose float32 logits fit this
@@ -163,7 +163,7 @@ def mean_k3(logp: list[mx.array], ref: list[mx.array], chunks) -> float:
 def run_savings(trainer: Trainer, groups: list[list[Rollout]], repeats: int) -> dict:
     """{name: [seconds per repeat]} of the pi_old and reference passes with and without the skips, plus the
     KL subsample's relative errors per minibatch and what the auto check decided."""
-    from varro.engine.train import kl_chunks
+    from varro.engine.train.trainer import kl_chunks
 
     cfg = trainer.cfg
     batches = unpassed_batches(trainer, groups)

@@ -16,9 +16,9 @@ bench/roofline.py, taken before and after the phases; each phase is set against 
 What each phase must do is counted from the model's shapes (`Ledger`): every matmul as 2 m k n, LoRA's
 two thin products, attention's QK and AV over the causal context (4 x query width x context per position
 and layer; MLX computes the masked rectangle, a little more), the output head over the whole vocabulary.
-A pass is one forward. The update (varro.engine.train: Trainer._chunk_grads) runs the prompt forward,
+A pass is one forward. The update (varro.engine.train.trainer: Trainer._chunk_grads) runs the prompt forward,
 then per row a forward with the chunked head gathering E_p[W] (two vocabulary-wide matmuls: the logits and
-softmax(z) W, varro.engine.logprob_head) and a backward that, for frozen weights, computes only the
+softmax(z) W, varro.engine.model.head) and a backward that, for frozen weights, computes only the
 activations' gradient (dx = dy W, the forward's FLOPs again) and no weight gradient, skips the first
 block's q/k/v (their input, the embedding, depends on nothing that trains) and the head (its gradient is
 g (W[target] - E_p[W]), gathered); then the prompt's vjp: its forward again and its backward. LoRA's
@@ -55,7 +55,7 @@ from memory_estimate import Tokenizer
 from passes import group, trainer_for
 from roofline import bandwidth_gbs, decode_rate, exp_ns, matmul_gflops, model_costs
 
-from varro.engine.logprob_head import HEAD_CHUNK
+from varro.engine.model.head import HEAD_CHUNK
 
 BENCH = "phases"
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

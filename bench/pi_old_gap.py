@@ -37,10 +37,10 @@ def gaps(a: list[np.ndarray], b: list[np.ndarray]) -> str:
 def main() -> None:
     import mlx.core as mx
 
-    from varro.engine import rollouts
-    from varro.engine.config import Config
-    from varro.engine.policy import Policy
-    from varro.engine.train import make_chunks
+    from varro.engine.sampling import rollouts
+    from varro.engine.core.config import Config
+    from varro.engine.run.policy import Policy
+    from varro.engine.train.trainer import make_chunks
     from varro.forecast.reward import build_prompt
 
     ap = argparse.ArgumentParser()

@@ -49,8 +49,8 @@ def adapters(model) -> np.ndarray:
 
 def train(cfg, run: Path, groups, pi_old: str, reorder: bool = False):
     """One day from the checkpoint's weights: (step rows, final adapters, start adapters)."""
-    from varro.engine import memory as memory_module
-    from varro.engine.policy import Policy
+    from varro.engine.model import memory as memory_module
+    from varro.engine.run.policy import Policy
 
     cfg = copy.deepcopy(cfg)
     cfg.train.pi_old = pi_old
@@ -75,11 +75,11 @@ def train(cfg, run: Path, groups, pi_old: str, reorder: bool = False):
 def main() -> None:
     import mlx.core as mx
 
-    from varro.engine import rollouts
-    from varro.engine.config import Config
-    from varro.engine.policy import Policy
+    from varro.engine.sampling import rollouts
+    from varro.engine.core.config import Config
+    from varro.engine.run.policy import Policy
     from varro.engine.toy import toy_reward
-    from varro.engine.train import make_chunks
+    from varro.engine.train.trainer import make_chunks
     from varro.forecast.reward import build_prompt
 
     ap = argparse.ArgumentParser()

@@ -28,7 +28,7 @@ def copies(root: Path) -> dict[str, Path]:
     """The tiny model and its bf16 and 4-bit copies under `root`."""
     from mlx_lm import convert
 
-    from varro.engine.tiny import write_tiny_model
+    from varro.engine.model.tiny import write_tiny_model
 
     tiny = write_tiny_model(root / "float32", seed=0, vocab_size=512)
     convert(hf_path=str(tiny), mlx_path=str(root / "bf16"), dtype="bfloat16")
@@ -41,9 +41,9 @@ def step_zero(model_path: Path, profile: str, run: Path) -> dict:
     """One on-policy step on `model_path`; returns its row and the base's size."""
     from mlx.utils import tree_flatten
 
-    from varro.engine.config import Config
-    from varro.engine.models import base_dtype
-    from varro.engine.policy import Policy
+    from varro.engine.core.config import Config
+    from varro.engine.model.loading import base_dtype
+    from varro.engine.run.policy import Policy
     from varro.engine.toy import toy_reward
 
     cfg = Config()

@@ -77,11 +77,11 @@ REAL = "real_shape.f32.b1.t180"
 
 def default_decode_prompts() -> int:
     """How many prompts the default decode_cache_gb decodes together on a bf16 Qwen3-0.6B (the guard's own
-    choice, varro.engine.memory.cache_decode_batch, at PROMPT_TOKENS + COMPLETION_TOKENS)."""
+    choice, varro.engine.model.memory.cache_decode_batch, at PROMPT_TOKENS + COMPLETION_TOKENS)."""
     from types import SimpleNamespace
 
-    from varro.engine.config import Config
-    from varro.engine.memory import ModelShape, cache_decode_batch
+    from varro.engine.core.config import Config
+    from varro.engine.model.memory import ModelShape, cache_decode_batch
 
     shape = ModelShape.from_args(SimpleNamespace(**QWEN3_06B), 2 * qwen3_params(QWEN3_06B), dtype_bytes=2)
     return cache_decode_batch(shape, PROMPTS, GROUP, PROMPT_TOKENS, COMPLETION_TOKENS,

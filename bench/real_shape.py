@@ -57,7 +57,7 @@ def build_f32() -> Path:
     from mlx.utils import tree_flatten
     from mlx_lm.models.qwen3 import Model, ModelArgs
 
-    from varro.engine.tiny import sample_corpus, write_tiny_model
+    from varro.engine.model.tiny import sample_corpus, write_tiny_model
 
     out = model_dir("f32")
     if (out / "model.safetensors").exists():
@@ -100,9 +100,9 @@ def run_ours(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> di
     import mlx.core as mx
 
     import gspo
-    from varro.engine.memory import ModelShape, sampling_bytes, training_bytes
-    from varro.engine.policy import Policy
-    from varro.engine.train import Trainer
+    from varro.engine.model.memory import ModelShape, sampling_bytes, training_bytes
+    from varro.engine.run.policy import Policy
+    from varro.engine.train.trainer import Trainer
 
     gspo.bench_model = lambda: model_dir(precision)
     gspo.MAX_TOKENS = max_tokens
@@ -294,9 +294,9 @@ def nightly_estimate(precision: str, n_prompts: int = 32) -> None:
     """The default nightly's plan and estimated peak for `n_prompts` sample prompts x 8 x 180 on this base:
     the decode batch the default decode_cache_gb gives (on a machine with the memory free), and the
     guard's estimates of one decode batch and one training step at the longest prompt."""
-    from varro.engine.config import Config
-    from varro.engine.memory import ModelShape, sampling_bytes, sampling_plan, training_bytes
-    from varro.engine.policy import Policy
+    from varro.engine.core.config import Config
+    from varro.engine.model.memory import ModelShape, sampling_bytes, sampling_plan, training_bytes
+    from varro.engine.run.policy import Policy
 
     cfg = Config()
     cfg.model.model = str(model_dir(precision))

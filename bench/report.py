@@ -248,7 +248,7 @@ def main() -> None:
     w("")
     w("## The model")
     w("")
-    w(f"A randomly initialised Qwen3-architecture model written by `varro.engine.tiny.write_tiny_model` "
+    w(f"A randomly initialised Qwen3-architecture model written by `varro.engine.model.tiny.write_tiny_model` "
       f"(`bench/common.py`): {', '.join(f'{k} {v}' for k, v in MODEL_SHAPE.items())}, tied embeddings, "
       "float32, 30.3M parameters; its byte-level BPE tokenizer is trained on the shipped sample text plus "
       "seeded pseudo-words, to reach the 8,192-token vocabulary. Built once into `bench/.models/`. The prompts "

@@ -38,10 +38,10 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     a = ap.parse_args()
 
-    from varro.engine.config import Config
+    from varro.engine.core.config import Config
     from varro.forecast.prompts import score_texts
     from varro.engine.store import open_db
-    from varro.engine.embed import CachedEmbedder, SentenceEmbedder
+    from varro.engine.embed.embedders import CachedEmbedder, SentenceEmbedder
     from varro.forecast.reward import build_prompt
     from varro.forecast.headlines import headlines_for_day, load_sample_day
 

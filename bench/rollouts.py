@@ -54,7 +54,7 @@ def run_batch_generate(model, tok, prompts, group, max_tokens) -> tuple[int, flo
 
 
 def run_ours(model, tok, prompts, group, max_tokens) -> tuple[int, float]:
-    from varro.engine.rollouts import PromptInput, sample_groups
+    from varro.engine.sampling.rollouts import PromptInput, sample_groups
 
     inputs = [PromptInput(str(i), p) for i, p in enumerate(prompts)]
     with Timer() as t:

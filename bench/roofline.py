@@ -85,7 +85,7 @@ def matmul_gflops(m: int, k: int, n: int, min_s: float = 1.0) -> float:
 
 def decode_rate(model, tokenizer, prompts: list[list[int]], group: int, short: int, long: int) -> float:
     """Decode tokens/s of sample_groups, prefill excluded (two lengths, difference of times)."""
-    from varro.engine.rollouts import PromptInput, sample_groups
+    from varro.engine.sampling.rollouts import PromptInput, sample_groups
 
     inputs = [PromptInput(str(i), p) for i, p in enumerate(prompts)]
 
@@ -132,7 +132,7 @@ def step_profile(model, batch: int, context: int) -> dict[str, float]:
     logits = mx.random.normal((batch, model.args.vocab_size))
     mx.eval(hidden, logits)
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-    from varro.engine.rollouts import make_group_sampler
+    from varro.engine.sampling.rollouts import make_group_sampler
 
     sampler = make_sampler(**SAMPLER)
     ours = make_group_sampler(**SAMPLER)

@@ -24,9 +24,9 @@ BENCH = "smollm_precision"
 def decode_rate(folder: Path, prompts: int, group: int, tokens: int) -> float:
     from mlx_lm import load
 
-    from varro.engine.models import chat_prompt_tokens
-    from varro.engine.records import PromptInput
-    from varro.engine.rollouts import sample_groups
+    from varro.engine.model.loading import chat_prompt_tokens
+    from varro.engine.core.records import PromptInput
+    from varro.engine.sampling.rollouts import sample_groups
 
     model, tok = load(str(folder))
     no_eos(tok)
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--tokens", type=int, default=32)
     a = ap.parse_args()
-    from varro.engine.gguf import ensure_smollm
+    from varro.engine.model.gguf import ensure_smollm
 
     models = REPO / "data" / "models"
     for label, quantized in (("float32", False), ("4bit", True)):

@@ -26,9 +26,9 @@ LABELS = ("agree", "contradict", "hedge", "unrelated")
 
 def main() -> None:
     from varro.engine import store
-    from varro.engine.config import Config
-    from varro.engine.embed import CachedEmbedder, load_embedder
-    from varro.engine.paths import SAMPLE_DIR
+    from varro.engine.core.config import Config
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+    from varro.engine.core.paths import SAMPLE_DIR
     from varro.forecast.hacks import find_headline, load_varro_sample, varro_prompt
     from varro.forecast.prompts import forecast_targets, score_texts
     from varro.forecast.stance import stance

@@ -8,7 +8,7 @@ from typing import Any
 import sqlite_utils
 
 from varro.engine import store as dbm
-from varro.engine.app import App
+from varro.engine.core.app import App
 
 from . import task
 from .items import ingest_file

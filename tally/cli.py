@@ -1,9 +1,9 @@
-"""The `tally` command: the engine's commands for tally (varro.engine.cli.app_cli)."""
+"""The `tally` command: the engine's commands for tally (varro.engine.cli.commands.app_cli)."""
 
 from __future__ import annotations
 
-from varro.engine.app import get_app
-from varro.engine.cli import app_cli
+from varro.engine.core.app import get_app
+from varro.engine.cli.commands import app_cli
 
 cli = app_cli(get_app("tally"), "tally.cli")
 

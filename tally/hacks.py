@@ -1,6 +1,6 @@
 """tally's red team: the cheapest ways to score without writing, beside honest references.
 
-The runner is varro.engine.hacks. An honest reference names its group:
+The runner is varro.engine.rewards.redteam. An honest reference names its group:
     {"app": "tally", "group": "<group key>", "text": "..."}
 The shipped sample's are in data/sample/tally/honest.jsonl, used when the
 references given (by default data/sample/honest.jsonl) have none for tally.
@@ -14,11 +14,11 @@ from datetime import date, timedelta
 import numpy as np
 import sqlite_utils
 
-from varro.engine.config import Config
-from varro.engine.embed import Embedder
-from varro.engine.hacks import Case, Hack, HackError, RedTeam, load_references, with_other_stories
+from varro.engine.core.config import Config
+from varro.engine.embed.embedders import Embedder
+from varro.engine.rewards.redteam import Case, Hack, HackError, RedTeam, load_references, with_other_stories
 from varro.engine.store import first_prompt_with_source
-from varro.engine.stories import split_of
+from varro.engine.prompts.stories import split_of
 
 from .items import ingest_file
 from .sample import SAMPLE_FILE, SAMPLE_HONEST, sample_days

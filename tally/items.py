@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterator
 
 import sqlite_utils
 
-from varro.engine.errors import UserError
-from varro.engine.paths import caller_path
-from varro.engine.sources import resolve_timezone
+from varro.engine.core.errors import UserError
+from varro.engine.core.paths import caller_path
+from varro.engine.prompts.sources import resolve_timezone
 from varro.engine.store import utc_now
 
 from .settings import TallyConfig

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from varro.engine.paths import SAMPLE_DIR
-from varro.engine.sources import resolve_timezone
+from varro.engine.core.paths import SAMPLE_DIR
+from varro.engine.prompts.sources import resolve_timezone
 
 from .items import Columns, ingest_file, read_items
 from .settings import TallyConfig

@@ -2,17 +2,17 @@
 
 Everything a day D sees was created before D. A group's history on D is its
 items of earlier days, each weighted by how far it beat its author's usual
-(varro.engine.baselines: the author's other items before D are the baseline,
+(varro.engine.rewards.baselines: the author's other items before D are the baseline,
 a fair weight in [0, 1]; an item with an unknown count, or an author with no
 other item, cannot teach). The candidates of D are the groups with an item in
 the `lookback_days` before D and at least one item of weight above 0; one
-story of groups in `eval_every` is held out (varro.engine.stories), the rest
-are picked by the curriculum (varro.engine.curriculum). A completion is scored
+story of groups in `eval_every` is held out (varro.engine.prompts.stories), the rest
+are picked by the curriculum (varro.engine.prompts.curriculum). A completion is scored
 at once (the reward delay is 0):
     reward = max_i cos(text, item_i) * w_i - copy_weight * copy - echo
 the best-matching prior winner's similarity times its weight
-(varro.engine.rewards.best_transfer), minus the graded copy score against the
-group's items (varro.engine.copying) and a penalty for repeating the prompt's
+(varro.engine.rewards.text.best_transfer), minus the graded copy score against the
+group's items (varro.engine.rewards.copying) and a penalty for repeating the prompt's
 instruction.
 """
 
@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from varro.engine import baselines
+from varro.engine.rewards import baselines
 from varro.engine import store as dbm
-from varro.engine.config import Config
-from varro.engine.copying import copy_components, no_copy
-from varro.engine.curriculum import pick_items
-from varro.engine.embed import Embedder
-from varro.engine.metrics import mean_or_none
-from varro.engine.rewards import best_transfer, longest_shared_ngram, words
-from varro.engine.stories import Item, assign_stories, in_guard_band, split_candidates, stable_rank
+from varro.engine.core.config import Config
+from varro.engine.rewards.copying import copy_components, no_copy
+from varro.engine.prompts.curriculum import pick_items
+from varro.engine.embed.embedders import Embedder
+from varro.engine.eval.metrics import mean_or_none
+from varro.engine.rewards.text import best_transfer, longest_shared_ngram, words
+from varro.engine.prompts.stories import Item, assign_stories, in_guard_band, split_candidates, stable_rank
 
 from .items import TallySettingsError, parse_counts
 from .settings import TallyConfig
@@ -152,7 +152,7 @@ def group_cards(db: sqlite_utils.Database, day: str) -> dict[str, tuple[str, str
 
 
 def group_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> dict[str, str]:
-    """group -> story id for the groups begun before `day` (varro.engine.stories on their cards)."""
+    """group -> story id for the groups begun before `day` (varro.engine.prompts.stories on their cards)."""
     cards = group_cards(db, day)
     items = [Item(g, first, card) for g, (first, card) in cards.items()]
     return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
@@ -161,7 +161,7 @@ def group_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: 
 def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], stories: dict[str, str],
                   embedder: Embedder, cfg: Config) -> list[bool]:
     """Per candidate: is its card at least `leak_cosine` from a held-out group's or a tally panel prompt's
-    (varro.engine.stories.in_guard_band)? Such a group is never trained on (a story the linking split in two)."""
+    (varro.engine.prompts.stories.in_guard_band)? Such a group is never trained on (a story the linking split in two)."""
     cards = {g: card for g, (_, card) in group_cards(db, day).items()}
     items = [(sid, cards[g]) for g, sid in stories.items() if g in cards]
     return in_guard_band(db, APP, embedder, [cards.get(h.group, h.group) for h in cands], items,

@@ -18,7 +18,7 @@ def varro_home(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """The tiny Qwen3 model written once per test session, through the real writer."""
-    from varro.engine.tiny import write_tiny_model
+    from varro.engine.model.tiny import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0, vocab_size=512)
 
@@ -47,7 +47,7 @@ def tiny_demo(tmp_path_factory):
 def smollm_f32(tmp_path_factory):
     """SmolLM2-135M-Instruct converted once from the shipped GGUF to a float32 mlx-lm folder (the real demo's
     model; tests/test_gguf.py checks it against transformers). Read-only: copy it before changing a file."""
-    from varro.engine.gguf import convert_gguf, shipped_gguf
+    from varro.engine.model.gguf import convert_gguf, shipped_gguf
 
     return convert_gguf(shipped_gguf(), tmp_path_factory.mktemp("smollm") / "f32")
 

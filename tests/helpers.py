@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from varro.engine.config import Config
-from varro.engine.policy import Policy
+from varro.engine.core.config import Config
+from varro.engine.run.policy import Policy
 from varro.engine.toy import toy_reward
 
 
@@ -46,39 +46,39 @@ def scored_groups(policy: Policy, seed: int, prompts=PROMPTS):
 
 
 def varro_app():
-    from varro.engine.app import get_app
+    from varro.engine.core.app import get_app
 
     return get_app("varro")
 
 
 def walter_app():
-    from varro.engine.app import get_app
+    from varro.engine.core.app import get_app
 
     return get_app("walter")
 
 
 def varro_step(db, cfg, run, run_path, day, embedder, **kwargs):
-    """The engine's daily cycle for Varro (varro.engine.cycle.step)."""
-    from varro.engine.cycle import step
+    """The engine's daily cycle for Varro (varro.engine.loop.cycle.step)."""
+    from varro.engine.loop.cycle import step
 
     return step(varro_app(), db, cfg, run, run_path, day, embedder, **kwargs)
 
 
 def walter_step(db, cfg, run, run_path, day, embedder, ingest=None, **kwargs):
     """The engine's daily cycle for Walter."""
-    from varro.engine.cycle import step
+    from varro.engine.loop.cycle import step
 
     return step(walter_app(), db, cfg, run, run_path, day, embedder, ingest, **kwargs)
 
 
 def varro_day_metrics(db, run, day):
-    from varro.engine.metrics import app_day_metrics
+    from varro.engine.eval.metrics import app_day_metrics
 
     return app_day_metrics(db, varro_app(), run, day)
 
 
 def walter_day_metrics(db, run, day):
-    from varro.engine.metrics import app_day_metrics
+    from varro.engine.eval.metrics import app_day_metrics
 
     return app_day_metrics(db, walter_app(), run, day)
 

@@ -9,9 +9,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from varro.engine.app import App, apps, get_app, AppError
-from varro.engine.cli import EngineGroup, app_cli
-from varro.engine.errors import UserError
+from varro.engine.core.app import App, apps, get_app, AppError
+from varro.engine.cli.commands import EngineGroup, app_cli
+from varro.engine.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_COMMANDS = {"step", "nightly", "ingest", "cron", "demo", "metrics", "rollouts", "report", "compare", "eval"}
@@ -56,7 +56,7 @@ class _Broken(UserError):
 
 
 def test_a_user_error_is_one_line_and_exit_1_anything_else_keeps_its_traceback(monkeypatch):
-    import varro.engine.app as registry
+    import varro.engine.core.app as registry
 
     class Fake(App):
         name = "fake"
@@ -86,12 +86,13 @@ def test_a_user_error_is_one_line_and_exit_1_anything_else_keeps_its_traceback(m
 
 
 def test_every_library_error_the_cli_reports_is_a_user_error():
-    from varro.engine.checkpoints import CheckpointError
-    from varro.engine.config import ConfigError
-    from varro.engine.dates import FutureDayError
-    from varro.engine.models import ModelLoadError
-    from varro.engine.runs import NoDatabaseError, UnknownRunError
-    from varro.engine.train import TrainingError
+    from varro.engine.run.checkpoints import CheckpointError
+    from varro.engine.core.errors import ConfigError
+    from varro.engine.core.dates import FutureDayError
+    from varro.engine.model.loading import ModelLoadError
+    from varro.engine.run.identity import UnknownRunError
+    from varro.engine.core.paths import NoDatabaseError
+    from varro.engine.train.trainer import TrainingError
     from varro.forecast.ingest import IngestError
     from walter.bsky import BlueskyError
     from walter.ingest import WalterIngestError

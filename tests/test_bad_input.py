@@ -38,8 +38,8 @@ from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and d
 )
 from test_walter_ingest_cli import CREATED, server as bsky_server, summary  # noqa: F401  (a fixture)
 from test_walter_ingest_cli import DAY as PAST_DAY
-from varro.engine.checkpoints import list_checkpoints
-from varro.engine.runs import run_dir
+from varro.engine.run.checkpoints import list_checkpoints
+from varro.engine.core.paths import run_dir
 from varro.forecast.ingest import DEFAULT_MAX_BYTES
 from walter.bsky import BlueskyAuthError, BlueskyRateLimitError, BlueskyResponseError, BlueskyUnavailableError
 from walter.ingest import ingest_search, refresh_counts, update_baselines

@@ -22,13 +22,14 @@ from click.testing import CliRunner
 
 from varro.cli import cli as varro_cli
 from varro.engine import store
-from varro.engine.checkpoints import (CheckpointError, LostCheckpointsError, list_checkpoints, require_not_lost,
+from varro.engine.run.checkpoints import (CheckpointError, LostCheckpointsError, list_checkpoints, require_not_lost,
                                       save_checkpoint)
-from varro.engine.config import Config, ConfigError, check_allowed, load_config
-from varro.engine.guards import kl_tripped
-from varro.engine.paths import db_path
-from varro.engine.policy import Policy
-from varro.engine.runs import run_dir
+from varro.engine.core.config import Config, check_allowed, load_config
+from varro.engine.core.errors import ConfigError
+from varro.engine.train.guards import kl_tripped
+from varro.engine.core.paths import db_path
+from varro.engine.run.policy import Policy
+from varro.engine.core.paths import run_dir
 from walter.cli import cli as walter_cli
 
 DAY = "2026-11-02"

@@ -19,8 +19,8 @@ from click.testing import CliRunner
 
 from varro.cli import cli as varro_cli
 from varro.engine import store
-from varro.engine.errors import UserError
-from varro.engine.paths import db_path
+from varro.engine.core.errors import UserError
+from varro.engine.core.paths import db_path
 from varro.engine.store import StoreError
 
 DAY = "2026-11-02"

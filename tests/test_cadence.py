@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from helpers import open_policy
-from varro.engine.cadence import (FEATURES, cadence_distance, cadence_features, mean_features, score_cadence,
+from varro.engine.eval.cadence import (FEATURES, cadence_distance, cadence_features, mean_features, score_cadence,
                            template_share, token_surprisal)
-from varro.engine.models import lora_modules
+from varro.engine.model.loading import lora_modules
 
 # 20 positions: a wavy baseline with spikes at 3, 9 and 19 (the last token).
 BASE = [2.0, 2.3, 1.8, 2.1, 1.9, 2.2, 2.0, 1.7, 2.4, 2.1, 1.9, 2.0, 2.2, 1.8, 2.3, 2.1, 1.9, 2.0, 2.2, 1.8]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from varro.engine import nightly
-from varro.engine.nightly import (
+from varro.engine.loop import nightly
+from varro.engine.loop.nightly import (
     Plan,
     first_unfinished,
     last_finished,
@@ -19,7 +19,7 @@ from varro.engine.nightly import (
     rotate_log,
     run_nightly,
 )
-from varro.engine.dates import span
+from varro.engine.core.dates import span
 
 TINY = ["--source", "sample", "--quiet", "--embedder", "hash", "--max-tokens", "8", "--lora-layers", "2",
         "--group-size", "2", "--prompts-per-day", "2"]

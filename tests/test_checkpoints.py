@@ -8,9 +8,9 @@ from mlx.utils import tree_flatten
 from mlx_lm import load
 
 from helpers import open_policy, scored_groups
-from varro.engine import checkpoints
-from varro.engine.checkpoints import CheckpointError
-from varro.engine.train import token_logprobs
+from varro.engine.run import checkpoints
+from varro.engine.run.checkpoints import CheckpointError
+from varro.engine.train.trainer import token_logprobs
 
 
 def test_checkpoint_reloads_in_mlx_lm_with_same_logprobs(tiny_model_path, tmp_path):

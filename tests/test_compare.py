@@ -8,13 +8,13 @@ from click.testing import CliRunner
 
 from helpers import building_home, copy_home, tiny_config
 from varro.engine import store as dbm
-from varro.engine.compare import CompareError, compare, held_out_prompts, mean_ci
-from varro.engine.paths import db_path
-from varro.engine.runs import run_dir
+from varro.engine.eval.compare import CompareError, compare, held_out_prompts, mean_ci
+from varro.engine.core.paths import db_path
+from varro.engine.core.paths import run_dir
 from helpers import varro_step as step
 from varro.forecast.prompts import score_texts
-from varro.engine.embed import HashEmbedder
-from varro.engine.panel import ensure_scores, evaluate, panel_prompts, read_scores
+from varro.engine.embed.embedders import HashEmbedder
+from varro.engine.eval.panel import ensure_scores, evaluate, panel_prompts, read_scores
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
 
@@ -85,7 +85,7 @@ def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
 
 def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
     db, cfg = trained
-    from varro.engine.dates import shift
+    from varro.engine.core.dates import shift
     from varro.forecast.prompts import forecast_targets, headline_stories, story_split
 
     checked = 0
@@ -189,8 +189,8 @@ def test_compare_and_eval_cli(trained, tmp_path):
 def test_text_compare_shows_whole_texts_side_by_side_with_a_header():
     """The text a person reads in the morning: both checkpoints named, every sample whole (wrapped, never cut
     with an ellipsis), each under its reward."""
-    from varro.engine.compare import Comparison, format_comparison
-    from varro.engine.panel import Cells
+    from varro.engine.eval.compare import Comparison, format_comparison
+    from varro.engine.eval.panel import Cells
 
     long_before = " ".join(f"before{i}" for i in range(40))
     after = "Talks resume on Monday; a deal is expected by Friday."

@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL the nightly at many points, re-run, and compare with an uninterrupted run.
 
-Each kill point is a failpoint (varro/engine/faults.py) that SIGKILLs the process
+Each kill point is a failpoint (varro/engine/core/faults.py) that SIGKILLs the process
 mid-stage: during ingest, sampling, scoring, an optimizer step, the checkpoint
 write, the voice, inside database transactions, and between every stage's output
 and its record. The comparison (`state`) is everything the night writes: every
@@ -52,7 +52,7 @@ ITEM_TIMES = {("bsky_posts", "created_utc"), ("tally_items", "created_utc")}
 # Columns that measure this process: how long a step took, the process's peak memory (a resumed night's
 # process loaded other things before it).
 TIMINGS = ("duration_ms", "peak_memory_mb")
-# Columns measured in pieces sized by the free memory (varro.engine.train's final_health): their last bits
+# Columns measured in pieces sized by the free memory (varro.engine.train.trainer's final_health): their last bits
 # depend on how busy the machine is, so they are compared to a relative 1e-6, not exactly.
 MEASURED = {"steps": ("kl_after", "kl_after_k3", "entropy_after")}
 # Files under the run's folder that are not its state: the day logs (appended to by every attempt) and the

@@ -16,12 +16,13 @@ from mlx.utils import tree_flatten, tree_map
 from helpers import open_policy
 from preloaded import run as run_preloaded
 from varro.cli import cli as varro_cli
-from varro.engine import checkpoints, store
-from varro.engine.config import Config
-from varro.engine.draft import draft_config
-from varro.engine.embed import CachedEmbedder, load_embedder
-from varro.engine.paths import db_path
-from varro.engine.runs import run_dir
+from varro.engine import store
+from varro.engine.run import checkpoints
+from varro.engine.core.config import Config
+from varro.engine.eval.draft import draft_config
+from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+from varro.engine.core.paths import db_path
+from varro.engine.core.paths import run_dir
 from walter.cli import cli as walter_cli
 
 DAYS = ["2026-11-02", "2026-11-03"]
@@ -36,7 +37,7 @@ def latest_of(run):
 # --- checkpoints/latest ------------------------------------------------------------------------------
 
 def test_latest_names_the_newest_checkpoint_and_mlx_lm_loads_its_adapters(tiny_model_path, tmp_path):
-    from varro.engine.models import load_model
+    from varro.engine.model.loading import load_model
 
     run = tmp_path / "run"
     pol = open_policy(tiny_model_path, run)

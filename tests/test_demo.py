@@ -5,10 +5,10 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from varro.engine import store as dbm
-from varro.engine.checkpoints import list_checkpoints
+from varro.engine.run.checkpoints import list_checkpoints
 from varro.cli import cli
-from varro.engine.paths import db_path
-from varro.engine.runs import run_dir
+from varro.engine.core.paths import db_path
+from varro.engine.core.paths import run_dir
 
 
 def test_demo_runs_the_cycle_and_reruns_idempotently(varro_home):
@@ -41,8 +41,7 @@ def test_demo_runs_on_the_real_model_by_default(varro_home, smollm_f32, monkeypa
     import json
     import shutil
 
-    from varro.engine import gguf
-
+    from varro.engine.model import gguf
     # The conversion itself is tests/test_gguf.py's (against transformers); here the demo's call of it is
     # checked, answered by a copy of the session's folder, the same convert_gguf's output for the same file.
     conversions = []

@@ -6,8 +6,8 @@ import pytest
 
 from helpers import open_policy, scored_groups, tiny_config
 from varro.engine import store as dbm
-from varro.engine.guards import entropy_collapsed, first_day_entropy
-from varro.engine.train import completion_logprobs, prefix_kv
+from varro.engine.train.guards import entropy_collapsed, first_day_entropy
+from varro.engine.train.trainer import completion_logprobs, prefix_kv
 
 
 def test_entropy_equals_a_direct_computation_from_the_logits(tiny_model_path, tmp_path):
@@ -52,8 +52,8 @@ def test_entropy_guard_judges_the_weights_the_day_keeps():
 
 
 def test_a_collapsing_run_is_stopped_and_recorded(tiny_model_path, tmp_path):
-    from varro.engine.guards import guarded_training
-    from varro.engine.progress import NULL_PROGRESS
+    from varro.engine.train.guards import guarded_training
+    from varro.engine.core.progress import NULL_PROGRESS
 
     db = dbm.open_db(tmp_path / "v.db")
     run = tmp_path / "runs" / "r"

@@ -10,9 +10,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from helpers import open_policy, scored_groups, tiny_config
-from varro.engine.guards import KLGuard, kl_tripped
-from varro.engine.policy import Policy
-from varro.engine.train import make_optimizer, token_logprobs
+from varro.engine.train.guards import KLGuard, kl_tripped
+from varro.engine.run.policy import Policy
+from varro.engine.train.trainer import make_optimizer, token_logprobs
 
 
 def np_log_softmax(x):
@@ -133,7 +133,7 @@ def np_adamw(p, g, lr, wd, b1=0.9, b2=0.999, eps=1e-8, steps=1):
 
 
 def test_first_adamw_step_matches_numpy_with_bias_correction():
-    from varro.engine.config import TrainConfig
+    from varro.engine.core.config import TrainConfig
 
     cfg = TrainConfig(learning_rate=1e-3, weight_decay=0.01)
     rng = np.random.default_rng(0)
@@ -166,7 +166,7 @@ def test_configured_learning_rate_wins_after_a_resume(tiny_model_path, tmp_path)
     assert rows[0]["learning_rate"] == pytest.approx(1e-4)
     path = again.save("2026-11-03")
     assert json.loads((path / "config.json").read_text())["train"]["learning_rate"] == pytest.approx(1e-4)
-    from varro.engine.checkpoints import load_into
+    from varro.engine.run.checkpoints import load_into
 
     fresh = open_policy(tiny_model_path, tmp_path / "other", learning_rate=1e-4)
     load_into(path, fresh.model, fresh.trainer.optimizer)

@@ -13,14 +13,14 @@ from click.testing import CliRunner
 
 from tally.cli import cli as tally_cli
 from varro.cli import cli as varro_cli
-from varro.engine import schedule
+from varro.engine.loop import schedule
 from varro.engine import store as dbm
-from varro.engine.app import get_app
-from varro.engine.checkpoints import METADATA
-from varro.engine.cli_options import resolve_config
-from varro.engine.config import Config
-from varro.engine.paths import db_path
-from varro.engine.runs import run_dir
+from varro.engine.core.app import get_app
+from varro.engine.run.checkpoints import METADATA
+from varro.engine.cli.options import resolve_config
+from varro.engine.core.config import Config
+from varro.engine.core.paths import db_path
+from varro.engine.core.paths import run_dir
 from walter.cli import cli as walter_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,8 +70,8 @@ def interrupted(*args, **kwargs):
 
 def test_ctrl_c_in_a_nightly_is_one_line_and_exit_130(monkeypatch, varro_home):
     """Item 5: Ctrl-C printed `FAILED: KeyboardInterrupt: ` and click's `Aborted!`, and exited 1."""
-    import varro.engine.cli as engine_cli
-    import varro.engine.cycle as cycle
+    import varro.engine.cli.commands as engine_cli
+    import varro.engine.loop.cycle as cycle
 
     monkeypatch.setattr(engine_cli, "open_step", lambda *a, **k: (Config(), [], None, None))
     monkeypatch.setattr(cycle, "step", interrupted)
@@ -83,7 +83,7 @@ def test_ctrl_c_in_a_nightly_is_one_line_and_exit_130(monkeypatch, varro_home):
 
 
 def test_ctrl_c_in_any_other_command_is_one_line_and_exit_130(monkeypatch):
-    import varro.engine.cli as engine_cli
+    import varro.engine.cli.commands as engine_cli
 
     monkeypatch.setattr(engine_cli, "open_step", interrupted)
     out = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-03", "--source", "sample"])

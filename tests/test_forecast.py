@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from varro.forecast.settings import VarroConfig
-from varro.engine.embed import HashEmbedder, SentenceEmbedder
+from varro.engine.embed.embedders import HashEmbedder, SentenceEmbedder
 from varro.forecast.reward import beat_scores, build_prompt, leak_kinds, score_forecast, INSTRUCTION
-from varro.engine.rewards import longest_shared_ngram, repeated_ngram_rate, sentence_count
+from varro.engine.rewards.text import longest_shared_ngram, repeated_ngram_rate, sentence_count
 
 TITLE = "Dockworkers walk out at Calderra as Valdoria's biggest port grinds to a halt"
 SUMMARY = ("About 14,000 members of the Valdorian Dockworkers Federation began an open-ended strike at dawn "

@@ -1,4 +1,4 @@
-"""The real model's conversion (varro.engine.gguf) against an independent reference: transformers' own GGUF
+"""The real model's conversion (varro.engine.model.gguf) against an independent reference: transformers' own GGUF
 loader, in torch, on the same file. Each mapping error a converter can make is planted once and must fail the
 same check the real folder passes."""
 
@@ -9,7 +9,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from varro.engine.gguf import convert_gguf, shipped_gguf
+from varro.engine.model.gguf import convert_gguf, shipped_gguf
 
 TEXTS = [
     "The central bank raised interest rates on Tuesday, and markets fell sharply in response.",

@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from varro.engine.gspo import group_advantages, gspo_loss, informative_groups
+from varro.engine.train.gspo import group_advantages, gspo_loss, informative_groups
 
 
 def np_gspo(logp, old, ref, mask, adv, eps_low, eps_high, beta, sampler=None, cap=0.0):
@@ -192,8 +192,8 @@ def test_near_flat_groups_get_no_advantage():
 def test_gspo_objective_binds_the_configs_knobs_once():
     """The trainer's loss: six arrays in, the config's eps_low / eps_high / beta / is_cap bound, against the
     NumPy objective with those same non-default knobs; a later config change does not reach it."""
-    from varro.engine.config import TrainConfig
-    from varro.engine.gspo import gspo_objective
+    from varro.engine.core.config import TrainConfig
+    from varro.engine.train.gspo import gspo_objective
 
     cfg = TrainConfig(eps_low=0.01, eps_high=0.015, beta=0.3, is_cap=0.97)
     objective = gspo_objective(cfg)

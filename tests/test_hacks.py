@@ -8,15 +8,15 @@ import pytest
 from click.testing import CliRunner
 
 from varro.engine import store as dbm
-from varro.engine import hacks as eh
+from varro.engine.rewards import redteam as eh
 from varro.forecast import hacks as vh
 from varro.cli import cli as varro_cli
-from varro.engine.config import Config
-from varro.engine.embed import CachedEmbedder, HashEmbedder
-from varro.engine.paths import db_path
+from varro.engine.core.config import Config
+from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder
+from varro.engine.core.paths import db_path
 from varro.forecast.reward import INSTRUCTION
 from varro.forecast.headlines import headlines_for_day
-from varro.engine.rewards import content_words, longest_shared_ngram, sentence_count, words
+from varro.engine.rewards.text import content_words, longest_shared_ngram, sentence_count, words
 from walter import hacks as wh
 from walter.cli import cli as walter_cli
 from walter.reward import EMOJI_RUN_RE, HASHTAG_RE, URL_RE, graphemes

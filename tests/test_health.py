@@ -13,10 +13,10 @@ from mlx.utils import tree_flatten
 
 from helpers import building_home, copy_home, tiny_config
 from preloaded import run as run_preloaded
-from varro.engine import checkpoints
+from varro.engine.run import checkpoints
 from varro.engine import store as dbm
 from helpers import varro_step as step
-from varro.engine.embed import HashEmbedder
+from varro.engine.embed.embedders import HashEmbedder
 
 
 def cfg_for(model, **train):
@@ -66,7 +66,7 @@ def test_kl_guard_discards_the_day_and_keeps_the_previous_weights(tiny_model_pat
 def test_kl_of_the_weights_a_day_starts_from_does_not_trip_it():
     """Only KLs of weights the day made count: the first step's (measured before any update) is the KL of
     the weights a trip would keep, so tripping on it would revert to them and trip again the next day."""
-    from varro.engine.guards import kl_tripped
+    from varro.engine.train.guards import kl_tripped
 
     rows = [{"step": 7, "minibatch": 0, "kl": 0.5, "kl_after": None},
             {"step": 8, "minibatch": 1, "kl": 0.05, "kl_after": 0.06}]
@@ -151,7 +151,7 @@ def test_corrupt_checkpoint_falls_back_loudly(two_days):
 
 
 def test_retention_keeps_the_newest(tiny_model_path, tmp_path):
-    from varro.engine.policy import Policy
+    from varro.engine.run.policy import Policy
 
     run = tmp_path / "runs" / "r"
     pol = Policy.open(cfg_for(tiny_model_path), run)
@@ -213,7 +213,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one_and_the_database(t
 
 
 def test_guards_show_in_the_report(tiny_model_path, tmp_path):
-    from varro.engine.report import build_report, format_summary, report_data
+    from varro.engine.eval.report import build_report, format_summary, report_data
 
     db = dbm.open_db(tmp_path / "v.db")
     cfg = cfg_for(tiny_model_path, learning_rate=5e-2, beta=0.05, kl_max=1e-9)
@@ -233,7 +233,7 @@ def test_training_refuses_rollouts_another_checkpoint_sampled(two_days, tmp_path
     trains nothing (its checkpoint holds the weights it started from)."""
     import shutil
 
-    from varro.engine.cycle import sampled_elsewhere
+    from varro.engine.loop.cycle import sampled_elsewhere
 
     db, cfg, run = two_days
     assert {r[0] for r in db.execute("select checkpoint from rollouts where day = '2026-11-03'")} == {"2026-11-03"}
@@ -244,7 +244,7 @@ def test_training_refuses_rollouts_another_checkpoint_sampled(two_days, tmp_path
     assert res.steps == 0 and not db.execute("select count(*) from steps where day = '2026-11-04'").fetchone()[0]
     guard = db.execute("select reason from guards where day = '2026-11-04' and kind = 'sampled'").fetchall()
     assert guard == [(note[0],)]
-    from varro.engine.policy import Policy
+    from varro.engine.run.policy import Policy
 
     base = Policy.open(cfg, tmp_path / "runs" / "fresh", before_day="0000-01-01")
     kept = adapters(run / "checkpoints" / "2026-11-04")

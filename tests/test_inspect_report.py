@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from helpers import tiny_config
 from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
-from varro.engine.cli_inspect import register
-from varro.engine.embed import HashEmbedder
-from varro.engine.paths import db_path
-from varro.engine.report import build_report, day_monitors, report_data, train_up_eval_down
-from varro.engine.rewards import words
-from varro.engine.runs import run_dir
-from varro.engine.rollout_log import (
+from varro.engine.cli.inspect import register
+from varro.engine.embed.embedders import HashEmbedder
+from varro.engine.core.paths import db_path
+from varro.engine.eval.report import build_report, day_monitors, report_data, train_up_eval_down
+from varro.engine.rewards.text import words
+from varro.engine.core.paths import run_dir
+from varro.engine.eval.rollout_log import (
     RolloutNotFound,
     SortKeyError,
     format_detail,
@@ -64,8 +64,8 @@ def db(home):
 
 
 def cli_for(app: str) -> click.Group:
-    from varro.engine.app import get_app
-    from varro.engine.cli import EngineGroup
+    from varro.engine.core.app import get_app
+    from varro.engine.cli.commands import EngineGroup
 
     @click.group(cls=EngineGroup)
     def cli() -> None:
@@ -470,7 +470,7 @@ def test_every_command_has_help_with_an_example(app):
 
 
 def test_the_report_counts_the_records_an_ingest_skipped(home, tmp_path):
-    from varro.engine.report import format_summary
+    from varro.engine.eval.report import format_summary
 
     db = dbm.open_db(db_path(home))  # its own connection: the rows are rolled back at the end
     try:

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from varro.engine import store as dbm
-from varro.engine.config import Config
+from varro.engine.core.config import Config
 from varro.forecast.prompts import choose_prompts, headline_stories, headline_text, story_split
 from helpers import varro_sample_days as sample_days
-from varro.engine.embed import CachedEmbedder, load_embedder
+from varro.engine.embed.embedders import CachedEmbedder, load_embedder
 from varro.forecast.headlines import headlines_for_day, load_sample_day
-from varro.engine.panel import panel_prompts, prompt_text
-from varro.engine.stories import too_close
+from varro.engine.eval.panel import panel_prompts, prompt_text
+from varro.engine.prompts.stories import too_close
 
 
 def test_too_close_is_a_max_cosine_threshold():

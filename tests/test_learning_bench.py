@@ -51,7 +51,7 @@ def test_fit_arms_change_one_knob_each_and_pair_by_cell():
     import numpy as np
     import fit
 
-    from varro.engine.app import get_app
+    from varro.engine.core.app import get_app
 
     args = argparse.Namespace(learning_rate=2e-4, max_tokens=96)
     app = get_app("varro")

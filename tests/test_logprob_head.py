@@ -1,4 +1,4 @@
-"""The output head taken a vocabulary chunk at a time (varro.engine.logprob_head) against the whole
+"""The output head taken a vocabulary chunk at a time (varro.engine.model.head) against the whole
 vocabulary's log-softmax: its values, its custom gradient, and a training day through each."""
 
 import copy
@@ -10,8 +10,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from helpers import scored_groups, tiny_config
-from varro.engine.logprob_head import Head, chunked_logprobs, output_head
-from varro.engine.policy import Policy
+from varro.engine.model.head import Head, chunked_logprobs, output_head
+from varro.engine.run.policy import Policy
 
 N, L, D, V, T = 3, 5, 16, 50, 0.7
 CHUNKS = [1, 7, 10, 50, 64]  # one row; 7 does not divide V; 10 does; all of V; more than V

@@ -1,5 +1,5 @@
-"""The memory guard's estimate, its choices and refusals (varro.engine.memory), and the swap watchdog
-(varro.engine.watchdog)."""
+"""The memory guard's estimate, its choices and refusals (varro.engine.model.memory), and the swap watchdog
+(varro.engine.train.watchdog)."""
 
 from dataclasses import replace
 from types import SimpleNamespace
@@ -8,17 +8,17 @@ import mlx.core as mx
 import pytest
 
 from helpers import PROMPTS, open_policy, scored_groups, tiny_config, varro_step
-from varro.engine import memory
+from varro.engine.model import memory
 from varro.engine import store as dbm
-from varro.engine import watchdog
-from varro.engine.checkpoints import list_checkpoints
-from varro.engine.config import ModelConfig
-from varro.engine.embed import HashEmbedder
-from varro.engine.memory import (MemoryGuardError, ModelShape, cache_decode_batch, plan_decode_batch, plan_micro_batch,
+from varro.engine.train import watchdog
+from varro.engine.run.checkpoints import list_checkpoints
+from varro.engine.core.config import ModelConfig
+from varro.engine.embed.embedders import HashEmbedder
+from varro.engine.model.memory import (MemoryGuardError, ModelShape, cache_decode_batch, plan_decode_batch, plan_micro_batch,
                                  sampling_bytes, training_bytes)
-from varro.engine.models import apply_lora
-from varro.engine.train import Trainer
-from varro.engine.watchdog import SwapError
+from varro.engine.model.loading import apply_lora
+from varro.engine.train.trainer import Trainer
+from varro.engine.train.watchdog import SwapError
 
 QWEN3_06B = SimpleNamespace(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                             head_dim=128, intermediate_size=3072, vocab_size=151936)

@@ -4,8 +4,8 @@ import hashlib
 
 from mlx_lm import load
 
-from varro.engine.models import chat_prompt_tokens
-from varro.engine.tiny import write_tiny_model
+from varro.engine.model.loading import chat_prompt_tokens
+from varro.engine.model.tiny import write_tiny_model
 
 
 def digest(path):
@@ -37,7 +37,7 @@ def test_tiny_model_loads_and_uses_qwen3_chat_template(tiny_model_path):
 def test_model_that_cannot_be_loaded_offline_says_how_to_get_it(monkeypatch):
     import pytest
 
-    from varro.engine.models import ModelLoadError, load_model
+    from varro.engine.model.loading import ModelLoadError, load_model
 
     import sys
     from pathlib import Path

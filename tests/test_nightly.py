@@ -11,10 +11,10 @@ import pytest
 
 from preloaded import run as run_preloaded
 from varro.engine import store as dbm
-from varro.engine.checkpoints import list_checkpoints
-from varro.engine.nightly import RunLocked, run_lock
-from varro.engine.paths import db_path
-from varro.engine.runs import run_dir
+from varro.engine.run.checkpoints import list_checkpoints
+from varro.engine.loop.nightly import RunLocked, run_lock
+from varro.engine.core.paths import db_path
+from varro.engine.core.paths import run_dir
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
 
@@ -121,8 +121,7 @@ def test_on_a_mac_the_nightly_runs_under_caffeinate_and_the_linux_line_is_unchan
     from click.testing import CliRunner
 
     from varro.cli import cli
-    from varro.engine import schedule
-
+    from varro.engine.loop import schedule
     env = str(Path(__file__).resolve().parents[1] / "scripts" / "env")
     logs = varro_home / "runs" / "n" / "logs"
     linux = (f"15 3 * * * mkdir -p {logs} && {env} varro nightly --run n --home {varro_home} --quiet "

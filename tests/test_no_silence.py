@@ -8,10 +8,10 @@ from helpers import tiny_config
 from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
 from varro.cli import cli as varro_cli
-from varro.engine.config import load_config
-from varro.engine.embed import HashEmbedder
-from varro.engine.paths import db_path
-from varro.engine.runs import run_dir
+from varro.engine.core.config import load_config
+from varro.engine.embed.embedders import HashEmbedder
+from varro.engine.core.paths import db_path
+from varro.engine.core.paths import run_dir
 from walter.cli import cli as walter_cli
 from walter.sample import ingest_sample_day
 
@@ -153,7 +153,7 @@ def test_a_day_in_the_future_is_refused_in_one_line(varro_home, tiny_model_path,
 
 @pytest.mark.parametrize("app", ["varro", "walter"])
 def test_a_day_without_data_writes_no_checkpoint_and_says_skipped(varro_home, tiny_model_path, app):
-    from varro.engine.checkpoints import list_checkpoints
+    from varro.engine.run.checkpoints import list_checkpoints
 
     out = invoke(app, ["nightly", "--date", "2026-11-20", "--source", "sample", "--model", str(tiny_model_path),
                        *TINY])
@@ -172,7 +172,7 @@ def test_a_hub_model_not_in_the_cache_names_the_installed_download_command(tmp_p
     from pathlib import Path
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    out = subprocess.run([sys.executable, "-c", "from varro.engine.models import load_model; load_model('acme/none')"],
+    out = subprocess.run([sys.executable, "-c", "from varro.engine.model.loading import load_model; load_model('acme/none')"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     tool = "hf" if (Path(sys.executable).parent / "hf").is_file() else "huggingface-cli"
@@ -202,8 +202,8 @@ def test_a_run_from_before_run_toml_is_still_refused_to_another_app(varro_home, 
 
 def test_another_apps_run_and_another_base_model_are_refused(varro_home, tiny_model_path, tmp_path):
     """Regression: `walter step` on a run holding a Varro checkpoint printed 'checkpoint exists' and exited 0."""
-    from varro.engine.checkpoints import list_checkpoints
-    from varro.engine.tiny import write_tiny_model
+    from varro.engine.run.checkpoints import list_checkpoints
+    from varro.engine.model.tiny import write_tiny_model
 
     model = ["--model", str(tiny_model_path), "--prompts-per-day", "2", *TINY]
     first = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-02", "--source", "sample", "--run", "r", *model])

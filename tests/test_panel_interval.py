@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from varro.engine.compare import Comparison, format_comparison
-from varro.engine.panel import MIN_PANEL, Cells, CurvePoint, format_curve, mean_ci
+from varro.engine.eval.compare import Comparison, format_comparison
+from varro.engine.eval.panel import MIN_PANEL, Cells, CurvePoint, format_curve, mean_ci
 
 TRUE_MEAN = 0.3
 SAMPLES = 4

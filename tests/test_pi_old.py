@@ -9,8 +9,8 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 from helpers import PROMPTS, open_policy, scored_groups, tiny_config
-from varro.engine.policy import Policy
-from varro.engine.train import Accumulator, TrainingError
+from varro.engine.run.policy import Policy
+from varro.engine.train.trainer import Accumulator, TrainingError
 
 MORE_PROMPTS = PROMPTS + [("d", "Write about the harvest."), ("e", "Write about the election.")]
 
@@ -64,8 +64,8 @@ def test_sampler_policy_logprobs_are_the_untruncated_policy_of_a_teacher_forced_
 
 
 def test_greedy_sampling_stores_no_policy_logprobs(tiny_model_path, tmp_path):
-    from varro.engine.records import PromptInput
-    from varro.engine.rollouts import sample_groups
+    from varro.engine.core.records import PromptInput
+    from varro.engine.sampling.rollouts import sample_groups
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     (group,) = sample_groups(pol.model, pol.tokenizer, [PromptInput("a", pol.prompt_tokens("Prices."))], 2, 6,
@@ -151,8 +151,8 @@ def test_an_unknown_pi_old_source_is_refused(tiny_model_path, tmp_path):
 
 
 def test_policy_logprobs_travel_between_ranks():
-    from varro.engine.distributed import rollouts_from_json, rollouts_to_json
-    from varro.engine.records import Rollout
+    from varro.engine.model.distributed import rollouts_from_json, rollouts_to_json
+    from varro.engine.core.records import Rollout
 
     r = Rollout("p", 0, [1, 2], [3, 4], "x", "stop", reward=1.0, sampler_logprobs=[-0.1, -0.2],
                 policy_logprobs=[-0.3, -0.4])
@@ -242,8 +242,8 @@ def test_sampler_normaliser_is_the_pass_heads_not_a_whole_row_float32_sum(smollm
     the top token's: on SmolLM2 at T 0.7 its per-sequence mean log-prob was 2e-5 off the pass's, whose
     head folds the vocabulary 4096 ids at a time, and the pi_old check always failed. Checked on
     teacher-forced text, against the pass's head and a float64 log-softmax of the same logits."""
-    from varro.engine.logprob_head import chunked_logprobs, output_head
-    from varro.engine.rollouts import untruncated_logprobs
+    from varro.engine.model.head import chunked_logprobs, output_head
+    from varro.engine.sampling.rollouts import untruncated_logprobs
 
     pol = smollm_policy
     text = ("The port strike entered its third day as dock workers rejected the latest offer, and shipping "
@@ -266,7 +266,7 @@ def test_sampler_normaliser_is_the_pass_heads_not_a_whole_row_float32_sum(smollm
 def test_smollm2_sampler_pi_old_is_within_the_tolerance_of_the_pass(smollm_policy):
     """The check the trainer makes (`pi_old_gap`), on a real model's decode: within `pi_old_tolerance`,
     at the pass's own float32 floor (1.6e-6 between two batchings of it, bench/pi_old_gap.py)."""
-    from varro.engine.train import make_chunks, pi_old_gap
+    from varro.engine.train.trainer import make_chunks, pi_old_gap
 
     pol = smollm_policy
     prompts = [("a", "Write about the port strike and what it means for shipping."),

@@ -7,10 +7,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from helpers import open_policy, scored_groups, tiny_config
-from varro.engine.errors import UserError
-from varro.engine.models import adapters_off, lora_modules, quantized_modules
-from varro.engine.policy import Policy
-from varro.engine.train import TrainingError, make_chunks, token_logprobs
+from varro.engine.core.errors import UserError
+from varro.engine.model.loading import adapters_off, lora_modules, quantized_modules
+from varro.engine.run.policy import Policy
+from varro.engine.train.trainer import TrainingError, make_chunks, token_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from mlx_lm.generate import generate_step
 from mlx_lm.sample_utils import apply_top_k, apply_top_p, make_sampler
 import mlx.core as mx
 
-from varro.engine.config import SamplingConfig
-from varro.engine.models import chat_prompt_tokens
-from varro.engine.rollouts import (PromptInput, group_candidates, make_group_sampler, make_keyed_sampler,
+from varro.engine.core.config import SamplingConfig
+from varro.engine.model.loading import chat_prompt_tokens
+from varro.engine.sampling.rollouts import (PromptInput, group_candidates, make_group_sampler, make_keyed_sampler,
                                    sample_groups)
 
 
@@ -248,7 +248,7 @@ def test_greedy_and_top_p_only_keep_mlx_lm_sampler():
 
 
 def test_untruncated_logprobs_are_the_whole_vocabularys_log_softmax_at_the_temperature():
-    from varro.engine.rollouts import untruncated_logprobs
+    from varro.engine.sampling.rollouts import untruncated_logprobs
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (4, 50))
@@ -276,8 +276,7 @@ class ManyStops:
 
 def mlx_lm_batch_cache(monkeypatch):
     """sample_groups with mlx-lm's own BatchKVCache: every row its own copy of its prompt."""
-    from varro.engine import rollouts
-
+    from varro.engine.sampling import rollouts
     monkeypatch.setattr(rollouts, "prompt_caches", lambda cache, *args: cache)
 
 

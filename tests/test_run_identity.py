@@ -7,9 +7,10 @@ import pytest
 from click.testing import CliRunner
 
 from varro.cli import cli as varro_cli
-from varro.engine.checkpoints import list_checkpoints
-from varro.engine.paths import db_path
-from varro.engine.runs import read_run, run_dir
+from varro.engine.run.checkpoints import list_checkpoints
+from varro.engine.core.paths import db_path
+from varro.engine.run.identity import read_run
+from varro.engine.core.paths import run_dir
 from walter.cli import cli as walter_cli
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04"]
@@ -146,8 +147,8 @@ def test_a_run_on_another_runs_prompts_is_told_once_and_how_to_get_its_own(varro
 def test_a_run_from_before_run_toml_is_told_when_its_settings_are_written(tmp_path):
     """The demo's runs have checkpoints and no run.toml: the first nightly writes it from the newest
     checkpoint's settings, and says so once (issue 31: it used to write it silently)."""
-    from varro.engine.config import Config
-    from varro.engine.runs import read_run, settle
+    from varro.engine.core.config import Config
+    from varro.engine.run.identity import read_run, settle
 
     legacy = Config()
     legacy.train.learning_rate = 1e-4

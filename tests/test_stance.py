@@ -12,10 +12,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from varro.engine.config import Config
-from varro.engine.embed import CachedEmbedder, SentenceEmbedder
-from varro.engine.paths import SAMPLE_DIR
-from varro.engine.rewards import split_sentences, words
+from varro.engine.core.config import Config
+from varro.engine.embed.embedders import CachedEmbedder, SentenceEmbedder
+from varro.engine.core.paths import SAMPLE_DIR
+from varro.engine.rewards.text import split_sentences, words
 from varro.engine.store import open_db
 from varro.forecast.hacks import find_headline, load_varro_sample, varro_prompt
 from varro.forecast.prompts import forecast_targets, score_texts

@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from tally.cli import cli
 from tally.sample import SAMPLE_FILE
 from varro.engine import store as dbm
-from varro.engine.checkpoints import list_checkpoints
-from varro.engine.embed import HashEmbedder
-from varro.engine.paths import db_path
-from varro.engine.runs import run_dir
+from varro.engine.run.checkpoints import list_checkpoints
+from varro.engine.embed.embedders import HashEmbedder
+from varro.engine.core.paths import db_path
+from varro.engine.core.paths import run_dir
 
 TINY = ["--embedder", "hash", "--max-tokens", "8", "--lora-layers", "2", "--group-size", "2",
         "--groups-per-day", "2"]

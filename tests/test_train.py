@@ -91,7 +91,7 @@ def test_advantage_std_off_gives_the_trainer_centred_rewards(tiny_model_path, tm
 
 
 def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
-    from varro.engine.train import make_chunks
+    from varro.engine.train.trainer import make_chunks
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     groups = scored_groups(pol, seed=5)
@@ -117,7 +117,7 @@ def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
 def full_pass(model, chunk):
     """The independent reference: every row's whole prompt+completion in one plain forward pass;
     the completion log-probs as (n, T) like chunk_logprobs, 0 on padding."""
-    from varro.engine.train import token_logprobs
+    from varro.engine.train.trainer import token_logprobs
 
     prompt = np.array(chunk.head)[0].tolist() + [int(np.array(chunk.inputs)[0, 0])]
     comps = [np.array(chunk.targets)[i][np.array(chunk.mask)[i] > 0].tolist() for i in range(chunk.rows)]
@@ -132,7 +132,7 @@ def full_pass(model, chunk):
 
 
 def test_shared_prompt_logprobs_equal_the_full_pass(tiny_model_path, tmp_path):
-    from varro.engine.train import chunk_logprobs, make_chunks
+    from varro.engine.train.trainer import chunk_logprobs, make_chunks
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     groups = scored_groups(pol, seed=11)
@@ -159,11 +159,11 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
     over the whole minibatch, whatever the micro-batch size."""
     import mlx.nn as nn
     from mlx.utils import tree_flatten
-    from varro.engine.gspo import gspo_loss
+    from varro.engine.train.gspo import gspo_loss
 
     from helpers import tiny_config
-    from varro.engine.policy import Policy
-    from varro.engine.models import first_trainable_layer
+    from varro.engine.run.policy import Policy
+    from varro.engine.model.loading import first_trainable_layer
 
     cfg = tiny_config(tiny_model_path, minibatches=1, micro_batch=micro_batch, beta=0.05)
     cfg.model.lora_layers = lora_layers  # 1 of 2: the first layer's keys and values are constants
@@ -213,7 +213,7 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
 
 def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tmp_path):
     from helpers import tiny_config
-    from varro.engine.policy import Policy
+    from varro.engine.run.policy import Policy
 
     cfg = tiny_config(tiny_model_path, learning_rate=1e-2, beta=0.05, minibatches=2)
     cfg.model.fine_tune = "full"
@@ -242,7 +242,7 @@ def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tm
 def test_accumulator_keeps_a_metric_only_some_pieces_report_at_their_weight(order):
     """A metric one piece leaves out is the mean over the pieces that reported it: neither dropped (when
     the last piece lacks it) nor halved (when the first one does)."""
-    from varro.engine.train import Accumulator
+    from varro.engine.train.trainer import Accumulator
 
     pieces = [({"kl": mx.array(1.0), "clip_fraction": mx.array(0.4)}, 0.25),
               ({"kl": mx.array(3.0)}, 0.75)]

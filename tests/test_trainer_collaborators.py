@@ -11,8 +11,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from helpers import PROMPTS, open_policy, scored_groups, tiny_config
-from varro.engine.guards import KLGuard, kl_tripped
-from varro.engine.train import Trainer, TrainingCallback, TrainingError, token_logprobs
+from varro.engine.train.guards import KLGuard, kl_tripped
+from varro.engine.train.trainer import Trainer, TrainingCallback, TrainingError, token_logprobs
 
 
 def reinforce(logp, old_logp, ref_logp, mask, advantages, sampler_logp):
@@ -220,7 +220,7 @@ class CountingProgress:
 
 def test_guarded_training_trips_the_kl_guard_records_it_and_reopens(tiny_model_path, tmp_path):
     from varro.engine import store as dbm
-    from varro.engine.guards import guarded_training
+    from varro.engine.train.guards import guarded_training
 
     db = dbm.open_db(tmp_path / "v.db")
     run = tmp_path / "runs" / "r"

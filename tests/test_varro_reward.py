@@ -11,11 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from varro.engine.config import Config
+from varro.engine.core.config import Config
 from varro.forecast.settings import VarroConfig
 from varro.forecast.prompts import PromptError, forecast_targets, headline_stories, score_texts, story_split
 from varro.engine.store import open_db
-from varro.engine.embed import CachedEmbedder, HashEmbedder, SentenceEmbedder
+from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder, SentenceEmbedder
 from varro.forecast.reward import beat_scores, over_length, prose_score, score_forecast, source_entities
 from varro.forecast.headlines import headlines_for_day
 from varro_cases import HACKS, hack_texts, load_cases, load_sample, off_topic_template, sample_prompts, source

@@ -8,8 +8,8 @@ import pytest
 from helpers import building_home, copy_home, tiny_config
 from varro.engine import store as dbm
 from helpers import varro_human_items, varro_step as step
-from varro.engine.embed import HashEmbedder
-from varro.engine.voice import voice_data
+from varro.engine.embed.embedders import HashEmbedder
+from varro.engine.eval.voice import voice_data
 
 
 def voice_config(model_path):
@@ -71,8 +71,8 @@ def test_voice_data_compares_each_day_with_its_human_band(ran):
 
 
 def test_a_templated_day_trips_the_cross_group_monitor(ran):
-    from varro.engine.policy import Policy
-    from varro.engine.voice import voice_stage
+    from varro.engine.run.policy import Policy
+    from varro.engine.eval.voice import voice_stage
 
     db, cfg, run = ran
     day = "2026-11-03"
@@ -88,7 +88,7 @@ def test_a_templated_day_trips_the_cross_group_monitor(ran):
 
 
 def test_the_report_shows_the_voice_against_the_human_band(ran, tmp_path):
-    from varro.engine.report import build_report, report_data
+    from varro.engine.eval.report import build_report, report_data
 
     db, cfg, run = ran
     data = report_data(db, "varro", "r")

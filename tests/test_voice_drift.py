@@ -13,13 +13,13 @@ from click.testing import CliRunner
 
 from test_inspect_report import handmade
 from varro.engine import store as dbm
-from varro.engine.app import get_app
-from varro.engine.config import ConfigError
-from varro.engine.nightly import run_nightly
-from varro.engine.paths import db_path
-from varro.engine.report import build_report, format_summary, render_html, report_data
-from varro.engine.runs import run_dir
-from varro.engine.voice import drift_note, voice_drift
+from varro.engine.core.app import get_app
+from varro.engine.core.errors import ConfigError
+from varro.engine.loop.nightly import run_nightly
+from varro.engine.core.paths import db_path
+from varro.engine.eval.report import build_report, format_summary, render_html, report_data
+from varro.engine.core.paths import run_dir
+from varro.engine.eval.voice import drift_note, voice_drift
 
 DAYS = ["2026-11-02", "2026-11-03", "2026-11-04", "2026-11-05"]
 LINE = "voice drift: cadence distance from the humans 2.50 is +67% over 1.50 on 2026-11-02 (limit +30%)"
@@ -121,8 +121,8 @@ def test_a_wider_limit_or_zero_raises_no_voice_flag(drifting):
 
 
 def report_cli() -> click.Group:
-    from varro.engine.cli import EngineGroup
-    from varro.engine.cli_inspect import register
+    from varro.engine.cli.commands import EngineGroup
+    from varro.engine.cli.inspect import register
 
     @click.group(cls=EngineGroup)
     def cli() -> None:

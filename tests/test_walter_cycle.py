@@ -7,10 +7,10 @@ import pytest
 
 from helpers import tiny_config
 from varro.engine import store as dbm
-from varro.engine.checkpoints import list_checkpoints
-from varro.engine.embed import CachedEmbedder, HashEmbedder
+from varro.engine.run.checkpoints import list_checkpoints
+from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder
 from helpers import walter_day_metrics as day_metrics, walter_step as step
-from varro.engine.stories import is_held_out
+from varro.engine.prompts.stories import is_held_out
 from walter.articles import article_history, candidate_articles
 from walter.sample import ingest_sample_day, sample_days
 
@@ -40,7 +40,7 @@ def test_sample_goes_through_the_real_ingest(sample_db):
 
 
 def test_baseline_weights_favour_posts_that_beat_their_authors_usual(sample_db):
-    from varro.engine.config import Config
+    from varro.engine.core.config import Config
     from walter.articles import count_weights
     from walter.ingest import baseline_stats
     from walter.reward import engagement
@@ -109,7 +109,7 @@ def test_full_walter_cycle_over_the_sample(tiny_model_path, tmp_path):
 
 
 def test_candidates_need_a_winner_and_a_card(sample_db):
-    from varro.engine.config import Config
+    from varro.engine.core.config import Config
 
     cands = candidate_articles(sample_db, "2026-11-04", Config())
     assert cands

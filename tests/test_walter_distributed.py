@@ -3,7 +3,7 @@
 Walter scores a post at once (reward delay 0): one step samples the day's
 prompts, scores them and trains on them. The two ranks sample their halves of
 the prompts, each completion with its own key from the day's seed, its
-prompt's id and its group index (varro.engine.rollouts.row_key), so a
+prompt's id and its group index (varro.engine.sampling.rollouts.row_key), so a
 two-rank day is a one-process day: the same rollouts token for token, and the
 same checkpoint within test_distributed's ATOL. The training and the scoring
 are also checked apart from the sampling: one process, handed the rollouts the

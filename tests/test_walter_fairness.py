@@ -11,7 +11,7 @@ import pytest
 
 from varro.engine import store as dbm
 from walter.settings import WalterConfig
-from varro.engine.embed import HashEmbedder, SentenceEmbedder
+from varro.engine.embed.embedders import HashEmbedder, SentenceEmbedder
 from walter.curriculum import inclusion_probabilities, pick_articles
 from walter.ingest import (BaselineStats, WalterIngestError, author_baseline, baseline_stats, grown_fraction,
                            update_baselines)

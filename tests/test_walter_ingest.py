@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from atproto import Session
 
-from varro.engine.paths import db_path
+from varro.engine.core.paths import db_path
 from varro.engine.store import open_db
 from walter.bsky import (
     HANDLE_ENV,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from walter.settings import WalterConfig
-from varro.engine.embed import HashEmbedder, SentenceEmbedder
+from varro.engine.embed.embedders import HashEmbedder, SentenceEmbedder
 from walter.reward import (caps_share, emoji_count, engagement, graphemes, independent_bands,
                            fragment_share, independent_point_bands, max_similarity_reward, penalties, point_coverage, points,
                            post_weight, restated, score_post, winner_bands, winner_point_bands)

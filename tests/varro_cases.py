@@ -14,7 +14,7 @@ from pathlib import Path
 from varro.forecast.prompts import headline_stories, story_split
 from varro.forecast.reward import INSTRUCTION
 from varro.forecast.headlines import headlines_for_day, load_sample_day
-from varro.engine.rewards import content_words
+from varro.engine.rewards.text import content_words
 
 CASES_FILE = Path(__file__).with_name("varro_honest_forecasts.json")
 SAMPLE_DAYS = [f"2026-11-0{d}" for d in range(2, 9)]

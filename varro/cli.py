@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import click
 
-from varro.engine.app import get_app
-from varro.engine.cli import HOME_OPTION, app_cli, model_config
-from varro.engine.cli_options import config_options
+from varro.engine.core.app import get_app
+from varro.engine.cli.commands import HOME_OPTION, app_cli, model_config
+from varro.engine.cli.options import config_options
 
 
 @click.command("tiny-model")
@@ -21,7 +21,7 @@ def tiny_model(out_dir: str, seed: int, vocab_size: int) -> None:
 
     Example: varro tiny-model data/models/tiny-qwen3
     """
-    from varro.engine.tiny import write_tiny_model
+    from varro.engine.model.tiny import write_tiny_model
 
     path = write_tiny_model(out_dir, seed=seed, vocab_size=vocab_size)
     click.echo(str(path))
@@ -43,8 +43,8 @@ def real_model(out_dir: str | None, quantized: bool, home: str | None) -> None:
 
     Example: varro real-model --quantized
     """
-    from varro.engine.gguf import convert_gguf, ensure_smollm, shipped_gguf
-    from varro.engine.paths import home_dir
+    from varro.engine.model.gguf import convert_gguf, ensure_smollm, shipped_gguf
+    from varro.engine.core.paths import home_dir
 
     if out_dir:
         path = convert_gguf(shipped_gguf(), out_dir, quantized=quantized)
@@ -78,9 +78,9 @@ def demo(days: int | None, varro_only: bool, tiny: bool, cold: bool, home: str |
     """
     from varro.demo import SECTIONS, run_full_demo, try_next
     from varro.engine import store
-    from varro.engine.demo import demo_base, demo_days, run_demo
-    from varro.engine.models import check_model
-    from varro.engine.paths import db_path
+    from varro.engine.loop.demo import demo_base, demo_days, run_demo
+    from varro.engine.model.loading import check_model
+    from varro.engine.core.paths import db_path
 
     given = kwargs.get("cfg__model__model")
     if given:  # a bad --model fails before any demo model is built

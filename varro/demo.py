@@ -11,17 +11,17 @@ import shlex
 from pathlib import Path
 
 from varro.engine import store
-from varro.engine.app import get_app
-from varro.engine.compare import compare, format_comparison, held_out_prompts, write_html
-from varro.engine.config import Config
-from varro.engine.demo import format_voice, run_demo
-from varro.engine.embed import CachedEmbedder, load_embedder
-from varro.engine.panel import PanelError, evaluate, format_curve
-from varro.engine.paths import db_path, home_dir
-from varro.engine.report import build_report
-from varro.engine.rollout_log import list_rollouts
-from varro.engine.runs import run_dir
-from varro.engine.voice import voice_data
+from varro.engine.core.app import get_app
+from varro.engine.eval.compare import compare, format_comparison, held_out_prompts, write_html
+from varro.engine.core.config import Config
+from varro.engine.loop.demo import format_voice, run_demo
+from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+from varro.engine.eval.panel import PanelError, evaluate, format_curve
+from varro.engine.core.paths import db_path, home_dir
+from varro.engine.eval.report import build_report
+from varro.engine.eval.rollout_log import list_rollouts
+from varro.engine.core.paths import run_dir
+from varro.engine.eval.voice import voice_data
 
 SECTIONS = (("varro", "Varro: forecasts from the sample headlines"),
             ("walter", "Walter: Bluesky posts from the sample articles"))

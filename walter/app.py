@@ -8,7 +8,7 @@ from typing import Any
 import click
 import sqlite_utils
 
-from varro.engine.app import App
+from varro.engine.core.app import App
 
 from .settings import WalterConfig
 from .store import MIGRATIONS

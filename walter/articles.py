@@ -1,4 +1,4 @@
-"""Walter's prompts and their scoring: what the engine's daily cycle (varro.engine.cycle) asks Walter for.
+"""Walter's prompts and their scoring: what the engine's daily cycle (varro.engine.loop.cycle) asks Walter for.
 
 The candidates of a day are articles first posted in the week before it whose
 posts have final counts and at least one post that beat its author's usual;
@@ -18,10 +18,10 @@ import numpy as np
 import sqlite_utils
 
 from varro.engine import store as dbm
-from varro.engine.config import Config
-from varro.engine.embed import Embedder
-from varro.engine.metrics import mean_or_none
-from varro.engine.stories import Item, assign_stories, in_guard_band, split_candidates, stable_rank
+from varro.engine.core.config import Config
+from varro.engine.embed.embedders import Embedder
+from varro.engine.eval.metrics import mean_or_none
+from varro.engine.prompts.stories import Item, assign_stories, in_guard_band, split_candidates, stable_rank
 
 from .curriculum import pick_articles
 from .ingest import baseline_stats
@@ -86,7 +86,7 @@ def article_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg
 def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], stories: dict[str, str],
                   embedder: Embedder, cfg: Config) -> list[bool]:
     """Per candidate article: is its card at least `leak_cosine` from a held-out article of the window or any
-    run's Walter panel prompt (varro.engine.stories.in_guard_band)? Such an article is never trained on (a
+    run's Walter panel prompt (varro.engine.prompts.stories.in_guard_band)? Such an article is never trained on (a
     story the linking split in two)."""
     texts = {r["url_norm"]: f"{r['title'] or ''} {r['description'] or ''}".strip()
              for r in db.query("select url_norm, title, description from articles")}

@@ -63,8 +63,8 @@ from atproto_client.request import Request
 from atproto_server.auth.jwt import get_jwt_payload
 from atproto_server.exceptions import TokenDecodeError
 
-from varro.engine.errors import UserError
-from varro.engine.paths import home_dir
+from varro.engine.core.errors import UserError
+from varro.engine.core.paths import home_dir
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import sqlite_utils
 
-from varro.engine.errors import UserError
+from varro.engine.core.errors import UserError
 
 FETCH_TIMEOUT_S = 10.0
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from varro.engine.app import get_app
-from varro.engine.cli import HOME_OPTION, MissingTargets, app_cli, echo_scores, reading_db, run_option
-from varro.engine.cli_options import config_options, named_settings, resolve_config
+from varro.engine.core.app import get_app
+from varro.engine.cli.commands import HOME_OPTION, MissingTargets, app_cli, echo_scores, reading_db, run_option
+from varro.engine.cli.options import config_options, named_settings, resolve_config
 
 
 @click.command("score")
@@ -25,7 +25,7 @@ def score_cmd(url: str, texts: tuple[str, ...], as_json: bool, home: str | None,
 
     Example: walter score --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --text "Both sides are dug in."
     """
-    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
 
     from .articles import score_texts
     from .hacks import find_article, walter_prompt
@@ -61,10 +61,10 @@ def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | 
 
     Example: walter draft --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --n 4
     """
-    from varro.engine.draft import draft, draft_config, echo_ranked, echo_unranked, existing_db
-    from varro.engine.embed import CachedEmbedder, load_embedder
-    from varro.engine.runs import run_dir
-    from varro.engine.stories import stable_rank
+    from varro.engine.eval.draft import draft, draft_config, echo_ranked, echo_unranked, existing_db
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+    from varro.engine.core.paths import run_dir
+    from varro.engine.prompts.stories import stable_rank
 
     from .articles import score_texts
     from .card import fetch_card, stored_card

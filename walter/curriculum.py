@@ -1,4 +1,4 @@
-"""Walter's curriculum: the engine's (varro.engine.curriculum) over articles, keyed by their normalised URL.
+"""Walter's curriculum: the engine's (varro.engine.prompts.curriculum) over articles, keyed by their normalised URL.
 
 An article's score is the larger of its regret and its reward spread in its
 recent groups; see the engine module for the draw and what is logged.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import sqlite_utils
 
-from varro.engine.curriculum import (  # noqa: F401  (re-exported: Walter's callers and tests use these names)
+from varro.engine.prompts.curriculum import (  # noqa: F401  (re-exported: Walter's callers and tests use these names)
     EXACT_MAX,
     MC_DRAWS,
     MC_SEED,

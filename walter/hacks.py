@@ -13,13 +13,13 @@ from datetime import date, timedelta
 import numpy as np
 import sqlite_utils
 
-from varro.engine.config import Config
-from varro.engine.embed import Embedder
-from varro.engine.hacks import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
-from varro.engine.paths import SAMPLE_DIR
-from varro.engine.rewards import content_words
+from varro.engine.core.config import Config
+from varro.engine.embed.embedders import Embedder
+from varro.engine.rewards.redteam import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
+from varro.engine.core.paths import SAMPLE_DIR
+from varro.engine.rewards.text import content_words
 from varro.engine.store import first_prompt_with_source
-from varro.engine.stories import split_of, stable_rank
+from varro.engine.prompts.stories import split_of, stable_rank
 
 from .articles import APP, History, article_history, article_stories
 from .ingest import article_key

@@ -33,11 +33,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import sqlite_utils
 
-from varro.engine.errors import UserError
-from varro.engine.faults import failpoint
-from varro.engine import baselines
-from varro.engine.baselines import BaselineStats  # noqa: F401  (re-exported: Walter's callers use this name)
-from varro.engine.sources import normalise_link, resolve_timezone
+from varro.engine.core.errors import UserError
+from varro.engine.core.faults import failpoint
+from varro.engine.rewards import baselines
+from varro.engine.rewards.baselines import BaselineStats  # noqa: F401  (re-exported: Walter's callers use this name)
+from varro.engine.prompts.sources import normalise_link, resolve_timezone
 
 from .bsky import (
     REPOST_REASON,
@@ -697,7 +697,7 @@ def author_baseline(db: sqlite_utils.Database, did: str, exclude_uri: str,
 
 
 def grown_fraction(age_hours: float, half_life_hours: float) -> float:
-    """The share of its final engagement a post has by `age_hours` (varro.engine.baselines.grown_fraction).
+    """The share of its final engagement a post has by `age_hours` (varro.engine.rewards.baselines.grown_fraction).
 
     With the default half-life of 12 h a post has 82% at 30 h, 93% at 45 h and all
     of it at 289 h (the median age of baseline readings). Raises WalterIngestError
@@ -715,9 +715,9 @@ def baseline_stats(db: sqlite_utils.Database, did: str, exclude_uri: str, weight
 
     The author's cached posts (getAuthorFeed only gives counts at a post's current
     age, typically days older) brought to the age the scored post was read at by
-    `varro.engine.baselines.age_matched_baseline`. A post whose reading age is
+    `varro.engine.rewards.baselines.age_matched_baseline`. A post whose reading age is
     unknown (a cache from before ages were stored) is taken as fully grown. The
-    usual is the mean (see varro.engine.baselines for why not the median).
+    usual is the mean (see varro.engine.rewards.baselines for why not the median).
     `weights`, `exclude_uri` and None as in `author_baseline`. Raises
     WalterIngestError for an age <= 0.
     """

@@ -1,6 +1,6 @@
 """Walter's reward (RLNVR): transfer what worked for an article, with the author's usual taken out.
 
-1. Baseline normalisation (varro.engine.baselines, where the formula and its
+1. Baseline normalisation (varro.engine.rewards.baselines, where the formula and its
    reasons are written out). A historical post's engagement e is a weighted
    sum of likes, reposts, replies and quotes, read at its age t; its author's
    usual b is the mean engagement of their other recent posts brought to the
@@ -8,12 +8,12 @@
    s. The weight w = clip(rho * ln((k + e) / (k + b)) / ln(saturation), 0, 1),
    k = weight_pseudo_count, rho the reliability of that log ratio given n and s.
    `post_weight` without n keeps the old unshrunk formula.
-2. Max-similarity transfer (varro.engine.rewards.best_transfer). reward =
+2. Max-similarity transfer (varro.engine.rewards.text.best_transfer). reward =
    max_i cos(candidate, post_i) * w_i * (1 - r_i): the single best-matching
-   winner teaches, not the average; r_i (varro.engine.copying.restated) is how
+   winner teaches, not the average; r_i (varro.engine.rewards.copying.restated) is how
    far the candidate restates post i point by point, beyond what any other
    author's independent post did: a winner paraphrased teaches nothing.
-3. Copying is not writing (varro.engine.copying). A graded copy score in [0, 1],
+3. Copying is not writing (varro.engine.rewards.copying). A graded copy score in [0, 1],
    the largest of: cosine to a historical post ramped from `copy_cosine_start`
    to `copy_cosine_full`; the share of the candidate's word 3-grams found in
    one historical post, ramped; the share of its words found in order in one
@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from walter.settings import WalterConfig
-from varro.engine import baselines
-from varro.engine.baselines import post_weight, reliability, trigamma  # noqa: F401  (re-exported)
-from varro.engine.copying import (  # noqa: F401  (re-exported)
+from varro.engine.rewards import baselines
+from varro.engine.rewards.baselines import post_weight, reliability, trigamma  # noqa: F401  (re-exported)
+from varro.engine.rewards.copying import (  # noqa: F401  (re-exported)
     copy_components,
     copy_measures,
     copy_score,
@@ -53,7 +53,7 @@ from varro.engine.copying import (  # noqa: F401  (re-exported)
     ramp,
     restated,
 )
-from varro.engine.rewards import (  # noqa: F401  (re-exported)
+from varro.engine.rewards.text import (  # noqa: F401  (re-exported)
     EMOJI_CHAR,
     EMOJI_RE,
     HASHTAG_RE,
@@ -65,7 +65,7 @@ from varro.engine.rewards import (  # noqa: F401  (re-exported)
 )
 
 if TYPE_CHECKING:
-    from varro.engine.baselines import BaselineStats
+    from varro.engine.rewards.baselines import BaselineStats
 
 GRAPHEME_LIMIT = 300
 URL_RE = re.compile(r"\bhttps?://\S+|\bwww\.\S+", re.IGNORECASE)
@@ -169,7 +169,7 @@ def score_post(text: str, text_vec: np.ndarray, post_vecs: np.ndarray, post_text
                points: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """All components and the reward of one candidate post against its article's history.
 
-    `bands`: the copy score's paraphrase part (varro.engine.copying.copy_components); `points`: (the share of
+    `bands`: the copy score's paraphrase part (varro.engine.rewards.copying.copy_components); `points`: (the share of
     each post's points the text restates, `winner_point_bands`), which takes a restated post's credit out of
     the transfer. None leaves either out.
 

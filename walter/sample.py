@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import sqlite_utils
 
-from varro.engine.paths import SAMPLE_DIR
+from varro.engine.core.paths import SAMPLE_DIR
 
 from .ingest import (
     day_skips,

@@ -8,9 +8,9 @@ from typing import Any, Callable
 import click
 import sqlite_utils
 
-from varro.engine.app import App
-from varro.engine.dates import shift
-from varro.engine.paths import SAMPLE_DIR
+from varro.engine.core.app import App
+from varro.engine.core.dates import shift
+from varro.engine.core.paths import SAMPLE_DIR
 from varro.forecast import prompts
 from varro.forecast.headlines import headlines_for_day, load_sample_day
 from varro.forecast.ingest import Feed, IngestError, all_failed, format_summary, ingest, load_feeds

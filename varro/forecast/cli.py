@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from varro.engine.app import get_app
-from varro.engine.cli import HOME_OPTION, MissingTargets, check_day, echo_scores, reading_db, run_option
-from varro.engine.cli_options import config_options, named_settings, resolve_config
-from varro.engine.draft import existing_db
+from varro.engine.core.app import get_app
+from varro.engine.cli.commands import HOME_OPTION, MissingTargets, check_day, echo_scores, reading_db, run_option
+from varro.engine.cli.options import config_options, named_settings, resolve_config
+from varro.engine.eval.draft import existing_db
 
 
 @click.command("score")
@@ -30,8 +30,8 @@ def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: s
     """
     import json
 
-    from varro.engine.dates import shift
-    from varro.engine.embed import CachedEmbedder, load_embedder
+    from varro.engine.core.dates import shift
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
     from varro.forecast.hacks import find_headline, varro_prompt
     from varro.forecast.prompts import score_texts
 
@@ -50,7 +50,7 @@ def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: s
 def stored_headline(db, key: str, day: str | None) -> dict:
     """The stored headline whose id, guid or exact title is `key` (of `day`, else of the latest day that has
     it). Raises LookupError (HackError) when there is none."""
-    from varro.engine.hacks import HackError
+    from varro.engine.rewards.redteam import HackError
     from varro.forecast.hacks import find_headline
 
     if db is None or "headlines" not in db.table_names():
@@ -89,11 +89,11 @@ def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: i
     """
     import json
 
-    from varro.engine.dates import shift
-    from varro.engine.draft import draft, draft_config, echo_ranked, echo_unranked
-    from varro.engine.embed import CachedEmbedder, load_embedder
-    from varro.engine.runs import run_dir
-    from varro.engine.stories import stable_rank
+    from varro.engine.core.dates import shift
+    from varro.engine.eval.draft import draft, draft_config, echo_ranked, echo_unranked
+    from varro.engine.embed.embedders import CachedEmbedder, load_embedder
+    from varro.engine.core.paths import run_dir
+    from varro.engine.prompts.stories import stable_rank
     from varro.forecast.hacks import varro_prompt
     from varro.forecast.prompts import score_texts
     from varro.forecast.reward import build_prompt

@@ -1,6 +1,6 @@
 """Varro's red team: the hacks a forecaster could drift to, and how `varro score` finds a stored headline.
 
-The runner is the engine's (varro.engine.hacks); the honest references are
+The runner is the engine's (varro.engine.rewards.redteam); the honest references are
 data/sample/honest.jsonl.
 """
 
@@ -11,10 +11,10 @@ import re
 
 import sqlite_utils
 
-from varro.engine.config import Config
-from varro.engine.dates import shift
-from varro.engine.embed import Embedder
-from varro.engine.hacks import Case, Hack, HackError, RedTeam, keywords, sentences, swap_words, with_other_stories
+from varro.engine.core.config import Config
+from varro.engine.core.dates import shift
+from varro.engine.embed.embedders import Embedder
+from varro.engine.rewards.redteam import Case, Hack, HackError, RedTeam, keywords, sentences, swap_words, with_other_stories
 from varro.engine.store import prompts_by_id
 from varro.forecast.headlines import headlines_for_day
 from varro.forecast.prompts import forecast_targets

@@ -8,8 +8,8 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from varro.engine.store import utc_now
-from varro.engine.faults import failpoint
-from varro.engine.sources import normalise_link
+from varro.engine.core.faults import failpoint
+from varro.engine.prompts.sources import normalise_link
 
 def headline_id(feed_key: str, guid: str | None, link: str | None) -> str:
     """The natural key: the feed's identity (its name, else its URL; see `ingest.feed_key`) plus guid,
@@ -74,7 +74,7 @@ def load_sample_day(db: sqlite_utils.Database, day: str, path=None) -> int:
     import json
     from pathlib import Path
 
-    from varro.engine.paths import SAMPLE_DIR
+    from varro.engine.core.paths import SAMPLE_DIR
 
     path = Path(path) if path else SAMPLE_DIR / "headlines.jsonl"
     items = []

@@ -33,11 +33,11 @@ import feedparser
 import httpx
 import sqlite_utils
 
-from varro.engine.paths import REPO_ROOT, home_dir
-from varro.engine.sources import TimezoneError, normalise_link, resolve_timezone
+from varro.engine.core.paths import REPO_ROOT, home_dir
+from varro.engine.prompts.sources import TimezoneError, normalise_link, resolve_timezone
 from varro.engine.store import utc_now
 from varro.forecast.headlines import headline_id, store_headlines
-from varro.engine.errors import UserError
+from varro.engine.core.errors import UserError
 
 DEFAULT_FEEDS_PATH = REPO_ROOT / "data" / "feeds.toml"
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=10.0)  # seconds per connect / read / write

@@ -1,4 +1,4 @@
-"""Varro's prompts and their scoring: what the engine's daily cycle (varro.engine.cycle) asks Varro for.
+"""Varro's prompts and their scoring: what the engine's daily cycle (varro.engine.loop.cycle) asks Varro for.
 
 The day's headlines become prompts, a diverse set split by story (one story in
 `eval_every` is held out); a forecast made on day D is scored against D+1's
@@ -15,15 +15,15 @@ import numpy as np
 import sqlite_utils
 
 from varro.engine import store as dbm
-from varro.engine.config import Config
-from varro.engine.dates import shift
-from varro.engine.embed import Embedder
-from varro.engine.metrics import mean_or_none
-from varro.engine.panel import prompt_text
-from varro.engine.stories import Item, assign_stories, in_guard_band, split_of, stable_rank
+from varro.engine.core.config import Config
+from varro.engine.core.dates import shift
+from varro.engine.embed.embedders import Embedder
+from varro.engine.eval.metrics import mean_or_none
+from varro.engine.eval.panel import prompt_text
+from varro.engine.prompts.stories import Item, assign_stories, in_guard_band, split_of, stable_rank
 from varro.forecast.headlines import headlines_for_day
 from varro.forecast.reward import build_prompt, score_forecast
-from varro.engine.errors import UserError
+from varro.engine.core.errors import UserError
 
 
 APP = "varro"
@@ -49,7 +49,7 @@ def varro_human_items(db: sqlite_utils.Database, day: str) -> list[tuple[str, st
 def near_held_out(db: sqlite_utils.Database, day: str, heads: list[dict], stories: dict[str, str],
                   embedder: Embedder, cfg: Config) -> list[bool]:
     """Per headline of `heads`: is it at least `leak_cosine` from a held-out item (a headline of a held-out
-    story in the story window, or any run's panel prompt; varro.engine.stories.in_guard_band)? Such a
+    story in the story window, or any run's panel prompt; varro.engine.prompts.stories.in_guard_band)? Such a
     headline is never trained on."""
     start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
     window = [h for k in range(cfg.eval.story_window_days + 1)

@@ -49,8 +49,8 @@ import numpy as np
 
 from varro.forecast.settings import VarroConfig
 from varro.forecast.stance import committed_text, stance
-from varro.engine.copying import ramp
-from varro.engine.rewards import (
+from varro.engine.rewards.copying import ramp
+from varro.engine.rewards.text import (
     BULLET_RE,
     MARKDOWN_RE,
     META_RE,

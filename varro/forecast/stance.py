@@ -37,7 +37,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from varro.engine.rewards import STOPWORDS
+from varro.engine.rewards.text import STOPWORDS
 
 NEGATION_REACH = 10
 SUBJECT_REACH = 4

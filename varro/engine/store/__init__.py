@@ -22,7 +22,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from varro.engine.errors import UserError
+from varro.engine.core.errors import UserError
 from varro.engine.store.clock import utc_now
 from varro.engine.store.embeddings import cached_vectors, insert_vectors
 from varro.engine.store.panel import (add_panel_members, complete_checkpoints, main_panel_draw, panel_cells,
@@ -70,12 +70,12 @@ class MigrationError(RuntimeError, UserError):
 
 
 def all_migrations() -> list[tuple[str, Migration]]:
-    """The engine's migrations, then each registered application's (varro.engine.app), in that order.
+    """The engine's migrations, then each registered application's (varro.engine.core.app), in that order.
 
     Names are unique across concerns (they are what `_migrations` records);
     raises MigrationError when two share one.
     """
-    from varro.engine.app import apps
+    from varro.engine.core.app import apps
 
     out = list(MIGRATIONS)  # this package's attribute, read now: a test may replace it
     for app in apps().values():

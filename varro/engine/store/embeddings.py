@@ -1,4 +1,4 @@
-"""The embedding cache (varro.engine.embed.CachedEmbedder): one float32 vector per model and text. Table
+"""The embedding cache (varro.engine.embed.embedders.CachedEmbedder): one float32 vector per model and text. Table
 `embeddings`."""
 
 from __future__ import annotations

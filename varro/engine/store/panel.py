@@ -1,4 +1,4 @@
-"""A run's evaluation panel (varro.engine.panel) and its cached scores. Tables `panel` and `panel_scores`."""
+"""A run's evaluation panel (varro.engine.eval.panel) and its cached scores. Tables `panel` and `panel_scores`."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-from varro.engine.faults import failpoint
-from varro.engine.records import Rollout
+from varro.engine.core.faults import failpoint
+from varro.engine.core.records import Rollout
 from varro.engine.store.clock import utc_now
 
 # --- prompts ----------------------------------------------------------------------------------------------
@@ -383,7 +383,7 @@ def add_run_notice(db: sqlite_utils.Database, run: str, kind: str, day: str, tex
 
 
 def record_stage(db: sqlite_utils.Database, run: str, day: str, stage: str) -> None:
-    """Record that `stage` of `run`'s `day` finished (varro.engine.cycle); call it after the stage's output
+    """Record that `stage` of `run`'s `day` finished (varro.engine.loop.cycle); call it after the stage's output
     is committed. Recording a stage again keeps its first time."""
     with db.atomic():
         db["stages"].insert({"run": run, "day": day, "stage": stage, "done_utc": utc_now()},

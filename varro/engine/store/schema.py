@@ -239,7 +239,7 @@ def m012_voice(db: sqlite_utils.Database) -> None:
 
 @migration
 def m013_embeddings(db: sqlite_utils.Database) -> None:
-    # The embedding cache (varro.engine.embed). Created by Varro's m002 before migrations were split by
+    # The embedding cache (varro.engine.embed.embedders). Created by Varro's m002 before migrations were split by
     # concern; databases from then already have it.
     if "embeddings" not in db.table_names():
         db["embeddings"].create(
@@ -250,7 +250,7 @@ def m013_embeddings(db: sqlite_utils.Database) -> None:
 
 @migration
 def m014_engine_curriculum(db: sqlite_utils.Database) -> None:
-    # The curriculum's log (varro.engine.curriculum), any app's. Created by Walter's m004 (+ m010) before the
+    # The curriculum's log (varro.engine.prompts.curriculum), any app's. Created by Walter's m004 (+ m010) before the
     # curriculum moved into the engine; databases from then already have it, with this same schema. The item
     # key's column keeps Walter's name, url_norm, so those databases and their readers need no change.
     if "curriculum" not in db.table_names():
@@ -291,7 +291,7 @@ def m017_end_of_day_health(db: sqlite_utils.Database) -> None:
 
 @migration
 def m018_stages(db: sqlite_utils.Database) -> None:
-    # Each stage of a run's day that finished (varro.engine.cycle: sample, score, voice; training's record is
+    # Each stage of a run's day that finished (varro.engine.loop.cycle: sample, score, voice; training's record is
     # its checkpoint), written after the stage's output: a re-run resumes the day at its first unfinished stage.
     db["stages"].create({"run": str, "day": str, "stage": str, "done_utc": str}, pk=("run", "day", "stage"))
 

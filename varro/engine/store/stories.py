@@ -1,4 +1,4 @@
-"""Story links (varro.engine.stories): which story each item of an app belongs to. Table `stories`."""
+"""Story links (varro.engine.prompts.stories): which story each item of an app belongs to. Table `stories`."""
 
 from __future__ import annotations
 

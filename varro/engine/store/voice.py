@@ -1,4 +1,4 @@
-"""The voice bookkeeping (varro.engine.voice): the cadence of completions and of human text, and each day's
+"""The voice bookkeeping (varro.engine.eval.voice): the cadence of completions and of human text, and each day's
 template share. Tables `cadence`, `human_cadence` and `voice_days`."""
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What every layer shares: errors, the config dataclasses, paths, dates, the App interface, records."""

@@ -1,0 +1,1 @@
+"""Sentence embeddings for the rewards, cached in the store."""

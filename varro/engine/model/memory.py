@@ -1,0 +1,399 @@
+"""The memory guard: a night that does not fit is refused (the swap watchdog is varro.engine.train.watchdog).
+
+The estimate, from the loaded model's shape (`ModelShape.from_model`: its
+`args` and the bytes of its actual parameters, float32, bf16 or quantized).
+With W the weights' bytes, T the trainable parameters' bytes (LoRA adapters,
+or every weight with full fine-tuning), b the bytes per element of the base's
+dtype (`models.base_dtype`: activations and the KV cache), L layers, h hidden
+size, I the MLP's intermediate size, H query heads, K kv heads, D head dim, V
+vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
+(logits and log-probs are float32, 4 bytes, whatever the base):
+
+    sampling, n prompts decoding together, R = n x G rows:
+        W + (n x P + R x (M + 1)) x L x 2 x K x D x b       the decode batch's KV cache: each prompt once,
+                                                            each row's completion (varro.engine.sampling.kvcache)
+          + 2 x R x (P + M + 1) x 2 x K x D x b             one layer's attention inputs (prompt + completion)
+          + ceil256(P) x L x 2 x K x D x b                  the last prompt's own prefill
+          + R x V x (4 x 7 + b + c)                         one decode step's logits (c: 4 if b < 4, else 0)
+          + min(P, 512) x (3 x I + 4 x h) x b               one prefill chunk's transients in a block
+    training, one micro-batch of m rows, S = P + M, Lt trained blocks, A their adapters' inputs, c = [b < 4]:
+        W + 8 x T                                           the trainable parameters' step state (below)
+          + (m x M + P) x Lt x (h x F x b + c x A x 4)      saved activations: the micro-batch's, the prompt's
+          + m x H x M x S x Lt x 4                          the micro-batch's attention probabilities
+          + m x M x Vc x (4 x 10 + c x 2 x b)               its output head's logits, Vc = min(4096, V) rows at a time
+          + 2 x P x L x 2 x K x D x 4                       the prompt's keys and values and their gradient
+        or a no-gradient pass, if larger (pi_old / reference: k = 6; the end-of-day health pass: k = 12):
+        W + 8 x T + g x M x (Vc x (4 x k + c x 2 x b) + (3 x I + 4 x h) x b + H x S x 4)
+        with g = min(G, 512 MiB / (M x the bracket)) rows through the blocks at once (at least 1)
+
+Where the factors come from: each prompt is prefilled once into a one-row
+cache (mlx-lm allocates in steps of 256 positions, `ceil256`); its G copies
+share that buffer (a deep copy of an mx.array copies no data: measured), and
+merge into varro.engine.sampling.kvcache's `SharedPrefixBatchCache`: per layer each
+prompt's keys and values once (left-padded to the longest, P), and one
+completion buffer of exactly M + 1 positions per row (mlx-lm decodes one step
+ahead, feeding a row's last token before it sees the row finish), allocated
+at the first step; the prompts' own prefills are gone by then but the last one's (merging
+evaluates the shared keys, and the sampler holds its last prefill; while the
+prompts are prefilled and merged, n prefills and the shared prompts, less than
+the decode's peak). A decode step hands each layer's attention every row's
+prompt and completion, gathered and concatenated: that layer's copy, and the
+gathered prompt beside it, exist only while the layer runs (2 x R x (P + M + 1)).
+A finished row leaves the batch by index, copying nothing.
+
+A model whose cache is not mlx-lm's plain `KVCache` in every layer (sliding
+windows, state-space layers; `ModelShape.shared_prefix` False) decodes as
+mlx-lm merges it: one batch cache of C = P + 256 x ceil(M / 256) positions
+per row, each row holding its own copy of the prompt, and a finished row's
+filter builds the smaller cache of every layer beside the old one (measured
+with rows finishing at random, bench/memory_estimate.py --eos-share --kv
+mlx-lm): for those the KV term is 2 x R x C x L x 2 x K x D x b, in place of
+the first two lines, plus n x ceil256(P) x L x 2 x K x D x b for the
+prompts' prefills, alive until the merged cache is first evaluated. A decode
+step holds the logits, their log-softmax, the stacked rows of
+`rollouts.sampled_logprobs` and its masked, scaled and normalised copies, and
+`untruncated_logprobs`' scaled copy, evaluated together (7 float32 rows of V), and the model's own logits (b bytes) with, over a base
+that is not float32, the float32 copy `Float32Logits` casts them to (c).
+
+Training differentiates only the Lt blocks from the lowest one holding a
+trainable parameter to the top (`trained_layers`: the last `lora_layers`;
+every block with full fine-tuning); the blocks below save nothing for the
+backward. Its activations are the base's dtype: mlx-lm's LoRALinear casts the
+adapter's output to its input's dtype, so a bf16 base's residual stream stays
+bf16 (checked: every block's output of a bf16 model with float32 adapters is
+bf16). But each adapter's first product, x @ lora_a, promotes its bf16 input
+to a float32 copy, which the backward keeps for the adapter's gradient
+(measured: 410 MB for a 205 MB bf16 input), one copy per adapted linear: A
+(`adapter_inputs`) sums their input widths in a block, 10,240 for Qwen3-0.6B
+with all seven linears adapted (q, k, v, gate and up take the hidden state,
+each its own copy; o the attention's H x D; down the MLP's I). Over such a
+base the model's logits are bf16, cast to float32 for the loss, and their
+gradient flows back in bf16 (c x 2 x b). The micro-batch runs its M completion positions on top of
+the prompt's keys and values, and the prompt's own backward (batch 1, P
+positions) follows it; F (`ACTIVATION_FACTOR`) is the values a transformer
+block saves per position per hidden unit for its backward (norm inputs and
+outputs, q, k, v before and after their norms and RoPE, the attention output,
+the MLP's gate, up, activation and product at I/h each). The attention
+probabilities are the term quadratic in length. A step holds, beside the
+trainable parameters, their micro-batch gradient, its running sum, the
+clipped copy, Adam's m and v and the update's new m, v and parameters
+(8 x T). The output head runs `HEAD_CHUNK` (4096) vocabulary rows at a time
+(varro.engine.model.head), so only (rows, M, Vc) logits exist at once; at
+its peak about GRAD_COPIES (10) such float32 arrays are alive in a
+differentiated step (the forward's sweep with the entropy, the backward's
+recomputed logits, softmax and gradient, MLX allocating a few operations
+ahead), SWEEP_COPIES (6) in a pass without gradient (measured, bench/passes.py;
+without a chunked head, a LoRA-adapted one say, the whole vocabulary's 3 and 2).
+A no-gradient pass runs g of a prompt's rows through the blocks at once
+(`pass_rows` below: all of them unless their transients would pass
+PASS_BYTES): per position the head's chunks and one block's transients, the
+MLP's and the attention scores over the S positions. The end-of-day health
+pass sweeps the policy's and the reference's heads together for the exact KL
+(`logprob_head.chunked_kl`), KL_COPIES (12) chunks; without a chunked head it
+holds HEALTH_COPIES (6) whole-vocabulary arrays, and the pi_old pass 2.
+
+Measured against mx.get_peak_memory() on CPU: see the README's memory
+paragraph and BENCHMARKS.md (tests/test_memory.py on the tiny model,
+bench/memory_estimate.py and bench/real_shape.py on Qwen3-0.6B's shape).
+The estimate is meant as an upper bound; the guard lets the night use `memory_fraction` of what the
+machine has free (`available_bytes`, plus what MLX already holds: the loaded
+weights are counted in the estimate).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from mlx_lm.models.cache import KVCache
+from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
+
+from varro.engine.core.errors import UserError
+from varro.engine.model.loading import base_dtype, first_trainable_layer, lora_modules
+from varro.engine.model.head import GRAD_COPIES, HEAD_CHUNK, KL_COPIES, SWEEP_COPIES, output_head
+
+GB = 1e9
+PREFILL_STEP = 512  # rollouts.prefill's chunk
+KV_STEP = 256  # mlx-lm's KVCache / BatchKVCache allocation step
+PASS_BYTES = 512 * 2**20  # a no-gradient pass takes as many of a prompt's rows as keep its transients under this
+HEALTH_COPIES = 6  # (rows, T, V) arrays the health pass holds without a chunked head: both log-softmaxes, exp, ...
+KV_COPIES = 2  # mlx-lm's batch cache: a finished row's filter builds it again beside the old one
+FETCH_COPIES = 2  # a shared-prefix layer's attention inputs: the rows' gathered prompts and the concatenation
+DECODE_LOGIT_COPIES = 7  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised, pi_T's scaled
+ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (see above)
+LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions, without vocabulary chunks
+TRAINABLE_COPIES = 8  # beyond the parameters: gradient, running sum, clipped, Adam's m, v, the update's new m, v, p
+
+
+class MemoryGuardError(UserError):
+    """The night would not fit in the memory the machine has; the message says what would."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimate needs of a model: its `args` and the bytes of its parameters."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    intermediate: int
+    weight_bytes: int
+    trainable_bytes: int = 0
+    dtype_bytes: int = 4  # activations and KV cache
+    trained_layers: int | None = None  # blocks the backward runs through (None or 0: all of them)
+    adapter_inputs: int = 0  # per trained block: the summed input widths of its LoRA-adapted linears
+    head_chunk: int = HEAD_CHUNK  # vocabulary rows the trainer's output head takes at a time (0: all of them)
+    shared_prefix: bool = True  # the decode batch holds each prompt once (plain KVCache layers, kvcache.py)
+
+    @classmethod
+    def from_args(cls, args, weight_bytes: int, trainable_bytes: int = 0, dtype_bytes: int = 4,
+                  trained_layers: int | None = None, adapter_inputs: int = 0,
+                  head_chunk: int = HEAD_CHUNK, shared_prefix: bool = True) -> "ModelShape":
+        heads = args.num_attention_heads
+        return cls(hidden=args.hidden_size, layers=args.num_hidden_layers, heads=heads,
+                   kv_heads=getattr(args, "num_key_value_heads", None) or heads,
+                   head_dim=getattr(args, "head_dim", None) or args.hidden_size // heads,
+                   vocab=args.vocab_size, intermediate=args.intermediate_size, weight_bytes=weight_bytes,
+                   trainable_bytes=trainable_bytes, dtype_bytes=dtype_bytes, trained_layers=trained_layers,
+                   adapter_inputs=adapter_inputs, head_chunk=head_chunk, shared_prefix=shared_prefix)
+
+    @classmethod
+    def from_model(cls, model: nn.Module) -> "ModelShape":
+        """The shape of a loaded mlx-lm model, with the bytes its parameters actually take, the blocks
+        holding trainable parameters (the backward starts at the lowest of them) and its adapters' inputs."""
+        params = [v for _, v in tree_flatten(model.parameters())]
+        trainable = tree_flatten(model.trainable_parameters())
+        layers = model.args.num_hidden_layers
+        trained = layers - first_trainable_layer(model)  # all of them when the embedding trains
+        inputs = sum(m.lora_a.shape[0] if isinstance(m, LoRALinear) else m.lora_a.shape[-1]
+                     for m in lora_modules(model) if isinstance(m, (LoRALinear, LoRASwitchLinear)))
+        # activations and the KV cache run in the base's dtype (a quantized base's scales')
+        return cls.from_args(model.args, sum(v.nbytes for v in params), sum(v.nbytes for _, v in trainable),
+                             base_dtype(model).size, trained, inputs // (trained or layers),
+                             HEAD_CHUNK if output_head(model) is not None else 0, plain_kv_cache(model))
+
+    def kv_bytes_per_token(self) -> int:
+        """One row's keys and values of one position, over all layers."""
+        return self.layers * 2 * self.kv_heads * self.head_dim * self.dtype_bytes
+
+
+def pass_position_bytes(hidden: int, intermediate: int, heads: int, vocab: int, context: int, dtype_bytes: int,
+                        head_chunk: int, health: bool = False) -> int:
+    """The bytes a no-gradient pass holds per completion position at its peak (an upper bound, checked in
+    bench/passes.py): the output head's float32 logits, SWEEP_COPIES chunks of `head_chunk` vocabulary rows
+    (KL_COPIES for the `health` pass, which sweeps the policy's and the reference's heads together; without
+    chunks, 2 or HEALTH_COPIES x the whole vocabulary), with the base's own logits beside them below
+    float32; and one block's transients, the MLP's and norms' (3 x intermediate + 4 x hidden) values in
+    the base's dtype and the float32 attention scores of each head over `context` positions."""
+    if head_chunk > 0:
+        rows, copies = min(head_chunk, vocab), KL_COPIES if health else SWEEP_COPIES
+    else:
+        rows, copies = vocab, HEALTH_COPIES if health else 2
+    head = rows * (4 * copies + (2 * dtype_bytes if dtype_bytes < 4 else 0))
+    return head + (3 * intermediate + 4 * hidden) * dtype_bytes + heads * context * 4
+
+
+def pass_rows(position_bytes: int, width: int, rows: int) -> int:
+    """How many of a prompt's `rows` (each `width` completion positions) one no-gradient pass takes: all of
+    them when their transients fit PASS_BYTES, and at least one."""
+    return max(1, min(rows, PASS_BYTES // (width * position_bytes)))
+
+
+def plain_kv_cache(model: nn.Module) -> bool:
+    """Whether every layer of `model`'s cache is mlx-lm's plain KVCache, which sampling shares across a
+    group (varro.engine.sampling.kvcache); a model without `make_cache` gets mlx-lm's default, plain layers."""
+    make = getattr(model, "make_cache", None)
+    return make is None or all(type(c) is KVCache for c in make())
+
+
+def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
+    """The estimated KV cache of one decode batch at its largest, with the prompts' own prefills (module
+    docstring): each prompt once, the rows' completions, one layer's attention inputs and the last prompt's
+    prefill; or, for a model that decodes as mlx-lm merges it, the batch cache, the copy a finished row's
+    filter makes of it and every prompt's prefill."""
+    per_position = shape.kv_bytes_per_token()
+    rows = prompts * group_size
+    prefill = math.ceil(prompt_tokens / KV_STEP) * KV_STEP * per_position
+    if shape.shared_prefix:
+        held = (prompts * prompt_tokens + rows * (max_tokens + 1)) * per_position  # one step ahead: M + 1
+        layer = FETCH_COPIES * rows * (prompt_tokens + max_tokens + 1) * per_position // shape.layers
+        return held + layer + prefill
+    prefills = prompts * prefill
+    positions = prompt_tokens + math.ceil(max_tokens / KV_STEP) * KV_STEP
+    return KV_COPIES * rows * positions * per_position + prefills
+
+
+def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
+    """The estimated peak of one decode batch of `prompts` prompts x `group_size` (module docstring)."""
+    rows = prompts * group_size
+    kv = kv_cache_bytes(shape, prompts, group_size, prompt_tokens, max_tokens)
+    cast = 4 if shape.dtype_bytes < 4 else 0  # Float32Logits' copy over a bf16 or quantized base
+    logits = rows * shape.vocab * (4 * DECODE_LOGIT_COPIES + shape.dtype_bytes + cast)
+    prefill = min(prompt_tokens, PREFILL_STEP) * (3 * shape.intermediate + 4 * shape.hidden) * shape.dtype_bytes
+    return shape.weight_bytes + kv + logits + prefill
+
+
+def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_tokens: int,
+                   max_tokens: int) -> int:
+    """The estimated peak of one training step differentiating `micro_batch` rows (module docstring)."""
+    s = shape
+    seq = prompt_tokens + max_tokens
+    trained = s.trained_layers or s.layers
+    base = s.weight_bytes + TRAINABLE_COPIES * s.trainable_bytes
+    below = s.dtype_bytes < 4  # a bf16 or quantized base: the adapters' float32 copies, the logits' casts
+    per_position = s.hidden * ACTIVATION_FACTOR * s.dtype_bytes + (s.adapter_inputs * 4 if below else 0)
+    head_rows, copies = (min(s.head_chunk, s.vocab), GRAD_COPIES) if s.head_chunk > 0 else (s.vocab, LOGIT_COPIES)
+    grad = ((micro_batch * max_tokens + prompt_tokens) * trained * per_position
+            + micro_batch * s.heads * max_tokens * seq * trained * 4
+            + micro_batch * max_tokens * head_rows * (4 * copies + (2 * s.dtype_bytes if below else 0))
+            + 2 * prompt_tokens * s.layers * 2 * s.kv_heads * s.head_dim * 4)
+    return base + max(grad, pass_bytes(shape, group_size, prompt_tokens, max_tokens))
+
+
+def pass_bytes(shape: ModelShape, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
+    """The estimated peak of the no-gradient passes above the weights and the step state: a pi_old /
+    reference pass or the end-of-day health pass, whichever is larger, each over as many of a group's rows
+    as the trainer takes at once (module docstring)."""
+    s = shape
+
+    def one(health: bool) -> int:
+        per = pass_position_bytes(s.hidden, s.intermediate, s.heads, s.vocab, prompt_tokens + max_tokens,
+                                  s.dtype_bytes, s.head_chunk, health)
+        return pass_rows(per, max_tokens, group_size) * max_tokens * per
+
+    return max(one(False), one(True))
+
+
+def available_bytes() -> int | None:
+    """The memory the machine can give without swapping, in bytes (None where there is no reading):
+    Linux MemAvailable; macOS free + inactive + speculative pages (vm_stat)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():
+        m = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.M)
+        return int(m.group(1)) * 1024 if m else None
+    if sys.platform == "darwin":
+        try:
+            text = subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=5, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        page = re.search(r"page size of (\d+) bytes", text)
+        pages = {k: int(v) for k, v in re.findall(r"^Pages (\w+):\s+(\d+)\.", text, re.M)}
+        if not page:
+            return None
+        return int(page.group(1)) * sum(pages.get(k, 0) for k in ("free", "inactive", "speculative"))
+    return None
+
+
+def budget_bytes(fraction: float) -> int | None:
+    """What the night may use: `fraction` of the free memory plus what MLX already holds (the loaded
+    weights, which the estimates count); None without a reading."""
+    free = available_bytes()
+    return None if free is None else int(fraction * free) + mx.get_active_memory()
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def _largest(fits, hi: int) -> int:
+    """The largest k in 1..hi with fits(k) (fits is monotone: true below some k), or 0."""
+    return max((k for k in range(1, hi + 1) if fits(k)), default=0)
+
+
+def plan_decode_batch(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int,
+                      budget: int | None) -> int:
+    """How many prompts to decode together (at most `prompts`): all of them when they fit `budget` (or
+    there is no reading). Raises MemoryGuardError when not even one prompt's group fits, naming a
+    group size or max_tokens that would."""
+    if budget is None or prompts < 1:
+        return max(prompts, 1)
+    n = _largest(lambda k: sampling_bytes(shape, k, group_size, prompt_tokens, max_tokens) <= budget, prompts)
+    if n:
+        return n
+    need = sampling_bytes(shape, 1, group_size, prompt_tokens, max_tokens)
+    g = _largest(lambda k: sampling_bytes(shape, 1, k, prompt_tokens, max_tokens) <= budget, group_size - 1)
+    m = _largest(lambda k: sampling_bytes(shape, 1, group_size, prompt_tokens, k) <= budget, max_tokens - 1)
+    raise MemoryGuardError(f"sampling needs ~{_gb(need)}, {_gb(budget)} available: "
+                           f"{_would_fit(f'--group-size {g}' if g else '', f'--max-tokens {m}' if m else '')}")
+
+
+def plan_micro_batch(shape: ModelShape, micro_batch: int, group_size: int, prompt_tokens: int, max_tokens: int,
+                     budget: int | None) -> int:
+    """The training micro-batch to use: the configured one (0: the whole group) or the largest smaller one
+    that fits `budget`. Raises MemoryGuardError when one row does not fit, naming a max_tokens that would."""
+    wanted = micro_batch if micro_batch > 0 else group_size
+    if budget is None:
+        return micro_batch
+    if training_bytes(shape, wanted, group_size, prompt_tokens, max_tokens) <= budget:
+        return micro_batch
+    n = _largest(lambda k: training_bytes(shape, k, group_size, prompt_tokens, max_tokens) <= budget, wanted - 1)
+    if n:
+        return n
+    need = training_bytes(shape, 1, group_size, prompt_tokens, max_tokens)
+    m = _largest(lambda k: training_bytes(shape, 1, group_size, prompt_tokens, k) <= budget, max_tokens - 1)
+    raise MemoryGuardError(f"training needs ~{_gb(need)}, {_gb(budget)} available: "
+                           f"{_would_fit(f'--max-tokens {m}' if m else '')}")
+
+
+def _would_fit(*options: str) -> str:
+    options = [o for o in options if o]
+    if not options:
+        return "no smaller group or completion fits; close other programs or use a smaller model"
+    return " or ".join(options) + " would fit"
+
+
+def cache_decode_batch(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int,
+                       cache_gb: float) -> int:
+    """How many of `prompts` prompts decode together with their KV cache within `cache_gb` (at least one;
+    all of them when `cache_gb` is 0)."""
+    if cache_gb <= 0:
+        return prompts
+    fits = _largest(lambda k: kv_cache_bytes(shape, k, group_size, prompt_tokens, max_tokens) <= cache_gb * GB,
+                    prompts)
+    return max(fits, 1)
+
+
+def sampling_plan(model: nn.Module, prompt_lengths: list[int], group_size: int, max_tokens: int,
+                  fraction: float, cache_gb: float = 0.0) -> tuple[int, str | None]:
+    """(decode batch for `Policy.sample`, a note when free memory made it smaller than all the prompts)
+    under `fraction` of the free memory, with the decode batch's KV cache at most `cache_gb` (0: no
+    ceiling; at least one prompt always decodes); 0 decodes all at once. Raises MemoryGuardError when
+    nothing fits."""
+    if not prompt_lengths:
+        return 0, None
+    shape, prompts, longest = ModelShape.from_model(model), len(prompt_lengths), max(prompt_lengths)
+    n, note = cache_decode_batch(shape, prompts, group_size, longest, max_tokens, cache_gb), None
+    if fraction > 0:
+        budget = budget_bytes(fraction)
+        fits = plan_decode_batch(shape, n, group_size, longest, max_tokens, budget)
+        if fits < n:
+            n, note = fits, (f"memory guard: {prompts} prompts x {group_size} do not fit in {_gb(budget)} at "
+                             f"once: decoding {fits} prompts at a time")
+    return (0, None) if n >= prompts else (n, note)
+
+
+def training_plan(model: nn.Module, groups: list[list], micro_batch: int, max_tokens: int,
+                  fraction: float) -> tuple[int, str | None]:
+    """(micro-batch for the trainer, a note when it is smaller than configured) for the day's `groups` under
+    `fraction` of the free memory. Raises MemoryGuardError when one row does not fit."""
+    if fraction <= 0 or not groups:
+        return micro_batch, None
+    group_size = max(len(g) for g in groups)
+    prompt = max(len(r.prompt_tokens) for g in groups for r in g)
+    longest = max(len(r.completion_tokens) for g in groups for r in g)
+    budget = budget_bytes(fraction)
+    n = plan_micro_batch(ModelShape.from_model(model), micro_batch, group_size, prompt, max(longest, 1), budget)
+    if n == micro_batch:
+        return n, None
+    return n, f"memory guard: micro-batch {micro_batch} does not fit in {_gb(budget)}: training {n} rows at a time"
+

@@ -1,0 +1,1 @@
+"""Items into prompts: sources, stories and the held-out split, the curriculum."""

@@ -1,0 +1,1 @@
+"""Rollouts: G completions per prompt, decoded in one batch over a shared-prefix cache."""

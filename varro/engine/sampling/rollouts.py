@@ -1,0 +1,333 @@
+"""Rollouts: G completions per prompt, every group of a step decoded in one batch.
+
+Each prompt is prefilled once (a batch-1 forward pass that fills a KV cache);
+the cache is copied G times and all groups decode together through mlx-lm's
+BatchGenerator, into a batch cache that holds each prompt once and each row's
+completion beside it (varro.engine.sampling.kvcache). Each completion draws its tokens with its own random key,
+derived from the call's seed, its prompt's id and its place in the group
+(`row_key`), so a completion does not depend on which other prompts decode
+beside it: not on the decode batch, on how many ranks share a day's prompts,
+nor on a resumed day sampling only the prompts left (up to the last-bit
+rounding of a batched forward pass, see `sample_groups`).
+
+The exact sampled token ids are kept, EOS included when the completion
+stopped, so training sees what the policy actually produced, and so is each
+token's log-probability under the distribution it was drawn from
+(`sampler_logprobs`: temperature applied, renormalised over the top-k / top-p
+candidate set), which the trainer compares with its own pi_old pass; beside
+it, the token's log-probability under the whole vocabulary at that
+temperature (`policy_logprobs`, log_softmax(logits / T)[token]: pi_old
+itself, which the trainer takes instead of its own pass when a check on a
+few prompts finds the two agree; None for greedy decoding, temperature 0,
+where the trainer refuses to train). The
+sampler's log-softmax runs in float32 on any base (`Float32Logits`), as the
+trainer's passes do, so a bf16 or quantized base adds no rounding of its own
+to that comparison; and pi_T's normaliser is summed 4096 ids at a time as the
+pass's head sums it (`logprob_head.chunked_logsumexp`): a whole-row float32
+sum is biased on a peaked distribution (on SmolLM2-135M, by 2e-5 a token).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from functools import partial
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from varro.engine.core.faults import failpoint
+from varro.engine.sampling.kvcache import prompt_caches
+from varro.engine.model.head import chunked_logsumexp
+from varro.engine.core.records import PromptInput, Rollout
+
+
+class Float32Logits:
+    """`model` with its logits cast to float32 (a no-op on a float32 model), everything else delegated.
+
+    mlx-lm's BatchGenerator normalises the logits in the model's dtype; handed this, it takes the
+    log-softmax the sampler draws from, and the stored log q, in float32 over a bf16 or quantized base.
+    """
+
+    def __init__(self, model: nn.Module):
+        self._base = model
+
+    def __call__(self, *args, **kwargs) -> mx.array:
+        return self._base(*args, **kwargs).astype(mx.float32)
+
+    def __getattr__(self, name: str):
+        return getattr(self._base, name)
+
+
+def prefill(model: nn.Module, tokens: list[int], step_size: int = 512) -> list:
+    """A KV cache holding `tokens` (batch 1), computed in chunks of `step_size`."""
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = make_prompt_cache(model)
+    for start in range(0, len(tokens), step_size):
+        model(mx.array([tokens[start : start + step_size]]), cache=cache)
+        mx.eval([c.state for c in cache])
+    return cache
+
+
+def group_candidates(logprobs: mx.array, top_p: float, top_k: int) -> tuple[mx.array, mx.array]:
+    """The `top_k` most likely tokens of each row and their log-probs, -inf where dropped.
+
+    Returns (token ids, log-probs), both (..., k) in no particular order. The finite
+    entries are exactly the tokens mlx-lm's `make_sampler` keeps: top-p first, keeping
+    each token whose higher-ranked mass is below `top_p` plus ties of the last one kept,
+    then the `top_k` largest of those. `logprobs` must be normalised (log-softmax, as
+    BatchGenerator passes them): the nucleus mass is not divided by the row's total,
+    which mlx-lm sums in float32 (1 to about 1e-6), so a token whose higher-ranked mass
+    is that close to `top_p` can fall on the other side. A `top_k` of the vocabulary
+    size or more keeps the whole row (mlx-lm raises).
+    """
+    k = min(top_k, logprobs.shape[-1])
+    ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[..., :k]  # (..., k)
+    kept = mx.take_along_axis(logprobs, ids, axis=-1)  # (..., k)
+    if 0 < top_p < 1:
+        # apply_top_p's arithmetic on the k largest: within them its reverse cumsum
+        # adds the same values in the same order
+        ascending = mx.sort(kept, axis=-1)
+        mass_above = mx.cumsum(mx.exp(ascending.astype(mx.float32)), axis=-1, reverse=True, inclusive=False)
+        num_dropped = (mass_above >= top_p).sum(axis=-1, keepdims=True)  # < k: the top token has 0 above
+        threshold = mx.take_along_axis(ascending, num_dropped, axis=-1)
+        kept = mx.where(kept < threshold, -float("inf"), kept)
+    return ids, kept
+
+
+def draw_tokens(logprobs: mx.array, key: mx.array | None, temp: float, top_p: float, top_k: int) -> mx.array:
+    """One token per row of `logprobs` (..., V) from mlx-lm's distribution at `temp` > 0, drawn with `key`
+    (None: MLX's global generator): (...,) token ids.
+
+    With `top_k` > 0 the candidates are `group_candidates`', put in token-id order
+    before the draw: the order argpartition leaves them in changes when two
+    log-probs swap places over a last-bit difference (a batched forward pass
+    rounds with the batch's rows), and the key's noise goes by position, so
+    that order would change the token drawn. Otherwise mlx-lm's top-p alone
+    (`make_sampler`'s ops, so the same key draws the same token).
+    """
+    from mlx_lm.sample_utils import apply_top_p
+
+    if top_k > 0:
+        ids, kept = group_candidates(logprobs, top_p, top_k)
+        by_id = mx.argsort(ids, axis=-1)
+        ids, kept = mx.take_along_axis(ids, by_id, axis=-1), mx.take_along_axis(kept, by_id, axis=-1)  # (..., k)
+        choice = mx.random.categorical(kept * (1.0 / temp), key=key)  # (...,) an index into the k
+        return mx.take_along_axis(ids, choice[..., None], axis=-1).squeeze(-1)
+    if 0 < top_p < 1:
+        logprobs = apply_top_p(logprobs, top_p)
+    return mx.random.categorical(logprobs * (1.0 / temp), key=key)
+
+
+def make_group_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Callable[[mx.array], mx.array]:
+    """A batched sampler drawing from MLX's global generator, with mlx-lm's distribution, cheaper when `top_k` > 0.
+
+    mlx-lm's `apply_top_p` sorts the whole vocabulary of every row each step (42% of
+    a 32-row CPU decode step); with `top_k` > 0 this one partitions out the `top_k`
+    largest and sorts only those. It keeps the same candidate set (`group_candidates`),
+    so the distribution equals mlx-lm's; only the random draws differ. Greedy (`temp`
+    0) is mlx-lm's `make_sampler`. `sample_groups` draws through `RowSampler`s instead,
+    the same distribution with a key per completion.
+    """
+    from mlx_lm.sample_utils import make_sampler
+
+    if temp == 0:
+        return make_sampler(temp=0.0)
+
+    @partial(mx.compile, inputs=mx.random.state, outputs=mx.random.state)
+    def sampler(logprobs: mx.array) -> mx.array:
+        return draw_tokens(logprobs, None, temp, top_p, top_k)
+
+    return sampler
+
+
+def make_keyed_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Callable[[mx.array, mx.array], mx.array]:
+    """`draw(logprobs, key)`: `draw_tokens` at these settings (`temp` > 0), compiled, with an explicit key."""
+    if temp <= 0:
+        raise ValueError(f"a keyed sampler needs a positive temperature, got {temp}")
+    return mx.compile(lambda logprobs, key: draw_tokens(logprobs, key, temp, top_p, top_k))
+
+
+def row_key(seed: int, prompt_id: str, group_index: int) -> mx.array:
+    """The random key of completion `group_index` of prompt `prompt_id` under `seed`: a stable hash of the
+    three (not Python's salted `hash`), so any process, rank or batch that samples it draws the same tokens."""
+    digest = hashlib.blake2b(f"{seed}\0{prompt_id}\0{group_index}".encode(), digest_size=8).digest()
+    return mx.random.key(int.from_bytes(digest, "little"))
+
+
+class RowSampler:
+    """One completion's sampler for BatchGenerator: each call draws the row's next token with the next key
+    of the completion's own stream (split off `key`), so its draws depend on nothing else in the batch.
+
+    BatchGenerator calls it once per decode step with the row's (1, V) log-probs.
+    """
+
+    def __init__(self, draw: Callable[[mx.array, mx.array], mx.array], key: mx.array):
+        self._draw = draw
+        self._key = key
+
+    def __call__(self, logprobs: mx.array) -> mx.array:
+        self._key, step_key = mx.random.split(self._key)
+        return self._draw(logprobs, step_key)
+
+
+def group_samplers(draw: Callable[[mx.array, mx.array], mx.array] | None, seed: int, prompt_id: str,
+                   group_size: int) -> list[RowSampler] | None:
+    """A `RowSampler` for each completion of `prompt_id`'s group (BatchGenerator's `samplers`) drawing with
+    `draw` (`make_keyed_sampler`); None when `draw` is (greedy: every row takes its argmax, no key needed)."""
+    if draw is None:
+        return None
+    return [RowSampler(draw, row_key(seed, prompt_id, gi)) for gi in range(group_size)]
+
+
+def candidate_logprobs(logprobs: mx.array, temp: float, top_p: float = 1.0, top_k: int = 0) -> mx.array:
+    """The sampler's distribution as log-probs over the vocabulary, -inf outside its candidate set.
+
+    `logprobs` (..., V) are normalised log-probs at temperature 1 (what BatchGenerator
+    hands the sampler); the result is log_softmax over the candidates of logprobs / temp,
+    with the candidates `group_candidates` keeps (top-k > 0) or mlx-lm's top-p alone.
+    """
+    from mlx_lm.sample_utils import apply_top_p
+
+    logprobs = logprobs.astype(mx.float32)
+    if top_k > 0:
+        ids, kept = group_candidates(logprobs, top_p, top_k)
+        full = mx.full(logprobs.shape, -float("inf"), dtype=mx.float32)
+        masked = mx.put_along_axis(full, ids, kept, axis=-1)
+    elif 0 < top_p < 1:
+        masked = apply_top_p(logprobs, top_p)
+    else:
+        masked = logprobs
+    scaled = masked * (1.0 / temp)
+    return scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
+
+
+def sampled_logprobs(logprobs: mx.array, tokens: mx.array, temp: float, top_p: float = 1.0,
+                     top_k: int = 0) -> mx.array:
+    """log q(token) of each row's sampled token under the sampler's distribution: (B, V), (B,) -> (B,)."""
+    if temp == 0:
+        return mx.zeros(tokens.shape, dtype=mx.float32)  # greedy: the token had probability 1
+    q = candidate_logprobs(logprobs, temp, top_p, top_k)
+    return mx.take_along_axis(q, tokens[:, None], axis=-1).squeeze(-1)
+
+
+def untruncated_logprobs(logprobs: mx.array, tokens: mx.array, temp: float) -> mx.array | None:
+    """log pi_T(token) of each row's sampled token under the whole vocabulary at temperature `temp`,
+    log_softmax(logprobs / temp)[token], what the trainer's pi_old pass computes: (B, V), (B,) -> (B,).
+    None when greedy (`temp` 0): the trainer refuses that temperature, and no finite value is pi_0."""
+    if temp == 0:
+        return None
+    scaled = logprobs.astype(mx.float32) * (1.0 / temp)
+    picked = mx.take_along_axis(scaled, tokens[:, None], axis=-1).squeeze(-1)
+    return picked - chunked_logsumexp(scaled)  # the pass's normaliser, to its rounding (see there)
+
+
+def sample_groups(
+    model: nn.Module,
+    tokenizer,
+    prompts: list[PromptInput],
+    group_size: int,
+    max_tokens: int,
+    temp: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+    decode_batch: int = 0,
+    share_prefix: bool = True,
+) -> list[list[Rollout]]:
+    """Sample `group_size` completions for each prompt; returns one list of Rollouts per prompt.
+
+    `on_done(1)` is called as each completion finishes. `decode_batch` > 0 decodes
+    that many prompts' groups together at a time (the memory guard's knob, see
+    varro.engine.model.memory); 0 decodes all at once. Each completion draws with its
+    own key from (`seed`, its prompt's id, its group index) (`row_key`; `seed`
+    None: one drawn from MLX's global generator), so a seed gives the same
+    completions for a prompt whatever the decode batch or the other prompts of
+    the call, up to the float32 rounding of a batched forward pass (which can
+    differ in the last bits with the batch's rows and so, rarely, flip a draw).
+    `share_prefix` False decodes into mlx-lm's BatchKVCache (each row its own copy of
+    its prompt), grown once to the work: the same tokens, more memory (kvcache.py).
+    Raises ValueError for an empty prompt or non-positive sizes.
+    """
+    from mlx_lm.generate import BatchGenerator
+
+    if group_size < 1 or max_tokens < 1:
+        raise ValueError(f"group_size and max_tokens must be positive, got {group_size}, {max_tokens}")
+    for p in prompts:
+        if not p.tokens:
+            raise ValueError(f"prompt {p.prompt_id!r} has no tokens")
+    if not prompts:
+        return []
+    if seed is None:
+        seed = int(mx.random.randint(0, 2**31 - 1, ()).item())
+    if 0 < decode_batch < len(prompts):
+        return [g for i in range(0, len(prompts), decode_batch)
+                for g in sample_groups(model, tokenizer, prompts[i : i + decode_batch], group_size, max_tokens,
+                                       temp, top_p, top_k, seed=seed, on_done=on_done,
+                                       share_prefix=share_prefix)]
+    total = len(prompts) * group_size
+    gen = BatchGenerator(
+        Float32Logits(model),
+        max_tokens=max_tokens,
+        stop_tokens=[[t] for t in tokenizer.eos_token_ids],
+        # no batch-wide sampler: greedy (mlx-lm's default) or each row's RowSampler
+        completion_batch_size=total,
+        prefill_batch_size=total,
+    )
+    draw = make_keyed_sampler(temp, top_p, top_k) if temp > 0 else None
+    owner: dict[int, tuple[int, int]] = {}
+    try:
+        for pi, p in enumerate(prompts):
+            head, last = p.tokens[:-1], p.tokens[-1:]
+            caches = None
+            if head:
+                cache = prompt_caches(prefill(model, head), pi, max_tokens, share_prefix)
+                caches = [copy.deepcopy(cache) for _ in range(group_size)]
+            uids = gen.insert([last] * group_size, caches=caches,
+                              samplers=group_samplers(draw, seed, p.prompt_id, group_size))
+            for gi, uid in enumerate(uids):
+                owner[uid] = (pi, gi)
+        tokens: dict[int, list[int]] = {uid: [] for uid in owner}
+        logq: dict[int, list[float]] = {uid: [] for uid in owner}
+        logpi: dict[int, list[float]] = {uid: [] for uid in owner}
+        finish: dict[int, str] = {}
+        while responses := gen.next_generated():
+            # one batched op per step: each row's log q(token) and log pi_T(token) from the log-probs it
+            # was drawn from
+            step_logprobs = mx.stack([r.logprobs for r in responses])  # (B, V)
+            step_tokens = mx.array([r.token for r in responses])  # (B,)
+            lq = sampled_logprobs(step_logprobs, step_tokens, temp, top_p, top_k)
+            lp = untruncated_logprobs(step_logprobs, step_tokens, temp)
+            mx.eval(lq, lp)
+            lq, lp = lq.tolist(), [None] * len(responses) if lp is None else lp.tolist()
+            for r, q, p in zip(responses, lq, lp):
+                tokens[r.uid].append(r.token)
+                logq[r.uid].append(q)
+                logpi[r.uid].append(p)
+                if r.finish_reason is not None:
+                    finish[r.uid] = r.finish_reason
+                    failpoint("sample.finished")
+                    if on_done is not None:
+                        on_done(1)
+    finally:
+        gen.close()
+
+    eos = set(tokenizer.eos_token_ids)
+    groups: list[list[Rollout]] = [[None] * group_size for _ in prompts]  # type: ignore[list-item]
+    for uid, (pi, gi) in owner.items():
+        ids = tokens[uid]
+        text_ids = ids[:-1] if ids and ids[-1] in eos else ids
+        groups[pi][gi] = Rollout(
+            prompt_id=prompts[pi].prompt_id,
+            group_index=gi,
+            prompt_tokens=list(prompts[pi].tokens),
+            completion_tokens=ids,
+            text=tokenizer.decode(text_ids),
+            finish_reason=finish.get(uid, "length"),
+            sampler_logprobs=logq[uid],
+            policy_logprobs=None if temp == 0 else logpi[uid],
+        )
+    return groups
