@@ -24,6 +24,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # tests/support: the toy task some benchmarks train on
 
 MODEL_DIR = BENCH_DIR / ".models" / "qwen3-30m"
 # hidden 384, 6 layers, vocab 8192, MLP 3584: 30.3M float32 parameters (tied embeddings).

@@ -1,8 +1,8 @@
 """How many random kills does a night survive? For each app, SIGKILL a three-day backfill (2026-11-02..04,
 the shipped sample, the tiny model) at N moments spread over a clean run's duration (one drawn in each of N
 equal slices, fixed seed), re-run it to its end, and compare everything it wrote with the clean run: every
-table's rows and every file of the run's folder (tests/test_crash.py's `state`, which names what it leaves
-out and why). The suite does the same with N=2 (tests/test_kills.py); this is the larger N.
+table's rows and every file of the run's folder (tests/system/test_crash.py's `state`, which names what it leaves
+out and why). The suite does the same with N=2 (tests/system/test_kills.py); this is the larger N.
 
     scripts/env python bench/kills.py --kills 10          # both apps
     scripts/env python bench/kills.py --apps walter --kills 4 --seed 7

@@ -78,7 +78,7 @@ def main() -> None:
     from varro.engine.sampling import rollouts
     from varro.engine.core.config import Config
     from varro.engine.run.policy import Policy
-    from varro.engine.toy import toy_reward
+    from support.toy import toy_reward
     from varro.engine.train.trainer import make_chunks
     from varro.forecast.reward import build_prompt
 

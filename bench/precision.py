@@ -16,8 +16,11 @@ Usage: scripts/env python bench/precision.py [--profiles loose,tight]
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support: the toy task
 
 PROMPTS = [("a", "Write about the port strike."), ("b", "Write about the central bank."),
            ("c", "Write about prices.")]
@@ -44,7 +47,7 @@ def step_zero(model_path: Path, profile: str, run: Path) -> dict:
     from varro.engine.core.config import Config
     from varro.engine.model.loading import base_dtype
     from varro.engine.run.policy import Policy
-    from varro.engine.toy import toy_reward
+    from support.toy import toy_reward
 
     cfg = Config()
     cfg.model.model = str(model_path)

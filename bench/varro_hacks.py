@@ -5,7 +5,7 @@ of 2026-11-02..07, scored by `varro.cycle.score_texts` against the next day) of
 a templated forecast about a different story of the same day, of one fixed
 generic paragraph and of the headline restated; the Calderra prompt's honest
 forecast and a Kestmark rate forecast written for it; and, over the
-hand-written honest forecasts of tests/varro_honest_forecasts.json, the honest
+hand-written honest forecasts of tests/forecast/varro_honest_forecasts.json, the honest
 mean, each hack's mean and how often the honest forecast wins.
 
     scripts/env python bench/varro_hacks.py
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import REPO, emit
 
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "forecast"))
 
 BENCH = "varro_hacks"
 

@@ -1,4 +1,10 @@
 import os
+import sys
+from pathlib import Path
+
+# Test files share fixtures across folders (system/test_bad_input.py uses walter/'s fake Bluesky): every folder
+# of tests/ is importable by its file names, which are unique (tests/system/test_architecture.py checks).
+sys.path[:0] = [str(d) for d in sorted(Path(__file__).parent.glob("*/**/")) if d.name not in ("__pycache__", "fixtures", "support")]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,7 +29,7 @@ def tiny_model_path(tmp_path_factory):
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0, vocab_size=512)
 
 
-# The tiny demo of tests/test_readme_commands.py and tests/test_demo.py: both files check the same run.
+# The tiny demo of tests/system/test_readme_commands.py and tests/system/test_demo.py: both files check the same run.
 TINY_DEMO = ["demo", "--tiny", "--cold", "--days", "2", "--embedder", "hash", "--max-tokens", "8",
              "--prompts-per-day", "6", "--eval-every", "2"]
 
@@ -46,7 +52,7 @@ def tiny_demo(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm_f32(tmp_path_factory):
     """SmolLM2-135M-Instruct converted once from the shipped GGUF to a float32 mlx-lm folder (the real demo's
-    model; tests/test_gguf.py checks it against transformers). Read-only: copy it before changing a file."""
+    model; tests/engine/model/test_gguf.py checks it against transformers). Read-only: copy it before changing a file."""
     from varro.engine.model.gguf import convert_gguf, shipped_gguf
 
     return convert_gguf(shipped_gguf(), tmp_path_factory.mktemp("smollm") / "f32")
@@ -75,9 +81,9 @@ def preloaded(tmp_path_factory):
 def clean_nightly(tmp_path_factory, preloaded):
     """run(cmd) -> (home, seconds): `cmd` (a nightly backfill) run to its end on a new data folder, once per
     session per command, so the files that compare against the same uninterrupted run share it
-    (tests/test_kills.py and tests/test_walter_faults.py both need Walter's three-day one). It runs on the
+    (tests/system/test_kills.py and tests/walter/test_faults.py both need Walter's three-day one). It runs on the
     "reference" preloaded server, like the crash tests' own references, so its duration is that of the runs
-    tests/test_kills.py kills. Read-only: the tests compare against its state and run nothing on its home."""
+    tests/system/test_kills.py kills. Read-only: the tests compare against its state and run nothing on its home."""
     import time
 
     from preloaded import run as run_preloaded

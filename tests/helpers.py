@@ -8,7 +8,7 @@ import pytest
 
 from varro.engine.core.config import Config
 from varro.engine.run.policy import Policy
-from varro.engine.toy import toy_reward
+from support.toy import toy_reward
 
 
 def tiny_config(model_path, **train) -> Config:
@@ -20,7 +20,7 @@ def tiny_config(model_path, **train) -> Config:
     cfg.sampling.profile = "default"
     cfg.train.learning_rate = 5e-3
     cfg.train.kl_max = 1000.0  # tests move a tiny model fast on purpose; test_health sets its own limit
-    cfg.train.entropy_min_share = 0.0  # likewise the entropy guard (tests/test_entropy.py sets its own)
+    cfg.train.entropy_min_share = 0.0  # likewise the entropy guard (tests/engine/train/test_entropy.py sets its own)
     for k, v in train.items():
         setattr(cfg.train, k, v)
     return cfg

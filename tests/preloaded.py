@@ -3,7 +3,7 @@
 A `python -m varro.cli nightly` on the tiny model spends about 3 s of its 6 on a 2-core machine importing
 torch and transformers (mlx-lm's tokenizer loader pulls them in), and the crash tests alone start about 80
 such processes. A `Preloaded` server imports those third-party packages once, and forks one child per
-command (tests/test_crash.py, test_walter_faults.py, test_kills.py, test_nightly.py, test_daily_use.py,
+command (tests/system/test_crash.py, test_faults.py, test_kills.py, test_nightly.py, test_daily_use.py,
 test_health.py, test_distributed.py, and test_secrets.py's reading commands use it); the child
 sets its own environment, working folder and output files, then runs the module as `python -m` would
 (`runpy`, `__main__`), so mlx, mlx-lm and every module of ours are imported fresh in it, after its

@@ -6,7 +6,7 @@ tensors (already as MLX affine-quantized weight/scales/biases), transformers'
 GGUF tokenizer conversion writes the tokenizer, and mlx-lm's llama model runs
 the result: this module writes only the mapping between them.
 
-Two facts of the mapping are easy to get wrong, and `tests/test_gguf.py`
+Two facts of the mapping are easy to get wrong, and `tests/engine/model/test_gguf.py`
 plants each: llama.cpp stores q and k with each head's rows interleaved for
 its own RoPE (undone here, so the folder uses the standard Hugging Face
 layout and RoPE), and the chat tokens must stay single special tokens.

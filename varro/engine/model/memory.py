@@ -93,7 +93,7 @@ pass sweeps the policy's and the reference's heads together for the exact KL
 holds HEALTH_COPIES (6) whole-vocabulary arrays, and the pi_old pass 2.
 
 Measured against mx.get_peak_memory() on CPU: see the README's memory
-paragraph and BENCHMARKS.md (tests/test_memory.py on the tiny model,
+paragraph and BENCHMARKS.md (tests/system/test_memory.py on the tiny model,
 bench/memory_estimate.py and bench/real_shape.py on Qwen3-0.6B's shape).
 The estimate is meant as an upper bound; the guard lets the night use `memory_fraction` of what the
 machine has free (`available_bytes`, plus what MLX already holds: the loaded

@@ -409,7 +409,7 @@ class Trainer:
 
     `head_chunk` is the vocabulary rows the output head takes at a time in every
     pass and step (varro.engine.model.head); 0 takes the whole vocabulary's
-    logits at once, the plain path tests/test_logprob_head.py compares against.
+    logits at once, the plain path tests/engine/model/test_logprob_head.py compares against.
     """
 
     def __init__(

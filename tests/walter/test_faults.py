@@ -81,7 +81,7 @@ def test_voice_of_a_day_killed_after_its_checkpoint_is_not_lost(tiny_model_path,
                                                                 preloaded):
     """Issue 34: killed after checkpoint 2 of a three-day backfill, the re-run skipped day 2 as done, and its
     voice (voice_days, cadence) was lost for good. Now it resumes day 2 at the voice and says so."""
-    clean, _ = clean_nightly(command(tiny_model_path, THREE_DAYS))  # shared with tests/test_kills.py
+    clean, _ = clean_nightly(command(tiny_model_path, THREE_DAYS))  # shared with tests/system/test_kills.py
     killed = nightly(tiny_model_path, tmp_path, "step.checkpointed#2", days=THREE_DAYS, server=preloaded("killed"))
     assert killed.returncode == -9, killed.stderr[-500:]
     again = nightly(tiny_model_path, tmp_path, days=THREE_DAYS, server=preloaded("rerun"))

@@ -106,7 +106,7 @@ def test_database_from_an_older_version_migrates_forward_after_a_backup(tmp_path
     import sqlite3
     from pathlib import Path
 
-    fixture = Path(__file__).parent / "fixtures" / "varro-m002.db"
+    fixture = Path(__file__).resolve().parents[2] / "fixtures" / "varro-m002.db"
     path = tmp_path / "varro.db"
     shutil.copy(fixture, path)
     db = dbm.open_db(path)

@@ -3,7 +3,7 @@
 import numpy as np
 
 from helpers import COMMON, open_policy
-from varro.engine.toy import toy_reward
+from support.toy import toy_reward
 
 PROMPTS = [(f"p{i}", f"Write about story {i}.") for i in range(4)]
 MARGIN = 1.0  # target words per completion; before training the mean is about 0.1

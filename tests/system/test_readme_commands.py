@@ -5,7 +5,7 @@ README.md and then from each docs/*.md by name (DOCUMENTS), so a command moved f
 checked; docs/write-your-own-app.md alone is left out (UNCHECKED says why).
 Each runs through click's CliRunner (what scripts/env would start, without a new Python per command) with
 VARRO_HOME set to one tiny demo's home, made once per session (conftest.py's `tiny_demo`, which
-tests/test_demo.py checks too). Those that take minutes, need the network or another machine, or touch the
+tests/system/test_demo.py checks too). Those that take minutes, need the network or another machine, or touch the
 system are in SKIPPED with the reason; a SKIPPED entry no document shows any more fails the test, so the
 list cannot drift either. The same demo's "try next" commands and the items of issue 31 that need a demo's
 runs are checked here too.
@@ -22,7 +22,7 @@ from tally.cli import cli as tally_cli
 from varro.cli import cli as varro_cli
 from walter.cli import cli as walter_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNCHECKED = {"write-your-own-app.md": "a walk-through on the reader's own tally file and tally run, which a demo's "
                                       "home does not have; it was never part of the README"}
 # README.md first, then docs/*.md sorted by name: a fixed order, and a new doc is read without being named here
@@ -34,13 +34,13 @@ SKIPPED = {
     "scripts/env varro ingest": "fetches the RSS feeds (network)",
     "scripts/env varro step --date 2026-11-22": "fetches the RSS feeds (network)",
     "scripts/env varro step --date 2026-11-03 --source sample --run try --model "
-    "data/models/smollm2-135m-instruct": "trains a day of the real model (minutes); tests/test_cycle.py runs steps",
+    "data/models/smollm2-135m-instruct": "trains a day of the real model (minutes); tests/forecast/test_varro_cycle.py runs steps",
     "scripts/env varro hacks --sample": "loads the real MiniLM and scores 15 hacks (half a minute); "
-                                        "tests/test_hacks.py runs it",
+                                        "tests/system/test_hacks.py runs it",
     "scripts/env walter ingest": "searches Bluesky (network and an account)",
     "scripts/env walter step --date 2026-11-22": "searches Bluesky (network and an account)",
-    "scripts/env walter demo": "the real model's demo (minutes); tests/test_demo.py runs it",
-    "scripts/env tally demo --tiny --cold": "a demo of its own (half a minute); tests/test_tally.py runs tally",
+    "scripts/env walter demo": "the real model's demo (minutes); tests/system/test_demo.py runs it",
+    "scripts/env tally demo --tiny --cold": "a demo of its own (half a minute); tests/tally/test_tally.py runs tally",
     "scripts/env tally nightly --source file --items ~/notes.csv --counts saves=1,shares=2 --group-column topic":
         "reads the reader's own file",
     "scripts/env varro nightly --hosts hosts.json": "needs several machines",
@@ -65,7 +65,7 @@ def run(words: list[str], home: Path, cwd: Path):
 @pytest.fixture
 def demo(tiny_demo):
     """A tiny demo's home (runs `demo` and `walter-demo`, two days each) and the demo's output: conftest's, made
-    once per session and shared with tests/test_demo.py."""
+    once per session and shared with tests/system/test_demo.py."""
     return tiny_demo
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import test_crash
-import test_walter_faults
+import test_faults as test_walter_faults
 from test_crash import assert_same_state, nightly_env, state
 
 THREE_DAYS = ("2026-11-02", "2026-11-04")
@@ -68,7 +68,7 @@ def kill_and_resume(cmd, home, delay: float, servers=(None, None)) -> bool:
 def clean(request, tiny_model_path, clean_nightly):
     """(app, its command, the clean run's state and duration). The clean run is conftest's, once per session
     on the "reference" preloaded server (so its duration is that of the runs killed here, forked alike):
-    tests/test_walter_faults.py compares against the same three-day Walter run."""
+    tests/walter/test_faults.py compares against the same three-day Walter run."""
     cmd = APPS[request.param](tiny_model_path, THREE_DAYS)
     home, seconds = clean_nightly(cmd)
     return (request.param, cmd, state(home), seconds)

@@ -1,6 +1,6 @@
 """Hand-written honest forecasts for sample prompts and the hacks built from them.
 
-Shared by tests/test_varro_reward.py and bench/varro_hacks.py. The honest
+Shared by tests/forecast/test_varro_reward.py and bench/varro_hacks.py. The honest
 forecasts and the paraphrases are in varro_honest_forecasts.json; every hack is
 built here from the sample's own text, so a reader can see what each one is.
 """

@@ -10,7 +10,7 @@ import pytest
 from varro.engine import store
 from varro.engine.core.records import Rollout
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 ENGINE_TABLES = ("prompts", "rollouts", "steps", "guards", "stories", "panel", "panel_scores", "cadence",
                  "human_cadence", "voice_days", "embeddings", "curriculum", "_migrations",
                  "rollouts_readable", "rollouts_by_day", "day_summary", "steps_by_day")  # the tables, then views

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from test_ingest import RSS, respond, server  # noqa: F401  (server is a fixture)
+from test_varro_ingest import RSS, respond, server  # noqa: F401  (server is a fixture)
 from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and db are fixtures)
     NOW,
     ALICE,

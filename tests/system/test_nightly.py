@@ -97,7 +97,7 @@ else cat > {store}; fi
     line = out.output.splitlines()[0]
     assert line.startswith("15 3 * * * ")
     assert f"--home {varro_home}" in line and "varro nightly --run n" in line and "--quiet" in line
-    assert str(Path(__file__).resolve().parents[1] / "scripts" / "env") in line
+    assert str(Path(__file__).resolve().parents[2] / "scripts" / "env") in line
     assert store.read_text().splitlines() == [line]
     again = runner.invoke(cli, ["cron", "--run", "n", "--at", "03:15", "--install"], env=env)
     assert "already in your crontab" in again.output
@@ -122,7 +122,7 @@ def test_on_a_mac_the_nightly_runs_under_caffeinate_and_the_linux_line_is_unchan
 
     from varro.cli import cli
     from varro.engine.loop import schedule
-    env = str(Path(__file__).resolve().parents[1] / "scripts" / "env")
+    env = str(Path(__file__).resolve().parents[2] / "scripts" / "env")
     logs = varro_home / "runs" / "n" / "logs"
     linux = (f"15 3 * * * mkdir -p {logs} && {env} varro nightly --run n --home {varro_home} --quiet "
              f">> {logs / 'cron.log'} 2>&1  # varro nightly n")

@@ -42,7 +42,7 @@ def test_demo_runs_on_the_real_model_by_default(varro_home, smollm_f32, monkeypa
     import shutil
 
     from varro.engine.model import gguf
-    # The conversion itself is tests/test_gguf.py's (against transformers); here the demo's call of it is
+    # The conversion itself is tests/engine/model/test_gguf.py's (against transformers); here the demo's call of it is
     # checked, answered by a copy of the session's folder, the same convert_gguf's output for the same file.
     conversions = []
 
@@ -71,7 +71,7 @@ def test_demo_runs_on_the_real_model_by_default(varro_home, smollm_f32, monkeypa
 
 
 def test_full_demo_writes_reports_and_a_compare(tiny_demo):
-    """conftest's tiny demo (both apps, two days), made once per session; tests/test_readme_commands.py runs the
+    """conftest's tiny demo (both apps, two days), made once per session; tests/system/test_readme_commands.py runs the
     README's commands on the same home."""
     home, output = tiny_demo
     for line in ["== Walter", "== Learning curves on the held-out panels", "varro: ", "held-out prompts made on",

@@ -13,7 +13,7 @@ from varro.engine.core.app import App, apps, get_app, AppError
 from varro.engine.cli.commands import EngineGroup, app_cli
 from varro.engine.core.errors import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENGINE_COMMANDS = {"step", "nightly", "ingest", "cron", "demo", "metrics", "rollouts", "report", "compare", "eval"}
 
 
@@ -100,3 +100,44 @@ def test_every_library_error_the_cli_reports_is_a_user_error():
     for kind in (CheckpointError, ConfigError, FutureDayError, NoDatabaseError, UnknownRunError, ModelLoadError,
                  TrainingError, IngestError, BlueskyError, WalterIngestError):
         assert issubclass(kind, UserError), kind
+
+
+APPS = ("varro.forecast", "varro.cli", "varro.demo", "walter", "tally")
+APP_HELPERS = {"varro_app", "walter_app", "varro_step", "walter_step", "varro_day_metrics", "walter_day_metrics",
+               "varro_human_items", "varro_sample_days"}  # tests/helpers.py functions that load an app
+
+
+def app_imports(path: Path) -> list[str]:
+    """The imports of a test file that reach an application: its packages, or helpers that load one."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith(APPS)]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith(APPS):
+                found.append(node.module)
+            elif node.module == "helpers":
+                found += [f"helpers.{a.name}" for a in node.names if a.name in APP_HELPERS]
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "get_app":
+            found.append("get_app(...)")
+    return found
+
+
+def test_engine_tests_import_no_app():
+    tests = sorted((ROOT / "tests" / "engine").rglob("test_*.py"))
+    assert len(tests) >= 10
+    offenders = {str(p.relative_to(ROOT)): app_imports(p) for p in tests if app_imports(p)}
+    assert offenders == {}
+
+
+def test_the_app_import_scan_sees_an_app_import(tmp_path):
+    planted = tmp_path / "test_planted.py"
+    planted.write_text("import os\nfrom helpers import tiny_config, varro_step\nfrom walter.reward import x\n")
+    assert app_imports(planted) == ["helpers.varro_step", "walter.reward"]
+
+
+def test_test_files_are_named_once_so_every_folder_can_import_them():
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) >= 50 and len(names) == len(set(names))

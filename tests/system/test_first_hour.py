@@ -1,7 +1,7 @@
 """The first hour (issue 31): each wrong turn a new user met, as a test that fails without its fix.
 
 The items that need a demo's runs (the demo's "try next" commands, `rollouts show --run`, another app's run
-named, `cron --run demo`, the compare's header and HTML) are in tests/test_readme_commands.py, which makes
+named, `cron --run demo`, the compare's header and HTML) are in tests/system/test_readme_commands.py, which makes
 one demo home for all of them.
 """
 
@@ -23,7 +23,7 @@ from varro.engine.core.paths import db_path
 from varro.engine.core.paths import run_dir
 from walter.cli import cli as walter_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 # the docs the README's sections moved to: every doc but the app walk-through, whose toml shows `tally = "..."`
 DOCS = {p.name: p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md"))

@@ -1,0 +1,1 @@
+"""What only the tests use: the toy task."""
