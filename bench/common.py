@@ -3,7 +3,7 @@ its prompts, the BLAS in use, one line per figure.
 
 Every benchmark prints one line per figure (`emit`) and, when $BENCH_RESULTS
 names a file, appends the same figure there as a JSON line, which
-`bench/report.py` turns into BENCHMARKS.md.
+`bench/report.py` turns into docs/benchmarks.md.
 
 No completion may stop early on EOS: the bench model is a random network, so a
 sampled EOS would make the contenders do different amounts of work. Every

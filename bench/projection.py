@@ -17,7 +17,7 @@ the floor. Reward scoring uses the cold rate measured here as is.
 `--real-shape` takes the fractions bench/real_shape.py measured on the real
 Qwen3-0.6B shape (float32 here) instead of the 30M bench model's, and projects
 the night as it now runs: a bf16 base, its KV cache in bf16, as many prompts
-decoding at a time as the default decode_cache_gb allows (4 since the shared-prefix cache; the table in BENCHMARKS.md was projected at 2). Training stays at
+decoding at a time as the default decode_cache_gb allows (4 since the shared-prefix cache; the table in docs/benchmarks.md was projected at 2). Training stays at
 the chip's published float32 rate: bf16 is not assumed to compute faster, only to move half the bytes.
 """
 

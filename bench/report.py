@@ -1,6 +1,6 @@
-"""Write BENCHMARKS.md (to stdout) from a bench/run_all results folder.
+"""Write docs/benchmarks.md (to stdout) from a bench/run_all results folder.
 
-    scripts/env python bench/report.py bench/results > BENCHMARKS.md
+    scripts/env python bench/report.py bench/results > docs/benchmarks.md
 """
 
 from __future__ import annotations

@@ -141,3 +141,37 @@ def test_the_app_import_scan_sees_an_app_import(tmp_path):
 def test_test_files_are_named_once_so_every_folder_can_import_them():
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
     assert len(names) >= 50 and len(names) == len(set(names))
+
+
+def test_the_architecture_picture_is_the_code():
+    import runpy
+
+    drawing = runpy.run_path(str(ROOT / "scripts" / "architecture.py"))
+    assert drawing["current"]() == drawing["generate"](), "run: scripts/env python scripts/architecture.py --write"
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    import shutil
+
+    for name in ("varro", "walter", "tally"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("module, planted, contract", [
+    ("varro/engine/core/dates.py", "from varro.engine.loop import cycle", "The engine's layers, top to bottom"),
+    ("walter/reward.py", "from varro.engine.train import gspo",
+     "Applications never reach into training, sampling, runs or the loop themselves"),
+])
+def test_a_planted_import_breaks_its_contract(tmp_path, module, planted, contract):
+    tree = copy_tree(tmp_path)
+    with open(tree / module, "a") as f:
+        f.write(f"\n{planted}  # planted\n")
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint), "--no-cache"], cwd=tree, capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tree)})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"{contract} BROKEN" in out.stdout
+    assert "The engine imports no application KEPT" in out.stdout  # it reads the copy, and reads it whole
+    assert f"{module[:-3].replace('/', '.')} -> " in out.stdout  # the planted line is the one named

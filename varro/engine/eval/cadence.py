@@ -1,25 +1,8 @@
 """Cadence: how prose moves, measured by the base language model (the Horace idea).
 
-Each text token t gets its surprisal s_t = -log p(token_t | prefix) and the
-entropy H_t of the distribution that predicted it, both under the BASE model
-at temperature 1. From these and the words of the text:
-
-- mean_surprisal: mean of s_t;
-- spike_rate: spikes per 100 scored tokens; a spike is a position with
-  s_t > mean(s) + std(s) (population std of this text's own s);
-- spike_gap: mean distance in positions between consecutive spikes
-  (mean of the differences of their indices); None with fewer than two spikes;
-- entropy_drop: mean over spikes t with a next token of H_t - H_{t+1};
-  None when no spike has a next token;
-- sentence_cv: std / mean (population std) of sentence lengths in words,
-  sentences from rewards.split_sentences, those without a word left out;
-  None with fewer than two sentences;
-- hapax_ratio: word types (lower-cased) seen exactly once over all word types;
-  None without words.
-
-Literary prose has about 8 spikes per 100 tokens, bland text about 2.
-`cadence_distance` compares features with a human reference set and
-`template_share` measures one template written for every prompt.
+Per-text features from each token's surprisal and entropy under the base model (spike rate and gap, entropy
+drop, sentence-length variation, hapax ratio), `cadence_distance` to a human reference set and
+`template_share`. The definitions: docs/evaluation.md.
 """
 
 from __future__ import annotations

@@ -1,13 +1,6 @@
 """Before and after: two checkpoints on the run's held-out panel, the same seeds, the same reward.
 
-The prompts are the run's evaluation panel (varro.panel): held-out prompts of
-stories that no update has seen as a prompt or a reward target, never topped
-up with training prompts. Both sides' completions come from the panel cache,
-so a compare after `eval` samples nothing. The mean reward difference (after
-minus before) comes with a paired Student-t interval over prompts (each
-prompt's completions are averaged first, since they share the prompt's
-difficulty), and a panel under MIN_PANEL prompts is labelled too small to
-conclude from.
+The mean reward difference comes with a paired Student-t interval over prompts; docs/evaluation.md says why.
 """
 
 from __future__ import annotations

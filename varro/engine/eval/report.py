@@ -1,12 +1,7 @@
 """A run's report: per-day metrics, reward-hacking monitors, plots and samples in one HTML page.
 
-`report_data` gathers every number (the application's `day_metrics`, monitors
-computed from the completions' text, each day's best and worst sample, the
-days whose training reward rose while the eval reward fell, and the days whose
-voice drifted from the humans'); `build_report`
-draws one PNG per metric into `<name>_files/` next to the page and embeds the
-same bytes as data URIs, so the HTML is self-contained. Model output is
-untrusted: every prompt and completion is HTML-escaped.
+Self-contained (plots embedded as data URIs); every prompt and completion is HTML-escaped. What it gathers:
+docs/evaluation.md.
 """
 
 from __future__ import annotations

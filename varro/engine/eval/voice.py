@@ -1,18 +1,8 @@
 """Voice: does training move the model's writing toward the people it learns from, or toward sameness?
 
-Each night, after sampling, `voice_stage` stores
-- the cadence (varro.cadence) of every new completion under the base model,
-  scored as plain text, without its prompt (table `cadence`);
-- the cadence of the day's human text, scored the same way once per item and
-  base model (table `human_cadence`): Varro's next-day headlines (title and
-  summary), Walter's winning posts (weight > 0) of the day's articles;
-- the day's template share: completions whose nearest neighbour among other
-  prompts' completions is above `template_cosine` (table `voice_days`).
-`voice_data` reads them back per day: the model's mean features, the human
-band (mean and std per feature), the distance between the two (the RMS of the
-model's mean in human z-scores), the template share, and the policy entropy
-of the day's updates. `voice_drift` flags the days whose distance grew too far
-over the first measured day's. Nothing here loads a model except the stage itself.
+`voice_stage` stores each night's cadence of the completions and of the day's human text and the template
+share; `voice_data` reads them back per day as a distance from the human band; `voice_drift` flags a day
+that drifted too far. What each number is: docs/evaluation.md.
 """
 
 from __future__ import annotations

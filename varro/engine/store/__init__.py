@@ -1,15 +1,8 @@
 """SQLite storage through sqlite-utils: the connection, the migrations, and every query on the engine's tables.
 
-The schema changes only through numbered, append-only migration functions:
-the engine's own (`MIGRATIONS`, in `schema`) and each application's
-(`App.migrations`, kept in the app's own store module); each applied one is
-recorded by name in `_migrations`. Never edit an applied migration: add a new one.
-
-This package is the only place with SQL on the engine's tables; each query is
-a named function in the module of its concern, re-exported here:
-`runs` (prompts, rollouts, steps, guards), `stories`, `panel` (the panel and
-its scores), `voice` (cadence, human cadence, voice days) and `embeddings`.
-An application queries its own tables itself and the engine's through these.
+Schema changes only through numbered, append-only migrations (`schema`, and each app's `App.migrations`),
+recorded in `_migrations`. Each query is a named function in the module of its concern (`runs`, `stories`,
+`panel`, `voice`, `embeddings`), re-exported here; an app queries its own tables itself.
 """
 
 from __future__ import annotations
