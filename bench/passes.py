@@ -61,7 +61,8 @@ from varro.engine.model.head import HEAD_CHUNK
 from varro.engine.model.memory import ModelShape, pass_bytes
 from varro.engine.model.loading import apply_lora
 from varro.engine.core.records import Rollout
-from varro.engine.train.trainer import Trainer, make_chunks, make_optimizer
+from varro.engine.train.batching import make_chunks
+from varro.engine.train.trainer import Trainer, make_optimizer
 
 BENCH = "passes"
 OLD_PASS_LOGITS_BYTES = 256 * 2**20  # before: a pass's piece took the rows whose float32 logits fit this
@@ -163,7 +164,7 @@ def mean_k3(logp: list[mx.array], ref: list[mx.array], chunks) -> float:
 def run_savings(trainer: Trainer, groups: list[list[Rollout]], repeats: int) -> dict:
     """{name: [seconds per repeat]} of the pi_old and reference passes with and without the skips, plus the
     KL subsample's relative errors per minibatch and what the auto check decided."""
-    from varro.engine.train.trainer import kl_chunks
+    from varro.engine.train.batching import kl_chunks
 
     cfg = trainer.cfg
     batches = unpassed_batches(trainer, groups)

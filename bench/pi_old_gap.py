@@ -40,8 +40,8 @@ def main() -> None:
     from varro.engine.sampling import rollouts
     from varro.engine.core.config import Config
     from varro.engine.run.policy import Policy
-    from varro.engine.train.trainer import make_chunks
-    from varro.forecast.reward import build_prompt
+    from varro.engine.train.batching import make_chunks
+    from varro.forecast.task import build_prompt
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(REPO / "data" / "models" / "smollm2-135m-instruct"))

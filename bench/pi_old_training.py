@@ -79,8 +79,8 @@ def main() -> None:
     from varro.engine.core.config import Config
     from varro.engine.run.policy import Policy
     from support.toy import toy_reward
-    from varro.engine.train.trainer import make_chunks
-    from varro.forecast.reward import build_prompt
+    from varro.engine.train.batching import make_chunks
+    from varro.forecast.task import build_prompt
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(REPO / "data" / "models" / "smollm2-135m-instruct"))

@@ -22,9 +22,9 @@ import numpy as np
 def main() -> None:
     from varro.engine.loop.demo import demo_config, tiny_model_dir
     from varro.engine.core.paths import SAMPLE_DIR
-    from varro.forecast.reward import build_prompt
+    from varro.forecast.task import build_prompt
     from varro.engine.run.policy import Policy
-    from varro.engine.train.trainer import make_chunks
+    from varro.engine.train.batching import make_chunks
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(tiny_model_dir().with_name("tiny-qwen3-warm")))

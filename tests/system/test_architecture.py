@@ -92,7 +92,7 @@ def test_every_library_error_the_cli_reports_is_a_user_error():
     from varro.engine.model.loading import ModelLoadError
     from varro.engine.run.identity import UnknownRunError
     from varro.engine.core.paths import NoDatabaseError
-    from varro.engine.train.trainer import TrainingError
+    from varro.engine.train.errors import TrainingError
     from varro.forecast.ingest import IngestError
     from walter.bsky import BlueskyError
     from walter.ingest import WalterIngestError

@@ -10,7 +10,7 @@ from mlx_lm import load
 from helpers import open_policy, scored_groups
 from varro.engine.run import checkpoints
 from varro.engine.run.checkpoints import CheckpointError
-from varro.engine.train.trainer import token_logprobs
+from varro.engine.train.logprobs import token_logprobs
 
 
 def test_checkpoint_reloads_in_mlx_lm_with_same_logprobs(tiny_model_path, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from helpers import open_policy, scored_groups, tiny_config
 from varro.engine import store as dbm
 from varro.engine.train.guards import entropy_collapsed, first_day_entropy
-from varro.engine.train.trainer import completion_logprobs, prefix_kv
+from varro.engine.train.logprobs import completion_logprobs, prefix_kv
 
 
 def test_entropy_equals_a_direct_computation_from_the_logits(tiny_model_path, tmp_path):

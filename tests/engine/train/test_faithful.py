@@ -12,7 +12,8 @@ from mlx.utils import tree_flatten
 from helpers import open_policy, scored_groups, tiny_config
 from varro.engine.train.guards import KLGuard, kl_tripped
 from varro.engine.run.policy import Policy
-from varro.engine.train.trainer import make_optimizer, token_logprobs
+from varro.engine.train.logprobs import token_logprobs
+from varro.engine.train.trainer import make_optimizer
 
 
 def np_log_softmax(x):

@@ -10,7 +10,8 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from helpers import PROMPTS, open_policy, scored_groups, tiny_config
 from varro.engine.run.policy import Policy
-from varro.engine.train.trainer import Accumulator, TrainingError
+from varro.engine.train.errors import TrainingError
+from varro.engine.train.trainer import Accumulator
 
 MORE_PROMPTS = PROMPTS + [("d", "Write about the harvest."), ("e", "Write about the election.")]
 
@@ -266,7 +267,8 @@ def test_sampler_normaliser_is_the_pass_heads_not_a_whole_row_float32_sum(smollm
 def test_smollm2_sampler_pi_old_is_within_the_tolerance_of_the_pass(smollm_policy):
     """The check the trainer makes (`pi_old_gap`), on a real model's decode: within `pi_old_tolerance`,
     at the pass's own float32 floor (1.6e-6 between two batchings of it, bench/pi_old_gap.py)."""
-    from varro.engine.train.trainer import make_chunks, pi_old_gap
+    from varro.engine.train.batching import make_chunks
+    from varro.engine.train.pi_old import pi_old_gap
 
     pol = smollm_policy
     prompts = [("a", "Write about the port strike and what it means for shipping."),

@@ -10,7 +10,9 @@ from helpers import open_policy, scored_groups, tiny_config
 from varro.engine.core.errors import UserError
 from varro.engine.model.loading import adapters_off, lora_modules, quantized_modules
 from varro.engine.run.policy import Policy
-from varro.engine.train.trainer import TrainingError, make_chunks, token_logprobs
+from varro.engine.train.batching import make_chunks
+from varro.engine.train.errors import TrainingError
+from varro.engine.train.logprobs import token_logprobs
 
 
 @pytest.fixture(scope="module")

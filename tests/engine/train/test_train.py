@@ -91,7 +91,7 @@ def test_advantage_std_off_gives_the_trainer_centred_rewards(tiny_model_path, tm
 
 
 def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
-    from varro.engine.train.trainer import make_chunks
+    from varro.engine.train.batching import make_chunks
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     groups = scored_groups(pol, seed=5)
@@ -117,7 +117,7 @@ def test_chunk_mask_covers_exactly_the_completion(tiny_model_path, tmp_path):
 def full_pass(model, chunk):
     """The independent reference: every row's whole prompt+completion in one plain forward pass;
     the completion log-probs as (n, T) like chunk_logprobs, 0 on padding."""
-    from varro.engine.train.trainer import token_logprobs
+    from varro.engine.train.logprobs import token_logprobs
 
     prompt = np.array(chunk.head)[0].tolist() + [int(np.array(chunk.inputs)[0, 0])]
     comps = [np.array(chunk.targets)[i][np.array(chunk.mask)[i] > 0].tolist() for i in range(chunk.rows)]
@@ -132,7 +132,8 @@ def full_pass(model, chunk):
 
 
 def test_shared_prompt_logprobs_equal_the_full_pass(tiny_model_path, tmp_path):
-    from varro.engine.train.trainer import chunk_logprobs, make_chunks
+    from varro.engine.train.batching import make_chunks
+    from varro.engine.train.logprobs import chunk_logprobs
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
     groups = scored_groups(pol, seed=11)

@@ -12,7 +12,9 @@ from mlx.utils import tree_flatten
 
 from helpers import PROMPTS, open_policy, scored_groups, tiny_config
 from varro.engine.train.guards import KLGuard, kl_tripped
-from varro.engine.train.trainer import Trainer, TrainingCallback, TrainingError, token_logprobs
+from varro.engine.train.errors import TrainingError
+from varro.engine.train.logprobs import token_logprobs
+from varro.engine.train.trainer import Trainer, TrainingCallback
 
 
 def reinforce(logp, old_logp, ref_logp, mask, advantages, sampler_logp):

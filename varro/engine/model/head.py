@@ -1,39 +1,9 @@
 """The output head's log-probabilities, taken over the vocabulary a chunk at a time.
 
-log softmax(h W^T / T) at the target tokens needs the log-sum-exp over the whole
-vocabulary at every position, but never all of the (N, L, V) logits at once:
-`chunked_logprobs` sweeps W's rows `chunk` at a time, keeping a running maximum
-m and the running sum s of exp(z - m) (the online log-sum-exp: when the maximum
-rises by d, s is scaled by exp(-d)), and picks each target's logit in the chunk
-that holds it. With `with_entropy` the same sweep keeps a = sum exp(z - m) (z - m)
-as well, so the entropy is log s - a / s without a second pass. Only
-(N, L, chunk) logits exist at a time; Qwen3's 151,936-id vocabulary at 180
-positions takes 109 MB a row as whole float32 logits.
-
-Its gradient is a custom VJP, from d logp / d z = onehot(target) - softmax(z),
-times 1/T. For a frozen head (LoRA on the blocks, the default) the hidden
-states' gradient is g / T (W[target] - E_p[W]), and a sweep told it will be
-differentiated (`for_grad`) gathers E_p[W] = sum_v p_v W_v as it goes, one
-more matmul a chunk, rescaled with s: the backward then needs no logits at all,
-and the step does the plain head's two matmuls over the vocabulary. Otherwise
-the backward sweeps the chunks again from the log-sum-exp the forward
-returned: per chunk it adds dz W_chunk to the hidden states' gradient and
-gives dz^T h as that chunk's rows of the weight's gradient (needed when the
-output weight trains: full fine-tuning, where the embedding is tied; its
-gradient cannot be gathered in the forward, as each position's softmax is
-only known at the end). A quantized head's weights are frozen.
-
-`chunked_kl` sweeps two heads together for the exact KL(pi || ref) the
-end-of-day health pass measures, E_pi[z - z_ref] - (lse - lse_ref), with no
-gradient. MLX would compute every chunk's logits before reducing the first
-(its graph has no order between them), so each chunk is made to wait for the
-reductions of the one before (`mx.depends`).
-
-Each chunk's logits are computed as mlx-lm's head computes them (the hidden
-states' dtype times the weight, then cast to float32), so the values equal the
-plain full-vocabulary path's up to float32 rounding of the sums.
-`output_head` finds a model's head; a head it does not know (an adapted
-lm_head, a head with a bias) is None and the caller takes the plain path.
+`chunked_logprobs` gives log softmax(h W^T / T) at the targets (and the entropy) from an online log-sum-exp
+over `chunk` rows of W at a time, so the (N, L, V) logits never exist at once, with a custom VJP for its
+gradient; `chunked_kl` sweeps two heads together for the end-of-day exact KL; `output_head` finds a model's
+head (None: the caller takes the plain path). The derivation and the sizes: docs/training.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from varro.engine.core.config import ModelConfig
 from varro.engine.core.errors import UserError
@@ -135,6 +135,23 @@ def adapters_off(model: nn.Module) -> Iterator[None]:
     finally:
         for m, s in zip(layers, scales):
             m.scale = s
+
+
+@contextlib.contextmanager
+def base_weights_from(model: nn.Module, model_id: str) -> Iterator[None]:
+    """Full fine-tuning: swap the base weights in from disk for the reference pass."""
+    from mlx_lm.utils import load_model
+    from mlx_lm.utils import _download
+
+    current = tree_flatten(model.parameters())
+    base, _ = load_model(_download(model_id))
+    base.set_dtype(mx.float32)
+    try:
+        model.update(base.parameters())
+        yield
+    finally:
+        model.update(tree_unflatten(current))
+        del base
 
 
 def chat_prompt_tokens(tokenizer, user_text: str, enable_thinking: bool = False) -> list[int]:

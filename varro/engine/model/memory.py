@@ -1,103 +1,10 @@
 """The memory guard: a night that does not fit is refused (the swap watchdog is varro.engine.train.watchdog).
 
-The estimate, from the loaded model's shape (`ModelShape.from_model`: its
-`args` and the bytes of its actual parameters, float32, bf16 or quantized).
-With W the weights' bytes, T the trainable parameters' bytes (LoRA adapters,
-or every weight with full fine-tuning), b the bytes per element of the base's
-dtype (`models.base_dtype`: activations and the KV cache), L layers, h hidden
-size, I the MLP's intermediate size, H query heads, K kv heads, D head dim, V
-vocabulary, P the longest prompt in tokens, M `max_tokens`, G the group size
-(logits and log-probs are float32, 4 bytes, whatever the base):
-
-    sampling, n prompts decoding together, R = n x G rows:
-        W + (n x P + R x (M + 1)) x L x 2 x K x D x b       the decode batch's KV cache: each prompt once,
-                                                            each row's completion (varro.engine.sampling.kvcache)
-          + 2 x R x (P + M + 1) x 2 x K x D x b             one layer's attention inputs (prompt + completion)
-          + ceil256(P) x L x 2 x K x D x b                  the last prompt's own prefill
-          + R x V x (4 x 7 + b + c)                         one decode step's logits (c: 4 if b < 4, else 0)
-          + min(P, 512) x (3 x I + 4 x h) x b               one prefill chunk's transients in a block
-    training, one micro-batch of m rows, S = P + M, Lt trained blocks, A their adapters' inputs, c = [b < 4]:
-        W + 8 x T                                           the trainable parameters' step state (below)
-          + (m x M + P) x Lt x (h x F x b + c x A x 4)      saved activations: the micro-batch's, the prompt's
-          + m x H x M x S x Lt x 4                          the micro-batch's attention probabilities
-          + m x M x Vc x (4 x 10 + c x 2 x b)               its output head's logits, Vc = min(4096, V) rows at a time
-          + 2 x P x L x 2 x K x D x 4                       the prompt's keys and values and their gradient
-        or a no-gradient pass, if larger (pi_old / reference: k = 6; the end-of-day health pass: k = 12):
-        W + 8 x T + g x M x (Vc x (4 x k + c x 2 x b) + (3 x I + 4 x h) x b + H x S x 4)
-        with g = min(G, 512 MiB / (M x the bracket)) rows through the blocks at once (at least 1)
-
-Where the factors come from: each prompt is prefilled once into a one-row
-cache (mlx-lm allocates in steps of 256 positions, `ceil256`); its G copies
-share that buffer (a deep copy of an mx.array copies no data: measured), and
-merge into varro.engine.sampling.kvcache's `SharedPrefixBatchCache`: per layer each
-prompt's keys and values once (left-padded to the longest, P), and one
-completion buffer of exactly M + 1 positions per row (mlx-lm decodes one step
-ahead, feeding a row's last token before it sees the row finish), allocated
-at the first step; the prompts' own prefills are gone by then but the last one's (merging
-evaluates the shared keys, and the sampler holds its last prefill; while the
-prompts are prefilled and merged, n prefills and the shared prompts, less than
-the decode's peak). A decode step hands each layer's attention every row's
-prompt and completion, gathered and concatenated: that layer's copy, and the
-gathered prompt beside it, exist only while the layer runs (2 x R x (P + M + 1)).
-A finished row leaves the batch by index, copying nothing.
-
-A model whose cache is not mlx-lm's plain `KVCache` in every layer (sliding
-windows, state-space layers; `ModelShape.shared_prefix` False) decodes as
-mlx-lm merges it: one batch cache of C = P + 256 x ceil(M / 256) positions
-per row, each row holding its own copy of the prompt, and a finished row's
-filter builds the smaller cache of every layer beside the old one (measured
-with rows finishing at random, bench/memory_estimate.py --eos-share --kv
-mlx-lm): for those the KV term is 2 x R x C x L x 2 x K x D x b, in place of
-the first two lines, plus n x ceil256(P) x L x 2 x K x D x b for the
-prompts' prefills, alive until the merged cache is first evaluated. A decode
-step holds the logits, their log-softmax, the stacked rows of
-`rollouts.sampled_logprobs` and its masked, scaled and normalised copies, and
-`untruncated_logprobs`' scaled copy, evaluated together (7 float32 rows of V), and the model's own logits (b bytes) with, over a base
-that is not float32, the float32 copy `Float32Logits` casts them to (c).
-
-Training differentiates only the Lt blocks from the lowest one holding a
-trainable parameter to the top (`trained_layers`: the last `lora_layers`;
-every block with full fine-tuning); the blocks below save nothing for the
-backward. Its activations are the base's dtype: mlx-lm's LoRALinear casts the
-adapter's output to its input's dtype, so a bf16 base's residual stream stays
-bf16 (checked: every block's output of a bf16 model with float32 adapters is
-bf16). But each adapter's first product, x @ lora_a, promotes its bf16 input
-to a float32 copy, which the backward keeps for the adapter's gradient
-(measured: 410 MB for a 205 MB bf16 input), one copy per adapted linear: A
-(`adapter_inputs`) sums their input widths in a block, 10,240 for Qwen3-0.6B
-with all seven linears adapted (q, k, v, gate and up take the hidden state,
-each its own copy; o the attention's H x D; down the MLP's I). Over such a
-base the model's logits are bf16, cast to float32 for the loss, and their
-gradient flows back in bf16 (c x 2 x b). The micro-batch runs its M completion positions on top of
-the prompt's keys and values, and the prompt's own backward (batch 1, P
-positions) follows it; F (`ACTIVATION_FACTOR`) is the values a transformer
-block saves per position per hidden unit for its backward (norm inputs and
-outputs, q, k, v before and after their norms and RoPE, the attention output,
-the MLP's gate, up, activation and product at I/h each). The attention
-probabilities are the term quadratic in length. A step holds, beside the
-trainable parameters, their micro-batch gradient, its running sum, the
-clipped copy, Adam's m and v and the update's new m, v and parameters
-(8 x T). The output head runs `HEAD_CHUNK` (4096) vocabulary rows at a time
-(varro.engine.model.head), so only (rows, M, Vc) logits exist at once; at
-its peak about GRAD_COPIES (10) such float32 arrays are alive in a
-differentiated step (the forward's sweep with the entropy, the backward's
-recomputed logits, softmax and gradient, MLX allocating a few operations
-ahead), SWEEP_COPIES (6) in a pass without gradient (measured, bench/passes.py;
-without a chunked head, a LoRA-adapted one say, the whole vocabulary's 3 and 2).
-A no-gradient pass runs g of a prompt's rows through the blocks at once
-(`pass_rows` below: all of them unless their transients would pass
-PASS_BYTES): per position the head's chunks and one block's transients, the
-MLP's and the attention scores over the S positions. The end-of-day health
-pass sweeps the policy's and the reference's heads together for the exact KL
-(`logprob_head.chunked_kl`), KL_COPIES (12) chunks; without a chunked head it
-holds HEALTH_COPIES (6) whole-vocabulary arrays, and the pi_old pass 2.
-
-Measured against mx.get_peak_memory() on CPU: see the README's memory
-paragraph and BENCHMARKS.md (tests/system/test_memory.py on the tiny model,
-bench/memory_estimate.py and bench/real_shape.py on Qwen3-0.6B's shape).
-The estimate is meant as an upper bound; the guard lets the night use `memory_fraction` of what the
-machine has free (`available_bytes`, plus what MLX already holds: the loaded
-weights are counted in the estimate).
+The peaks of sampling (the decode batch's KV cache, a decode step's logits, a prefill chunk) and of training
+(the step state, the saved activations, the output head's chunks, the no-gradient passes) are estimated, as
+an upper bound, from the loaded model's shape (`ModelShape.from_model`). Within `memory_fraction` of what the
+machine has free, the guard picks how many prompts decode together and the micro-batch, or refuses the night.
+The formula, where each factor comes from, and the measurements: docs/training.md.
 """
 
 from __future__ import annotations
@@ -127,7 +34,7 @@ HEALTH_COPIES = 6  # (rows, T, V) arrays the health pass holds without a chunked
 KV_COPIES = 2  # mlx-lm's batch cache: a finished row's filter builds it again beside the old one
 FETCH_COPIES = 2  # a shared-prefix layer's attention inputs: the rows' gathered prompts and the concatenation
 DECODE_LOGIT_COPIES = 7  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised, pi_T's scaled
-ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (see above)
+ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (docs/training.md)
 LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions, without vocabulary chunks
 TRAINABLE_COPIES = 8  # beyond the parameters: gradient, running sum, clipped, Adam's m, v, the update's new m, v, p
 
@@ -217,8 +124,8 @@ def plain_kv_cache(model: nn.Module) -> bool:
 
 
 def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
-    """The estimated KV cache of one decode batch at its largest, with the prompts' own prefills (module
-    docstring): each prompt once, the rows' completions, one layer's attention inputs and the last prompt's
+    """The estimated KV cache of one decode batch at its largest, with the prompts' own prefills
+    (docs/training.md): each prompt once, the rows' completions, one layer's attention inputs and the last prompt's
     prefill; or, for a model that decodes as mlx-lm merges it, the batch cache, the copy a finished row's
     filter makes of it and every prompt's prefill."""
     per_position = shape.kv_bytes_per_token()
@@ -234,7 +141,7 @@ def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_toke
 
 
 def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
-    """The estimated peak of one decode batch of `prompts` prompts x `group_size` (module docstring)."""
+    """The estimated peak of one decode batch of `prompts` prompts x `group_size` (docs/training.md)."""
     rows = prompts * group_size
     kv = kv_cache_bytes(shape, prompts, group_size, prompt_tokens, max_tokens)
     cast = 4 if shape.dtype_bytes < 4 else 0  # Float32Logits' copy over a bf16 or quantized base
@@ -245,7 +152,7 @@ def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_toke
 
 def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_tokens: int,
                    max_tokens: int) -> int:
-    """The estimated peak of one training step differentiating `micro_batch` rows (module docstring)."""
+    """The estimated peak of one training step differentiating `micro_batch` rows (docs/training.md)."""
     s = shape
     seq = prompt_tokens + max_tokens
     trained = s.trained_layers or s.layers
@@ -263,7 +170,7 @@ def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_
 def pass_bytes(shape: ModelShape, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
     """The estimated peak of the no-gradient passes above the weights and the step state: a pi_old /
     reference pass or the end-of-day health pass, whichever is larger, each over as many of a group's rows
-    as the trainer takes at once (module docstring)."""
+    as the trainer takes at once (docs/training.md)."""
     s = shape
 
     def one(health: bool) -> int:

@@ -33,12 +33,13 @@ import numpy as np
 
 from varro.engine.run import checkpoints
 from varro.engine.core.config import Config
-from varro.engine.model.loading import apply_lora, chat_prompt_tokens, load_model, quantized_modules
+from varro.engine.model.loading import apply_lora, base_weights_from, chat_prompt_tokens, load_model, quantized_modules
 from varro.engine.model.distributed import World
 from varro.engine.core.records import PromptInput, Rollout
 from varro.engine.sampling.rollouts import sample_groups
 from varro.engine.train.gspo import gspo_objective
-from varro.engine.train.trainer import Trainer, TrainingError, base_weights_from, make_optimizer
+from varro.engine.train.errors import TrainingError
+from varro.engine.train.trainer import Trainer, make_optimizer
 
 
 @dataclass

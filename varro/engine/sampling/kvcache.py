@@ -1,28 +1,9 @@
 """The decode batch's KV cache: each prompt's keys and values held once, the rows' completions sized to the work.
 
-mlx-lm's BatchGenerator merges the rows' prompt caches into one `BatchKVCache`
-in which every row holds its own copy of its prompt's keys and values, and
-grows it 256 positions at a time: a group of G rows keeps its prompt G times,
-and 180 completion tokens take 256 positions. `SharedPrefixBatchCache` keeps,
-per layer, each prompt's prefilled keys and values once (left-padded to the
-longest prompt, as mlx-lm pads them) and beside them one completion buffer of
-exactly the positions decoding writes per row (`max_tokens` + 1: BatchGenerator
-runs one step ahead), allocated once. Each decode step
-hands attention the concatenation of a row's prompt and its completion so
-far, which is what `BatchKVCache` would have handed it, position for
-position and padding for padding: the one-layer transient of that
-concatenation replaces a cache of every layer.
-
-A finished row leaves the batch by its index (`rows`), not by copying the
-completion buffer without it: mlx-lm's filter builds the whole smaller cache
-beside the old one. A finished row's `extract` gives nothing back (the sampler
-never reuses it): a lazy slice of the buffers, held by the finished row's
-response into the next step, would make that step's writes copy them.
-
-BatchGenerator reaches the batch cache only through the rows' own caches:
-`PromptKVCache` is a prompt's prefilled `KVCache` whose `merge` builds the
-shared batch cache (or, with `share_prefix` False, mlx-lm's `BatchKVCache`
-grown once by `max_tokens` instead of in 256-position steps).
+`SharedPrefixBatchCache` keeps, per layer, each prompt's prefilled keys and values once and one completion
+buffer of exactly `max_tokens` + 1 positions a row, and hands attention what mlx-lm's `BatchKVCache` would,
+position for position; a finished row leaves by its index. `PromptKVCache` is the row cache BatchGenerator
+merges into it. Why, against mlx-lm's own cache: docs/training.md.
 """
 
 from __future__ import annotations

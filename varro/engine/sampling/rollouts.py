@@ -1,30 +1,10 @@
 """Rollouts: G completions per prompt, every group of a step decoded in one batch.
 
-Each prompt is prefilled once (a batch-1 forward pass that fills a KV cache);
-the cache is copied G times and all groups decode together through mlx-lm's
-BatchGenerator, into a batch cache that holds each prompt once and each row's
-completion beside it (varro.engine.sampling.kvcache). Each completion draws its tokens with its own random key,
-derived from the call's seed, its prompt's id and its place in the group
-(`row_key`), so a completion does not depend on which other prompts decode
-beside it: not on the decode batch, on how many ranks share a day's prompts,
-nor on a resumed day sampling only the prompts left (up to the last-bit
-rounding of a batched forward pass, see `sample_groups`).
-
-The exact sampled token ids are kept, EOS included when the completion
-stopped, so training sees what the policy actually produced, and so is each
-token's log-probability under the distribution it was drawn from
-(`sampler_logprobs`: temperature applied, renormalised over the top-k / top-p
-candidate set), which the trainer compares with its own pi_old pass; beside
-it, the token's log-probability under the whole vocabulary at that
-temperature (`policy_logprobs`, log_softmax(logits / T)[token]: pi_old
-itself, which the trainer takes instead of its own pass when a check on a
-few prompts finds the two agree; None for greedy decoding, temperature 0,
-where the trainer refuses to train). The
-sampler's log-softmax runs in float32 on any base (`Float32Logits`), as the
-trainer's passes do, so a bf16 or quantized base adds no rounding of its own
-to that comparison; and pi_T's normaliser is summed 4096 ids at a time as the
-pass's head sums it (`logprob_head.chunked_logsumexp`): a whole-row float32
-sum is biased on a peaked distribution (on SmolLM2-135M, by 2e-5 a token).
+Each prompt is prefilled once and all groups decode together through mlx-lm's BatchGenerator
+(varro.engine.sampling.kvcache); each completion draws with its own key (`row_key`), so it does not depend
+on which prompts decode beside it. Kept with every row: the exact token ids, each token's log q under the
+truncated distribution it was drawn from (`sampler_logprobs`) and its log pi_T over the whole vocabulary
+(`policy_logprobs`, the trainer's pi_old when a check agrees), both in float32 (docs/training.md).
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""GSPO: the loss, the trainer, its batching, the collapse guards and the swap watchdog."""
+"""GSPO: the loss, the trainer and its parts (batching, log-probs, pi_old, health), the guards and the swap watchdog."""

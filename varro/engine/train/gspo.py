@@ -1,32 +1,12 @@
 """GSPO as pure functions on arrays (Zheng et al., 2025, arXiv 2507.18071).
 
-For a group of G completions y_i of one prompt x with rewards r_i, every
-log-prob taken at the sampling temperature T (log_softmax(logits / T)):
-
-    A_i   = (r_i - mean_j r_j) / std_j r_j                       (group-normalised)
-    s_i   = exp( (1/|y_i|) * sum_t [log pi_theta(y_it) - log pi_old(y_it)] )
-    w_i   = min( exp( (1/|y_i|) * sum_t [log pi_old(y_it) - log q(y_it)] ), C )   (only with C > 0)
-    L_i   = w_i * min( s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i )
-    k2_i  = (1/|y_i|) * sum_t 0.5 * (log pi_theta(y_it) - log pi_ref(y_it))^2
-    loss  = -(1/N) sum_i L_i  +  beta * (1/N) sum_i k2_i
-
-q is the sampler's own distribution (temperature plus the top-k / top-p
-truncation), whose per-token log-probs are stored with each rollout.
-
-What is logged as `kl` is the k3 estimate of KL(pi_theta || pi_ref),
-(1/|y_i|) sum_t [exp(d_t) - d_t - 1] with d_t = log pi_ref - log pi_theta,
-averaged over sequences. The leash in the loss is k2 because its gradient on
-tokens drawn from pi_theta is exactly the gradient of that same reverse KL
-(E[(log pi - log ref) grad log pi]); differentiating k3 instead would follow
-the gradient of the forward KL(pi_ref || pi_theta).
-
-Departures from the paper: the KL leash (the paper has none; beta=0 removes
-it); the optional truncated importance weight w_i for the sampler's
-truncation (off by default: see varro.train for the measurement); the std uses
-the population formula and a group whose reward std is below a tolerance
-(1e-3 by default) gets advantage 0 (the trainer drops such groups: a spread of
-1e-5 would otherwise be blown up to advantages of +-2.6); `advantage_std = false`
-drops the division by std_j r_j (Turtel et al. 2025).
+Every log-prob at the sampling temperature T; q is the sampler's truncated distribution; w_i only with C > 0:
+    A_i  = (r_i - mean_j r_j) / std_j r_j
+    s_i  = exp( (1/|y_i|) * sum_t [log pi_theta(y_it) - log pi_old(y_it)] )
+    w_i  = min( exp( (1/|y_i|) * sum_t [log pi_old(y_it) - log q(y_it)] ), C )
+    loss = -(1/N) sum_i w_i min( s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i ) + beta (1/N) sum_i k2_i
+with k2_i = (1/|y_i|) sum_t 0.5 (log pi_theta(y_it) - log pi_ref(y_it))^2. Why k2, the `kl` it logs (k3) and
+the departures from the paper: docs/training.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
 """Training health: the collapse guards and the record of every time one acted.
 
-- KL guard: a step whose KL to the base model exceeds `kl_max`, or a day whose
-  final weights do (measured after the last step), ends the day's training;
-  the day's checkpoint keeps the previous weights.
-- Entropy guard: a day whose mean per-token policy entropy (at the sampling
-  temperature, from the updates' own forward passes) falls below
-  `entropy_min_share` of the run's first training day's is discarded like a
-  KL trip: the policy is collapsing onto one way of writing.
-- Flat groups: a day's groups dropped for a reward std below `flat_std` are
-  counted in every step row and recorded here.
-- Eval guard: while the newest checkpoint scored on the run's fixed held-out
-  panel is more than `eval_drop_max` below the best scored before it, the day
-  does not train at all.
-- Checkpoint fallback: a corrupt checkpoint is skipped for the last good one.
-
-Each event is a row in `guards` (shown in the report and the step's notes).
-
-The KL and entropy guards are `TrainingCallback`s handed to `train_day`: the
-KL guard stops the day after the first step over `kl_max`, and both give their
-verdict (`reason`) from the day's final rows; `guarded_training` reads those
-verdicts, records them and reopens the previous checkpoint on a trip.
+The KL and entropy guards are `TrainingCallback`s handed to `train_day`: the KL guard stops the day after the
+first step over `kl_max`, and both judge the day's final weights; `guarded_training` records their verdicts
+(a row in `guards`) and reopens the previous checkpoint on a trip. The eval guard keeps a day from training
+while the held-out panel's score has dropped; flat groups and checkpoint fallbacks are recorded too
+(docs/training.md lists each guard).
 """
 
 from __future__ import annotations

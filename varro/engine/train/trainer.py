@@ -1,104 +1,11 @@
 """The GSPO training loop over one day's scored rollout groups.
 
-Objective (varro.gspo has the exact formula): group-normalised advantages, a
-length-normalised sequence-level importance ratio s_i = (pi_theta(y_i|x) /
-pi_old(y_i|x)) ** (1/|y_i|), clipped to [1 - 3e-4, 1 + 4e-4], the loss averaged
-per sequence, plus beta times the per-sequence k2 leash to the base model, whose
-gradient is that of the reverse KL(pi_theta || pi_ref) that `kl` logs (k3).
-Every log-prob is taken at the sampling temperature T: log_softmax(logits / T).
-
-How a day's update runs:
-1. Rewards -> advantages per group; groups whose reward std is at most
-   `flat_std` are dropped (flat, or nearly so: no signal) and counted.
-2. The kept rollouts, shuffled group by group (groups in random order, each
-   group's rows in random order, so a group's rows stay together), are split
-   into `minibatches` parts. Within a part, the rows that share a prompt form
-   one chunk: the prompt runs once at batch 1 and the completions run on top of
-   its keys and values, with the output head and log-softmax taken at
-   completion positions only, `head_chunk` vocabulary rows at a time
-   (varro.engine.model.head: an online log-sum-exp with a custom gradient),
-   so the (rows, T, V) logits never exist at once.
-3. pi_old: the untruncated policy at T under the weights at the start of the
-   day's update (the latest checkpoint, which sampled the rows). The first
-   minibatch's rows take their own forward (gradient stopped), as that step
-   starts from those very weights. For the later ones it comes from one of two
-   sources (`pi_old`, see Trainer._set_pi_old). "pass": one float32 pass per
-   prompt over all its kept rows at once (fewer only when their activations
-   would pass PASS_BYTES), before any update. "auto" (the default): the
-   sampler stored each token's log pi_T from its own decode
-   (`Rollout.policy_logprobs`); the pass runs on `pi_old_check_prompts`
-   prompts' rows, and when every checked row's mean log-prob (what the
-   length-normalised ratio uses) is within `pi_old_tolerance` of the stored
-   one, over all ranks, the other rows take the stored values and their pass
-   is skipped; otherwise (other weights, another temperature, a base that
-   decodes differently) the pass runs on them too. A row without stored
-   values makes the day take the pass. Each step row logs `pi_old_source`
-   ("sampler" or "pass") and `pi_old_gap`, the largest gap measured.
-   The sampler normalises as the pass's head does, 4096 ids at a time
-   (logprob_head.chunked_logsumexp): one float32 log-sum-exp over the whole row,
-   which MLX's CPU sums in order, made SmolLM2-135M's gap 4.2e-5 (median 2.7e-5),
-   and the check always failed. Measured (bench/pi_old_gap.py: float32, tight
-   profile, 32 rows of ~60 tokens): SmolLM2-135M's gap is 1.3e-6, median 4.6e-7
-   (1.6e-6 between two batchings of the pass itself); the tiny model's 2.3e-7
-   (1.9e-7). The tolerance, 1e-5, is 1/70 of the clip's width.
-   The reference log-probs come from the same weights with the LoRA adapters
-   switched off (scale 0), so no second model is held in memory. With full
-   fine-tuning the base weights are read back from disk for that pass. The
-   reference pass runs whenever there is a reference, so the KL is measured
-   even with beta = 0; there the reference log-probs feed only the `kl` (and
-   `kl_penalty`) metric, not the loss, so the pass covers the `kl_prompts`
-   largest prompts of each minibatch (kl_chunks) and each step's `kl` is the
-   mean over those rows alone: against every row's, a relative error of up
-   to 17% (mean 5%) over 12 steps of the tiny model at 2 of 4 prompts per
-   minibatch, and up to 18% (mean 6%) on bench/passes.py's day, where it saves
-   two thirds of the reference pass. The KL guard's limit is far above a
-   day's KL, and the end-of-day pass (step 6) still measures every row. At
-   beta > 0 it covers every row.
-4. Each part takes one AdamW step (bias correction on: the first step has the
-   configured size, where MLX's default would take about 3x it). Per chunk, the
-   completions are differentiated `micro_batch` rows at a time and the prompt's
-   backward runs once (see Trainer._chunk_grads); the chunks' losses are weighted
-   by their share of the part's rows and their gradients summed, so the step is
-   that of the part's mean loss while peak memory holds one micro-batch's (or the
-   prompt's) activations. Every part after the first is off-policy: the ratio
-   moves away from 1 and the clip acts (the clip fraction is logged per step).
-5. A non-finite loss or gradient norm skips that step, keeps the weights, and is
-   recorded in the step row.
-6. After the last step one more pass measures the final weights on every kept
-   row (the day's last step row): `kl_after`, the exact per-token KL to the
-   base over the whole vocabulary (`kl_after_k3` beside it), and
-   `entropy_after`, so the guards judge the weights the day would keep, not
-   those each step started from. Each step also logs the k3 KL and the mean
-   per-token entropy at T of the weights before it, from the update's forward.
-
-The sampler and pi_old. Rollouts are drawn from q: the policy at temperature T,
-truncated to the top-k / top-p candidates and renormalised; each token's log q
-is stored with the rollout. pi_old here is the untruncated policy at T, so
-log q - log pi_old = -log(candidate mass) >= 0 plus numerics; each step logs
-its mean per token (`sampler_gap`). Correcting for it with a truncated
-importance weight w_i = min(exp(-gap_i), C) (TRL's vLLM importance-sampling
-correction at sequence level) is available as `is_cap` and off by default,
-decided by measurement (bench/sampler_gap.py, the warm demo model, 16 prompts x
-8 completions): with the tight profile the gap is 0.090 nats per token (0.407
-against a temperature-1 pass, what the trainer used before), so w_i is 0.914 +-
-0.017 (min 0.879) across sequences; with `default` (top-p 0.95 alone) 0.051 and
-w_i = 0.950 for every sequence. The weight is a near-constant rescale of the
-step, not a correction that reorders which sequences count.
-
-Departures from the paper: the KL leash (the paper has none); the truncated
-importance weight (off by default); the sequence ratio is taken against the
-untruncated policy at T (the training code's own float32 pass, or the
-sampler's untruncated log-probs where a check finds them equal to it within
-`pi_old_tolerance`), not the sampler's truncated log q.
-
-The trainer takes its collaborators, as mlx-lm's `tuner.trainer.train` does:
-`Trainer(model, cfg, optimizer, loss, ...)` is handed the optimizer (the Policy
-builds AdamW with `make_optimizer`) and the loss already bound to its knobs
-(`varro.engine.train.gspo.gspo_objective(cfg)`, the objective above; any function of
-the same six arrays will do), and `train_day(groups, callbacks)` reports every
-step row to each `TrainingCallback`, any of which may stop the day. The progress
-bar and the collapse guards (varro.engine.train.guards) hang on those callbacks; the
-loop itself checks nothing.
+Objective, every log-prob at the sampling temperature T, for the G completions y_i of a prompt x:
+    A_i  = (r_i - mean_j r_j) / std_j r_j,    s_i = (pi_theta(y_i|x) / pi_old(y_i|x)) ** (1/|y_i|)
+    loss = -(1/N) sum_i min(s_i A_i, clip(s_i, 1 - 3e-4, 1 + 4e-4) A_i) + beta (1/N) sum_i k2_i
+with k2_i the sequence's mean of 0.5 (log pi_theta - log pi_ref)^2, the leash to the base model. How a day
+runs, the exact loss and every departure from the paper (the leash, pi_old the untruncated policy at T, an
+optional importance weight): docs/training.md.
 """
 
 from __future__ import annotations
@@ -106,8 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -117,13 +23,17 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from varro.engine.core.config import TrainConfig
 from varro.engine.core.faults import failpoint
-from varro.engine.train.gspo import group_advantages, sequence_mean
-from varro.engine.model.head import HEAD_CHUNK, chunked_kl, chunked_logprobs, output_head
-from varro.engine.model.memory import pass_position_bytes, pass_rows
-from varro.engine.model.loading import adapters_off, base_dtype, first_trainable_layer, lora_modules
-from varro.engine.model.distributed import SOLO, World
 from varro.engine.core.records import Rollout
-from varro.engine.core.errors import UserError
+from varro.engine.model.distributed import SOLO, World
+from varro.engine.model.head import HEAD_CHUNK
+from varro.engine.model.loading import adapters_off, first_trainable_layer, lora_modules
+from varro.engine.train.batching import Chunk, Minibatch, kl_chunks, make_chunks
+from varro.engine.train.errors import TrainingError
+from varro.engine.train.gspo import group_advantages, sequence_mean
+from varro.engine.train.health import HealthPass
+from varro.engine.train.logprobs import completion_logprobs, pass_logprobs, prefix_kv
+from varro.engine.train.pi_old import set_pi_old
+
 
 # loss(logp, old_logp, ref_logp, mask, advantages, sampler_logp) -> (loss, metrics); see Trainer
 LossFn = Callable[[mx.array, mx.array, mx.array | None, mx.array, mx.array, mx.array | None],
@@ -133,10 +43,6 @@ REQUIRED_METRICS = ("kl",)  # the KL guard reads it from every step row
 KL_METRICS = ("kl", "kl_penalty")  # the loss's metrics from the reference log-probs
 OPTIONAL_METRICS = ("clip_fraction", "ratio_mean", "sampler_gap")  # None in the row when the loss has none
 SHARED_PREFIX_MODELS = {"qwen3", "qwen2", "llama"}  # full causal attention: PrefixCache's mask is exact
-
-
-class TrainingError(RuntimeError, UserError):
-    pass
 
 
 class TrainingCallback:
@@ -151,186 +57,6 @@ class TrainingCallback:
     def on_day_end(self, rows: list[dict]) -> None:
         """Once per `train_day`, with its final rows (the last one's `kl_after` set); [] when nothing
         trained."""
-
-
-@dataclass
-class Chunk:
-    """The rows of one minibatch that share a prompt."""
-
-    head: mx.array  # (1, P - 1) the prompt without its last token; (1, 0) for a one-token prompt
-    inputs: mx.array  # (n, T) the prompt's last token, then each completion minus its last token, right-padded
-    targets: mx.array  # (n, T) the completion tokens
-    mask: mx.array  # (n, T) 1.0 on completion tokens, 0.0 on padding
-    advantages: mx.array  # (n,)
-    old_logp: mx.array | None = None  # (n, T)
-    ref_logp: mx.array | None = None  # (n, T)
-    sampler_logp: mx.array | None = None  # (n, T) log q of the sampler; None when a row has none stored
-    source: list[Rollout] = field(default_factory=list, repr=False)  # the rows, in order
-
-    @property
-    def rows(self) -> int:
-        return int(self.inputs.shape[0])
-
-    def pieces(self, size: int) -> Iterator[Chunk]:
-        """The chunk's rows `size` at a time (all at once when size < 1), each with the same prompt."""
-        size = size if size > 0 else self.rows
-        for i in range(0, self.rows, size):
-            rows = self.source[i : i + size]
-            width = max(len(r.completion_tokens) for r in rows)  # the piece's own longest row
-            take = lambda a: None if a is None else a[i : i + size, :width]  # noqa: E731
-            yield Chunk(self.head, take(self.inputs), take(self.targets), take(self.mask),
-                        self.advantages[i : i + size], take(self.old_logp), take(self.ref_logp),
-                        take(self.sampler_logp), rows)
-
-
-@dataclass
-class Minibatch:
-    chunks: list[Chunk]
-    rewards: np.ndarray  # (N,) over this rank's rows
-    share: float = 1.0  # this rank's sequences x ranks / the minibatch's sequences (1 when alone)
-    total: int = 0  # sequences in the whole minibatch, over all ranks
-
-    @property
-    def rows(self) -> int:
-        return sum(c.rows for c in self.chunks)
-
-
-def make_chunks(rollouts: list[Rollout], pad_id: int = 0) -> list[Chunk]:
-    """Pack rollouts into one Chunk per prompt, in order of first appearance."""
-    by_prompt: dict[tuple[int, ...], list[Rollout]] = {}
-    for r in rollouts:
-        if not r.prompt_tokens or not r.completion_tokens:
-            raise TrainingError(f"rollout {r.prompt_id!r}/{r.group_index} has an empty prompt or completion")
-        by_prompt.setdefault(tuple(r.prompt_tokens), []).append(r)
-    return [_chunk(list(prompt), rows, pad_id) for prompt, rows in by_prompt.items()]
-
-
-def _chunk(prompt: list[int], rows: list[Rollout], pad_id: int) -> Chunk:
-    width = max(len(r.completion_tokens) for r in rows)
-    inputs = np.full((len(rows), width), pad_id, dtype=np.int32)
-    targets = np.full((len(rows), width), pad_id, dtype=np.int32)
-    mask = np.zeros((len(rows), width), dtype=np.float32)
-    have_q = all(r.sampler_logprobs is not None and len(r.sampler_logprobs) == len(r.completion_tokens)
-                 for r in rows)
-    logq = np.zeros((len(rows), width), dtype=np.float32)
-    for i, r in enumerate(rows):
-        n = len(r.completion_tokens)
-        inputs[i, :n] = [prompt[-1]] + r.completion_tokens[:-1]
-        targets[i, :n] = r.completion_tokens
-        mask[i, :n] = 1.0
-        if have_q:
-            logq[i, :n] = r.sampler_logprobs
-    return Chunk(
-        head=mx.array([prompt[:-1]], dtype=mx.int32),
-        inputs=mx.array(inputs),
-        targets=mx.array(targets),
-        mask=mx.array(mask),
-        advantages=mx.array([r.advantage for r in rows], dtype=mx.float32),
-        sampler_logp=mx.array(logq) if have_q else None,
-        source=rows,
-    )
-
-
-def has_policy_logprobs(r: Rollout) -> bool:
-    """Whether the sampler stored `r`'s untruncated log-probs, one per completion token."""
-    return r.policy_logprobs is not None and len(r.policy_logprobs) == len(r.completion_tokens)
-
-
-def stack_rows(c: Chunk, by_row: dict[int, mx.array]) -> mx.array:
-    """`c`'s rows' log-probs from `by_row` (by id(row), each (len(completion),)), zero-padded: (n, T)."""
-    width = c.inputs.shape[1]
-    return mx.stack([mx.pad(by_row[id(r)], (0, width - len(r.completion_tokens))) for r in c.source])
-
-
-def pi_old_gap(passes: list[Chunk], by_row: dict[int, mx.array]) -> float:
-    """The largest |mean log pi_old - mean stored log-prob| over the rows of `passes` (0 for none): the
-    error the sampler's values would put into a row's length-normalised log-ratio."""
-    gaps = [abs(float(np.mean(np.array(by_row[id(r)], dtype=np.float64))) - float(np.mean(r.policy_logprobs)))
-            for p in passes for r in p.source]
-    return float(np.max(gaps)) if gaps else 0.0  # a NaN stays NaN
-
-
-def kl_chunks(batches: list[Minibatch], prompts: int) -> list[Chunk]:
-    """The chunks the reference pass covers: the `prompts` largest of each minibatch (at least one, so
-    every step measures its KL; ties in order), or every chunk when `prompts` is 0."""
-    if prompts <= 0:
-        return [c for mb in batches for c in mb.chunks]
-    return [c for mb in batches for c in sorted(mb.chunks, key=lambda c: -c.rows)[:prompts]]
-
-
-def _picked(logits: mx.array, targets: mx.array, temperature: float = 1.0, with_entropy: bool = False):
-    """log_softmax(logits / T) at `targets`, (N, L); with `with_entropy` also the distribution's entropy
-    at each position, (N, L), without gradient."""
-    logits = logits.astype(mx.float32)  # (N, L, V)
-    if temperature != 1.0:
-        logits = logits * (1.0 / temperature)
-    picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)  # (N, L)
-    norm = mx.logsumexp(logits, axis=-1, keepdims=True)  # (N, L, 1)
-    logp = picked - norm.squeeze(-1)
-    if not with_entropy:
-        return logp
-    full = mx.stop_gradient(logits - norm)  # (N, L, V)
-    return logp, -(mx.exp(full) * full).sum(axis=-1)
-
-
-def token_logprobs(model: nn.Module, inputs: mx.array, targets: mx.array, temperature: float = 1.0) -> mx.array:
-    """log pi_T(targets | inputs) per position in float32, the plain full pass at temperature T: (N, L) -> (N, L)."""
-    return _picked(model(inputs), targets, temperature)
-
-
-class PrefixCache:
-    """A per-layer KV cache for one shared prefix under a batch of continuations.
-
-    Filled by the prefix's pass (batch 1, `keys` None) or given its keys and
-    values; a continuation's pass broadcasts them over its own batch and appends
-    its own, keeping nothing. Built from plain array ops, so gradients flow
-    into the prefix's keys and values too. mlx-lm's "causal" mask is aligned to
-    the last query, so each continuation position sees the whole prefix and its
-    own earlier positions.
-    """
-
-    def __init__(self, keys: mx.array | None = None, values: mx.array | None = None):
-        self.keys, self.values = keys, values
-        self.offset = 0 if keys is None else keys.shape[2]
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        if self.keys is None:
-            self.keys, self.values = keys, values
-            self.offset = keys.shape[2]
-            return keys, values
-        n = keys.shape[0]
-        fixed = lambda a: mx.broadcast_to(a, (n, *a.shape[1:]))  # noqa: E731
-        return (mx.concatenate([fixed(self.keys), keys], axis=2),
-                mx.concatenate([fixed(self.values), values], axis=2))
-
-
-def prefix_kv(model: nn.Module, head: mx.array) -> list[mx.array]:
-    """Every layer's keys and values of `head` (batch 1), flat: [k0, v0, k1, v1, ...]; [] when empty."""
-    if not head.shape[1]:
-        return []
-    cache = [PrefixCache() for _ in model.layers]
-    model(head, cache=cache)  # fills the caches; the prompt's logits are never evaluated
-    return [a for c in cache for a in (c.keys, c.values)]
-
-
-def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array,
-                        temperature: float = 1.0, with_entropy: bool = False, head_chunk: int = HEAD_CHUNK,
-                        for_grad: bool = False):
-    """log pi_T(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv (and the
-    per-position entropy of pi_T with `with_entropy`). The output head runs `head_chunk` vocabulary rows
-    at a time (varro.engine.model.head; `for_grad`: a gradient will be taken, see chunked_logprobs); 0,
-    or a head it cannot chunk, takes the whole vocabulary's logits."""
-    cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-    head = output_head(model) if head_chunk > 0 else None
-    if head is None:
-        return _picked(model(inputs, cache=cache), targets, temperature, with_entropy)
-    hidden = model.model(inputs, cache=cache)  # (n, T, D), after the final norm
-    return chunked_logprobs(hidden, head, targets, temperature, head_chunk, with_entropy, for_grad)
-
-
-def chunk_logprobs(model: nn.Module, chunk: Chunk, temperature: float = 1.0) -> mx.array:
-    """log pi_T(completion tokens) of a Chunk, (n, T): the prompt runs once, the completions on top of it."""
-    return completion_logprobs(model, prefix_kv(model, chunk.head), chunk.inputs, chunk.targets, temperature)
 
 
 class Accumulator:
@@ -361,23 +87,6 @@ class Accumulator:
         return [self.loss, self.sums, self.grads]
 
 
-@contextlib.contextmanager
-def base_weights_from(model: nn.Module, model_id: str) -> Iterator[None]:
-    """Full fine-tuning: swap the base weights in from disk for the reference pass."""
-    from mlx_lm.utils import load_model
-    from mlx_lm.utils import _download
-
-    current = tree_flatten(model.parameters())
-    base, _ = load_model(_download(model_id))
-    base.set_dtype(mx.float32)
-    try:
-        model.update(base.parameters())
-        yield
-    finally:
-        model.update(tree_unflatten(current))
-        del base
-
-
 def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
     """AdamW with bias correction: without it (MLX's default) the first steps are ~3x the configured rate
     (1/sqrt(1 - 0.999) / (1/(1 - 0.9)) at step 1) and the excess fades over about a thousand steps."""
@@ -385,7 +94,7 @@ def make_optimizer(cfg: TrainConfig) -> optim.Optimizer:
 
 
 class Trainer:
-    """Holds the policy, its optimizer and the step counter; `train_day` runs steps 1-4 above.
+    """Holds the policy, its optimizer and the step counter; `train_day` runs steps 1-4 of docs/training.md.
 
     Collaborators are passed in, none is built here: `optimizer` (an mlx
     Optimizer, initialised here on the trainable parameters unless a restore
@@ -578,130 +287,17 @@ class Trainer:
         return batches
 
     def _set_pi_old(self, later: list[Chunk]) -> None:
-        """Step 3's pi_old: every chunk of `later` (the minibatches after the first) gets its old_logp, and
-        the day its `pi_old_source` ("sampler" or "pass"; None when no chunk needs one) and `pi_old_gap`.
-
-        With `pi_old` "auto" and every row's untruncated log-probs stored by the sampler, the pass runs on
-        the first `pi_old_check_prompts` prompts alone; the largest gap between a row's mean log-prob from
-        that pass and from the sampler (the error it would put in the sequence's log-ratio), over all ranks,
-        decides for every rank at once: within `pi_old_tolerance` the other rows take the sampler's
-        values, otherwise the pass. A row with none stored (sampled before they were, or greedily) makes
-        the whole day take the pass; "pass" takes it always (and logs the gap on every row, when stored).
-        """
+        """Step 3's pi_old: every chunk of `later` gets its old_logp, and the day its `pi_old_source` and
+        `pi_old_gap` (see varro.engine.train.pi_old)."""
         self.pi_old_source, self.pi_old_gap = None, None
-        if not later:  # one minibatch: no step is off-policy
-            return
-        passes = make_chunks([r for c in later for r in c.source], self.pad_id)
-        k = self.cfg.pi_old_check_prompts if self.cfg.pi_old == "auto" else len(passes)
-        missing = not all(has_policy_logprobs(r) for p in passes for r in p.source)
-        # taken over all ranks, so every rank decides alike: a row without stored values on any rank, and
-        # rows left after the check on any rank
-        flags = self.world.all_max(mx.array([float(missing), float(len(passes) > k)])).tolist()
-        missing, decide = flags[0] > 0, flags[1] > 0 and flags[0] == 0
-        checked = passes[:k] if decide else passes
-        by_row = self._rows_logprobs(checked)
-        if not missing:
-            self.pi_old_gap = self.world.all_max(mx.array(pi_old_gap(checked, by_row))).item()
-        self.pi_old_source = "pass"
-        if decide:
-            if self.pi_old_gap <= self.cfg.pi_old_tolerance:  # NaN falls back
-                self.pi_old_source = "sampler"
-                by_row.update({id(r): mx.array(r.policy_logprobs, dtype=mx.float32)
-                               for p in passes[k:] for r in p.source})
-            else:
-                by_row.update(self._rows_logprobs(passes[k:]))
-        for c in later:
-            c.old_logp = stack_rows(c, by_row)
-        mx.eval([c.old_logp for c in later])
+        self.pi_old_source, self.pi_old_gap = set_pi_old(later, self.cfg, self.world, self._rows_logprobs,
+                                                         self.pad_id)
 
     def final_health(self, batches: list[Minibatch]) -> dict[str, float | None]:
-        """The current weights on every row of `batches`, averaged per sequence then over sequences (over all
-        ranks): `kl_after`, the exact per-token KL(pi || ref) summed over the vocabulary at each completion
-        position; `kl_after_k3`, its k3 estimate from the completion tokens alone; `entropy_after`, the
-        policy's entropy at the sampling temperature. The KLs are None without a reference.
-
-        These are the weights the day would keep, so the guards judge them (the steps' own `kl` and `entropy`
-        measure the weights before each step). Each piece sweeps its policy and reference heads together
-        (see _health_stats); the reference is switched on per piece.
-        """
-        chunks = [c for mb in batches for c in mb.chunks]
-        if not chunks:
-            return {"kl_after": None, "kl_after_k3": None, "entropy_after": None}
-        ref = self.reference
-        dtype_bytes = base_dtype(self.model).size
-        sums = mx.zeros(4)  # exact KL, k3 KL, entropy, sequences
-        for p in make_chunks([r for c in chunks for r in c.source], self.pad_id):
-            kv, kv_ref = prefix_kv(self.model, p.head), None
-            if ref is not None:
-                with ref():
-                    kv_ref = prefix_kv(self.model, p.head)
-                    mx.eval(kv_ref)
-            for piece in p.pieces(self._pass_rows(p, dtype_bytes, health=True)):
-                stats = self._health_stats(kv, kv_ref, piece)  # each (n, T)
-                mask = piece.mask
-                entropy = sequence_mean(stats["entropy"], mask)
-                kl = k3 = mx.zeros_like(entropy)
-                if ref is not None:
-                    kl = sequence_mean(stats["kl"], mask)
-                    d = mx.where(mask > 0, stats["ref_logp"] - stats["logp"], 0.0)
-                    k3 = sequence_mean(mx.exp(d) - d - 1.0, mask)
-                sums = sums + mx.stack([kl.sum(), k3.sum(), entropy.sum(), mx.array(float(piece.rows))])
-                mx.eval(sums)
-        kl_sum, k3_sum, ent_sum, n = np.array(self.world.all_sum(sums)).tolist()
-        has_ref = ref is not None
-        return {"kl_after": kl_sum / n if has_ref else None, "kl_after_k3": k3_sum / n if has_ref else None,
-                "entropy_after": ent_sum / n}
-
-    def _health_stats(self, kv: list[mx.array], kv_ref: list[mx.array] | None, piece: Chunk) -> dict[str, mx.array]:
-        """`piece`'s per-position entropy and log-probs at the targets under the policy and, with `kv_ref`,
-        the reference's log-probs and the exact KL: (n, T) arrays, without gradient. The heads are swept a
-        vocabulary chunk at a time (chunked_kl); without a chunked head, over the whole vocabulary."""
-        head = output_head(self.model) if self.head_chunk > 0 else None
-        if head is None:
-            return self._whole_vocabulary_stats(kv, kv_ref, piece)
-        hidden = self._hidden(kv, piece)
-        if kv_ref is None:
-            logp, entropy = chunked_logprobs(hidden, head, piece.targets, self.temperature, self.head_chunk,
-                                             with_entropy=True)
-            return {"entropy": entropy, "logp": mx.stop_gradient(logp)}
-        with self.reference():
-            ref_hidden, ref_head = self._hidden(kv_ref, piece), output_head(self.model)
-            mx.eval(ref_hidden, ref_head.arrays)  # the reference's weights are only in place here
-        return chunked_kl(hidden, head, ref_hidden, ref_head, piece.targets, self.temperature, self.head_chunk)
-
-    def _whole_vocabulary_stats(self, kv: list[mx.array], kv_ref: list[mx.array] | None,
-                                piece: Chunk) -> dict[str, mx.array]:
-        """_health_stats from the whole vocabulary's log-softmax of each model."""
-        pick = lambda a: mx.take_along_axis(a, piece.targets[..., None], axis=-1).squeeze(-1)  # noqa: E731
-        lp = self._log_softmax(kv, piece)
-        out = {"entropy": -(mx.exp(lp) * lp).sum(axis=-1), "logp": pick(lp)}
-        mx.eval(lp, out)
-        if kv_ref is None:
-            return out
-        with self.reference():
-            lr = self._log_softmax(kv_ref, piece)
-            mx.eval(lr)
-        return {**out, "kl": (mx.exp(lp) * (lp - lr)).sum(axis=-1), "ref_logp": pick(lr)}
-
-    def _hidden(self, kv: list[mx.array], piece: Chunk) -> mx.array:
-        """The final (normed) hidden states at `piece`'s positions on top of the prompt's `kv`, (n, T, D)."""
-        cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-        return mx.stop_gradient(self.model.model(piece.inputs, cache=cache))
-
-    def _log_softmax(self, kv: list[mx.array], piece: Chunk) -> mx.array:
-        """log pi_T over the whole vocabulary at each of `piece`'s positions, (n, T, V), without gradient."""
-        cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-        logits = self.model(piece.inputs, cache=cache).astype(mx.float32) * (1.0 / self.temperature)
-        return mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))
-
-    def _pass_rows(self, p: Chunk, dtype_bytes: int, health: bool = False) -> int:
-        """Rows per piece of a no-gradient pass over the prompt `p` (see pass_rows); `health`: the end-of-day
-        pass, which sweeps two heads."""
-        a, width = self.model.args, int(p.inputs.shape[1])
-        chunk = self.head_chunk if output_head(self.model) is not None else 0
-        per = pass_position_bytes(a.hidden_size, a.intermediate_size, a.num_attention_heads, a.vocab_size,
-                                  int(p.head.shape[1]) + 1 + width, dtype_bytes, chunk, health)
-        return pass_rows(per, width, p.rows)
+        """The current weights on every row of `batches`: `kl_after`, `kl_after_k3` and `entropy_after`, over all
+        ranks (the KLs None without a reference); see varro.engine.train.health."""
+        return HealthPass(self.model, self.reference, self.world, self.temperature, self.head_chunk,
+                          self.pad_id).measure(batches)
 
     def _rows_logprobs(self, passes: list[Chunk]) -> dict[int, mx.array]:
         """The current weights' log-probs of every row of `passes` by id(row), each (len(completion),)."""
@@ -709,23 +305,9 @@ class Trainer:
                 for p, logp in zip(passes, self._pass_logprobs(passes, passes)) for i, r in enumerate(p.source)}
 
     def _pass_logprobs(self, chunks: list[Chunk], passes: list[Chunk]) -> list[mx.array]:
-        """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows
-        grouped by prompt), without gradients: one (n, T) array per chunk. Each prompt's rows run through
-        the blocks together (all of them unless their transients pass PASS_BYTES); only the output head
-        is cut, into vocabulary chunks."""
-        by_row = {}
-        dtype_bytes = base_dtype(self.model).size
-        for p in passes:
-            kv = prefix_kv(self.model, p.head)
-            for piece in p.pieces(self._pass_rows(p, dtype_bytes)):
-                logp = mx.stop_gradient(completion_logprobs(self.model, kv, piece.inputs, piece.targets,
-                                                            self.temperature, head_chunk=self.head_chunk))
-                mx.eval(logp)
-                for i, r in enumerate(piece.source):
-                    by_row[id(r)] = logp[i, : len(r.completion_tokens)]
-        out = [stack_rows(c, by_row) for c in chunks]
-        mx.eval(out)
-        return out
+        """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows grouped by
+        prompt), without gradients: one (n, T) array per chunk (see logprobs.pass_logprobs)."""
+        return pass_logprobs(self.model, chunks, passes, self.temperature, self.head_chunk)
 
     def train_day(self, groups: list[list[Rollout]],
                   callbacks: Sequence[TrainingCallback] = ()) -> list[dict]:

@@ -1,13 +1,9 @@
 """The swap watchdog: a night that starts swapping is ended before its checkpoint.
 
-`SwapWatchdog` reads the swap in use every few seconds on a daemon thread
-(`swap_bytes`: Linux `/proc/self/status` VmSwap, this process; macOS `sysctl
-vm.swapusage`, the system's). Once it has grown more than `swap_max_mb` since
-the night started, `tripped` says why; the cycle checks it between stages and
-the trainer after every step (`on_step`), and the day ends with a `SwapError`
-before its checkpoint is written, so the next night re-runs it. Where no
-reading exists the watchdog stays off. Each day starts its own watchdog, with
-its own baseline.
+`SwapWatchdog` reads the swap in use every few seconds on a daemon thread; once it has grown more than
+`swap_max_mb` since the night started, `tripped` says why, and the cycle (between stages) and the trainer
+(`on_step`) end the day with a `SwapError` before its checkpoint is written, so the next night re-runs it.
+Where no reading exists it stays off (docs/training.md).
 """
 
 from __future__ import annotations
