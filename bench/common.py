@@ -133,7 +133,7 @@ def headlines(n: int) -> list[dict]:
 
 def prompt_texts(n: int) -> list[str]:
     """Varro's real forecast prompts for the first `n` sample headlines."""
-    from varro.forecast.reward import build_prompt
+    from varro.forecast.task import build_prompt
 
     return [build_prompt(h["title"], h["summary"]) for h in headlines(n)]
 
@@ -154,6 +154,20 @@ def blas() -> str:
     if maps.exists() and re.search(r"/libopenblas[^/]*\.so", maps.read_text()):
         return "openblas"
     return "bundled"
+
+
+def group_parser(doc: str, group_help: str, tokens: int, tokens_help: str):
+    """The options of a benchmark on one prompt's group over Qwen3-0.6B's widths (`--layers` blocks): the
+    group's rows, its prompt and completion lengths, and the repeats."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--group", type=int, default=8, help=group_help)
+    ap.add_argument("--prompt-tokens", type=int, default=100)
+    ap.add_argument("--tokens", type=int, default=tokens, help=tokens_help)
+    ap.add_argument("--repeats", type=int, default=2)
+    return ap
 
 
 def emit(bench: str, name: str, value: float, unit: str, note: str = "", tag: str | None = None) -> None:

@@ -45,14 +45,13 @@ not the reference, at beta 0:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import time
 
 import mlx.core as mx
 import numpy as np
-from common import emit
+from common import emit, group_parser
 from memory_estimate import VOCAB, qwen3_06b
 
 from varro.engine.core.config import Config
@@ -61,19 +60,25 @@ from varro.engine.model.head import HEAD_CHUNK
 from varro.engine.model.memory import ModelShape, pass_bytes
 from varro.engine.model.loading import apply_lora
 from varro.engine.core.records import Rollout
+from varro.engine.train import health as health_pass, logprobs
 from varro.engine.train.batching import make_chunks
 from varro.engine.train.trainer import Trainer, make_optimizer
 
 BENCH = "passes"
 OLD_PASS_LOGITS_BYTES = 256 * 2**20  # before: a pass's piece took the rows whose float32 logits fit this
-NEW_PASS_ROWS = Trainer._pass_rows
+NEW_PASS_ROWS = logprobs.pass_piece_rows
 
 
-def old_pass_rows(self: Trainer, p, dtype_bytes: int, health: bool = False) -> int:
+def old_pass_rows(model, p, dtype_bytes: int, head_chunk: int, health: bool = False) -> int:
     """The rows per piece of the passes before this change, from the whole vocabulary's logits alone (the
     health pass a third of them, for its 6 whole-vocabulary arrays)."""
     rows = max(1, min(p.rows, OLD_PASS_LOGITS_BYTES // (4 * VOCAB * int(p.inputs.shape[1]))))
     return max(1, rows * 2 // 6) if health else rows
+
+
+def use_pass_rows(fn) -> None:
+    """Make the passes (the trainer's and the end-of-day health pass) cut their pieces with `fn`."""
+    logprobs.pass_piece_rows = health_pass.pass_piece_rows = fn
 
 
 def trainer_for(layers: int) -> Trainer:
@@ -108,7 +113,7 @@ def measure(fn) -> tuple[float, int]:
 def run_variant(trainer: Trainer, rows: list[Rollout], update_rows: int, after: bool) -> dict[str, tuple[float, int]]:
     """The three measurements of one variant: {name: (seconds, peak bytes)}."""
     trainer.head_chunk = HEAD_CHUNK if after else 0
-    Trainer._pass_rows = NEW_PASS_ROWS if after else old_pass_rows
+    use_pass_rows(NEW_PASS_ROWS if after else old_pass_rows)
     try:
         batches = trainer.prepare([rows])  # advantages and the reference pass
         chunks = batches[0].chunks
@@ -122,7 +127,7 @@ def run_variant(trainer: Trainer, rows: list[Rollout], update_rows: int, after: 
             mx.reset_peak_memory = RESET_PEAK
         return out
     finally:
-        Trainer._pass_rows = NEW_PASS_ROWS
+        use_pass_rows(NEW_PASS_ROWS)
 
 
 def day_groups(prompts: int, size: int, prompt_tokens: int, tokens: int) -> list[list[Rollout]]:
@@ -225,13 +230,8 @@ def report_savings(out: dict, a, setup: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--group", type=int, default=8, help="rows of the prompt's group")
-    ap.add_argument("--prompt-tokens", type=int, default=100)
-    ap.add_argument("--tokens", type=int, default=96, help="completion tokens per row")
+    ap = group_parser(__doc__, "rows of the prompt's group", 96, "completion tokens per row")
     ap.add_argument("--update-rows", type=int, default=2, help="rows of the timed update step")
-    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--day-prompts", type=int, default=16, help="prompts of the skipped-passes day")
     ap.add_argument("--day-group", type=int, default=4, help="rows of each of its groups")
     ap.add_argument("--day-tokens", type=int, default=32, help="completion tokens per row of that day")

@@ -46,11 +46,10 @@ transposed as nn.Linear does): the time the phase's matmuls alone take here, the
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 
 import mlx.core as mx
-from common import Timer, emit, no_eos, param_count
+from common import Timer, emit, group_parser, no_eos, param_count
 from memory_estimate import Tokenizer
 from passes import group, trainer_for
 from roofline import bandwidth_gbs, decode_rate, exp_ns, matmul_gflops, model_costs
@@ -237,14 +236,10 @@ def machine() -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--group", type=int, default=8, help="rows: the decode batch and the pass's and step's rows")
-    ap.add_argument("--prompt-tokens", type=int, default=100)
-    ap.add_argument("--tokens", type=int, default=64, help="completion tokens per row in the pass and step")
+    ap = group_parser(__doc__, "rows: the decode batch and the pass's and step's rows", 64,
+                      "completion tokens per row in the pass and step")
     ap.add_argument("--short", type=int, default=8, help="decode: the short length")
     ap.add_argument("--long", type=int, default=40, help="decode: the long length")
-    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--real-layers", type=int, default=28, help="the blocks to extrapolate to (Qwen3-0.6B: 28)")
     a = ap.parse_args()
 

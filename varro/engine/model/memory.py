@@ -181,24 +181,32 @@ def pass_bytes(shape: ModelShape, group_size: int, prompt_tokens: int, max_token
     return max(one(False), one(True))
 
 
+def os_reading(linux_file: str, field: str, mac_command: list[str], mac_bytes) -> int | None:
+    """A byte count the OS reports, or None where there is no reading: the `field` line (kB) of the Linux
+    file, else on macOS `mac_bytes(output)` of `mac_command` (None when the command cannot run)."""
+    path = Path(linux_file)
+    if path.is_file():
+        m = re.search(rf"^{field}:\s+(\d+) kB", path.read_text(), re.M)
+        return int(m.group(1)) * 1024 if m else None
+    if sys.platform != "darwin":
+        return None
+    try:
+        text = subprocess.run(mac_command, capture_output=True, text=True, timeout=5, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return mac_bytes(text)
+
+
+def _vm_stat_free(text: str) -> int | None:
+    page = re.search(r"page size of (\d+) bytes", text)
+    pages = {k: int(v) for k, v in re.findall(r"^Pages (\w+):\s+(\d+)\.", text, re.M)}
+    return int(page.group(1)) * sum(pages.get(k, 0) for k in ("free", "inactive", "speculative")) if page else None
+
+
 def available_bytes() -> int | None:
     """The memory the machine can give without swapping, in bytes (None where there is no reading):
     Linux MemAvailable; macOS free + inactive + speculative pages (vm_stat)."""
-    meminfo = Path("/proc/meminfo")
-    if meminfo.is_file():
-        m = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo.read_text(), re.M)
-        return int(m.group(1)) * 1024 if m else None
-    if sys.platform == "darwin":
-        try:
-            text = subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=5, check=True).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        page = re.search(r"page size of (\d+) bytes", text)
-        pages = {k: int(v) for k, v in re.findall(r"^Pages (\w+):\s+(\d+)\.", text, re.M)}
-        if not page:
-            return None
-        return int(page.group(1)) * sum(pages.get(k, 0) for k in ("free", "inactive", "speculative"))
-    return None
+    return os_reading("/proc/meminfo", "MemAvailable", ["vm_stat"], _vm_stat_free)
 
 
 def budget_bytes(fraction: float) -> int | None:

@@ -9,12 +9,10 @@ Where no reading exists it stays off (docs/training.md).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 from varro.engine.core.errors import UserError
+from varro.engine.model.memory import os_reading
 from varro.engine.train.trainer import TrainingCallback
 
 
@@ -22,22 +20,15 @@ class SwapError(UserError):
     """The machine started swapping during the night; the day was stopped before its checkpoint."""
 
 
+def _swapusage_used(text: str) -> int | None:
+    m = re.search(r"used = ([\d.]+)([KMG])", text)
+    return int(float(m.group(1)) * {"K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]) if m else None
+
+
 def swap_bytes() -> int | None:
     """The swap in use, in bytes, or None where there is no reading: Linux this process's VmSwap, macOS
     the system's `vm.swapusage`."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        m = re.search(r"^VmSwap:\s+(\d+) kB", status.read_text(), re.M)
-        return int(m.group(1)) * 1024 if m else None
-    if sys.platform == "darwin":
-        try:
-            text = subprocess.run(["sysctl", "-n", "vm.swapusage"], capture_output=True, text=True, timeout=5,
-                                  check=True).stdout
-        except (OSError, subprocess.SubprocessError):
-            return None
-        m = re.search(r"used = ([\d.]+)([KMG])", text)
-        return int(float(m.group(1)) * {"K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)]) if m else None
-    return None
+    return os_reading("/proc/self/status", "VmSwap", ["sysctl", "-n", "vm.swapusage"], _swapusage_used)
 
 
 class SwapWatchdog(TrainingCallback):
