@@ -187,7 +187,8 @@ def fit_check(app, home: Path, run: str, samples: int, seed: int = 1000) -> dict
     from varro.engine import store
     from varro.engine.run import checkpoints
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
-    from varro.engine.eval.panel import curve, ensure_scores, run_config
+    from varro.engine.eval.panel import curve, ensure_scores
+    from varro.engine.run.checkpoints import run_config
     from varro.engine.core.paths import db_path
     from varro.engine.core.paths import run_dir
 

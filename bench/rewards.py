@@ -39,11 +39,11 @@ def main() -> None:
     a = ap.parse_args()
 
     from varro.engine.core.config import Config
-    from varro.forecast.prompts import score_texts
+    from varro.forecast.task import build_prompt, score_texts
     from varro.engine.store import open_db
     from varro.engine.embed.embedders import CachedEmbedder, SentenceEmbedder
-    from varro.forecast.reward import build_prompt
-    from varro.forecast.headlines import headlines_for_day, load_sample_day
+    from varro.forecast.headlines import headlines_for_day
+    from varro.forecast.sample import load_sample_day
 
     cfg = Config()
     texts = forecast_texts(a.completions)

@@ -29,8 +29,8 @@ def main() -> None:
     from varro.engine.core.config import Config
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
     from varro.engine.core.paths import SAMPLE_DIR
-    from varro.forecast.hacks import find_headline, load_varro_sample, varro_prompt
-    from varro.forecast.prompts import forecast_targets, score_texts
+    from varro.forecast.redteam import find_headline, load_varro_sample
+    from varro.forecast.task import forecast_targets, score_texts, varro_prompt
     from varro.forecast.stance import stance
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

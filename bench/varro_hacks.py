@@ -33,7 +33,7 @@ def main() -> None:
     from varro_cases import HACKS, hack_texts, load_cases, load_sample, off_topic_template, sample_prompts, source
 
     from varro.engine.core.config import Config
-    from varro.forecast.prompts import score_texts
+    from varro.forecast.task import score_texts
     from varro.engine.store import open_db
     from varro.engine.embed.embedders import CachedEmbedder, SentenceEmbedder
 

@@ -11,7 +11,7 @@ from varro.engine import store as dbm
 from varro.engine.core.app import App
 
 from . import task
-from .items import ingest_file
+from .ingest import ingest_file
 from .settings import TallyConfig
 from .store import MIGRATIONS
 
@@ -34,6 +34,8 @@ class Tally(App):
     demo_run = "tally-demo"
     metrics_note = ""
     examples = "the top prior item verbatim or with words dropped, the group's title, blank, another group's text"
+    sample_at = "tally.sample"
+    red_team_at = "tally.redteam:TALLY"
 
     def ingest(self, db, day, cfg, source, home, options, echo) -> int:
         if source == "sample":
@@ -75,27 +77,12 @@ class Tally(App):
             out += [(i, t) for i, t, w in zip(h.ids, h.texts, h.weights) if w > 0]
         return out
 
-    def sample_days(self) -> list[str]:
-        from .sample import sample_days
-
-        return sample_days()
-
-    def load_sample_day(self, db, day) -> int:
-        from .sample import load_sample_day
-
-        return load_sample_day(db, day)
-
     def demo_settings(self, cfg: Any, tiny: bool = False) -> Any:
         # the sample has 12 groups: 4 a day, one story in 4 held out, short posts
         cfg.tally.groups_per_day = 4
         cfg.tally.eval_every = 4
         cfg.sampling.max_tokens = 64
         return cfg
-
-    def red_team(self):
-        from .hacks import TALLY
-
-        return TALLY
 
 
 APP = Tally()

@@ -8,7 +8,7 @@ import sqlite_utils
 from varro.engine.core.paths import SAMPLE_DIR
 from varro.engine.prompts.sources import resolve_timezone
 
-from .items import Columns, ingest_file, read_items
+from .ingest import Columns, ingest_file, read_items
 from .settings import TallyConfig
 
 SAMPLE_FILE = SAMPLE_DIR / "tally" / "items.jsonl"

@@ -1,26 +1,14 @@
-"""tally's prompts and their scoring: what the engine's daily cycle asks tally for.
+"""tally's task: groups as prompts, split by story, and the completions' scoring against their history.
 
-Everything a day D sees was created before D. A group's history on D is its
-items of earlier days, each weighted by how far it beat its author's usual
-(varro.engine.rewards.baselines: the author's other items before D are the baseline,
-a fair weight in [0, 1]; an item with an unknown count, or an author with no
-other item, cannot teach). The candidates of D are the groups with an item in
-the `lookback_days` before D and at least one item of weight above 0; one
-story of groups in `eval_every` is held out (varro.engine.prompts.stories), the rest
-are picked by the curriculum (varro.engine.prompts.curriculum). A completion is scored
-at once (the reward delay is 0):
-    reward = max_i cos(text, item_i) * w_i - copy_weight * copy - echo
-the best-matching prior winner's similarity times its weight
-(varro.engine.rewards.text.best_transfer), minus the graded copy score against the
-group's items (varro.engine.rewards.copying) and a penalty for repeating the prompt's
-instruction.
+Everything a day D sees was created before D. The candidates of D are the groups with an item in the
+`lookback_days` before D and one that beat its author's usual; one story of groups in `eval_every` is held
+out, the rest are picked by the curriculum. The reward (tally.reward) is paid at once. In detail:
+docs/tally.md ("The modules, in detail").
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -28,22 +16,20 @@ from typing import Any
 import numpy as np
 import sqlite_utils
 
-from varro.engine.rewards import baselines
 from varro.engine import store as dbm
 from varro.engine.core.config import Config
-from varro.engine.rewards.copying import copy_components, no_copy
 from varro.engine.prompts.curriculum import pick_items
 from varro.engine.embed.embedders import Embedder
 from varro.engine.eval.metrics import mean_or_none
-from varro.engine.rewards.text import best_transfer, longest_shared_ngram, words
-from varro.engine.prompts.stories import Item, assign_stories, in_guard_band, split_candidates, stable_rank
+from varro.engine.prompts.split import near_held_out, split_candidates, split_of, stable_rank
+from varro.engine.prompts.stories import Item, assign_stories
 
-from .items import TallySettingsError, parse_counts
+from .ingest import TallySettingsError
+from .reward import fair_weights, score_item
 from .settings import TallyConfig
 
 APP = "tally"
 KEY = "group"  # the item key of tally's prompts in source_json (the curriculum reads it)
-PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
 
 
 @dataclass(eq=False)
@@ -56,31 +42,6 @@ class History:
     ids: list[str]
     texts: list[str]
     weights: np.ndarray
-
-
-def item_engagement(counts_json: str, s: TallyConfig) -> float | None:
-    """The weighted engagement of a stored item; None when a count is unknown."""
-    counts = json.loads(counts_json)
-    spec = parse_counts(s.counts)
-    return baselines.weighted_engagement([counts.get(name) for name, _ in spec], [w for _, w in spec])
-
-
-def fair_weights(items: list[dict], s: TallyConfig) -> dict[str, float]:
-    """Item id -> its fair weight against its author's other `items`, for the items that have one."""
-    by_author: dict[str, list[tuple[str, float, float | None]]] = {}
-    for it in items:
-        e = item_engagement(it["counts_json"], s)
-        if e is not None:
-            by_author.setdefault(it["author"], []).append((it["id"], e, it["counts_age_hours"]))
-    out = {}
-    for mine in by_author.values():
-        for i, (item_id, e, age) in enumerate(mine):
-            others = mine[:i] + mine[i + 1:]
-            b = baselines.age_matched_baseline([x for _, x, _ in others], [a for _, _, a in others],
-                                               math.inf if age is None else age, s.engagement_half_life_hours)
-            if b is not None:
-                out[item_id] = baselines.fair_weight(e, b, s.weight_saturation, s.weight_pseudo_count)
-    return out
 
 
 def group_history(db: sqlite_utils.Database, group: str, day: str, cfg: Config) -> History:
@@ -108,18 +69,6 @@ def build_prompt(template: str, h: History) -> str:
         raise TallySettingsError(f"the prompt {template!r} can use {{title}}, {{description}} and {{group}} "
                                  f"only: {e!r}") from None
     return "\n".join(line.rstrip() for line in text.strip().splitlines() if line.strip())
-
-
-def instruction(template: str) -> str:
-    """The prompt's own words: the template without its placeholders."""
-    return PLACEHOLDER_RE.sub(" ", template)
-
-
-def echoes(text: str, template: str) -> bool:
-    """Whether `text` repeats four words in a row of the prompt's instruction (all of a shorter one of
-    at least three words)."""
-    own = len(words(instruction(template)))
-    return own >= 3 and longest_shared_ngram(text, instruction(template)) >= min(4, own)
 
 
 def candidate_groups(db: sqlite_utils.Database, day: str, cfg: Config) -> list[History]:
@@ -158,16 +107,6 @@ def group_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: 
     return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
 
 
-def near_held_out(db: sqlite_utils.Database, day: str, cands: list[History], stories: dict[str, str],
-                  embedder: Embedder, cfg: Config) -> list[bool]:
-    """Per candidate: is its card at least `leak_cosine` from a held-out group's or a tally panel prompt's
-    (varro.engine.prompts.stories.in_guard_band)? Such a group is never trained on (a story the linking split in two)."""
-    cards = {g: card for g, (_, card) in group_cards(db, day).items()}
-    items = [(sid, cards[g]) for g, sid in stories.items() if g in cards]
-    return in_guard_band(db, APP, embedder, [cards.get(h.group, h.group) for h in cands], items,
-                         cfg.tally.eval_every, cfg.eval.leak_cosine, "description")
-
-
 def prompt_row(h: History, day: str, story_id: str, split: str, s: TallyConfig) -> dict[str, Any]:
     return {"id": f"{APP}:{day}:{stable_rank(h.group)[:16]}", "app": APP, "day": day, "split": split,
             "text": build_prompt(s.prompt, h),
@@ -180,7 +119,9 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
     """The day's group prompts (stored once per day; later calls return the stored set).
 
     The split is by story: groups linked by their cards' similarity are all
-    held out or all trainable; the training ones are the curriculum's picks.
+    held out or all trainable, and a trainable one whose card is within
+    `leak_cosine` of a held-out group's or a panel prompt's is left out (a
+    story the linking split in two); the training ones are the curriculum's picks.
     """
     s = cfg.tally
     stored = dbm.day_prompts(db, APP, day)
@@ -188,7 +129,10 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
         return stored
     cands = candidate_groups(db, day, cfg)
     stories = group_stories(db, day, embedder, cfg)
-    near = near_held_out(db, day, cands, stories, embedder, cfg)
+    cards = {g: card for g, (_, card) in group_cards(db, day).items()}
+    near = near_held_out(db, APP, embedder, [cards.get(h.group, h.group) for h in cands],
+                         [(g, cards[g]) for g in stories if g in cards], stories, s.eval_every,
+                         cfg.eval.leak_cosine, "description")
     evals, train_pool = split_candidates([h.group for h in cands], stories, s.eval_every, s.groups_per_day, day,
                                          near)
     picked = set(pick_items(db, APP, run, day, train_pool, s.groups_per_day - len(evals),
@@ -200,24 +144,14 @@ def choose_prompts(db: sqlite_utils.Database, run: str, day: str, cfg: Config, r
     return dbm.day_prompts(db, APP, day)
 
 
-def score_item(text: str, text_vec: np.ndarray, item_vecs: np.ndarray, h: History, s: TallyConfig) -> dict:
-    """All components and the reward of one completion against its group's history (module docstring)."""
-    if not text.strip():
-        transfer, best, cos, copy = 0.0, -1, 0.0, no_copy()
-    else:
-        transfer, best, cos = best_transfer(text_vec, item_vecs, h.weights)
-        copy = copy_components(text, np.asarray(item_vecs) @ np.asarray(text_vec), h.texts, s)
-    echo = s.echo_penalty if echoes(text, s.prompt) else 0.0
-    return {
-        "reward": transfer - s.copy_weight * copy["copy"] - echo,
-        "transfer": transfer,
-        "teacher": float(best),
-        "teacher_cosine": cos,
-        "teacher_weight": float(h.weights[best]) if best >= 0 else 0.0,
-        **copy,
-        "pen_echo": echo,
-        "words": float(len(words(text))),
-    }
+def tally_prompt(db: sqlite_utils.Database, h: History, embedder: Embedder, cfg: Config) -> dict:
+    """The group's earliest stored prompt, else the one choose_prompts would build on `h.day`."""
+    stored = dbm.first_prompt_with_source(db, APP, KEY, h.group)
+    if stored:
+        return stored
+    story = group_stories(db, h.day, embedder, cfg).get(h.group, h.group)
+    row = prompt_row(h, h.day, story, split_of(story, cfg.tally.eval_every), cfg.tally)
+    return {**row, "source_json": json.dumps(row["source_json"])}
 
 
 def score_texts(db: sqlite_utils.Database, prompt: dict, texts: list[str], embedder: Embedder,

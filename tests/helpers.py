@@ -84,7 +84,7 @@ def walter_day_metrics(db, run, day):
 
 
 def varro_human_items(db, day):
-    from varro.forecast.prompts import varro_human_items as items
+    from varro.forecast.task import varro_human_items as items
 
     return items(db, day)
 

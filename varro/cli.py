@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from varro.engine.core.app import get_app
-from varro.engine.cli.commands import HOME_OPTION, app_cli, model_config
-from varro.engine.cli.options import config_options
+from varro.engine.cli.commands import app_cli, demo_configs
+from varro.engine.cli.options import HOME_OPTION, config_options
 
 
 @click.command("tiny-model")
@@ -78,19 +78,12 @@ def demo(days: int | None, varro_only: bool, tiny: bool, cold: bool, home: str |
     """
     from varro.demo import SECTIONS, run_full_demo, try_next
     from varro.engine import store
-    from varro.engine.loop.demo import demo_base, demo_days, run_demo
-    from varro.engine.model.loading import check_model
+    from varro.engine.loop.demo import demo_days, run_demo
     from varro.engine.core.paths import db_path
 
-    given = kwargs.get("cfg__model__model")
-    if given:  # a bad --model fails before any demo model is built
-        check_model(given)
     days = demo_days(days, tiny)
     names = ["varro"] if varro_only else [name for name, _ in SECTIONS]
-    # each app's demo recipe, then what the command line says
-    configs = {name: model_config(dict(kwargs), base=demo_base(get_app(name), home, tiny, cold, bool(given),
-                                                                 click.echo))
-               for name in names}
+    configs = demo_configs([get_app(name) for name in names], kwargs, home, tiny, cold)
     if varro_only:
         app = get_app("varro")
         run_demo(app, home, app.demo_run_name(), configs["varro"], days=days, echo=click.echo)

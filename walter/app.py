@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import click
 import sqlite_utils
 
 from varro.engine.core.app import App
@@ -78,6 +77,9 @@ class Walter(App):
     hack_margin = 0.05  # a post's reward spans less than a forecast's
     examples = ("the top historical post verbatim or lightly edited, the title, hashtag spam, emoji runs, "
                 "a bare link, generic praise, reply bait")
+    sample_at = "walter.sample"
+    red_team_at = "walter.redteam:WALTER"
+    commands_at = "walter.cli:COMMANDS"
 
     def ingest(self, db, day, cfg, source, home, options, echo) -> int:
         if source == "sample":
@@ -100,47 +102,42 @@ class Walter(App):
     def missing_data(self, db, day, cfg) -> str | None:
         from varro.engine.store import prompt_count
 
-        from . import articles
+        from . import task
 
         stored = (db.execute("select count(*) from bsky_posts where day = ?", [day]).fetchone()[0]
                   + prompt_count(db, self.name, day))
-        if stored or articles.candidate_articles(db, day, cfg):
+        if stored or task.candidate_articles(db, day, cfg):
             return None
         return "nothing ingested and no article with a scorable history; no checkpoint written"
 
     def choose_prompts(self, db, run, day, cfg, embedder, rng) -> list[dict]:
-        from . import articles
+        from . import task
 
-        return articles.choose_prompts(db, run, day, cfg, rng, embedder)
+        return task.choose_prompts(db, run, day, cfg, rng, embedder)
 
     def score_texts(self, db, prompt, texts, embedder, cfg) -> list[dict]:
-        from . import articles
+        from . import task
 
-        return articles.score_texts(db, prompt, texts, embedder, cfg)
+        return task.score_texts(db, prompt, texts, embedder, cfg)
 
     def targets(self, prompt: dict) -> str:
         return "the article's stored posts with final counts"
 
     def day_metrics(self, comps: list[dict]) -> dict:
-        from . import articles
+        from . import task
 
-        return articles.post_metrics(comps)
+        return task.post_metrics(comps)
 
     def human_items(self, db, day, cfg) -> list[tuple[str, str]]:
         from varro.engine.store import day_prompts
 
-        from . import articles
+        from . import task
 
         out = []
         for p in day_prompts(db, self.name, day):
-            h = articles.article_history(db, json.loads(p["source_json"])["url_norm"], cfg)
+            h = task.article_history(db, json.loads(p["source_json"])["url_norm"], cfg)
             out += [(u, t) for u, t, w in zip(h.uris, h.texts, h.weights) if w > 0]
         return out
-
-    def sample_days(self) -> list[str]:
-        from .sample import sample_days
-
-        return sample_days()
 
     def load_sample_day(self, db, day) -> int:
         from .sample import ingest_sample_day
@@ -154,16 +151,6 @@ class Walter(App):
         cfg.walter.eval_every = 4
         cfg.sampling.max_tokens = 64
         return cfg
-
-    def red_team(self):
-        from .hacks import WALTER
-
-        return WALTER
-
-    def commands(self) -> list[click.Command]:
-        from .cli import COMMANDS
-
-        return COMMANDS
 
 
 APP = Walter()

@@ -1,41 +1,8 @@
 """Bluesky client: one login reused through a session file, reads from the AppView, bounded retries.
 
-Two plain SDK clients (`atproto_client.client.raw.ClientRaw`, the layer under
-`atproto.Client`), each with a fixed base URL:
-
-- the PDS (`WALTER_PDS_URL`, default https://bsky.social) answers
-  com.atproto.server.createSession and refreshSession;
-- the AppView (`WALTER_APPVIEW_URL`, default https://api.bsky.app) answers the
-  app.bsky.* reads, sent with the session's access token as a Bearer header.
-
-The high-level `atproto.Client` is not used because it moves its base URL to the
-PDS named in the session's DID document and refreshes tokens on whatever host it
-currently points at; here every call goes to the host configured for it.
-
-The session is the SDK's session string (`atproto.Session.encode`), kept in
-`<home>/data/bsky_session` with mode 0600 and reused across runs, so the
-rate-limited createSession is called only when there is no usable session. A
-request rejected as unauthenticated (401, or ExpiredToken / InvalidToken) leads
-to one recovery per client (refreshSession, else createSession); a second
-rejection raises BlueskyAuthError. The app password is read from the
-environment when a login needs it and is never stored, logged or put in a
-message.
-
-Every read returns plain JSON-shaped dicts (camelCase keys and `$type` as on
-the wire), validated through the SDK's models first, one item at a time: the
-page arrives as raw JSON (`ClientRaw.invoke_query`) and each post or feed item
-is checked with the SDK model of one item, so one malformed post costs that
-post, not its page. A read given `on_invalid` hands it each rejected item's
-at-uri (None when it has none) and a one-line reason and returns the others;
-without it a rejected item is a BlueskyResponseError. A field the API left out
-is absent from the dict, so a missing count reads as None, never 0. A post that
-lacks only what Walter can do without (its author's handle, a link card's title
-or description) is kept: those required strings are filled in to validate it
-(`with_lexicon_defaults`), and a filled-in handle is left out of the result.
-
-A body that does not parse as JSON is usually a connection cut mid-answer: it
-is retried like a 5xx, and after the retries it is a BlueskyResponseError (the
-answer, not the host, is bad: the next call may well succeed).
+The PDS answers the logins, the AppView the app.bsky.* reads; every read returns wire-shaped dicts checked
+one item at a time, so one malformed post costs that post. Sessions, retries and validation: docs/walter.md
+("The modules, in detail").
 """
 
 from __future__ import annotations
@@ -334,13 +301,8 @@ class Bluesky:
     def get_posts(self, uris: list[str], on_invalid: OnInvalid | None = None) -> list[dict[str, Any]]:
         """Post views of `uris` (any number; sent 25 at a time). A deleted post is simply absent; a post the
         lexicon rejects goes to `on_invalid`."""
-        nsid = "app.bsky.feed.getPosts"
-        posts: list[dict[str, Any]] = []
-        for start in range(0, len(uris), MAX_URIS_PER_CALL):
-            params = models.AppBskyFeedGetPosts.Params(uris=uris[start:start + MAX_URIS_PER_CALL])
-            page = self._query(nsid, params)
-            posts.extend(self._items(nsid, page, "posts", models.AppBskyFeedDefs.PostView, on_invalid))
-        return posts
+        return self._in_batches("app.bsky.feed.getPosts", uris, "posts", models.AppBskyFeedDefs.PostView,
+                                lambda part: models.AppBskyFeedGetPosts.Params(uris=part), on_invalid)
 
     def get_author_feed(
         self, did: str, cursor: str | None = None, limit: int = 100, on_invalid: OnInvalid | None = None
@@ -361,15 +323,21 @@ class Bluesky:
 
     def get_profiles(self, dids: list[str]) -> list[dict[str, Any]]:
         """Detailed profiles of `dids` (any number; sent 25 at a time). Unknown accounts are absent."""
-        nsid = "app.bsky.actor.getProfiles"
-        profiles: list[dict[str, Any]] = []
-        for start in range(0, len(dids), MAX_URIS_PER_CALL):
-            params = models.AppBskyActorGetProfiles.Params(actors=dids[start:start + MAX_URIS_PER_CALL])
-            page = self._query(nsid, params)
-            profiles.extend(self._items(nsid, page, "profiles", models.AppBskyActorDefs.ProfileViewDetailed, None))
-        return profiles
+        return self._in_batches("app.bsky.actor.getProfiles", dids, "profiles",
+                                models.AppBskyActorDefs.ProfileViewDetailed,
+                                lambda part: models.AppBskyActorGetProfiles.Params(actors=part), None)
 
     # -- one page, item by item ------------------------------------------------------
+
+    def _in_batches(self, nsid: str, keys: list[str], field: str, model: type,
+                    params: Callable[[list[str]], Any], on_invalid: OnInvalid | None) -> list[dict[str, Any]]:
+        """`_items` of the answers to `nsid` for `keys`, asked MAX_URIS_PER_CALL at a time (`params` makes a
+        call's parameters from its keys)."""
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(keys), MAX_URIS_PER_CALL):
+            page = self._query(nsid, params(keys[start:start + MAX_URIS_PER_CALL]))
+            items.extend(self._items(nsid, page, field, model, on_invalid))
+        return items
 
     def _query(self, nsid: str, params: Any) -> dict[str, Any]:
         """The JSON object an AppView query answered, unvalidated (the SDK's raw call, through `_read`)."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 import click
 
 from varro.engine.core.app import get_app
-from varro.engine.cli.commands import HOME_OPTION, MissingTargets, app_cli, echo_scores, reading_db, run_option
-from varro.engine.cli.options import config_options, named_settings, resolve_config
+from varro.engine.cli.commands import app_cli
+from varro.engine.cli.options import HOME_OPTION, config_options, named_settings, resolve_config, run_option
+from varro.engine.cli.reading import MissingTargets, echo_scores, reading_db
 
 
 @click.command("score")
@@ -27,8 +28,8 @@ def score_cmd(url: str, texts: tuple[str, ...], as_json: bool, home: str | None,
     """
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
 
-    from .articles import score_texts
-    from .hacks import find_article, walter_prompt
+    from .redteam import find_article
+    from .task import score_texts, walter_prompt
 
     cfg = resolve_config(kwargs)
     db = reading_db(home)
@@ -64,13 +65,12 @@ def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | 
     from varro.engine.eval.draft import draft, draft_config, echo_ranked, echo_unranked, existing_db
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
     from varro.engine.core.paths import run_dir
-    from varro.engine.prompts.stories import stable_rank
+    from varro.engine.prompts.split import stable_rank
 
-    from .articles import score_texts
     from .card import fetch_card, stored_card
-    from .hacks import find_article, walter_prompt
     from .ingest import article_key
-    from .task import build_prompt
+    from .redteam import find_article
+    from .task import build_prompt, score_texts, walter_prompt
 
     named = named_settings(kwargs)
     path = run_dir(run, home)

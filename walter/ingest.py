@@ -1,23 +1,8 @@
 """Walter's ingest: Bluesky posts that link to news articles, their counts at a fixed age, author baselines.
 
-- `ingest_search` pages app.bsky.feed.searchPosts per news domain and day and
-  stores every post with an article link in `bsky_posts` (upsert on the
-  at-uri). Each page is committed together with its cursor in `bsky_cursors`,
-  so a failed run resumes where it stopped and a finished (query, day) is
-  never searched again.
-- `refresh_counts` re-reads posts once they reach the fixed age and marks those
-  counts final; a post getPosts no longer returns is marked deleted.
-- `update_baselines` caches each author's recent own posts with their raw
-  counts and their age when read; `baseline_stats` turns them into the
-  author's usual engagement at a scored post's age, with the number of posts
-  it rests on and their spread (`author_baseline`: the older bare median).
-
-What a night leaves out is recorded in `walter_skips` (`record_skip`): a post
-the API sent malformed is skipped and the rest of its page kept; an author
-whose feed cannot be read gets no baseline that night, and the next author is
-asked. Only an error of the account or host (HOST_ERRORS) ends a stage.
-
-Posts are the plain dicts `walter.bsky.Bluesky` returns (wire-shaped JSON).
+`ingest_search` stores the posts with an article link, `refresh_counts` reads their counts at the fixed
+age, `update_baselines` and `baseline_stats` give each author's usual; what a night leaves out is recorded
+in `walter_skips`. In detail: docs/walter.md ("The modules, in detail").
 """
 
 from __future__ import annotations

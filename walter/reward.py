@@ -1,32 +1,9 @@
 """Walter's reward (RLNVR): transfer what worked for an article, with the author's usual taken out.
 
-1. Baseline normalisation (varro.engine.rewards.baselines, where the formula and its
-   reasons are written out). A historical post's engagement e is a weighted
-   sum of likes, reposts, replies and quotes, read at its age t; its author's
-   usual b is the mean engagement of their other recent posts brought to the
-   same age t (`walter.ingest.baseline_stats`), resting on n posts with spread
-   s. The weight w = clip(rho * ln((k + e) / (k + b)) / ln(saturation), 0, 1),
-   k = weight_pseudo_count, rho the reliability of that log ratio given n and s.
-   `post_weight` without n keeps the old unshrunk formula.
-2. Max-similarity transfer (varro.engine.rewards.text.best_transfer). reward =
-   max_i cos(candidate, post_i) * w_i * (1 - r_i): the single best-matching
-   winner teaches, not the average; r_i (varro.engine.rewards.copying.restated) is how
-   far the candidate restates post i point by point, beyond what any other
-   author's independent post did: a winner paraphrased teaches nothing.
-3. Copying is not writing (varro.engine.rewards.copying). A graded copy score in [0, 1],
-   the largest of: cosine to a historical post ramped from `copy_cosine_start`
-   to `copy_cosine_full`; the share of the candidate's word 3-grams found in
-   one historical post, ramped; the share of its words found in order in one
-   post (longest common subsequence), ramped; 1 for `copy_ngram` words in
-   a row; and how far the cosine to one post rises above the closest any other
-   author's independent post came to it (a loose paraphrase of a winner). The
-   penalty is `copy_weight` times that score.
-4. Small, legible penalties (weights in WalterConfig): hashtags past the
-   limit, repeated hashtags, emoji past the first and runs of them, a post in
-   capitals, bare URLs, over 300 graphemes, repeated 3-grams, instruction echo.
-
-The engine's pieces are re-exported here under their old names
-(`walter.reward.max_similarity_reward`, `ramp`, `copy_components`, ...).
+reward = max_i cos(candidate, post_i) * w_i * (1 - r_i) - copy_weight * copy - sum(pen_*): w_i is how far
+post i beat its author's usual, r_i how far the candidate restates it. Step by step: docs/walter.md
+("The modules, in detail"). The engine's pieces are re-exported here under their old names
+(`max_similarity_reward`, `ramp`, `copy_components`, ...).
 """
 
 from __future__ import annotations

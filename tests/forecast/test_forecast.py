@@ -5,7 +5,8 @@ import pytest
 
 from varro.forecast.settings import VarroConfig
 from varro.engine.embed.embedders import HashEmbedder, SentenceEmbedder
-from varro.forecast.reward import beat_scores, build_prompt, leak_kinds, score_forecast, INSTRUCTION
+from varro.forecast.reward import beat_scores, leak_kinds, score_forecast, INSTRUCTION
+from varro.forecast.task import build_prompt
 from varro.engine.rewards.text import longest_shared_ngram, repeated_ngram_rate, sentence_count
 
 TITLE = "Dockworkers walk out at Calderra as Valdoria's biggest port grinds to a halt"

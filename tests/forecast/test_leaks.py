@@ -13,12 +13,13 @@ import pytest
 
 from varro.engine import store as dbm
 from varro.engine.core.config import Config
-from varro.forecast.prompts import choose_prompts, headline_stories, headline_text, story_split
+from varro.forecast.task import choose_prompts, headline_stories, headline_text, story_split
 from helpers import varro_sample_days as sample_days
 from varro.engine.embed.embedders import CachedEmbedder, load_embedder
-from varro.forecast.headlines import headlines_for_day, load_sample_day
+from varro.forecast.headlines import headlines_for_day
+from varro.forecast.sample import load_sample_day
 from varro.engine.eval.panel import panel_prompts, prompt_text
-from varro.engine.prompts.stories import too_close
+from varro.engine.prompts.split import too_close
 
 
 def test_too_close_is_a_max_cosine_threshold():
@@ -67,7 +68,7 @@ def test_the_panel_holds_no_prompt_close_to_a_training_prompt(sample):
 
 def all_targets(db, emb, cfg, split):
     """The texts of every next-day headline that scores some prompt of `split` on the sample."""
-    from varro.forecast.prompts import forecast_targets
+    from varro.forecast.task import forecast_targets
 
     out = []
     for p in db.query("select * from prompts where app = 'varro' and split = ? and day < ?", [split, sample_days()[-1]]):
@@ -91,7 +92,7 @@ def test_a_held_out_prompt_whose_story_stalls_is_not_scored_on_a_trained_story(s
     """The demo's case: held-out "Aldervik stock index slips 0.6%" (2026-11-03) had no next-day headline of
     its own story and fell back on "Tessaline sell-off drags Aldervik tech index down 3.2%", the own-story
     target of training prompts."""
-    from varro.forecast.prompts import forecast_targets
+    from varro.forecast.task import forecast_targets
 
     db, emb, cfg = sample
     h = next(h for h in headlines_for_day(db, "2026-11-03") if h["title"].startswith("Aldervik stock index slips"))

@@ -17,8 +17,8 @@ from varro.engine.embed.embedders import CachedEmbedder, SentenceEmbedder
 from varro.engine.core.paths import SAMPLE_DIR
 from varro.engine.rewards.text import split_sentences, words
 from varro.engine.store import open_db
-from varro.forecast.hacks import find_headline, load_varro_sample, varro_prompt
-from varro.forecast.prompts import forecast_targets, score_texts
+from varro.forecast.redteam import find_headline, load_varro_sample
+from varro.forecast.task import forecast_targets, score_texts, varro_prompt
 from varro.forecast.reward import sentence_weight, source_containment, specific_driver
 from varro.forecast.settings import VarroConfig
 from varro.forecast.stance import committed_text, read, stance

@@ -12,7 +12,7 @@ from varro.engine.eval.compare import CompareError, compare, held_out_prompts, m
 from varro.engine.core.paths import db_path
 from varro.engine.core.paths import run_dir
 from helpers import varro_step as step
-from varro.forecast.prompts import score_texts
+from varro.forecast.task import score_texts
 from varro.engine.embed.embedders import HashEmbedder
 from varro.engine.eval.panel import ensure_scores, evaluate, panel_prompts, read_scores
 
@@ -86,7 +86,7 @@ def test_compare_prompts_are_held_out_stories_never_trained_on(trained):
 def test_training_prompts_are_never_rewarded_against_a_held_out_story(trained):
     db, cfg = trained
     from varro.engine.core.dates import shift
-    from varro.forecast.prompts import forecast_targets, headline_stories, story_split
+    from varro.forecast.task import forecast_targets, headline_stories, story_split
 
     checked = 0
     for p in db.query("select * from prompts where app = 'varro' and split = 'train' and day < ?", [DAYS[-1]]):

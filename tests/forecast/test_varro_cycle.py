@@ -9,10 +9,11 @@ from helpers import tiny_config
 from varro.engine import store as dbm
 from varro.engine.run.checkpoints import list_checkpoints
 from helpers import varro_day_metrics as day_metrics, varro_step as step
-from varro.forecast.prompts import choose_prompts
+from varro.forecast.task import choose_prompts
 from helpers import varro_sample_days as sample_days
 from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder, SentenceEmbedder
-from varro.forecast.headlines import headlines_for_day, load_sample_day
+from varro.forecast.headlines import headlines_for_day
+from varro.forecast.sample import load_sample_day
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_prompts_are_diverse_stable_and_hold_out_eval(tmp_path, minilm):
     assert sims.max() < 0.8
     assert len(prompts) < 40  # the sample carries the same story from two outlets on every day
     # split by story: a prompt is held out exactly when its story is, and no story is on both sides
-    from varro.engine.prompts.stories import is_held_out
+    from varro.engine.prompts.split import is_held_out
 
     stories = {p["id"]: json.loads(p["source_json"])["story_id"] for p in prompts}
     assert all((p["split"] == "eval") == is_held_out(stories[p["id"]], 8) for p in prompts)

@@ -13,7 +13,7 @@ import pytest
 
 from varro.engine.core.config import Config
 from varro.forecast.settings import VarroConfig
-from varro.forecast.prompts import PromptError, forecast_targets, headline_stories, score_texts, story_split
+from varro.forecast.task import PromptError, forecast_targets, headline_stories, score_texts, story_split
 from varro.engine.store import open_db
 from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder, SentenceEmbedder
 from varro.forecast.reward import beat_scores, over_length, prose_score, score_forecast, source_entities

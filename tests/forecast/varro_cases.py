@@ -11,9 +11,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from varro.forecast.prompts import headline_stories, story_split
+from varro.forecast.task import headline_stories, story_split
 from varro.forecast.reward import INSTRUCTION
-from varro.forecast.headlines import headlines_for_day, load_sample_day
+from varro.forecast.headlines import headlines_for_day
+from varro.forecast.sample import load_sample_day
 from varro.engine.rewards.text import content_words
 
 CASES_FILE = Path(__file__).with_name("varro_honest_forecasts.json")

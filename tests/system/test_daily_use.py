@@ -99,7 +99,7 @@ def walter_home(tiny_model_path, tmp_path_factory):
 
 
 def scorable_article(home):
-    from walter.articles import article_history
+    from walter.task import article_history
 
     db = store.open_db(db_path(home))
     cfg = draft_config("walter", run_dir("walter", home), Config(), {})
@@ -114,8 +114,8 @@ def json_lines(output):
 
 
 def test_walter_draft_ranks_n_posts_by_the_nightlys_reward(walter_home):
-    from walter.articles import score_texts
-    from walter.hacks import find_article, walter_prompt
+    from walter.redteam import find_article
+    from walter.task import score_texts, walter_prompt
 
     db, cfg, url = scorable_article(walter_home)
     out = CliRunner().invoke(walter_cli, ["draft", "--url", url, "--n", "3", "--home", str(walter_home), "--json"])
@@ -206,8 +206,8 @@ def varro_run_home(tiny_model_path, tmp_path_factory):
 
 
 def test_varro_forecast_ranks_n_forecasts_against_the_next_days_headlines(varro_run_home):
-    from varro.forecast.hacks import find_headline, varro_prompt
-    from varro.forecast.prompts import score_texts
+    from varro.forecast.redteam import find_headline
+    from varro.forecast.task import score_texts, varro_prompt
 
     db = store.open_db(db_path(varro_run_home))
     cfg = draft_config("varro", run_dir("varro", varro_run_home), Config(), {})

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tally.items import Columns, read_items, store_items
+from tally.ingest import Columns, read_items, store_items
 from test_varro_ingest import QUICK, count, headlines, respond, server  # noqa: F401  (server is a fixture)
 from varro.engine.store import open_db
 from varro.forecast.headlines import headline_id, store_headlines

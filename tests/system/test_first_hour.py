@@ -70,10 +70,10 @@ def interrupted(*args, **kwargs):
 
 def test_ctrl_c_in_a_nightly_is_one_line_and_exit_130(monkeypatch, varro_home):
     """Item 5: Ctrl-C printed `FAILED: KeyboardInterrupt: ` and click's `Aborted!`, and exited 1."""
-    import varro.engine.cli.commands as engine_cli
     import varro.engine.loop.cycle as cycle
+    import varro.engine.loop.night as night
 
-    monkeypatch.setattr(engine_cli, "open_step", lambda *a, **k: (Config(), [], None, None))
+    monkeypatch.setattr(night, "open_run", lambda *a, **k: (Config(), [], None, None))
     monkeypatch.setattr(cycle, "step", interrupted)
     out = CliRunner().invoke(varro_cli, ["nightly", "--run", "n", "--date", "2026-11-03"])
     assert out.exit_code == 130, out.output
@@ -83,9 +83,9 @@ def test_ctrl_c_in_a_nightly_is_one_line_and_exit_130(monkeypatch, varro_home):
 
 
 def test_ctrl_c_in_any_other_command_is_one_line_and_exit_130(monkeypatch):
-    import varro.engine.cli.commands as engine_cli
+    import varro.engine.loop.night as night
 
-    monkeypatch.setattr(engine_cli, "open_step", interrupted)
+    monkeypatch.setattr(night, "open_run", interrupted)
     out = CliRunner().invoke(varro_cli, ["step", "--date", "2026-11-03", "--source", "sample"])
     assert (out.exit_code, out.output) == (130, "interrupted; re-running resumes\n")
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from varro.engine import store as dbm
 from varro.engine.rewards import redteam as eh
-from varro.forecast import hacks as vh
+from varro.forecast import redteam as vh
 from varro.cli import cli as varro_cli
 from varro.engine.core.config import Config
 from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder
@@ -17,7 +17,7 @@ from varro.engine.core.paths import db_path
 from varro.forecast.reward import INSTRUCTION
 from varro.forecast.headlines import headlines_for_day
 from varro.engine.rewards.text import content_words, longest_shared_ngram, sentence_count, words
-from walter import hacks as wh
+from walter import redteam as wh
 from walter.cli import cli as walter_cli
 from walter.reward import EMOJI_RUN_RE, HASHTAG_RE, URL_RE, graphemes
 
@@ -70,7 +70,7 @@ TEXTS = ["The Calderra strike will last through the week, with 30 ships waiting 
 
 
 def test_varro_score_json_equals_score_texts_on_a_stored_prompt(sample_home, sample_db):
-    from varro.forecast.prompts import choose_prompts, score_texts
+    from varro.forecast.task import choose_prompts, score_texts
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)
@@ -89,7 +89,7 @@ def test_varro_score_json_equals_score_texts_on_a_stored_prompt(sample_home, sam
 
 
 def test_varro_score_table_builds_the_prompt_of_an_unchosen_headline(sample_home, sample_db):
-    from varro.forecast.prompts import headline_stories, score_texts, story_split
+    from varro.forecast.task import headline_stories, score_texts, story_split
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)
@@ -125,7 +125,7 @@ def test_varro_score_missing_targets_are_one_line_errors(sample_home):
 
 
 def test_walter_score_json_equals_score_texts(sample_home, sample_db):
-    from walter.articles import score_texts
+    from walter.task import score_texts
 
     cfg = hash_config()
     emb = CachedEmbedder(HashEmbedder(), sample_db)

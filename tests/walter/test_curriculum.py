@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from varro.engine import store as dbm
-from walter.curriculum import article_stats, pick_articles
+from walter.task import article_stats, pick_articles
 
 
 def add_group(db, run, day, url, rewards):

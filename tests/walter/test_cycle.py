@@ -10,8 +10,8 @@ from varro.engine import store as dbm
 from varro.engine.run.checkpoints import list_checkpoints
 from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder
 from helpers import walter_day_metrics as day_metrics, walter_step as step
-from varro.engine.prompts.stories import is_held_out
-from walter.articles import article_history, candidate_articles
+from varro.engine.prompts.split import is_held_out
+from walter.task import article_history, candidate_articles
 from walter.sample import ingest_sample_day, sample_days
 
 
@@ -41,7 +41,7 @@ def test_sample_goes_through_the_real_ingest(sample_db):
 
 def test_baseline_weights_favour_posts_that_beat_their_authors_usual(sample_db):
     from varro.engine.core.config import Config
-    from walter.articles import count_weights
+    from walter.task import count_weights
     from walter.ingest import baseline_stats
     from walter.reward import engagement
 

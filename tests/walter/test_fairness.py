@@ -12,7 +12,8 @@ import pytest
 from varro.engine import store as dbm
 from walter.settings import WalterConfig
 from varro.engine.embed.embedders import HashEmbedder, SentenceEmbedder
-from walter.curriculum import inclusion_probabilities, pick_articles
+from varro.engine.prompts.curriculum import inclusion_probabilities
+from walter.task import pick_articles
 from walter.ingest import (BaselineStats, WalterIngestError, author_baseline, baseline_stats, grown_fraction,
                            update_baselines)
 from walter.reward import (copy_components, fair_weight, lcs_length, penalties, post_weight, ramp, reliability,

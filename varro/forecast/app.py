@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 import click
@@ -10,9 +9,8 @@ import sqlite_utils
 
 from varro.engine.core.app import App
 from varro.engine.core.dates import shift
-from varro.engine.core.paths import SAMPLE_DIR
-from varro.forecast import prompts
-from varro.forecast.headlines import headlines_for_day, load_sample_day
+from varro.forecast import task
+from varro.forecast.headlines import headlines_for_day
 from varro.forecast.ingest import Feed, IngestError, all_failed, format_summary, ingest, load_feeds
 from varro.forecast.settings import VarroConfig
 from varro.forecast.store import MIGRATIONS
@@ -26,7 +24,7 @@ class Varro(App):
     reward_delay_days = 1
     prompt_settings = ("prompts_per_day", "eval_every", "dedup_threshold")
     sources = ("rss", "sample")
-    metric_columns = tuple(prompts.VARRO_COLUMNS)
+    metric_columns = tuple(task.VARRO_COLUMNS)
     plotted = ("kl", "clip_fraction", "semantic", "quality", "zeros", "leak", "echo", "words")
     main_components = ("semantic", "format", "leak", "echo")
     echo_component = "leak_instruction"
@@ -34,6 +32,9 @@ class Varro(App):
     metrics_note = "forecasts by the day they were made (scored with the next day's headlines):"
     examples = ("another story's forecast, one generic paragraph, the headline restated or paraphrased, "
                 "keyword stuffing, instruction echo, bullets, blank")
+    sample_at = "varro.forecast.sample"
+    red_team_at = "varro.forecast.redteam:VARRO"
+    commands_at = "varro.forecast.cli:COMMANDS"
 
     def ingest_options(self) -> list[Callable]:
         return [click.option("--feed", "feed_urls", multiple=True,
@@ -41,7 +42,7 @@ class Varro(App):
 
     def ingest(self, db, day, cfg, source, home, options, echo) -> int:
         if source == "sample":
-            return load_sample_day(db, day)
+            return self.load_sample_day(db, day)
         urls = options.get("feed_urls") or ()
         feeds = [Feed(None, u) for u in urls] if urls else load_feeds(home=home)
         results = ingest(db, feeds, day, tz=cfg.varro.timezone or None)
@@ -56,10 +57,10 @@ class Varro(App):
         return f"no headlines; no checkpoint written, {shift(day, -1)}'s forecasts stay unscored"
 
     def choose_prompts(self, db, run, day, cfg, embedder, rng) -> list[dict]:
-        return prompts.choose_prompts(db, day, embedder, cfg)
+        return task.choose_prompts(db, day, embedder, cfg)
 
     def score_texts(self, db, prompt, texts, embedder, cfg) -> list[dict]:
-        return prompts.score_texts(db, prompt, texts, embedder, cfg)
+        return task.score_texts(db, prompt, texts, embedder, cfg)
 
     def scorable(self, db: sqlite_utils.Database, prompt: dict) -> bool:
         return bool(headlines_for_day(db, shift(prompt["day"], 1)))
@@ -68,33 +69,16 @@ class Varro(App):
         return f"headlines of {shift(prompt['day'], 1)}"
 
     def day_metrics(self, comps: list[dict]) -> dict:
-        return prompts.forecast_metrics(comps)
+        return task.forecast_metrics(comps)
 
     def human_items(self, db, day, cfg) -> list[tuple[str, str]]:
-        return prompts.varro_human_items(db, day)
-
-    def sample_days(self) -> list[str]:
-        with open(SAMPLE_DIR / "headlines.jsonl", encoding="utf-8") as f:
-            return sorted({json.loads(line)["day"] for line in f if line.strip()})
-
-    def load_sample_day(self, db, day) -> int:
-        return load_sample_day(db, day)
+        return task.varro_human_items(db, day)
 
     def demo_settings(self, cfg: Any, tiny: bool = False) -> Any:
         # the real model: 4 headlines a day (one story in 3 held out) keeps the demo's seven days in minutes
         cfg.varro.prompts_per_day = 16 if tiny else 4
         cfg.varro.eval_every = 4 if tiny else 3
         return cfg
-
-    def red_team(self):
-        from varro.forecast.hacks import VARRO
-
-        return VARRO
-
-    def commands(self) -> list[click.Command]:
-        from varro.forecast.cli import COMMANDS
-
-        return COMMANDS
 
 
 APP = Varro()

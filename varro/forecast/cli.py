@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from varro.engine.core.app import get_app
-from varro.engine.cli.commands import HOME_OPTION, MissingTargets, check_day, echo_scores, reading_db, run_option
-from varro.engine.cli.options import config_options, named_settings, resolve_config
+from varro.engine.cli.options import HOME_OPTION, check_day, config_options, named_settings, resolve_config, run_option
+from varro.engine.cli.reading import MissingTargets, echo_scores, reading_db
 from varro.engine.eval.draft import existing_db
 
 
@@ -32,8 +32,8 @@ def score_cmd(day: str, key: str, texts: tuple[str, ...], as_json: bool, home: s
 
     from varro.engine.core.dates import shift
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
-    from varro.forecast.hacks import find_headline, varro_prompt
-    from varro.forecast.prompts import score_texts
+    from varro.forecast.redteam import find_headline
+    from varro.forecast.task import score_texts, varro_prompt
 
     day = check_day(day)
     cfg = resolve_config(kwargs)
@@ -51,7 +51,7 @@ def stored_headline(db, key: str, day: str | None) -> dict:
     """The stored headline whose id, guid or exact title is `key` (of `day`, else of the latest day that has
     it). Raises LookupError (HackError) when there is none."""
     from varro.engine.rewards.redteam import HackError
-    from varro.forecast.hacks import find_headline
+    from varro.forecast.redteam import find_headline
 
     if db is None or "headlines" not in db.table_names():
         raise HackError("the headline is not stored (no database yet)")
@@ -93,10 +93,8 @@ def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: i
     from varro.engine.eval.draft import draft, draft_config, echo_ranked, echo_unranked
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
     from varro.engine.core.paths import run_dir
-    from varro.engine.prompts.stories import stable_rank
-    from varro.forecast.hacks import varro_prompt
-    from varro.forecast.prompts import score_texts
-    from varro.forecast.reward import build_prompt
+    from varro.engine.prompts.split import stable_rank
+    from varro.forecast.task import build_prompt, score_texts, varro_prompt
 
     day = check_day(day) if day else None
     named = named_settings(kwargs)

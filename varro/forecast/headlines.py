@@ -67,25 +67,3 @@ def store_headlines(db: sqlite_utils.Database, items: Iterable[dict[str, Any]], 
 
 def headlines_for_day(db: sqlite_utils.Database, day: str) -> list[dict[str, Any]]:
     return list(db.query("select * from headlines where day = ? order by published_utc, id", [day]))
-
-
-def load_sample_day(db: sqlite_utils.Database, day: str, path=None) -> int:
-    """Store the shipped sample headlines of `day` (data/sample/headlines.jsonl); returns how many were new."""
-    import json
-    from pathlib import Path
-
-    from varro.engine.core.paths import SAMPLE_DIR
-
-    path = Path(path) if path else SAMPLE_DIR / "headlines.jsonl"
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
-            if item.get("day") == day:
-                items.append({**item, "feed_url": f"sample:{path.name}"})
-    return store_headlines(db, items)

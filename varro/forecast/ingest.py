@@ -1,18 +1,7 @@
 """News ingest: fetch RSS/Atom feeds over HTTP and store their entries as headlines.
 
-Every feed is fetched here with httpx (timeouts, a body-size cap and an overall
-deadline) and only the bytes are handed to feedparser, whose own fetching has no
-timeout. One feed's failure (network, HTTP status, oversized body, not a feed)
-is recorded in its `feeds` row and never stops the others; headlines are written
-only through `varro.headlines.store_headlines`, so re-running a day adds nothing.
-
-Bad input costs its own entry, never the feed or the night: an entry without a
-title, without a guid and a link, or with a link that is not a URL is dropped
-and its reason kept in the feed's summary line; an entry whose date cannot be
-read (a localised "Seg, 24 Set 2018", a year-9999 time that has no local day)
-is kept as undated, filed under the ingest day and counted. Stored text is
-cleaned (control characters and ANSI escapes removed, twice-escaped HTML
-unescaped and stripped) and bounded (TITLE_CHARS, SUMMARY_CHARS).
+One feed's failure is recorded in its `feeds` row and never stops the others, one bad entry costs that entry,
+and re-running a day adds nothing. Timeouts, caps and cleaning: docs/varro.md ("The modules, in detail").
 """
 
 from __future__ import annotations

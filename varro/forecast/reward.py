@@ -1,45 +1,8 @@
-"""Varro's task: the forecast prompt and its reward, every component kept.
+"""Varro's reward: one forecast against the next day's headlines of its story, every component kept.
 
-reward = semantic_weight * on_topic_paid          (when there are targets)
-         or topic_weight * source_topic_paid       (when there are none)
-         + stance_weight * stance_paid
-         + format_weight * format - leak_weight * leak - echo_weight * echo
-
-- targets: the next day's headlines of the prompt's OWN story (chosen by
-  `varro.cycle.score_texts`); none when the story did not develop.
-- semantic: max cosine between the forecast and the targets; NULL (None)
-  without targets, and then the on-topic term is left out of the reward and
-  source_topic = min(1, cosine to the source / topic_full) is paid instead:
-  nothing can say whether the forecast came true, only whether it stayed on
-  its own story (above topic_full a paraphrase earns no more than a forecast).
-- semantic_baseline: the same for the "nothing changes" forecast, the source
-  headline and summary themselves; semantic_gain = semantic - baseline.
-- on_topic: a gain in units of `gain_full` (at most 1); a loss costs
-  gain_floor at `loss_full` and proportionally less when smaller:
-  restating the headline, generic text and another story's forecast gain
-  about nothing or lose; an empty forecast gets the floor.
-  on_topic_paid (and source_topic_paid): a positive score times prose and
-  the over-length factor (a keyword dump or a padded text cannot buy
-  similarity); a negative one in full.
-- stance: does the forecast commit, and did it come true (varro.forecast.stance)?
-  +1 when every claim that meets a next-day headline of the story agrees with
-  it, -1 when they say the opposite or hedge ("may rise or fall"), 0 when no
-  claim meets one; without targets only hedging is charged. stance_paid: a
-  positive stance times prose and the over-length factor, a negative one in full.
-- prose: share of the words in real sentences (ending punctuation, a sane
-  length, enough function words, not on a bullet line); a sentence longer
-  than prose_max_words counts less the longer it is, nothing at twice that.
-- format: the five beats, read from the committed prose sentences only (a
-  hedging clause earns none; object: one of the source's own names;
-  direction with magnitude; timeframe; drivers, which must name something
-  specific, not "markets" or "officials"; verification; word-boundary rules),
-  times a length band (3-5 sentences, 60-180 words), times prose.
-- leak: instruction echo and meta-talk (labels like "Note:", "As an AI",
-  the instruction's own phrases, bullet lists, markdown), 0..1.
-- echo: how much the forecast merely restates its own source headline,
-  semantically or word for word, or carries it inside: the share of one source
-  sentence's word pairs found in the forecast (the title appended or embedded),
-  ramped from containment_start to containment_full; 0..1.
+reward = semantic_weight * on_topic_paid (or topic_weight * source_topic_paid without targets)
+         + stance_weight * stance_paid + format_weight * format - leak_weight * leak - echo_weight * echo
+Each component: docs/varro.md ("The modules, in detail").
 """
 
 from __future__ import annotations
@@ -66,6 +29,7 @@ from varro.engine.rewards.text import (
     words,
 )
 
+# The prompt's instruction (varro.forecast.task.build_prompt): written back, it is a leak.
 INSTRUCTION = (
     "Forecast what happens next in this story. "
     "Write one short paragraph of three to five sentences. "
@@ -123,16 +87,6 @@ INSTRUCTION_PHRASES = re.compile(
     r"forecast\s*:|headline\s*:|summary\s*:)(?!\w)",  # whole phrases: "the objections" is no echo
     re.IGNORECASE,
 )
-
-
-def build_prompt(title: str, summary: str | None = None) -> str:
-    """The user message: the headline, its summary when present, then the short instruction."""
-    parts = [f"Headline: {title.strip()}"]
-    if summary and summary.strip():
-        parts.append(f"Summary: {summary.strip()}")
-    parts.append("")
-    parts.append(INSTRUCTION)
-    return "\n".join(parts)
 
 
 _CALENDAR = frozenset(f"{_DAYS}|{_MONTHS}".split("|"))

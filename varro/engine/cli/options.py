@@ -1,4 +1,9 @@
-"""Click options generated from the config dataclasses, so help text lives in one place."""
+"""Click options generated from the config dataclasses, so help text lives in one place.
+
+Also the options every app's commands share (--home, --run, --source, --date)
+and how a command's settings are resolved from them: command line, then
+--config file, then defaults.
+"""
 
 from __future__ import annotations
 
@@ -107,3 +112,64 @@ def resolve_config(kwargs: dict[str, Any], base: Config | None = None) -> Config
         return load_config(path, overrides, base=base)
     except ConfigError as e:
         raise click.UsageError(str(e)) from e
+
+
+def command_settings(kwargs: dict[str, Any]) -> tuple[Config, dict[str, set[str]]]:
+    """(the Config, the settings named: `named_settings`) of a command that opens a run; a --model that looks
+    local and is not there fails first (ModelLoadError), before the config is resolved."""
+    from varro.engine.model.loading import check_model
+
+    named = named_settings(kwargs)
+    if kwargs.get("cfg__model__model"):  # a --model that is not there: one line before anything else
+        check_model(kwargs["cfg__model__model"])
+    return resolve_config(kwargs), named
+
+
+def model_config(kwargs: dict, base=None) -> Config:
+    """resolve_config, with a --model that looks local checked first, before any heavy work (ModelLoadError)."""
+    from varro.engine.model.loading import check_model
+
+    if kwargs.get("cfg__model__model"):
+        check_model(kwargs["cfg__model__model"])
+    cfg = resolve_config(kwargs, base=base)
+    check_model(cfg.model.model)
+    return cfg
+
+
+def pop_ingest_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Pop the app's own ingest options (`App.ingest_options`) out of a command's kwargs, leaving the config's."""
+    return {k: kwargs.pop(k) for k in list(kwargs) if not k.startswith("cfg__") and k != "config_file"}
+
+
+def check_day(day: str, param: str = "--date") -> str:
+    """`day` as YYYY-MM-DD; a click BadParameter for anything else."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(day).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{day!r} is not a date like 2026-11-03", param_hint=param) from None
+
+
+def with_options(options: list[Callable]) -> Callable[[Callable], Callable]:
+    """Apply click `options` in order, the first shown first in --help."""
+
+    def decorate(fn: Callable) -> Callable:
+        for deco in reversed(options):
+            fn = deco(fn)
+        return fn
+
+    return decorate
+
+
+HOME_OPTION = click.option("--home", default=None, help="folder for data/ and runs/ (default $VARRO_HOME or the repo)")
+
+
+def run_option(app) -> Callable:
+    """--run, defaulting to the app's own run (`varro`, `walter`, ...): two apps never share a run by default."""
+    return click.option("--run", default=app.default_run, show_default=True, help="run name under runs/")
+
+
+def source_option(app) -> Callable:
+    return click.option("--source", type=click.Choice(list(app.sources)), default=app.sources[0],
+                        show_default=True, help="where the day's data come from")

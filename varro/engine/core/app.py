@@ -22,9 +22,11 @@ names one. It says:
   `human_items` (the human text a day's completions are rewarded against, for
   the voice stage);
 - its sample: `sample_days()` and `load_sample_day(db, day)` for the offline
-  demo, `demo_settings(cfg, tiny)`;
+  demo (by default those of the module `sample_at`), `demo_settings(cfg, tiny)`;
 - optionally a `red_team()` for `hacks`, and its own `commands()` that join
-  the engine's on its command line (`varro.engine.cli.commands.app_cli`).
+  the engine's on its command line (`varro.engine.cli.commands.app_cli`): by
+  default the objects `red_team_at` and `commands_at` name, "module:NAME",
+  imported only when asked for.
 
 Applications register in the entry-point group `varro.apps`
 (`[project.entry-points."varro.apps"]` in a package's pyproject.toml: `name =
@@ -34,6 +36,7 @@ docs/write-your-own-app.md.
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 from varro.engine.core.errors import UserError
@@ -73,6 +76,10 @@ class App:
     prompt_settings: ClassVar[tuple[str, ...]] = ()
     skips_table: ClassVar[str] = ""  # the table where its ingest records what it skipped
     run_dependent_prompts: ClassVar[bool] = False  # one line above the demo's metrics table (what a row's day means)
+    # parts imported only when asked for (a red team or a sample pulls in more than a nightly needs)
+    sample_at: ClassVar[str] = ""  # the module of the shipped sample: sample_days(), load_sample_day(db, day)
+    red_team_at: ClassVar[str] = ""  # "module:NAME" of the `hacks` catalogue; "" for none
+    commands_at: ClassVar[str] = ""  # "module:NAME" of the list of the app's own commands; "" for none
 
     # --- data -----------------------------------------------------------------------------------
     def ingest_options(self) -> list[Callable]:
@@ -129,10 +136,17 @@ class App:
 
     # --- the sample and the demo ------------------------------------------------------------------
     def sample_days(self) -> list[str]:
-        raise NotImplementedError
+        """The sample's days, in order."""
+        return self._sample().sample_days()
 
     def load_sample_day(self, db: "sqlite_utils.Database", day: str) -> int:
-        raise NotImplementedError
+        """Store the sample's data of `day` as the ingest would; returns how many items are new."""
+        return self._sample().load_sample_day(db, day)
+
+    def _sample(self) -> Any:
+        if not self.sample_at:
+            raise NotImplementedError(f"{self.name} names no sample module (sample_at)")
+        return importlib.import_module(self.sample_at)
 
     def demo_settings(self, cfg: Any, tiny: bool = False) -> Any:
         """The demo's settings on top of the engine's demo recipe for the real model (or, with `tiny`, the
@@ -142,11 +156,11 @@ class App:
     # --- optional -------------------------------------------------------------------------------
     def red_team(self) -> Any | None:
         """The `hacks` catalogue (varro.engine.rewards.redteam.RedTeam), or None."""
-        return None
+        return _imported(self.red_team_at) if self.red_team_at else None
 
     def commands(self) -> list["click.Command"]:
         """The app's own commands, added to the engine's on its command line."""
-        return []
+        return _imported(self.commands_at) if self.commands_at else []
 
     @property
     def default_run(self) -> str:
@@ -157,6 +171,12 @@ class App:
 
     def __repr__(self) -> str:
         return f"<App {self.name}>"
+
+
+def _imported(ref: str) -> Any:
+    """The object `ref` names, "package.module:NAME" as in an entry point, importing its module."""
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _REGISTERED: dict[str, App] = {}

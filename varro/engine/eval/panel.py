@@ -31,9 +31,10 @@ import sqlite_utils
 
 from varro.engine import store
 from varro.engine.run import checkpoints
+from varro.engine.run.checkpoints import run_config
 from varro.engine.core.config import Config
 from varro.engine.embed.embedders import Embedder
-from varro.engine.prompts.stories import too_close
+from varro.engine.prompts.split import too_close
 from varro.engine.core.errors import UserError
 
 ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
@@ -55,14 +56,6 @@ def resolve_checkpoint(run_path: Path, which: str) -> str:
     if which not in found:
         raise PanelError(f"run {run_path.name} has no checkpoint {which}; it has {found or 'none'}")
     return which
-
-
-def run_config(run_path: Path, fallback: Config) -> Config:
-    """The config the run's latest checkpoint was trained with, else `fallback`."""
-    found = checkpoints.list_checkpoints(run_path)
-    if not found:
-        return fallback
-    return Config.from_dict(json.loads((found[-1] / "config.json").read_text()))
 
 
 def open_at(run_path: Path, label: str, fallback: Config):

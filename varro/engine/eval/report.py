@@ -11,9 +11,8 @@ import html
 import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Collection
 
 import numpy as np
 import sqlite_utils

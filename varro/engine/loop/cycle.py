@@ -1,27 +1,10 @@
 """The daily cycle of any application: `<app> step --date D`, and each day of `<app> nightly`.
 
-1. ingest D's data (`app.ingest`);
-2. score every stored completion of the run whose targets have arrived
-   (`app.scorable`, `app.score_texts`);
-3. sample D's prompts (`app.choose_prompts`) and, when the app scores at once
-   (`reward_delay_days` 0), score them;
-4. take the GSPO updates on the scored training groups of D minus the delay,
-   under the collapse guards, and write checkpoint D;
-5. with a delay (Varro: the next day's headlines score a forecast), sample D's
-   prompts from checkpoint D instead: they are scored on a later night;
-6. the voice: cadence of the day's completions and of the human text they are
-   rewarded against.
-
-Each stage is recorded when it finishes (table `stages`; training by its
-checkpoint), so a re-run resumes a day at its first unfinished stage and does no
-work twice: a day with a checkpoint is never trained (nor sampled for) again,
-only unscored rollouts are scored, and prompts that already have their group
-are not sampled again. A day is finished when its last stage, the voice, is.
-
-Under `mlx.launch` every rank calls `step`; only rank 0 has the database and
-the embedder (see varro.engine.model.distributed), so it decides which stages run and
-broadcasts them: the others train on their share of each minibatch and sample
-their share of the prompts.
+`step` ingests D's data, scores what can be scored, samples D's prompts, trains
+on the scored groups of D minus the reward's delay and writes checkpoint D, then
+measures the voice. Each stage is recorded when it finishes, so a re-run resumes
+a day at its first unfinished stage; under mlx.launch rank 0 decides and every
+rank trains and samples its share. The stages in detail: docs/reliability.md.
 """
 
 from __future__ import annotations

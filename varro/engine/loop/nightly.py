@@ -1,17 +1,9 @@
 """The nightly command: one app's daily step for a day or a range of days, safe under cron.
 
-- A lock per run (flock on runs/<run>/nightly.lock): a second nightly of the
-  same run exits at once with a clear message; the OS drops the lock when a
-  process dies, so a crash never leaves a stale lock.
-- Idempotent per day: each stage of the step is recorded when it finishes, so
-  a re-run after a crash resumes a day at its first unfinished stage (the
-  last line names it); a day is finished only when all its stages are.
-- A log per day under runs/<run>/logs/<day>.log, appended to on every run;
-  the newest --keep-logs days are kept, and cron.log / launchd.log (which the
-  scheduler appends to) are rotated by renaming at the start of a night.
-- Catch-up: without --date or --from/--to a night runs every day from the one
-  after the run's last finished day up to today, at most --catch-up of them
-  (the most recent); runs/<run>/nightly.json records the last finished day.
+The machinery `run_nightly` runs a night's days under: a lock per run, a log
+per day (the newest --keep-logs kept, the scheduler's logs rotated), each day
+recorded as finished, and the catch-up plan from the run's last finished day
+(runs/<run>/nightly.json). Why each holds: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -33,6 +25,8 @@ from varro.engine.core.progress import Progress
 from varro.engine.core.errors import UserError
 
 
+LOCKED = 75  # the exit status of a nightly whose run another one holds (EX_TEMPFAIL: try again later)
+INTERRUPTED = 130  # the shell's status for a process ended by Ctrl-C (128 + SIGINT)
 DEFAULT_CATCH_UP = 7  # days a night runs at most when the run is behind
 DEFAULT_KEEP_LOGS = 30  # day logs kept under runs/<run>/logs
 SCHEDULER_LOGS = ("cron.log", "launchd.log")  # appended to by the shell or launchd, not by us
@@ -154,6 +148,12 @@ def catch_up_plan(run_path: Path, today_: str, limit: int) -> Plan:
     newest = find_latest(run_path)
     return plan_catch_up(first_unfinished(newest.name if newest else None, last_finished(run_path)),
                          today_, limit)
+
+
+def night_plan(days: list[str] | None, run_path: Path, catch_up: int = DEFAULT_CATCH_UP) -> Plan:
+    """The night's days as a Plan: `days` (from --date or --from/--to) when given, else catch-up from the run's
+    last finished day to today (`catch_up_plan`)."""
+    return Plan(days) if days is not None else catch_up_plan(run_path, today(), catch_up)
 
 
 # ---------------------------------------------------------------- logs

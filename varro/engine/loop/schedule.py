@@ -16,7 +16,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from varro.engine.core.errors import UserError
-from varro.engine.core.paths import REPO_ROOT, home_dir
+from varro.engine.core.paths import REPO_ROOT, home_dir, run_dir
 
 
 class ScheduleError(RuntimeError, UserError):
@@ -96,3 +96,50 @@ def install_launchd(app: str, run: str, plist: str) -> Path:
 
 def is_macos() -> bool:
     return platform.system() == "Darwin"
+
+
+def run_note(app: str, run: str, home: str | Path | None) -> str:
+    """The comment under the crontab line: the run it schedules, its app, its home and what settings its
+    nightly will use."""
+    from varro.engine.run.checkpoints import list_checkpoints
+    from varro.engine.run.identity import read_run, run_file
+
+    path = run_dir(run, home)
+    stored = read_run(path)
+    if stored is not None:
+        return (f"# run {run} exists: {app} on {stored['model']}; the nightly uses its settings from "
+                f"{run_file(path)} ({len(stored.get('changes', []))} changed since {stored['created_utc'][:10]})")
+    where = f"# run {run} ({app}) in {home_dir(home)}"
+    found = list_checkpoints(path)
+    if found:
+        return (f"{where}: {len(found)} checkpoints (latest {found[-1].name}) and no run.toml yet; the first "
+                f"nightly writes {run_file(path)} from the latest checkpoint's settings")
+    return f"{where}: a new run; its first nightly writes {run_file(path)}"
+
+
+def schedule(app: str, run: str, home: str | Path | None, hour: int, minute: int, install: bool, echo) -> None:
+    """`<app> cron`: echo the crontab line, the run it schedules and (on macOS) the launchd plist, then with
+    `install` install it. Raises RunIdentityError for another app's run, ScheduleError or UserError when it
+    cannot be installed."""
+    from varro.engine.run.identity import RunIdentityError, run_owner
+
+    owner = run_owner(run_dir(run, home))
+    if owner is not None and owner != app:
+        raise RunIdentityError(f"run {run!r} belongs to {owner}: use `{owner} cron --run {run}`, or another "
+                               f"--run for {app}")
+    line = cron_line(app, run, home, hour, minute)
+    echo(line)
+    echo(run_note(app, run, home))
+    plist = launchd_plist(app, run, home, hour, minute) if is_macos() else None
+    if plist:
+        echo(plist)
+    if install:
+        if plist:
+            echo(f"installed {install_launchd(app, run, plist)}")
+        elif shutil.which("crontab") is None:
+            raise UserError("there is no `crontab` program on this machine: install cron (Debian: apt install "
+                            "cron), or give the line above to your scheduler")
+        elif install_cron(line):
+            echo("installed in your crontab (crontab -l shows it)")
+        else:
+            echo("already in your crontab; nothing changed")

@@ -1,22 +1,8 @@
 """The curriculum (UED): pick the items where the policy still has something to learn.
 
-An item (Walter's article, tally's group: whatever one prompt is made from,
-named by a key its prompts carry in `source_json`) scores the larger of its
-regret (best minus mean reward in its recent groups) and its reward spread
-(std); an item never tried gets the highest score seen, so it is explored.
-Pick weights are `floor + score`, so every item can be picked; the draw uses
-the run's seeded RNG and every candidate's score, probability and outcome is
-logged in the table `curriculum` (engine migration m014; its key column keeps
-the name `url_norm` of its first user, Walter, so existing databases and
-readers are unchanged: for another app it holds that app's item key).
-
-The k items are drawn without replacement by numpy's
-`rng.choice(n, k, replace=False, p=p)`, which is successive sampling: each
-next item is drawn with probability proportional to p among those not yet
-drawn. `probability` is each item's chance of being among the k (its
-inclusion probability), not p, its chance in the first draw (logged as
-`first_draw_probability`): with 14 of 20 drawn, an item at p = 0.026 among 19
-equal others is picked 46% of the time. See `inclusion_probabilities`.
+An item scores the larger of its regret and its reward spread in its recent groups; pick weights are
+`floor + score`, drawn without replacement with the run's RNG, and every candidate's odds are logged in the
+table `curriculum`. The draw and its inclusion probabilities: docs/walter.md ("The modules, in detail").
 """
 
 from __future__ import annotations

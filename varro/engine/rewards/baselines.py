@@ -1,28 +1,8 @@
 """Weights from weak, messy signals (RLNVR): how far an item beat its author's usual.
 
-An item's engagement e is a weighted sum of its counts (likes and reposts,
-saves and shares, ...), read at its age t. Its author's usual b is the mean
-engagement of their other items brought to the same age t
-(`age_matched_baseline`), resting on n items with spread s. The weight is how
-far the item beat that usual, on a log scale:
-    L   = ln((k + e) / (k + b))                    k = pseudo_count
-    se2 = (s^2 + (k + b)) / (n (k + b)^2)          s^2 := (k + b)^2 / k when n = 1
-    rho = trigamma(k) / (trigamma(k) + se2)
-    w   = clip(rho * L / ln(saturation), 0, 1)
-Why: model an item's engagement as Poisson(b * q) with its multiplier
-q ~ Gamma(k, k) (mean 1: the counts are then negative binomial). The posterior
-mean of q given e is (k + e) / (k + b): the pseudo-count k shrinks a small
-account's lucky item (e = 3 over b = 0 is not "4x its usual") and vanishes for
-large accounts. rho is the normal-approximation reliability of L: trigamma(k)
-is the prior variance of ln q, se2 the variance of ln(k + b) from n items of
-spread s (with a Poisson floor k + b, and the prior's own spread for a lone
-item). As n and the counts grow, w tends to clip(ln((1 + e)/(1 + b)) / ln(sat)).
-The usual is the mean, not the median: for small accounts the median is 0 for
-any usual below ~0.7, which lets one like look like a breakthrough; an outlier
-in the baseline raises s and so lowers rho instead of being ignored.
-
-Everything here is over plain numbers; each application reads its own tables
-(walter.ingest: cached Bluesky feeds; tally: the rows of a file) and calls these.
+w = clip(rho * ln((k + e) / (k + b)) / ln(saturation), 0, 1): e the item's engagement, b its author's
+usual at the same age, k a pseudo-count, rho the reliability of the log ratio. Plain numbers only; each
+application reads its own tables. The derivation: docs/walter.md ("The modules, in detail").
 """
 
 from __future__ import annotations

@@ -1,27 +1,9 @@
 """Copying is not writing: a graded copy score of a candidate against the human items it is rewarded by.
 
-The score is in [0, 1], the largest of:
-- the cosine to a historical item, ramped from `copy_cosine_start` to `copy_cosine_full`;
-- the share of the candidate's word 3-grams found in one historical item, ramped;
-- the share of its words found in order in one item (longest common subsequence;
-  dropping every 3rd word leaves no 3-gram but keeps every word in order), ramped;
-- 1 for `copy_ngram` words in a row shared with one item;
-- with `bands` (`independent_bands`): how far the cosine to one item rises above
-  the closest any other author's independent item came to it, ramped from
-  `copy_band_start` to `copy_band_full` above that band. A loose paraphrase of
-  one winning post sits well above what the other authors, writing about the
-  same article on their own, reached; an honest post about the article does not;
-
-`restated` is the other half of catching a loose paraphrase: clause by clause.
-A sentence embedder dilutes a reworded post into a cosine other authors reach
-(on the sample, a hand paraphrase of the Calderra winner sits at 0.74 where
-another author's summary came to 0.86); point by point, the paraphrase restates
-every point of its post and an independent post one or two. An application
-uses it to take a restated post's credit away (Walter's transfer), not as a
-penalty: a text that shares a point with a modest post loses only that post.
-An application subtracts a weight times it from its reward. The knobs come from
-any settings object with the attributes of `CopySettings` (Walter's and tally's
-sections both have them).
+The score, in [0, 1], is the largest of ramped measures against one item: cosine, shared 3-grams, words in
+order, `copy_ngram` words in a row, the rise above other authors' band; `restated` catches a paraphrase
+point by point. The knobs: any settings with the attributes of `CopySettings`. In detail: docs/walter.md
+("The modules, in detail").
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """Red-teaming a reward: known hacks scored beside hand-written honest references.
 
-A reward a small model can exploit is a reward it will exploit (varro.rewards).
-A hack is a text a policy could drift to without doing the task: another
-story's forecast, the headline restated, a list of keywords, nothing at all.
-`run_hacks` scores every hack of an app's catalogue with the app's own
-`score_texts` (the nightly's reward, unchanged) next to the honest reference
-written for the same prompt; a hack passes when its reward is at least
-`margin` below the honest one on every prompt, the worst prompt included
-(the table names that prompt).
-
-The honest references are JSON lines (data/sample/honest.jsonl for the sample):
-    {"app": "varro", "day": "2026-11-02", "headline": "<guid, exact title or id>", "text": "..."}
-    {"app": "walter", "url": "https://...", "text": "..."}
-
-This module holds the runner and the text transforms hacks share; each
-app's catalogue is its own (varro.forecast.hacks, walter.hacks), handed to the
-engine by `App.red_team()`.
+`run_hacks` scores every hack of an app's catalogue (`App.red_team()`) with the app's own `score_texts` next
+to the honest reference for the same prompt; a hack passes when it scores at least `margin` below honest on
+every prompt. The references' format: docs/varro.md ("The modules, in detail").
 """
 
 from __future__ import annotations

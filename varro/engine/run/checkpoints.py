@@ -1,18 +1,9 @@
 """One checkpoint per day: runs/<run>/checkpoints/<YYYY-MM-DD>/.
 
-A folder holds adapters.safetensors + adapter_config.json (what
-`mlx_lm.load(base, adapter_path=folder)` reads), optimizer.safetensors,
-trainer_state.json (step and RNG states), config.json (the resolved run config) and
-metadata.json, written last. Everything is written into a temporary sibling
-folder, fsynced, and renamed into place, so a dated folder is complete or
-absent; `find_latest` only trusts folders whose metadata.json exists.
-
-`checkpoints/latest` is a relative symlink to the newest complete day folder, for
-`mlx_lm.generate --adapter-path runs/<run>/checkpoints/latest`. It is switched
-atomically (a `latest.tmp` link renamed over it) after a checkpoint's folder is in
-place and after `prune`, so it only ever names a complete checkpoint; a crash
-between the rename and the switch leaves it at the previous one until the next
-save or prune.
+A folder holds the adapters, the optimizer and trainer state, the resolved
+config and metadata.json, written last into a temporary sibling folder renamed
+into place, so a dated folder is complete or absent; `checkpoints/latest` links
+the newest complete one. The files and the crash argument: docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -101,6 +92,14 @@ def find_latest(run_path: Path, before: str | None = None) -> Path | None:
     """The newest complete checkpoint, optionally only those dated strictly before `before`."""
     found = [p for p in list_checkpoints(run_path) if before is None or p.name < before]
     return found[-1] if found else None
+
+
+def run_config(run_path: Path, fallback: Config) -> Config:
+    """The config the run's latest checkpoint was trained with, else `fallback`."""
+    found = list_checkpoints(run_path)
+    if not found:
+        return fallback
+    return Config.from_dict(json.loads((found[-1] / "config.json").read_text()))
 
 
 def _sha256(path: Path) -> str:

@@ -1,18 +1,10 @@
 """A run: its folder (`run_dir`), the runs of an app that exist (`known_runs`, `require_run`; `require_db`
 for a reading command's database), and its identity, runs/<run>/run.toml.
 
-run.toml is written by a run's first night and read by every later one. It
-holds the app, the base model (an absolute path or a hub id) and every
-resolved setting. A later night starts from it, not from the defaults, so a
-run keeps its recipe when a cron line or a person leaves the options out.
-
-What a later command line may do (the rule docs/configuration.md states):
-- the app and the base model are the run's: another app or another `--model`
-  is refused (`RunIdentityError`), with the command that starts a new run;
-- any other setting given on the command line (or in `--config`) that differs
-  from the run's is applied, and becomes the run's from that night on: each
-  change is one notice line (printed, in the day's log, in the checkpoint's
-  metadata) and one entry in run.toml's `[[changes]]`.
+run.toml, written by a run's first night, holds the app, the base model and
+every resolved setting; later nights start from it. Another app or base model is
+refused (`RunIdentityError`); another setting is applied, with a notice, and
+recorded. The rule in full: docs/workflow.md, "A run's identity: run.toml".
 """
 
 from __future__ import annotations
@@ -81,6 +73,18 @@ def read_run(run_path: Path) -> dict[str, Any] | None:
     except tomllib.TOMLDecodeError as e:
         raise RunIdentityError(f"{path} is not valid TOML ({e}); fix it or move it away to start the run's "
                                "settings afresh") from None
+
+
+def run_owner(run_path: Path) -> str | None:
+    """The app a run belongs to, as `nightly` reads it: run.toml's app, else its latest checkpoint's (see
+    varro.engine.run.checkpoints.check_run_owner); None for a run that has neither."""
+    from varro.engine.run.checkpoints import METADATA, list_checkpoints
+
+    stored = read_run(run_path)
+    if stored is not None:
+        return stored.get("app")
+    found = list_checkpoints(run_path)
+    return json.loads((found[-1] / METADATA).read_text()).get("app") if found else None
 
 
 def _toml_value(v: Any) -> str:

@@ -1,25 +1,9 @@
 """The policy of a run: the base model, its adapters, the trainer, resumed from the latest checkpoint.
 
-`Policy.open` is how every application gets a model for day D: the base is
-loaded through mlx-lm and keeps its own precision (a bf16 base stays bf16, a
-4-bit one stays 4-bit: QLoRA), float32 LoRA layers are added, and the
-newest complete checkpoint dated before D (if any) is restored with its
-optimizer and RNG state; the configured learning rate then replaces the one
-stored in the optimizer state. The trainer is handed its collaborators here:
-AdamW from `make_optimizer(config.train)` and the GSPO loss bound to the
-config's knobs (`gspo_objective(config.train)`).
-
-Precision. The sampler and the trainer run the same weights; whatever the
-base's dtype, the adapters, the optimizer state, the loss and every log-prob
-(the trainer's passes and the sampler's stored log q) are float32. Full
-fine-tuning casts the whole model to float32, since the trained weights are
-then the base and bf16 would round small updates away; it refuses a quantized
-base (its weights cannot take a gradient step).
-
-The sampler draws from the policy at the profile's temperature truncated to its
-top-k / top-p candidates; the trainer's passes take log-probs at that same
-temperature over the whole vocabulary, so the two differ by the truncation
-alone (plus float32 numerics): see varro.train for how that gap is measured.
+`Policy.open` is how every application gets a model for day D: the base through
+mlx-lm in its own precision, float32 LoRA layers, the newest complete checkpoint
+dated before D restored, and the trainer handed AdamW and the GSPO loss. Its
+precision and the sampler's truncation: docs/reliability.md, "The policy".
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """tally's ingest: the rows of a JSON-lines or CSV file of prior items, stored as `tally_items`.
 
-Which column is what comes from the [tally] settings (`Columns`). Each row
-becomes an item with a natural key (the file's id column, or a hash of its
-group, author, created time and text), so reading the file again changes only
-what changed in it (counts grow; a new export adds rows). A row that cannot be
-read as an item (bad JSON, bytes that are not UTF-8, a lone surrogate escape
-such as "\\ud800", a missing text, a time that is not a time or has no UTC
-date, a count that is not a number) costs that row only: it is skipped and kept
-with its reason in `tally_rejects`. A file that cannot be read at all raises
-TallyFileError and changes nothing.
-
-An item's day is its created time's day in `timezone`. Ingesting day D stores
-the items of D and before: a backfill never puts an item into the database
-before its day.
+Reading the file again changes only what changed in it; a row that cannot be read costs that row (kept
+with its reason in `tally_rejects`); a file that cannot be read at all raises TallyFileError. An item's day
+is its created time's day in `timezone`. In detail: docs/tally.md ("The modules, in detail").
 """
 
 from __future__ import annotations

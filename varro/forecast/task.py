@@ -1,4 +1,4 @@
-"""Varro's prompts and their scoring: what the engine's daily cycle (varro.engine.loop.cycle) asks Varro for.
+"""Varro's task: the day's headlines as prompts, split by story, and the forecasts' scoring.
 
 The day's headlines become prompts, a diverse set split by story (one story in
 `eval_every` is held out); a forecast made on day D is scored against D+1's
@@ -20,9 +20,10 @@ from varro.engine.core.dates import shift
 from varro.engine.embed.embedders import Embedder
 from varro.engine.eval.metrics import mean_or_none
 from varro.engine.eval.panel import prompt_text
-from varro.engine.prompts.stories import Item, assign_stories, in_guard_band, split_of, stable_rank
+from varro.engine.prompts.split import near_held_out, split_of, stable_rank
+from varro.engine.prompts.stories import Item, assign_stories
 from varro.forecast.headlines import headlines_for_day
-from varro.forecast.reward import build_prompt, score_forecast
+from varro.forecast.reward import INSTRUCTION, score_forecast
 from varro.engine.core.errors import UserError
 
 
@@ -33,11 +34,16 @@ def headline_text(h: dict) -> str:
     return f"{h['title']} {h['summary'] or ''}".strip()
 
 
+def story_window(db: sqlite_utils.Database, day: str, cfg: Config) -> list[dict]:
+    """The headlines of `day` and of the story window before it, oldest day first."""
+    start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
+    return [h for k in range(cfg.eval.story_window_days + 1)
+            for h in headlines_for_day(db, (start + timedelta(days=k)).isoformat())]
+
+
 def headline_stories(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> dict[str, str]:
     """Headline id -> story id for `day` and the window before it, linking `day`'s new headlines."""
-    start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
-    days = [(start + timedelta(days=k)).isoformat() for k in range(cfg.eval.story_window_days + 1)]
-    items = [Item(h["id"], d, headline_text(h)) for d in days for h in headlines_for_day(db, d)]
+    items = [Item(h["id"], h["day"], headline_text(h)) for h in story_window(db, day, cfg)]
     return assign_stories(db, APP, items, embedder, cfg.eval.story_threshold, cfg.eval.story_window_days)
 
 
@@ -46,27 +52,37 @@ def varro_human_items(db: sqlite_utils.Database, day: str) -> list[tuple[str, st
     return [(h["id"], headline_text(h)) for h in headlines_for_day(db, shift(day, 1))]
 
 
-def near_held_out(db: sqlite_utils.Database, day: str, heads: list[dict], stories: dict[str, str],
-                  embedder: Embedder, cfg: Config) -> list[bool]:
-    """Per headline of `heads`: is it at least `leak_cosine` from a held-out item (a headline of a held-out
-    story in the story window, or any run's panel prompt; varro.engine.prompts.stories.in_guard_band)? Such a
-    headline is never trained on."""
-    start = date.fromisoformat(day) - timedelta(days=cfg.eval.story_window_days)
-    window = [h for k in range(cfg.eval.story_window_days + 1)
-              for h in headlines_for_day(db, (start + timedelta(days=k)).isoformat())]
-    items = [(stories[h["id"]], headline_text(h)) for h in window if h["id"] in stories]
-    return in_guard_band(db, APP, embedder, [headline_text(h) for h in heads], items, cfg.varro.eval_every,
-                         cfg.eval.leak_cosine, "summary")
-
-
 def story_split(story_id: str, cfg: Config) -> str:
     return split_of(story_id, cfg.varro.eval_every)
+
+
+def build_prompt(title: str, summary: str | None = None) -> str:
+    """The user message: the headline, its summary when present, then the short instruction."""
+    parts = [f"Headline: {title.strip()}"]
+    if summary and summary.strip():
+        parts.append(f"Summary: {summary.strip()}")
+    parts.append("")
+    parts.append(INSTRUCTION)
+    return "\n".join(parts)
+
+
+def prompt_row(h: dict, story_id: str, cfg: Config) -> dict:
+    """The prompt of headline `h` of story `story_id`, its source (with the story) as a dict."""
+    return {
+        "id": f"{APP}:{h['day']}:{h['id']}",
+        "app": APP,
+        "day": h["day"],
+        "split": story_split(story_id, cfg),
+        "text": build_prompt(h["title"], h["summary"]),
+        "source_json": {"headline_id": h["id"], "title": h["title"], "summary": h["summary"],
+                        "source": h["source"], "link": h["link"], "story_id": story_id},
+    }
 
 
 def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg: Config) -> list[dict]:
     """The day's prompts: a diverse set of headlines, near-duplicates dropped, split by story.
 
-    A headline's story (varro.stories) decides its split: one in `eval_every`
+    A headline's story (varro.engine.prompts.stories) decides its split: one in `eval_every`
     stories is held out, so no story is both trained on and evaluated, and a
     training headline within `leak_cosine` of a held-out item is left out (a
     story the linking split in two). Chosen once per day and stored; later
@@ -79,8 +95,10 @@ def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg:
     if not heads:
         return []
     stories = headline_stories(db, day, embedder, cfg)
-    heads = [h for h, near in zip(heads, near_held_out(db, day, heads, stories, embedder, cfg))
-             if not (near and story_split(stories[h["id"]], cfg) == "train")]
+    near = near_held_out(db, APP, embedder, [headline_text(h) for h in heads],
+                         [(h["id"], headline_text(h)) for h in story_window(db, day, cfg)], stories,
+                         cfg.varro.eval_every, cfg.eval.leak_cosine, "summary")
+    heads = [h for h, n in zip(heads, near) if not (n and story_split(stories[h["id"]], cfg) == "train")]
     vecs = embedder.encode([h["title"] for h in heads])
     chosen: list[int] = []
     for i in range(len(heads)):
@@ -88,21 +106,18 @@ def choose_prompts(db: sqlite_utils.Database, day: str, embedder: Embedder, cfg:
             chosen.append(i)
         if len(chosen) == cfg.varro.prompts_per_day:
             break
-    picked = [heads[i] for i in chosen]
-    rows = [
-        {
-            "id": f"{APP}:{day}:{h['id']}",
-            "app": APP,
-            "day": day,
-            "split": story_split(stories[h["id"]], cfg),
-            "text": build_prompt(h["title"], h["summary"]),
-            "source_json": {"headline_id": h["id"], "title": h["title"], "summary": h["summary"],
-                            "source": h["source"], "link": h["link"], "story_id": stories[h["id"]]},
-        }
-        for h in picked
-    ]
-    dbm.upsert_prompts(db, rows)
+    dbm.upsert_prompts(db, [prompt_row(heads[i], stories[heads[i]["id"]], cfg) for i in chosen])
     return dbm.day_prompts(db, APP, day)
+
+
+def varro_prompt(db: sqlite_utils.Database, headline: dict, embedder: Embedder, cfg: Config) -> dict:
+    """The stored prompt of `headline` if it was chosen, else one built as choose_prompts would build it."""
+    pid = f"{APP}:{headline['day']}:{headline['id']}"
+    stored = dbm.prompts_by_id(db, [pid]).get(pid)
+    if stored is not None:
+        return stored
+    row = prompt_row(headline, headline_stories(db, headline["day"], embedder, cfg)[headline["id"]], cfg)
+    return {**row, "source_json": json.dumps(row["source_json"])}
 
 
 class PromptError(ValueError, UserError):

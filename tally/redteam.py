@@ -8,7 +8,6 @@ references given (by default data/sample/honest.jsonl) have none for tally.
 
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
 
 import numpy as np
@@ -17,13 +16,11 @@ import sqlite_utils
 from varro.engine.core.config import Config
 from varro.engine.embed.embedders import Embedder
 from varro.engine.rewards.redteam import Case, Hack, HackError, RedTeam, load_references, with_other_stories
-from varro.engine.store import first_prompt_with_source
-from varro.engine.prompts.stories import split_of
 
-from .items import ingest_file
+from .ingest import ingest_file
 from .sample import SAMPLE_FILE, SAMPLE_HONEST, sample_days
 from .settings import TallyConfig
-from .task import APP, KEY, History, group_history, group_stories, prompt_row
+from .task import APP, KEY, History, group_history, score_texts, tally_prompt
 
 
 def find_group(db: sqlite_utils.Database, group: str, cfg: Config) -> History:
@@ -36,16 +33,6 @@ def find_group(db: sqlite_utils.Database, group: str, cfg: Config) -> History:
     if not h.ids:
         raise HackError(f"the group {group!r} has no item with known counts and an author baseline")
     return h
-
-
-def tally_prompt(db: sqlite_utils.Database, h: History, embedder: Embedder, cfg: Config) -> dict:
-    """The group's earliest stored prompt, else the one choose_prompts would build on `h.day`."""
-    stored = first_prompt_with_source(db, APP, KEY, h.group)
-    if stored:
-        return stored
-    story = group_stories(db, h.day, embedder, cfg).get(h.group, h.group)
-    row = prompt_row(h, h.day, story, split_of(story, cfg.tally.eval_every), cfg.tally)
-    return {**row, "source_json": json.dumps(row["source_json"])}
 
 
 def tally_cases(db: sqlite_utils.Database, refs: list[dict], embedder: Embedder,
@@ -68,12 +55,6 @@ def load_tally_sample(db: sqlite_utils.Database) -> None:
     ingest_file(db, SAMPLE_FILE, sample_days()[-1], TallyConfig())
 
 
-def _score_texts(*args, **kwargs) -> list[dict]:
-    from .task import score_texts
-
-    return score_texts(*args, **kwargs)
-
-
 TALLY_CATALOGUE: tuple[Hack, ...] = (
     Hack("top-item", "the group's top-weighted prior item, verbatim", lambda c: c.data["top"]),
     Hack("top-item-drop5", "the top item with every 5th word dropped",
@@ -83,4 +64,4 @@ TALLY_CATALOGUE: tuple[Hack, ...] = (
     Hack("other-story", "another group's honest text, given for this one", lambda c: c.other),
 )
 
-TALLY = RedTeam(APP, TALLY_CATALOGUE, _score_texts, tally_cases, load_tally_sample)
+TALLY = RedTeam(APP, TALLY_CATALOGUE, score_texts, tally_cases, load_tally_sample)

@@ -6,7 +6,6 @@ data/sample/honest.jsonl.
 
 from __future__ import annotations
 
-import json
 import re
 
 import sqlite_utils
@@ -15,13 +14,12 @@ from varro.engine.core.config import Config
 from varro.engine.core.dates import shift
 from varro.engine.embed.embedders import Embedder
 from varro.engine.rewards.redteam import Case, Hack, HackError, RedTeam, keywords, sentences, swap_words, with_other_stories
-from varro.engine.store import prompts_by_id
 from varro.forecast.headlines import headlines_for_day
-from varro.forecast.prompts import forecast_targets
-from varro.forecast.reward import INSTRUCTION, build_prompt
+from varro.forecast.reward import INSTRUCTION, source_entities
+from varro.forecast.task import forecast_targets, score_texts, varro_prompt
 
 
-# --- Varro: the prompt of a stored headline --------------------------------------------------------------
+# --- Varro: a stored headline --------------------------------------------------------------------------
 
 def find_headline(db: sqlite_utils.Database, day: str, key: str) -> dict:
     """The stored headline of `day` whose id, guid or exact title is `key`. Raises HackError."""
@@ -38,22 +36,6 @@ def find_headline(db: sqlite_utils.Database, day: str, key: str) -> dict:
     stored = db.execute("select count(*) from headlines where day = ?", [day]).fetchone()[0]
     raise HackError(f"no stored headline of {day} has the title, guid or id {key!r} ({stored} headlines "
                     f"stored for {day})")
-
-
-def varro_prompt(db: sqlite_utils.Database, headline: dict, embedder: Embedder, cfg: Config) -> dict:
-    """The stored prompt of `headline` if it was chosen, else one built as choose_prompts would build it."""
-    from varro.forecast.prompts import APP, headline_stories, story_split
-
-    day = headline["day"]
-    pid = f"{APP}:{day}:{headline['id']}"
-    stored = prompts_by_id(db, [pid]).get(pid)
-    if stored is not None:
-        return stored
-    story = headline_stories(db, day, embedder, cfg)[headline["id"]]
-    source = {"headline_id": headline["id"], "title": headline["title"], "summary": headline["summary"],
-              "source": headline["source"], "link": headline["link"], "story_id": story}
-    return {"id": pid, "app": APP, "day": day, "split": story_split(story, cfg),
-            "text": build_prompt(headline["title"], headline["summary"]), "source_json": json.dumps(source)}
 
 
 def varro_cases(db: sqlite_utils.Database, refs: list[dict], embedder: Embedder,
@@ -124,8 +106,6 @@ def _negated(case: Case) -> str:
 
 def _names(case: Case, k: int = 3) -> list[str]:
     """The source's first `k` names, capitalised (repeated when it has fewer)."""
-    from varro.forecast.reward import source_entities
-
     s = case.source
     found = [w for w in re.findall(r"[A-Za-z][\w'-]+", f"{s['title']} {s.get('summary') or ''}")
              if w.lower().removesuffix("'s") in source_entities(f"{s['title']}\n{s.get('summary') or ''}")]
@@ -176,10 +156,4 @@ VARRO_CATALOGUE: tuple[Hack, ...] = (
 )
 
 
-def _varro_score_texts(*args, **kwargs) -> list[dict]:
-    from varro.forecast.prompts import score_texts
-
-    return score_texts(*args, **kwargs)
-
-
-VARRO = RedTeam("varro", VARRO_CATALOGUE, _varro_score_texts, varro_cases, load_varro_sample)
+VARRO = RedTeam("varro", VARRO_CATALOGUE, score_texts, varro_cases, load_varro_sample)

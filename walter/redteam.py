@@ -1,14 +1,13 @@
 """Walter's red team: the hacks a post-writing policy could learn, and the lookups of `walter score`.
 
-The runner is varro.hacks; each hack here is built from the article's prompt
-and its stored history by a small function.
+The runner is varro.engine.rewards.redteam; each hack here is built from the
+article's prompt and its stored history by a small function.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from datetime import date, timedelta
 
 import numpy as np
 import sqlite_utils
@@ -18,12 +17,11 @@ from varro.engine.embed.embedders import Embedder
 from varro.engine.rewards.redteam import Case, Hack, HackError, RedTeam, swap_words, with_other_stories
 from varro.engine.core.paths import SAMPLE_DIR
 from varro.engine.rewards.text import content_words
-from varro.engine.store import first_prompt_with_source
-from varro.engine.prompts.stories import split_of, stable_rank
+from varro.engine.prompts.split import stable_rank
 
-from .articles import APP, History, article_history, article_stories
 from .ingest import article_key
-from .task import build_prompt
+from .sample import ingest_sample_day, sample_days
+from .task import APP, History, article_history, score_texts, walter_prompt
 
 
 def find_article(db: sqlite_utils.Database, url: str, cfg: Config) -> History:
@@ -38,23 +36,6 @@ def find_article(db: sqlite_utils.Database, url: str, cfg: Config) -> History:
         raise HackError(f"article {url_norm} has no scorable history yet: none of its {known} posts has final "
                         "counts and an author baseline")
     return h
-
-
-def walter_prompt(db: sqlite_utils.Database, h: History, embedder: Embedder, cfg: Config) -> dict:
-    """The article's earliest stored prompt, else one built as choose_prompts would on the day after its
-    first post (the split from its story)."""
-    stored = first_prompt_with_source(db, APP, "url_norm", h.url_norm)
-    if stored is not None:
-        return stored
-    first = db.execute("select min(day) from articles where url_norm = ?", [h.url_norm]).fetchone()[0]
-    first = first or db.execute("select min(day) from bsky_posts where url_norm = ?", [h.url_norm]).fetchone()[0]
-    day = (date.fromisoformat(first) + timedelta(days=1)).isoformat()
-    story = article_stories(db, day, embedder, cfg).get(h.url_norm, h.url_norm)
-    source = {"url_norm": h.url_norm, "title": h.title, "description": h.description, "posts": len(h.uris),
-              "story_id": story}
-    return {"id": f"{APP}:{day}:{stable_rank(h.url_norm)[:16]}", "app": APP, "day": day,
-            "split": split_of(story, cfg.walter.eval_every),
-            "text": build_prompt(h.title, h.description), "source_json": json.dumps(source)}
 
 
 def top_post(h: History) -> str:
@@ -89,8 +70,6 @@ def paraphrases(path=PARAPHRASES) -> dict[str, str]:
 
 
 def load_walter_sample(db: sqlite_utils.Database) -> None:
-    from .sample import ingest_sample_day, sample_days
-
     for d in sample_days():
         ingest_sample_day(db, d)
 
@@ -137,10 +116,4 @@ WALTER_CATALOGUE: tuple[Hack, ...] = (
 )
 
 
-def _walter_score_texts(*args, **kwargs) -> list[dict]:
-    from .articles import score_texts
-
-    return score_texts(*args, **kwargs)
-
-
-WALTER = RedTeam(APP, WALTER_CATALOGUE, _walter_score_texts, walter_cases, load_walter_sample)
+WALTER = RedTeam(APP, WALTER_CATALOGUE, score_texts, walter_cases, load_walter_sample)
