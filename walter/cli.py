@@ -6,8 +6,8 @@ import click
 
 from varro.engine.core.app import get_app
 from varro.engine.cli.commands import app_cli
-from varro.engine.cli.options import HOME_OPTION, config_options, named_settings, resolve_config, run_option
-from varro.engine.cli.reading import MissingTargets, echo_scores, reading_db
+from varro.engine.cli.options import HOME_OPTION, config_options, resolve_config, run_option
+from varro.engine.cli.reading import MissingTargets, draft_setup, echo_scores, reading_db
 
 
 @click.command("score")
@@ -62,9 +62,8 @@ def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | 
 
     Example: walter draft --url https://harborwire.example/world/2026/11/02/dockworkers-walk-out-calderra-valdorias-biggest-port --n 4
     """
-    from varro.engine.eval.draft import draft, draft_config, echo_ranked, echo_unranked, existing_db
+    from varro.engine.eval.draft import draft, echo_drafts
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
-    from varro.engine.core.paths import run_dir
     from varro.engine.prompts.split import stable_rank
 
     from .card import fetch_card, stored_card
@@ -72,28 +71,23 @@ def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | 
     from .redteam import find_article
     from .task import build_prompt, score_texts, walter_prompt
 
-    named = named_settings(kwargs)
-    path = run_dir(run, home)
-    cfg = draft_config("walter", path, resolve_config(kwargs), named)
-    db = existing_db(home)
+    path, cfg, db = draft_setup("walter", run, home, kwargs)
     url_norm = article_key(url)
     title, description = stored_card(db, url_norm) or fetch_card(url)
     pid = f"walter:draft:{stable_rank(url_norm)[:16]}"
     texts, label, notes = draft(cfg, path, pid, build_prompt(title, description), n, seed)
     for note in notes:
         click.echo(note, err=as_json)
-    try:
+    def ranked():
         if db is None:
             raise LookupError("no database yet")
         emb = CachedEmbedder(load_embedder(cfg.walter.embedder), db)
         h = find_article(db, url, cfg)
-        comps = score_texts(db, walter_prompt(db, h, emb, cfg), texts, emb, cfg)
-    except LookupError as e:
-        echo_unranked(texts, f"{e}, so there is nothing to score these against", as_json)
-        return
-    head = (f"{n} drafts for {h.url_norm}: {title}\nfrom run {run} at {label}, best first by the reward against "
-            f"its {len(h.uris)} historical posts")
-    echo_ranked(texts, comps, head, as_json)
+        head = (f"{n} drafts for {h.url_norm}: {title}\nfrom run {run} at {label}, best first by the reward "
+                f"against its {len(h.uris)} historical posts")
+        return score_texts(db, walter_prompt(db, h, emb, cfg), texts, emb, cfg), head
+
+    echo_drafts(texts, ranked, "so there is nothing to score these against", as_json)
 
 
 COMMANDS = [score_cmd, draft_cmd]

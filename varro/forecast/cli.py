@@ -5,9 +5,8 @@ from __future__ import annotations
 import click
 
 from varro.engine.core.app import get_app
-from varro.engine.cli.options import HOME_OPTION, check_day, config_options, named_settings, resolve_config, run_option
-from varro.engine.cli.reading import MissingTargets, echo_scores, reading_db
-from varro.engine.eval.draft import existing_db
+from varro.engine.cli.options import HOME_OPTION, check_day, config_options, resolve_config, run_option
+from varro.engine.cli.reading import MissingTargets, draft_setup, echo_scores, reading_db
 
 
 @click.command("score")
@@ -90,18 +89,14 @@ def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: i
     import json
 
     from varro.engine.core.dates import shift
-    from varro.engine.eval.draft import draft, draft_config, echo_ranked, echo_unranked
+    from varro.engine.eval.draft import draft, echo_drafts
     from varro.engine.embed.embedders import CachedEmbedder, load_embedder
-    from varro.engine.core.paths import run_dir
     from varro.engine.prompts.split import stable_rank
     from varro.forecast.task import build_prompt, score_texts, varro_prompt
 
     day = check_day(day) if day else None
-    named = named_settings(kwargs)
-    path = run_dir(run, home)
-    cfg = draft_config("varro", path, resolve_config(kwargs), named)
-    db = existing_db(home)
-    headline, comps, why = None, None, ""
+    path, cfg, db = draft_setup("varro", run, home, kwargs)
+    headline, why = None, ""
     try:
         headline = stored_headline(db, key, day)
     except LookupError as e:
@@ -114,19 +109,18 @@ def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: i
     texts, label, notes = draft(cfg, path, pid, build_prompt(title, summary), n, seed)
     for note in notes:
         click.echo(note, err=as_json)
-    if headline is not None:
-        try:
-            emb = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
-            prompt = varro_prompt(db, headline, emb, cfg)
-            comps = score_texts(db, prompt, texts, emb, cfg)
-        except LookupError as e:
-            why = str(e)
-    if comps is None:
-        echo_unranked(texts, f"{why}, so there is nothing to score these forecasts against yet", as_json)
-        return
-    head = (f"{n} forecasts for {prompt['id']} ({prompt['split']}): {json.loads(prompt['source_json'])['title']}\n"
-            f"from run {run} at {label}, best first by the reward against the headlines of {shift(headline['day'], 1)}")
-    echo_ranked(texts, comps, head, as_json)
+
+    def ranked():
+        if headline is None:
+            raise LookupError(why)
+        emb = CachedEmbedder(load_embedder(cfg.varro.embedder), db)
+        prompt = varro_prompt(db, headline, emb, cfg)
+        head = (f"{n} forecasts for {prompt['id']} ({prompt['split']}): {json.loads(prompt['source_json'])['title']}"
+                f"\nfrom run {run} at {label}, best first by the reward against the headlines of "
+                f"{shift(headline['day'], 1)}")
+        return score_texts(db, prompt, texts, emb, cfg), head
+
+    echo_drafts(texts, ranked, "so there is nothing to score these forecasts against yet", as_json)
 
 
 COMMANDS = [score_cmd, forecast_cmd]

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from varro.engine.core.app import App
-from varro.engine.cli.options import HOME_OPTION, config_options, resolve_config, run_option
+from varro.engine.cli.options import HOME_OPTION, config_options, named_settings, resolve_config, run_option
 
 
 def reading_db(home: str | None):
@@ -75,6 +75,16 @@ def echo_scores(texts: list[str], comps: list[dict], head: str, as_json: bool) -
             click.echo(json.dumps({"text": t, **c}))
     else:
         click.echo(format_scores(texts, comps, head))
+
+
+def draft_setup(app: str, run: str, home: str | None, kwargs: dict):
+    """What an app's drafting command (`walter draft`, `varro forecast`) starts from: the run's folder, its
+    config with the command line's settings, and the database (None when there is none yet)."""
+    from varro.engine.core.paths import run_dir
+    from varro.engine.eval.draft import draft_config, existing_db
+
+    path = run_dir(run, home)
+    return path, draft_config(app, path, resolve_config(kwargs), named_settings(kwargs)), existing_db(home)
 
 
 def metrics_command(app: App) -> click.Command:

@@ -97,3 +97,13 @@ def echo_unranked(texts: list[str], why: str, as_json: bool) -> None:
     for i, t in enumerate(texts, 1):
         click.echo(json.dumps({"rank": None, "text": t}) if as_json else f"[{i}] {t}")
 
+
+def echo_drafts(texts: list[str], ranked, unscored: str, as_json: bool) -> None:
+    """The drafts best first by `ranked()` -> (their reward components, a heading); when that raises
+    LookupError, as drawn, with one line: its message, then `unscored`."""
+    try:
+        comps, head = ranked()
+    except LookupError as e:
+        echo_unranked(texts, f"{e}, {unscored}", as_json)
+        return
+    echo_ranked(texts, comps, head, as_json)

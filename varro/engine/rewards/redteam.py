@@ -17,6 +17,7 @@ from typing import Callable
 import sqlite_utils
 
 from varro.engine.core.config import Config
+from varro.engine.core.jsonl import read_jsonl
 from varro.engine.core.paths import SAMPLE_DIR
 from varro.engine.embed.embedders import Embedder
 from varro.engine.rewards.text import SENTENCE_END_RE, content_words
@@ -115,18 +116,11 @@ def load_references(path: str | Path | None, app: str) -> list[dict]:
     """The honest references of `app` in a JSON-lines file. Raises FileNotFoundError, ValueError."""
     path = Path(path) if path else HONEST_FILE
     refs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON: {e}") from None
-            if row.get("app") == app:
-                if not isinstance(row.get("text"), str) or not row["text"].strip():
-                    raise ValueError(f"{path}:{n}: an honest reference needs a non-empty text")
-                refs.append(row)
+    for n, row in read_jsonl(path):
+        if row.get("app") == app:
+            if not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise ValueError(f"{path}:{n}: an honest reference needs a non-empty text")
+            refs.append(row)
     return refs
 
 
