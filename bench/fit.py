@@ -99,7 +99,7 @@ def sample_rewards(policy, app, db, prompts, embedder, cfg, samples: int, seed: 
 
 
 def paired(before: np.ndarray, after: np.ndarray) -> dict:
-    from varro.engine.eval.panel import mean_ci
+    from varro.engine.eval.intervals import mean_ci
 
     d = after - before
     lo, hi = mean_ci(d)

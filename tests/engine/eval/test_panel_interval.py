@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from varro.engine.eval.compare import Comparison, format_comparison
-from varro.engine.eval.panel import MIN_PANEL, Cells, CurvePoint, format_curve, mean_ci
+from varro.engine.eval.intervals import MIN_PANEL, mean_ci
+from varro.engine.eval.panel import Cells, CurvePoint, format_curve
 
 TRUE_MEAN = 0.3
 SAMPLES = 4

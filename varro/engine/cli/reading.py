@@ -68,7 +68,7 @@ def echo_scores(texts: list[str], comps: list[dict], head: str, as_json: bool) -
     """Shared by the apps' `score` commands: a table, or one JSON object per text."""
     import json
 
-    from varro.engine.rewards.redteam import format_scores
+    from varro.engine.eval.draft import format_scores
 
     if as_json:
         for t, c in zip(texts, comps):

@@ -1,37 +1,8 @@
-"""What the engine needs from an application, and how applications are found.
+"""What the engine needs from an application (`App`), and how applications are found (the `varro.apps`
+entry points).
 
-An application is an `App` object the engine is handed; the engine never
-names one. It says:
-
-- who it is: `name` (the command, the `prompts.app` value, the default run and
-  its config section `[name]`), `title`, `settings` (the dataclass of that
-  section: fields made with `varro.engine.core.config.opt`, so the CLI gets one
-  option per field);
-- its tables: `migrations`, append-only, named uniquely (see `varro.engine.store`);
-- its data: `sources` (the `--source` choices, the first is the nightly's
-  default), `ingest(db, day, cfg, source, home, options, echo)` for one day,
-  and `missing_data(db, day, cfg)`: None when a day can be run, else why not;
-- its task: `choose_prompts` (the day's prompts with their split, stored once),
-  `score_texts` (components with "reward" for texts written for a prompt),
-  `scorable(db, prompt)` and `targets(prompt)` (what scores it, in words);
-  `reward_delay_days` says when: 0 when the stored data scores a completion at
-  once (Walter), 1 when the next day's data does (Varro);
-- what a person reads: `metric_columns` and `day_metrics(comps)` for
-  `metrics` and the report, `main_components` for `rollouts list`,
-  `echo_component` for the report's instruction-echo monitor, `plotted`,
-  `human_items` (the human text a day's completions are rewarded against, for
-  the voice stage);
-- its sample: `sample_days()` and `load_sample_day(db, day)` for the offline
-  demo (by default those of the module `sample_at`), `demo_settings(cfg, tiny)`;
-- optionally a `red_team()` for `hacks`, and its own `commands()` that join
-  the engine's on its command line (`varro.engine.cli.commands.app_cli`): by
-  default the objects `red_team_at` and `commands_at` name, "module:NAME",
-  imported only when asked for.
-
-Applications register in the entry-point group `varro.apps`
-(`[project.entry-points."varro.apps"]` in a package's pyproject.toml: `name =
-"package.module:APP"`), so a separately installed package adds one; see
-docs/write-your-own-app.md.
+An app says who it is, its tables, its data, its task (prompts and their scoring), what a person reads and
+its sample; the engine never names one. Every attribute and method: docs/engine.md ("The App interface").
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Drafting with a run's latest checkpoint: what the apps' daily-use commands (`walter draft`,
-`varro forecast`) share. The run's settings, N samples for one prompt, and the ranked or unranked print."""
+`varro forecast`) share. The run's settings, N samples for one prompt, and the ranked or unranked print
+(its table of every component is also what `score` prints)."""
 
 from __future__ import annotations
 
@@ -79,10 +80,25 @@ def draft(cfg: Config, run_path: Path, prompt_id: str, text: str, n: int,
     return [r.text for r in group], policy.checkpoint, notes
 
 
+def format_scores(texts: list[str], comps: list[dict], head: str = "") -> str:
+    """Every component of each text as a table: one row per component, one column per text."""
+    lines = [head] if head else []
+    lines += [f"[{i}] {t if len(t) <= 100 else t[:97] + '...'}" for i, t in enumerate(texts, 1)]
+    keys = list(comps[0]) if comps else []
+    width = max([len("component"), *(len(k) for k in keys)])
+    lines.append(f"{'component':<{width}}" + "".join(f"  {f'[{i}]':>8}" for i in range(1, len(texts) + 1)))
+    def cell(v) -> str:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return f"{v:>8.3f}"
+        return f"{'-' if v is None else str(v):>8}"
+
+    for k in keys:
+        lines.append(f"{k:<{width}}" + "".join(f"  {cell(c.get(k))}" for c in comps))
+    return "\n".join(lines)
+
+
 def echo_ranked(texts: list[str], comps: list[dict], head: str, as_json: bool) -> None:
     """The texts best first by reward, each with every component: a table, or one JSON object per text."""
-    from varro.engine.rewards.redteam import format_scores
-
     order = sorted(range(len(texts)), key=lambda i: -comps[i]["reward"])  # stable: equal rewards keep their draw
     if as_json:
         for rank, i in enumerate(order, 1):

@@ -1,26 +1,15 @@
 """The held-out evaluation panel: a run's learning curve on prompts no update has seen.
 
-A run's panel is a fixed list of held-out prompts (split by story, see
-varro.stories): the earliest eval prompts that can be scored, one per story,
-none within `leak_cosine` of a training prompt, appended in (day, id) order
-until it holds `panel_size`, then frozen (the `panel` table). Every checkpoint of the run, and the base model as day 0,
-writes `panel_samples` completions for each panel prompt. Each prompt is
-sampled alone with a seed derived from the panel seed and the prompt id, so a
-prompt's random draws are the same for every checkpoint, whenever it joined
-the panel. Every completion's reward and components are cached in
-`panel_scores` (keyed by run, checkpoint, prompt, seed, samples and sample
-index): re-running computes nothing twice.
-
-The curve is each checkpoint's mean panel reward with a 95% Student-t interval
-over prompts, and its paired difference from the base. A panel of fewer than
-MIN_PANEL prompts is labelled too small to conclude from.
+A run's panel is a fixed list of held-out prompts, one per story, frozen once it holds `panel_size`. Every
+checkpoint (and the base as day 0) samples each panel prompt with the same seeds, its scores cached in
+`panel_scores`; the curve is each checkpoint's mean with an interval over prompts (eval/intervals.py).
+How the panel is chosen and why: docs/evaluation.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -36,6 +25,7 @@ from varro.engine.core.config import Config
 from varro.engine.embed.embedders import Embedder
 from varro.engine.prompts.split import too_close
 from varro.engine.core.errors import UserError
+from varro.engine.eval.intervals import format_ci, mean_ci, small_panel_warning
 
 ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config], list[dict]]
 
@@ -70,47 +60,6 @@ def open_at(run_path: Path, label: str, fallback: Config):
     if policy.checkpoint != label:
         raise PanelError(f"checkpoint {label} could not be restored (got {policy.checkpoint})")
     return policy
-
-
-MIN_PANEL = 10  # fewer prompts than this: an interval too wide and too fragile to conclude from
-
-
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The Student-t interval of the mean over prompts of `values` (prompts, samples), at `level`.
-
-    Each prompt's samples are averaged first (they share the prompt's difficulty), and the prompt means are
-    the independent draws: mean +- t(n-1) * sd / sqrt(n). It replaced a percentile bootstrap over prompts that
-    was too narrow on small panels (86.5% coverage at 6 prompts). One prompt gives (nan, nan), since it has no
-    spread to measure; prompts whose means all agree give (mean, mean). Raises ValueError when `values` is
-    not (prompts, samples) with at least one of each.
-    """
-    from scipy import stats  # imported here: scipy.stats takes about a second to import
-
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 2 or 0 in values.shape:
-        raise ValueError(f"mean_ci needs a (prompts, samples) array with at least one of each, "
-                         f"got shape {values.shape}")
-    per_prompt = values.mean(axis=1)  # (prompts,)
-    n = len(per_prompt)
-    mean = float(per_prompt.mean())
-    if n == 1:
-        return math.nan, math.nan
-    if np.all(per_prompt == per_prompt[0]):
-        return mean, mean
-    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * float(per_prompt.std(ddof=1)) / math.sqrt(n)
-    return mean - half, mean + half
-
-
-def format_ci(ci: tuple[float, float]) -> str:
-    """'[lo, hi]' with signs, or 'n/a' when the interval is undefined (a one-prompt panel)."""
-    return "n/a" if any(math.isnan(x) for x in ci) else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
-
-
-def small_panel_warning(prompts: int) -> str | None:
-    """The line that says a panel of `prompts` is too small to conclude from, or None when it is not."""
-    if prompts >= MIN_PANEL:
-        return None
-    return f"panel of {prompts} prompts: under {MIN_PANEL}, too small to conclude from"
 
 
 def story_of(prompt: dict) -> str:

@@ -22,7 +22,7 @@ from varro.engine.core.app import App, get_app
 from varro.engine.eval.cadence import FEATURES as CADENCE_FEATURES
 from varro.engine.core.config import Config, EvalConfig
 from varro.engine.eval.metrics import mean_or_none
-from varro.engine.eval.panel import format_ci, small_panel_warning
+from varro.engine.eval.intervals import format_ci, small_panel_warning
 from varro.engine.eval.voice import voice_data, voice_drift
 from varro.engine.rewards.text import EMOJI_RE, HASHTAG_RE, ngrams, repeated_ngram_rate, words
 from varro.engine.core.errors import UserError

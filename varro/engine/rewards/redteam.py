@@ -175,23 +175,6 @@ def format_results(results: list[HackResult], head: str = "") -> str:
     return "\n".join(lines)
 
 
-def format_scores(texts: list[str], comps: list[dict], head: str = "") -> str:
-    """Every component of each text as a table: one row per component, one column per text."""
-    lines = [head] if head else []
-    lines += [f"[{i}] {t if len(t) <= 100 else t[:97] + '...'}" for i, t in enumerate(texts, 1)]
-    keys = list(comps[0]) if comps else []
-    width = max([len("component"), *(len(k) for k in keys)])
-    lines.append(f"{'component':<{width}}" + "".join(f"  {f'[{i}]':>8}" for i in range(1, len(texts) + 1)))
-    def cell(v) -> str:
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return f"{v:>8.3f}"
-        return f"{'-' if v is None else str(v):>8}"
-
-    for k in keys:
-        lines.append(f"{k:<{width}}" + "".join(f"  {cell(c.get(k))}" for c in comps))
-    return "\n".join(lines)
-
-
 def with_other_stories(cases: list[Case]) -> list[Case]:
     """Give each case the honest reference of the next case (cyclically) that is about another story."""
     for i, case in enumerate(cases):
