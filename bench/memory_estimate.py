@@ -38,7 +38,7 @@ from varro.engine.core.config import Config
 from varro.engine.train.gspo import gspo_objective
 from varro.engine.model.memory import ModelShape, sampling_bytes, training_bytes
 from varro.engine.model.loading import apply_lora
-from varro.engine.core.records import PromptInput, Rollout
+from varro.engine.core.rollout import PromptInput, Rollout
 from varro.engine.sampling import rollouts
 from varro.engine.sampling.rollouts import sample_groups
 from varro.engine.train.trainer import Trainer, make_optimizer

@@ -59,7 +59,7 @@ from varro.engine.train.gspo import gspo_objective
 from varro.engine.model.head import HEAD_CHUNK
 from varro.engine.model.memory import ModelShape, pass_bytes
 from varro.engine.model.loading import apply_lora
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 from varro.engine.train import health as health_pass, logprobs
 from varro.engine.train.batching import make_chunks
 from varro.engine.train.trainer import Trainer, make_optimizer

@@ -25,7 +25,7 @@ def decode_rate(folder: Path, prompts: int, group: int, tokens: int) -> float:
     from mlx_lm import load
 
     from varro.engine.model.loading import chat_prompt_tokens
-    from varro.engine.core.records import PromptInput
+    from varro.engine.core.rollout import PromptInput
     from varro.engine.sampling.rollouts import sample_groups
 
     model, tok = load(str(folder))

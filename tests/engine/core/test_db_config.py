@@ -7,7 +7,7 @@ import pytest
 from varro.engine import store as dbm
 from varro.engine.core.config import Config, load_config
 from varro.engine.core.errors import ConfigError
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 
 
 def test_migrations_apply_once_and_are_recorded(tmp_path):

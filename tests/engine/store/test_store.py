@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from varro.engine import store
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINE_TABLES = ("prompts", "rollouts", "steps", "guards", "stories", "panel", "panel_scores", "cadence",

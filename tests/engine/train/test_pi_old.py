@@ -65,7 +65,7 @@ def test_sampler_policy_logprobs_are_the_untruncated_policy_of_a_teacher_forced_
 
 
 def test_greedy_sampling_stores_no_policy_logprobs(tiny_model_path, tmp_path):
-    from varro.engine.core.records import PromptInput
+    from varro.engine.core.rollout import PromptInput
     from varro.engine.sampling.rollouts import sample_groups
 
     pol = open_policy(tiny_model_path, tmp_path / "run")
@@ -153,7 +153,7 @@ def test_an_unknown_pi_old_source_is_refused(tiny_model_path, tmp_path):
 
 def test_policy_logprobs_travel_between_ranks():
     from varro.engine.model.distributed import rollouts_from_json, rollouts_to_json
-    from varro.engine.core.records import Rollout
+    from varro.engine.core.rollout import Rollout
 
     r = Rollout("p", 0, [1, 2], [3, 4], "x", "stop", reward=1.0, sampler_logprobs=[-0.1, -0.2],
                 policy_logprobs=[-0.3, -0.4])

@@ -1,1 +1,1 @@
-"""What every layer shares: errors, the config dataclasses, paths, dates, the App interface, records."""
+"""What every layer shares: errors, the config dataclasses, paths, dates, the App interface, the rollout record."""

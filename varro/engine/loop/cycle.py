@@ -32,7 +32,7 @@ from varro.engine.train.guards import guarded_training
 from varro.engine.model.memory import sampling_plan, training_plan
 from varro.engine.run.policy import Policy, open_policy
 from varro.engine.core.progress import NULL_PROGRESS, Progress
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 from varro.engine.eval.voice import voice_stage
 from varro.engine.train.watchdog import SwapWatchdog
 

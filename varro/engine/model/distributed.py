@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 
 
 @dataclass

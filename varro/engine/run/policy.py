@@ -19,7 +19,7 @@ from varro.engine.run import checkpoints
 from varro.engine.core.config import Config
 from varro.engine.model.loading import apply_lora, base_weights_from, chat_prompt_tokens, load_model, quantized_modules
 from varro.engine.model.distributed import World
-from varro.engine.core.records import PromptInput, Rollout
+from varro.engine.core.rollout import PromptInput, Rollout
 from varro.engine.sampling.rollouts import sample_groups
 from varro.engine.train.gspo import gspo_objective
 from varro.engine.train.errors import TrainingError

@@ -20,7 +20,7 @@ import mlx.nn as nn
 from varro.engine.core.faults import failpoint
 from varro.engine.sampling.kvcache import prompt_caches
 from varro.engine.model.head import chunked_logsumexp
-from varro.engine.core.records import PromptInput, Rollout
+from varro.engine.core.rollout import PromptInput, Rollout
 
 
 class Float32Logits:

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from varro.engine.core.faults import failpoint
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 from varro.engine.store.clock import utc_now
 
 # --- prompts ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Iterator
 import mlx.core as mx
 import numpy as np
 
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 from varro.engine.train.errors import TrainingError
 
 

@@ -13,7 +13,7 @@ import mlx.core as mx
 import numpy as np
 
 from varro.engine.core.config import TrainConfig
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 from varro.engine.model.distributed import World
 from varro.engine.train.batching import Chunk, make_chunks, stack_rows
 

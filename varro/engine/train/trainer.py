@@ -23,7 +23,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from varro.engine.core.config import TrainConfig
 from varro.engine.core.faults import failpoint
-from varro.engine.core.records import Rollout
+from varro.engine.core.rollout import Rollout
 from varro.engine.model.distributed import SOLO, World
 from varro.engine.model.head import HEAD_CHUNK
 from varro.engine.model.loading import adapters_off, first_trainable_layer, lora_modules

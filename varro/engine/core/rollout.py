@@ -1,4 +1,4 @@
-"""The records the engine passes between its stages: a prompt's tokens and a sampled completion."""
+"""The rollout, as the engine passes it between its stages: a prompt's tokens and a sampled completion."""
 
 from __future__ import annotations
 
