@@ -50,7 +50,7 @@ def package_edges(graph: grimp.ImportGraph, packages: list[str]) -> set[tuple[st
 def generate() -> str:
     order = layers()
     packages = [p for layer in order for p in layer]
-    graph = grimp.build_graph("varro")
+    graph = grimp.build_graph("varro", exclude_type_checking_imports=True)  # as pyproject.toml has it
     lines = ["```mermaid", "flowchart TD"]
     for k, layer in enumerate(order):
         lines.append(f'  subgraph L{k}[" "]')
