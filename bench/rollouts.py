@@ -7,7 +7,7 @@ Contenders, in one process, on the same model, prompts, sampler and BLAS:
   many calls (2 per prompt for 8) and holds for all 32.
 - batch_generate: `mlx_lm.batch_generate` on the 32 prompt copies, its defaults
   (decode batch 32, prefill batch 8).
-- ours: `varro.rollouts.sample_groups` (each prompt prefilled once, its cache
+- ours: `varro.engine.sampling.rollouts.sample_groups` (each prompt prefilled once, its cache
   copied 8 times, all 32 decoded together).
 Rates count the tokens each contender returned (EOS is disabled, so every
 completion is 128 tokens) over the wall time including prefill. Each contender

@@ -7,7 +7,7 @@ step_bytes is every float32 parameter (the tied embedding is read whole as the
 output head) plus the KV cache; flops_per_token is 2 per matmul parameter plus
 attention over the context; the matmul rate is the better of 1024^3 and 2048^3.
 
-Our decode rate is taken through `varro.rollouts.sample_groups` with prefill
+Our decode rate is taken through `varro.engine.sampling.rollouts.sample_groups` with prefill
 excluded: the same prompts decoded to two lengths, rate = extra tokens / extra
 time. Prompts are cut to 64 tokens to keep the prefill cheap (decode cost
 hardly depends on it at these lengths).

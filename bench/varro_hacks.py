@@ -1,7 +1,7 @@
 """Varro's reward against known hacks, over the shipped sample with the real MiniLM.
 
 Prints, one line each: the mean reward over every sample prompt (each headline
-of 2026-11-02..07, scored by `varro.cycle.score_texts` against the next day) of
+of 2026-11-02..07, scored by `varro.forecast.task.score_texts` against the next day) of
 a templated forecast about a different story of the same day, of one fixed
 generic paragraph and of the headline restated; the Calderra prompt's honest
 forecast and a Kestmark rate forecast written for it; and, over the

@@ -203,7 +203,7 @@ def extract_link(post: dict[str, Any], domain: str | None = None) -> tuple[str, 
 
 
 def article_key(url: str) -> str:
-    """`varro.headlines.normalise_link`, plus https for http and no leading 'www.' in the host.
+    """`varro.engine.prompts.sources.normalise_link`, plus https for http and no leading 'www.' in the host.
 
     Bluesky posts link the same article with and without www. and over http; one
     article must have one key.
@@ -229,7 +229,7 @@ def parse_time(value: Any) -> datetime:
 
 
 def utc_iso(moment: datetime) -> str:
-    """YYYY-MM-DDTHH:MM:SS.ffffffZ, the format of `varro.db.utc_now` (sorts as text)."""
+    """YYYY-MM-DDTHH:MM:SS.ffffffZ, the format of `varro.engine.store.clock.utc_now` (sorts as text)."""
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

@@ -35,7 +35,7 @@ def ensure_tiny_model(home: str | Path | None = None, seed: int = 0, warm: bool 
     """The demo model under <home>/data/models, written (and warmed up) on first use.
 
     With `warm` the random model is first fine-tuned on the sample text (see
-    varro.warmup), so its samples read as words; that takes a few minutes once.
+    varro.engine.model.warmup), so its samples read as words; that takes a few minutes once.
     """
     cold = tiny_model_dir(home)
     if not (cold / "model.safetensors").is_file():

@@ -27,7 +27,7 @@ from varro.engine.core.paths import SAMPLE_DIR
 
 URL_RE = re.compile(r"\S*https?://\S+|\S+\.example\S*")
 
-# The shape of a news prompt (Varro's, varro.forecast.reward.build_prompt, word for word, so the warm model
+# The shape of a news prompt (Varro's, varro.forecast.task.build_prompt, word for word, so the warm model
 # stops where the demo's prompts expect; the instruction is never answered here, see the module docstring).
 NEWS_INSTRUCTION = (
     "Forecast what happens next in this story. "

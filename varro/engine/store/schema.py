@@ -226,8 +226,8 @@ def m011_step_entropy(db: sqlite_utils.Database) -> None:
 
 @migration
 def m012_voice(db: sqlite_utils.Database) -> None:
-    # The cadence (varro.cadence) of each completion and of the human text it is rewarded against,
-    # under the run's base model, and each day's cross-prompt template share (varro.voice).
+    # The cadence (varro.engine.eval.cadence) of each completion and of the human text it is rewarded against,
+    # under the run's base model, and each day's cross-prompt template share (varro.engine.eval.voice).
     # keyed by rollout id with the completion's sha1: a row whose text no longer matches is stale
     db["cadence"].create({"rollout_id": int, "text_sha1": str, "model": str, "features_json": str,
                           "created_utc": str}, pk="rollout_id")
