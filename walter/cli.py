@@ -6,8 +6,8 @@ import click
 
 from varro.engine.core.app import get_app
 from varro.engine.cli.commands import app_cli
-from varro.engine.cli.options import HOME_OPTION, config_options, resolve_config, run_option
-from varro.engine.cli.reading import MissingTargets, draft_setup, echo_scores, reading_db
+from varro.engine.cli.options import HOME_OPTION, config_options, resolve_config, with_options
+from varro.engine.cli.reading import MissingTargets, draft_options, draft_setup, echo_scores, reading_db
 
 
 @click.command("score")
@@ -44,12 +44,7 @@ def score_cmd(url: str, texts: tuple[str, ...], as_json: bool, home: str | None,
 
 @click.command("draft")
 @click.option("--url", required=True, help="the article's link")
-@click.option("--n", "n", default=8, show_default=True, help="how many posts to draft")
-@click.option("--draft-seed", "seed", default=0, show_default=True, help="the sampling seed of the drafts")
-@run_option(get_app("walter"))
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object per post instead of the table")
-@HOME_OPTION
-@config_options("walter")
+@with_options(draft_options(get_app("walter"), 8, "post", "posts", "draft"))
 def draft_cmd(url: str, n: int, seed: int, run: str, as_json: bool, home: str | None, **kwargs) -> None:
     """Draft N posts for an article with the run's latest checkpoint, best first when they can be scored.
 

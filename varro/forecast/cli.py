@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from varro.engine.core.app import get_app
-from varro.engine.cli.options import HOME_OPTION, check_day, config_options, resolve_config, run_option
-from varro.engine.cli.reading import MissingTargets, draft_setup, echo_scores, reading_db
+from varro.engine.cli.options import HOME_OPTION, check_day, config_options, resolve_config, with_options
+from varro.engine.cli.reading import MissingTargets, draft_options, draft_setup, echo_scores, reading_db
 
 
 @click.command("score")
@@ -67,12 +67,7 @@ def stored_headline(db, key: str, day: str | None) -> dict:
 @click.option("--headline", "key", required=True, help="the headline (or a stored headline's guid or id)")
 @click.option("--summary", default=None, help="the headline's summary [default: the stored one, if any]")
 @click.option("--date", "day", default=None, help="the headline's day, YYYY-MM-DD [default: the latest storing it]")
-@click.option("--n", "n", default=4, show_default=True, help="how many forecasts to draw")
-@click.option("--draft-seed", "seed", default=0, show_default=True, help="the sampling seed of the drafts")
-@run_option(get_app("varro"))
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object per forecast instead of the table")
-@HOME_OPTION
-@config_options("varro")
+@with_options(draft_options(get_app("varro"), 4, "forecast", "forecasts", "draw"))
 def forecast_cmd(key: str, summary: str | None, day: str | None, n: int, seed: int, run: str, as_json: bool,
                  home: str | None, **kwargs) -> None:
     """Forecast a headline N times with the run's latest checkpoint, best first when they can be scored.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -75,6 +76,19 @@ def echo_scores(texts: list[str], comps: list[dict], head: str, as_json: bool) -
             click.echo(json.dumps({"text": t, **c}))
     else:
         click.echo(format_scores(texts, comps, head))
+
+
+def draft_options(app: App, n: int, thing: str, things: str, verb: str) -> list[Callable]:
+    """The options of an app's drafting command after its own: how many `things` to `verb`, the seed, the
+    run, --json, --home and the settings."""
+    return [
+        click.option("--n", "n", default=n, show_default=True, help=f"how many {things} to {verb}"),
+        click.option("--draft-seed", "seed", default=0, show_default=True, help="the sampling seed of the drafts"),
+        run_option(app),
+        click.option("--json", "as_json", is_flag=True, help=f"print one JSON object per {thing} instead of the table"),
+        HOME_OPTION,
+        config_options(app.name),
+    ]
 
 
 def draft_setup(app: str, run: str, home: str | None, kwargs: dict):
