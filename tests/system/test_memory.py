@@ -290,3 +290,16 @@ def test_estimate_bounds_the_measured_peak_on_the_tiny_model(tiny_model_path, tm
           f"training {trained} <= {est_train} ({est_train / trained:.2f}x)")
     assert sampled <= est_sample <= 3 * sampled
     assert trained <= est_train <= 3 * trained
+
+
+def test_a_memory_reading_that_cannot_be_taken_says_why(monkeypatch, tmp_path):
+    # macOS, and vm_stat cannot run: no reading (the guard goes without), and a warning naming the command
+    from varro.engine.model import memory as mem
+
+    def broken(*args, **kwargs):
+        raise FileNotFoundError("[Errno 2] No such file or directory: 'vm_stat'")
+
+    monkeypatch.setattr(mem.sys, "platform", "darwin")
+    monkeypatch.setattr(mem.subprocess, "run", broken)
+    with pytest.warns(RuntimeWarning, match=r"no memory reading: `vm_stat` failed \(\[Errno 2\].*vm_stat'\)"):
+        assert mem.os_reading(str(tmp_path / "no-meminfo"), "MemAvailable", ["vm_stat"], len) is None

@@ -13,6 +13,7 @@ import math
 import re
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,7 +184,9 @@ def pass_bytes(shape: ModelShape, group_size: int, prompt_tokens: int, max_token
 
 def os_reading(linux_file: str, field: str, mac_command: list[str], mac_bytes) -> int | None:
     """A byte count the OS reports, or None where there is no reading: the `field` line (kB) of the Linux
-    file, else on macOS `mac_bytes(output)` of `mac_command` (None when the command cannot run)."""
+    file, else on macOS `mac_bytes(output)` of `mac_command`. When that command cannot run, the reading is
+    None and a warning on stderr (the night's log under cron) names the command and what went wrong: the
+    guard that asked goes without, rather than stopping the night."""
     path = Path(linux_file)
     if path.is_file():
         m = re.search(rf"^{field}:\s+(\d+) kB", path.read_text(), re.M)
@@ -192,7 +195,9 @@ def os_reading(linux_file: str, field: str, mac_command: list[str], mac_bytes) -
         return None
     try:
         text = subprocess.run(mac_command, capture_output=True, text=True, timeout=5, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError) as e:
+        warnings.warn(f"no memory reading: `{' '.join(mac_command)}` failed ({e}); the guard that reads it is "
+                      "off for this night", RuntimeWarning, stacklevel=2)
         return None
     return mac_bytes(text)
 
