@@ -16,7 +16,8 @@ from varro.engine.core.config import Config
 from varro.engine.embed.embedders import Embedder
 from varro.engine.eval.intervals import format_ci, mean_ci, small_panel_warning
 from varro.engine.eval.panel import (Cells, PanelError, ScoreTexts, ensure_scores, open_at, panel_prompts, read_scores,
-                                     resolve_checkpoint, run_config)
+                                     resolve_checkpoint)
+from varro.engine.run.checkpoints import run_config
 
 __all__ = ["CompareError", "Comparison", "Side", "compare", "held_out_prompts", "mean_ci", "open_at",
            "resolve_checkpoint", "ScoreTexts"]

@@ -33,7 +33,7 @@ def draft_config(app: str, run_path: Path, given: Config, named: dict[str, set[s
     CheckpointError or RunIdentityError for another app's run.
     """
     from varro.engine.run.checkpoints import check_run_owner
-    from varro.engine.eval.panel import run_config
+    from varro.engine.run.checkpoints import run_config
     from varro.engine.run.identity import RunIdentityError, _same_model, read_run
 
     check_run_owner(run_path, app, None)
