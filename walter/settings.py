@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from varro.engine.core.config import AT_LEAST_ONE, COSINE, NON_NEGATIVE, POSITIVE, SHARE, opt
+from varro.engine.core.config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, SHARE, opt
+from varro.engine.embed.embedders import EmbedderSettings
+from varro.engine.prompts.curriculum import CurriculumSettings
+from varro.engine.rewards.baselines import FairWeightSettings
+from varro.engine.rewards.copying import ParaphraseSettings
 
 
 @dataclass
-class WalterConfig:
-    embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
+class WalterConfig(EmbedderSettings, FairWeightSettings, ParaphraseSettings, CurriculumSettings):
+    """Walter's own settings; the embedder, the fair weight, the copy score and the curriculum are the
+    engine's (their bases)."""
     timezone: str = opt("", "IANA timezone that decides a post's day (empty: the machine's)")
     domains: str = opt(
         "apnews.com,reuters.com,bbc.co.uk,bbc.com,theguardian.com,nytimes.com,npr.org,arstechnica.com",
@@ -21,33 +26,11 @@ class WalterConfig:
     repost_weight: float = opt(2.0, "engagement weight of a repost", NON_NEGATIVE)
     reply_weight: float = opt(1.0, "engagement weight of a reply", NON_NEGATIVE)
     quote_weight: float = opt(2.0, "engagement weight of a quote", NON_NEGATIVE)
-    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns a post the full weight 1",
-                                   POSITIVE)
-    weight_pseudo_count: float = opt(2.0, "engagement added to a post and to its author's usual before their ratio "
-                                          "(the prior's shape), so a tiny account's one lucky post stays modest",
-                                     NON_NEGATIVE)
     engagement_half_life_hours: float = opt(12.0, "assumed growth: by age t a post has 1 - 2^(-t/this) of its "
                                                   "final engagement; brings baseline posts to the scored post's age",
                                             POSITIVE)
     count_age_hours: float = opt(24.0, "posts are compared on counts read at this age", NON_NEGATIVE)
     baseline_ttl_hours: float = opt(168.0, "how long an author's baseline is cached", NON_NEGATIVE)
-    copy_cosine_start: float = opt(0.8, "cosine to a historical post where the copy penalty starts", COSINE)
-    copy_cosine_full: float = opt(1.0, "cosine to a historical post where the copy penalty is full", COSINE)
-    copy_containment_start: float = opt(0.3, "share of the candidate's word 3-grams found in one historical post "
-                                             "where the copy penalty starts", SHARE)
-    copy_containment_full: float = opt(0.7, "share of the candidate's word 3-grams found in one historical post "
-                                            "where the copy penalty is full", SHARE)
-    copy_order_start: float = opt(0.4, "share of the candidate's words found in order in one historical post "
-                                       "where the copy penalty starts", SHARE)
-    copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one historical post "
-                                      "where the copy penalty is full", SHARE)
-    copy_band_start: float = opt(0.02, "cosine to one historical post above the closest any other author's "
-                                       "independent post came to it, where the paraphrase penalty starts",
-                                 NON_NEGATIVE)
-    copy_band_full: float = opt(0.15, "the same margin where the paraphrase penalty is full", NON_NEGATIVE)
-    copy_band_floor: float = opt(0.65, "the band is at least this (humans on the sample: half come this close to "
-                                       "another author's independent post; a post nobody wrote close to is no trap)",
-                                 COSINE)
     copy_points_start: float = opt(0.05, "share of a winning post's points (clauses) the candidate restates, above "
                                           "the most any other author's independent post restated, where that "
                                           "post's credit in the transfer starts to go (sample: honest posts reach "
@@ -61,9 +44,6 @@ class WalterConfig:
                                      "salads: 0.45 and up)", SHARE)
     word_list_penalty: float = opt(0.5, "penalty for a list of words in place of prose, at word_list_full",
                                    NON_NEGATIVE)
-    copy_ngram: int = opt(8, "shared words in a row with a historical post that make a full copy", AT_LEAST_ONE)
-    copy_weight: float = opt(1.0, "penalty weight for copying a historical post (times the graded copy score)",
-                             NON_NEGATIVE)
     hashtag_limit: int = opt(2, "hashtags allowed before each extra one costs", NON_NEGATIVE)
     hashtag_penalty: float = opt(0.1, "penalty per hashtag past the limit", NON_NEGATIVE)
     repeated_hashtag_penalty: float = opt(0.2, "penalty for using a hashtag twice", NON_NEGATIVE)
@@ -79,5 +59,3 @@ class WalterConfig:
     too_long_penalty: float = opt(0.5, "penalty for a post over Bluesky's 300 graphemes", NON_NEGATIVE)
     repeated_ngram_penalty: float = opt(0.5, "penalty weight of the share of word 3-grams that repeat", NON_NEGATIVE)
     echo_penalty: float = opt(0.3, "penalty for echoing the instruction ('here is a post', 'as an AI')", NON_NEGATIVE)
-    curriculum_floor: float = opt(0.1, "minimum pick weight, so every article can be chosen", SHARE)
-    curriculum_days: int = opt(7, "days of an article's past groups that its regret is read from", AT_LEAST_ONE)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from varro.engine.core.config import AT_LEAST_ONE, COSINE, NON_NEGATIVE, POSITIVE, SHARE, opt
+from varro.engine.embed.embedders import EmbedderSettings
 
 
 @dataclass
-class VarroConfig:
-    embedder: str = opt("all-MiniLM-L6-v2", "sentence-transformers model for the rewards ('hash': test fake)")
+class VarroConfig(EmbedderSettings):
+    """Varro's own settings; the embedder is the engine's (its base)."""
     prompts_per_day: int = opt(32, "headlines turned into prompts each day (eval ones included)", AT_LEAST_ONE)
     eval_every: int = opt(8, "one in this many stories is held out for eval: never a prompt or target in training",
                           AT_LEAST_ONE)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import sqlite_utils
 
 from varro.engine import store
+from varro.engine.core.config import opt
 from varro.engine.core.errors import UserError
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -22,6 +24,12 @@ _BUNDLED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 class EmbedderError(RuntimeError, UserError):
     pass
+
+
+@dataclass
+class EmbedderSettings:
+    """The setting every app whose rewards compare texts has: which embedder compares them."""
+    embedder: str = opt(DEFAULT_EMBEDDER, "sentence-transformers model for the rewards ('hash': test fake)")
 
 
 class Embedder(Protocol):

@@ -15,8 +15,16 @@ import numpy as np
 import sqlite_utils
 
 from varro.engine import store
+from varro.engine.core.config import AT_LEAST_ONE, SHARE, opt
 
 KEY_COLUMN = "url_norm"  # the item key's column in `curriculum` (see the module docstring)
+
+
+@dataclass
+class CurriculumSettings:
+    """The curriculum's knobs, in the section of every app that picks its prompts by regret."""
+    curriculum_floor: float = opt(0.1, "minimum pick weight, so every item can be chosen", SHARE)
+    curriculum_days: int = opt(7, "days of an item's past groups that its regret is read from", AT_LEAST_ONE)
 
 
 @dataclass

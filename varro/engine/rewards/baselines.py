@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from varro.engine.core.config import NON_NEGATIVE, POSITIVE, opt
 from varro.engine.core.errors import UserError
 
 
@@ -94,6 +95,16 @@ class BaselineStats:
     n: int  # how many items
     spread: float | None  # their standard deviation (n - 1 in the denominator); None for one item
     age_hours: float  # the age it is the usual at (math.inf: final counts)
+
+
+@dataclass
+class FairWeightSettings:
+    """The fair weight's knobs, in the section of every app that weighs items against their author's usual."""
+    weight_saturation: float = opt(4.0, "engagement / author baseline ratio that earns an item the full weight 1",
+                                   POSITIVE)
+    weight_pseudo_count: float = opt(2.0, "engagement added to an item and to its author's usual before their "
+                                          "ratio (the prior's shape), so a small author's one lucky item stays "
+                                          "modest", NON_NEGATIVE)
 
 
 def fair_weight(engagement_: float, baseline: BaselineStats, saturation: float, pseudo_count: float) -> float:

@@ -2,17 +2,18 @@
 
 The score, in [0, 1], is the largest of ramped measures against one item: cosine, shared 3-grams, words in
 order, `copy_ngram` words in a row, the rise above other authors' band; `restated` catches a paraphrase
-point by point. The knobs: any settings with the attributes of `CopySettings`. In detail: docs/walter.md
+point by point. The knobs: `CopySettings` (`ParaphraseSettings` for the band). In detail: docs/walter.md
 ("The modules, in detail").
 """
 
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
+from varro.engine.core.config import AT_LEAST_ONE, COSINE, NON_NEGATIVE, SHARE, opt
 from varro.engine.rewards.text import longest_shared_ngram, ngrams, words
 
 COPY_KEYS = ("copy", "copy_cosine", "copy_containment", "copy_order", "copy_run", "copy_idea", "max_cosine",
@@ -22,18 +23,34 @@ CLAUSE_BREAK = re.compile(r"(?<=[.!?;:])\s+|,?\s+(?:but|and|while|because)\s+|,\
                           re.IGNORECASE)
 
 
-class CopySettings(Protocol):
-    """The numbers the copy score needs, by name."""
-    copy_ngram: int
-    copy_cosine_start: float
-    copy_cosine_full: float
-    copy_containment_start: float
-    copy_containment_full: float
-    copy_order_start: float
-    copy_order_full: float
-    copy_band_start: float
-    copy_band_full: float
-    copy_band_floor: float
+@dataclass
+class CopySettings:
+    """The copy score's knobs, in the section of every app whose reward transfers from human items."""
+    copy_cosine_start: float = opt(0.8, "cosine to a prior human item where the copy penalty starts", COSINE)
+    copy_cosine_full: float = opt(1.0, "cosine to a prior human item where the copy penalty is full", COSINE)
+    copy_containment_start: float = opt(0.3, "share of the candidate's word 3-grams found in one prior item "
+                                             "where the copy penalty starts", SHARE)
+    copy_containment_full: float = opt(0.7, "share of the candidate's word 3-grams found in one prior item "
+                                            "where the copy penalty is full", SHARE)
+    copy_order_start: float = opt(0.4, "share of the candidate's words found in order in one prior item "
+                                       "where the copy penalty starts", SHARE)
+    copy_order_full: float = opt(0.8, "share of the candidate's words found in order in one prior item "
+                                      "where the copy penalty is full", SHARE)
+    copy_ngram: int = opt(8, "shared words in a row with a prior item that make a full copy", AT_LEAST_ONE)
+    copy_weight: float = opt(1.0, "penalty weight for copying a prior item (times the graded copy score)",
+                             NON_NEGATIVE)
+
+
+@dataclass
+class ParaphraseSettings(CopySettings):
+    """The copy score's knobs with its paraphrase part: the rise above other authors' independent band."""
+    copy_band_start: float = opt(0.02, "cosine to one prior item above the closest any other author's "
+                                       "independent item came to it, where the paraphrase penalty starts",
+                                 NON_NEGATIVE)
+    copy_band_full: float = opt(0.15, "the same margin where the paraphrase penalty is full", NON_NEGATIVE)
+    copy_band_floor: float = opt(0.65, "the band is at least this (humans on the sample: half come this close to "
+                                       "another author's independent post; a post nobody wrote close to is no trap)",
+                                 COSINE)
 
 
 def ramp(value: float, start: float, full: float) -> float:
@@ -126,7 +143,8 @@ def copy_components(text: str, cosines: np.ndarray, posts: list[str], cfg: CopyS
     """The graded copy score ("copy", in [0, 1]) with the parts it is the largest of, and their raw measures.
 
     `cosines` are the candidate's cosines to `posts`, in the same order as `bands` (`independent_bands`,
-    each floored at copy_band_floor; None: no paraphrase part, as for tally).
+    each floored at copy_band_floor; None: no paraphrase part, as for tally). With bands, `cfg` is
+    `ParaphraseSettings`.
     """
     measures = copy_measures(text, posts, cfg.copy_ngram)
     max_cos = float(np.max(cosines)) if len(cosines) else 0.0
