@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import building_home, copy_home, tiny_config
+from support.helpers import building_home, copy_home, tiny_config
 from varro.engine import store as dbm
-from varro.engine.eval.compare import CompareError, compare, held_out_prompts, mean_ci
+from varro.engine.eval.compare import compare, held_out_prompts
+from varro.engine.eval.intervals import mean_ci
+from varro.engine.run.checkpoints import CheckpointError
 from varro.engine.core.paths import db_path
 from varro.engine.core.paths import run_dir
-from helpers import varro_step as step
+from support.helpers import varro_step as step
 from varro.forecast.task import score_texts
 from varro.engine.embed.embedders import HashEmbedder
 from varro.engine.eval.panel import ensure_scores, evaluate, panel_prompts, read_scores
@@ -125,7 +127,7 @@ def test_base_and_trained_differ_and_rewards_match_the_scorer(trained):
             for p, t in zip(prompts, c.after.texts)]
     np.testing.assert_allclose(c.after.rewards, want)
     assert c.mean_diff == pytest.approx(float((c.after.rewards - c.before.rewards).mean()))
-    with pytest.raises(CompareError, match="no checkpoint 2026-12-01"):
+    with pytest.raises(CheckpointError, match="no checkpoint 2026-12-01"):
         compare(db, run_dir("r"), prompts, "base", "2026-12-01", score_texts, HashEmbedder(), cfg)
 
 

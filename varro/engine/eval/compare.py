@@ -15,12 +15,10 @@ import sqlite_utils
 from varro.engine.core.config import Config
 from varro.engine.embed.embedders import Embedder
 from varro.engine.eval.intervals import format_ci, mean_ci, small_panel_warning
-from varro.engine.eval.panel import (Cells, PanelError, ScoreTexts, ensure_scores, open_at, panel_prompts, read_scores,
-                                     resolve_checkpoint)
-from varro.engine.run.checkpoints import run_config
+from varro.engine.eval.panel import Cells, PanelError, ScoreTexts, ensure_scores, panel_prompts, read_scores
+from varro.engine.run.checkpoints import resolve_label, run_config
 
-__all__ = ["CompareError", "Comparison", "Side", "compare", "held_out_prompts", "mean_ci", "open_at",
-           "resolve_checkpoint", "ScoreTexts"]
+__all__ = ["CompareError", "Comparison", "Side", "compare", "held_out_prompts", "ScoreTexts"]
 
 CompareError = PanelError
 Side = Cells
@@ -65,7 +63,7 @@ def compare(
     """Both checkpoints on `prompts` with the panel's per-prompt seeds, scored by the same reward."""
     if not prompts:
         raise CompareError("no prompts to compare on")
-    labels = (resolve_checkpoint(run_path, before), resolve_checkpoint(run_path, after))
+    labels = (resolve_label(run_path, before), resolve_label(run_path, after))
     config = run_config(run_path, config)  # the base side uses the model and LoRA settings of the run
     run = Path(run_path).name
     sides = []

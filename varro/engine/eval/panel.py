@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -32,34 +31,6 @@ ScoreTexts = Callable[[sqlite_utils.Database, dict, list[str], Embedder, Config]
 
 class PanelError(ValueError, UserError):
     pass
-
-
-def resolve_checkpoint(run_path: Path, which: str) -> str:
-    """'base', 'latest' or a day that has a complete checkpoint; raises PanelError otherwise."""
-    if which == "base":
-        return "base"
-    found = [p.name for p in checkpoints.list_checkpoints(run_path)]
-    if which == "latest":
-        if not found:
-            raise PanelError(f"run {run_path.name} has no checkpoint yet")
-        return found[-1]
-    if which not in found:
-        raise PanelError(f"run {run_path.name} has no checkpoint {which}; it has {found or 'none'}")
-    return which
-
-
-def open_at(run_path: Path, label: str, fallback: Config):
-    """The policy exactly at checkpoint `label` (with the config it was trained with), or the base."""
-    from varro.engine.run.policy import Policy
-
-    if label == "base":
-        return Policy.open(fallback, run_path, before_day="0000-01-01")
-    cfg = Config.from_dict(json.loads((checkpoints.checkpoints_dir(run_path) / label / "config.json").read_text()))
-    after = (date.fromisoformat(label) + timedelta(days=1)).isoformat()
-    policy = Policy.open(cfg, run_path, before_day=after)
-    if policy.checkpoint != label:
-        raise PanelError(f"checkpoint {label} could not be restored (got {policy.checkpoint})")
-    return policy
 
 
 def story_of(prompt: dict) -> str:
@@ -120,7 +91,9 @@ def ensure_scores(db: sqlite_utils.Database, run_path: Path, label: str, prompts
     todo = [p for p in prompts if p["id"] not in have]
     if not todo:
         return 0
-    policy = open_at(run_path, label, config)
+    from varro.engine.run.policy import Policy
+
+    policy = Policy.at_checkpoint(run_path, label, config)
     policy.config.sampling.group_size = samples
     for p in todo:
         group = policy.sample([(p["id"], p["text"])], seed=prompt_seed(seed, p["id"]))[0]

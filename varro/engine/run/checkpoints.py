@@ -99,7 +99,26 @@ def run_config(run_path: Path, fallback: Config) -> Config:
     found = list_checkpoints(run_path)
     if not found:
         return fallback
-    return Config.from_dict(json.loads((found[-1] / "config.json").read_text()))
+    return trained_config(found[-1])
+
+
+def trained_config(path: Path) -> Config:
+    """The config the checkpoint at `path` was trained with."""
+    return Config.from_dict(json.loads((Path(path) / "config.json").read_text()))
+
+
+def resolve_label(run_path: Path, which: str) -> str:
+    """'base', 'latest' or a day that has a complete checkpoint; raises CheckpointError otherwise."""
+    if which == "base":
+        return "base"
+    found = [p.name for p in list_checkpoints(run_path)]
+    if which == "latest":
+        if not found:
+            raise CheckpointError(f"run {Path(run_path).name} has no checkpoint yet")
+        return found[-1]
+    if which not in found:
+        raise CheckpointError(f"run {Path(run_path).name} has no checkpoint {which}; it has {found or 'none'}")
+    return which
 
 
 def _sha256(path: Path) -> str:

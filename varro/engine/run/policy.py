@@ -9,6 +9,7 @@ precision and the sampler's truncation: docs/reliability.md, "The policy".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import mlx.core as mx
@@ -35,6 +36,18 @@ class Policy:
     run_path: Path
     checkpoint: str  # "base" or the day of the checkpoint it was restored from
     notes: list[str] = field(default_factory=list)  # checkpoints skipped as corrupt
+
+    @classmethod
+    def at_checkpoint(cls, run_path: Path, label: str, fallback: Config) -> "Policy":
+        """The policy exactly at checkpoint `label` (with the config it was trained with), or the base with
+        `fallback`. Raises CheckpointError when that checkpoint cannot be restored."""
+        if label == "base":
+            return cls.open(fallback, run_path, before_day="0000-01-01")
+        cfg = checkpoints.trained_config(checkpoints.checkpoints_dir(run_path) / label)
+        policy = cls.open(cfg, run_path, before_day=(date.fromisoformat(label) + timedelta(days=1)).isoformat())
+        if policy.checkpoint != label:
+            raise checkpoints.CheckpointError(f"checkpoint {label} could not be restored (got {policy.checkpoint})")
+        return policy
 
     @classmethod
     def open(cls, config: Config, run_path: Path, before_day: str | None = None) -> "Policy":
