@@ -1,7 +1,7 @@
 """How many random kills does a night survive? For each app, SIGKILL a three-day backfill (2026-11-02..04,
 the shipped sample, the tiny model) at N moments spread over a clean run's duration (one drawn in each of N
 equal slices, fixed seed), re-run it to its end, and compare everything it wrote with the clean run: every
-table's rows and every file of the run's folder (tests/system/test_crash.py's `state`, which names what it leaves
+table's rows and every file of the run's folder (tests/support/crash.py's `state`, which names what it leaves
 out and why). The suite does the same with N=2 (tests/system/test_kills.py); this is the larger N.
 
     scripts/env python bench/kills.py --kills 10          # both apps
@@ -18,10 +18,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the crash tests' harness
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the crash tests' harness (tests/support)
 
-from test_crash import assert_same_state, state  # noqa: E402
-from test_kills import APPS, SEED, THREE_DAYS, clean_run, kill_and_resume, kill_delays  # noqa: E402
+from support.crash import assert_same_state, state  # noqa: E402
+from support.kills import APPS, SEED, THREE_DAYS, clean_run, kill_and_resume, kill_delays  # noqa: E402
 
 from varro.engine.model.tiny import write_tiny_model  # noqa: E402
 

@@ -1,10 +1,4 @@
 import os
-import sys
-from pathlib import Path
-
-# Test files share fixtures across folders (system/test_bad_input.py uses walter/'s fake Bluesky): every folder
-# of tests/ is importable by its file names, which are unique (tests/system/test_architecture.py checks).
-sys.path[:0] = [str(d) for d in sorted(Path(__file__).parent.glob("*/**/")) if d.name not in ("__pycache__", "fixtures", "support")]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -60,9 +54,9 @@ def smollm_f32(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def preloaded(tmp_path_factory):
-    """role -> the Preloaded server (tests/preloaded.py) the crash tests start that role's nightly processes
+    """role -> the Preloaded server (tests/support/preloaded.py) the crash tests start that role's nightly processes
     from ("reference", "killed" or "rerun": each its own string hash seed), started on first use."""
-    from preloaded import PRELOADED_SEEDS, Preloaded
+    from support.preloaded import PRELOADED_SEEDS, Preloaded
 
     folder = tmp_path_factory.mktemp("preloaded")
     servers = {}
@@ -86,7 +80,7 @@ def clean_nightly(tmp_path_factory, preloaded):
     tests/system/test_kills.py kills. Read-only: the tests compare against its state and run nothing on its home."""
     import time
 
-    from preloaded import run as run_preloaded
+    from support.preloaded import run as run_preloaded
 
     done = {}
 

@@ -14,7 +14,7 @@ import pytest
 from varro.engine import store as dbm
 from varro.engine.core.config import Config
 from varro.forecast.task import choose_prompts, headline_stories, headline_text, story_split
-from helpers import varro_sample_days as sample_days
+from support.helpers import varro_sample_days as sample_days
 from varro.engine.embed.embedders import CachedEmbedder, load_embedder
 from varro.forecast.headlines import headlines_for_day
 from varro.forecast.sample import load_sample_day

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from support.helpers import tiny_config
 from varro.engine import store as dbm
 from varro.engine.run.checkpoints import list_checkpoints
-from helpers import varro_day_metrics as day_metrics, varro_step as step
+from support.helpers import varro_day_metrics as day_metrics, varro_step as step
 from varro.forecast.task import choose_prompts
-from helpers import varro_sample_days as sample_days
+from support.helpers import varro_sample_days as sample_days
 from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder, SentenceEmbedder
 from varro.forecast.headlines import headlines_for_day
 from varro.forecast.sample import load_sample_day

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from helpers import building_home, copy_home, tiny_config
+from support.helpers import building_home, copy_home, tiny_config
 from varro.engine import store as dbm
-from helpers import varro_human_items, varro_step as step
+from support.helpers import varro_human_items, varro_step as step
 from varro.engine.embed.embedders import HashEmbedder
 from varro.engine.eval.voice import voice_data
 

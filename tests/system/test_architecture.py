@@ -104,11 +104,12 @@ def test_every_library_error_the_cli_reports_is_a_user_error():
 
 APPS = ("varro.forecast", "varro.cli", "varro.demo", "walter", "tally")
 APP_HELPERS = {"varro_app", "walter_app", "varro_step", "walter_step", "varro_day_metrics", "walter_day_metrics",
-               "varro_human_items", "varro_sample_days"}  # tests/helpers.py functions that load an app
+               "varro_human_items", "varro_sample_days"}  # tests/support/helpers.py functions that load an app
 
 
 def app_imports(path: Path) -> list[str]:
-    """The imports of a test file that reach an application: its packages, or helpers that load one."""
+    """The imports of a test file that reach an application: its packages, helpers that load one, or a module of
+    tests/support/ that imports one (support.bluesky: walter.bsky)."""
     import ast
 
     found = []
@@ -118,8 +119,12 @@ def app_imports(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             if node.module.startswith(APPS):
                 found.append(node.module)
-            elif node.module == "helpers":
-                found += [f"helpers.{a.name}" for a in node.names if a.name in APP_HELPERS]
+            elif node.module == "support.helpers":
+                found += [f"support.helpers.{a.name}" for a in node.names if a.name in APP_HELPERS]
+            elif node.module.startswith("support."):
+                module = ROOT / "tests" / Path(*node.module.split(".")).with_suffix(".py")
+                if module.is_file() and app_imports(module):
+                    found.append(node.module)
         elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "get_app":
             found.append("get_app(...)")
     return found
@@ -134,11 +139,14 @@ def test_engine_tests_import_no_app():
 
 def test_the_app_import_scan_sees_an_app_import(tmp_path):
     planted = tmp_path / "test_planted.py"
-    planted.write_text("import os\nfrom helpers import tiny_config, varro_step\nfrom walter.reward import x\n")
-    assert app_imports(planted) == ["helpers.varro_step", "walter.reward"]
+    planted.write_text("import os\nfrom support.helpers import tiny_config, varro_step\nfrom walter.reward import x\n"
+                       "from support.toy import toy_reward\nfrom support.bluesky import fake\n")
+    assert app_imports(planted) == ["support.helpers.varro_step", "walter.reward", "support.bluesky"]
 
 
-def test_test_files_are_named_once_so_every_folder_can_import_them():
+def test_test_files_are_named_once_as_pytest_imports_them_by_name():
+    # tests/ has no __init__.py: pytest imports each test file as a top-level module named after it, so two
+    # files of one name would collide. What test files share lives in tests/support/, never in a test file.
     names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
     assert len(names) >= 50 and len(names) == len(set(names))
 

@@ -1,9 +1,9 @@
 """Bad input never crashes the loop, never loses stored data, and always says what was wrong.
 
-- RSS: `varro ingest` against the local feed server of test_ingest, a good feed
+- RSS: `varro ingest` against the local feed server of tests/support/feeds.py, a good feed
   first, then each kind of bad body; the good rows must come through unchanged.
 - Bluesky: the ingest functions against the local XRPC server of
-  test_walter_ingest; a first page is stored, then the second goes wrong.
+  tests/support/bluesky.py; a first page is stored, then the second goes wrong.
 - Empty days and a model that is not available offline, through the CLI.
 """
 
@@ -19,12 +19,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from test_varro_ingest import RSS, respond, server  # noqa: F401  (server is a fixture)
-from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and db are fixtures)
+from support.bluesky import (  # noqa: F401  (fake, make_client, sleeps, db and server are fixtures)
     NOW,
     ALICE,
     BOB,
+    CREATED,
     NYT,
+    PAST_DAY,
     T0,
     add,
     answer,
@@ -35,9 +36,10 @@ from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and d
     make_post,
     rows,
     sleeps,
+    summary,
 )
-from test_walter_ingest_cli import CREATED, server as bsky_server, summary  # noqa: F401  (a fixture)
-from test_walter_ingest_cli import DAY as PAST_DAY
+from support.bluesky import server as bsky_server  # noqa: F401  (a fixture; `server` is the feeds')
+from support.feeds import RSS, respond, server  # noqa: F401  (server is a fixture)
 from varro.engine.run.checkpoints import list_checkpoints
 from varro.engine.core.paths import run_dir
 from varro.forecast.ingest import DEFAULT_MAX_BYTES
@@ -110,7 +112,7 @@ def add_route(server, case: str, path: str | None = None) -> str:
     """Serve `case`'s body at `path` (default: the case's own path); returns the URL."""
     (own, body, content_type) = BAD_FEEDS[case][0]
     path = path or own or "/huge-endless.xml"
-    # no body: test_ingest's endless one, sent without a Content-Length
+    # no body: the feed server's endless one (tests/support/feeds.py), sent without a Content-Length
     server.routes[path] = server.endless if body is None else respond(body, content_type=content_type)
     return server.url(path)
 

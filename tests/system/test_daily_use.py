@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 from mlx.utils import tree_flatten, tree_map
 
-from helpers import open_policy
-from preloaded import run as run_preloaded
+from support.helpers import open_policy
+from support.preloaded import run as run_preloaded
 from varro.cli import cli as varro_cli
 from varro.engine import store
 from varro.engine.run import checkpoints
@@ -61,7 +61,7 @@ def test_latest_names_the_newest_checkpoint_and_mlx_lm_loads_its_adapters(tiny_m
 
 
 def nightly(server, model, home, failpoint=None):
-    """The nightly as a process forked from `server` (tests/preloaded.py), as the crash tests run it."""
+    """The nightly as a process forked from `server` (tests/support/preloaded.py), as the crash tests run it."""
     env = {**os.environ, "VARRO_HOME": str(home)}
     env.pop("VARRO_FAILPOINT", None)
     if failpoint:

@@ -8,21 +8,14 @@ one-process one within ATOL, and rank 0 must hold every rollout row exactly once
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
 
-from preloaded import run as run_preloaded
-
-# float32 sums taken in a different order on two ranks. One minibatch a day keeps every sequence on-policy
-# (ratio exactly 1): with several, a sequence whose ratio sits at the clip edge can fall on either side
-# after a 1e-7 difference, and then the two runs differ by design, not by a bug.
-ATOL = 1e-5
-LAUNCH = Path(sys.executable).parent / "mlx.launch"
+from support.distributed import ATOL, LAUNCH, load, run
+from support.preloaded import run as run_preloaded
 
 
 def nightly_args(model, day):
@@ -30,15 +23,6 @@ def nightly_args(model, day):
             "--model", str(model), "--embedder", "hash", "--max-tokens", "10", "--prompts-per-day", "4",
             "--lora-layers", "2", "--group-size", "4", "--learning-rate", "5e-3", "--kl-max", "1000",
             "--minibatches", "1"]
-
-
-def run(cmd, home, server=None):
-    """`cmd` run to its end on data folder `home`: forked from `server` (tests/preloaded.py) when given, as the
-    crash tests run the one-process nightlies; mlx.launch's ranks are always fresh processes."""
-    env = {**os.environ, "VARRO_HOME": str(home)}
-    if server is not None:
-        return run_preloaded(server, cmd, env, Path(f"{home}.out"))
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +38,6 @@ def homes(tiny_model_path, tmp_path_factory, preloaded):
                 *nightly_args(tiny_model_path, "2026-11-03")], two)
     assert pair.returncode == 0, pair.stdout + pair.stderr
     return one, two
-
-
-def load(home, name):
-    return {k: np.array(v) for k, v in mx.load(str(Path(home) / "runs" / "d" / "checkpoints" / "2026-11-03" /
-                                                name)).items()}
 
 
 def test_two_processes_give_the_same_checkpoint(homes):

@@ -2,7 +2,7 @@
 
 Also tally's items files, the other file-fed ingest: a bad row costs that row.
 
-Served by the local HTTP server of test_ingest; each test names the fault it guards against.
+Served by the local HTTP server of tests/support/feeds.py; each test names the fault it guards against.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from support.feeds import QUICK, count, headlines, respond, server  # noqa: F401  (server is a fixture)
 from tally.ingest import Columns, read_items, store_items
-from test_varro_ingest import QUICK, count, headlines, respond, server  # noqa: F401  (server is a fixture)
 from varro.engine.store import open_db
 from varro.forecast.headlines import headline_id, store_headlines
 from varro.forecast.ingest import (

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import building_home, copy_home, tiny_config
-from preloaded import run as run_preloaded
+from support.helpers import building_home, copy_home, tiny_config
+from support.preloaded import run as run_preloaded
 from varro.engine.run import checkpoints
 from varro.engine import store as dbm
-from helpers import varro_step as step
+from support.helpers import varro_step as step
 from varro.engine.embed.embedders import HashEmbedder
 
 
@@ -168,7 +168,7 @@ def test_retention_keeps_the_newest(tiny_model_path, tmp_path):
 
 
 def nightly(server, model, home, day):
-    """The nightly as a process forked from `server` (tests/preloaded.py), as the crash tests run it."""
+    """The nightly as a process forked from `server` (tests/support/preloaded.py), as the crash tests run it."""
     env = {**os.environ, "VARRO_HOME": str(home)}
     cmd = [sys.executable, "-m", "varro.cli", "nightly", "--run", "r", "--source", "sample", "--quiet",
            "--date", day, "--model", str(model), "--embedder", "hash", "--max-tokens", "10",

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import tiny_config
-from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
+from support.handmade import handmade
+from support.helpers import tiny_config
+from support.helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
 from varro.engine.cli.inspect import register
 from varro.engine.embed.embedders import HashEmbedder
@@ -345,26 +346,6 @@ def test_report_cli_prints_summary_flags_and_path(home, db):
 
 
 # --- monitors and the flag on hand-made databases --------------------------------------------------
-
-
-def handmade(path, app, days, texts=None):
-    """A database with one train and one eval prompt per day: days = {day: (train rewards, eval rewards)}."""
-    db = dbm.open_db(path)
-    for day, splits in days.items():
-        for split, rewards in zip(("train", "eval"), splits):
-            pid = f"{app}:{day}:{split}"
-            db["prompts"].insert({"id": pid, "app": app, "day": day, "split": split, "text": f"Headline {split}",
-                                  "source_json": "{}", "created_utc": "x"})
-            for i, reward in enumerate(rewards):
-                text = (texts or {}).get((day, split, i), f"completion {i} of {split}")
-                comps = ({"semantic": reward, "format": 0.5, "leak": 0.0, "echo": 0.0, "words": 3.0,
-                          "leak_instruction": 0.0} if app == "varro" else
-                         {"transfer": reward, "copy": 0.0, "hashtags": 0.0, "graphemes": 20.0, "pen_echo": 0.0})
-                db["rollouts"].insert({"run": "h", "day": day, "prompt_id": pid, "checkpoint": day, "group_index": i,
-                                       "completion": text, "completion_tokens": 3, "reward": reward,
-                                       "components_json": json.dumps(comps), "advantage": 0.0})
-    db.conn.commit()
-    return db
 
 
 FLAG_DAYS = {  # train mean 0.2, 0.3, 0.4, 0.35; eval mean 0.5, 0.4, 0.45, 0.3

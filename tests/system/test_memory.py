@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import mlx.core as mx
 import pytest
 
-from helpers import PROMPTS, open_policy, scored_groups, tiny_config, varro_step
+from support.helpers import PROMPTS, open_policy, scored_groups, tiny_config, varro_step
 from varro.engine.model import memory
 from varro.engine import store as dbm
 from varro.engine.train import watchdog

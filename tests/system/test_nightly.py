@@ -1,5 +1,5 @@
 """The nightly command in a subprocess: the lock, a kill part-way, backfill, logs and cron. The nightly
-processes are forked from preloaded servers (tests/preloaded.py), as the crash tests' are."""
+processes are forked from preloaded servers (tests/support/preloaded.py), as the crash tests' are."""
 
 import os
 import signal
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from preloaded import run as run_preloaded
+from support.preloaded import run as run_preloaded
 from varro.engine import store as dbm
 from varro.engine.run.checkpoints import list_checkpoints
 from varro.engine.loop.nightly import RunLocked, run_lock
@@ -26,7 +26,7 @@ def nightly_cmd(model, *extra):
 
 
 def run(server, cmd, home):
-    """`cmd` run to its end on data folder `home`, as a process forked from `server` (tests/preloaded.py)."""
+    """`cmd` run to its end on data folder `home`, as a process forked from `server` (tests/support/preloaded.py)."""
     return run_preloaded(server, cmd, {**os.environ, "VARRO_HOME": str(home)}, Path(f"{home}.out"))
 
 

@@ -4,8 +4,8 @@ not there, and output paths taken from the folder the command was started in."""
 import pytest
 from click.testing import CliRunner
 
-from helpers import tiny_config
-from helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
+from support.helpers import tiny_config
+from support.helpers import varro_day_metrics, varro_step, walter_day_metrics, walter_step
 from varro.engine import store as dbm
 from varro.cli import cli as varro_cli
 from varro.engine.core.config import load_config

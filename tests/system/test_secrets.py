@@ -1,15 +1,15 @@
 """The Bluesky app password and session never reach logs, reports, the database, errors or --json output.
 
 Every `walter` command (and the `varro` ones that read the same data folder) runs
-in a subprocess against the local XRPC server of test_walter_ingest, with a
+in a subprocess against the local XRPC server of tests/support/bluesky.py, with a
 distinctive fake BSKY_APP_PASSWORD and DEBUG logging switched on for the
 commands that talk to Bluesky (so httpx, httpcore and SDK logs are included).
 Then every captured stdout / stderr and every file under VARRO_HOME is searched
 for the password (plain and base64) and for the session's JWTs, which may only
 be in the 0600 session file. A wrong password (401) and a server that answers
 500 are run too, each in a data folder of its own. The reading commands, which
-never log in, are forked from a preloaded Python (tests/preloaded.py); the ones
-that log in are each a fresh Python.
+never log in, are forked from a preloaded Python (tests/support/preloaded.py);
+the ones that log in are each a fresh Python.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Iterator
 import pytest
 from atproto import Session
 
-from preloaded import run as run_preloaded
-from test_walter_ingest import FakeBluesky, _Handler, _Server, add, answer, feed_item, make_post
+from support.bluesky import FakeBluesky, Handler, Server, add, answer, feed_item, make_post
+from support.preloaded import run as run_preloaded
 from walter.bsky import APPVIEW_URL_ENV, HANDLE_ENV, PASSWORD_ENV, PDS_URL_ENV, SESSION_FILE
 
 PASSWORD = "pw-Zq81-SECRET-canary-7Kx3"  # only in the environment of the subprocesses
@@ -53,15 +53,15 @@ DEBUG_CLI = ("import logging, sys; logging.basicConfig(level=logging.DEBUG, stre
 # -- the server and the commands ----------------------------------------------------------
 
 
-def start_server(fake: FakeBluesky) -> _Server:
-    server = _Server(("127.0.0.1", 0), _Handler)
+def start_server(fake: FakeBluesky) -> Server:
+    server = Server(("127.0.0.1", 0), Handler)
     server.fake = fake
     fake.url = f"http://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server
 
 
-def stop_server(server: _Server) -> None:
+def stop_server(server: Server) -> None:
     server.shutdown()
     server.server_close()
 
@@ -129,7 +129,7 @@ class World:
 
 def run(world: World, name: str, app: str, args: list[str], debug: bool = False, env=None,
         timeout: float = 300, server=None) -> Ran:
-    """Run the command as a new Python, or forked from `server` (tests/preloaded.py) when given: only the
+    """Run the command as a new Python, or forked from `server` (tests/support/preloaded.py) when given: only the
     reading commands, which never log in. The commands that log in start a fresh Python with the password in
     their environment before anything is imported, so a library that leaked it at import would show there."""
     env = env or env_for(world.home, world.fake, PASSWORD)

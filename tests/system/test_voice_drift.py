@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from test_inspect_report import handmade
+from support.handmade import handmade
 from varro.engine import store as dbm
 from varro.engine.core.app import get_app
 from varro.engine.core.errors import ConfigError

@@ -5,10 +5,10 @@ prompts, scores them and trains on them. The two ranks sample their halves of
 the prompts, each completion with its own key from the day's seed, its
 prompt's id and its group index (varro.engine.sampling.rollouts.row_key), so a
 two-rank day is a one-process day: the same rollouts token for token, and the
-same checkpoint within test_distributed's ATOL. The training and the scoring
-are also checked apart from the sampling: one process, handed the rollouts the
-two ranks sampled with their rewards wiped, scores them to the same rewards
-and writes the same checkpoint.
+same checkpoint within the ATOL of tests/support/distributed.py (Varro's too).
+The training and the scoring are also checked apart from the sampling: one
+process, handed the rollouts the two ranks sampled with their rewards wiped,
+scores them to the same rewards and writes the same checkpoint.
 """
 
 import shutil
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_distributed import ATOL, LAUNCH, load, run  # load reads runs/d/checkpoints/2026-11-03
+from support.distributed import ATOL, LAUNCH, load, run  # load reads runs/d/checkpoints/2026-11-03
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from support.helpers import tiny_config
 from varro.engine import store as dbm
 from varro.engine.run.checkpoints import list_checkpoints
 from varro.engine.embed.embedders import CachedEmbedder, HashEmbedder
-from helpers import walter_day_metrics as day_metrics, walter_step as step
+from support.helpers import walter_day_metrics as day_metrics, walter_step as step
 from varro.engine.prompts.split import is_held_out
 from walter.task import article_history, candidate_articles
 from walter.sample import ingest_sample_day, sample_days

@@ -4,21 +4,19 @@ two sample days at a failpoint, re-run it, and compare with an uninterrupted run
 The kill points: inside the post upsert of each day's search, inside the count refresh and the
 baselines (day 2 refreshes day 1's posts), then sampling, scoring, training, the checkpoint and the
 voice of day 2, and between each of its stages' output and its record (day 1 has no scorable history,
-so it only ingests, writes its checkpoint and its voice). The comparison is test_crash's: every table
-and every file of the run, and so are the preloaded servers the nights are forked from.
+so it only ingests, writes its checkpoint and its voice). The comparison is test_crash's (tests/support/crash.py):
+every table and every file of the run, and so are the preloaded servers the nights are forked from.
 """
 
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from preloaded import run as run_preloaded
-from test_crash import assert_same_state, checkpoint_hashes, nightly_env, state
+from support.crash import DAYS, assert_same_state, checkpoint_hashes, nightly_env, state, walter_command
+from support.preloaded import run as run_preloaded
 
-DAYS = ("2026-11-02", "2026-11-03")
 KILL_POINTS = [
     "walter.ingest.row#10",  # inside day 1's search transaction
     "walter.ingest.row#90",  # inside day 2's
@@ -37,18 +35,11 @@ KILL_POINTS = [
 ]
 
 
-def command(model, days=DAYS):
-    """Walter's nightly backfill of `days` (first and last) on the sample, as run by the crash tests."""
-    return [sys.executable, "-m", "walter.cli", "nightly", "--run", "c", "--source", "sample", "--quiet",
-            "--from", days[0], "--to", days[-1], "--model", str(model), "--embedder", "hash", "--max-tokens", "8",
-            "--articles-per-day", "2", "--lora-layers", "2", "--group-size", "4"]
-
-
 def nightly(model, home, failpoint=None, days=DAYS, server=None):
-    """As test_crash's `nightly`: forked from `server` (tests/preloaded.py) when given."""
+    """As test_crash's `nightly`: forked from `server` (tests/support/preloaded.py) when given."""
     if server is not None:
-        return run_preloaded(server, command(model, days), nightly_env(home, failpoint), Path(f"{home}.out"))
-    return subprocess.run(command(model, days), env=nightly_env(home, failpoint), capture_output=True, text=True,
+        return run_preloaded(server, walter_command(model, days), nightly_env(home, failpoint), Path(f"{home}.out"))
+    return subprocess.run(walter_command(model, days), env=nightly_env(home, failpoint), capture_output=True, text=True,
                           timeout=300)
 
 
@@ -81,7 +72,7 @@ def test_voice_of_a_day_killed_after_its_checkpoint_is_not_lost(tiny_model_path,
                                                                 preloaded):
     """Issue 34: killed after checkpoint 2 of a three-day backfill, the re-run skipped day 2 as done, and its
     voice (voice_days, cadence) was lost for good. Now it resumes day 2 at the voice and says so."""
-    clean, _ = clean_nightly(command(tiny_model_path, THREE_DAYS))  # shared with tests/system/test_kills.py
+    clean, _ = clean_nightly(walter_command(tiny_model_path, THREE_DAYS))  # shared with tests/system/test_kills.py
     killed = nightly(tiny_model_path, tmp_path, "step.checkpointed#2", days=THREE_DAYS, server=preloaded("killed"))
     assert killed.returncode == -9, killed.stderr[-500:]
     again = nightly(tiny_model_path, tmp_path, days=THREE_DAYS, server=preloaded("rerun"))

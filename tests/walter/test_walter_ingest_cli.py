@@ -1,7 +1,7 @@
 """`walter ingest` through the command line: a per-domain summary whose numbers are the rows stored.
 
 Against the shipped sample (`--source sample`) and against the local XRPC
-server of test_walter_ingest (`--source bluesky`). A domain that fails costs
+server of tests/support/bluesky.py (`--source bluesky`). A domain that fails costs
 that domain; only when nothing at all could be read does the command exit 1,
 with one line on stderr and no traceback.
 """
@@ -9,47 +9,33 @@ with one line on stderr and no traceback.
 from __future__ import annotations
 
 import time
-from datetime import date, timedelta
 
 import pytest
 from click.testing import CliRunner
 
-from test_walter_ingest import (  # noqa: F401  (fake and db are fixtures)
+from support.bluesky import (  # noqa: F401  (fake, db and server are fixtures)
     ALICE,
     BOB,
+    CREATED,
     NYT,
+    PAST_DAY,
     add,
     answer,
     db,
     fake,
     make_post,
+    server,
+    summary,
 )
-from walter.bsky import APPVIEW_URL_ENV, PDS_URL_ENV, BlueskyConfig
 from walter.ingest import on_domain
 
 BBC = "bbc.com"
-DAY = (date.today() - timedelta(days=4)).isoformat()  # the real clock reads it: over, and its posts over 24 h old
-CREATED = f"{DAY}T10:00:00.000Z"
-COLUMNS = ("queries", "pages", "seen", "new", "stored", "no link", "invalid")
 
 
 def walter(*args: str):
     from walter.cli import cli
 
     return CliRunner().invoke(cli, list(args))
-
-
-def summary(stdout: str) -> tuple[dict[str, dict], str]:
-    """({domain: {column: value, "note": text}}, the total line) of an ingest's output."""
-    lines = stdout.splitlines()
-    assert lines[0].split() == ["domain", "queries", "pages", "seen", "new", "stored", "no", "link", "invalid",
-                                "note"]
-    end = next(i for i, line in enumerate(lines) if line.startswith(("sample: ", "bluesky: ")))
-    domains = {}
-    for line in lines[1:end]:
-        name, *rest = line.split(maxsplit=len(COLUMNS) + 1)
-        domains[name] = {**dict(zip(COLUMNS, map(int, rest[:len(COLUMNS)]))), "note": " ".join(rest[len(COLUMNS):])}
-    return domains, lines[end]
 
 
 def stored_on(db, domain: str, where: str = "1", params=()) -> int:
@@ -92,16 +78,6 @@ def test_sample_ingest_prints_per_domain_counts_that_equal_the_rows_stored(db):
 # -- a Bluesky server ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def server(fake, monkeypatch):
-    """The fake server as the CLI finds it (handle and password are set by `fake`)."""
-    monkeypatch.setenv(PDS_URL_ENV, fake.url + "/pds")
-    monkeypatch.setenv(APPVIEW_URL_ENV, fake.url + "/appview")
-    from_env = BlueskyConfig.from_env  # retries without the real backoff's seconds of sleep
-    monkeypatch.setattr(BlueskyConfig, "from_env", lambda **kw: from_env(**{"backoff_s": 0.0, **kw}))
-    return fake
-
-
 def two_domains(fake) -> dict[str, str]:
     """nytimes.com: two pages (a post, one without a link; a post, one without a time); bbc.com: one post."""
     a = make_post("a", created=CREATED)
@@ -118,7 +94,7 @@ def two_domains(fake) -> dict[str, str]:
 
 
 def ingest(*extra: str):
-    return walter("ingest", "--date", DAY, "--source", "bluesky", "--timezone", "UTC", "--domains",
+    return walter("ingest", "--date", PAST_DAY, "--source", "bluesky", "--timezone", "UTC", "--domains",
                   f"{NYT},{BBC}", *extra)
 
 
@@ -166,7 +142,7 @@ def test_nothing_read_at_all_exits_1_with_one_line_and_no_traceback(server, db, 
         assert server.count("com.atproto.server.createSession") == 1
         assert server.count("app.bsky.feed.searchPosts") == 0
     else:
-        assert line.startswith(f"error: no domain could be searched for {DAY}: {NYT}: BlueskyResponseError: "
+        assert line.startswith(f"error: no domain could be searched for {PAST_DAY}: {NYT}: BlueskyResponseError: "
                                "app.bsky.feed.searchPosts at ")
         assert f"; {BBC}: BlueskyResponseError: " in line
         assert server.count("app.bsky.feed.searchPosts") == 8

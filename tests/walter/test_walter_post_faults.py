@@ -1,13 +1,13 @@
 """A post the API sends oddly costs at most itself, and a usable link is never dropped (issue 30).
 
-Through the local XRPC server and the real SDK of test_walter_ingest.
+Through the local XRPC server of tests/support/bluesky.py and the real SDK.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from test_walter_ingest import (  # noqa: F401  (fake, make_client, sleeps and db are fixtures)
+from support.bluesky import (  # noqa: F401  (fake, make_client, sleeps and db are fixtures)
     DAY,
     NOW,
     NYT,

@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from helpers import open_policy
+from support.helpers import open_policy
 from varro.engine.eval.cadence import (FEATURES, cadence_distance, cadence_features, mean_features, score_cadence,
                            template_share, token_surprisal)
 from varro.engine.model.loading import lora_modules

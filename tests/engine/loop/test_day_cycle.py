@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from support.helpers import tiny_config
 from support.toy import toy_reward
 from support.toy_app import TOY_DAYS, target_words, use_toy_app
 from varro.engine import store

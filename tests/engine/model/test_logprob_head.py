@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import scored_groups, tiny_config
+from support.helpers import scored_groups, tiny_config
 from varro.engine.model.head import Head, chunked_logprobs, output_head
 from varro.engine.run.policy import Policy
 

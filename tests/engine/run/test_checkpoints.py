@@ -7,7 +7,7 @@ from pathlib import Path
 from mlx.utils import tree_flatten
 from mlx_lm import load
 
-from helpers import open_policy, scored_groups
+from support.helpers import open_policy, scored_groups
 from varro.engine.run import checkpoints
 from varro.engine.run.checkpoints import CheckpointError
 from varro.engine.train.logprobs import token_logprobs

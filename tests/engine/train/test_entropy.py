@@ -4,7 +4,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from helpers import open_policy, scored_groups, tiny_config
+from support.helpers import open_policy, scored_groups, tiny_config
 from varro.engine import store as dbm
 from varro.engine.train.guards import entropy_collapsed, first_day_entropy
 from varro.engine.train.logprobs import completion_logprobs, prefix_kv

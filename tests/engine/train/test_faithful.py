@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import open_policy, scored_groups, tiny_config
+from support.helpers import open_policy, scored_groups, tiny_config
 from varro.engine.train.guards import KLGuard, kl_tripped
 from varro.engine.run.policy import Policy
 from varro.engine.train.logprobs import token_logprobs

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from helpers import COMMON, open_policy
+from support.helpers import COMMON, open_policy
 from support.toy import toy_reward
 
 PROMPTS = [(f"p{i}", f"Write about story {i}.") for i in range(4)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
-from helpers import PROMPTS, open_policy, scored_groups, tiny_config
+from support.helpers import PROMPTS, open_policy, scored_groups, tiny_config
 from varro.engine.run.policy import Policy
 from varro.engine.train.errors import TrainingError
 from varro.engine.train.trainer import Accumulator

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import open_policy, scored_groups, tiny_config
+from support.helpers import open_policy, scored_groups, tiny_config
 from varro.engine.core.errors import UserError
 from varro.engine.model.loading import adapters_off, lora_modules, quantized_modules
 from varro.engine.run.policy import Policy

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from helpers import open_policy, scored_groups
+from support.helpers import open_policy, scored_groups
 
 
 def params(model):
@@ -162,7 +162,7 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
     from mlx.utils import tree_flatten
     from varro.engine.train.gspo import gspo_loss
 
-    from helpers import tiny_config
+    from support.helpers import tiny_config
     from varro.engine.run.policy import Policy
     from varro.engine.model.loading import first_trainable_layer
 
@@ -213,7 +213,7 @@ def test_micro_batched_step_equals_the_whole_minibatch_gradient(tiny_model_path,
 
 
 def test_full_fine_tune_reference_is_the_base_read_from_disk(tiny_model_path, tmp_path):
-    from helpers import tiny_config
+    from support.helpers import tiny_config
     from varro.engine.run.policy import Policy
 
     cfg = tiny_config(tiny_model_path, learning_rate=1e-2, beta=0.05, minibatches=2)
