@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from support.http_answer import send
 from varro.engine.core.paths import db_path
 from varro.engine.store import open_db
 from walter.bsky import APPVIEW_URL_ENV, HANDLE_ENV, PASSWORD_ENV, PDS_URL_ENV, Bluesky, BlueskyConfig
@@ -135,18 +136,6 @@ class FakeBluesky:
         if nsid == "app.bsky.actor.getProfiles":
             return 200, {"profiles": [self.profiles[d] for d in params.get("actors", []) if d in self.profiles]}, {}
         return 404, {"error": "MethodNotImplemented"}, {}
-
-
-def send(req: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict[str, str] | None = None,
-         content_type: str = "application/json") -> None:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    req.send_response(status)
-    req.send_header("Content-Type", content_type)
-    req.send_header("Content-Length", str(len(body)))
-    for name, value in (headers or {}).items():
-        req.send_header(name, value)
-    req.end_headers()
-    req.wfile.write(body)
 
 
 def answer(status: int, payload: Any, headers: dict[str, str] | None = None) -> Callable[[Any], bool]:

@@ -10,6 +10,8 @@ from typing import Callable
 
 import pytest
 
+from support.http_answer import send
+
 QUICK = 2.0  # client timeout for feeds that answer at once
 STALL_TIMEOUT = 0.5  # client timeout for the stalling feed, which waits far longer
 
@@ -68,13 +70,7 @@ Route = Callable[[BaseHTTPRequestHandler], None]
 def respond(body: bytes, status: int = 200, content_type: str = "application/rss+xml",
             headers: dict[str, str] | None = None) -> Route:
     def route(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(status)
-        h.send_header("Content-Type", content_type)
-        h.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(body)
+        send(h, status, body, headers, content_type)
 
     return route
 
