@@ -164,4 +164,5 @@ def test_readme_documents_tally_hacks_and_the_suite_time():
     tally = DOCS["tally.md"]
     assert tally.startswith("# tally:")
     assert "tally hacks --sample" in tally
-    assert "about 8 minutes on a 2-core x86 laptop-class machine (CPU MLX)" in " ".join(README.split())
+    # the figure is re-measured now and then; that it is stated, in minutes, for this machine class is the item
+    assert re.search(r"about \d+ minutes on a 2-core x86 laptop-class machine \(CPU MLX\)", " ".join(README.split()))
