@@ -101,10 +101,11 @@ def test_tiny_model_shape_from_its_parameters(tiny_model_path, tmp_path):
     assert s.trainable_bytes == 4 * lora and s.dtype_bytes == 4
     assert (s.trained_layers, s.adapter_inputs) == (2, 64 * 3 + 64 + 64 * 2 + 128)  # both blocks, 7 linears
     kv_per_token = 2 * 2 * 2 * 16 * 4  # 2 layers, 2 kv heads of 16, float32
-    assert s.shared_prefix  # plain KVCache layers: each prompt held once
-    # 3 prompts of 33 positions, 24 rows of 12 + 1, one layer's 2 x 24 x 46, the last prefill at 256 positions
+    assert s.shared_prefix and s.cascade  # plain KVCache layers: each prompt held once, attended in place
+    # 3 prompts of 33 positions, 24 rows of 12 + 1; one layer's cascade attention: 3 score blocks of 24 rows x
+    # 4 heads x 46 positions and the rows' completions copied (2 x 24 x 13); the last prefill at 256 positions
     assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + (3 * 33 + 24 * 13) * kv_per_token \
-        + 2 * 24 * 46 * kv_per_token // 2 + 256 * kv_per_token + 24 * v * (4 * 7 + 4) \
+        + 3 * 24 * 4 * 46 * 4 + 2 * 24 * 13 * kv_per_token // 2 + 256 * kv_per_token + 24 * v * (4 * 7 + 4) \
         + 33 * (3 * 128 + 4 * 64) * 4
 
 
@@ -158,11 +159,12 @@ def test_decode_cache_ceiling_bounds_the_decode_batch():
 def test_sampling_plan_applies_the_ceiling_without_the_guard(tiny_model_path, tmp_path):
     policy = open_policy(tiny_model_path, tmp_path)
     shape = ModelShape.from_model(policy.model)
-    two = memory.kv_cache_bytes(shape, 2, 8, 40, 16)
-    assert memory.kv_cache_bytes(shape, 3, 8, 40, 16) > two
+    two, three = memory.kv_cache_bytes(shape, 2, 8, 40, 16), memory.kv_cache_bytes(shape, 3, 8, 40, 16)
+    assert three > two
     # the tiny model's cache is small: the default ceiling decodes everything at once
     assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 2.0) == (0, None)
-    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, two / 1e9) == (2, None)
+    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, (two + three) / 2e9) == (2, None)
+    assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, (two - 1) / 1e9) == (1, None)
     assert memory.sampling_plan(policy.model, [40] * 6, 8, 16, 0.0, 0.0) == (0, None)
 
 

@@ -189,8 +189,9 @@ def test_a_training_day_equals_the_whole_vocabulary_heads(tiny_model_path, tmp_p
     after, before = dict(tree_flatten(chunked.model.parameters())), dict(tree_flatten(plain.model.parameters()))
     moved = dict(tree_flatten(plain.model.trainable_parameters()))
     assert after.keys() == before.keys()
-    for k in moved:  # Adam divides by the gradient's own size: a near-zero entry's rounding moves a whole step,
-        # so the weights agree to 1e-3 of the learning rate (2e-2) where the gradients agree to 1e-4
-        np.testing.assert_allclose(np.array(after[k]), np.array(before[k]), rtol=1e-4, atol=2e-5, err_msg=k)
+    for k in moved:  # Adam divides by the gradient's own size: a near-zero entry's rounding can move it by a
+        # share of a whole step, so the weights agree to 5e-3 of the learning rate (2e-2), where a sign or
+        # scale error in the head's gradient moves them by whole steps
+        np.testing.assert_allclose(np.array(after[k]), np.array(before[k]), rtol=1e-4, atol=1e-4, err_msg=k)
     if fine_tune == "full":
         assert "model.embed_tokens.weight" in moved

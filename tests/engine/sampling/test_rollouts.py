@@ -9,6 +9,7 @@ import mlx.core as mx
 
 from varro.engine.core.config import SamplingConfig
 from varro.engine.model.loading import chat_prompt_tokens
+from varro.engine.sampling import rollouts
 from varro.engine.sampling.rollouts import (PromptInput, group_candidates, make_group_sampler, make_keyed_sampler,
                                    sample_groups)
 
@@ -276,13 +277,13 @@ class ManyStops:
 
 def mlx_lm_batch_cache(monkeypatch):
     """sample_groups with mlx-lm's own BatchKVCache: every row its own copy of its prompt."""
-    from varro.engine.sampling import rollouts
     monkeypatch.setattr(rollouts, "prompt_caches", lambda cache, *args: cache)
 
 
 def test_shared_prefix_cache_samples_what_mlx_lm_cache_samples(loaded, monkeypatch):
     """Prompts of different lengths (left padding), rows finishing early (filter, padding trimmed): each
-    prompt held once gives the same token ids and log-probs, bit for bit, as mlx-lm's cache."""
+    prompt held once gives the same token ids as mlx-lm's cache and log-probs within float32 rounding (its
+    own attention sums in another order); handing attention the joined arrays gives them bit for bit."""
     model, tok = loaded
     stops = ManyStops(tok, model.args.vocab_size)
     texts = ["Forecast the port strike.", "What will the central bank do next week about rates and the currency?",
@@ -296,12 +297,20 @@ def test_shared_prefix_cache_samples_what_mlx_lm_cache_samples(loaded, monkeypat
                 for g in groups for r in g]
 
     shared, sized = run(), run(share_prefix=False)
+    monkeypatch.setattr(rollouts, "use_cascade", lambda model: False)
+    joined = run()
+    monkeypatch.undo()
     mlx_lm_batch_cache(monkeypatch)
     theirs = run()
     lengths = sorted({len(t) for t, *_ in theirs})
     assert len(lengths) > 3 and lengths[-1] == 24  # rows left the batch at several steps, some ran to the end
-    assert shared == theirs
+    assert joined == theirs
     assert sized == theirs
+    assert [(t, f) for t, _, _, f in shared] == [(t, f) for t, _, _, f in theirs]
+    for column in (1, 2):
+        ours = np.concatenate([row[column] for row in shared])
+        exact = np.concatenate([row[column] for row in theirs])
+        np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-5)
 
 
 def test_shared_prefix_cache_holds_each_prompt_once(loaded, monkeypatch):

@@ -16,6 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -33,7 +34,8 @@ KV_STEP = 256  # mlx-lm's KVCache / BatchKVCache allocation step
 PASS_BYTES = 512 * 2**20  # a no-gradient pass takes as many of a prompt's rows as keep its transients under this
 HEALTH_COPIES = 6  # (rows, T, V) arrays the health pass holds without a chunked head: both log-softmaxes, exp, ...
 KV_COPIES = 2  # mlx-lm's batch cache: a finished row's filter builds it again beside the old one
-FETCH_COPIES = 2  # a shared-prefix layer's attention inputs: the rows' gathered prompts and the concatenation
+FETCH_COPIES = 2  # a shared-prefix layer's joined attention inputs: the rows' gathered prompts and the concatenation
+CASCADE_COPIES = 3  # a shared-prefix layer's cascade attention: both score blocks, joined, and their softmax
 DECODE_LOGIT_COPIES = 7  # logits, log-softmax, stacked rows, candidate mask, scaled, normalised, pi_T's scaled
 ACTIVATION_FACTOR = 32  # saved values per position, per hidden unit, per layer, for the backward (docs/training.md)
 LOGIT_COPIES = 3  # logits, log-softmax and their gradient at completion positions, without vocabulary chunks
@@ -62,18 +64,20 @@ class ModelShape:
     adapter_inputs: int = 0  # per trained block: the summed input widths of its LoRA-adapted linears
     head_chunk: int = HEAD_CHUNK  # vocabulary rows the trainer's output head takes at a time (0: all of them)
     shared_prefix: bool = True  # the decode batch holds each prompt once (plain KVCache layers, kvcache.py)
+    cascade: bool = True  # ... and attends to it in place (sampling.attention), not through joined arrays
 
     @classmethod
     def from_args(cls, args, weight_bytes: int, trainable_bytes: int = 0, dtype_bytes: int = 4,
                   trained_layers: int | None = None, adapter_inputs: int = 0,
-                  head_chunk: int = HEAD_CHUNK, shared_prefix: bool = True) -> "ModelShape":
+                  head_chunk: int = HEAD_CHUNK, shared_prefix: bool = True, cascade: bool = True) -> "ModelShape":
         heads = args.num_attention_heads
         return cls(hidden=args.hidden_size, layers=args.num_hidden_layers, heads=heads,
                    kv_heads=getattr(args, "num_key_value_heads", None) or heads,
                    head_dim=getattr(args, "head_dim", None) or args.hidden_size // heads,
                    vocab=args.vocab_size, intermediate=args.intermediate_size, weight_bytes=weight_bytes,
                    trainable_bytes=trainable_bytes, dtype_bytes=dtype_bytes, trained_layers=trained_layers,
-                   adapter_inputs=adapter_inputs, head_chunk=head_chunk, shared_prefix=shared_prefix)
+                   adapter_inputs=adapter_inputs, head_chunk=head_chunk, shared_prefix=shared_prefix,
+                   cascade=cascade)
 
     @classmethod
     def from_model(cls, model: nn.Module) -> "ModelShape":
@@ -88,7 +92,8 @@ class ModelShape:
         # activations and the KV cache run in the base's dtype (a quantized base's scales')
         return cls.from_args(model.args, sum(v.nbytes for v in params), sum(v.nbytes for _, v in trainable),
                              base_dtype(model).size, trained, inputs // (trained or layers),
-                             HEAD_CHUNK if output_head(model) is not None else 0, plain_kv_cache(model))
+                             HEAD_CHUNK if output_head(model) is not None else 0, plain_kv_cache(model),
+                             bool(attention_modules(model)))
 
     def kv_bytes_per_token(self) -> int:
         """One row's keys and values of one position, over all layers."""
@@ -117,6 +122,15 @@ def pass_rows(position_bytes: int, width: int, rows: int) -> int:
     return max(1, min(rows, PASS_BYTES // (width * position_bytes)))
 
 
+def attention_modules(model: nn.Module) -> list[ModuleType]:
+    """The modules defining `model`'s layers that call attention by the name mlx-lm's models import it
+    under, `scaled_dot_product_attention` (where varro.engine.sampling.attention routes the decode batch's
+    attention); [] for a model that calls none."""
+    names = {type(m).__module__ for m in model.modules()}
+    found = [sys.modules.get(name) for name in sorted(names)]
+    return [m for m in found if hasattr(m, "scaled_dot_product_attention")]
+
+
 def plain_kv_cache(model: nn.Module) -> bool:
     """Whether every layer of `model`'s cache is mlx-lm's plain KVCache, which sampling shares across a
     group (varro.engine.sampling.kvcache); a model without `make_cache` gets mlx-lm's default, plain layers."""
@@ -134,7 +148,12 @@ def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_toke
     prefill = math.ceil(prompt_tokens / KV_STEP) * KV_STEP * per_position
     if shape.shared_prefix:
         held = (prompts * prompt_tokens + rows * (max_tokens + 1)) * per_position  # one step ahead: M + 1
-        layer = FETCH_COPIES * rows * (prompt_tokens + max_tokens + 1) * per_position // shape.layers
+        if shape.cascade and shape.dtype_bytes == 4:  # one layer's scores over every position and its rows'
+            # completions copied whole for the products (sampling/attention.py)
+            layer = (CASCADE_COPIES * rows * shape.heads * (prompt_tokens + max_tokens + 1) * 4
+                     + 2 * rows * (max_tokens + 1) * per_position // shape.layers)
+        else:
+            layer = FETCH_COPIES * rows * (prompt_tokens + max_tokens + 1) * per_position // shape.layers
         return held + layer + prefill
     prefills = prompts * prefill
     positions = prompt_tokens + math.ceil(max_tokens / KV_STEP) * KV_STEP

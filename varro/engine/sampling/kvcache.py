@@ -1,9 +1,11 @@
 """The decode batch's KV cache: each prompt's keys and values held once, the rows' completions sized to the work.
 
 `SharedPrefixBatchCache` keeps, per layer, each prompt's prefilled keys and values once and one completion
-buffer of exactly `max_tokens` + 1 positions a row, and hands attention what mlx-lm's `BatchKVCache` would,
-position for position; a finished row leaves by its index. `PromptKVCache` is the row cache BatchGenerator
-merges into it. Why, against mlx-lm's own cache: docs/training.md.
+buffer of exactly `max_tokens` + 1 positions a row; a finished row leaves by its index. When the model's
+attention call is routed (attention.use_cascade) it attends itself, each prompt's prefix read once
+(`cascading`); otherwise it hands attention what mlx-lm's `BatchKVCache` would, position for position.
+`PromptKVCache` is the row cache BatchGenerator merges into it. Why, against mlx-lm's own cache:
+docs/training.md.
 """
 
 from __future__ import annotations
@@ -12,21 +14,25 @@ import mlx.core as mx
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import BatchKVCache, KVCache, _BaseCache
 
+from varro.engine.sampling.attention import cascade_attention, prompt_runs
+
 
 class PromptKVCache(KVCache):
     """One layer of prompt `prompt`'s prefilled cache (batch 1); its copies, one per row of the group, merge
     into a `SharedPrefixBatchCache` (or a `BatchKVCache` sized to the work, `share_prefix` False)."""
 
-    def __init__(self, prompt: int, completion_tokens: int, share_prefix: bool = True):
+    def __init__(self, prompt: int, completion_tokens: int, share_prefix: bool = True, cascade: bool = False):
         super().__init__()
         self.prompt = prompt
         self.completion_tokens = completion_tokens
         self.share_prefix = share_prefix
+        self.cascade = cascade  # the merged cache attends itself (attention.use_cascade routed the model)
 
     @classmethod
-    def of(cls, cache: KVCache, prompt: int, completion_tokens: int, share_prefix: bool = True) -> "PromptKVCache":
+    def of(cls, cache: KVCache, prompt: int, completion_tokens: int, share_prefix: bool = True,
+           cascade: bool = False) -> "PromptKVCache":
         """`cache`'s keys and values (no copy), tagged with its prompt."""
-        out = cls(prompt, completion_tokens, share_prefix)
+        out = cls(prompt, completion_tokens, share_prefix, cascade)
         out.keys, out.values, out.offset = cache.keys, cache.values, cache.offset
         return out
 
@@ -36,18 +42,20 @@ class PromptKVCache(KVCache):
         # BatchGenerator decodes one step ahead: a row's last token is fed before it is seen to finish, so
         # decoding writes max_tokens + 1 positions
         if first.share_prefix:
-            return SharedPrefixBatchCache.merge(caches, first.completion_tokens + 1)
+            return SharedPrefixBatchCache.merge(caches, first.completion_tokens + 1, first.cascade)
         batch = BatchKVCache.merge(caches)
         batch.step = first.completion_tokens + 1  # one growth, by exactly the positions decoding writes
         return batch
 
 
-def prompt_caches(cache: list, prompt: int, completion_tokens: int, share_prefix: bool = True) -> list:
+def prompt_caches(cache: list, prompt: int, completion_tokens: int, share_prefix: bool = True,
+                  cascade: bool = False) -> list:
     """A prompt's prefilled cache (`rollouts.prefill`) as `PromptKVCache` layers, or `cache` unchanged when a
-    layer is not a plain `KVCache` (sliding-window or state-space layers merge as mlx-lm merges them)."""
+    layer is not a plain `KVCache` (sliding-window or state-space layers merge as mlx-lm merges them).
+    `cascade`: the model's attention call is routed (attention.use_cascade), so the merged cache attends."""
     if not all(type(c) is KVCache for c in cache):
         return cache
-    return [PromptKVCache.of(c, prompt, completion_tokens, share_prefix) for c in cache]
+    return [PromptKVCache.of(c, prompt, completion_tokens, share_prefix, cascade) for c in cache]
 
 
 def _prompt_key(cache) -> object:
@@ -60,11 +68,12 @@ class SharedPrefixBatchCache(_BaseCache):
     For row r of prompt j, positions [0, width) are prompt j's prefix, left-padded by
     `left_padding[r]`, and positions [width, width + c) the row's completion so far;
     `offset[r]` is the position of the row's next token (its RoPE offset). `rows` are
-    the live rows' indices into the completion buffer.
+    the live rows' indices into the completion buffer. `cascading`: `attend` is the layer's
+    attention (attention.cascade_attention), over every buffer row, the finished ones included.
     """
 
     def __init__(self, prefix_keys: mx.array, prefix_values: mx.array, prompt_of_row: mx.array,
-                 left_padding: list[int], completion_tokens: int):
+                 left_padding: list[int], completion_tokens: int, cascading: bool = False):
         n, heads, width, dim = prefix_keys.shape
         batch = len(left_padding)
         self.prefix_keys, self.prefix_values = prefix_keys, prefix_values  # (n, K, width, D)
@@ -75,9 +84,14 @@ class SharedPrefixBatchCache(_BaseCache):
         self.values = mx.zeros((batch, heads, completion_tokens, prefix_values.shape[3]), prefix_values.dtype)
         self.rows: mx.array | None = None  # None: every row of the buffer is live, in order
         self.written = 0  # completion positions written
+        self.cascading = cascading
+        self.awaiting = False  # update_and_fetch ran and attend has not
+        self.runs = prompt_runs(prompt_of_row.tolist())  # the buffer's rows by prompt, for attend
+        starts = {j: pad for j, pad in zip(prompt_of_row.tolist(), left_padding)}
+        self.prefix_start = [starts.get(j, width) for j in range(n)]  # where each prompt's own positions begin
 
     @classmethod
-    def merge(cls, caches: list, completion_tokens: int) -> "SharedPrefixBatchCache":
+    def merge(cls, caches: list, completion_tokens: int, cascading: bool = False) -> "SharedPrefixBatchCache":
         """The batch cache of `caches`, one per row; rows whose caches come from the same prompt share its keys
         and values (`PromptKVCache.prompt`); every other cache is a prompt of its own."""
         firsts: dict[object, int] = {}
@@ -103,7 +117,10 @@ class SharedPrefixBatchCache(_BaseCache):
                 values[j : j + 1, :, width - c.offset :] = c.values[..., : c.offset, :]
         mx.eval(keys, values)  # now, so each prompt's own prefill can go before the completions are allocated
         padding = [width - prefixes[j].size() for j in prompt_of_row]
-        return cls(keys, values, mx.array(prompt_of_row), padding, completion_tokens)
+        # below float32 the cascade's sums round apart from mlx-lm's attention by the dtype's precision, which
+        # would split the sampler's log-probs from the trainer's pass beyond GSPO's clip (docs/training.md)
+        return cls(keys, values, mx.array(prompt_of_row), padding, completion_tokens,
+                   cascading and dtype == mx.float32)
 
     @property
     def width(self) -> int:
@@ -111,6 +128,9 @@ class SharedPrefixBatchCache(_BaseCache):
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Write the live rows' new keys and values (B, K, N, D); return every row's prefix and completion."""
+        if self.awaiting:
+            raise RuntimeError("the model's attention did not call the cascading cache's attend: its decode "
+                               "would have attended to the newest position only (sampling.attention)")
         n = keys.shape[2]
         start, end = self.written, self.written + n
         if end > self.keys.shape[2]:  # more than the positions it was sized for: grow (never in sample_groups)
@@ -126,10 +146,29 @@ class SharedPrefixBatchCache(_BaseCache):
             own_k, own_v = self.keys[self.rows, :, :end], self.values[self.rows, :, :end]
         self.written = end
         self.offset = self.offset + n
+        if self.cascading:
+            self.awaiting = True
+            return keys, values  # unused: the routed attention call comes back to attend
         return (mx.concatenate([self.prefix_keys[self.prompt_of_row], own_k], axis=2),  # (B, K, width + end, D)
                 mx.concatenate([self.prefix_values[self.prompt_of_row], own_v], axis=2))
 
-    def make_mask(self, N: int, return_array: bool = False, **kwargs) -> mx.array:
+    def attend(self, queries: mx.array, scale: float) -> mx.array:
+        """The live rows' attention output (B, H, N, Dv) for their `queries` (B, H, N, D), after update_and_fetch
+        wrote their keys and values; finished rows are computed on a zero query and dropped (no copy of
+        the buffer)."""
+        self.awaiting = False
+        if self.rows is not None:
+            every = mx.zeros((self.keys.shape[0], *queries.shape[1:]), queries.dtype)
+            every[self.rows] = queries
+            queries = every
+        end = self.written
+        out = cascade_attention(queries, scale, self.prefix_keys, self.prefix_values, self.prefix_start, self.runs,
+                                self.keys[:, :, :end], self.values[:, :, :end])
+        return out if self.rows is None else out[self.rows]
+
+    def make_mask(self, N: int, return_array: bool = False, **kwargs) -> mx.array | None:
+        if self.cascading:
+            return None  # attend masks by itself
         return create_causal_mask(N, offset=self.width + self.written, left_padding=self.left_padding, **kwargs)
 
     def filter(self, batch_indices: list[int]) -> None:
@@ -143,7 +182,7 @@ class SharedPrefixBatchCache(_BaseCache):
         self.offset = self.offset[idx]
         self.left_padding = self.left_padding[idx]
         trim = min(self.left_padding.tolist())
-        if trim > 0:
+        if trim > 0 and not self.cascading:  # attend reads each prompt from its own start
             self.prefix_keys = self.prefix_keys[:, :, trim:]
             self.prefix_values = self.prefix_values[:, :, trim:]
             self.left_padding = self.left_padding - trim

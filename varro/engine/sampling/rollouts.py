@@ -18,6 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from varro.engine.core.faults import failpoint
+from varro.engine.sampling.attention import use_cascade
 from varro.engine.sampling.kvcache import prompt_caches
 from varro.engine.model.head import chunked_logsumexp
 from varro.engine.core.rollout import PromptInput, Rollout
@@ -258,13 +259,14 @@ def sample_groups(
         prefill_batch_size=total,
     )
     draw = make_keyed_sampler(temp, top_p, top_k) if temp > 0 else None
+    cascade = share_prefix and use_cascade(model)
     owner: dict[int, tuple[int, int]] = {}
     try:
         for pi, p in enumerate(prompts):
             head, last = p.tokens[:-1], p.tokens[-1:]
             caches = None
             if head:
-                cache = prompt_caches(prefill(model, head), pi, max_tokens, share_prefix)
+                cache = prompt_caches(prefill(model, head), pi, max_tokens, share_prefix, cascade)
                 caches = [copy.deepcopy(cache) for _ in range(group_size)]
             uids = gen.insert([last] * group_size, caches=caches,
                               samplers=group_samplers(draw, seed, p.prompt_id, group_size))
