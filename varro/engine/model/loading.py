@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 
 import mlx.core as mx
@@ -175,3 +177,20 @@ def first_trainable_layer(model: nn.Module) -> int:
         if tree_flatten(layer.trainable_parameters()):
             return i
     return len(model.layers)
+
+
+def attention_modules(model: nn.Module) -> list[ModuleType]:
+    """The modules defining `model`'s layers that call attention by the name mlx-lm's models import it
+    under, `scaled_dot_product_attention` (where varro.engine.sampling.attention routes the decode batch's
+    attention); [] for a model that calls none."""
+    names = {type(m).__module__ for m in model.modules()}
+    found = [sys.modules.get(name) for name in sorted(names)]
+    return [m for m in found if hasattr(m, "scaled_dot_product_attention")]
+
+
+def attends_in_place(dtype_bytes: int) -> bool:
+    """Whether the decode batch attends to each prompt's keys in place (sampling/attention.py) for a cache of
+    `dtype_bytes`-byte entries: float32 only. Below it the in-place sums round apart from mlx-lm's attention
+    by the dtype's precision, which would split the sampler's log-probs from the trainer's pass beyond GSPO's
+    clip (docs/training.md), so the cache joins the arrays for mlx-lm's call instead."""
+    return dtype_bytes == 4

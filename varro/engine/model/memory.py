@@ -16,7 +16,6 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -25,7 +24,8 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.tuner.lora import LoRALinear, LoRASwitchLinear
 
 from varro.engine.core.errors import UserError
-from varro.engine.model.loading import base_dtype, first_trainable_layer, lora_modules
+from varro.engine.model.loading import (attends_in_place, attention_modules, base_dtype, first_trainable_layer,
+                                        lora_modules)
 from varro.engine.model.head import GRAD_COPIES, HEAD_CHUNK, KL_COPIES, SWEEP_COPIES, output_head
 
 GB = 1e9
@@ -122,15 +122,6 @@ def pass_rows(position_bytes: int, width: int, rows: int) -> int:
     return max(1, min(rows, PASS_BYTES // (width * position_bytes)))
 
 
-def attention_modules(model: nn.Module) -> list[ModuleType]:
-    """The modules defining `model`'s layers that call attention by the name mlx-lm's models import it
-    under, `scaled_dot_product_attention` (where varro.engine.sampling.attention routes the decode batch's
-    attention); [] for a model that calls none."""
-    names = {type(m).__module__ for m in model.modules()}
-    found = [sys.modules.get(name) for name in sorted(names)]
-    return [m for m in found if hasattr(m, "scaled_dot_product_attention")]
-
-
 def plain_kv_cache(model: nn.Module) -> bool:
     """Whether every layer of `model`'s cache is mlx-lm's plain KVCache, which sampling shares across a
     group (varro.engine.sampling.kvcache); a model without `make_cache` gets mlx-lm's default, plain layers."""
@@ -148,8 +139,8 @@ def kv_cache_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_toke
     prefill = math.ceil(prompt_tokens / KV_STEP) * KV_STEP * per_position
     if shape.shared_prefix:
         held = (prompts * prompt_tokens + rows * (max_tokens + 1)) * per_position  # one step ahead: M + 1
-        if shape.cascade and shape.dtype_bytes == 4:  # one layer's scores over every position and its rows'
-            # completions copied whole for the products (sampling/attention.py)
+        if shape.cascade and attends_in_place(shape.dtype_bytes):  # one layer's scores over every position and its
+            # rows' completions copied whole for the products (sampling/attention.py)
             layer = (CASCADE_COPIES * rows * shape.heads * (prompt_tokens + max_tokens + 1) * 4
                      + 2 * rows * (max_tokens + 1) * per_position // shape.layers)
         else:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import mlx.core as mx
 import mlx.nn as nn
 
-from varro.engine.model.memory import attention_modules
+from varro.engine.model.loading import attention_modules
 
 
 def prompt_runs(prompt_of_row: list[int]) -> list[tuple[int, int, int]]:

@@ -14,6 +14,7 @@ import mlx.core as mx
 from mlx_lm.models.base import create_causal_mask
 from mlx_lm.models.cache import BatchKVCache, KVCache, _BaseCache
 
+from varro.engine.model.loading import attends_in_place
 from varro.engine.sampling.attention import cascade_attention, prompt_runs
 
 
@@ -117,10 +118,8 @@ class SharedPrefixBatchCache(_BaseCache):
                 values[j : j + 1, :, width - c.offset :] = c.values[..., : c.offset, :]
         mx.eval(keys, values)  # now, so each prompt's own prefill can go before the completions are allocated
         padding = [width - prefixes[j].size() for j in prompt_of_row]
-        # below float32 the cascade's sums round apart from mlx-lm's attention by the dtype's precision, which
-        # would split the sampler's log-probs from the trainer's pass beyond GSPO's clip (docs/training.md)
         return cls(keys, values, mx.array(prompt_of_row), padding, completion_tokens,
-                   cascading and dtype == mx.float32)
+                   cascading and attends_in_place(dtype.size))
 
     @property
     def width(self) -> int:
