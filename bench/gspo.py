@@ -67,6 +67,7 @@ def run_ours(n_prompts: int) -> dict:
     from common import no_eos
     from varro.engine.core.config import Config
     from varro.engine.run.policy import Policy
+    from varro.engine.model.loading import first_trainable_layer
 
     cfg = Config()
     cfg.model.model = str(bench_model())
@@ -87,10 +88,10 @@ def run_ours(n_prompts: int) -> dict:
             update_prompts.append(int(c.head.shape[1]))
             return chunk_grads(c, *args)
 
-        def counted_pass(chunks, passes):
+        def counted_pass(chunks, passes, **kw):
             pass_positions.append(sum(int(p.head.shape[1]) + sum(len(r.completion_tokens) for r in p.source)
                                       for p in passes))
-            return pass_logprobs(chunks, passes)
+            return pass_logprobs(chunks, passes, **kw)
 
         policy.trainer._chunk_grads, policy.trainer._pass_logprobs = counted_chunk, counted_pass
         prompts = [(f"p{i}", t) for i, t in enumerate(prompt_texts(n_prompts))]
@@ -122,8 +123,15 @@ def run_ours(n_prompts: int) -> dict:
             # the pi_old and reference passes (each prompt once, each completion once; pi_old skips
             # the first minibatch); an update chunk runs its prompt forward, then again inside the
             # vjp, plus its backward (4), and each completion forward and backward (3).
+            # With the frozen trunk (varro/engine/train/trunk.py) all of that runs above it, on a share
+            # `above` of the layers, and the trunk's own layers run once over every prompt and completion.
             made = out["completion_tokens"]
-            out["forward_positions"] = sum(pass_positions) + 4 * sum(update_prompts) + 3 * made
+            layers = len(policy.model.layers)
+            start = first_trainable_layer(policy.model) if policy.trainer.keep_states else 0
+            above = (layers - start) / layers if 0 < start < layers else 1.0
+            trunk = sum(len(g[0].prompt_tokens) - 1 for g in groups) + made if above < 1.0 else 0
+            out["forward_positions"] = round(above * (sum(pass_positions) + 4 * sum(update_prompts) + 3 * made)
+                                             + (1.0 - above) * trunk)
             return out
 
         warm = [(pid, text[:60]) for pid, text in prompts]  # about 16 chat tokens, like the peer's warm-up

@@ -155,7 +155,8 @@ def run_ours(precision: str, n_prompts: int, max_tokens: int = MAX_TOKENS) -> di
     shape, policy = shapes[0]
     prompt = max(len(policy.prompt_tokens(t)) for t in prompt_texts(n_prompts))  # the guard plans for the longest
     out["estimate_gb"] = {"sampling": sampling_bytes(shape, n_prompts, gspo.GROUP, prompt, max_tokens) / 1e9,
-                          "training": training_bytes(shape, 1, gspo.GROUP, prompt, max_tokens) / 1e9}
+                          "training": training_bytes(shape, 1, gspo.GROUP, prompt, max_tokens,
+                                                     day_rows=n_prompts * gspo.GROUP) / 1e9}
     return out
 
 
@@ -308,7 +309,7 @@ def nightly_estimate(precision: str, n_prompts: int = 32) -> None:
         decode = decode or n_prompts
         shape = ModelShape.from_model(policy.model)
     sampling = sampling_bytes(shape, decode, g, longest, m)
-    training = training_bytes(shape, max(cfg.train.micro_batch, 1), g, longest, m)
+    training = training_bytes(shape, max(cfg.train.micro_batch, 1), g, longest, m, day_rows=n_prompts * g)
     label = f"{precision}.nightly{n_prompts}"
     note = (f"{n_prompts} prompts x {g} x {m}, longest prompt {longest} tokens, {decode} prompts decoded at a time "
             f"(decode_cache_gb {cfg.train.decode_cache_gb}), micro-batch {cfg.train.micro_batch}")

@@ -162,12 +162,14 @@ def sampling_bytes(shape: ModelShape, prompts: int, group_size: int, prompt_toke
 
 
 def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_tokens: int,
-                   max_tokens: int) -> int:
-    """The estimated peak of one training step differentiating `micro_batch` rows (docs/training.md)."""
+                   max_tokens: int, day_rows: int = 0) -> int:
+    """The estimated peak of one training step differentiating `micro_batch` rows of a day of `day_rows`
+    (docs/training.md), with what the trainer keeps for the whole day (day_states_bytes)."""
     s = shape
     seq = prompt_tokens + max_tokens
     trained = s.trained_layers or s.layers
-    base = s.weight_bytes + TRAINABLE_COPIES * s.trainable_bytes
+    base = s.weight_bytes + TRAINABLE_COPIES * s.trainable_bytes + day_states_bytes(s, day_rows, group_size,
+                                                                                    prompt_tokens, max_tokens)
     below = s.dtype_bytes < 4  # a bf16 or quantized base: the adapters' float32 copies, the logits' casts
     per_position = s.hidden * ACTIVATION_FACTOR * s.dtype_bytes + (s.adapter_inputs * 4 if below else 0)
     head_rows, copies = (min(s.head_chunk, s.vocab), GRAD_COPIES) if s.head_chunk > 0 else (s.vocab, LOGIT_COPIES)
@@ -176,6 +178,21 @@ def training_bytes(shape: ModelShape, micro_batch: int, group_size: int, prompt_
             + micro_batch * max_tokens * head_rows * (4 * copies + (2 * s.dtype_bytes if below else 0))
             + 2 * prompt_tokens * s.layers * 2 * s.kv_heads * s.head_dim * 4)
     return base + max(grad, pass_bytes(shape, group_size, prompt_tokens, max_tokens))
+
+
+def day_states_bytes(shape: ModelShape, rows: int, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
+    """What the trainer keeps for a day of `rows` (varro.engine.train.trunk), in the base's dtype: with blocks
+    frozen below the trained ones, the first trained block's input at every completion and prompt position;
+    with a chunked head, the reference pass's final hidden states at every completion position (at most
+    every row)."""
+    if rows <= 0:
+        return 0
+    per_row = max_tokens * shape.hidden * shape.dtype_bytes
+    held = rows * per_row if shape.head_chunk > 0 else 0
+    if shape.trained_layers and shape.trained_layers < shape.layers:
+        prompts = math.ceil(rows / max(group_size, 1))
+        held += rows * per_row + prompts * prompt_tokens * shape.hidden * shape.dtype_bytes
+    return held
 
 
 def pass_bytes(shape: ModelShape, group_size: int, prompt_tokens: int, max_tokens: int) -> int:
@@ -258,19 +275,22 @@ def plan_decode_batch(shape: ModelShape, prompts: int, group_size: int, prompt_t
 
 
 def plan_micro_batch(shape: ModelShape, micro_batch: int, group_size: int, prompt_tokens: int, max_tokens: int,
-                     budget: int | None) -> int:
+                     budget: int | None, day_rows: int = 0) -> int:
     """The training micro-batch to use: the configured one (0: the whole group) or the largest smaller one
     that fits `budget`. Raises MemoryGuardError when one row does not fit, naming a max_tokens that would."""
     wanted = micro_batch if micro_batch > 0 else group_size
     if budget is None:
         return micro_batch
-    if training_bytes(shape, wanted, group_size, prompt_tokens, max_tokens) <= budget:
+    def fits(rows: int, tokens: int) -> bool:
+        return training_bytes(shape, rows, group_size, prompt_tokens, tokens, day_rows) <= budget
+
+    if fits(wanted, max_tokens):
         return micro_batch
-    n = _largest(lambda k: training_bytes(shape, k, group_size, prompt_tokens, max_tokens) <= budget, wanted - 1)
+    n = _largest(lambda k: fits(k, max_tokens), wanted - 1)
     if n:
         return n
-    need = training_bytes(shape, 1, group_size, prompt_tokens, max_tokens)
-    m = _largest(lambda k: training_bytes(shape, 1, group_size, prompt_tokens, k) <= budget, max_tokens - 1)
+    need = training_bytes(shape, 1, group_size, prompt_tokens, max_tokens, day_rows)
+    m = _largest(lambda k: fits(1, k), max_tokens - 1)
     raise MemoryGuardError(f"training needs ~{_gb(need)}, {_gb(budget)} available: "
                            f"{_would_fit(f'--max-tokens {m}' if m else '')}")
 
@@ -322,7 +342,8 @@ def training_plan(model: nn.Module, groups: list[list], micro_batch: int, max_to
     prompt = max(len(r.prompt_tokens) for g in groups for r in g)
     longest = max(len(r.completion_tokens) for g in groups for r in g)
     budget = budget_bytes(fraction)
-    n = plan_micro_batch(ModelShape.from_model(model), micro_batch, group_size, prompt, max(longest, 1), budget)
+    n = plan_micro_batch(ModelShape.from_model(model), micro_batch, group_size, prompt, max(longest, 1), budget,
+                         sum(len(g) for g in groups))
     if n == micro_batch:
         return n, None
     return n, f"memory guard: micro-batch {micro_batch} does not fit in {_gb(budget)}: training {n} rows at a time"

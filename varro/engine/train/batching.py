@@ -101,6 +101,42 @@ def stack_rows(c: Chunk, by_row: dict[int, mx.array]) -> mx.array:
     return mx.stack([mx.pad(by_row[id(r)], (0, width - len(r.completion_tokens))) for r in c.source])
 
 
+class RowStates:
+    """Per-row arrays over completion positions, (len(completion), D), kept by row for one day and handed
+    back stacked for any chunk (or piece) of those rows, zero on its padding."""
+
+    def __init__(self, what: str):
+        self.what = what  # named in the error for a row never put
+        self._rows: dict[int, tuple[Rollout, mx.array]] = {}  # id(row) -> (the row, its states)
+
+    def put(self, c: Chunk, states: mx.array) -> None:
+        """Keep `states` (n, T, D) of `c`'s rows."""
+        for i, r in enumerate(c.source):
+            self._rows[id(r)] = (r, states[i, : len(r.completion_tokens)])
+
+    def covers(self, c: Chunk) -> bool:
+        return all(self._held(r) is not None for r in c.source)
+
+    def stack(self, c: Chunk) -> mx.array:
+        """`c`'s rows' states, (n, T, D), zero on padding (right padding: no earlier position sees it).
+        Raises TrainingError for a row never put."""
+        width = int(c.inputs.shape[1])
+        states = []
+        for r in c.source:
+            h = self._held(r)
+            if h is None:
+                raise TrainingError(f"{self.what} was not computed for rollout {r.prompt_id!r}/{r.group_index}")
+            states.append(mx.pad(h, [(0, width - h.shape[0]), (0, 0)]))
+        return mx.stack(states)
+
+    def nbytes(self) -> int:
+        return sum(h.nbytes for _, h in self._rows.values())
+
+    def _held(self, r: Rollout) -> mx.array | None:
+        held = self._rows.get(id(r))
+        return held[1] if held is not None and held[0] is r else None  # the same row, not a reused id
+
+
 def kl_chunks(batches: list[Minibatch], prompts: int) -> list[Chunk]:
     """The chunks the reference pass covers: the `prompts` largest of each minibatch (at least one, so
     every step measures its KL; ties in order), or every chunk when `prompts` is 0."""

@@ -18,9 +18,10 @@ import numpy as np
 from varro.engine.model.distributed import World
 from varro.engine.model.head import chunked_kl, chunked_logprobs, output_head
 from varro.engine.model.loading import base_dtype
-from varro.engine.train.batching import Chunk, Minibatch, make_chunks
+from varro.engine.train.batching import Chunk, Minibatch, RowStates, make_chunks
 from varro.engine.train.gspo import sequence_mean
-from varro.engine.train.logprobs import PrefixCache, pass_piece_rows, prefix_kv
+from varro.engine.train.logprobs import forward_hidden, forward_logits, pass_piece_rows, prefix_kv
+from varro.engine.train.trunk import Trunk
 
 
 @dataclass
@@ -34,6 +35,8 @@ class HealthPass:
     temperature: float
     head_chunk: int
     pad_id: int = 0
+    trunk: Trunk | None = None  # the frozen layers' output for every row (train/trunk.py)
+    ref_states: RowStates | None = None  # the reference pass's final hidden states, where it measured
 
     def measure(self, batches: list[Minibatch]) -> dict[str, float | None]:
         """The current weights on every row of `batches`, averaged per sequence then over sequences (over all
@@ -43,7 +46,8 @@ class HealthPass:
 
         These are the weights the day would keep, so the guards judge them (the steps' own `kl` and `entropy`
         measure the weights before each step). Each piece sweeps its policy and reference heads together
-        (see _health_stats); the reference is switched on per piece.
+        (see _health_stats); the reference is switched on per piece, and runs only for rows whose final
+        states the reference pass did not keep (its weights do not change during the day).
         """
         chunks = [c for mb in batches for c in mb.chunks]
         if not chunks:
@@ -52,10 +56,11 @@ class HealthPass:
         dtype_bytes = base_dtype(self.model).size
         sums = mx.zeros(4)  # exact KL, k3 KL, entropy, sequences
         for p in make_chunks([r for c in chunks for r in c.source], self.pad_id):
-            kv, kv_ref = prefix_kv(self.model, p.head), None
-            if ref is not None:
+            start = self.trunk.prompt(p) if self.trunk else None
+            kv, kv_ref = prefix_kv(self.model, p.head, start), None
+            if ref is not None and not self._kept(p):
                 with ref():
-                    kv_ref = prefix_kv(self.model, p.head)
+                    kv_ref = prefix_kv(self.model, p.head, start)
                     mx.eval(kv_ref)
             for piece in p.pieces(pass_piece_rows(self.model, p, dtype_bytes, self.head_chunk, health=True)):
                 stats = self._health_stats(kv, kv_ref, piece)  # each (n, T)
@@ -81,14 +86,19 @@ class HealthPass:
         if head is None:
             return self._whole_vocabulary_stats(kv, kv_ref, piece)
         hidden = self._hidden(kv, piece)
-        if kv_ref is None:
+        if self.reference is None:
             logp, entropy = chunked_logprobs(hidden, head, piece.targets, self.temperature, self.head_chunk,
                                              with_entropy=True)
             return {"entropy": entropy, "logp": mx.stop_gradient(logp)}
         with self.reference():
-            ref_hidden, ref_head = self._hidden(kv_ref, piece), output_head(self.model)
+            ref_head = output_head(self.model)
+            ref_hidden = self.ref_states.stack(piece) if self._kept(piece) else self._hidden(kv_ref, piece)
             mx.eval(ref_hidden, ref_head.arrays)  # the reference's weights are only in place here
         return chunked_kl(hidden, head, ref_hidden, ref_head, piece.targets, self.temperature, self.head_chunk)
+
+    def _kept(self, c: Chunk) -> bool:
+        """Whether the reference pass kept the final states of all of `c`'s rows."""
+        return self.ref_states is not None and self.ref_states.covers(c)
 
     def _whole_vocabulary_stats(self, kv: list[mx.array], kv_ref: list[mx.array] | None,
                                 piece: Chunk) -> dict[str, mx.array]:
@@ -106,11 +116,11 @@ class HealthPass:
 
     def _hidden(self, kv: list[mx.array], piece: Chunk) -> mx.array:
         """The final (normed) hidden states at `piece`'s positions on top of the prompt's `kv`, (n, T, D)."""
-        cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-        return mx.stop_gradient(self.model.model(piece.inputs, cache=cache))
+        frozen = self.trunk.rows(piece) if self.trunk else None
+        return mx.stop_gradient(forward_hidden(self.model, kv, piece.inputs, frozen))
 
     def _log_softmax(self, kv: list[mx.array], piece: Chunk) -> mx.array:
         """log pi_T over the whole vocabulary at each of `piece`'s positions, (n, T, V), without gradient."""
-        cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-        logits = self.model(piece.inputs, cache=cache).astype(mx.float32) * (1.0 / self.temperature)
+        frozen = self.trunk.rows(piece) if self.trunk else None
+        logits = forward_logits(self.model, kv, piece.inputs, frozen).astype(mx.float32) * (1.0 / self.temperature)
         return mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))

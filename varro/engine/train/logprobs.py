@@ -7,13 +7,19 @@ reference) over whole prompts, their rows cut into pieces that fit PASS_BYTES.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import mlx.core as mx
 import mlx.nn as nn
 
+from varro.engine.model.frozen import Frozen, replaying
 from varro.engine.model.head import HEAD_CHUNK, chunked_logprobs, output_head
 from varro.engine.model.loading import base_dtype
 from varro.engine.model.memory import pass_position_bytes, pass_rows
-from varro.engine.train.batching import Chunk, stack_rows
+from varro.engine.train.batching import Chunk, RowStates, stack_rows
+
+if TYPE_CHECKING:
+    from varro.engine.train.trunk import Trunk
 
 
 def _picked(logits: mx.array, targets: mx.array, temperature: float = 1.0, with_entropy: bool = False):
@@ -62,27 +68,45 @@ class PrefixCache:
                 mx.concatenate([fixed(self.values), values], axis=2))
 
 
-def prefix_kv(model: nn.Module, head: mx.array) -> list[mx.array]:
-    """Every layer's keys and values of `head` (batch 1), flat: [k0, v0, k1, v1, ...]; [] when empty."""
+def prefix_kv(model: nn.Module, head: mx.array, frozen: Frozen | None = None) -> list[mx.array | None]:
+    """Every layer's keys and values of `head` (batch 1), flat: [k0, v0, k1, v1, ...]; [] when empty. With
+    `frozen` (the frozen layers' output for `head`, see train/trunk.py) the layers below `frozen.start`
+    are not run and their entries are None."""
     if not head.shape[1]:
         return []
     cache = [PrefixCache() for _ in model.layers]
-    model(head, cache=cache)  # fills the caches; the prompt's logits are never evaluated
+    with replaying(model, frozen):
+        model(head, cache=cache)  # fills the caches; the prompt's logits are never evaluated
     return [a for c in cache for a in (c.keys, c.values)]
+
+
+def forward_hidden(model: nn.Module, kv: list, inputs: mx.array, frozen: Frozen | None = None) -> mx.array:
+    """The final (normed) hidden states of `inputs`, (n, T, D), on top of the prompt's `kv` from prefix_kv;
+    with `frozen`, from the frozen layers' output for `inputs`."""
+    cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
+    with replaying(model, frozen):
+        return model.model(inputs, cache=cache)
+
+
+def forward_logits(model: nn.Module, kv: list, inputs: mx.array, frozen: Frozen | None = None) -> mx.array:
+    """The whole vocabulary's logits of `inputs`, (n, T, V), as forward_hidden."""
+    cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
+    with replaying(model, frozen):
+        return model(inputs, cache=cache)
 
 
 def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array,
                         temperature: float = 1.0, with_entropy: bool = False, head_chunk: int = HEAD_CHUNK,
-                        for_grad: bool = False):
+                        for_grad: bool = False, frozen: Frozen | None = None):
     """log pi_T(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv (and the
     per-position entropy of pi_T with `with_entropy`). The output head runs `head_chunk` vocabulary rows
     at a time (varro.engine.model.head; `for_grad`: a gradient will be taken, see chunked_logprobs); 0,
-    or a head it cannot chunk, takes the whole vocabulary's logits."""
-    cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
+    or a head it cannot chunk, takes the whole vocabulary's logits. `frozen`: the frozen layers' output
+    for `inputs` (train/trunk.py)."""
     head = output_head(model) if head_chunk > 0 else None
     if head is None:
-        return _picked(model(inputs, cache=cache), targets, temperature, with_entropy)
-    hidden = model.model(inputs, cache=cache)  # (n, T, D), after the final norm
+        return _picked(forward_logits(model, kv, inputs, frozen), targets, temperature, with_entropy)
+    hidden = forward_hidden(model, kv, inputs, frozen)  # (n, T, D), after the final norm
     return chunked_logprobs(hidden, head, targets, temperature, head_chunk, with_entropy, for_grad)
 
 
@@ -102,18 +126,28 @@ def pass_piece_rows(model: nn.Module, p: Chunk, dtype_bytes: int, head_chunk: in
 
 
 def pass_logprobs(model: nn.Module, chunks: list[Chunk], passes: list[Chunk], temperature: float,
-                  head_chunk: int) -> list[mx.array]:
+                  head_chunk: int, trunk: Trunk | None = None, keep: RowStates | None = None) -> list[mx.array]:
     """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows
     grouped by prompt), without gradients: one (n, T) array per chunk. Each prompt's rows run through
     the blocks together (all of them unless their transients pass PASS_BYTES); only the output head
-    is cut, into vocabulary chunks."""
+    is cut, into vocabulary chunks. With `trunk` the blocks start at its first trainable layer; `keep`
+    gets every row's final hidden states (with a chunked head; the reference's, for the health pass)."""
     by_row = {}
     dtype_bytes = base_dtype(model).size
+    head = output_head(model) if head_chunk > 0 and keep is not None else None
     for p in passes:
-        kv = prefix_kv(model, p.head)
+        kv = prefix_kv(model, p.head, trunk.prompt(p) if trunk else None)
         for piece in p.pieces(pass_piece_rows(model, p, dtype_bytes, head_chunk)):
-            logp = mx.stop_gradient(completion_logprobs(model, kv, piece.inputs, piece.targets,
-                                                        temperature, head_chunk=head_chunk))
+            frozen = trunk.rows(piece) if trunk else None
+            if head is not None:
+                hidden = mx.stop_gradient(forward_hidden(model, kv, piece.inputs, frozen))  # (n, T, D)
+                mx.eval(hidden)
+                keep.put(piece, hidden)
+                logp = chunked_logprobs(hidden, head, piece.targets, temperature, head_chunk)
+            else:
+                logp = completion_logprobs(model, kv, piece.inputs, piece.targets, temperature,
+                                           head_chunk=head_chunk, frozen=frozen)
+            logp = mx.stop_gradient(logp)
             mx.eval(logp)
             for i, r in enumerate(piece.source):
                 by_row[id(r)] = logp[i, : len(r.completion_tokens)]

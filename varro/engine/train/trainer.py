@@ -26,13 +26,14 @@ from varro.engine.core.faults import failpoint
 from varro.engine.core.rollout import Rollout
 from varro.engine.model.distributed import SOLO, World
 from varro.engine.model.head import HEAD_CHUNK
-from varro.engine.model.loading import adapters_off, first_trainable_layer, lora_modules
-from varro.engine.train.batching import Chunk, Minibatch, kl_chunks, make_chunks
+from varro.engine.model.loading import adapters_off, base_dtype, first_trainable_layer, lora_modules
+from varro.engine.train.batching import Chunk, Minibatch, RowStates, kl_chunks, make_chunks
 from varro.engine.train.errors import TrainingError
 from varro.engine.train.gspo import group_advantages, sequence_mean
 from varro.engine.train.health import HealthPass
-from varro.engine.train.logprobs import completion_logprobs, pass_logprobs, prefix_kv
+from varro.engine.train.logprobs import completion_logprobs, pass_logprobs, pass_piece_rows, prefix_kv
 from varro.engine.train.pi_old import set_pi_old
+from varro.engine.train.trunk import Trunk
 
 
 # loss(logp, old_logp, ref_logp, mask, advantages, sampler_logp) -> (loss, metrics); see Trainer
@@ -119,6 +120,11 @@ class Trainer:
     `head_chunk` is the vocabulary rows the output head takes at a time in every
     pass and step (varro.engine.model.head); 0 takes the whole vocabulary's
     logits at once, the plain path tests/engine/model/test_logprob_head.py compares against.
+
+    `keep_states`: run the layers below the first trainable one once per row for the day and start every
+    pass and step above them (varro.engine.train.trunk), and keep the reference pass's final hidden
+    states for the end-of-day pass, which then runs only the policy on those rows; False computes every
+    forward in full, the path tests/engine/train/test_trunk.py compares against.
     """
 
     def __init__(
@@ -132,6 +138,7 @@ class Trainer:
         world: World = SOLO,
         temperature: float = 1.0,
         head_chunk: int = HEAD_CHUNK,
+        keep_states: bool = True,
     ):
         model_type = getattr(getattr(model, "args", None), "model_type", None)
         if model_type not in SHARED_PREFIX_MODELS:
@@ -154,6 +161,9 @@ class Trainer:
             raise TrainingError(f"training needs a sampling temperature above 0, got {temperature}")
         self.temperature = float(temperature)  # every pass's log-probs are at the sampler's temperature
         self.head_chunk = head_chunk  # vocabulary rows the output head takes at a time (0: all at once)
+        self.keep_states = keep_states
+        self.trunk: Trunk | None = None  # the frozen layers' output for the prepared day's rows
+        self.ref_states: RowStates | None = None  # the reference's final hidden states of the rows it measured
         self.optimizer = optimizer
         self.optimizer.init(model.trainable_parameters())
         self.step = 0
@@ -185,7 +195,8 @@ class Trainer:
         model = self.model
         params = model.trainable_parameters()
         names, arrays = zip(*tree_flatten(params))
-        kv = prefix_kv(model, c.head)
+        start = self.trunk.prompt(c) if self.trunk else None
+        kv = prefix_kv(model, c.head, start)
         mx.eval(kv)
         cut = 2 * first_trainable_layer(model) if kv else 0
         fixed, free = kv[:cut], kv[cut:]
@@ -205,7 +216,7 @@ class Trainer:
             if free:
                 def prompt_kv(*weights):
                     model.update(tree_unflatten(list(zip(names, weights))))
-                    return prefix_kv(model, c.head)[cut:]
+                    return prefix_kv(model, c.head, start)[cut:]
 
                 _, prompt_grads = mx.vjp(prompt_kv, list(arrays), kv_grads)
                 flat = iter(prompt_grads)  # tree_map visits the leaves in tree_flatten's order
@@ -217,7 +228,8 @@ class Trainer:
 
     def _loss_on(self, c: Chunk, kv: list[mx.array], weight: float):
         logp, entropy = completion_logprobs(self.model, kv, c.inputs, c.targets, self.temperature,
-                                            with_entropy=True, head_chunk=self.head_chunk, for_grad=True)
+                                            with_entropy=True, head_chunk=self.head_chunk, for_grad=True,
+                                            frozen=self.trunk.rows(c) if self.trunk else None)
         loss, metrics = self.loss(
             logp,
             mx.stop_gradient(logp) if c.old_logp is None else c.old_logp,  # None: on-policy, see prepare
@@ -241,6 +253,7 @@ class Trainer:
         """Steps 1-3: advantages, drop flat groups, split, and the pi_old / reference passes."""
         if any(r.reward is None for g in groups for r in g):
             raise TrainingError("every rollout needs a reward before training")
+        self.trunk, self.ref_states = None, None
         kept_groups: list[list[Rollout]] = []
         for g in groups:
             adv = group_advantages([r.reward for r in g], len(g), tol=self.cfg.flat_std,
@@ -272,6 +285,7 @@ class Trainer:
                 share=len(mine) * w.size / len(part),
                 total=len(part),
             ))
+        self.trunk = self._build_trunk([r for mb in batches for c in mb.chunks for r in c.source])
         # The passes take each prompt once over all its rows, whichever minibatch holds them. The
         # first minibatch steps from the weights that sampled, so its pi_old is its own forward
         # (old_logp None: the loss stops its gradient) and pi_old skips it.
@@ -281,10 +295,20 @@ class Trainer:
         if self.reference is not None:  # also at beta 0: the KL guard needs the KL measured
             measured = kl_chunks(batches, self.cfg.kl_prompts if self.cfg.beta == 0.0 else 0)
             passes = make_chunks([r for c in measured for r in c.source], self.pad_id)
+            self.ref_states = RowStates("the reference's final hidden states") if self.keep_states else None
             with self.reference():
-                for c, ref in zip(measured, self._pass_logprobs(measured, passes)):
+                for c, ref in zip(measured, self._pass_logprobs(measured, passes, keep=self.ref_states)):
                     c.ref_logp = ref
         return batches
+
+    def _build_trunk(self, rows: list[Rollout]) -> Trunk | None:
+        """The frozen layers' output for this rank's `rows` (None when `keep_states` is off or no layer is
+        frozen), each prompt's rows as many at a time as a no-gradient pass takes."""
+        if not self.keep_states:
+            return None
+        dtype_bytes = base_dtype(self.model).size
+        return Trunk.build(self.model, rows, self.pad_id,
+                           lambda p: pass_piece_rows(self.model, p, dtype_bytes, self.head_chunk))
 
     def _set_pi_old(self, later: list[Chunk]) -> None:
         """Step 3's pi_old: every chunk of `later` gets its old_logp, and the day its `pi_old_source` and
@@ -297,17 +321,18 @@ class Trainer:
         """The current weights on every row of `batches`: `kl_after`, `kl_after_k3` and `entropy_after`, over all
         ranks (the KLs None without a reference); see varro.engine.train.health."""
         return HealthPass(self.model, self.reference, self.world, self.temperature, self.head_chunk,
-                          self.pad_id).measure(batches)
+                          self.pad_id, self.trunk, self.ref_states).measure(batches)
 
     def _rows_logprobs(self, passes: list[Chunk]) -> dict[int, mx.array]:
         """The current weights' log-probs of every row of `passes` by id(row), each (len(completion),)."""
         return {id(r): logp[i, : len(r.completion_tokens)]
                 for p, logp in zip(passes, self._pass_logprobs(passes, passes)) for i, r in enumerate(p.source)}
 
-    def _pass_logprobs(self, chunks: list[Chunk], passes: list[Chunk]) -> list[mx.array]:
+    def _pass_logprobs(self, chunks: list[Chunk], passes: list[Chunk],
+                       keep: RowStates | None = None) -> list[mx.array]:
         """The current weights' log-probs of every chunk's rows, computed over `passes` (the same rows grouped by
         prompt), without gradients: one (n, T) array per chunk (see logprobs.pass_logprobs)."""
-        return pass_logprobs(self.model, chunks, passes, self.temperature, self.head_chunk)
+        return pass_logprobs(self.model, chunks, passes, self.temperature, self.head_chunk, self.trunk, keep)
 
     def train_day(self, groups: list[list[Rollout]],
                   callbacks: Sequence[TrainingCallback] = ()) -> list[dict]:
@@ -320,17 +345,20 @@ class Trainer:
         counts. Then each callback's `on_day_end` gets the finished rows.
         """
         rows = []
-        batches = self.prepare(groups)
-        for k, mb in enumerate(batches):
-            row = self._update(mb, k)
-            row.update(groups=self.groups, flat_groups=self.flat_groups, pi_old_source=self.pi_old_source,
-                       pi_old_gap=self.pi_old_gap)
-            rows.append(row)
-            stops = [cb.on_step(row) for cb in callbacks]  # all of them see the step, even after a stop
-            if any(s is True for s in stops):
-                break
-        if rows:
-            rows[-1].update(self.final_health(batches))
+        try:
+            batches = self.prepare(groups)
+            for k, mb in enumerate(batches):
+                row = self._update(mb, k)
+                row.update(groups=self.groups, flat_groups=self.flat_groups, pi_old_source=self.pi_old_source,
+                           pi_old_gap=self.pi_old_gap)
+                rows.append(row)
+                stops = [cb.on_step(row) for cb in callbacks]  # all of them see the step, even after a stop
+                if any(s is True for s in stops):
+                    break
+            if rows:
+                rows[-1].update(self.final_health(batches))
+        finally:
+            self.trunk, self.ref_states = None, None  # the day's states, by its rows: never carried over
         for cb in callbacks:
             cb.on_day_end(rows)
         return rows
