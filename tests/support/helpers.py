@@ -26,6 +26,19 @@ def tiny_config(model_path, **train) -> Config:
     return cfg
 
 
+def assert_step_rows_equal(got: list[dict], want: list[dict]) -> None:
+    """Two training days' step rows agree: every float to float32 rounding (rel 1e-4), every other value
+    exactly, timings and memory aside."""
+    for g, w in zip(got, want, strict=True):
+        for k in w:
+            if k in ("duration_ms", "peak_memory_mb"):
+                continue
+            if isinstance(w[k], float):
+                assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), k
+            else:
+                assert g[k] == w[k], k
+
+
 def open_policy(model_path, run_path: Path, before_day=None, **train) -> Policy:
     return Policy.open(tiny_config(model_path, **train), run_path, before_day=before_day)
 

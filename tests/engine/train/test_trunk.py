@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from support.helpers import scored_groups, tiny_config
+from support.helpers import assert_step_rows_equal, scored_groups, tiny_config
 from varro.engine.model.frozen import Frozen, recording, replaying
 from varro.engine.model.memory import ModelShape, day_states_bytes
 from varro.engine.model.tiny import write_tiny_model
 from varro.engine.run.policy import Policy
 from varro.engine.train.batching import make_chunks
+from varro.engine.train.errors import TrainingError
+from varro.engine.train.logprobs import PrefixCache, forward_hidden, prefix_kv
 from varro.engine.train.trunk import Trunk
 
 
@@ -52,15 +54,11 @@ def test_replaying_the_recorded_states_gives_the_whole_forward(four_layers, tmp_
     layers = list(model.layers)
     head = mx.array([[5, 9, 11, 3, 7]])
     rows = mx.array([[2, 4, 6], [8, 10, 12]])
-    from varro.engine.train.logprobs import forward_hidden, prefix_kv
-
     kv = prefix_kv(model, head)
     want = forward_hidden(model, kv, rows)
     with recording(model, 2) as rec:
         model(head)
         at_head = rec.out
-        from varro.engine.train.logprobs import PrefixCache
-
         cache = [PrefixCache() for _ in layers]
         model(head, cache=cache)
         model(rows, cache=cache)
@@ -97,14 +95,7 @@ def test_a_training_day_equals_the_one_through_every_layer(four_layers, tmp_path
     assert len(got) == len(want) == 2 and not any(r["skipped"] for r in got)
     assert abs(want[1]["ratio_mean"] - 1.0) > 1e-4 and want[1]["kl"] > 1e-6  # off-policy, a KL to compare
     assert want[1]["kl_after"] > 1e-5
-    for g, w in zip(got, want):
-        for k in w:
-            if k in ("duration_ms", "peak_memory_mb"):
-                continue
-            if isinstance(w[k], float):
-                assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), k
-            else:
-                assert g[k] == w[k], k
+    assert_step_rows_equal(got, want)
     after, before = dict(tree_flatten(trunk.model.parameters())), dict(tree_flatten(plain.model.parameters()))
     for k in dict(tree_flatten(plain.model.trainable_parameters())):
         # Adam divides by a gradient's own size, so an entry whose gradient is near zero can move by a share
@@ -127,8 +118,6 @@ def test_the_trunk_refuses_a_row_it_was_not_built_on(four_layers, tmp_path):
             r.advantage = 0.0
     trunk = Trunk.build(pol.model, groups[0], 0, lambda p: 0)
     assert trunk.start == 2 and trunk.nbytes() > 0
-    from varro.engine.train.errors import TrainingError
-
     with pytest.raises(TrainingError, match="output was not computed for rollout"):
         trunk.rows(make_chunks(groups[1])[0])
     with pytest.raises(TrainingError, match="not built on"):
