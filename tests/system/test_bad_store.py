@@ -128,3 +128,28 @@ def test_read_only_folder_still_reads(tmp_path, read_only):
     finally:
         db.conn.close()  # before the folder is unmounted
     assert path.read_bytes() == before
+
+
+def open_files(path: Path) -> list[str]:
+    """This process's open file descriptors on `path` or its -wal / -shm files (Linux's /proc)."""
+    fds = Path("/proc/self/fd")
+    out = []
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed while listing
+            continue
+        if target.startswith(str(path)):
+            out.append(target)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the open files from Linux's /proc")
+def test_a_failed_open_leaves_no_file_open(tmp_path):
+    """A file that is not a database fails in open_db after the connection is made; the connection is
+    closed before the error goes on (store._closed_if_raised), so nothing holds the file."""
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"not a database" * 400)
+    with pytest.raises(StoreError, match="not a varro database"):
+        store.open_db(path)
+    assert open_files(path) == []

@@ -7,11 +7,13 @@ recorded in `_migrations`. Each query is a named function in the module of its c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import sqlite_utils
 
@@ -159,15 +161,25 @@ def open_db(path: str | Path) -> sqlite_utils.Database:
         raise StoreError(f"cannot create the data folder {path.parent} for database {path.name}: {e.strerror}; "
                          "use a writable --home") from e
     db = _connect(path, str(path), uri=False)
-    try:
+    with _closed_if_raised(db):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         db.execute("PRAGMA foreign_keys=ON")
         migrate(db)
-    except BaseException:
-        db.conn.close()  # a failed open holds no file open
-        raise
     return db
+
+
+@contextlib.contextmanager
+def _closed_if_raised(db: sqlite_utils.Database) -> Iterator[None]:
+    """Closes `db`'s connection when the block raises, whatever it raises (Ctrl-C too), and lets the error go
+    on: a failed open holds no file open. Nothing is caught."""
+    done = False
+    try:
+        yield
+        done = True
+    finally:
+        if not done:
+            db.conn.close()
 
 
 def _connect(path: Path, target: str, uri: bool) -> sqlite_utils.Database:
@@ -200,12 +212,9 @@ def _open_read_only(path: Path) -> sqlite_utils.Database:
                          f"{path.name}-shm: SQLite cannot read it there; nothing was changed; make the folder "
                          "writable once (any varro command merges them)")
     db = _connect(path, f"{path.resolve().as_uri()}?{mode}", uri=True)
-    try:
+    with _closed_if_raised(db):
         names = db.table_names()
         done = {row["name"] for row in db["_migrations"].rows} if "_migrations" in names else set()
-    except BaseException:
-        db.conn.close()
-        raise
     pending = [name for name, _ in all_migrations() if name not in done]
     if pending:
         db.conn.close()
