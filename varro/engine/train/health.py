@@ -20,7 +20,7 @@ from varro.engine.model.head import chunked_kl, chunked_logprobs, output_head
 from varro.engine.model.loading import base_dtype
 from varro.engine.train.batching import Chunk, Minibatch, RowStates, make_chunks
 from varro.engine.train.gspo import sequence_mean
-from varro.engine.train.logprobs import forward_hidden, forward_logits, pass_piece_rows, prefix_kv
+from varro.engine.train.logprobs import forward_hidden, pass_piece_rows, prefix_kv
 from varro.engine.train.trunk import Trunk
 
 
@@ -122,5 +122,6 @@ class HealthPass:
     def _log_softmax(self, kv: list[mx.array], piece: Chunk) -> mx.array:
         """log pi_T over the whole vocabulary at each of `piece`'s positions, (n, T, V), without gradient."""
         frozen = self.trunk.rows(piece) if self.trunk else None
-        logits = forward_logits(self.model, kv, piece.inputs, frozen).astype(mx.float32) * (1.0 / self.temperature)
+        logits = forward_hidden(self.model, kv, piece.inputs, frozen, logits=True).astype(mx.float32)
+        logits = logits * (1.0 / self.temperature)
         return mx.stop_gradient(logits - mx.logsumexp(logits, axis=-1, keepdims=True))

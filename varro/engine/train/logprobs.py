@@ -7,7 +7,7 @@ reference) over whole prompts, their rows cut into pieces that fit PASS_BYTES.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -80,33 +80,32 @@ def prefix_kv(model: nn.Module, head: mx.array, frozen: Frozen | None = None) ->
     return [a for c in cache for a in (c.keys, c.values)]
 
 
-def forward_hidden(model: nn.Module, kv: list, inputs: mx.array, frozen: Frozen | None = None) -> mx.array:
-    """The final (normed) hidden states of `inputs`, (n, T, D), on top of the prompt's `kv` from prefix_kv;
-    with `frozen`, from the frozen layers' output for `inputs`."""
+def forward_hidden(model: nn.Module, kv: list, inputs: mx.array, frozen: Frozen | None = None,
+                   logits: bool = False) -> mx.array:
+    """The final (normed) hidden states of `inputs`, (n, T, D), on top of the prompt's `kv` from prefix_kv
+    (with `logits`, the whole vocabulary's logits, (n, T, V)); with `frozen`, from the frozen layers'
+    output for `inputs`."""
     cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
     with replaying(model, frozen):
-        return model.model(inputs, cache=cache)
-
-
-def forward_logits(model: nn.Module, kv: list, inputs: mx.array, frozen: Frozen | None = None) -> mx.array:
-    """The whole vocabulary's logits of `inputs`, (n, T, V), as forward_hidden."""
-    cache = [PrefixCache(k, v) for k, v in zip(kv[::2], kv[1::2])] if kv else None
-    with replaying(model, frozen):
-        return model(inputs, cache=cache)
+        return (model if logits else model.model)(inputs, cache=cache)
 
 
 def completion_logprobs(model: nn.Module, kv: list[mx.array], inputs: mx.array, targets: mx.array,
                         temperature: float = 1.0, with_entropy: bool = False, head_chunk: int = HEAD_CHUNK,
-                        for_grad: bool = False, frozen: Frozen | None = None):
+                        for_grad: bool = False, frozen: Frozen | None = None,
+                        on_hidden: Callable[[mx.array], None] | None = None):
     """log pi_T(targets | prompt, inputs), (n, T), on top of the prompt's `kv` from prefix_kv (and the
     per-position entropy of pi_T with `with_entropy`). The output head runs `head_chunk` vocabulary rows
     at a time (varro.engine.model.head; `for_grad`: a gradient will be taken, see chunked_logprobs); 0,
     or a head it cannot chunk, takes the whole vocabulary's logits. `frozen`: the frozen layers' output
-    for `inputs` (train/trunk.py)."""
+    for `inputs` (train/trunk.py); `on_hidden` is handed the final hidden states where the head is
+    chunked (never on the whole-vocabulary path)."""
     head = output_head(model) if head_chunk > 0 else None
     if head is None:
-        return _picked(forward_logits(model, kv, inputs, frozen), targets, temperature, with_entropy)
+        return _picked(forward_hidden(model, kv, inputs, frozen, logits=True), targets, temperature, with_entropy)
     hidden = forward_hidden(model, kv, inputs, frozen)  # (n, T, D), after the final norm
+    if on_hidden is not None:
+        on_hidden(hidden)
     return chunked_logprobs(hidden, head, targets, temperature, head_chunk, with_entropy, for_grad)
 
 
@@ -134,21 +133,17 @@ def pass_logprobs(model: nn.Module, chunks: list[Chunk], passes: list[Chunk], te
     gets every row's final hidden states (with a chunked head; the reference's, for the health pass)."""
     by_row = {}
     dtype_bytes = base_dtype(model).size
-    head = output_head(model) if head_chunk > 0 and keep is not None else None
     for p in passes:
         kv = prefix_kv(model, p.head, trunk.prompt(p) if trunk else None)
         for piece in p.pieces(pass_piece_rows(model, p, dtype_bytes, head_chunk)):
-            frozen = trunk.rows(piece) if trunk else None
-            if head is not None:
-                hidden = mx.stop_gradient(forward_hidden(model, kv, piece.inputs, frozen))  # (n, T, D)
-                mx.eval(hidden)
-                keep.put(piece, hidden)
-                logp = chunked_logprobs(hidden, head, piece.targets, temperature, head_chunk)
-            else:
-                logp = completion_logprobs(model, kv, piece.inputs, piece.targets, temperature,
-                                           head_chunk=head_chunk, frozen=frozen)
-            logp = mx.stop_gradient(logp)
-            mx.eval(logp)
+            held = [] if keep is not None else None
+            logp = mx.stop_gradient(completion_logprobs(model, kv, piece.inputs, piece.targets, temperature,
+                                                        head_chunk=head_chunk,
+                                                        frozen=trunk.rows(piece) if trunk else None,
+                                                        on_hidden=None if held is None else held.append))
+            mx.eval(logp, held)
+            if held:
+                keep.put(piece, mx.stop_gradient(held[0]))
             for i, r in enumerate(piece.source):
                 by_row[id(r)] = logp[i, : len(r.completion_tokens)]
     out = [stack_rows(c, by_row) for c in chunks]
