@@ -226,15 +226,20 @@ def test_group_sampler_draws_follow_the_kept_distribution(keyed):
     assert nucleus_size(rows[0], top_p) > top_k > nucleus_size(rows[1], top_p) > 1
     mx.random.seed(11)
     many = mx.repeat(lp, n, axis=0)
-    got = make_keyed_sampler(temp, top_p, top_k)(many, mx.random.key(11)) if keyed else \
-        make_group_sampler(temp, top_p, top_k)(many)
+    if keyed:
+        got, logq = make_keyed_sampler(temp, top_p, top_k)(many, mx.random.key(11))
+        logq = np.array(logq).reshape(2, n)
+    else:
+        got, logq = make_group_sampler(temp, top_p, top_k)(many), None
     draws = np.array(got).reshape(2, n)
     assert draws.dtype == np.uint32
-    for row, got, keep in zip(rows, draws, nucleus_then_top_k(rows, top_p, top_k)):
+    for i, (row, got, keep) in enumerate(zip(rows, draws, nucleus_then_top_k(rows, top_p, top_k))):
         counts = np.bincount(got, minlength=row.size)
         assert counts[~keep].sum() == 0
         q = np.where(keep, np.exp(row.astype(np.float64) / temp), 0.0)
         q /= q.sum()
+        if logq is not None:  # the keyed draw's log q is the drawn token's under the kept distribution
+            np.testing.assert_allclose(logq[i], np.log(q[got]), rtol=1e-5, atol=1e-6)
         sigma = np.sqrt(n * q * (1 - q))
         assert (np.abs(counts - n * q) <= 5 * sigma + 1e-9).all(), (counts[keep], (n * q)[keep])
 

@@ -80,14 +80,24 @@ def group_candidates(logprobs: mx.array, top_p: float, top_k: int) -> tuple[mx.a
 
 def draw_tokens(logprobs: mx.array, key: mx.array | None, temp: float, top_p: float, top_k: int) -> mx.array:
     """One token per row of `logprobs` (..., V) from mlx-lm's distribution at `temp` > 0, drawn with `key`
-    (None: MLX's global generator): (...,) token ids.
+    (None: MLX's global generator): (...,) token ids (see draw_with_logq)."""
+    return draw_with_logq(logprobs, key, temp, top_p, top_k)[0]
+
+
+def draw_with_logq(logprobs: mx.array, key: mx.array | None, temp: float, top_p: float,
+                   top_k: int) -> tuple[mx.array, mx.array]:
+    """`draw_tokens`' token per row and its log q under the distribution it was drawn from (what
+    `sampled_logprobs` gives): two (...,) arrays.
 
     With `top_k` > 0 the candidates are `group_candidates`', put in token-id order
     before the draw: the order argpartition leaves them in changes when two
     log-probs swap places over a last-bit difference (a batched forward pass
     rounds with the batch's rows), and the key's noise goes by position, so
-    that order would change the token drawn. Otherwise mlx-lm's top-p alone
-    (`make_sampler`'s ops, so the same key draws the same token).
+    that order would change the token drawn. log q is then taken over those k
+    candidates alone (the same values, in the same order, as over the whole row
+    with the rest at -inf), so no second pass over the vocabulary is needed.
+    Otherwise mlx-lm's top-p alone (`make_sampler`'s ops, so the same key draws
+    the same token), and log q over the whole row.
     """
     from mlx_lm.sample_utils import apply_top_p
 
@@ -95,11 +105,13 @@ def draw_tokens(logprobs: mx.array, key: mx.array | None, temp: float, top_p: fl
         ids, kept = group_candidates(logprobs, top_p, top_k)
         by_id = mx.argsort(ids, axis=-1)
         ids, kept = mx.take_along_axis(ids, by_id, axis=-1), mx.take_along_axis(kept, by_id, axis=-1)  # (..., k)
-        choice = mx.random.categorical(kept * (1.0 / temp), key=key)  # (...,) an index into the k
-        return mx.take_along_axis(ids, choice[..., None], axis=-1).squeeze(-1)
-    if 0 < top_p < 1:
-        logprobs = apply_top_p(logprobs, top_p)
-    return mx.random.categorical(logprobs * (1.0 / temp), key=key)
+        scaled = kept * (1.0 / temp)
+        choice = mx.random.categorical(scaled, key=key)[..., None]  # an index into the k
+        logq = mx.take_along_axis(scaled, choice, axis=-1) - mx.logsumexp(scaled, axis=-1, keepdims=True)
+        return mx.take_along_axis(ids, choice, axis=-1).squeeze(-1), logq.squeeze(-1)
+    truncated = apply_top_p(logprobs, top_p) if 0 < top_p < 1 else logprobs
+    token = mx.random.categorical(truncated * (1.0 / temp), key=key)
+    return token, sampled_logprobs(logprobs, token, temp, top_p, top_k)
 
 
 def make_group_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Callable[[mx.array], mx.array]:
@@ -124,11 +136,13 @@ def make_group_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Calla
     return sampler
 
 
-def make_keyed_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Callable[[mx.array, mx.array], mx.array]:
-    """`draw(logprobs, key)`: `draw_tokens` at these settings (`temp` > 0), compiled, with an explicit key."""
+def make_keyed_sampler(temp: float, top_p: float = 1.0,
+                       top_k: int = 0) -> Callable[[mx.array, mx.array], tuple[mx.array, mx.array]]:
+    """`draw(logprobs, key)`: `draw_with_logq` at these settings (`temp` > 0), compiled, with an explicit
+    key: (tokens, log q)."""
     if temp <= 0:
         raise ValueError(f"a keyed sampler needs a positive temperature, got {temp}")
-    return mx.compile(lambda logprobs, key: draw_tokens(logprobs, key, temp, top_p, top_k))
+    return mx.compile(lambda logprobs, key: draw_with_logq(logprobs, key, temp, top_p, top_k))
 
 
 def row_key(seed: int, prompt_id: str, group_index: int) -> mx.array:
@@ -142,19 +156,24 @@ class RowSampler:
     """One completion's sampler for BatchGenerator: each call draws the row's next token with the next key
     of the completion's own stream (split off `key`), so its draws depend on nothing else in the batch.
 
-    BatchGenerator calls it once per decode step with the row's (1, V) log-probs.
+    BatchGenerator calls it once per decode step with the row's (1, V) log-probs, in the row's token order
+    (it draws one step ahead of the tokens it reports); `logq[t]` is then the log q of the row's t-th token,
+    kept from its draw, (1,).
     """
 
-    def __init__(self, draw: Callable[[mx.array, mx.array], mx.array], key: mx.array):
+    def __init__(self, draw: Callable[[mx.array, mx.array], tuple[mx.array, mx.array]], key: mx.array):
         self._draw = draw
         self._key = key
+        self.logq: list[mx.array] = []
 
     def __call__(self, logprobs: mx.array) -> mx.array:
         self._key, step_key = mx.random.split(self._key)
-        return self._draw(logprobs, step_key)
+        token, logq = self._draw(logprobs, step_key)
+        self.logq.append(logq)
+        return token
 
 
-def group_samplers(draw: Callable[[mx.array, mx.array], mx.array] | None, seed: int, prompt_id: str,
+def group_samplers(draw: Callable[[mx.array, mx.array], tuple[mx.array, mx.array]] | None, seed: int, prompt_id: str,
                    group_size: int) -> list[RowSampler] | None:
     """A `RowSampler` for each completion of `prompt_id`'s group (BatchGenerator's `samplers`) drawing with
     `draw` (`make_keyed_sampler`); None when `draw` is (greedy: every row takes its argmax, no key needed)."""
@@ -261,6 +280,7 @@ def sample_groups(
     draw = make_keyed_sampler(temp, top_p, top_k) if temp > 0 else None
     cascade = share_prefix and use_cascade(model)
     owner: dict[int, tuple[int, int]] = {}
+    row_sampler: dict[int, RowSampler] = {}  # each row's sampler, which kept its tokens' log q
     try:
         for pi, p in enumerate(prompts):
             head, last = p.tokens[:-1], p.tokens[-1:]
@@ -268,20 +288,23 @@ def sample_groups(
             if head:
                 cache = prompt_caches(prefill(model, head), pi, max_tokens, share_prefix, cascade)
                 caches = [copy.deepcopy(cache) for _ in range(group_size)]
-            uids = gen.insert([last] * group_size, caches=caches,
-                              samplers=group_samplers(draw, seed, p.prompt_id, group_size))
+            samplers = group_samplers(draw, seed, p.prompt_id, group_size)
+            uids = gen.insert([last] * group_size, caches=caches, samplers=samplers)
             for gi, uid in enumerate(uids):
                 owner[uid] = (pi, gi)
+                if samplers is not None:
+                    row_sampler[uid] = samplers[gi]
         tokens: dict[int, list[int]] = {uid: [] for uid in owner}
         logq: dict[int, list[float]] = {uid: [] for uid in owner}
         logpi: dict[int, list[float]] = {uid: [] for uid in owner}
         finish: dict[int, str] = {}
         while responses := gen.next_generated():
-            # one batched op per step: each row's log q(token) and log pi_T(token) from the log-probs it
-            # was drawn from
+            # each row's log q(token), kept by its draw (0 when greedy), and one batched op for log
+            # pi_T(token) from the log-probs it was drawn from
             step_logprobs = mx.stack([r.logprobs for r in responses])  # (B, V)
             step_tokens = mx.array([r.token for r in responses])  # (B,)
-            lq = sampled_logprobs(step_logprobs, step_tokens, temp, top_p, top_k)
+            lq = (mx.concatenate([row_sampler[r.uid].logq[len(tokens[r.uid])] for r in responses]) if row_sampler
+                  else mx.zeros(step_tokens.shape, dtype=mx.float32))
             lp = untruncated_logprobs(step_logprobs, step_tokens, temp)
             mx.eval(lq, lp)
             lq, lp = lq.tolist(), [None] * len(responses) if lp is None else lp.tolist()
