@@ -10,6 +10,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from support.helpers import PROMPTS, open_policy, scored_groups, tiny_config
 from varro.engine.run.policy import Policy
+from varro.engine.train.batching import make_chunks
 from varro.engine.train.errors import TrainingError
 from varro.engine.train.trainer import Accumulator
 
@@ -83,7 +84,7 @@ def test_auto_skips_the_pass_and_trains_as_the_pass_does(tiny_model_path, tmp_pa
     rows_pass = passed.trainer.train_day(copies(groups))
     total = sum(r["sequences"] for r in rows_pass[1:])
     assert seen_pass == [total]  # the pass: every row of the later minibatches
-    assert len(seen_auto) == 1 and 0 < seen_auto[0] <= 8 < total  # the check: one prompt's rows
+    assert seen_auto == [2] and total > 2  # the check: pi_old_check_rows (2) of one prompt's rows
     assert [r["pi_old_source"] for r in rows_auto] == ["sampler"] * 4
     assert [r["pi_old_source"] for r in rows_pass] == ["pass"] * 4
     assert 0 <= rows_auto[0]["pi_old_gap"] < 1e-5 and 0 <= rows_pass[0]["pi_old_gap"] < 1e-5
@@ -91,6 +92,27 @@ def test_auto_skips_the_pass_and_trains_as_the_pass_does(tiny_model_path, tmp_pa
         for k in ("loss", "ratio_mean", "kl", "clip_fraction", "grad_norm"):
             assert a[k] == pytest.approx(p[k], rel=1e-4, abs=1e-6), k
     assert any(abs(r["ratio_mean"] - 1) > 1e-4 for r in rows_auto[1:])  # the off-policy steps did compare
+
+
+@pytest.mark.parametrize("rows, prompts", [(1, 2), (0, 1)])
+def test_the_check_takes_its_rows_from_its_prompts(tiny_model_path, tmp_path, rows, prompts):
+    pol = open_policy(tiny_model_path, tmp_path / "run", minibatches=4, pi_old_check_prompts=prompts,
+                      pi_old_check_rows=rows)
+    groups = scored_groups(pol, seed=3, prompts=MORE_PROMPTS)
+    checked = []
+    inner = pol.trainer._rows_logprobs
+    pol.trainer._rows_logprobs = lambda passes: checked.append(passes) or inner(passes)
+    batches = pol.trainer.prepare(groups)
+    assert pol.trainer.pi_old_source == "sampler" and len(checked) == 1
+    later = make_chunks([r for mb in batches[1:] for c in mb.chunks for r in c.source])
+    want = [[id(r) for r in p.source[: rows or None]] for p in later[:prompts]]
+    assert [[id(r) for r in p.source] for p in checked[0]] == want  # the first rows of the first prompts
+    seen = {i for ids in want for i in ids}
+    others = [(c, i, r) for mb in batches[1:] for c in mb.chunks for i, r in enumerate(c.source) if id(r) not in seen]
+    assert others
+    for c, i, r in others:  # every other row took the sampler's values
+        np.testing.assert_array_equal(np.array(c.old_logp)[i, : len(r.policy_logprobs)],
+                                      np.array(r.policy_logprobs, dtype=np.float32))
 
 
 def change_weights(model):

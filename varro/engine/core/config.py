@@ -102,8 +102,9 @@ class TrainConfig:
     pi_old: str = opt("auto", "pi_old of the off-policy minibatches: 'pass' (the trainer's own pass over every row) "
                               "or 'auto' (the sampler's stored log-probs when a pass on a few prompts agrees with "
                               "them within pi_old_tolerance, else the pass)")
-    pi_old_check_prompts: int = opt(2, "'auto' pi_old: prompts (each with its rows) the agreement check passes over",
-                                    AT_LEAST_ONE)
+    pi_old_check_prompts: int = opt(2, "'auto' pi_old: prompts the agreement check passes over", AT_LEAST_ONE)
+    pi_old_check_rows: int = opt(2, "'auto' pi_old: rows of each checked prompt the check passes over (0: all of "
+                                    "them)", NON_NEGATIVE)
     pi_old_tolerance: float = opt(1e-5, "'auto' pi_old: the largest gap in a sequence's mean log-prob between the "
                                         "sampler and the check's pass that still takes the sampler's", NON_NEGATIVE)
     kl_prompts: int = opt(2, "at beta 0 (the KL only logged, for the KL guard): prompts per minibatch whose rows "

@@ -1,6 +1,6 @@
 """Where the off-policy minibatches' pi_old comes from: the sampler's stored log-probs, or a pass.
 
-The sampler's untruncated log-probs stand in when a check pass on a few prompts finds them within
+The sampler's untruncated log-probs stand in when a check pass on a few rows finds them within
 `pi_old_tolerance` of the trainer's own float32 pass, over all ranks; otherwise the pass runs on every row
 (docs/training.md, step 3, has the measurements).
 """
@@ -39,23 +39,31 @@ def set_pi_old(later: list[Chunk], cfg: TrainConfig, world: World,
     `rows_logprobs(passes)` is the current weights' pass, by id(row).
 
     With `pi_old` "auto" and every row's untruncated log-probs stored by the sampler, the pass runs on
-    the first `pi_old_check_prompts` prompts alone; the largest gap between a row's mean log-prob from
-    that pass and from the sampler (the error it would put in the sequence's log-ratio), over all ranks,
-    decides for every rank at once: within `pi_old_tolerance` the other rows take the sampler's
-    values, otherwise the pass. A row with none stored (sampled before they were, or greedily) makes
-    the whole day take the pass; "pass" takes it always (and logs the gap on every row, when stored).
+    `pi_old_check_rows` rows of each of the first `pi_old_check_prompts` prompts alone (the sampler's and
+    the pass's numerics differ by the base's dtype and decode, not by row, so a few rows show it); the
+    largest gap between a row's mean log-prob from that pass and from the sampler (the error it would put
+    in the sequence's log-ratio), over all ranks, decides for every rank at once: within
+    `pi_old_tolerance` the other rows take the sampler's values, otherwise the pass. A row with none
+    stored (sampled before they were, or greedily) makes the whole day take the pass; "pass" takes it
+    always (and logs the gap on every row, when stored).
     """
     source, gap = None, None
     if not later:  # one minibatch: no step is off-policy
         return source, gap
     passes = make_chunks([r for c in later for r in c.source], pad_id)
-    k = cfg.pi_old_check_prompts if cfg.pi_old == "auto" else len(passes)
     missing = not all(has_policy_logprobs(r) for p in passes for r in p.source)
+    if cfg.pi_old == "auto":
+        per = cfg.pi_old_check_rows or None
+        check = [r for p in passes[: cfg.pi_old_check_prompts] for r in p.source[:per]]
+    else:
+        check = [r for p in passes for r in p.source]
+    in_check = {id(r) for r in check}
+    rest = [r for p in passes for r in p.source if id(r) not in in_check]
     # taken over all ranks, so every rank decides alike: a row without stored values on any rank, and
     # rows left after the check on any rank
-    flags = world.all_max(mx.array([float(missing), float(len(passes) > k)])).tolist()
+    flags = world.all_max(mx.array([float(missing), float(bool(rest))])).tolist()
     missing, decide = flags[0] > 0, flags[1] > 0 and flags[0] == 0
-    checked = passes[:k] if decide else passes
+    checked = make_chunks(check, pad_id) if decide else passes
     by_row = rows_logprobs(checked)
     if not missing:
         gap = world.all_max(mx.array(pi_old_gap(checked, by_row))).item()
@@ -63,10 +71,9 @@ def set_pi_old(later: list[Chunk], cfg: TrainConfig, world: World,
     if decide:
         if gap <= cfg.pi_old_tolerance:  # NaN falls back
             source = "sampler"
-            by_row.update({id(r): mx.array(r.policy_logprobs, dtype=mx.float32)
-                           for p in passes[k:] for r in p.source})
-        else:
-            by_row.update(rows_logprobs(passes[k:]))
+            by_row.update({id(r): mx.array(r.policy_logprobs, dtype=mx.float32) for r in rest})
+        elif rest:
+            by_row.update(rows_logprobs(make_chunks(rest, pad_id)))
     for c in later:
         c.old_logp = stack_rows(c, by_row)
     mx.eval([c.old_logp for c in later])
