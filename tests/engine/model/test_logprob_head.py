@@ -10,7 +10,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from support.helpers import assert_step_rows_equal, scored_groups, tiny_config
-from varro.engine.model.head import Head, chunked_logprobs, output_head
+from varro.engine.model.head import Head, chunked_logprobs, exp, output_head
 from varro.engine.run.policy import Policy
 
 N, L, D, V, T = 3, 5, 16, 50, 0.7
@@ -35,6 +35,17 @@ def plain_logprobs(hidden, weight, targets):
     """The whole vocabulary's log-softmax at T, as the trainer's plain path takes it."""
     lp = nn.log_softmax((hidden @ weight.T) * (1.0 / T), axis=-1)
     return mx.take_along_axis(lp, targets[..., None], axis=-1).squeeze(-1)
+
+
+def test_the_sweeps_exp_is_e_to_the_x_within_a_few_ulps():
+    x = np.concatenate([np.linspace(-87, 88, 200_001), [0.0, -1e-8, 1e-8]]).astype(np.float32)
+    got = np.array(exp(mx.array(x)))
+    want = np.exp(x.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=5e-6)  # the product x log2(e) is rounded once: |x| ulps of it
+    near = np.abs(x) < 20  # where a softmax's mass is
+    np.testing.assert_allclose(got[near], want[near], rtol=1e-6)
+    assert np.array(exp(mx.array([-np.inf, np.inf, np.nan]))).tolist()[:2] == [0.0, np.inf]
+    assert np.isnan(np.array(exp(mx.array([np.nan])))[0])
 
 
 @pytest.mark.parametrize("chunk", CHUNKS)
