@@ -42,10 +42,10 @@ def test_qwen3_06b_sampling_estimate_by_hand():
     kv_per_token = 28 * 2 * 8 * 128 * 2  # 114688 bytes: bf16 keys and values of every layer
     assert kv_per_token == 114_688
     kv = (4 * 300 + 32 * 181) * kv_per_token + 2 * 32 * 481 * kv_per_token // 28 + 512 * kv_per_token
-    logits = 32 * 151936 * (4 * 7 + 2 + 4)  # seven float32 copies, the bf16 logits and their float32 cast
+    logits = 32 * 151936 * (4 * 4 + 2 + 4)  # four float32 copies, the bf16 logits and their float32 cast
     prefill = 300 * (3 * 3072 + 4 * 1024) * 2
     assert sampling_bytes(s, 4, 8, 300, 180) == 1_500_000_000 + kv + logits + prefill
-    assert sampling_bytes(s, 4, 8, 300, 180) == 2_660_003_584  # ~2.7 GB, 0.99 GB of it the KV cache
+    assert sampling_bytes(s, 4, 8, 300, 180) == 2_601_660_160  # ~2.6 GB, 0.99 GB of it the KV cache
     # mlx-lm's batch cache (a model whose layers are not all plain KVCache): 556 positions a row (300, then
     # one 256-position step), twice (a finished row's filtered copy), every prompt's prefill
     mlx_lm = replace(s, shared_prefix=False)
@@ -105,7 +105,7 @@ def test_tiny_model_shape_from_its_parameters(tiny_model_path, tmp_path):
     # 3 prompts of 33 positions, 24 rows of 12 + 1; one layer's cascade attention: 3 score blocks of 24 rows x
     # 4 heads x 46 positions and the rows' completions copied (2 x 24 x 13); the last prefill at 256 positions
     assert sampling_bytes(s, 3, 8, 33, 12) == s.weight_bytes + (3 * 33 + 24 * 13) * kv_per_token \
-        + 3 * 24 * 4 * 46 * 4 + 2 * 24 * 13 * kv_per_token // 2 + 256 * kv_per_token + 24 * v * (4 * 7 + 4) \
+        + 3 * 24 * 4 * 46 * 4 + 2 * 24 * 13 * kv_per_token // 2 + 256 * kv_per_token + 24 * v * (4 * 4 + 4) \
         + 33 * (3 * 128 + 4 * 64) * 4
 
 
@@ -173,11 +173,11 @@ def test_guard_refuses_sampling_with_what_would_fit():
     budget = 1_700_000_000
     with pytest.raises(MemoryGuardError) as e:
         plan_decode_batch(s, 10, 8, 300, 180, budget)
-    assert str(e.value) == "sampling needs ~1.8 GB, 1.7 GB available: --group-size 3 or --max-tokens 37 would fit"
+    assert str(e.value) == "sampling needs ~1.8 GB, 1.7 GB available: --group-size 3 or --max-tokens 52 would fit"
     # each suggestion is the largest that fits, by the formula: the completions take M positions, not
     # 256-position steps, so every token less is less cache
     assert sampling_bytes(s, 1, 3, 300, 180) <= budget < sampling_bytes(s, 1, 4, 300, 180)
-    assert sampling_bytes(s, 1, 8, 300, 37) <= budget < sampling_bytes(s, 1, 8, 300, 38)
+    assert sampling_bytes(s, 1, 8, 300, 52) <= budget < sampling_bytes(s, 1, 8, 300, 53)
     with pytest.raises(MemoryGuardError) as e:
         plan_decode_batch(s, 10, 8, 300, 180, 1_600_000_000)
     assert "no smaller group or completion fits" in str(e.value)
