@@ -86,8 +86,8 @@ def draw_tokens(logprobs: mx.array, key: mx.array | None, temp: float, top_p: fl
 
 def draw_with_logq(logprobs: mx.array, key: mx.array | None, temp: float, top_p: float,
                    top_k: int) -> tuple[mx.array, mx.array]:
-    """`draw_tokens`' token per row and its log q under the distribution it was drawn from (what
-    `sampled_logprobs` gives): two (...,) arrays.
+    """`draw_tokens`' token per row and its log q under the distribution it was drawn from (the
+    candidates' log_softmax of logprobs / temp, -inf outside them): two (...,) arrays.
 
     With `top_k` > 0 the candidates are `group_candidates`', put in token-id order
     before the draw: the order argpartition leaves them in changes when two
@@ -97,7 +97,7 @@ def draw_with_logq(logprobs: mx.array, key: mx.array | None, temp: float, top_p:
     candidates alone (the same values, in the same order, as over the whole row
     with the rest at -inf), so no second pass over the vocabulary is needed.
     Otherwise mlx-lm's top-p alone (`make_sampler`'s ops, so the same key draws
-    the same token), and log q over the whole row.
+    the same token), and log q over the same truncated row.
     """
     from mlx_lm.sample_utils import apply_top_p
 
@@ -109,9 +109,10 @@ def draw_with_logq(logprobs: mx.array, key: mx.array | None, temp: float, top_p:
         choice = mx.random.categorical(scaled, key=key)[..., None]  # an index into the k
         logq = mx.take_along_axis(scaled, choice, axis=-1) - mx.logsumexp(scaled, axis=-1, keepdims=True)
         return mx.take_along_axis(ids, choice, axis=-1).squeeze(-1), logq.squeeze(-1)
-    truncated = apply_top_p(logprobs, top_p) if 0 < top_p < 1 else logprobs
-    token = mx.random.categorical(truncated * (1.0 / temp), key=key)
-    return token, sampled_logprobs(logprobs, token, temp, top_p, top_k)
+    scaled = (apply_top_p(logprobs, top_p) if 0 < top_p < 1 else logprobs) * (1.0 / temp)
+    token = mx.random.categorical(scaled, key=key)
+    logq = mx.take_along_axis(scaled, token[..., None], axis=-1) - mx.logsumexp(scaled, axis=-1, keepdims=True)
+    return token, logq.squeeze(-1)
 
 
 def make_group_sampler(temp: float, top_p: float = 1.0, top_k: int = 0) -> Callable[[mx.array], mx.array]:
@@ -180,37 +181,6 @@ def group_samplers(draw: Callable[[mx.array, mx.array], tuple[mx.array, mx.array
     if draw is None:
         return None
     return [RowSampler(draw, row_key(seed, prompt_id, gi)) for gi in range(group_size)]
-
-
-def candidate_logprobs(logprobs: mx.array, temp: float, top_p: float = 1.0, top_k: int = 0) -> mx.array:
-    """The sampler's distribution as log-probs over the vocabulary, -inf outside its candidate set.
-
-    `logprobs` (..., V) are normalised log-probs at temperature 1 (what BatchGenerator
-    hands the sampler); the result is log_softmax over the candidates of logprobs / temp,
-    with the candidates `group_candidates` keeps (top-k > 0) or mlx-lm's top-p alone.
-    """
-    from mlx_lm.sample_utils import apply_top_p
-
-    logprobs = logprobs.astype(mx.float32)
-    if top_k > 0:
-        ids, kept = group_candidates(logprobs, top_p, top_k)
-        full = mx.full(logprobs.shape, -float("inf"), dtype=mx.float32)
-        masked = mx.put_along_axis(full, ids, kept, axis=-1)
-    elif 0 < top_p < 1:
-        masked = apply_top_p(logprobs, top_p)
-    else:
-        masked = logprobs
-    scaled = masked * (1.0 / temp)
-    return scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
-
-
-def sampled_logprobs(logprobs: mx.array, tokens: mx.array, temp: float, top_p: float = 1.0,
-                     top_k: int = 0) -> mx.array:
-    """log q(token) of each row's sampled token under the sampler's distribution: (B, V), (B,) -> (B,)."""
-    if temp == 0:
-        return mx.zeros(tokens.shape, dtype=mx.float32)  # greedy: the token had probability 1
-    q = candidate_logprobs(logprobs, temp, top_p, top_k)
-    return mx.take_along_axis(q, tokens[:, None], axis=-1).squeeze(-1)
 
 
 def untruncated_logprobs(logprobs: mx.array, tokens: mx.array, temp: float) -> mx.array | None:
